@@ -1,0 +1,1 @@
+"""The `llmp` command: what an operator runs by hand."""

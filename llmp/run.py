@@ -1,0 +1,73 @@
+"""`llmp run`: prepare everything the programs need, then become supervisord.
+
+The same start-up for `make run` and the container: create `.env` if there is none, check the
+settings, make the folders, render and test the nginx configuration (so nginx starts with a good
+one), clear heartbeats of an earlier run, and exec supervisord in the foreground with
+`supervisord.conf`, which finds its paths in the environment set here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from llmp.envfile import create_env_file
+from services.certd import nginx
+from services.certd.nginx_conf import main_conf_path
+from shared.settings import Settings, load_settings
+
+HOME = Path(__file__).resolve().parent.parent
+SUPERVISORD_CONF = HOME / "supervisord.conf"
+
+
+def fail(message: str) -> None:
+    print(f"llmp: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def prepare(settings: Settings) -> dict[str, str]:
+    """Make folders and the nginx config; return the environment for supervisord."""
+    if shutil.which(settings.nginx_bin) is None:
+        fail(f"nginx not found ({settings.nginx_bin!r}); install it (Debian: apt-get install "
+             "nginx-light, or run `make run` as root) or set NGINX_BIN")
+    for folder in (settings.data_dir, settings.run_dir, settings.state_dir / "supervisor"):
+        folder.mkdir(parents=True, exist_ok=True)
+    for stale in settings.run_dir.glob("*.json"):
+        stale.unlink()
+    try:
+        nginx.apply(settings)
+    except nginx.NginxError as exc:
+        fail(f"nginx refused the configuration:\n{exc}")
+    except PermissionError as exc:
+        fail(f"{exc}: set NGINX_CONF_DIR, STATE_DIR and DATA_DIR to folders you can write")
+    return {
+        "LLMP_HOME": str(Path.cwd()),
+        "LLMP_PYTHON": sys.executable,
+        "LLMP_SUPERVISOR_DIR": str((settings.state_dir / "supervisor").absolute()),
+        "LLMP_NGINX_BIN": shutil.which(settings.nginx_bin) or settings.nginx_bin,
+        "LLMP_NGINX_CONF": str(main_conf_path(settings)),
+        "LLMP_NGINX_PREFIX": str(settings.nginx_prefix.absolute()),
+    }
+
+
+def run(env_file: Path) -> None:
+    example = HOME / ".env.example"
+    if example.exists():
+        password = create_env_file(env_file, example)
+        if password is not None:
+            print(f"llmp: created {env_file} with new secrets. Admin login: admin / {password}\n"
+                  "llmp: this password is shown once; it is kept in that file.", flush=True)
+    try:
+        settings = load_settings(str(env_file))
+    except ValidationError as exc:
+        fail(f"bad settings in {env_file} or the environment:\n{exc}")
+    environment = {**os.environ, "ENV_FILE": str(env_file.absolute()), **prepare(settings)}
+    supervisord = shutil.which("supervisord", path=f"{Path(sys.executable).parent}:"
+                               f"{os.environ.get('PATH', '')}")
+    if supervisord is None:
+        fail("supervisord not found; install the project (pip install .)")
+    os.execve(supervisord, [supervisord, "-c", str(SUPERVISORD_CONF)], environment)

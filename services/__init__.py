@@ -1,0 +1,1 @@
+"""llmp's programs: `api`, `proxy` and `certd`. They never import each other."""

@@ -1,0 +1,1 @@
+"""api: the admin surface (auth, keys, analytics, nginx management) and `/healthz`."""

@@ -1,0 +1,26 @@
+"""Run the api on 127.0.0.1:API_PORT."""
+
+import uvicorn
+
+from shared.logs import setup_logging
+from shared.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging("api", settings.log_level)
+    uvicorn.run(
+        "services.api.app:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=settings.api_port,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

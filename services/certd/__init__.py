@@ -1,0 +1,1 @@
+"""certd: owns the nginx configuration (and, later, certificates and their renewal)."""

@@ -1,0 +1,289 @@
+"""The proxy's ASGI application: `/v1/*` for API-key holders.
+
+Per request: check the key, read the body (at most PAYLOAD_LIMIT), answer `/v1/models` from the
+catalog or pick upstreams and hand over to `forward.exchange`, then queue one analytics row and
+log one line. A client that goes away cancels the work at once, upstream request included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from services.proxy import errors, routing
+from services.proxy.catalog import Catalog, UpstreamState
+from services.proxy.errors import ProxyError
+from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
+from services.proxy.keys import KeyStore
+from services.proxy.recorder import Recorder
+from shared.analytics import RequestRow
+from shared.logs import setup_logging
+from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("proxy")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class DisconnectWatch:
+    """Cancels the request's task when the client disconnects before the answer is complete."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._closed = False
+        self._task = asyncio.current_task()
+        self._watch = asyncio.ensure_future(receive())
+        self._watch.add_done_callback(self._fired)
+
+    def _fired(self, watch: asyncio.Future[dict[str, Any]]) -> None:
+        if self._closed or watch.cancelled() or watch.exception() is not None:
+            return
+        if watch.result()["type"] == "http.disconnect" and self._task is not None:
+            self.gone = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        self._closed = True
+        self._watch.cancel()
+
+
+def request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str, int | None]:
+    """The API key (Bearer, `api-key` or `x-api-key`), content type and declared length."""
+    key = content_type = length = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                key = token.strip()
+        elif name in (b"api-key", b"x-api-key") and key is None:
+            key = value.decode("latin-1").strip() or None
+        elif name == b"content-type":
+            content_type = value.decode("latin-1").lower()
+        elif name == b"content-length":
+            with contextlib.suppress(ValueError):
+                length = int(value)
+    return key, content_type or "", length
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise errors.payload_too_large(limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise errors.payload_too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ProxyApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeyStore(settings.apikeys_file)
+        self.recorder = Recorder(settings.analytics_db)
+        self.session: aiohttp.ClientSession | None = None
+        self.catalog: Catalog | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    # Lifespan ----------------------------------------------------------------------------
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()
+        try:
+            await self.startup()
+        except Exception as exc:
+            log.exception("start-up failed")
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await self.shutdown()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def startup(self) -> None:
+        s = self.settings
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        self.catalog = Catalog(s, self.session)
+        await self.keys.start()
+        await self.recorder.start()
+        self.heartbeat = Heartbeat(s.run_dir, "proxy", f"proxy-{os.getpid()}")
+        _forget_dead_workers(s)
+        self._tasks = [
+            asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
+            asyncio.create_task(self._beat(), name="proxy-heartbeat"),
+        ]
+        if not s.target_urls:
+            log.error("no upstreams: set TARGET_URLS")
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.keys.stop()
+        await self.recorder.close()
+        if self.session is not None:
+            await self.session.close()
+        self.heartbeat.remove()
+
+    async def _beat(self) -> None:
+        assert self.catalog is not None
+        while True:
+            self.heartbeat.state = {
+                "keys": len(self.keys),
+                "last_error": self.keys.last_error or self.recorder.last_error,
+                "analytics_pending": self.recorder.pending,
+                "upstreams": [s.report() for s in self.catalog.states],
+            }
+            try:
+                self.heartbeat.beat()
+            except OSError as exc:
+                log.error("heartbeat not written", extra={"fields": {"error": exc}})
+            await asyncio.sleep(INTERVAL)
+
+    # Requests ----------------------------------------------------------------------------
+
+    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = secrets.token_hex(8)
+        path: str = scope["path"]
+        row: RequestRow | None = None
+        watch: DisconnectWatch | None = None
+        try:
+            if path != "/v1" and not path.startswith("/v1/"):
+                raise errors.not_found(path)
+            key_text, content_type, declared = request_headers(scope["headers"])
+            if key_text is None:
+                raise errors.missing_key()
+            key = self.keys.lookup(key_text)
+            if key is None:
+                raise errors.invalid_key()
+            row = RequestRow(request_id, key.id, key.username, int(time.time() * 1000),
+                             method=scope["method"], path=path)
+            body = await read_body(receive, self.settings.payload_limit, declared)
+            row.bytes_in = len(body)
+            watch = DisconnectWatch(receive)
+            await self.route(scope, body, content_type, row, send, started)
+        except ProxyError as exc:
+            if row is not None:
+                row.status, row.error = exc.status, exc.code
+            await send_body(send, exc.status, exc.body(), request_id, exc.headers)
+        except ClientGone:
+            assert row is not None
+            row.error = "client disconnected"
+        except UpstreamCut:
+            raise  # uvicorn aborts the connection: the client sees the truncated body
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if watch is None or not watch.gone or task is None:
+                raise
+            task.uncancel()
+            if row is not None:
+                row.error = "client disconnected"
+        finally:
+            if watch is not None:
+                watch.close()
+            if row is not None:
+                self.finish(row, started)
+
+    async def route(self, scope: dict[str, Any], body: bytes, content_type: str,
+                    row: RequestRow, send: Send, started: float) -> None:
+        catalog = self.catalog
+        assert catalog is not None and self.session is not None
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            await self.answer_models(path, row, send)
+            return
+        model, _ = routing.request_model(content_type, body)
+        row.model = model
+        plan = await self.plan(catalog, model)
+        await exchange(self.session, catalog, plan, scope, body, row, send, started)
+
+    async def plan(self, catalog: Catalog, model: str | None) -> list[UpstreamState]:
+        states = catalog.states
+        if not states:
+            raise errors.no_upstream()
+        if model is None or len(states) == 1:
+            return routing.rank_any(states)
+        serving = catalog.serving(model)
+        if not serving:
+            await catalog.refresh_soon()
+            serving = catalog.serving(model)
+            if not serving:
+                raise errors.model_not_found(model)
+        return routing.rank(serving, model)
+
+    async def answer_models(self, path: str, row: RequestRow, send: Send) -> None:
+        catalog = self.catalog
+        assert catalog is not None
+        if not catalog.refreshed:
+            await catalog.refresh()
+        if path == "/v1/models":
+            document: Any = {"data": catalog.models(), "object": "list"}
+        else:
+            model_id = path[len("/v1/models/"):]
+            row.model = model_id
+            document = catalog.find(model_id)
+            if document is None:
+                raise errors.model_not_found(model_id)
+        row.status = 200
+        row.ttfb_ms = 0.0
+        row.bytes_out = await send_json(send, 200, document, row.request_id)
+
+    def finish(self, row: RequestRow, started: float) -> None:
+        failed = row.error is not None or not 200 <= row.status < 400
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if not failed:
+            row.end_ms = row.start_ms + round(elapsed_ms)
+        self.recorder.record(row)
+        log.info("request", extra={"fields": {
+            "id": row.request_id, "key": row.key_id, "method": row.method, "path": row.path,
+            "model": row.model, "upstream": row.upstream, "status": row.status,
+            "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
+            "ms": round(elapsed_ms, 1), "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens, "error": row.error}})
+
+
+def _forget_dead_workers(settings: Settings) -> None:
+    """Remove heartbeats that proxy workers gone long ago left behind."""
+    for beat in read_heartbeats(settings.run_dir):
+        old = time.time() - float(beat.get("updated", 0)) > 10 * STALE_AFTER
+        if beat.get("program") == "proxy" and old:
+            with contextlib.suppress(FileNotFoundError):
+                (settings.run_dir / f"{beat['name']}.json").unlink()
+
+
+def create_app(settings: Settings | None = None) -> ProxyApp:
+    """The app for one uvicorn worker (each worker process calls this)."""
+    settings = settings or get_settings()
+    setup_logging("proxy", settings.log_level)
+    return ProxyApp(settings)

@@ -1,0 +1,147 @@
+"""The model catalog: which upstream serves which models, and whether it is healthy.
+
+Each upstream's `/models` is fetched in the background, all upstreams at once, each with its own
+timeout, so a hanging upstream never holds up the others or a request. An upstream that fails a
+refresh is marked unhealthy but keeps its last known models for `MODELS_STALE_SECONDS`; after
+that it serves nothing until it answers again. Health also follows real traffic: a refused
+connection marks an upstream unhealthy at once, a good answer marks it healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from shared.settings import Settings
+from shared.targets import Upstream
+
+log = logging.getLogger("proxy.catalog")
+
+# An on-demand refresh (for a model nobody lists) happens at most this often.
+MIN_REFRESH_INTERVAL = 5.0
+
+
+@dataclass(eq=False)
+class UpstreamState:
+    upstream: Upstream
+    models: list[dict[str, Any]] = field(default_factory=list)
+    model_ids: frozenset[str] = frozenset()
+    healthy: bool = True  # optimistic until the first refresh says otherwise
+    last_ok: float | None = None
+    last_error: str | None = None
+    in_flight: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "url": self.upstream.url,
+            "healthy": self.healthy,
+            "models": len(self.models),
+            "in_flight": self.in_flight,
+            "last_ok": self.last_ok,
+            "last_error": self.last_error,
+        }
+
+
+class Catalog:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.session = session
+        self.states = [UpstreamState(u) for u in settings.target_urls]
+        self._refreshing: asyncio.Task[None] | None = None
+        self._last_refresh = -MIN_REFRESH_INTERVAL
+        self.refreshed = False  # True once every upstream has been asked at least once
+
+    # Lookups -----------------------------------------------------------------------------
+
+    def serving(self, model: str) -> list[UpstreamState]:
+        return [s for s in self.states if model in s.model_ids]
+
+    def models(self) -> list[dict[str, Any]]:
+        """The union of every upstream's models, in order of first appearance; where several
+        upstreams list one id, the first one's object is shown."""
+        seen: dict[str, dict[str, Any]] = {}
+        for state in self.states:
+            for model in state.models:
+                seen.setdefault(model["id"], model)
+        return list(seen.values())
+
+    def find(self, model_id: str) -> dict[str, Any] | None:
+        for state in self.states:
+            for model in state.models:
+                if model["id"] == model_id:
+                    return model
+        return None
+
+    # Health from traffic -------------------------------------------------------------------
+
+    def mark_down(self, state: UpstreamState, error: str) -> None:
+        if state.healthy:
+            log.warning("upstream down", extra={"fields": {"upstream": state.upstream.url,
+                                                           "error": error}})
+        state.healthy = False
+        state.last_error = error
+
+    def mark_up(self, state: UpstreamState) -> None:
+        if not state.healthy:
+            log.info("upstream up", extra={"fields": {"upstream": state.upstream.url}})
+            state.healthy = True
+
+    # Refreshing --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Refresh forever, every MODELS_REFRESH_SECONDS."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.settings.models_refresh_seconds)
+
+    async def refresh(self) -> None:
+        """Refresh every upstream now; concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._last_refresh = time.monotonic()
+            self._refreshing = asyncio.create_task(self._refresh_all(), name="models-refresh")
+        await asyncio.shield(self._refreshing)
+
+    async def refresh_soon(self) -> None:
+        """Refresh unless one ran in the last MIN_REFRESH_INTERVAL seconds."""
+        running = self._refreshing is not None and not self._refreshing.done()
+        if running or time.monotonic() - self._last_refresh >= MIN_REFRESH_INTERVAL:
+            await self.refresh()
+
+    async def _refresh_all(self) -> None:
+        await asyncio.gather(*(self._refresh_one(state) for state in self.states))
+        self.refreshed = True
+
+    async def _refresh_one(self, state: UpstreamState) -> None:
+        upstream = state.upstream
+        headers = {"Accept": "application/json"}
+        if upstream.key:
+            headers["Authorization"] = f"Bearer {upstream.key}"
+        timeout = aiohttp.ClientTimeout(total=self.settings.models_timeout_seconds)
+        try:
+            async with self.session.get(upstream.url + "/models", headers=headers,
+                                        timeout=timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                document = await resp.json(content_type=None)
+            models = [m for m in document.get("data") or []
+                      if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            self._refresh_failed(state, f"models: {type(exc).__name__} {exc}".strip())
+            return
+        state.models, state.model_ids = models, frozenset(m["id"] for m in models)
+        state.last_ok, state.last_error = time.time(), None
+        self.mark_up(state)
+
+    def _refresh_failed(self, state: UpstreamState, error: str) -> None:
+        self.mark_down(state, error)
+        stale = state.last_ok is None or (
+            time.time() - state.last_ok > self.settings.models_stale_seconds)
+        if stale and state.models:
+            log.warning("upstream models dropped", extra={"fields": {
+                "upstream": state.upstream.url, "models": len(state.models)}})
+            state.models, state.model_ids = [], frozenset()

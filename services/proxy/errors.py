@@ -1,0 +1,77 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}`.
+
+`ProxyError` is the one exception the proxy raises for anything a client should be told; the
+app turns it into a response (or, once a stream has started, into a final SSE error event).
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class ProxyError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type: str = "invalid_request_error",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.headers = headers
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "param": None, "code": self.code}
+        return json.dumps({"error": error}).encode()
+
+
+def missing_key() -> ProxyError:
+    return ProxyError(
+        401,
+        "Missing API key. Send it as 'Authorization: Bearer <key>'.",
+        "missing_api_key",
+        headers=((b"www-authenticate", b"Bearer"),),
+    )
+
+
+def invalid_key() -> ProxyError:
+    return ProxyError(401, "Invalid API key", "invalid_api_key",
+                      headers=((b"www-authenticate", b"Bearer"),))
+
+
+def not_found(path: str) -> ProxyError:
+    return ProxyError(404, f"Unknown path: {path}", "unknown_url")
+
+
+def model_not_found(model: str) -> ProxyError:
+    return ProxyError(404, f"The model '{model}' does not exist or no upstream serves it",
+                      "model_not_found")
+
+
+def payload_too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes",
+                      "payload_too_large")
+
+
+def invalid_json(detail: str) -> ProxyError:
+    return ProxyError(400, f"Request body is not valid JSON: {detail}", "invalid_json")
+
+
+def no_upstream() -> ProxyError:
+    return ProxyError(503, "No upstream is configured (TARGET_URLS is empty)", "no_upstream",
+                      type="server_error")
+
+
+def bad_gateway(upstream: str) -> ProxyError:
+    return ProxyError(502, f"Upstream {upstream} could not be reached", "upstream_unreachable",
+                      type="server_error")
+
+
+def gateway_timeout(upstream: str) -> ProxyError:
+    return ProxyError(504, f"Upstream {upstream} did not answer in time", "upstream_timeout",
+                      type="server_error")

@@ -1,0 +1,178 @@
+"""One exchange with an upstream: build its request, send it, relay the answer.
+
+- The body goes out byte for byte; the query string is kept; hop-by-hop headers are stripped
+  both ways; the client's key (and cookies) never reach an upstream, which gets its own key.
+- The answer is relayed raw as it arrives (no decompression, no buffering), so compressed
+  bodies pass intact and SSE chunks keep their timing.
+- Foreign exceptions become ProxyErrors here and nowhere else: a refused connection fails over
+  to the next candidate, a timeout is a 504, anything else before the answer a 502. After the
+  answer has started, a failure ends an SSE stream with an error event, and aborts any other
+  body (so the client sees the truncation instead of a short, clean-looking body).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import aiohttp
+
+from services.proxy.catalog import Catalog, UpstreamState
+from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
+from services.proxy.usage import meter_for
+from shared.analytics import RequestRow
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"host", b"content-length", b"authorization", b"api-key", b"x-api-key", b"cookie",
+}
+# aiohttp adds these when absent; an upstream should see only what the client sent.
+SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+
+
+class UpstreamCut(Exception):
+    """The upstream failed after the answer had started."""
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_headers(
+    headers: Sequence[tuple[bytes, bytes]], key: str
+) -> list[tuple[str, str]]:
+    drop = NOT_FORWARDED | _connection_tokens(headers)
+    out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
+    if key:
+        out.append(("Authorization", f"Bearer {key}"))
+    return out
+
+
+def client_headers(
+    raw: Iterable[tuple[bytes, bytes]], request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    pairs = [(n.lower(), v) for n, v in raw]
+    drop = HOP_BY_HOP | _connection_tokens(pairs)
+    out = [(n, v) for n, v in pairs if n not in drop]
+    out.append((b"x-request-id", request_id))
+    return out
+
+
+def sse_error(error: ProxyError) -> bytes:
+    return b"data: " + error.body() + b"\n\n"
+
+
+async def exchange(
+    session: aiohttp.ClientSession,
+    catalog: Catalog,
+    plan: Sequence[UpstreamState],
+    scope: dict[str, Any],
+    body: bytes,
+    row: RequestRow,
+    send: Send,
+    started: float,
+) -> None:
+    """Send the request to the first candidate that accepts a connection, relay its answer."""
+    query = scope["query_string"]
+    suffix = scope["path"][3:] + ("?" + query.decode("latin-1") if query else "")
+    last_error: ProxyError | None = None
+    for state in plan:
+        upstream = state.upstream
+        row.upstream = upstream.url
+        state.in_flight += 1
+        try:
+            try:
+                response = await session.request(
+                    scope["method"],
+                    upstream.url + suffix,
+                    data=body or None,
+                    headers=upstream_headers(scope["headers"], upstream.key),
+                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                catalog.mark_down(state, f"connect: {exc.os_error or exc}")
+                last_error = bad_gateway(upstream.url)
+                continue
+            except TimeoutError as exc:
+                raise gateway_timeout(upstream.url) from exc
+            except aiohttp.ClientError as exc:
+                raise bad_gateway(upstream.url) from exc
+            catalog.mark_up(state)
+            await relay(response, row, send, started)
+            return
+        finally:
+            state.in_flight -= 1
+    assert last_error is not None
+    raise last_error
+
+
+async def relay(
+    response: aiohttp.ClientResponse, row: RequestRow, send: Send, started: float
+) -> None:
+    complete = False
+    try:
+        content_type = response.headers.get("Content-Type", "")
+        meter = meter_for(content_type, response.headers.get("Content-Encoding", ""))
+        row.status = response.status
+        row.stream = content_type.startswith("text/event-stream")
+        await send({
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": client_headers(response.raw_headers, row.request_id.encode()),
+        })
+        row.ttfb_ms = (time.perf_counter() - started) * 1000
+        content = response.content
+        try:
+            async for chunk in content.iter_any():
+                if meter is not None:
+                    meter.feed(chunk)
+                row.bytes_out += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            row.error = f"upstream cut: {type(exc).__name__}"
+            if not row.stream:
+                raise UpstreamCut(row.error) from exc
+            cut = ProxyError(502, "The upstream stopped in the middle of the answer",
+                             "upstream_cut", type="server_error")
+            await send({"type": "http.response.body", "body": sse_error(cut), "more_body": False})
+            return
+        if meter is not None:
+            row.prompt_tokens, row.completion_tokens = meter.usage()
+        complete = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        if complete:
+            response.release()
+        else:
+            response.close()
+
+
+async def send_body(send: Send, status: int, body: bytes, request_id: str,
+                    extra: Iterable[tuple[bytes, bytes]] = ()) -> int:
+    """Send a complete JSON answer of our own; returns its size."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return len(body)
+
+
+async def send_json(send: Send, status: int, document: Any, request_id: str) -> int:
+    return await send_body(send, status, json.dumps(document).encode(), request_id)

@@ -1,0 +1,112 @@
+"""Settings, read from `.env` and overridden by real environment variables.
+
+The original llm-proxy's names keep their meanings (`PORT`, `PAYLOAD_LIMIT`, `TARGET_URLS`,
+`JWT_SECRET`, `AUTH_USERNAME`, `AUTH_PASSWORD`, `CORS_ORIGIN`, `NODE_ENV`), and all of them are
+honoured, including those the original read before loading `.env`. Every path is a setting, so
+the same stack runs unprivileged from a checkout and as root in the container.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.targets import Upstream, parse_target_urls
+
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Parse a size the way the original's `bytes` library does: `1mb`, `50MB`, `512kb`, `1024`."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise ValueError(f"not a size: {value!r} (use a number of bytes or e.g. 512kb, 1mb, 50mb)")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "b").lower()])
+
+
+def _targets(value: object) -> tuple[Upstream, ...]:
+    if isinstance(value, tuple):
+        return value
+    return parse_target_urls(str(value or ""))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    # The original's settings.
+    port: int = 8080
+    payload_limit: Annotated[int, BeforeValidator(parse_size)] = 1024**2
+    target_urls: Annotated[tuple[Upstream, ...], NoDecode, BeforeValidator(_targets)] = ()
+    jwt_secret: str = "your-jwt-secret"
+    auth_username: str = "admin"
+    auth_password: str = "secure_password"
+    cors_origin: str = ""
+    node_env: str = ""
+
+    # Where things live. Relative paths are relative to the working directory (the checkout, or
+    # /app in the container, whose image points the last three at the original's mount points).
+    data_dir: Path = Path("data")
+    state_dir: Path = Path("var")
+    nginx_conf_dir: Path = Path("nginx")
+    letsencrypt_dir: Path = Path("certs")
+    cloudflare_credentials: Path = Path("cloudflare_credentials")
+    nginx_bin: str = "nginx"
+
+    # nginx listens on PORT (and HTTPS_PORT) on BIND_ADDRESS (empty: every address); the programs
+    # behind it only ever listen on loopback.
+    bind_address: str = ""
+    https_port: int = 443
+    api_port: int = 8081
+    proxy_port: int = 8082
+    proxy_workers: int = Field(default=2, ge=1, le=64)
+
+    # Upstreams.
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 600.0
+    models_refresh_seconds: float = 60.0
+    models_timeout_seconds: float = 5.0
+    models_stale_seconds: float = 600.0
+
+    log_level: str = "INFO"
+
+    @property
+    def production(self) -> bool:
+        return self.node_env == "production"
+
+    @property
+    def run_dir(self) -> Path:
+        """Heartbeats of every program (`run/<program>.json`)."""
+        return self.data_dir / "run"
+
+    @property
+    def apikeys_file(self) -> Path:
+        return self.data_dir / "apikeys.json"
+
+    @property
+    def analytics_db(self) -> Path:
+        return self.data_dir / "analytics.db"
+
+    @property
+    def nginx_prefix(self) -> Path:
+        return self.state_dir / "nginx"
+
+
+def load_settings(env_file: str | None = None, **overrides: object) -> Settings:
+    """Read settings from `env_file` (default: `$ENV_FILE`, else `.env`) and the environment."""
+    path = env_file or os.environ.get("ENV_FILE", ".env")
+    return Settings(_env_file=path, **overrides)  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

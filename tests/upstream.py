@@ -1,0 +1,143 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on loopback, in a thread of the tests.
+
+It serves `/v1/models`, chat completions (plain and SSE, optionally paced), completions,
+embeddings, `/v1/echo` (tells what it received) and `/v1/gzip` (a gzip-encoded JSON body), and
+remembers every request it got and when a streaming client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeUpstream:
+    name: str
+    models: list[str]
+    key: str = ""
+    pace: float = 0.0  # seconds between SSE chunks
+    chunks: int = 5
+    hang_models: bool = False
+    seen: list[Seen] = field(default_factory=list)
+    stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
+    port: int = 0
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self.handle)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"upstream-{self.name}", daemon=True)
+        self._thread.start()
+        assert ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # Handlers -----------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path, request.query_string,
+                              dict(request.headers), body))
+        path = request.path
+        if path == "/v1/models":
+            if self.hang_models:
+                await asyncio.sleep(3600)
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model", "owned_by": self.name} for m in self.models]})
+        if path == "/v1/echo":
+            return web.json_response({
+                "upstream": self.name, "method": request.method, "path": path,
+                "query": request.query_string, "headers": dict(request.headers),
+                "body": body.decode("latin-1")})
+        if path == "/v1/gzip":
+            payload = json.dumps({"upstream": self.name, "filler": "x" * 20000}).encode()
+            return web.Response(body=gzip.compress(payload), headers={
+                "Content-Encoding": "gzip", "Content-Type": "application/json"})
+        document: dict[str, Any] = json.loads(body) if body else {}
+        model = document.get("model", "")
+        if path == "/v1/chat/completions" and document.get("stream"):
+            return await self.stream(request, model, document)
+        if path == "/v1/chat/completions":
+            return web.json_response(self.completion(model, "chat.completion", {
+                "message": {"role": "assistant", "content": f"hello from {self.name}"}}))
+        if path == "/v1/completions":
+            return web.json_response(self.completion(model, "text_completion", {
+                "text": f"hello from {self.name}"}))
+        if path == "/v1/embeddings":
+            return web.json_response({
+                "object": "list", "model": model,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+        return web.json_response({"error": {"message": f"no route {path}"}}, status=404)
+
+    def completion(self, model: str, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": "cmpl-1", "object": kind, "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", **choice}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }
+
+    async def stream(self, request: web.Request, model: str,
+                     document: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for i in range(self.chunks):
+                chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
+                         "choices": [{"index": 0, "delta": {"content": f"{self.name}{i} "}}]}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if self.pace:
+                    await asyncio.sleep(self.pace)
+            if (document.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "c", "object": "chat.completion.chunk", "model": model,
+                         "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens":
+                                                  self.chunks, "total_tokens": 11 + self.chunks}}
+                await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stream_closed.append(time.monotonic())
+            raise
+        return response
