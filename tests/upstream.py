@@ -69,6 +69,7 @@ class FakeUpstream:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     @property
     def url(self) -> str:
@@ -78,7 +79,7 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.path, request.query_string,
+        self.seen.append(Seen(request.method, request.path, request.rel_url.raw_query_string,
                               dict(request.headers), body))
         path = request.path
         if path == "/v1/models":
@@ -89,7 +90,7 @@ class FakeUpstream:
         if path == "/v1/echo":
             return web.json_response({
                 "upstream": self.name, "method": request.method, "path": path,
-                "query": request.query_string, "headers": dict(request.headers),
+                "query": request.rel_url.raw_query_string, "raw_path": request.raw_path, "headers": dict(request.headers),
                 "body": body.decode("latin-1")})
         if path == "/v1/gzip":
             payload = json.dumps({"upstream": self.name, "filler": "x" * 20000}).encode()

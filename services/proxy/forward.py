@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
@@ -84,8 +85,10 @@ async def exchange(
     started: float,
 ) -> None:
     """Send the request to the first candidate that accepts a connection, relay its answer."""
+    # The raw path and query, as the client sent them: no decoding, no re-quoting.
+    raw = scope.get("raw_path") or scope["path"].encode()
     query = scope["query_string"]
-    suffix = scope["path"][3:] + ("?" + query.decode("latin-1") if query else "")
+    suffix = (raw[3:] + (b"?" + query if query else b"")).decode("latin-1")
     last_error: ProxyError | None = None
     for state in plan:
         upstream = state.upstream
@@ -95,7 +98,7 @@ async def exchange(
             try:
                 response = await session.request(
                     scope["method"],
-                    upstream.url + suffix,
+                    URL(upstream.url + suffix, encoded=True),
                     data=body or None,
                     headers=upstream_headers(scope["headers"], upstream.key),
                     skip_auto_headers=SKIP_AUTO_HEADERS,

@@ -1,0 +1,170 @@
+"""Streaming load with an aiohttp client: SSE chunks per second, and time to first chunk.
+
+A stream counts as complete when it ends with `data: [DONE]`; anything else (a status other than
+200, a cut, a timeout) is an error. Events are counted by their `\\n\\n` terminators across
+reads, so it does not matter how the proxies in between regroup the bytes. Every load is bounded
+by a deadline or a number of streams, and every stream by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import uvloop
+
+STREAM_TIMEOUT = 30.0
+DONE = b"data: [DONE]\n\n"
+
+
+class BadStream(Exception):
+    """A stream that did not answer 200 or did not end with [DONE]."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    concurrency: int
+    streams: int  # complete ones
+    chunks: int  # their events, [DONE] not counted
+    seconds: float
+    errors: int
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Paced:
+    pace_ms: int
+    streams: int
+    errors: int
+    ttfb_p50_ms: float
+    ttfb_p99_ms: float
+    duration_p50_ms: float  # request sent to [DONE] received
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    ttfb: float
+    duration: float
+    chunks: int
+
+
+def stream_body(base: str, pace_ms: int = 0) -> str:
+    """`base` (a chat completion request as JSON) asking for a stream, paced if `pace_ms`."""
+    document = json.loads(base)
+    document["stream"] = True
+    if pace_ms:
+        document["pace_ms"] = pace_ms
+    return json.dumps(document, separators=(",", ":"))
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _session(concurrency: int, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=STREAM_TIMEOUT),
+        headers={**headers, "Content-Type": "application/json"},
+        auto_decompress=False,
+    )
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, body: bytes) -> _Stream:
+    started = time.perf_counter()
+    first: float | None = None
+    events, tail = 0, b""
+    async with session.post(url, data=body) as response:
+        if response.status != 200:
+            raise BadStream(f"HTTP {response.status}")
+        async for data in response.content.iter_any():
+            if first is None:
+                first = time.perf_counter()
+            # One byte of the previous read is enough to see a terminator split across reads.
+            events += (tail[-1:] + data).count(b"\n\n")
+            tail = (tail + data)[-len(DONE):]
+    if first is None or tail != DONE:
+        raise BadStream("the stream did not end with [DONE]")
+    return _Stream(first - started, time.perf_counter() - started, events - 1)
+
+
+async def _throughput(
+    url: str, headers: Mapping[str, str], body: str, concurrency: int, seconds: float,
+    max_streams: int,
+) -> Throughput:
+    payload = body.encode()
+    deadline = time.monotonic() + seconds
+    done: list[_Stream] = []
+    errors = 0
+    budget = max_streams
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors, budget
+        while time.monotonic() < deadline and budget > 0:
+            budget -= 1
+            try:
+                done.append(await _stream(session, url, payload))
+            except (aiohttp.ClientError, TimeoutError, BadStream):
+                errors += 1
+                await asyncio.sleep(0.01)  # a refusing target must not be hammered in a loop
+
+    started = time.perf_counter()
+    async with _session(concurrency, headers) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return Throughput(concurrency, len(done), sum(s.chunks for s in done), elapsed, errors)
+
+
+async def _paced(
+    url: str, headers: Mapping[str, str], body: str, concurrency: int, rounds: int, pace_ms: int,
+) -> Paced:
+    payload = stream_body(body, pace_ms).encode()
+    done: list[_Stream] = []
+    errors = 0
+    async with _session(concurrency, headers) as session:
+        for _ in range(rounds):
+            results = await asyncio.gather(
+                *(_stream(session, url, payload) for _ in range(concurrency)),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, _Stream):
+                    done.append(result)
+                elif isinstance(result, aiohttp.ClientError | TimeoutError | BadStream):
+                    errors += 1
+                else:
+                    raise result
+    ttfb = [s.ttfb * 1000 for s in done]
+    return Paced(
+        pace_ms, len(done), errors, percentile(ttfb, 50), percentile(ttfb, 99),
+        percentile([s.duration * 1000 for s in done], 50),
+    )
+
+
+def throughput(
+    url: str, headers: Mapping[str, str], body: str, *, concurrency: int, seconds: float,
+    max_streams: int = 1_000_000,
+) -> Throughput:
+    """Run `concurrency` streams back to back for `seconds` (at most `max_streams` in all)."""
+    return uvloop.run(_throughput(
+        url, headers, stream_body(body), concurrency, seconds, max_streams))
+
+
+def paced(
+    url: str, headers: Mapping[str, str], body: str, *, concurrency: int, rounds: int,
+    pace_ms: int,
+) -> Paced:
+    """Run `rounds` of `concurrency` simultaneous streams paced at `pace_ms`."""
+    return uvloop.run(_paced(url, headers, body, concurrency, rounds, pace_ms))

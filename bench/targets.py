@@ -1,0 +1,203 @@
+"""What the benchmark measures: the mock upstream reached directly, through plain nginx, and
+through the full llmp stack.
+
+A target knows its base URL, the headers a client must send, and which of its processes count as
+its cost (`cost_groups`, for CPU per request) and as its workers (for RSS). All of them listen on
+127.0.0.1 on ports the kernel picked, and keep their files under the run's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from bench.procs import Child, cmdline, free_port, tree
+
+REPO = Path(__file__).resolve().parent.parent
+UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
+MODEL = "bench-model"
+CHAT_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 50},
+    separators=(",", ":"),
+)
+
+
+class Target:
+    """The upstream reached directly: no process in between."""
+
+    name = "direct"
+
+    def __init__(self, port: int, api_key: str = "") -> None:
+        self.port, self.api_key = port, api_key
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def cost_groups(self) -> dict[str, list[int]]:
+        """Processes whose CPU time is this target's cost, by group: `proxy` is what the target
+        adds in front of the upstream (without the nginx in front of it), `nginx` its nginx."""
+        return {}
+
+    def workers(self) -> list[int]:
+        """The processes that serve requests (their RSS is reported)."""
+        return []
+
+    def stop(self) -> None:
+        pass
+
+
+def start_upstream(workdir: Path, procs: int) -> tuple[Child, Target]:
+    """Start the mock upstream (`bench/upstream.py`); return it and the `direct` target."""
+    port = free_port()
+    child = Child(
+        "upstream",
+        [sys.executable, str(UPSTREAM_SCRIPT), "--port", str(port), "--procs", str(procs)],
+        workdir / "upstream.log",
+    )
+    child.wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+    return child, Target(port)
+
+
+class PlainNginx(Target):
+    """nginx alone with `proxy_pass` to the upstream, configured like llmp's nginx for /v1/."""
+
+    name = "nginx"
+
+    def __init__(self, workdir: Path, upstream_port: int) -> None:
+        super().__init__(free_port())
+        prefix = workdir / "nginx"
+        for sub in ("tmp", "logs"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(render_nginx_conf(prefix, self.port, upstream_port))
+        self.child = Child(
+            "nginx",
+            ["nginx", "-e", "stderr", "-c", str(conf), "-p", f"{prefix}/"],
+            workdir / "nginx.log",
+        )
+        self.child.wait_http(self.url("/v1/models"), timeout=10)
+
+    def cost_groups(self) -> dict[str, list[int]]:
+        return {"proxy": [p.pid for p in tree(self.child.pid)]}
+
+    def workers(self) -> list[int]:
+        return [p.pid for p in tree(self.child.pid) if p.pid != self.child.pid]
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def render_nginx_conf(prefix: Path, port: int, upstream_port: int) -> str:
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""daemon off;
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+{temp}
+
+    upstream bench_upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class LlmpStack(Target):
+    """`python -m llmp run` (supervisord: nginx, proxy, api, certd) with a fresh data folder."""
+
+    name = "llmp"
+
+    def __init__(self, workdir: Path, upstream_port: int, workers: int) -> None:
+        super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))
+        home = workdir / "llmp"
+        env_file = home / "env"
+        home.mkdir()
+        env_file.write_text("")
+        (home / "data").mkdir()
+        _write_key_file(home / "data" / "apikeys.json", self.api_key)
+        environment = {
+            **os.environ,
+            "ENV_FILE": str(env_file),
+            "PORT": str(self.port),
+            "API_PORT": str(free_port()),
+            "PROXY_PORT": str(free_port()),
+            "BIND_ADDRESS": "127.0.0.1",
+            "DATA_DIR": str(home / "data"),
+            "STATE_DIR": str(home / "var"),
+            "NGINX_CONF_DIR": str(home / "nginx"),
+            # Not used by the benchmark; kept in the temporary folder rather than the checkout.
+            "LETSENCRYPT_DIR": str(home / "certs"),
+            "CLOUDFLARE_CREDENTIALS": str(home / "cloudflare_credentials"),
+            "TARGET_URLS": f"http://127.0.0.1:{upstream_port}",
+            "PROXY_WORKERS": str(workers),
+            "LOG_LEVEL": "WARNING",
+        }
+        self.child = Child(
+            "llmp", [sys.executable, "-m", "llmp", "run"], workdir / "llmp.log",
+            cwd=REPO, env=environment,
+            # supervisord stops nginx and the programs, each within its stopwaitsecs (<= 35 s).
+            grace=40,
+        )
+        self.child.wait_http(self.url("/healthz"), timeout=30)
+        # Healthy is not yet routable: wait until the catalog knows the model.
+        self.child.wait_http(
+            self.url("/v1/chat/completions"), timeout=15, headers=self.headers(), body=CHAT_BODY)
+
+    def cost_groups(self) -> dict[str, list[int]]:
+        procs = tree(self.child.pid)
+        return {
+            "proxy": [p.pid for p in procs if p.comm != "nginx"],
+            "nginx": [p.pid for p in procs if p.comm == "nginx"],
+        }
+
+    def workers(self) -> list[int]:
+        """uvicorn's worker processes (the `services.proxy` process itself with one worker)."""
+        procs = tree(self.child.pid)
+        main = [p.pid for p in procs if "services.proxy" in cmdline(p.pid)]
+        spawned = [p.pid for p in procs if p.ppid in main and "multiprocessing" in cmdline(p.pid)]
+        return spawned or main
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def _write_key_file(path: Path, key: str) -> None:
+    entry = {"id": secrets.token_hex(16), "username": "bench", "key": key,
+             "createdAt": "2026-01-01T00:00:00.000Z"}
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump({"keys": [entry]}, out)
