@@ -32,10 +32,7 @@ class Load:
     p90_ms: float
     p99_ms: float
     max_ms: float
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+    rps: float
 
 
 def wrk_available() -> bool:
@@ -51,10 +48,12 @@ def run_wrk(
     body: str = "",
     api_key: str = "",
 ) -> Load:
-    """POST `body` (GET without one) to `url` over `connections` keep-alive connections."""
+    """POST `body` (GET without one) to `url` over `connections` keep-alive connections, for
+    `seconds` rounded to whole seconds (wrk's resolution), at least one."""
     threads = max(1, min(threads, connections))
+    seconds = max(1, round(seconds))
     argv = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
         "-s", str(SCRIPT), url,
     ]
     environment = {
@@ -77,10 +76,11 @@ def run_wrk(
 
 
 def _load(connections: int, summary: dict[str, float]) -> Load:
+    seconds = summary["duration_us"] / 1e6
     return Load(
         connections=connections,
         requests=int(summary["requests"]),
-        seconds=summary["duration_us"] / 1e6,
+        seconds=seconds,
         socket_errors=int(sum(summary[k] for k in
                               ("connect_errors", "read_errors", "write_errors", "timeouts"))),
         non_2xx=int(summary["status_errors"]),
@@ -88,4 +88,5 @@ def _load(connections: int, summary: dict[str, float]) -> Load:
         p90_ms=summary["p90_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
         max_ms=summary["max_us"] / 1000,
+        rps=summary["requests"] / seconds if seconds else 0.0,
     )

@@ -108,15 +108,21 @@ class Child:
         raise self.failed(f"{url} not ready after {timeout:.0f} s ({last})")
 
     def stop(self) -> None:
-        """Signal the leader, wait for it, then SIGKILL whatever is left of its group."""
+        """Signal the leader and wait for it; then SIGKILL whatever is left of its group and of
+        its descendants (supervisord gives each program a process group of its own)."""
+        descendants = [p for p in tree(self.pid) if p.pid != self.pid]
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(self.grace)
-        # The group outlives its leader when a grandchild lingers; its id is still ours to kill.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        for proc in descendants:
+            now = read_proc(proc.pid)
+            if now is not None and now.started == proc.started:  # not a reused pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
 
@@ -130,6 +136,7 @@ class Proc:
     ppid: int
     comm: str
     cpu_ticks: int  # utime + stime
+    started: int  # clock ticks after boot: with the pid, identifies the process
 
 
 def read_proc(pid: int) -> Proc | None:
@@ -140,7 +147,7 @@ def read_proc(pid: int) -> Proc | None:
     # comm is in parentheses and may hold spaces or parentheses itself.
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    return Proc(pid, int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+    return Proc(pid, int(fields[1]), comm, int(fields[11]) + int(fields[12]), int(fields[19]))
 
 
 def all_procs() -> list[Proc]:

@@ -33,10 +33,7 @@ class Throughput:
     chunks: int  # their events, [DONE] not counted
     seconds: float
     errors: int
-
-    @property
-    def chunks_per_s(self) -> float:
-        return self.chunks / self.seconds if self.seconds else 0.0
+    chunks_per_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +41,9 @@ class Paced:
     pace_ms: int
     streams: int
     errors: int
-    ttfb_p50_ms: float
-    ttfb_p99_ms: float
-    duration_p50_ms: float  # request sent to [DONE] received
+    ttfb_p50_ms: float | None  # None: no stream completed
+    ttfb_p99_ms: float | None
+    duration_p50_ms: float | None  # request sent to [DONE] received
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +62,10 @@ def stream_body(base: str, pace_ms: int = 0) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
     if not values:
-        return math.nan
+        return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
@@ -124,7 +121,8 @@ async def _throughput(
     async with _session(concurrency, headers) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return Throughput(concurrency, len(done), sum(s.chunks for s in done), elapsed, errors)
+    chunks = sum(s.chunks for s in done)
+    return Throughput(concurrency, len(done), chunks, elapsed, errors, chunks / elapsed)
 
 
 async def _paced(

@@ -29,6 +29,7 @@ class Target:
     """The upstream reached directly: no process in between."""
 
     name = "direct"
+    child: Child | None = None
 
     def __init__(self, port: int, api_key: str = "") -> None:
         self.port, self.api_key = port, api_key
@@ -49,7 +50,8 @@ class Target:
         return []
 
     def stop(self) -> None:
-        pass
+        if self.child is not None:
+            self.child.stop()
 
 
 def start_upstream(workdir: Path, procs: int) -> tuple[Child, Target]:
@@ -88,9 +90,6 @@ class PlainNginx(Target):
 
     def workers(self) -> list[int]:
         return [p.pid for p in tree(self.child.pid) if p.pid != self.child.pid]
-
-    def stop(self) -> None:
-        self.child.stop()
 
 
 def render_nginx_conf(prefix: Path, port: int, upstream_port: int) -> str:
@@ -190,9 +189,6 @@ class LlmpStack(Target):
         main = [p.pid for p in procs if "services.proxy" in cmdline(p.pid)]
         spawned = [p.pid for p in procs if p.ppid in main and "multiprocessing" in cmdline(p.pid)]
         return spawned or main
-
-    def stop(self) -> None:
-        self.child.stop()
 
 
 def _write_key_file(path: Path, key: str) -> None:

@@ -28,8 +28,9 @@ def health(settings: Settings) -> tuple[bool, dict[str, Any]]:
             nginx = mine[0].get("nginx") or {}
             report["nginx"] = nginx
             report["ok"] = bool(nginx.get("ok"))
-        if program == "proxy" and mine:
-            report["upstreams"] = mine[0].get("upstreams", [])
+        if program == "proxy":
+            report["ok"] = len(mine) >= settings.proxy_workers
+            report["upstreams"] = mine[0].get("upstreams", []) if mine else []
         programs[program] = report
     ok = all(p["ok"] for p in programs.values())
     return ok, {"status": "ok" if ok else "degraded", "programs": programs}

@@ -1,0 +1,126 @@
+"""`python -m bench`: the mock upstream direct, behind plain nginx and behind llmp, measured in
+one interleaved run; prints a table and writes `bench/results/<timestamp>.json`.
+
+Everything runs on 127.0.0.1 under a temporary folder. Every child process is stopped on the way
+out, also on Ctrl-C, SIGTERM or an error. A target that fails to start is reported with the end
+of its output, the others are still measured, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+from bench import report
+from bench.load import LoadFailed
+from bench.procs import ChildFailed
+from bench.suite import Options, TargetRound, log, run_round, warm_up
+from bench.targets import LlmpStack, PlainNginx, Target, start_upstream
+
+TARGETS = ("direct", "nginx", "llmp")
+ROUNDS = 2  # the second shows whether the workers' memory grows
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds of each load, whole (default 5; 1 with --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="llmp's PROXY_WORKERS (default 2)")
+    parser.add_argument("--only", default=",".join(TARGETS),
+                        help=f"targets to measure, comma-separated (default {','.join(TARGETS)})")
+    parser.add_argument("--upstream-procs", type=int, default=1,
+                        help="processes of the mock upstream (default 1)")
+    parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(args.only) - set(TARGETS)
+    if unknown or not args.only:
+        parser.error(f"--only takes some of {', '.join(TARGETS)}")
+    if args.quick and args.duration == 5.0:
+        args.duration = 1.0
+    return args
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the ExitStack, which stops every child
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: {' and '.join(missing)} not found; run `scripts/system-deps bench`",
+              file=sys.stderr)
+        return 2
+    options = Options(
+        seconds=args.duration,
+        paced_rounds=1 if args.quick else 2,
+    )
+    signal.signal(signal.SIGTERM, _terminate)
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="llmp-bench-") as temporary, ExitStack() as stack:
+        workdir = Path(temporary)
+        upstream, direct = start_upstream(workdir, args.upstream_procs)
+        stack.callback(upstream.stop)
+        targets: list[Target] = [direct] if "direct" in args.only else []
+        for name, start in (
+            ("nginx", lambda: PlainNginx(workdir, direct.port)),
+            ("llmp", lambda: LlmpStack(workdir, direct.port, args.workers)),
+        ):
+            if name not in args.only:
+                continue
+            log(f"starting {name}")
+            try:
+                target = start()
+            except ChildFailed as exc:
+                print(f"bench: {exc}", file=sys.stderr)
+                failed.append(name)
+                continue
+            stack.callback(target.stop)
+            targets.append(target)
+        if not targets:
+            return 1
+        try:
+            rounds = measure(targets, upstream.pid, options)
+        except LoadFailed as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+        log("stopping")
+    print_results(rounds, options, args)
+    return 1 if failed else 0
+
+
+def measure(targets: list[Target], upstream_pid: int, options: Options) -> list[
+        dict[str, TargetRound]]:
+    log("warming up")
+    warm_up(targets, options)
+    rounds = []
+    for number in range(1, ROUNDS + 1):
+        log(f"run {number} of {ROUNDS}")
+        rounds.append(run_round(targets, upstream_pid, options))
+    return rounds
+
+
+def print_results(
+    rounds: list[dict[str, TargetRound]], options: Options, args: argparse.Namespace
+) -> None:
+    table_lines, notes = report.lines(rounds, options)
+    print()
+    print(report.table(table_lines, list(rounds[0])))
+    for note in notes:
+        print(f"note: {note}")
+    settings = {"proxy_workers": args.workers, "upstream_procs": args.upstream_procs,
+                "targets": list(rounds[0])}
+    path = report.write_json(RESULTS, options, settings, rounds, table_lines)
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

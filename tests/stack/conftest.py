@@ -1,0 +1,123 @@
+"""The whole stack under supervisord (`python -m llmp run`), with fake upstreams on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.apikeys import ApiKey, write_keys
+from shared.heartbeat import read_heartbeats
+from tests.conftest import free_port
+from tests.upstream import FakeUpstream
+
+READY_TIMEOUT = 30.0
+
+
+class Stack:
+    def __init__(self, home: Path, upstreams: list[FakeUpstream], workers: int = 2) -> None:
+        self.home = home
+        self.data = home / "data"
+        self.port = free_port()
+        self.proxy_port = free_port()
+        (home / "env").write_text("")
+        self.env = {
+            **os.environ,
+            "ENV_FILE": str(home / "env"),
+            "PORT": str(self.port),
+            "API_PORT": str(free_port()),
+            "PROXY_PORT": str(self.proxy_port),
+            "BIND_ADDRESS": "127.0.0.1",
+            "DATA_DIR": str(self.data),
+            "STATE_DIR": str(home / "var"),
+            "NGINX_CONF_DIR": str(home / "nginx"),
+            "LETSENCRYPT_DIR": str(home / "certs"),
+            "PROXY_WORKERS": str(workers),
+            "MODELS_TIMEOUT_SECONDS": "2",
+            "TARGET_URLS": ",".join(u.url + (f"|{u.key}" if u.key else "") for u in upstreams),
+        }
+        self.log = home / "stack.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Stack:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "llmp", "run"], cwd=self.home, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"stack not healthy after {READY_TIMEOUT}s:\n{self.output()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+                raise AssertionError(f"stack did not stop in {timeout}s:\n{self.output()}")
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def keys(self, *keys: ApiKey) -> None:
+        write_keys(self.data / "apikeys.json", list(keys))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return [b for b in read_heartbeats(self.data / "run")
+                if b.get("program") == "proxy" and b["alive"]]
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[dict[str, FakeUpstream]]:
+    upstreams = {
+        "a": FakeUpstream("a", ["model-a", "shared"], key="key-of-a").start(),
+        "b": FakeUpstream("b", ["model-b", "shared", "embed-b"]).start(),
+        "slow": FakeUpstream("slow", ["slow-model"], pace=0.2, chunks=10).start(),
+    }
+    yield upstreams
+    for upstream in upstreams.values():
+        upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, fleet) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("stack"), list(fleet.values())).start()
+    yield running
+    assert running.stop() == 0, running.output()
+
+
+@pytest.fixture
+def key(stack: Stack) -> ApiKey:
+    """A fresh key, the only one in apikeys.json, accepted by every proxy worker."""
+    new = ApiKey.new("tester")
+    stack.keys(new)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        r = httpx.get(stack.url + "/v1/models", headers={"Authorization": f"Bearer {new.key}"})
+        if r.status_code == 200:
+            return new
+        time.sleep(0.05)
+    raise AssertionError("new key not accepted")
