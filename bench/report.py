@@ -2,7 +2,8 @@
 same figures with every raw measurement as JSON.
 
 A figure is the mean over the rounds (errors: the sum); RSS rows are per round, to show growth.
-Where two rounds of a mean differ by more than `NOISY`, a note under the table says so.
+Notes under the table say where the rounds of a headline figure differ by more than `NOISY`, and
+where the stream client was so busy that it, not the target, may have set the figure.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from bench.suite import Options, TargetRound
 
 NOISY = 0.15
+CLIENT_BOUND = 0.9
 RATIO_BASE = "nginx"
 DIRECT = "direct"
 
@@ -31,6 +33,7 @@ class Row:
     only_round: int | None = None  # this round's value alone
     minus_direct: bool = False  # the difference to the direct target's value
     ratio: bool = True
+    steady: bool = False  # say so when the rounds disagree
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,54 +43,73 @@ class Line:
     ratios: dict[str, float | None]
 
 
+Value = Callable[[TargetRound], float | None]
+
+
+def _rps(index: int) -> Value:
+    return lambda r: r.loads[index].rps
+
+
+def _p99(index: int) -> Value:
+    return lambda r: r.loads[index].p99_ms
+
+
+def _cpu_per_request(index: int, measurement: str, groups: tuple[str, ...]) -> Value:
+    """Microseconds of CPU per request in `groups` of processes during a wrk load."""
+
+    def value(r: TargetRound) -> float | None:
+        cpu, requests = r.cpu[measurement], r.loads[index].requests
+        if not requests or not any(group in cpu for group in groups):
+            return None
+        return sum(cpu.get(group, 0.0) for group in groups) / requests * 1e6
+
+    return value
+
+
+def _errors(r: TargetRound) -> float:
+    loads = [r.latency, *r.loads]
+    return sum(x.socket_errors + x.non_2xx for x in loads) + r.streams.errors + r.paced.errors
+
+
+def _rss_mib(r: TargetRound) -> float | None:
+    return max(r.rss_kib) / 1024 if r.rss_kib else None
+
+
 def rows(options: Options) -> list[Row]:
-    def cpu_us(index: int, groups: tuple[str, ...]) -> Callable[[TargetRound], float | None]:
-        def value(r: TargetRound) -> float | None:
-            cpu = r.cpu[f"c{options.connections[index]}"]
-            if not any(g in cpu for g in groups) or not r.loads[index].requests:
-                return None
-            return sum(cpu.get(g, 0.0) for g in groups) / r.loads[index].requests * 1e6
-
-        return value
-
-    def errors(r: TargetRound) -> float:
-        loads = [r.latency, *r.loads]
-        return (sum(x.socket_errors + x.non_2xx for x in loads) + r.streams.errors
-                + r.paced.errors)
-
-    def rss_mib(r: TargetRound) -> float | None:
-        return max(r.rss_kib) / 1024 if r.rss_kib else None
-
-    last = len(options.connections) - 1
     result = [
         Row("latency p50, 1 conn (ms)", lambda r: r.latency.p50_ms),
-        Row("  added to direct (ms)", lambda r: r.latency.p50_ms, minus_direct=True),
+        Row("  added to direct's (ms)", lambda r: r.latency.p50_ms, minus_direct=True),
     ]
     for index, connections in enumerate(options.connections):
+        measurement = f"c{connections}"
         result += [
-            Row(f"req/s, {connections} conns", lambda r, i=index: r.loads[i].rps),
-            Row(f"  p99 (ms)", lambda r, i=index: r.loads[i].p99_ms),
-            Row("  CPU/req, proxy (us)", cpu_us(index, ("proxy",))),
+            Row(f"req/s, {connections} conns", _rps(index), steady=True),
+            Row("  p99 (ms)", _p99(index)),
+            Row("  CPU/req, proxy (us)", _cpu_per_request(index, measurement, ("proxy",)),
+                steady=True),
         ]
     result += [
-        Row(f"  CPU/req, + llmp's nginx (us)", cpu_us(last, ("proxy", "nginx"))),
+        Row("  CPU/req, proxy + its nginx (us)",
+            _cpu_per_request(len(options.connections) - 1, measurement, ("proxy", "nginx"))),
         Row(f"stream chunks/s, {options.stream_concurrency} streams",
-            lambda r: r.streams.chunks_per_s),
+            lambda r: r.streams.chunks_per_s, steady=True),
         Row(f"paced TTFB p50 (ms), {options.pace_ms} ms pace", lambda r: r.paced.ttfb_p50_ms),
         Row("  p99 (ms)", lambda r: r.paced.ttfb_p99_ms),
-        Row("errors (non-2xx + socket + stream)", errors, total=True, ratio=False),
-        Row("RSS per worker, max, after run 1 (MiB)", rss_mib, only_round=0),
-        Row("  after run 2 (MiB)", rss_mib, only_round=1),
+        Row("errors (non-2xx, socket, stream)", _errors, total=True, ratio=False),
+        Row("RSS per worker, max, run 1 (MiB)", _rss_mib, only_round=0),
+        Row("  after run 2 (MiB)", _rss_mib, only_round=1),
     ]
     return result
 
 
-def lines(rounds: Sequence[dict[str, TargetRound]], options: Options) -> tuple[list[Line], list[str]]:
-    """The table's lines, and notes on figures whose rounds disagree."""
+def lines(
+    rounds: Sequence[dict[str, TargetRound]], options: Options
+) -> tuple[list[Line], list[str]]:
+    """The table's lines, and notes for the reader."""
     names = list(rounds[0])
     out, notes = [], []
     for row in rows(options):
-        chosen = rounds if row.only_round is None else rounds[row.only_round:row.only_round + 1]
+        chosen = rounds if row.only_round is None else rounds[row.only_round : row.only_round + 1]
         values: dict[str, float | None] = {}
         for name in names:
             samples = [v for v in (row.value(r[name]) for r in chosen) if v is not None]
@@ -96,15 +118,26 @@ def lines(rounds: Sequence[dict[str, TargetRound]], options: Options) -> tuple[l
                 continue
             values[name] = sum(samples) if row.total else sum(samples) / len(samples)
             low, high = min(samples), max(samples)
-            if not row.total and low > 0 and high / low - 1 > NOISY:
-                notes.append(f"{row.label.strip()} on {name}: rounds differ by "
+            if row.steady and low > 0 and high / low - 1 > NOISY:
+                notes.append(f"{row.label.strip()} on {name}: the rounds differ by "
                              f"{(high / low - 1) * 100:.0f}% ({_number(low)} .. {_number(high)})")
         if row.minus_direct:
             base = values.get(DIRECT)
             values = {n: None if v is None or base is None else v - base
                       for n, v in values.items()}
         out.append(Line(row.label, values, _ratios(values) if row.ratio else {}))
-    return out, notes
+    return out, notes + _client_bound(rounds)
+
+
+def _client_bound(rounds: Sequence[dict[str, TargetRound]]) -> list[str]:
+    """Stream figures the Python client may have capped: it was busy nearly all the time."""
+    notes = []
+    for name in rounds[0]:
+        busy = max(r[name].cpu["streams"]["client"] / r[name].streams.seconds for r in rounds)
+        if busy > CLIENT_BOUND:
+            notes.append(f"stream chunks/s on {name}: the client used {busy * 100:.0f}% of a "
+                         "CPU, so this may be the client's limit rather than the target's")
+    return notes
 
 
 def _ratios(values: dict[str, float | None]) -> dict[str, float | None]:

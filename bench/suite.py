@@ -3,21 +3,22 @@
 Each measurement (1-connection latency, wrk at each connection count, stream throughput, paced
 streams) runs on every target before the next one starts, in an order that rotates from one
 measurement to the next, so drift of the machine (thermal, other tenants) spreads over the
-targets instead of landing on one. Around each, the CPU time of the target's processes (and of
-the upstream) is sampled from /proc. After the round, the RSS of each target's workers.
+targets instead of landing on one. Around each, the CPU time of the target's processes, of the
+upstream and of the client is sampled. After the round, the RSS of each target's workers.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from bench import streams
-from bench.streams import Paced, Throughput
 from bench.load import Load, run_wrk
 from bench.procs import cpu_seconds, cpu_used, rss_kib, tree
+from bench.streams import Paced, Throughput
 from bench.targets import CHAT_BODY, Target
 
 T = TypeVar("T")
@@ -43,7 +44,9 @@ class TargetRound:
     loads: list[Load]  # one per Options.connections
     streams: Throughput
     paced: Paced
-    cpu: dict[str, dict[str, float]]  # measurement -> group (proxy, nginx, upstream) -> CPU s
+    # measurement -> group -> CPU seconds; groups: proxy, nginx (see Target.cost_groups),
+    # upstream, and client (the benchmark and wrk)
+    cpu: dict[str, dict[str, float]]
     rss_kib: list[int]  # of each worker, after the round
 
 
@@ -73,11 +76,11 @@ def run_round(
         step += 1
         return results
 
-    latency = each("latency", lambda t: _wrk(t, options, connections=1, seconds=options.seconds))
-    loads = [
-        each(f"c{c}", lambda t, c=c: _wrk(t, options, connections=c, seconds=options.seconds))
-        for c in options.connections
-    ]
+    def wrk(connections: int) -> Callable[[Target], Load]:
+        return lambda t: _wrk(t, options, connections=connections, seconds=options.seconds)
+
+    latency = each("latency", wrk(1))
+    loads = [each(f"c{c}", wrk(c)) for c in options.connections]
     throughput = each("streams", lambda t: streams.throughput(
         t.url("/v1/chat/completions"), t.headers(), CHAT_BODY,
         concurrency=options.stream_concurrency, seconds=options.seconds))
@@ -111,6 +114,15 @@ def _with_cpu(
         return {**target.cost_groups(), "upstream": [p.pid for p in tree(upstream_pid)]}
 
     before = {name: cpu_seconds(pids) for name, pids in groups().items()}
+    client_before = _client_cpu()
     result = measure(target)
+    client = _client_cpu() - client_before
     after = {name: cpu_seconds(pids) for name, pids in groups().items()}
-    return result, {name: cpu_used(before.get(name, {}), after[name]) for name in after}
+    used = {name: cpu_used(before.get(name, {}), after[name]) for name in after}
+    return result, {**used, "client": client}
+
+
+def _client_cpu() -> float:
+    """CPU seconds of this process and of its finished children (wrk)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system

@@ -70,6 +70,7 @@ class PlainNginx(Target):
     """nginx alone with `proxy_pass` to the upstream, configured like llmp's nginx for /v1/."""
 
     name = "nginx"
+    child: Child
 
     def __init__(self, workdir: Path, upstream_port: int) -> None:
         super().__init__(free_port())
@@ -139,6 +140,7 @@ class LlmpStack(Target):
     """`python -m llmp run` (supervisord: nginx, proxy, api, certd) with a fresh data folder."""
 
     name = "llmp"
+    child: Child
 
     def __init__(self, workdir: Path, upstream_port: int, workers: int) -> None:
         super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))

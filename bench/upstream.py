@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import socket
-import sys
 from typing import Any, cast
 
 import uvloop
@@ -152,7 +151,7 @@ def parse(buffer: bytearray) -> Request | None:
 
 def _dechunk(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
     """A chunked body starting at `at`: (body, end offset), or None if incomplete."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         eol = buffer.find(b"\r\n", at)
         if eol < 0:
@@ -262,13 +261,13 @@ def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 async def serve(sock: socket.socket, children: list[int]) -> None:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, stop.set)
     server = await loop.create_server(Upstream, sock=sock)
     print(f"bench upstream: listening on {sock.getsockname()} (pid {os.getpid()})", flush=True)
     try:
-        await stop
+        await stop.wait()
     finally:
         server.close()
         for pid in children:
@@ -300,4 +299,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

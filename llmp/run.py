@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -24,7 +25,7 @@ HOME = Path(__file__).resolve().parent.parent
 SUPERVISORD_CONF = HOME / "supervisord.conf"
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"llmp: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -32,8 +33,10 @@ def fail(message: str) -> None:
 def prepare(settings: Settings) -> dict[str, str]:
     """Make folders and the nginx config; return the environment for supervisord."""
     if shutil.which(settings.nginx_bin) is None:
-        fail(f"nginx not found ({settings.nginx_bin!r}); install it (Debian: apt-get install "
-             "nginx-light, or run `make run` as root) or set NGINX_BIN")
+        fail(
+            f"nginx not found ({settings.nginx_bin!r}); install it (Debian: apt-get install "
+            "nginx-light, or run `make run` as root) or set NGINX_BIN"
+        )
     for folder in (settings.data_dir, settings.run_dir, settings.state_dir / "supervisor"):
         folder.mkdir(parents=True, exist_ok=True)
     for stale in settings.run_dir.glob("*.json"):
@@ -59,15 +62,19 @@ def run(env_file: Path) -> None:
     if example.exists():
         password = create_env_file(env_file, example)
         if password is not None:
-            print(f"llmp: created {env_file} with new secrets. Admin login: admin / {password}\n"
-                  "llmp: this password is shown once; it is kept in that file.", flush=True)
+            print(
+                f"llmp: created {env_file} with new secrets. Admin login: admin / {password}\n"
+                "llmp: this password is shown once; it is kept in that file.",
+                flush=True,
+            )
     try:
         settings = load_settings(str(env_file))
     except ValidationError as exc:
         fail(f"bad settings in {env_file} or the environment:\n{exc}")
     environment = {**os.environ, "ENV_FILE": str(env_file.absolute()), **prepare(settings)}
-    supervisord = shutil.which("supervisord", path=f"{Path(sys.executable).parent}:"
-                               f"{os.environ.get('PATH', '')}")
+    supervisord = shutil.which(
+        "supervisord", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    )
     if supervisord is None:
         fail("supervisord not found; install the project (pip install .)")
     os.execve(supervisord, [supervisord, "-c", str(SUPERVISORD_CONF)], environment)

@@ -62,9 +62,7 @@ CREATE INDEX IF NOT EXISTS requests_key_start ON requests (key_id, start_ms);
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ms);
 """
 
-_INSERT = (
-    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-)
+_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -27,7 +27,7 @@ class ApiKey:
     id: str
     username: str
     key: str
-    createdAt: str  # noqa: N815 (the file format's own name)
+    createdAt: str
 
     @classmethod
     def new(cls, username: str) -> ApiKey:

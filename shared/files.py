@@ -15,7 +15,7 @@ from typing import Any
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data`; the new file gets `mode` (0600 by default: data/ holds secrets)."""
+    """Replace `path` with `data`; the new file gets `mode` (0600 by default: secrets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -1,6 +1,7 @@
 """Logging: one line per event on stdout, `time level program message key=value ...`.
 
-Context goes in `extra={"fields": {...}}` (None values are left out); values are never keys, passwords or prompts.
+Context goes in `extra={"fields": {...}}` (None values are left out); values are never keys,
+passwords or prompts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {self.program} {record.getMessage()}"
+        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {self.program}"
+        line += " " + record.getMessage()
         fields: dict[str, Any] = getattr(record, "fields", {})
         for name, value in fields.items():
             if value is None:

@@ -84,9 +84,18 @@ class RunningProxy:
         self.settings = settings
         self.app = ProxyApp(settings)
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, loop="uvloop",
-                                http="httptools", lifespan="on", log_config=None,
-                                access_log=False, server_header=False, date_header=False)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="proxy", daemon=True)
 
@@ -129,8 +138,9 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     running: list[RunningProxy] = []
 
     def start(*targets: FakeUpstream | str, **overrides: Any) -> RunningProxy:
-        urls = ",".join(t if isinstance(t, str) else
-                        t.url + (f"|{t.key}" if t.key else "") for t in targets)
+        urls = ",".join(
+            t if isinstance(t, str) else t.url + (f"|{t.key}" if t.key else "") for t in targets
+        )
         settings = make_settings(tmp_path, target_urls=urls, **overrides)
         instance = RunningProxy(settings).__enter__()
         running.append(instance)

@@ -79,62 +79,110 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.path, request.rel_url.raw_query_string,
-                              dict(request.headers), body))
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                request.rel_url.raw_query_string,
+                dict(request.headers),
+                body,
+            )
+        )
         path = request.path
         if path == "/v1/models":
             if self.hang_models:
                 await asyncio.sleep(3600)
-            return web.json_response({"object": "list", "data": [
-                {"id": m, "object": "model", "owned_by": self.name} for m in self.models]})
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "owned_by": self.name} for m in self.models
+                    ],
+                }
+            )
         if path == "/v1/echo":
-            return web.json_response({
-                "upstream": self.name, "method": request.method, "path": path,
-                "query": request.rel_url.raw_query_string, "raw_path": request.raw_path, "headers": dict(request.headers),
-                "body": body.decode("latin-1")})
+            return web.json_response(
+                {
+                    "upstream": self.name,
+                    "method": request.method,
+                    "path": path,
+                    "query": request.rel_url.raw_query_string,
+                    "raw_path": request.raw_path,
+                    "headers": dict(request.headers),
+                    "body": body.decode("latin-1"),
+                }
+            )
         if path == "/v1/gzip":
             payload = json.dumps({"upstream": self.name, "filler": "x" * 20000}).encode()
-            return web.Response(body=gzip.compress(payload), headers={
-                "Content-Encoding": "gzip", "Content-Type": "application/json"})
+            return web.Response(
+                body=gzip.compress(payload),
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
         document: dict[str, Any] = json.loads(body) if body else {}
         model = document.get("model", "")
         if path == "/v1/chat/completions" and document.get("stream"):
             return await self.stream(request, model, document)
         if path == "/v1/chat/completions":
-            return web.json_response(self.completion(model, "chat.completion", {
-                "message": {"role": "assistant", "content": f"hello from {self.name}"}}))
+            return web.json_response(
+                self.completion(
+                    model,
+                    "chat.completion",
+                    {"message": {"role": "assistant", "content": f"hello from {self.name}"}},
+                )
+            )
         if path == "/v1/completions":
-            return web.json_response(self.completion(model, "text_completion", {
-                "text": f"hello from {self.name}"}))
+            return web.json_response(
+                self.completion(model, "text_completion", {"text": f"hello from {self.name}"})
+            )
         if path == "/v1/embeddings":
-            return web.json_response({
-                "object": "list", "model": model,
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-                "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+            return web.json_response(
+                {
+                    "object": "list",
+                    "model": model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": {"prompt_tokens": 4, "total_tokens": 4},
+                }
+            )
         return web.json_response({"error": {"message": f"no route {path}"}}, status=404)
 
     def completion(self, model: str, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": "cmpl-1", "object": kind, "created": int(time.time()), "model": model,
+            "id": "cmpl-1",
+            "object": kind,
+            "created": int(time.time()),
+            "model": model,
             "choices": [{"index": 0, "finish_reason": "stop", **choice}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
         }
 
-    async def stream(self, request: web.Request, model: str,
-                     document: dict[str, Any]) -> web.StreamResponse:
+    async def stream(
+        self, request: web.Request, model: str, document: dict[str, Any]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
             for i in range(self.chunks):
-                chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                         "choices": [{"index": 0, "delta": {"content": f"{self.name}{i} "}}]}
+                chunk = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": f"{self.name}{i} "}}],
+                }
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if self.pace:
                     await asyncio.sleep(self.pace)
             if (document.get("stream_options") or {}).get("include_usage"):
-                usage = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                         "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens":
-                                                  self.chunks, "total_tokens": 11 + self.chunks}}
+                usage = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 11,
+                        "completion_tokens": self.chunks,
+                        "total_tokens": 11 + self.chunks,
+                    },
+                }
                 await response.write(f"data: {json.dumps(usage)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()

@@ -25,8 +25,8 @@ from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
 from services.proxy.keys import KeyStore
 from services.proxy.recorder import Recorder
 from shared.analytics import RequestRow
-from shared.logs import setup_logging
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
+from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("proxy")
@@ -130,9 +130,14 @@ class ProxyApp:
         s = self.settings
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout)
+            total=None, connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout
+        )
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         self.catalog = Catalog(s, self.session)
         await self.keys.start()
         await self.recorder.start()
@@ -187,8 +192,14 @@ class ProxyApp:
             key = self.keys.lookup(key_text)
             if key is None:
                 raise errors.invalid_key()
-            row = RequestRow(request_id, key.id, key.username, int(time.time() * 1000),
-                             method=scope["method"], path=path)
+            row = RequestRow(
+                request_id,
+                key.id,
+                key.username,
+                int(time.time() * 1000),
+                method=scope["method"],
+                path=path,
+            )
             body = await read_body(receive, self.settings.payload_limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
@@ -215,8 +226,15 @@ class ProxyApp:
             if row is not None:
                 self.finish(row, started)
 
-    async def route(self, scope: dict[str, Any], body: bytes, content_type: str,
-                    row: RequestRow, send: Send, started: float) -> None:
+    async def route(
+        self,
+        scope: dict[str, Any],
+        body: bytes,
+        content_type: str,
+        row: RequestRow,
+        send: Send,
+        started: float,
+    ) -> None:
         catalog = self.catalog
         assert catalog is not None and self.session is not None
         path, method = scope["path"], scope["method"]
@@ -250,7 +268,7 @@ class ProxyApp:
         if path == "/v1/models":
             document: Any = {"data": catalog.models(), "object": "list"}
         else:
-            model_id = path[len("/v1/models/"):]
+            model_id = path[len("/v1/models/") :]
             row.model = model_id
             document = catalog.find(model_id)
             if document is None:
@@ -265,12 +283,25 @@ class ProxyApp:
         if not failed:
             row.end_ms = row.start_ms + round(elapsed_ms)
         self.recorder.record(row)
-        log.info("request", extra={"fields": {
-            "id": row.request_id, "key": row.key_id, "method": row.method, "path": row.path,
-            "model": row.model, "upstream": row.upstream, "status": row.status,
-            "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
-            "ms": round(elapsed_ms, 1), "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens, "error": row.error}})
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "id": row.request_id,
+                    "key": row.key_id,
+                    "method": row.method,
+                    "path": row.path,
+                    "model": row.model,
+                    "upstream": row.upstream,
+                    "status": row.status,
+                    "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
+                    "ms": round(elapsed_ms, 1),
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "error": row.error,
+                }
+            },
+        )
 
 
 def _forget_dead_workers(settings: Settings) -> None:

@@ -81,8 +81,9 @@ class Catalog:
 
     def mark_down(self, state: UpstreamState, error: str) -> None:
         if state.healthy:
-            log.warning("upstream down", extra={"fields": {"upstream": state.upstream.url,
-                                                           "error": error}})
+            log.warning(
+                "upstream down", extra={"fields": {"upstream": state.upstream.url, "error": error}}
+            )
         state.healthy = False
         state.last_error = error
 
@@ -123,13 +124,17 @@ class Catalog:
             headers["Authorization"] = f"Bearer {upstream.key}"
         timeout = aiohttp.ClientTimeout(total=self.settings.models_timeout_seconds)
         try:
-            async with self.session.get(upstream.url + "/models", headers=headers,
-                                        timeout=timeout, allow_redirects=False) as resp:
+            async with self.session.get(
+                upstream.url + "/models", headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
                 document = await resp.json(content_type=None)
-            models = [m for m in document.get("data") or []
-                      if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            models = [
+                m
+                for m in document.get("data") or []
+                if isinstance(m, dict) and isinstance(m.get("id"), str)
+            ]
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
             self._refresh_failed(state, f"models: {type(exc).__name__} {exc}".strip())
             return
@@ -140,8 +145,11 @@ class Catalog:
     def _refresh_failed(self, state: UpstreamState, error: str) -> None:
         self.mark_down(state, error)
         stale = state.last_ok is None or (
-            time.time() - state.last_ok > self.settings.models_stale_seconds)
+            time.time() - state.last_ok > self.settings.models_stale_seconds
+        )
         if stale and state.models:
-            log.warning("upstream models dropped", extra={"fields": {
-                "upstream": state.upstream.url, "models": len(state.models)}})
+            log.warning(
+                "upstream models dropped",
+                extra={"fields": {"upstream": state.upstream.url, "models": len(state.models)}},
+            )
             state.models, state.model_ids = [], frozenset()

@@ -40,8 +40,9 @@ def missing_key() -> ProxyError:
 
 
 def invalid_key() -> ProxyError:
-    return ProxyError(401, "Invalid API key", "invalid_api_key",
-                      headers=((b"www-authenticate", b"Bearer"),))
+    return ProxyError(
+        401, "Invalid API key", "invalid_api_key", headers=((b"www-authenticate", b"Bearer"),)
+    )
 
 
 def not_found(path: str) -> ProxyError:
@@ -49,13 +50,15 @@ def not_found(path: str) -> ProxyError:
 
 
 def model_not_found(model: str) -> ProxyError:
-    return ProxyError(404, f"The model '{model}' does not exist or no upstream serves it",
-                      "model_not_found")
+    return ProxyError(
+        404, f"The model '{model}' does not exist or no upstream serves it", "model_not_found"
+    )
 
 
 def payload_too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes",
-                      "payload_too_large")
+    return ProxyError(
+        413, f"Request body is larger than the limit of {limit} bytes", "payload_too_large"
+    )
 
 
 def invalid_json(detail: str) -> ProxyError:
@@ -63,15 +66,21 @@ def invalid_json(detail: str) -> ProxyError:
 
 
 def no_upstream() -> ProxyError:
-    return ProxyError(503, "No upstream is configured (TARGET_URLS is empty)", "no_upstream",
-                      type="server_error")
+    return ProxyError(
+        503, "No upstream is configured (TARGET_URLS is empty)", "no_upstream", type="server_error"
+    )
 
 
 def bad_gateway(upstream: str) -> ProxyError:
-    return ProxyError(502, f"Upstream {upstream} could not be reached", "upstream_unreachable",
-                      type="server_error")
+    return ProxyError(
+        502,
+        f"Upstream {upstream} could not be reached",
+        "upstream_unreachable",
+        type="server_error",
+    )
 
 
 def gateway_timeout(upstream: str) -> ProxyError:
-    return ProxyError(504, f"Upstream {upstream} did not answer in time", "upstream_timeout",
-                      type="server_error")
+    return ProxyError(
+        504, f"Upstream {upstream} did not answer in time", "upstream_timeout", type="server_error"
+    )

@@ -27,12 +27,26 @@ from shared.analytics import RequestRow
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
 NOT_FORWARDED = HOP_BY_HOP | {
-    b"host", b"content-length", b"authorization", b"api-key", b"x-api-key", b"cookie",
+    b"host",
+    b"content-length",
+    b"authorization",
+    b"api-key",
+    b"x-api-key",
+    b"cookie",
 }
 # aiohttp adds these when absent; an upstream should see only what the client sent.
 SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
@@ -50,9 +64,7 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
-def upstream_headers(
-    headers: Sequence[tuple[bytes, bytes]], key: str
-) -> list[tuple[str, str]]:
+def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[tuple[str, str]]:
     drop = NOT_FORWARDED | _connection_tokens(headers)
     out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
     if key:
@@ -131,11 +143,13 @@ async def relay(
         meter = meter_for(content_type, response.headers.get("Content-Encoding", ""))
         row.status = response.status
         row.stream = content_type.startswith("text/event-stream")
-        await send({
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": client_headers(response.raw_headers, row.request_id.encode()),
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": client_headers(response.raw_headers, row.request_id.encode()),
+            }
+        )
         row.ttfb_ms = (time.perf_counter() - started) * 1000
         content = response.content
         try:
@@ -148,8 +162,12 @@ async def relay(
             row.error = f"upstream cut: {type(exc).__name__}"
             if not row.stream:
                 raise UpstreamCut(row.error) from exc
-            cut = ProxyError(502, "The upstream stopped in the middle of the answer",
-                             "upstream_cut", type="server_error")
+            cut = ProxyError(
+                502,
+                "The upstream stopped in the middle of the answer",
+                "upstream_cut",
+                type="server_error",
+            )
             await send({"type": "http.response.body", "body": sse_error(cut), "more_body": False})
             return
         if meter is not None:
@@ -163,8 +181,9 @@ async def relay(
             response.close()
 
 
-async def send_body(send: Send, status: int, body: bytes, request_id: str,
-                    extra: Iterable[tuple[bytes, bytes]] = ()) -> int:
+async def send_body(
+    send: Send, status: int, body: bytes, request_id: str, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> int:
     """Send a complete JSON answer of our own; returns its size."""
     headers = [
         (b"content-type", b"application/json"),

@@ -69,8 +69,10 @@ class KeyStore:
 
     def _fail(self, error: str) -> None:
         if error != self.last_error:
-            log.error("keeping the last good keys", extra={
-                "fields": {"error": error, "count": len(self._by_digest)}})
+            log.error(
+                "keeping the last good keys",
+                extra={"fields": {"error": error, "count": len(self._by_digest)}},
+            )
         self.last_error = error
 
     async def start(self) -> None:

@@ -61,8 +61,10 @@ class Recorder:
                 self._pending[:0] = rows
                 del self._pending[:-MAX_PENDING]
                 if str(exc) != self.last_error:
-                    log.error("analytics not written; will retry", extra={"fields": {
-                        "error": exc, "pending": len(self._pending)}})
+                    log.error(
+                        "analytics not written; will retry",
+                        extra={"fields": {"error": exc, "pending": len(self._pending)}},
+                    )
                 self.last_error = str(exc)
             else:
                 self.last_error = None

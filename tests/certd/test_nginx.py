@@ -17,14 +17,20 @@ from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path, render_server, server_conf_path
 from tests.conftest import eventually, free_port, make_settings
 
+
 class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
-        body = json.dumps({"service": self.server.name, "path": self.path,  # type: ignore[attr-defined]
-                           "xff": self.headers.get("X-Forwarded-For"),
-                           "real_ip": self.headers.get("X-Real-IP")}).encode()
+        body = json.dumps(
+            {
+                "service": self.server.name,
+                "path": self.path,  # type: ignore[attr-defined]
+                "xff": self.headers.get("X-Forwarded-For"),
+                "real_ip": self.headers.get("X-Real-IP"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -41,12 +47,20 @@ def serve(name: str) -> ThreadingHTTPServer:
 @pytest.fixture
 def running_nginx(tmp_path) -> Iterator[tuple]:
     api, proxy = serve("api"), serve("proxy")
-    settings = make_settings(tmp_path, port=free_port(), api_port=api.server_port,
-                             proxy_port=proxy.server_port)
+    settings = make_settings(
+        tmp_path, port=free_port(), api_port=api.server_port, proxy_port=proxy.server_port
+    )
     applied = nginx.apply(settings)
     assert applied.changed and not applied.reloaded
-    process = subprocess.Popen([settings.nginx_bin, "-c", str(main_conf_path(settings)),
-                                "-p", f"{settings.nginx_prefix.absolute()}/"])
+    process = subprocess.Popen(
+        [
+            settings.nginx_bin,
+            "-c",
+            str(main_conf_path(settings)),
+            "-p",
+            f"{settings.nginx_prefix.absolute()}/",
+        ]
+    )
     eventually(lambda: _connects(settings.port))
     yield settings, process
     process.send_signal(signal.SIGQUIT)
@@ -65,8 +79,7 @@ def _connects(port: int) -> bool:
 
 
 def get(port: int, path: str, source: str = "127.0.0.1") -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5,
-                                      source_address=(source, 0))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
     conn.request("GET", path, headers={"X-Forwarded-For": "127.0.0.1"})
     response = conn.getresponse()
     body = response.read()
@@ -82,9 +95,21 @@ def test_routes_v1_to_proxy_and_the_rest_to_api(running_nginx):
     assert get(settings.port, "/v1beta/x")[1]["service"] == "api"
 
 
-@pytest.mark.parametrize("path", ["/admin", "/admin/", "/Admin/x", "/API/keys", "/auth/login",
-                                  "/nginx/reload", "/metrics", "//admin", "/x/../api/keys",
-                                  "/%61dmin/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin",
+        "/admin/",
+        "/Admin/x",
+        "/API/keys",
+        "/auth/login",
+        "/nginx/reload",
+        "/metrics",
+        "//admin",
+        "/x/../api/keys",
+        "/%61dmin/",
+    ],
+)
 def test_admin_paths_only_from_private_ranges(running_nginx, path):
     settings, _ = running_nginx
     status, body = get(settings.port, path)

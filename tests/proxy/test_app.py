@@ -53,9 +53,10 @@ def test_routing_shared_model_is_balanced_by_requests_in_flight(upstreams, proxy
     b = upstreams("b", ["shared"], pace=0.3, chunks=2)
     running = proxy(a, b)
     body = {"model": "shared", "stream": True, "messages": []}
-    with running.client(api_key) as client, client.stream(
-        "POST", "/v1/chat/completions", json=body
-    ) as first:
+    with (
+        running.client(api_key) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as first,
+    ):
         lines = first.iter_lines()  # kept referenced: a dropped iterator closes the stream
         first_upstream = next(lines)
         r = client.post("/v1/chat/completions", json=body)
@@ -119,8 +120,11 @@ def test_upstream_gets_its_own_key_and_never_the_clients(upstreams, proxy, api_k
     bare = upstreams("b", ["model-b"])
     with proxy(keyed, bare).client(api_key) as client:
         for model in ("model-a", "model-b"):
-            r = client.post("/v1/chat/completions", json={"model": model, "messages": []},
-                            headers={"x-api-key": api_key.key, "cookie": "auth_token=jwt"})
+            r = client.post(
+                "/v1/chat/completions",
+                json={"model": model, "messages": []},
+                headers={"x-api-key": api_key.key, "cookie": "auth_token=jwt"},
+            )
             assert r.status_code == 200
     sent = [s for s in keyed.seen + bare.seen if s.path == "/v1/chat/completions"]
     assert sent[0].headers["Authorization"] == "Bearer upstream-secret"
@@ -135,8 +139,12 @@ def test_query_string_body_bytes_and_method_arrive_unchanged(upstreams, proxy, a
     body = b'{"model": "model-a",  "x": 1.0, "y": 1e2}'
     with proxy(a).client(api_key) as client:
         for method in ("POST", "PUT", "DELETE", "PATCH"):
-            r = client.request(method, "/v1/echo?a=1&b=%20two&c=%7e", content=body,
-                               headers={"content-type": "application/json"})
+            r = client.request(
+                method,
+                "/v1/echo?a=1&b=%20two&c=%7e",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
             echoed = r.json()
             assert echoed["method"] == method
             assert echoed["raw_path"] == "/v1/echo?a=1&b=%20two&c=%7e"
@@ -146,9 +154,15 @@ def test_query_string_body_bytes_and_method_arrive_unchanged(upstreams, proxy, a
 def test_hop_by_hop_headers_are_stripped(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"])
     with proxy(a).client(api_key) as client:
-        r = client.get("/v1/echo", headers={"Connection": "keep-alive, x-secret-hop",
-                                            "x-secret-hop": "1", "te": "trailers",
-                                            "x-custom": "kept"})
+        r = client.get(
+            "/v1/echo",
+            headers={
+                "Connection": "keep-alive, x-secret-hop",
+                "x-secret-hop": "1",
+                "te": "trailers",
+                "x-custom": "kept",
+            },
+        )
     seen = {k.lower() for k in r.json()["headers"]}
     assert "x-custom" in seen
     assert not seen & {"x-secret-hop", "te", "proxy-connection", "keep-alive"}
@@ -156,9 +170,11 @@ def test_hop_by_hop_headers_are_stripped(upstreams, proxy, api_key):
 
 def test_gzip_response_arrives_whole_and_still_compressed(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"])
-    with proxy(a).client(api_key) as client:
-        with client.stream("GET", "/v1/gzip", headers={"accept-encoding": "gzip"}) as r:
-            raw = b"".join(r.iter_raw())
+    with (
+        proxy(a).client(api_key) as client,
+        client.stream("GET", "/v1/gzip", headers={"accept-encoding": "gzip"}) as r,
+    ):
+        raw = b"".join(r.iter_raw())
     assert r.headers["content-encoding"] == "gzip"
     assert int(r.headers["content-length"]) == len(raw)
     assert json.loads(gzip.decompress(raw))["filler"] == "x" * 20000
@@ -178,12 +194,25 @@ def test_bad_input_gets_openai_shaped_errors(upstreams, proxy, api_key):
     with running.client(None) as anonymous, running.client(api_key) as client:
         cases = [
             (anonymous.get("/v1/models"), 401, "missing_api_key"),
-            (anonymous.get("/v1/models", headers={"Authorization": "Basic abc"}), 401,
-             "missing_api_key"),
-            (anonymous.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"}), 401,
-             "invalid_api_key"),
-            (client.post("/v1/chat/completions", content=b'{"model": ',
-                         headers={"content-type": "application/json"}), 400, "invalid_json"),
+            (
+                anonymous.get("/v1/models", headers={"Authorization": "Basic abc"}),
+                401,
+                "missing_api_key",
+            ),
+            (
+                anonymous.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"}),
+                401,
+                "invalid_api_key",
+            ),
+            (
+                client.post(
+                    "/v1/chat/completions",
+                    content=b'{"model": ',
+                    headers={"content-type": "application/json"},
+                ),
+                400,
+                "invalid_json",
+            ),
             (client.post("/v1/chat/completions", content=b"x" * 2048), 413, "payload_too_large"),
             (client.get("/v2/models"), 404, "unknown_url"),
         ]
@@ -221,8 +250,9 @@ def test_streaming_relays_chunks_as_they_arrive(upstreams, proxy, api_key):
     with proxy(a).client(api_key) as client:
         t0 = time.monotonic()
         arrivals = []
-        with client.stream("POST", "/v1/chat/completions",
-                           json={"model": "model-a", "stream": True}) as r:
+        with client.stream(
+            "POST", "/v1/chat/completions", json={"model": "model-a", "stream": True}
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data:"):
                     arrivals.append(time.monotonic() - t0)
@@ -231,16 +261,19 @@ def test_streaming_relays_chunks_as_they_arrive(upstreams, proxy, api_key):
 
 
 def analytics_for(running, request_id: str) -> dict[str, Any]:
-    return eventually(lambda: next((r for r in running.rows() if r["request_id"] == request_id),
-                                   None))
+    return eventually(
+        lambda: next((r for r in running.rows() if r["request_id"] == request_id), None)
+    )
 
 
 def test_analytics_row_for_stream_has_usage_and_timings(upstreams, proxy, api_key: ApiKey):
     a = upstreams("a", ["model-a"], chunks=3)
     running = proxy(a)
     with running.client(api_key) as client:
-        r = client.post("/v1/chat/completions", json={
-            "model": "model-a", "stream": True, "stream_options": {"include_usage": True}})
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "model-a", "stream": True, "stream_options": {"include_usage": True}},
+        )
         plain = client.post("/v1/chat/completions", json={"model": "model-a"})
     row = analytics_for(running, r.headers["x-request-id"])
     assert row["key_id"] == api_key.id and row["username"] == "tester"
@@ -253,17 +286,17 @@ def test_analytics_row_for_stream_has_usage_and_timings(upstreams, proxy, api_ke
     assert plain_row["stream"] == 0
 
 
-def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(
-    upstreams, proxy, api_key
-):
+def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"], pace=0.2, chunks=50)
     running = proxy(a)
     body = json.dumps({"model": "model-a", "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                     b"Authorization: Bearer " + api_key.key.encode() + b"\r\n"
-                     b"Content-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + api_key.key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         assert b"200" in sock.recv(65536)
         time.sleep(0.3)
     left = time.monotonic()

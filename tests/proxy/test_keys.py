@@ -31,8 +31,8 @@ def test_keystore_follows_the_file_and_keeps_last_good_keys(tmp_path, caplog):
         finally:
             await store.stop()
 
-    async def until(check, timeout=1.0):
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def until(check):
+        deadline = asyncio.get_running_loop().time() + 1.0
         while not check():
             assert asyncio.get_running_loop().time() < deadline, "not within a second"
             await asyncio.sleep(0.01)

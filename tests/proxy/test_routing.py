@@ -20,9 +20,11 @@ def test_request_model_from_json():
 
 
 def test_request_model_from_multipart_form():
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
-            b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n")
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b--\r\n'
+    )
     assert request_model("multipart/form-data; boundary=b", body) == ("whisper-1", False)
 
 

@@ -9,9 +9,10 @@ def sse(*documents):
 
 
 def test_sse_usage_split_across_chunks_at_any_byte():
-    stream = sse({"choices": [{"delta": {"content": "hi"}}]},
-                 {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}) + (
-        b"data: [DONE]\n\n")
+    stream = sse(
+        {"choices": [{"delta": {"content": "hi"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}},
+    ) + (b"data: [DONE]\n\n")
     for cut in range(1, len(stream)):
         meter = meter_for("text/event-stream", "")
         meter.feed(stream[:cut])

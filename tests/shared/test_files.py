@@ -36,8 +36,9 @@ def test_apikeys_roundtrip_in_the_original_format(tmp_path):
     key = ApiKey.new("alice")
     write_keys(path, [key])
     raw = json.loads(path.read_text())
-    assert raw == {"keys": [{"id": key.id, "username": "alice", "key": key.key,
-                             "createdAt": key.createdAt}]}
+    assert raw == {
+        "keys": [{"id": key.id, "username": "alice", "key": key.key, "createdAt": key.createdAt}]
+    }
     assert len(key.id) == 32 and key.key.startswith("sk-") and len(key.key) == 67
     assert key.createdAt.endswith("Z")
     assert read_keys(path) == [key]
@@ -48,8 +49,18 @@ def test_apikeys_missing_file_is_no_keys(tmp_path):
     assert read_keys(tmp_path / "none.json") == []
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"keys": {}}', b'{"keys": [1]}',
-                                     b'{"keys": [{"id": "x", "username": "u"}]}', b"\xff"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"keys": {}}',
+        b'{"keys": [1]}',
+        b'{"keys": [{"id": "x", "username": "u"}]}',
+        b"\xff",
+    ],
+)
 def test_apikeys_corrupt_file_is_an_error_not_an_empty_set(tmp_path, content):
     path = tmp_path / "apikeys.json"
     path.write_bytes(content)

@@ -8,11 +8,16 @@ def test_env_file_values_are_all_honoured(tmp_path, monkeypatch):
     for name in ("JWT_SECRET", "AUTH_USERNAME", "AUTH_PASSWORD", "PORT", "TARGET_URLS"):
         monkeypatch.delenv(name, raising=False)
     env = tmp_path / ".env"
-    env.write_text("JWT_SECRET=from-file-secret\nAUTH_USERNAME=boss\nAUTH_PASSWORD=pw-from-file\n"
-                   "PORT=9000\nTARGET_URLS=http://a:1,http://b:2|k\nPAYLOAD_LIMIT=50mb\n")
+    env.write_text(
+        "JWT_SECRET=from-file-secret\nAUTH_USERNAME=boss\nAUTH_PASSWORD=pw-from-file\n"
+        "PORT=9000\nTARGET_URLS=http://a:1,http://b:2|k\nPAYLOAD_LIMIT=50mb\n"
+    )
     s = load_settings(str(env))
     assert (s.jwt_secret, s.auth_username, s.auth_password) == (
-        "from-file-secret", "boss", "pw-from-file")
+        "from-file-secret",
+        "boss",
+        "pw-from-file",
+    )
     assert s.port == 9000 and s.payload_limit == 50 * 1024 * 1024
     assert [u.url for u in s.target_urls] == ["http://a:1/v1", "http://b:2/v1"]
     assert s.target_urls[1].key == "k"
@@ -32,9 +37,17 @@ def test_bad_target_urls_is_a_clear_error(tmp_path, monkeypatch):
         load_settings(str(tmp_path / "missing.env"))
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("1mb", 1024**2), ("50MB", 50 * 1024**2), ("512kb", 512 * 1024), ("1024", 1024),
-    ("1.5kb", 1536), (" 2 gb ", 2 * 1024**3)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1mb", 1024**2),
+        ("50MB", 50 * 1024**2),
+        ("512kb", 512 * 1024),
+        ("1024", 1024),
+        ("1.5kb", 1536),
+        (" 2 gb ", 2 * 1024**3),
+    ],
+)
 def test_parse_size_like_the_bytes_library(text, size):
     assert parse_size(text) == size
 

@@ -14,8 +14,10 @@ from shared.targets import Upstream, parse_target_urls
         ("localhost:11434", [Upstream("http://localhost:11434", "/v1")]),
         ("http://h:1|key-1", [Upstream("http://h:1", "/v1", "key-1")]),
         ("http://h:1| key-1 |ignored", [Upstream("http://h:1", "/v1", "key-1")]),
-        (" http://a:1 , http://b:2|k ,", [Upstream("http://a:1", "/v1"),
-                                          Upstream("http://b:2", "/v1", "k")]),
+        (
+            " http://a:1 , http://b:2|k ,",
+            [Upstream("http://a:1", "/v1"), Upstream("http://b:2", "/v1", "k")],
+        ),
         ("http://[::1]:8000", [Upstream("http://[::1]:8000", "/v1")]),
         ("http://user:pw@h:1/v1?x=1#f", [Upstream("http://h:1", "/v1")]),
         ("", []),

@@ -54,8 +54,13 @@ class Stack:
     def start(self) -> Stack:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "llmp", "run"], cwd=self.home, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "llmp", "run"],
+                cwd=self.home,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.output()
@@ -73,10 +78,10 @@ class Stack:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-                raise AssertionError(f"stack did not stop in {timeout}s:\n{self.output()}")
+                raise AssertionError(f"stack did not stop in {timeout}s:\n{self.output()}") from exc
         return self.process.returncode
 
     def output(self) -> str:
@@ -86,8 +91,11 @@ class Stack:
         write_keys(self.data / "apikeys.json", list(keys))
 
     def workers(self) -> list[dict[str, Any]]:
-        return [b for b in read_heartbeats(self.data / "run")
-                if b.get("program") == "proxy" and b["alive"]]
+        return [
+            b
+            for b in read_heartbeats(self.data / "run")
+            if b.get("program") == "proxy" and b["alive"]
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -38,15 +39,20 @@ def test_healthz_through_nginx_reports_every_program(stack):
 
 
 def test_openai_sdk_sync(stack, fleet, key):
-    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0,
-                           timeout=10)
-    chat = client.chat.completions.create(model="model-b", messages=[
-        {"role": "user", "content": "hi"}])
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0, timeout=10)
+    chat = client.chat.completions.create(
+        model="model-b", messages=[{"role": "user", "content": "hi"}]
+    )
     assert chat.choices[0].message.content == "hello from b"
     assert chat.usage is not None and chat.usage.total_tokens == 10
-    chunks = list(client.chat.completions.create(
-        model="model-a", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="model-a",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "a0 a1 a2 a3 a4 "
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
@@ -55,7 +61,12 @@ def test_openai_sdk_sync(stack, fleet, key):
     embedding = client.embeddings.create(model="embed-b", input="hi")
     assert embedding.data[0].embedding == [0.1, 0.2, 0.3]
     assert [m.id for m in client.models.list()] == [
-        "model-a", "shared", "model-b", "embed-b", "slow-model"]
+        "model-a",
+        "shared",
+        "model-b",
+        "embed-b",
+        "slow-model",
+    ]
     assert client.models.retrieve("embed-b").owned_by == "b"
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="nope", messages=[])
@@ -67,11 +78,12 @@ def test_openai_sdk_sync(stack, fleet, key):
 
 def test_openai_sdk_async(stack, key):
     async def scenario() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key=key.key,
-                                      max_retries=0, timeout=10) as client:
+        async with openai.AsyncOpenAI(
+            base_url=stack.url + "/v1", api_key=key.key, max_retries=0, timeout=10
+        ) as client:
+
             async def one(model: str) -> str:
-                stream = await client.chat.completions.create(
-                    model=model, messages=[], stream=True)
+                stream = await client.chat.completions.create(model=model, messages=[], stream=True)
                 return "".join([c.choices[0].delta.content or "" async for c in stream])
 
             return await asyncio.gather(*(one(m) for m in ["model-a", "model-b"] * 5))
@@ -84,12 +96,14 @@ def test_streaming_is_not_buffered_anywhere(stack, key):
     """The slow upstream sends a chunk every 200 ms: the first must arrive long before the last."""
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0)
     t0 = time.monotonic()
-    arrivals = [time.monotonic() - t0 for _ in client.chat.completions.create(
-        model="slow-model", messages=[], stream=True)]
+    arrivals = [
+        time.monotonic() - t0
+        for _ in client.chat.completions.create(model="slow-model", messages=[], stream=True)
+    ]
     assert len(arrivals) == 10
     assert arrivals[0] < 0.3
     assert arrivals[-1] > 1.7
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > 0.1  # chunks arrive spread out, not in bursts
 
 
@@ -98,17 +112,24 @@ def test_client_disconnect_through_nginx_closes_upstream_and_is_recorded(stack, 
     closed_before = len(slow.stream_closed)
     body = json.dumps({"model": "slow-model", "stream": True, "messages": []}).encode()
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                     b"Authorization: Bearer " + key.key.encode() + b"\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + key.key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(0.5)
     left = time.monotonic()
     eventually(lambda: len(slow.stream_closed) > closed_before, timeout=3)
     assert slow.stream_closed[-1] - left < 1.0
-    failed = eventually(lambda: rows(stack, "key_id = ? AND model = 'slow-model' AND "
-                                     "error = 'client disconnected'", key.id))
+    failed = eventually(
+        lambda: rows(
+            stack, "key_id = ? AND model = 'slow-model' AND error = 'client disconnected'", key.id
+        )
+    )
     assert failed[0]["end_ms"] is None and failed[0]["status"] == 200
 
 
@@ -116,8 +137,9 @@ def test_every_request_gets_an_analytics_row(stack, key):
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0)
     for _ in range(20):
         client.chat.completions.create(model="shared", messages=[])
-    recorded = eventually(lambda: len(rows(stack, "key_id = ? AND model = 'shared'", key.id))
-                          == 20 or None)
+    recorded = eventually(
+        lambda: len(rows(stack, "key_id = ? AND model = 'shared'", key.id)) == 20 or None
+    )
     assert recorded
     both = {r["upstream"] for r in rows(stack, "key_id = ?", key.id) if r["model"] == "shared"}
     assert len(both) >= 1
@@ -130,9 +152,13 @@ def test_key_changes_reach_every_worker_within_a_second(stack, key):
     fresh = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
     def statuses(k: ApiKey) -> set[int]:
-        return {fresh.get(f"http://127.0.0.1:{stack.proxy_port}/v1/models",
-                          headers={"Authorization": f"Bearer {k.key}"}).status_code
-                for _ in range(20)}
+        return {
+            fresh.get(
+                f"http://127.0.0.1:{stack.proxy_port}/v1/models",
+                headers={"Authorization": f"Bearer {k.key}"},
+            ).status_code
+            for _ in range(20)
+        }
 
     def settles_within_a_second(check) -> None:
         changed = time.monotonic()
@@ -153,26 +179,37 @@ def test_key_changes_reach_every_worker_within_a_second(stack, key):
 
 def test_corrupt_keys_file_keeps_last_good_keys(stack, key):
     (stack.data / "apikeys.json").write_text('{"keys": [')
-    health = eventually(lambda: (h := httpx.get(stack.url + "/healthz").json())["programs"][
-        "proxy"].get("last_error") and h, timeout=5)
+    health = eventually(
+        lambda: (
+            (h := httpx.get(stack.url + "/healthz").json())["programs"]["proxy"].get("last_error")
+            and h
+        ),
+        timeout=5,
+    )
     assert "not valid JSON" in health["programs"]["proxy"]["last_error"]
     for _ in range(10):
         r = httpx.get(stack.url + "/v1/models", headers={"Authorization": f"Bearer {key.key}"})
         assert r.status_code == 200
     assert "keeping the last good keys" in stack.output()
     stack.keys(key)
-    eventually(lambda: not httpx.get(stack.url + "/healthz").json()["programs"]["proxy"].get(
-        "last_error"), timeout=5)
+    eventually(
+        lambda: not httpx.get(stack.url + "/healthz").json()["programs"]["proxy"].get("last_error"),
+        timeout=5,
+    )
 
 
 def test_bad_requests_through_nginx(stack, key):
     auth = {"Authorization": f"Bearer {key.key}"}
     assert httpx.get(stack.url + "/v1/models").json()["error"]["code"] == "missing_api_key"
-    r = httpx.post(stack.url + "/v1/chat/completions", content=b"{", headers={
-        **auth, "content-type": "application/json"})
+    r = httpx.post(
+        stack.url + "/v1/chat/completions",
+        content=b"{",
+        headers={**auth, "content-type": "application/json"},
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
-    big = httpx.post(stack.url + "/v1/chat/completions", content=b"x" * (1024 * 1024 + 1),
-                     headers=auth)
+    big = httpx.post(
+        stack.url + "/v1/chat/completions", content=b"x" * (1024 * 1024 + 1), headers=auth
+    )
     assert (big.status_code, big.json()["error"]["code"]) == (413, "payload_too_large")
     assert httpx.get(stack.url + "/v1/models", headers=auth).status_code == 200
 
