@@ -89,8 +89,8 @@ def rows(options: Options) -> list[Row]:
                 steady=True),
         ]
     result += [
-        Row("  CPU/req, proxy + its nginx (us)",
-            _cpu_per_request(len(options.connections) - 1, measurement, ("proxy", "nginx"))),
+        Row("  CPU/req, proxy + its nginx (us)", _cpu_per_request(
+            len(options.connections) - 1, f"c{options.connections[-1]}", ("proxy", "nginx"))),
         Row(f"stream chunks/s, {options.stream_concurrency} streams",
             lambda r: r.streams.chunks_per_s, steady=True),
         Row(f"paced TTFB p50 (ms), {options.pace_ms} ms pace", lambda r: r.paced.ttfb_p50_ms),

@@ -131,10 +131,17 @@ async def _paced(
     payload = stream_body(body, pace_ms).encode()
     done: list[_Stream] = []
     errors = 0
+
+    async def staggered(session: aiohttp.ClientSession, index: int) -> _Stream:
+        # Spread the starts over one pace interval, as independent clients would be: started
+        # all at once, the streams would measure the client's own queue more than the target.
+        await asyncio.sleep(index * pace_ms / 1000 / concurrency)
+        return await _stream(session, url, payload)
+
     async with _session(concurrency, headers) as session:
         for _ in range(rounds):
             results = await asyncio.gather(
-                *(_stream(session, url, payload) for _ in range(concurrency)),
+                *(staggered(session, index) for index in range(concurrency)),
                 return_exceptions=True,
             )
             for result in results:

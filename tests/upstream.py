@@ -35,6 +35,7 @@ class FakeUpstream:
     pace: float = 0.0  # seconds between SSE chunks
     chunks: int = 5
     hang_models: bool = False
+    cut_after: int | None = None  # drop the connection after this many SSE chunks
     seen: list[Seen] = field(default_factory=list)
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
     port: int = 0
@@ -162,6 +163,9 @@ class FakeUpstream:
         await response.prepare(request)
         try:
             for i in range(self.chunks):
+                if i == self.cut_after and request.transport is not None:
+                    request.transport.abort()
+                    return response
                 chunk = {
                     "id": "c",
                     "object": "chat.completion.chunk",

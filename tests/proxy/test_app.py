@@ -304,3 +304,15 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams
     assert closed[0] - left < 1.0
     rows = eventually(lambda: [r for r in running.rows() if r["path"] == "/v1/chat/completions"])
     assert rows[0]["error"] == "client disconnected" and rows[0]["end_ms"] is None
+
+
+def test_upstream_cut_mid_stream_ends_the_stream_with_an_error_event(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"], chunks=5, cut_after=2)
+    running = proxy(a)
+    with running.client(api_key) as client:
+        r = client.post("/v1/chat/completions", json={"model": "model-a", "stream": True})
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and len(events) == 3
+    assert json.loads(events[-1])["error"]["code"] == "upstream_cut"
+    row = analytics_for(running, r.headers["x-request-id"])
+    assert row["error"].startswith("upstream cut") and row["end_ms"] is None
