@@ -30,13 +30,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds of each load, whole (default 5; 1 with --quick)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        help="seconds of each load, whole (default 5; 1 with --quick)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="llmp's PROXY_WORKERS (default 2)")
-    parser.add_argument("--only", default=",".join(TARGETS),
-                        help=f"targets to measure, comma-separated (default {','.join(TARGETS)})")
-    parser.add_argument("--upstream-procs", type=int, default=1,
-                        help="processes of the mock upstream (default 1)")
+    parser.add_argument(
+        "--only",
+        default=",".join(TARGETS),
+        help=f"targets to measure, comma-separated (default {','.join(TARGETS)})",
+    )
+    parser.add_argument(
+        "--upstream-procs", type=int, default=1, help="processes of the mock upstream (default 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -56,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
-        print(f"bench: {' and '.join(missing)} not found; run `scripts/system-deps bench`",
-              file=sys.stderr)
+        print(
+            f"bench: {' and '.join(missing)} not found; run `scripts/system-deps bench`",
+            file=sys.stderr,
+        )
         return 2
     options = Options(
         seconds=args.duration,
@@ -97,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def measure(targets: list[Target], upstream_pid: int, options: Options) -> list[
-        dict[str, TargetRound]]:
+def measure(
+    targets: list[Target], upstream_pid: int, options: Options
+) -> list[dict[str, TargetRound]]:
     log("warming up")
     warm_up(targets, options)
     rounds = []
@@ -116,8 +127,11 @@ def print_results(
     print(report.table(table_lines, list(rounds[0])))
     for note in notes:
         print(f"note: {note}")
-    settings = {"proxy_workers": args.workers, "upstream_procs": args.upstream_procs,
-                "targets": list(rounds[0])}
+    settings = {
+        "proxy_workers": args.workers,
+        "upstream_procs": args.upstream_procs,
+        "targets": list(rounds[0]),
+    }
     path = report.write_json(RESULTS, options, settings, rounds, table_lines)
     print(f"\nresults: {path}")
 

@@ -53,8 +53,15 @@ def run_wrk(
     threads = max(1, min(threads, connections))
     seconds = max(1, round(seconds))
     argv = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(SCRIPT), url,
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(SCRIPT),
+        url,
     ]
     environment = {
         **os.environ,
@@ -64,15 +71,17 @@ def run_wrk(
     }
     try:
         done = subprocess.run(
-            argv, env=environment, capture_output=True, text=True, timeout=seconds + 30,
-            check=False)
+            argv, env=environment, capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LoadFailed(f"{' '.join(argv)}: {exc}") from exc
     for line in done.stdout.splitlines():
         if line.startswith(MARKER):
-            return _load(connections, json.loads(line[len(MARKER):]))
-    raise LoadFailed(f"wrk exited with {done.returncode} without a summary:\n"
-                     f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            return _load(connections, json.loads(line[len(MARKER) :]))
+    raise LoadFailed(
+        f"wrk exited with {done.returncode} without a summary:\n"
+        f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    )
 
 
 def _load(connections: int, summary: dict[str, float]) -> Load:
@@ -81,8 +90,9 @@ def _load(connections: int, summary: dict[str, float]) -> Load:
         connections=connections,
         requests=int(summary["requests"]),
         seconds=seconds,
-        socket_errors=int(sum(summary[k] for k in
-                              ("connect_errors", "read_errors", "write_errors", "timeouts"))),
+        socket_errors=int(
+            sum(summary[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+        ),
         non_2xx=int(summary["status_errors"]),
         p50_ms=summary["p50_us"] / 1000,
         p90_ms=summary["p90_us"] / 1000,

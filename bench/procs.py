@@ -55,8 +55,14 @@ class Child:
         self.stop_signal, self.grace = stop_signal, grace
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pid = self.process.pid
 
     def tail(self, lines: int = 30) -> str:
@@ -93,7 +99,8 @@ class Child:
             if self.process.poll() is not None:
                 raise self.failed(f"exited with {self.process.returncode} before it was ready")
             request = urllib.request.Request(
-                url, data=None if body is None else body.encode(), headers=dict(headers))
+                url, data=None if body is None else body.encode(), headers=dict(headers)
+            )
             if body is not None:
                 request.add_header("Content-Type", "application/json")
             try:

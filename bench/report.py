@@ -85,14 +85,24 @@ def rows(options: Options) -> list[Row]:
         result += [
             Row(f"req/s, {connections} conns", _rps(index), steady=True),
             Row("  p99 (ms)", _p99(index)),
-            Row("  CPU/req, proxy (us)", _cpu_per_request(index, measurement, ("proxy",)),
-                steady=True),
+            Row(
+                "  CPU/req, proxy (us)",
+                _cpu_per_request(index, measurement, ("proxy",)),
+                steady=True,
+            ),
         ]
     result += [
-        Row("  CPU/req, proxy + its nginx (us)", _cpu_per_request(
-            len(options.connections) - 1, f"c{options.connections[-1]}", ("proxy", "nginx"))),
-        Row(f"stream chunks/s, {options.stream_concurrency} streams",
-            lambda r: r.streams.chunks_per_s, steady=True),
+        Row(
+            "  CPU/req, proxy + its nginx (us)",
+            _cpu_per_request(
+                len(options.connections) - 1, f"c{options.connections[-1]}", ("proxy", "nginx")
+            ),
+        ),
+        Row(
+            f"stream chunks/s, {options.stream_concurrency} streams",
+            lambda r: r.streams.chunks_per_s,
+            steady=True,
+        ),
         Row(f"paced TTFB p50 (ms), {options.pace_ms} ms pace", lambda r: r.paced.ttfb_p50_ms),
         Row("  p99 (ms)", lambda r: r.paced.ttfb_p99_ms),
         Row("errors (non-2xx, socket, stream)", _errors, total=True, ratio=False),
@@ -119,13 +129,16 @@ def lines(
             values[name] = sum(samples) if row.total else sum(samples) / len(samples)
             low, high = min(samples), max(samples)
             if row.steady and low > 0 and high / low - 1 > NOISY:
-                notes.append(f"{row.label.strip()} on {name}: the rounds differ by "
-                             f"{(high / low - 1) * 100:.0f}% ({_number(low)} .. {_number(high)})")
+                notes.append(
+                    f"{row.label.strip()} on {name}: the rounds differ by "
+                    f"{(high / low - 1) * 100:.0f}% ({_number(low)} .. {_number(high)})"
+                )
+        ratios = _ratios(values) if row.ratio else {}
         if row.minus_direct:
             base = values.get(DIRECT)
-            values = {n: None if v is None or base is None else v - base
-                      for n, v in values.items()}
-        out.append(Line(row.label, values, _ratios(values) if row.ratio else {}))
+            values = {n: None if v is None or base is None else v - base for n, v in values.items()}
+            ratios = {n: r for n, r in _ratios(values).items() if n != DIRECT}
+        out.append(Line(row.label, values, ratios))
     return out, notes + _client_bound(rounds)
 
 
@@ -135,8 +148,10 @@ def _client_bound(rounds: Sequence[dict[str, TargetRound]]) -> list[str]:
     for name in rounds[0]:
         busy = max(r[name].cpu["streams"]["client"] / r[name].streams.seconds for r in rounds)
         if busy > CLIENT_BOUND:
-            notes.append(f"stream chunks/s on {name}: the client used {busy * 100:.0f}% of a "
-                         "CPU, so this may be the client's limit rather than the target's")
+            notes.append(
+                f"stream chunks/s on {name}: the client used {busy * 100:.0f}% of a "
+                "CPU, so this may be the client's limit rather than the target's"
+            )
     return notes
 
 
@@ -144,7 +159,8 @@ def _ratios(values: dict[str, float | None]) -> dict[str, float | None]:
     base = values.get(RATIO_BASE)
     return {
         name: None if value is None or not base else value / base
-        for name, value in values.items() if name != RATIO_BASE and RATIO_BASE in values
+        for name, value in values.items()
+        if name != RATIO_BASE and RATIO_BASE in values
     }
 
 
@@ -162,14 +178,21 @@ def table(table_lines: Sequence[Line], names: Sequence[str]) -> str:
     ratio_names = [n for n in names if n != RATIO_BASE] if RATIO_BASE in names else []
     header = ["", *names, *(f"{n}/{RATIO_BASE}" for n in ratio_names)]
     body = [
-        [line.label, *(_number(line.values[n]) for n in names),
-         *("" if line.ratios.get(n) is None else f"{line.ratios[n]:.2f}x" for n in ratio_names)]
+        [
+            line.label,
+            *(_number(line.values[n]) for n in names),
+            *("" if line.ratios.get(n) is None else f"{line.ratios[n]:.2f}x" for n in ratio_names),
+        ]
         for line in table_lines
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     return "\n".join(
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                         strict=True))])
+        "  ".join(
+            [
+                row[0].ljust(widths[0]),
+                *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)),
+            ]
+        )
         for row in [header, *body]
     )
 
@@ -184,8 +207,11 @@ def write_json(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     document = {
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
         "options": asdict(options),
         "settings": settings,
         "table": [asdict(line) for line in table_lines],

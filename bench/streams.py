@@ -91,14 +91,18 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: bytes) -> _Str
                 first = time.perf_counter()
             # One byte of the previous read is enough to see a terminator split across reads.
             events += (tail[-1:] + data).count(b"\n\n")
-            tail = (tail + data)[-len(DONE):]
+            tail = (tail + data)[-len(DONE) :]
     if first is None or tail != DONE:
         raise BadStream("the stream did not end with [DONE]")
     return _Stream(first - started, time.perf_counter() - started, events - 1)
 
 
 async def _throughput(
-    url: str, headers: Mapping[str, str], body: str, concurrency: int, seconds: float,
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    concurrency: int,
+    seconds: float,
     max_streams: int,
 ) -> Throughput:
     payload = body.encode()
@@ -126,7 +130,12 @@ async def _throughput(
 
 
 async def _paced(
-    url: str, headers: Mapping[str, str], body: str, concurrency: int, rounds: int, pace_ms: int,
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    concurrency: int,
+    rounds: int,
+    pace_ms: int,
 ) -> Paced:
     payload = stream_body(body, pace_ms).encode()
     done: list[_Stream] = []
@@ -153,22 +162,37 @@ async def _paced(
                     raise result
     ttfb = [s.ttfb * 1000 for s in done]
     return Paced(
-        pace_ms, len(done), errors, percentile(ttfb, 50), percentile(ttfb, 99),
+        pace_ms,
+        len(done),
+        errors,
+        percentile(ttfb, 50),
+        percentile(ttfb, 99),
         percentile([s.duration * 1000 for s in done], 50),
     )
 
 
 def throughput(
-    url: str, headers: Mapping[str, str], body: str, *, concurrency: int, seconds: float,
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    concurrency: int,
+    seconds: float,
     max_streams: int = 1_000_000,
 ) -> Throughput:
     """Run `concurrency` streams back to back for `seconds` (at most `max_streams` in all)."""
-    return uvloop.run(_throughput(
-        url, headers, stream_body(body), concurrency, seconds, max_streams))
+    return uvloop.run(
+        _throughput(url, headers, stream_body(body), concurrency, seconds, max_streams)
+    )
 
 
 def paced(
-    url: str, headers: Mapping[str, str], body: str, *, concurrency: int, rounds: int,
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    concurrency: int,
+    rounds: int,
     pace_ms: int,
 ) -> Paced:
     """Run `rounds` of `concurrency` simultaneous streams paced at `pace_ms`."""

@@ -71,8 +71,7 @@ def run_round(
         order = [targets[(i + step) % len(targets)] for i in range(len(targets))]
         for target in order:
             log(f"  {name} on {target.name}")
-            results[target.name], cpu[target.name][name] = _with_cpu(
-                target, upstream_pid, measure)
+            results[target.name], cpu[target.name][name] = _with_cpu(target, upstream_pid, measure)
         step += 1
         return results
 
@@ -81,13 +80,27 @@ def run_round(
 
     latency = each("latency", wrk(1))
     loads = [each(f"c{c}", wrk(c)) for c in options.connections]
-    throughput = each("streams", lambda t: streams.throughput(
-        t.url("/v1/chat/completions"), t.headers(), CHAT_BODY,
-        concurrency=options.stream_concurrency, seconds=options.seconds))
-    paced = each("paced", lambda t: streams.paced(
-        t.url("/v1/chat/completions"), t.headers(), CHAT_BODY,
-        concurrency=options.paced_concurrency, rounds=options.paced_rounds,
-        pace_ms=options.pace_ms))
+    throughput = each(
+        "streams",
+        lambda t: streams.throughput(
+            t.url("/v1/chat/completions"),
+            t.headers(),
+            CHAT_BODY,
+            concurrency=options.stream_concurrency,
+            seconds=options.seconds,
+        ),
+    )
+    paced = each(
+        "paced",
+        lambda t: streams.paced(
+            t.url("/v1/chat/completions"),
+            t.headers(),
+            CHAT_BODY,
+            concurrency=options.paced_concurrency,
+            rounds=options.paced_rounds,
+            pace_ms=options.pace_ms,
+        ),
+    )
     return {
         t.name: TargetRound(
             latency=latency[t.name],
@@ -103,8 +116,13 @@ def run_round(
 
 def _wrk(target: Target, options: Options, *, connections: int, seconds: float) -> Load:
     return run_wrk(
-        target.url("/v1/chat/completions"), connections=connections, seconds=seconds,
-        threads=options.threads, body=CHAT_BODY, api_key=target.api_key)
+        target.url("/v1/chat/completions"),
+        connections=connections,
+        seconds=seconds,
+        threads=options.threads,
+        body=CHAT_BODY,
+        api_key=target.api_key,
+    )
 
 
 def _with_cpu(

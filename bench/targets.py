@@ -168,15 +168,19 @@ class LlmpStack(Target):
             "LOG_LEVEL": "WARNING",
         }
         self.child = Child(
-            "llmp", [sys.executable, "-m", "llmp", "run"], workdir / "llmp.log",
-            cwd=REPO, env=environment,
+            "llmp",
+            [sys.executable, "-m", "llmp", "run"],
+            workdir / "llmp.log",
+            cwd=REPO,
+            env=environment,
             # supervisord stops nginx and the programs, each within its stopwaitsecs (<= 35 s).
             grace=40,
         )
         self.child.wait_http(self.url("/healthz"), timeout=30)
         # Healthy is not yet routable: wait until the catalog knows the model.
         self.child.wait_http(
-            self.url("/v1/chat/completions"), timeout=15, headers=self.headers(), body=CHAT_BODY)
+            self.url("/v1/chat/completions"), timeout=15, headers=self.headers(), body=CHAT_BODY
+        )
 
     def cost_groups(self) -> dict[str, list[int]]:
         procs = tree(self.child.pid)
@@ -189,13 +193,17 @@ class LlmpStack(Target):
         """uvicorn's worker processes (the `services.proxy` process itself with one worker)."""
         procs = tree(self.child.pid)
         main = [p.pid for p in procs if "services.proxy" in cmdline(p.pid)]
-        spawned = [p.pid for p in procs if p.ppid in main and "multiprocessing" in cmdline(p.pid)]
+        spawned = [p.pid for p in procs if p.ppid in main and "spawn_main" in cmdline(p.pid)]
         return spawned or main
 
 
 def _write_key_file(path: Path, key: str) -> None:
-    entry = {"id": secrets.token_hex(16), "username": "bench", "key": key,
-             "createdAt": "2026-01-01T00:00:00.000Z"}
+    entry = {
+        "id": secrets.token_hex(16),
+        "username": "bench",
+        "key": key,
+        "createdAt": "2026-01-01T00:00:00.000Z",
+    }
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump({"keys": [entry]}, out)

@@ -46,8 +46,14 @@ def _json(document: Any) -> bytes:
 
 def _response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return (
-        b"HTTP/1.1 " + status.encode() + b"\r\nServer: bench-upstream\r\nContent-Type: "
-        + content_type + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\nServer: bench-upstream\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 
@@ -57,18 +63,42 @@ def _chunk(data: bytes) -> bytes:
 
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": CHUNKS, "total_tokens": 12 + CHUNKS}
-MODELS = _response("200 OK", _json(
-    {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}))
-COMPLETION = _response("200 OK", _json({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1767225600, "model": MODEL,
-    "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": "Hello from the bench upstream."}}],
-    "usage": USAGE,
-}))
-EMBEDDING = _response("200 OK", _json({
-    "object": "list", "model": MODEL, "usage": {"prompt_tokens": 4, "total_tokens": 4},
-    "data": [{"object": "embedding", "index": 0, "embedding": [0.125, -0.25, 0.5, -1.0] * 8}],
-}))
+MODELS = _response(
+    "200 OK",
+    _json({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}),
+)
+COMPLETION = _response(
+    "200 OK",
+    _json(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1767225600,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                }
+            ],
+            "usage": USAGE,
+        }
+    ),
+)
+EMBEDDING = _response(
+    "200 OK",
+    _json(
+        {
+            "object": "list",
+            "model": MODEL,
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+            "data": [
+                {"object": "embedding", "index": 0, "embedding": [0.125, -0.25, 0.5, -1.0] * 8}
+            ],
+        }
+    ),
+)
 NOT_FOUND = _response("404 Not Found", _json({"error": {"message": "no such route"}}))
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 STREAM_HEAD = (
@@ -83,10 +113,17 @@ def _events() -> list[bytes]:
     for index in range(CHUNKS):
         last = index == CHUNKS - 1
         chunk: dict[str, Any] = {
-            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1767225600,
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1767225600,
             "model": MODEL,
-            "choices": [{"index": 0, "delta": {"content": f"tok{index} "},
-                         "finish_reason": "stop" if last else None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": f"tok{index} "},
+                    "finish_reason": "stop" if last else None,
+                }
+            ],
         }
         if last:
             chunk["usage"] = USAGE
@@ -144,7 +181,7 @@ def parse(buffer: bytearray) -> Request | None:
             raise BadRequest
         if len(buffer) < start + length:
             return None
-        body, start = bytes(buffer[start:start + length]), start + length
+        body, start = bytes(buffer[start : start + length]), start + length
     del buffer[:start]
     return Request(method, path.partition(b"?")[0], body, close)
 
@@ -162,14 +199,14 @@ def _dechunk(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
             raise BadRequest from exc
         if size == 0:
             trailers_end = buffer.find(b"\r\n\r\n", eol)  # no trailers: CRLF right after
-            if buffer[eol + 2:eol + 4] == b"\r\n":
+            if buffer[eol + 2 : eol + 4] == b"\r\n":
                 return b"".join(parts), eol + 4
             if trailers_end < 0:
                 return None
             return b"".join(parts), trailers_end + 4
         if len(buffer) < eol + 2 + size + 2:
             return None
-        parts.append(bytes(buffer[eol + 2:eol + 2 + size]))
+        parts.append(bytes(buffer[eol + 2 : eol + 2 + size]))
         at = eol + 2 + size + 2
 
 
@@ -208,7 +245,8 @@ class Upstream(asyncio.Protocol):
             pace = self.answer(transport, request)
             if pace is not None:
                 self.streaming = asyncio.get_running_loop().create_task(
-                    self.paced(transport, pace, request.close), name="paced-stream")
+                    self.paced(transport, pace, request.close), name="paced-stream"
+                )
                 return
             if request.close:
                 transport.close()

@@ -36,6 +36,7 @@ class FakeUpstream:
     chunks: int = 5
     hang_models: bool = False
     cut_after: int | None = None  # drop the connection after this many SSE chunks
+    hang: bool = False  # accept completions and never answer
     seen: list[Seen] = field(default_factory=list)
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
     port: int = 0
@@ -67,7 +68,14 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        async def shutdown() -> None:
+            await self._runner.cleanup()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -119,6 +127,8 @@ class FakeUpstream:
                 body=gzip.compress(payload),
                 headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
             )
+        if self.hang:
+            await asyncio.sleep(3600)
         document: dict[str, Any] = json.loads(body) if body else {}
         model = document.get("model", "")
         if path == "/v1/chat/completions" and document.get("stream"):

@@ -3,8 +3,8 @@
 Two files: the main `nginx.conf` under the nginx prefix (process settings, temp paths, which we
 own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of what we render:
 - `/v1/` goes to the proxy, unbuffered both ways with long timeouts, and is never IP-restricted;
-- admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, any case, with or without a
-  trailing slash) are allowed only from the admin CIDR groups (loopback and private ranges until
+- admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, and `/healthz`, which names the
+  upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR groups (loopback and private ranges until
   some are configured) and go to the api;
 - everything else goes to the api;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`.
@@ -25,7 +25,7 @@ PRIVATE_RANGES = (
     "192.168.0.0/16",
     "fc00::/7",
 )
-ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics")
+ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics", "healthz")
 
 
 def main_conf_path(settings: Settings) -> Path:

@@ -45,14 +45,20 @@ class DisconnectWatch:
     def __init__(self, receive: Receive) -> None:
         self.gone = False
         self._closed = False
+        self._receive = receive
         self._task = asyncio.current_task()
-        self._watch = asyncio.ensure_future(receive())
+        self._arm()
+
+    def _arm(self) -> None:
+        self._watch = asyncio.ensure_future(self._receive())
         self._watch.add_done_callback(self._fired)
 
     def _fired(self, watch: asyncio.Future[dict[str, Any]]) -> None:
         if self._closed or watch.cancelled() or watch.exception() is not None:
             return
-        if watch.result()["type"] == "http.disconnect" and self._task is not None:
+        if watch.result()["type"] != "http.disconnect":
+            self._arm()  # an empty trailing body message; keep listening
+        elif self._task is not None:
             self.gone = True
             self._task.cancel()
 

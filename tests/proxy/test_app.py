@@ -316,3 +316,15 @@ def test_upstream_cut_mid_stream_ends_the_stream_with_an_error_event(upstreams, 
     assert json.loads(events[-1])["error"]["code"] == "upstream_cut"
     row = analytics_for(running, r.headers["x-request-id"])
     assert row["error"].startswith("upstream cut") and row["end_ms"] is None
+
+
+def test_upstream_that_never_answers_is_504_after_the_read_timeout(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"], hang=True)
+    running = proxy(a, upstream_read_timeout=0.5)
+    with running.client(api_key) as client:
+        t0 = time.monotonic()
+        r = client.post("/v1/chat/completions", json={"model": "model-a"})
+        elapsed = time.monotonic() - t0
+        assert client.get("/v1/models").status_code == 200  # the proxy is still fine
+    assert r.status_code == 504 and error_of(r)["code"] == "upstream_timeout"
+    assert 0.4 < elapsed < 2.0
