@@ -31,10 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--duration",
-        type=float,
-        default=5.0,
-        help="seconds of each load, whole (default 5; 1 with --quick)",
+        "--duration", type=int, help="seconds of each load (default 5, or 1 with --quick)"
     )
     parser.add_argument("--workers", type=int, default=2, help="llmp's PROXY_WORKERS (default 2)")
     parser.add_argument(
@@ -48,11 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(args.only) - set(TARGETS)
-    if unknown or not args.only:
+    if not args.only or not set(args.only) <= set(TARGETS):
         parser.error(f"--only takes some of {', '.join(TARGETS)}")
-    if args.quick and args.duration == 5.0:
-        args.duration = 1.0
+    if args.duration is None:
+        args.duration = 1 if args.quick else 5
+    if min(args.duration, args.workers, args.upstream_procs) < 1:
+        parser.error("--duration, --workers and --upstream-procs must be at least 1")
     return args
 
 
@@ -64,16 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
     if missing:
-        print(
-            f"bench: {' and '.join(missing)} not found; run `scripts/system-deps bench`",
-            file=sys.stderr,
-        )
+        log(f"{' and '.join(missing)} not found; run `scripts/system-deps bench`")
         return 2
-    options = Options(
-        seconds=args.duration,
-        paced_rounds=1 if args.quick else 2,
-    )
+    options = Options(seconds=args.duration, paced_rounds=1 if args.quick else 2)
     signal.signal(signal.SIGTERM, _terminate)
+    try:
+        rounds, failed = run(args, options)
+    except KeyboardInterrupt:
+        log("interrupted; every child process is stopped")
+        return 130
+    except (ChildFailed, LoadFailed) as exc:
+        log(str(exc))
+        return 1
+    if rounds:
+        print_results(rounds, options, args)
+    return 1 if failed or not rounds else 0
+
+
+def run(
+    args: argparse.Namespace, options: Options
+) -> tuple[list[dict[str, TargetRound]], list[str]]:
+    """Start the targets, measure them, stop them; also return the targets that failed to start."""
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="llmp-bench-") as temporary, ExitStack() as stack:
         workdir = Path(temporary)
@@ -90,21 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 target = start()
             except ChildFailed as exc:
-                print(f"bench: {exc}", file=sys.stderr)
+                log(str(exc))
                 failed.append(name)
                 continue
             stack.callback(target.stop)
             targets.append(target)
-        if not targets:
-            return 1
-        try:
-            rounds = measure(targets, upstream.pid, options)
-        except LoadFailed as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 1
+        rounds = measure(targets, upstream.pid, options) if targets else []
         log("stopping")
-    print_results(rounds, options, args)
-    return 1 if failed else 0
+    return rounds, failed
 
 
 def measure(

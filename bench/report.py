@@ -24,11 +24,13 @@ CLIENT_BOUND = 0.9
 RATIO_BASE = "nginx"
 DIRECT = "direct"
 
+Value = Callable[[TargetRound], float | None]
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
     label: str
-    value: Callable[[TargetRound], float | None]
+    value: Value
     total: bool = False  # sum over rounds instead of the mean
     only_round: int | None = None  # this round's value alone
     minus_direct: bool = False  # the difference to the direct target's value
@@ -41,9 +43,6 @@ class Line:
     label: str
     values: dict[str, float | None]
     ratios: dict[str, float | None]
-
-
-Value = Callable[[TargetRound], float | None]
 
 
 def _rps(index: int) -> Value:

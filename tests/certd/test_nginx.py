@@ -105,6 +105,7 @@ def test_routes_v1_to_proxy_and_the_rest_to_api(running_nginx):
         "/auth/login",
         "/nginx/reload",
         "/metrics",
+        "/healthz",
         "//admin",
         "/x/../api/keys",
         "/%61dmin/",
