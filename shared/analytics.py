@@ -8,8 +8,11 @@ and `ttfb_ms` say what happened.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -81,3 +84,49 @@ def insert(db: sqlite3.Connection, rows: Iterable[RequestRow]) -> None:
     with db:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(_INSERT, (astuple(row) for row in rows))
+
+
+_IMPORTS = "CREATE TABLE IF NOT EXISTS imports (name TEXT PRIMARY KEY, rows INTEGER, at INTEGER)"
+
+
+def import_original_csv(db: sqlite3.Connection, folder: Path,
+                        keys: Iterable[tuple[str, str, str]]) -> int:
+    """Import the original llm-proxy's `analytics/<md5 of key>.csv` files, each exactly once.
+
+    `keys` are (key, id, username). Each file is imported in one transaction together with its
+    marker, so several processes racing at start-up import it once. Returns the rows imported.
+    """
+    imported = 0
+    db.execute(_IMPORTS)
+    for secret, key_id, username in keys:
+        path = folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")  # noqa: S324 (the original's file names)
+        if not path.exists():
+            continue
+        rows = list(_original_rows(path, key_id, username))
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM imports WHERE name = ?", (path.name,)).fetchone():
+                continue
+            db.executemany(_INSERT, (astuple(row) for row in rows))
+            db.execute("INSERT INTO imports VALUES (?, ?, ?)",
+                       (path.name, len(rows), int(time.time() * 1000)))
+        imported += len(rows)
+    return imported
+
+
+def _original_rows(path: Path, key_id: str, username: str) -> Iterator[RequestRow]:
+    with path.open(newline="") as f:
+        for line in csv.reader(f):
+            if len(line) != 2 or not line[0].strip().isdigit():
+                continue  # the header, blank or broken lines
+            start = int(line[0])
+            end = int(line[1]) if line[1].strip().isdigit() else None
+            yield RequestRow(request_id="imported", key_id=key_id, username=username,
+                             start_ms=start, end_ms=end, status=200 if end else 0,
+                             error=None if end else "failed (imported)")
+
+
+def prune(db: sqlite3.Connection, before_ms: int) -> int:
+    """Delete rows that started before `before_ms`; returns how many."""
+    with db:
+        return db.execute("DELETE FROM requests WHERE start_ms < ?", (before_ms,)).rowcount

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     models_timeout_seconds: float = 5.0
     models_stale_seconds: float = 600.0
 
+    # The admin API.
+    analytics_retention_days: int = Field(default=90, ge=1)
+    login_max_failures: int = Field(default=10, ge=1)
+    login_window_seconds: float = Field(default=600.0, gt=0)
+
     log_level: str = "INFO"
 
     @property

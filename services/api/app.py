@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from services.api import health
+from services.api import errors, sessions
+from services.api.deps import Admin
+from services.api.keyfile import KeyFile
+from services.api.middleware import BodyLimit, CORSMiddleware, cors_options
+from services.api.routes import analytics, auth, health, keys
 from shared.heartbeat import INTERVAL, Heartbeat
+from shared.logs import setup_logging
+from shared.security import weak_secrets
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -30,6 +36,12 @@ async def _beat(beat: Heartbeat) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    setup_logging("api", settings.log_level)
+    problems = weak_secrets(settings)
+    if problems and settings.production:
+        raise SystemExit("llmp api: refusing to start in production:\n- " + "\n- ".join(problems))
+    for problem in problems:
+        log.warning(problem)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,30 +53,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
             beat.remove()
 
-    app = FastAPI(
-        title="llmp admin API",
-        lifespan=lifespan,
-        docs_url="/api/docs",
-        openapi_url="/api/openapi.json",
-        redoc_url=None,
-    )
+    app = FastAPI(title="llmp admin API", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.include_router(health.router)
+    app.state.keyfile = KeyFile(settings.apikeys_file)
+    app.state.throttle = sessions.Throttle(settings.login_max_failures,
+                                           settings.login_window_seconds)
+    errors.install(app)
+    for module in (health, auth, keys, analytics):
+        app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
     def root() -> str:
         return "LLM Proxy"
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": exc.detail},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(admin: Admin) -> dict[str, Any]:
+        return app.openapi()
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": "Invalid request body"}, status_code=400)
+    @app.get("/api/docs", include_in_schema=False)
+    def docs(admin: Admin) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="llmp admin API")
 
+    cors = cors_options(settings.cors_origin)
+    if cors is not None:
+        app.add_middleware(CORSMiddleware, **cors)
+    app.add_middleware(BodyLimit, limit=settings.payload_limit)
     return app

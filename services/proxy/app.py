@@ -106,7 +106,8 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.apikeys_file)
-        self.recorder = Recorder(settings.analytics_db)
+        self.recorder = Recorder(settings.analytics_db, settings.analytics_retention_days,
+                                 self.keys.keys)
         self.session: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self._tasks: list[asyncio.Task[None]] = []

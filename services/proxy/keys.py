@@ -42,6 +42,9 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._by_digest)
 
+    def keys(self) -> list[ApiKey]:
+        return list(self._by_digest.values())
+
     def lookup(self, key: str) -> ApiKey | None:
         return self._by_digest.get(_digest(key))
 

@@ -4,6 +4,9 @@
 seconds in one transaction, in a worker thread. If the database cannot be written (locked, disk
 full, read-only), the rows stay in memory (up to MAX_PENDING, oldest dropped first and counted)
 and the next flush tries again. `close()` flushes what is left.
+
+The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
+once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -11,20 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared import analytics
 from shared.analytics import RequestRow
+from shared.apikeys import ApiKey
 
 log = logging.getLogger("proxy.recorder")
 
 FLUSH_INTERVAL = 0.5
 MAX_PENDING = 100_000
+PRUNE_INTERVAL = 3600.0
 
 
 class Recorder:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention_days: int,
+                 known_keys: Callable[[], list[ApiKey]]) -> None:
         self.path = path
+        self.retention_days = retention_days
+        self.known_keys = known_keys
         self.last_error: str | None = None
         self.dropped = 0
         self._pending: list[RequestRow] = []
@@ -46,9 +56,31 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="analytics-flush")
 
     async def _run(self) -> None:
+        pruned_at = 0.0
         while True:
+            if time.monotonic() - pruned_at > PRUNE_INTERVAL:
+                pruned_at = time.monotonic()
+                await self._maintain()
             await asyncio.sleep(FLUSH_INTERVAL)
             await self.flush()
+
+    async def _maintain(self) -> None:
+        keys = [(k.key, k.id, k.username) for k in self.known_keys()]
+        cutoff = int((time.time() - self.retention_days * 86400) * 1000)
+
+        def work() -> tuple[int, int]:
+            db = self._connection()
+            imported = analytics.import_original_csv(db, self.path.parent / "analytics", keys)
+            return imported, analytics.prune(db, cutoff)
+
+        try:
+            imported, pruned = await asyncio.to_thread(work)
+        except sqlite3.Error as exc:
+            log.error("analytics upkeep failed", extra={"fields": {"error": exc}})
+            return
+        if imported or pruned:
+            log.info("analytics upkeep", extra={"fields": {"imported": imported,
+                                                           "pruned": pruned}})
 
     async def flush(self) -> None:
         async with self._lock:
@@ -69,10 +101,13 @@ class Recorder:
             else:
                 self.last_error = None
 
-    def _write(self, rows: list[RequestRow]) -> None:
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = analytics.connect(self.path)
-        analytics.insert(self._db, rows)
+        return self._db
+
+    def _write(self, rows: list[RequestRow]) -> None:
+        analytics.insert(self._connection(), rows)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,0 +1,59 @@
+"""Dependencies the routes declare: settings, the key file, and the admin check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Request
+
+from services.api import sessions
+from services.api.errors import AuthError
+from services.api.keyfile import KeyFile
+from shared.settings import Settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _keyfile(request: Request) -> KeyFile:
+    keyfile: KeyFile = request.app.state.keyfile
+    return keyfile
+
+
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn takes it from X-Forwarded-For, trusted from nginx only)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return True  # not a browser, or a browser that sent none: SameSite=Strict covers it
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def admin(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
+    """The logged-in admin's name, from the `auth_token` cookie or a Bearer JWT.
+
+    State-changing requests authenticated by the cookie must come from our own origin.
+    """
+    cookie = request.cookies.get(sessions.COOKIE)
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    bearer = bearer.strip() if scheme == "Bearer" else ""
+    if not cookie and not bearer:
+        raise AuthError(401, "Authentication required")
+    if bearer:
+        return sessions.verify(settings.jwt_secret, bearer)
+    if request.method not in SAFE_METHODS and not _same_origin(request):
+        raise AuthError(403, "Cross-origin request refused")
+    return sessions.verify(settings.jwt_secret, cookie or "")
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+KeyFileDep = Annotated[KeyFile, Depends(_keyfile)]
+Admin = Annotated[str, Depends(admin)]
