@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     letsencrypt_dir: Path = Path("certs")
     cloudflare_credentials: Path = Path("cloudflare_credentials")
     nginx_bin: str = "nginx"
+    ui_dir: Path = Path(__file__).resolve().parent.parent / "frontend" / "dist"
 
     # nginx listens on PORT (and HTTPS_PORT) on BIND_ADDRESS (empty: every address); the programs
     # behind it only ever listen on loopback.

@@ -16,7 +16,7 @@ from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.keyfile import KeyFile
 from services.api.middleware import BodyLimit, CORSMiddleware, cors_options
-from services.api.routes import analytics, auth, health, keys
+from services.api.routes import analytics, auth, health, keys, ui
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.logs import setup_logging
 from shared.security import weak_secrets
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.throttle = sessions.Throttle(settings.login_max_failures,
                                            settings.login_window_seconds)
     errors.install(app)
-    for module in (health, auth, keys, analytics):
+    for module in (health, auth, keys, analytics, ui):
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

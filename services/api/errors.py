@@ -8,6 +8,7 @@ Anything unexpected is a 500 in the shape of the route's family, without a stack
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,7 +33,7 @@ class AuthError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def answer(path: str, status: int, message: str, headers: dict[str, str] | None = None
+def answer(path: str, status: int, message: str, headers: Mapping[str, str] | None = None
            ) -> JSONResponse:
     """An error in the shape the route's family uses."""
     if path.startswith(_FAILURE_PREFIXES):

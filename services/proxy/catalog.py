@@ -40,7 +40,7 @@ class UpstreamState:
         return {
             "url": self.upstream.url,
             "healthy": self.healthy,
-            "models": len(self.models),
+            "models": sorted(self.model_ids),
             "in_flight": self.in_flight,
             "last_ok": self.last_ok,
             "last_error": self.last_error,

@@ -29,7 +29,8 @@ _INTEGER = re.compile(r"\s*([+-]?\d+)")
 _KEY_ID = re.compile(r"[a-f0-9]{32}")
 _SECRET = re.compile(r"(sk-)?[a-f0-9]{64}")
 
-DateParam = Annotated[str | None, Query(description="epoch milliseconds")]
+StartDate = Annotated[str | None, Query(alias="startDate", description="epoch milliseconds")]
+EndDate = Annotated[str | None, Query(alias="endDate", description="epoch milliseconds")]
 
 
 def _timestamp_errors(raw: str, now: int) -> tuple[int | None, list[str]]:
@@ -84,28 +85,29 @@ def key_id_of(value: str, keyfile: KeyFile) -> str:
 
 @router.get("/summary")
 def summary(admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-            keyId: str | None = None, startDate: DateParam = None,  # noqa: N803
-            endDate: DateParam = None, bucket: str = "hour") -> dict[str, Any]:  # noqa: N803
+            key: Annotated[str | None, Query(alias="keyId")] = None,
+            start_date: StartDate = None, end_date: EndDate = None,
+            bucket: str = "hour") -> dict[str, Any]:
     if bucket not in reports.BUCKETS:
         raise Failure(400, "bucket must be hour or day")
-    key_id = key_id_of(keyId, keyfile) if keyId else None
-    span = window(startDate, endDate)
+    key_id = key_id_of(key, keyfile) if key else None
+    span = window(start_date, end_date)
     return {"success": True, **reports.summary(settings.analytics_db, key_id, span, bucket)}
 
 
 @router.get("/{key}/csv")
 def export(key: str, admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-           startDate: DateParam = None, endDate: DateParam = None) -> Response:  # noqa: N803
+           start_date: StartDate = None, end_date: EndDate = None) -> Response:
     rows = reports.records(settings.analytics_db, key_id_of(key, keyfile),
-                           window(startDate, endDate), limit=1_000_000)
+                           window(start_date, end_date), limit=1_000_000)
     return Response(reports.csv_text(rows), media_type="text/csv", headers={
         "Content-Disposition": 'attachment; filename="analytics.csv"'})
 
 
 @router.get("/{key}")
 def records(key: str, admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-            startDate: DateParam = None, endDate: DateParam = None,  # noqa: N803
+            start_date: StartDate = None, end_date: EndDate = None,
             limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> dict[str, Any]:
     rows = reports.records(settings.analytics_db, key_id_of(key, keyfile),
-                           window(startDate, endDate), limit)
+                           window(start_date, end_date), limit)
     return {"success": True, "records": rows}
