@@ -143,7 +143,7 @@ class Request:
 
 
 class BadRequest(Exception):
-    pass
+    """Not HTTP/1.1 this parser understands: answered with 400 and a close."""
 
 
 def parse(buffer: bytearray) -> Request | None:

@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             beat.remove()
 
     app = FastAPI(title="llmp admin API", version="1", lifespan=lifespan, docs_url=None,
+                  redirect_slashes=False,
                   redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.keyfile = KeyFile(settings.apikeys_file)

@@ -87,10 +87,14 @@ server {{
 
     # The proxy enforces PAYLOAD_LIMIT with an OpenAI-shaped 413; the api limits its own bodies.
     client_max_body_size 0;
+    # Bodies stream through, never to temp files (whose folder nginx's unprivileged workers may
+    # not be able to reach when llmp runs as root from a private folder).
+    proxy_request_buffering off;
+    proxy_max_temp_file_size 0;
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
-    proxy_set_header Host $host;
+    proxy_set_header Host $http_host;
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
@@ -98,7 +102,6 @@ server {{
     location ^~ /v1/ {{
         proxy_pass http://llmp_proxy;
         proxy_buffering off;
-        proxy_request_buffering off;
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
     }}

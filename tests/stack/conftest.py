@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from tests.conftest import free_port
 from tests.upstream import FakeUpstream
 
 READY_TIMEOUT = 30.0
+ADMIN = ("admin", "a-long-test-password")
 
 
 class Stack:
@@ -42,6 +44,11 @@ class Stack:
             "LETSENCRYPT_DIR": str(home / "certs"),
             "PROXY_WORKERS": str(workers),
             "MODELS_TIMEOUT_SECONDS": "2",
+            "AUTH_USERNAME": ADMIN[0],
+            "AUTH_PASSWORD": ADMIN[1],
+            "JWT_SECRET": "test-secret-" + "x" * 40,
+            "LOGIN_MAX_FAILURES": "3",
+            "LOGIN_WINDOW_SECONDS": "2",
             "TARGET_URLS": ",".join(u.url + (f"|{u.key}" if u.key else "") for u in upstreams),
         }
         self.log = home / "stack.log"
@@ -90,6 +97,15 @@ class Stack:
     def keys(self, *keys: ApiKey) -> None:
         write_keys(self.data / "apikeys.json", list(keys))
 
+    @contextlib.contextmanager
+    def admin(self, source: str = "127.0.0.1") -> Iterator[httpx.Client]:
+        """A client logged in as the admin (the cookie), connecting from `source`."""
+        with httpx.Client(base_url=self.url, timeout=30,
+                          transport=httpx.HTTPTransport(local_address=source)) as client:
+            r = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+            assert r.status_code == 200, r.text
+            yield client
+
     def workers(self) -> list[dict[str, Any]]:
         return [
             b
@@ -129,3 +145,10 @@ def key(stack: Stack) -> ApiKey:
             return new
         time.sleep(0.05)
     raise AssertionError("new key not accepted")
+
+
+@pytest.fixture
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    """A client of the stack logged in as the admin."""
+    with stack.admin() as client:
+        yield client
