@@ -99,7 +99,8 @@ def import_original_csv(db: sqlite3.Connection, folder: Path,
     imported = 0
     db.execute(_IMPORTS)
     for secret, key_id, username in keys:
-        path = folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")  # noqa: S324 (the original's file names)
+        # The original names each key's file by the MD5 of the key.
+        path = folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")
         if not path.exists():
             continue
         rows = list(_original_rows(path, key_id, username))

@@ -118,7 +118,9 @@ def test_concurrent_creations_keep_every_key(stack: Stack, admin: httpx.Client):
         admin.delete(f"/api/keys/{key_id}")
 
 
-def test_key_deleted_through_the_api_is_refused_on_v1_within_a_second(stack: Stack, admin: httpx.Client):
+def test_key_deleted_through_the_api_is_refused_on_v1_within_a_second(
+    stack: Stack, admin: httpx.Client
+):
     key = admin.post("/api/keys", json={"username": "dave"}).json()["key"]
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key["key"], max_retries=0)
     eventually(lambda: client.models.list().data, timeout=2)
