@@ -34,11 +34,15 @@ class _Formatter(logging.Formatter):
         return line
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that setting up again replaces it and leaves other handlers alone."""
+
+
 def setup_logging(program: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Handler(sys.stdout)
     handler.setFormatter(_Formatter(program))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _Handler)] + [handler]
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "watchdog", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,42 @@
+"""The api's start-up refusals and CORS settings."""
+
+import pytest
+
+from services.api.app import create_app
+from services.api.middleware import cors_options
+from shared.security import weak_secrets
+from tests.conftest import make_settings
+
+GOOD = {"jwt_secret": "k" * 40, "auth_password": "a-good-password"}
+
+
+@pytest.mark.parametrize("weak", [
+    {"jwt_secret": "your-jwt-secret"}, {"jwt_secret": "short"},
+    {"auth_password": "secure_password"}, {"auth_password": "short-pw"},
+])
+def test_production_refuses_weak_secrets_and_says_how(tmp_path, weak):
+    settings = make_settings(tmp_path, node_env="production", **{**GOOD, **weak})
+    with pytest.raises(SystemExit, match="openssl rand"):
+        create_app(settings)
+
+
+def test_good_secrets_start_in_production(tmp_path):
+    settings = make_settings(tmp_path, node_env="production", **GOOD)
+    assert weak_secrets(settings) == []
+    assert create_app(settings) is not None
+
+
+def test_weak_secrets_only_warn_outside_production(tmp_path, caplog):
+    create_app(make_settings(tmp_path, jwt_secret="short", auth_password="short"))
+    assert "JWT_SECRET is a default" in caplog.text
+
+
+def test_cors_origin_values():
+    assert cors_options("") is None and cors_options("false") is None
+    reflect = cors_options("true")
+    assert reflect is not None
+    assert reflect["allow_origin_regex"] == ".*" and reflect["allow_credentials"] is False
+    listed = cors_options("https://a.example, https://b.example/")
+    assert listed is not None
+    assert listed["allow_origins"] == ["https://a.example", "https://b.example"]
+    assert listed["allow_credentials"] is True
