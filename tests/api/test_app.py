@@ -10,10 +10,15 @@ from tests.conftest import make_settings
 GOOD = {"jwt_secret": "k" * 40, "auth_password": "a-good-password"}
 
 
-@pytest.mark.parametrize("weak", [
-    {"jwt_secret": "your-jwt-secret"}, {"jwt_secret": "short"},
-    {"auth_password": "secure_password"}, {"auth_password": "short-pw"},
-])
+@pytest.mark.parametrize(
+    "weak",
+    [
+        {"jwt_secret": "your-jwt-secret"},
+        {"jwt_secret": "short"},
+        {"auth_password": "secure_password"},
+        {"auth_password": "short-pw"},
+    ],
+)
 def test_production_refuses_weak_secrets_and_says_how(tmp_path, weak):
     settings = make_settings(tmp_path, node_env="production", **{**GOOD, **weak})
     with pytest.raises(SystemExit, match="openssl rand"):

@@ -25,18 +25,33 @@ def _b64(part: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize("token", [
-    sessions.issue(SECRET, "admin", now=time.time() - 25 * 3600),  # expired
-    sessions.issue("another-secret-" + "x" * 40, "admin"),  # forged with another secret
-    jwt.encode({"username": "admin", "iat": int(time.time())}, SECRET, algorithm="HS256"),  # no exp
-    jwt.encode({"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60},
-               SECRET, algorithm="HS512"),  # another algorithm
-    _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(
-        {"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60}) + ".",
-    jwt.encode({"username": 5, "iat": int(time.time()), "exp": int(time.time()) + 60}, SECRET,
-               algorithm="HS256"),
-    "not-a-jwt", "", "a.b.c",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        sessions.issue(SECRET, "admin", now=time.time() - 25 * 3600),  # expired
+        sessions.issue("another-secret-" + "x" * 40, "admin"),  # forged with another secret
+        jwt.encode(
+            {"username": "admin", "iat": int(time.time())}, SECRET, algorithm="HS256"
+        ),  # no exp
+        jwt.encode(
+            {"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60},
+            SECRET,
+            algorithm="HS512",
+        ),  # another algorithm
+        _b64({"alg": "none", "typ": "JWT"})
+        + "."
+        + _b64({"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60})
+        + ".",
+        jwt.encode(
+            {"username": 5, "iat": int(time.time()), "exp": int(time.time()) + 60},
+            SECRET,
+            algorithm="HS256",
+        ),
+        "not-a-jwt",
+        "",
+        "a.b.c",
+    ],
+)
 def test_bad_tokens_are_refused(token):
     with pytest.raises(AuthError) as caught:
         sessions.verify(SECRET, token)

@@ -14,24 +14,35 @@ def _csv(folder, secret, text):
 
 def test_original_csv_is_imported_once_and_matched_to_its_key(tmp_path):
     folder = tmp_path / "analytics"
-    _csv(folder, "sk-alice", "startTime,endTime\n1700000000000,1700000000500\n"
-                             "1700000001000,null\n\n1700000002000,1700000002100\n")
+    _csv(
+        folder,
+        "sk-alice",
+        "startTime,endTime\n1700000000000,1700000000500\n"
+        "1700000001000,null\n\n1700000002000,1700000002100\n",
+    )
     _csv(folder, "sk-unknown", "startTime,endTime\n1700000000000,1700000000001\n")
     db = analytics.connect(tmp_path / "analytics.db")
     keys = [("sk-alice", "a" * 32, "alice"), ("sk-bob", "b" * 32, "bob")]
     assert analytics.import_original_csv(db, folder, keys) == 3
     assert analytics.import_original_csv(db, folder, keys) == 0  # once
-    rows = db.execute("SELECT key_id, username, start_ms, end_ms, status FROM requests "
-                      "ORDER BY start_ms").fetchall()
-    assert rows == [("a" * 32, "alice", 1700000000000, 1700000000500, 200),
-                    ("a" * 32, "alice", 1700000001000, None, 0),
-                    ("a" * 32, "alice", 1700000002000, 1700000002100, 200)]
+    rows = db.execute(
+        "SELECT key_id, username, start_ms, end_ms, status FROM requests ORDER BY start_ms"
+    ).fetchall()
+    assert rows == [
+        ("a" * 32, "alice", 1700000000000, 1700000000500, 200),
+        ("a" * 32, "alice", 1700000001000, None, 0),
+        ("a" * 32, "alice", 1700000002000, 1700000002100, 200),
+    ]
 
 
 def test_concurrent_imports_import_once(tmp_path):
     folder = tmp_path / "analytics"
-    _csv(folder, "sk-alice", "startTime,endTime\n" + "".join(
-        f"{1700000000000 + i},{1700000000100 + i}\n" for i in range(500)))
+    _csv(
+        folder,
+        "sk-alice",
+        "startTime,endTime\n"
+        + "".join(f"{1700000000000 + i},{1700000000100 + i}\n" for i in range(500)),
+    )
     keys = [("sk-alice", "a" * 32, "alice")]
     analytics.connect(tmp_path / "analytics.db").close()
 
@@ -52,4 +63,9 @@ def test_prune_deletes_only_old_rows(tmp_path):
     analytics.insert(db, [RequestRow(f"r{i}", "k", "u", start_ms=i * 1000) for i in range(10)])
     assert analytics.prune(db, before_ms=5000) == 5
     assert [r[0] for r in db.execute("SELECT start_ms FROM requests ORDER BY start_ms")] == [
-        5000, 6000, 7000, 8000, 9000]
+        5000,
+        6000,
+        7000,
+        8000,
+        9000,
+    ]
