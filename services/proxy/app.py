@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -111,6 +112,9 @@ class ProxyApp:
         self.session: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Request ids: a random prefix per process and a counter (no system call per request).
+        self._id_prefix = secrets.token_hex(5)
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -186,7 +190,7 @@ class ProxyApp:
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = secrets.token_hex(8)
+        request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
