@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from services.proxy.app import ProxyApp
+from services.proxy.app import ProxyApp, create_app
 from shared import analytics
 from shared.apikeys import ApiKey, write_keys
 from shared.settings import Settings, load_settings
@@ -82,10 +82,11 @@ class RunningProxy:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = ProxyApp(settings)
+        asgi = create_app(settings)
+        self.app: ProxyApp = getattr(asgi, "app", asgi)  # inside CORSMiddleware, if any
         self.port = free_port()
         config = uvicorn.Config(
-            self.app,
+            asgi,
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",

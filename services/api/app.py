@@ -11,12 +11,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.middleware.cors import CORSMiddleware
 
 from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.keyfile import KeyFile
-from services.api.middleware import BodyLimit, CORSMiddleware, cors_options
+from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, health, keys, ui
+from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.logs import setup_logging
 from shared.security import weak_secrets
@@ -53,13 +55,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
             beat.remove()
 
-    app = FastAPI(title="llmp admin API", version="1", lifespan=lifespan, docs_url=None,
-                  redirect_slashes=False,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="llmp admin API",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redirect_slashes=False,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.settings = settings
     app.state.keyfile = KeyFile(settings.apikeys_file)
-    app.state.throttle = sessions.Throttle(settings.login_max_failures,
-                                           settings.login_window_seconds)
+    app.state.throttle = sessions.Throttle(
+        settings.login_max_failures, settings.login_window_seconds
+    )
     errors.install(app)
     for module in (health, auth, keys, analytics, ui):
         app.include_router(module.router)
@@ -76,7 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def docs(admin: Admin) -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/api/openapi.json", title="llmp admin API")
 
-    cors = cors_options(settings.cors_origin)
+    cors = cors_options(
+        settings.cors_origin,
+        methods=["GET", "POST", "DELETE", "OPTIONS"],
+        headers=["Content-Type", "Authorization"],
+    )
     if cors is not None:
         app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(BodyLimit, limit=settings.payload_limit)

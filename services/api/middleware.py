@@ -1,11 +1,9 @@
-"""Pure ASGI middleware of the api: the body size limit, and CORS from `CORS_ORIGIN`."""
+"""Pure ASGI middleware of the api: the body size limit."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -47,30 +45,18 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps({"error": f"Request body is larger than {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
     pass
-
-
-def cors_options(cors_origin: str) -> dict[str, Any] | None:
-    """Options for Starlette's CORSMiddleware, or None for no CORS.
-
-    `true` reflects any origin (without credentials), `false` or empty disables CORS, anything
-    else is a comma-separated list of origins, which may send credentials.
-    """
-    value = cors_origin.strip()
-    if value.lower() in ("", "false"):
-        return None
-    common = {"allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
-              "allow_headers": ["Content-Type", "Authorization"]}
-    if value.lower() == "true":
-        return {**common, "allow_origin_regex": ".*", "allow_credentials": False}
-    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
-    return {**common, "allow_origins": origins, "allow_credentials": True}
-
-
-__all__ = ["BodyLimit", "CORSMiddleware", "cors_options"]

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import errors, routing
 from services.proxy.catalog import Catalog, UpstreamState
@@ -26,6 +27,7 @@ from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
 from services.proxy.keys import KeyStore
 from services.proxy.recorder import Recorder
 from shared.analytics import RequestRow
+from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
@@ -107,8 +109,9 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.apikeys_file)
-        self.recorder = Recorder(settings.analytics_db, settings.analytics_retention_days,
-                                 self.keys.keys)
+        self.recorder = Recorder(
+            settings.analytics_db, settings.analytics_retention_days, self.keys.keys
+        )
         self.session: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -324,8 +327,16 @@ def _forget_dead_workers(settings: Settings) -> None:
                 (settings.run_dir / f"{beat['name']}.json").unlink()
 
 
-def create_app(settings: Settings | None = None) -> ProxyApp:
-    """The app for one uvicorn worker (each worker process calls this)."""
+def create_app(settings: Settings | None = None) -> ProxyApp | CORSMiddleware:
+    """The app for one uvicorn worker (each worker process calls this), behind CORS when
+    CORS_ORIGIN allows browsers to call it."""
     settings = settings or get_settings()
     setup_logging("proxy", settings.log_level)
-    return ProxyApp(settings)
+    app = ProxyApp(settings)
+    cors = cors_options(
+        settings.cors_origin,
+        methods=["*"],
+        expose=["x-request-id"],
+        headers=["Authorization", "Content-Type", "api-key", "x-api-key"],
+    )
+    return app if cors is None else CORSMiddleware(app, **cors)  # type: ignore[arg-type]

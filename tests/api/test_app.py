@@ -3,7 +3,7 @@
 import pytest
 
 from services.api.app import create_app
-from services.api.middleware import cors_options
+from shared.cors import cors_options
 from shared.security import weak_secrets
 from tests.conftest import make_settings
 
@@ -37,11 +37,11 @@ def test_weak_secrets_only_warn_outside_production(tmp_path, caplog):
 
 
 def test_cors_origin_values():
-    assert cors_options("") is None and cors_options("false") is None
-    reflect = cors_options("true")
+    assert cors_options("", [], []) is None and cors_options("false", [], []) is None
+    reflect = cors_options("true", [], [])
     assert reflect is not None
     assert reflect["allow_origin_regex"] == ".*" and reflect["allow_credentials"] is False
-    listed = cors_options("https://a.example, https://b.example/")
+    listed = cors_options("https://a.example, https://b.example/", [], [])
     assert listed is not None
     assert listed["allow_origins"] == ["https://a.example", "https://b.example"]
     assert listed["allow_credentials"] is True

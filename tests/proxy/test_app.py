@@ -328,3 +328,38 @@ def test_upstream_that_never_answers_is_504_after_the_read_timeout(upstreams, pr
         assert client.get("/v1/models").status_code == 200  # the proxy is still fine
     assert r.status_code == 504 and error_of(r)["code"] == "upstream_timeout"
     assert 0.4 < elapsed < 2.0
+
+
+def test_cors_for_browser_clients_when_configured(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"])
+    running = proxy(a, cors_origin="https://chat.example")
+    with running.client(None) as client:
+        preflight = client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": "https://chat.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        allowed = client.get(
+            "/v1/models",
+            headers={"Origin": "https://chat.example", "Authorization": f"Bearer {api_key.key}"},
+        )
+        other = client.get(
+            "/v1/models",
+            headers={"Origin": "https://evil.example", "Authorization": f"Bearer {api_key.key}"},
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://chat.example"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
+    assert "x-request-id" in allowed.headers["access-control-expose-headers"]
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_headers_by_default(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"])
+    with proxy(a).client(api_key) as client:
+        r = client.get("/v1/models", headers={"Origin": "https://chat.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
