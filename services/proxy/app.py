@@ -255,7 +255,7 @@ class ProxyApp:
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self.answer_models(path, row, send)
             return
-        model, _ = routing.request_model(content_type, body)
+        model = routing.request_model(content_type, body)
         row.model = model
         plan = await self.plan(catalog, model)
         await exchange(self.session, catalog, plan, scope, body, row, send, started)

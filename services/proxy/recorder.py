@@ -30,8 +30,9 @@ PRUNE_INTERVAL = 3600.0
 
 
 class Recorder:
-    def __init__(self, path: Path, retention_days: int,
-                 known_keys: Callable[[], list[ApiKey]]) -> None:
+    def __init__(
+        self, path: Path, retention_days: int, known_keys: Callable[[], list[ApiKey]]
+    ) -> None:
         self.path = path
         self.retention_days = retention_days
         self.known_keys = known_keys
@@ -79,8 +80,7 @@ class Recorder:
             log.error("analytics upkeep failed", extra={"fields": {"error": exc}})
             return
         if imported or pruned:
-            log.info("analytics upkeep", extra={"fields": {"imported": imported,
-                                                           "pruned": pruned}})
+            log.info("analytics upkeep", extra={"fields": {"imported": imported, "pruned": pruned}})
 
     async def flush(self) -> None:
         async with self._lock:

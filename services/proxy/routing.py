@@ -1,6 +1,9 @@
 """Which upstream gets a request: pure functions over the request body and the catalog.
 
 - The model comes from the JSON body (`"model"`), or from the `model` field of a multipart form.
+  A JSON body is parsed only as deep as that needs: when the text holds exactly one string
+  member named "model" that is taken as is (prompts can be large, and parsing them costs more
+  than the rest of the request); otherwise the body is parsed in full.
 - Upstreams that list the model are candidates; healthy ones first, then the fewest requests in
   flight, ties broken by a stable hash of the model (so one model's traffic sticks to one
   upstream while load is even, which keeps its KV cache warm).
@@ -18,6 +21,7 @@ from typing import Any
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import invalid_json
 
+_JSON_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
 _MULTIPART_MODEL = re.compile(
     rb'content-disposition:[^\r\n]*\bname="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n',
     re.IGNORECASE,
@@ -31,23 +35,24 @@ def parse_json(body: bytes) -> Any:
         raise invalid_json(str(exc)) from exc
 
 
-def request_model(content_type: str, body: bytes) -> tuple[str | None, bool]:
-    """The model a request asks for and whether it asks for a stream.
+def request_model(content_type: str, body: bytes) -> str | None:
+    """The model a request asks for, if any.
 
-    Raises ProxyError (400) for a JSON body that does not parse.
+    Raises ProxyError (400) for a JSON body that does not parse, when it had to be parsed.
     """
     if not body:
-        return None, False
+        return None
     if "json" in content_type or (not content_type and body[:1] == b"{"):
+        found = _JSON_MODEL.findall(body)
+        if len(found) == 1:
+            return found[0].decode(errors="replace")
         document = parse_json(body)
-        if not isinstance(document, dict):
-            return None, False
-        model = document.get("model")
-        return (model if isinstance(model, str) else None), document.get("stream") is True
+        model = document.get("model") if isinstance(document, dict) else None
+        return model if isinstance(model, str) else None
     if content_type.startswith("multipart/form-data"):
         match = _MULTIPART_MODEL.search(body)
-        return (match.group(1).decode(errors="replace") if match else None), False
-    return None, False
+        return match.group(1).decode(errors="replace") if match else None
+    return None
 
 
 def rank(states: Sequence[UpstreamState], model: str | None) -> list[UpstreamState]:

@@ -11,12 +11,22 @@ def states(*names):
 
 
 def test_request_model_from_json():
-    assert request_model("application/json", b'{"model": "m", "stream": true}') == ("m", True)
-    assert request_model("application/json; charset=utf-8", b'{"model": "m"}') == ("m", False)
-    assert request_model("", b'{"model": "m"}') == ("m", False)
-    assert request_model("application/json", b'{"model": 3}') == (None, False)
-    assert request_model("application/json", b"[1]") == (None, False)
-    assert request_model("application/json", b"") == (None, False)
+    assert request_model("application/json", b'{"model": "m", "stream": true}') == "m"
+    assert request_model("application/json; charset=utf-8", b'{"model" :"m"}') == "m"
+    assert request_model("", b'{"model": "m"}') == "m"
+    assert request_model("application/json", b'{"model": 3}') is None
+    assert request_model("application/json", b"[1]") is None
+    assert request_model("application/json", b"") is None
+
+
+def test_request_model_nested_model_members_fall_back_to_a_full_parse():
+    body = (
+        b'{"metadata": {"model": "inner"}, "messages": [{"content": "say \\"model\\": \\"x\\""}],'
+        b' "model": "outer"}'
+    )
+    assert request_model("application/json", body) == "outer"
+    escaped = b'{"model": "we\\"ird", "x": 1}'
+    assert request_model("application/json", escaped) == 'we"ird'
 
 
 def test_request_model_from_multipart_form():
@@ -25,7 +35,7 @@ def test_request_model_from_multipart_form():
         b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
         b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b--\r\n'
     )
-    assert request_model("multipart/form-data; boundary=b", body) == ("whisper-1", False)
+    assert request_model("multipart/form-data; boundary=b", body) == "whisper-1"
 
 
 def test_request_model_invalid_json_is_400():
