@@ -21,8 +21,8 @@ def test_request_model_from_json():
 
 def test_request_model_nested_model_members_fall_back_to_a_full_parse():
     body = (
-        b'{"metadata": {"model": "inner"}, "messages": [{"content": "say \\"model\\": \\"x\\""}],'
-        b' "model": "outer"}'
+        b'{"metadata": {"model": "inner"}, '
+        b'"messages": [{"content": "say \\"model\\": \\"x\\""}], "model": "outer"}'
     )
     assert request_model("application/json", body) == "outer"
     escaped = b'{"model": "we\\"ird", "x": 1}'
