@@ -1,17 +1,21 @@
 """Token usage read from upstream responses as they pass through, without changing them.
 
 `meter_for(content_type, content_encoding)` picks how: an SSE stream is scanned line by line for
-chunks that carry `"usage"` (the last one wins); a JSON body is kept (up to a bound) and parsed
-at the end. Anything else has no usage.
+chunks that carry `"usage"` (the last one wins); a JSON body is kept (up to a bound) and its
+`prompt_tokens` / `completion_tokens` members are read at the end without parsing the rest (an
+unescaped quoted key can only be a real key). Anything else has no usage.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any, Protocol
 
 MAX_JSON_BODY = 8 * 1024 * 1024
+_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 Usage = tuple[int | None, int | None]
 
@@ -74,13 +78,17 @@ class JsonMeter:
         if self._size > MAX_JSON_BODY:
             return None, None
         body = b"".join(self._chunks)
-        try:
-            if self._encoding in ("gzip", "deflate"):
-                inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
-                body = inflater.decompress(body, MAX_JSON_BODY)
-            return usage_of(json.loads(body))
-        except (ValueError, zlib.error):
-            return None, None
+        if self._encoding in ("gzip", "deflate"):
+            try:
+                body = zlib.decompressobj(wbits=47).decompress(body, MAX_JSON_BODY)  # gzip/zlib
+            except zlib.error:
+                return None, None
+        return _last_int(_PROMPT, body), _last_int(_COMPLETION, body)
+
+
+def _last_int(pattern: re.Pattern[bytes], body: bytes) -> int | None:
+    found = pattern.findall(body)
+    return int(found[-1]) if found else None
 
 
 def meter_for(content_type: str, content_encoding: str) -> Meter | None:

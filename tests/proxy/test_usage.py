@@ -40,3 +40,20 @@ def test_json_usage_plain_and_gzip():
 def test_no_meter_for_other_bodies():
     assert meter_for("audio/mpeg", "") is None
     assert meter_for("text/event-stream", "br") is None
+
+
+def test_json_usage_with_detail_objects_and_quoted_lookalikes():
+    body = json.dumps(
+        {
+            "choices": [{"message": {"content": 'ignore "prompt_tokens": 999'}}],
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 4},
+                "completion_tokens_details": {"reasoning_tokens": 2},
+            },
+        }
+    ).encode()
+    meter = meter_for("application/json", "")
+    meter.feed(body)
+    assert meter.usage() == (12, 5)
