@@ -43,7 +43,7 @@ def request_model(content_type: str, body: bytes) -> str | None:
     if not body:
         return None
     if "json" in content_type or (not content_type and body[:1] == b"{"):
-        found = _JSON_MODEL.findall(body)
+        found: list[bytes] = _JSON_MODEL.findall(body)
         if len(found) == 1:
             return found[0].decode(errors="replace")
         document = parse_json(body)
