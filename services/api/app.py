@@ -15,11 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.api import errors, sessions
 from services.api.deps import Admin
-from services.api.keyfile import KeyFile
 from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, health, keys, ui
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, Heartbeat
+from shared.keyfile import KeyFile
 from shared.logs import setup_logging
 from shared.security import weak_secrets
 from shared.settings import Settings, get_settings

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from services.api import sessions
 from services.api.errors import AuthError
-from services.api.keyfile import KeyFile
+from shared.keyfile import KeyFile
 from shared.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

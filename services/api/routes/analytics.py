@@ -17,8 +17,8 @@ from fastapi.responses import Response
 from services.api import reports
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
-from services.api.keyfile import KeyFile
 from shared.apikeys import KeyFileError
+from shared.keyfile import KeyFile
 
 router = APIRouter(prefix="/api/analytics")
 
@@ -84,10 +84,15 @@ def key_id_of(value: str, keyfile: KeyFile) -> str:
 
 
 @router.get("/summary")
-def summary(admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-            key: Annotated[str | None, Query(alias="keyId")] = None,
-            start_date: StartDate = None, end_date: EndDate = None,
-            bucket: str = "hour") -> dict[str, Any]:
+def summary(
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    key: Annotated[str | None, Query(alias="keyId")] = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+    bucket: str = "hour",
+) -> dict[str, Any]:
     if bucket not in reports.BUCKETS:
         raise Failure(400, "bucket must be hour or day")
     key_id = key_id_of(key, keyfile) if key else None
@@ -96,18 +101,38 @@ def summary(admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
 
 
 @router.get("/{key}/csv")
-def export(key: str, admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-           start_date: StartDate = None, end_date: EndDate = None) -> Response:
-    rows = reports.records(settings.analytics_db, key_id_of(key, keyfile),
-                           window(start_date, end_date), limit=1_000_000)
-    return Response(reports.csv_text(rows), media_type="text/csv", headers={
-        "Content-Disposition": 'attachment; filename="analytics.csv"'})
+def export(
+    key: str,
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+) -> Response:
+    rows = reports.records(
+        settings.analytics_db,
+        key_id_of(key, keyfile),
+        window(start_date, end_date),
+        limit=1_000_000,
+    )
+    return Response(
+        reports.csv_text(rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="analytics.csv"'},
+    )
 
 
 @router.get("/{key}")
-def records(key: str, admin: Admin, settings: SettingsDep, keyfile: KeyFileDep,
-            start_date: StartDate = None, end_date: EndDate = None,
-            limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> dict[str, Any]:
-    rows = reports.records(settings.analytics_db, key_id_of(key, keyfile),
-                           window(start_date, end_date), limit)
+def records(
+    key: str,
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict[str, Any]:
+    rows = reports.records(
+        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date), limit
+    )
     return {"success": True, "records": rows}

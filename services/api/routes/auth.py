@@ -23,10 +23,20 @@ log = logging.getLogger("api.auth")
 
 router = APIRouter()
 
-LOGIN_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {
-        "type": "object", "required": ["username", "password"],
-        "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}}}
+LOGIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
 
 
 async def _check_login(request: Request, settings: Settings) -> str:
@@ -35,8 +45,9 @@ async def _check_login(request: Request, settings: Settings) -> str:
     address = client_address(request)
     wait = throttle.retry_after(address)
     if wait:
-        raise AuthError(429, "Too many failed logins; try again later",
-                        headers={"Retry-After": str(wait)})
+        raise AuthError(
+            429, "Too many failed logins; try again later", headers={"Retry-After": str(wait)}
+        )
     try:
         fields = await read_fields(request)
     except BodyError as exc:
@@ -49,8 +60,7 @@ async def _check_login(request: Request, settings: Settings) -> str:
     good_password = hmac.compare_digest(password.encode(), settings.auth_password.encode())
     if not (good_user and good_password):
         failures = throttle.failed(address)
-        log.warning("login failed", extra={"fields": {"address": address,
-                                                       "failures": failures}})
+        log.warning("login failed", extra={"fields": {"address": address, "failures": failures}})
         raise AuthError(401, "Invalid credentials")
     throttle.succeeded(address)
     log.info("login", extra={"fields": {"address": address, "username": username}})
@@ -61,9 +71,16 @@ async def _check_login(request: Request, settings: Settings) -> str:
 async def login(request: Request, settings: SettingsDep) -> JSONResponse:
     username = await _check_login(request, settings)
     response = JSONResponse({"success": True, "username": username})
-    response.set_cookie(sessions.COOKIE, sessions.issue(settings.jwt_secret, username),
-                        max_age=sessions.LIFETIME, expires=sessions.LIFETIME, path="/",
-                        httponly=True, samesite="strict", secure=settings.production)
+    response.set_cookie(
+        sessions.COOKIE,
+        sessions.issue(settings.jwt_secret, username),
+        max_age=sessions.LIFETIME,
+        expires=sessions.LIFETIME,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=settings.production,
+    )
     return response
 
 
@@ -76,8 +93,9 @@ async def token(request: Request, settings: SettingsDep) -> dict[str, str]:
 @router.post("/auth/logout")
 async def logout(settings: SettingsDep) -> JSONResponse:
     response = JSONResponse({"success": True})
-    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=settings.production)
+    response.delete_cookie(
+        sessions.COOKIE, path="/", httponly=True, samesite="strict", secure=settings.production
+    )
     return response
 
 

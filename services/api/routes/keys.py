@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 
 from services.api.deps import Admin, KeyFileDep
 from services.api.errors import Failure
-from services.api.keyfile import DuplicateUsername
 from services.api.validation import BodyError, joined, read_fields, username_errors
 from shared.apikeys import KeyFileError
+from shared.keyfile import DuplicateUsername
 
 log = logging.getLogger("api.keys")
 
@@ -21,9 +21,20 @@ router = APIRouter(prefix="/api/keys")
 
 KEY_FORMAT = re.compile(r"(sk-)?[a-f0-9]{64}")
 
-CREATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["username"],
-                                    "properties": {"username": {"type": "string"}}}}}}}
+CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username"],
+                    "properties": {"username": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
 
 
 @router.get("")

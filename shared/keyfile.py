@@ -1,9 +1,9 @@
-"""The api's side of `data/apikeys.json`: it is the file's only writer.
+"""Changing `data/apikeys.json`: the api does it, and the `llmp` tool when an operator asks.
 
 Every change is read-modify-write under an exclusive lock (a thread lock within the process and
-`flock` on `apikeys.json.lock` across processes, so the `llmp` tool can share it), and the write
-is atomic. A file that cannot be read is an error (KeyFileError), never an empty key set that
-the next write would save over the real keys.
+`flock` on `apikeys.json.lock` across processes), and the write is atomic. A file that cannot be
+read is an error (KeyFileError), never an empty key set that the next write would save over the
+real keys.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ class KeyFile:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the file still: no change from this or another process meanwhile."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                         os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -44,7 +46,7 @@ class KeyFile:
         return read_keys(self.path)
 
     def create(self, username: str) -> ApiKey:
-        with self._locked():
+        with self.locked():
             keys = read_keys(self.path)
             if any(k.username == username for k in keys):
                 raise DuplicateUsername(username)
@@ -53,7 +55,7 @@ class KeyFile:
             return key
 
     def delete(self, key_id: str) -> bool:
-        with self._locked():
+        with self.locked():
             keys = read_keys(self.path)
             kept = [k for k in keys if k.id != key_id]
             if len(kept) == len(keys):

@@ -1,0 +1,67 @@
+"""How llmp is doing, from the files its programs keep in `data/`: heartbeats in `run/` and
+certd's `certd/status.json`. Read by the api (`/healthz`, `/api/upstreams`) and `llmp status`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.heartbeat import read_heartbeats
+from shared.settings import Settings
+
+PROGRAMS = ("proxy", "certd")
+
+
+def alive(settings: Settings, program: str) -> list[dict[str, Any]]:
+    return [
+        b for b in read_heartbeats(settings.run_dir) if b.get("program") == program and b["alive"]
+    ]
+
+
+def upstreams(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each upstream as the most recent worker sees it, with requests in flight summed."""
+    if not workers:
+        return []
+    latest = max(workers, key=lambda b: b["updated"])
+    merged = [dict(u) for u in latest.get("upstreams", [])]
+    for upstream in merged:
+        upstream["in_flight"] = sum(
+            u["in_flight"]
+            for w in workers
+            for u in w.get("upstreams", [])
+            if u["url"] == upstream["url"]
+        )
+    return merged
+
+
+def health(settings: Settings) -> dict[str, Any]:
+    """`ok` when every program is up (all proxy workers) and nginx took its configuration."""
+    programs: dict[str, Any] = {"api": {"ok": bool(alive(settings, "api"))}}
+    for program in PROGRAMS:
+        mine = alive(settings, program)
+        errors = [b["last_error"] for b in mine if b.get("last_error")]
+        report: dict[str, Any] = {"ok": bool(mine), "processes": len(mine)}
+        if errors:
+            report["last_error"] = errors[0]
+        if program == "certd" and mine:
+            nginx = mine[0].get("nginx") or {}
+            report["nginx"] = nginx
+            report["ok"] = bool(nginx.get("ok"))
+        if program == "proxy":
+            report["ok"] = len(mine) >= settings.proxy_workers
+            report["upstreams"] = upstreams(mine)
+        programs[program] = report
+    ok = all(p["ok"] for p in programs.values())
+    return {"ok": ok, "status": "ok" if ok else "degraded", "programs": programs}
+
+
+def status_report(settings: Settings) -> dict[str, Any]:
+    """Health plus what certd last reported about certificates."""
+    report = health(settings)
+    try:
+        certd = json.loads((settings.data_dir / "certd" / "status.json").read_bytes())
+    except (OSError, ValueError):
+        certd = None
+    report["certificates"] = certd.get("certificates", []) if isinstance(certd, dict) else []
+    return report
