@@ -8,9 +8,11 @@ one), clear heartbeats of an earlier run, and exec supervisord in the foreground
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,6 +30,16 @@ SUPERVISORD_CONF = HOME / "supervisord.conf"
 def fail(message: str) -> NoReturn:
     print(f"llmp: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _socket_path(folder: Path) -> Path:
+    """supervisord's control socket: in its folder, unless that path is too long for a unix
+    socket (about 100 bytes), then in the temp folder under a name derived from it."""
+    path = (folder / "supervisor.sock").absolute()
+    if len(os.fsencode(path)) < 100:
+        return path
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"llmp-{digest}.sock"
 
 
 def prepare(settings: Settings) -> dict[str, str]:
@@ -48,6 +60,7 @@ def prepare(settings: Settings) -> dict[str, str]:
     except PermissionError as exc:
         fail(f"{exc}: set NGINX_CONF_DIR, STATE_DIR and DATA_DIR to folders you can write")
     return {
+        "LLMP_SUPERVISOR_SOCKET": str(_socket_path(settings.state_dir / "supervisor")),
         "LLMP_HOME": str(Path.cwd()),
         "LLMP_PYTHON": sys.executable,
         "LLMP_SUPERVISOR_DIR": str((settings.state_dir / "supervisor").absolute()),

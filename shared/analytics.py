@@ -89,8 +89,9 @@ def insert(db: sqlite3.Connection, rows: Iterable[RequestRow]) -> None:
 _IMPORTS = "CREATE TABLE IF NOT EXISTS imports (name TEXT PRIMARY KEY, rows INTEGER, at INTEGER)"
 
 
-def import_original_csv(db: sqlite3.Connection, folder: Path,
-                        keys: Iterable[tuple[str, str, str]]) -> int:
+def import_original_csv(
+    db: sqlite3.Connection, folder: Path, keys: Iterable[tuple[str, str, str]]
+) -> int:
     """Import the original llm-proxy's `analytics/<md5 of key>.csv` files, each exactly once.
 
     `keys` are (key, id, username). Each file is imported in one transaction together with its
@@ -109,8 +110,10 @@ def import_original_csv(db: sqlite3.Connection, folder: Path,
             if db.execute("SELECT 1 FROM imports WHERE name = ?", (path.name,)).fetchone():
                 continue
             db.executemany(_INSERT, (astuple(row) for row in rows))
-            db.execute("INSERT INTO imports VALUES (?, ?, ?)",
-                       (path.name, len(rows), int(time.time() * 1000)))
+            db.execute(
+                "INSERT INTO imports VALUES (?, ?, ?)",
+                (path.name, len(rows), int(time.time() * 1000)),
+            )
         imported += len(rows)
     return imported
 
@@ -122,9 +125,15 @@ def _original_rows(path: Path, key_id: str, username: str) -> Iterator[RequestRo
                 continue  # the header, blank or broken lines
             start = int(line[0])
             end = int(line[1]) if line[1].strip().isdigit() else None
-            yield RequestRow(request_id="imported", key_id=key_id, username=username,
-                             start_ms=start, end_ms=end, status=200 if end else 0,
-                             error=None if end else "failed (imported)")
+            yield RequestRow(
+                request_id="imported",
+                key_id=key_id,
+                username=username,
+                start_ms=start,
+                end_ms=end,
+                status=200 if end else 0,
+                error=None if end else "failed (imported)",
+            )
 
 
 def prune(db: sqlite3.Connection, before_ms: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -83,6 +84,25 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=10, ge=1)
     login_window_seconds: float = Field(default=600.0, gt=0)
 
+    # Certificates (certd): certbot with the Cloudflare DNS-01 plugin. CERTBOT_BIN empty means the
+    # certbot installed beside this Python; its directories default to LETSENCRYPT_DIR (config)
+    # and folders inside it. CERTBOT_ENV (a JSON object) is added to certbot's environment: tests
+    # point it at a private ACME server and a fake Cloudflare API there.
+    acme_server: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    certbot_bin: str = ""
+    certbot_work_dir: Path | None = None
+    certbot_logs_dir: Path | None = None
+    certbot_env: dict[str, str] = Field(default_factory=dict)
+    certbot_timeout: float = Field(default=600.0, gt=0)
+    dns_propagation_seconds: int = Field(default=10, ge=0)
+    # Renewal checks: every RENEW_INTERVAL_SECONDS, and as soon as a certificate reaches
+    # certbot's renewal time; never more often than RENEW_RETRY_SECONDS (failures wait this long).
+    renew_interval_seconds: float = Field(default=12 * 3600.0, gt=0)
+    renew_retry_seconds: float = Field(default=3600.0, gt=0)
+    # How long the api's /nginx routes wait for certd to report the outcome of a change.
+    certd_wait_seconds: float = Field(default=240.0, gt=0)
+
     log_level: str = "INFO"
 
     @property
@@ -105,6 +125,28 @@ class Settings(BaseSettings):
     @property
     def nginx_prefix(self) -> Path:
         return self.state_dir / "nginx"
+
+    @property
+    def site_file(self) -> Path:
+        """Desired state of nginx and certificates (written by the api, read by certd)."""
+        return self.data_dir / "site.json"
+
+    @property
+    def certd_status_file(self) -> Path:
+        """What certd observed and did (written by certd, read by the api)."""
+        return self.data_dir / "certd" / "status.json"
+
+    @property
+    def certbot_command(self) -> str:
+        return self.certbot_bin or str(Path(sys.executable).parent / "certbot")
+
+    @property
+    def certbot_dirs(self) -> tuple[Path, Path, Path]:
+        """certbot's config, work and logs directories, absolute."""
+        config = self.letsencrypt_dir.absolute()
+        work = self.certbot_work_dir or config / "work"
+        logs = self.certbot_logs_dir or config / "logs"
+        return config, work.absolute(), logs.absolute()
 
 
 def load_settings(env_file: str | None = None, **overrides: object) -> Settings:

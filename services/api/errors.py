@@ -33,8 +33,9 @@ class AuthError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def answer(path: str, status: int, message: str, headers: Mapping[str, str] | None = None
-           ) -> JSONResponse:
+def answer(
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """An error in the shape the route's family uses."""
     if path.startswith(_FAILURE_PREFIXES):
         return JSONResponse({"success": False, "message": message}, status, headers=headers)

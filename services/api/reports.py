@@ -18,10 +18,19 @@ BUCKETS = {"hour": 3600_000, "day": 86400_000}
 
 # Record fields: the original's two, then ours.
 RECORD_COLUMNS = {
-    "startTime": "start_ms", "endTime": "end_ms", "status": "status", "model": "model",
-    "upstream": "upstream", "path": "path", "stream": "stream", "ttfbMs": "ttfb_ms",
-    "promptTokens": "prompt_tokens", "completionTokens": "completion_tokens",
-    "bytesIn": "bytes_in", "bytesOut": "bytes_out", "error": "error",
+    "startTime": "start_ms",
+    "endTime": "end_ms",
+    "status": "status",
+    "model": "model",
+    "upstream": "upstream",
+    "path": "path",
+    "stream": "stream",
+    "ttfbMs": "ttfb_ms",
+    "promptTokens": "prompt_tokens",
+    "completionTokens": "completion_tokens",
+    "bytesIn": "bytes_in",
+    "bytesOut": "bytes_out",
+    "error": "error",
 }
 
 
@@ -52,7 +61,9 @@ def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[st
             return []
         rows = db.execute(
             f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY id LIMIT ?", (key_id, window.start, window.end, limit)).fetchall()
+            "ORDER BY id LIMIT ?",
+            (key_id, window.start, window.end, limit),
+        ).fetchall()
     names = list(RECORD_COLUMNS)
     return [{**dict(zip(names, row, strict=True)), "stream": bool(row[6])} for row in rows]
 
@@ -74,16 +85,32 @@ def summary(path: Path, key_id: str | None, window: Window, bucket: str) -> dict
     latencies: dict[int, list[float]] = {}
     ttfbs: dict[int, list[float]] = {}
     with reading(path) as db:
-        rows = [] if db is None else db.execute(
-            "SELECT start_ms, end_ms, ttfb_ms, prompt_tokens, completion_tokens, key_id, "
-            f"username FROM requests WHERE {where}", args).fetchall()
+        rows = (
+            []
+            if db is None
+            else db.execute(
+                "SELECT start_ms, end_ms, ttfb_ms, prompt_tokens, completion_tokens, key_id, "
+                f"username FROM requests WHERE {where}",
+                args,
+            ).fetchall()
+        )
     for start, end, ttfb, prompt, completion, row_key, username in rows:
         slot = start - start % size
-        point = series.setdefault(slot, {"time": slot, "requests": 0, "failures": 0,
-                                         "promptTokens": 0, "completionTokens": 0})
-        per_key = keys.setdefault(row_key, {"keyId": row_key, "username": username,
-                                            "requests": 0, "failures": 0,
-                                            "promptTokens": 0, "completionTokens": 0})
+        point = series.setdefault(
+            slot,
+            {"time": slot, "requests": 0, "failures": 0, "promptTokens": 0, "completionTokens": 0},
+        )
+        per_key = keys.setdefault(
+            row_key,
+            {
+                "keyId": row_key,
+                "username": username,
+                "requests": 0,
+                "failures": 0,
+                "promptTokens": 0,
+                "completionTokens": 0,
+            },
+        )
         for target in (point, per_key):
             target["requests"] += 1
             target["failures"] += end is None
@@ -98,13 +125,20 @@ def summary(path: Path, key_id: str | None, window: Window, bucket: str) -> dict
         point["latencyP95"] = _percentile(latencies.get(slot, []), 0.95)
         point["ttfbP50"] = _percentile(ttfbs.get(slot, []), 0.5)
     every_latency = [v for values in latencies.values() for v in values]
-    totals = {name: sum(k[name] for k in keys.values())
-              for name in ("requests", "failures", "promptTokens", "completionTokens")}
+    totals = {
+        name: sum(k[name] for k in keys.values())
+        for name in ("requests", "failures", "promptTokens", "completionTokens")
+    }
     totals["latencyP50"] = _percentile(list(every_latency), 0.5)
     totals["latencyP95"] = _percentile(list(every_latency), 0.95)
-    return {"bucket": bucket, "startDate": window.start, "endDate": window.end,
-            "totals": totals, "series": [series[s] for s in sorted(series)],
-            "keys": sorted(keys.values(), key=lambda k: -k["requests"])}
+    return {
+        "bucket": bucket,
+        "startDate": window.start,
+        "endDate": window.end,
+        "totals": totals,
+        "series": [series[s] for s in sorted(series)],
+        "keys": sorted(keys.values(), key=lambda k: -k["requests"]),
+    }
 
 
 def _cell(value: Any) -> Any:

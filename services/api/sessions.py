@@ -15,15 +15,19 @@ COOKIE = "auth_token"
 
 def issue(secret: str, username: str, now: float | None = None) -> str:
     now = time.time() if now is None else now
-    return jwt.encode({"username": username, "iat": int(now), "exp": int(now) + LIFETIME},
-                      secret, algorithm="HS256")
+    return jwt.encode(
+        {"username": username, "iat": int(now), "exp": int(now) + LIFETIME},
+        secret,
+        algorithm="HS256",
+    )
 
 
 def verify(secret: str, token: str) -> str:
     """The username in a valid, unexpired token; AuthError 401 otherwise."""
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"],
-                            options={"require": ["exp", "iat"]})
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["exp", "iat"]}
+        )
     except jwt.PyJWTError as exc:
         raise AuthError(401, "Invalid token") from exc
     username = claims.get("username")

@@ -57,21 +57,30 @@ def _string(
         return [f'"{name}" is not allowed to be empty']
     errors = extra(value)
     if len(value) < min_length:
-        errors.append(messages.get("min", f'"{name}" length must be at least {min_length} '
-                                          "characters long"))
+        errors.append(
+            messages.get("min", f'"{name}" length must be at least {min_length} characters long')
+        )
     if len(value) > max_length:
-        errors.append(messages.get("max", f'"{name}" length must be less than or equal to '
-                                          f"{max_length} characters long"))
+        errors.append(
+            messages.get(
+                "max", f'"{name}" length must be less than or equal to {max_length} characters long'
+            )
+        )
     return errors
 
 
 def login_errors(fields: dict[str, Any]) -> list[str]:
     return _string(fields, "username", 1, 128, {}) + _string(
-        fields, "password", 8, 128, {
+        fields,
+        "password",
+        8,
+        128,
+        {
             "required": "Password is required",
             "min": "Password must be at least 8 characters long",
             "max": "Password must not exceed 128 characters",
-        })
+        },
+    )
 
 
 def username_errors(fields: dict[str, Any]) -> list[str]:
@@ -80,11 +89,18 @@ def username_errors(fields: dict[str, Any]) -> list[str]:
             return []
         return ["Username must contain only alphanumeric characters"]
 
-    return _string(fields, "username", 3, 50, {
-        "required": "Username is required",
-        "min": "Username must be at least 3 characters long",
-        "max": "Username must not exceed 50 characters",
-    }, alphanumeric)
+    return _string(
+        fields,
+        "username",
+        3,
+        50,
+        {
+            "required": "Username is required",
+            "min": "Username must be at least 3 characters long",
+            "max": "Username must not exceed 50 characters",
+        },
+        alphanumeric,
+    )
 
 
 def joined(errors: list[str]) -> str:

@@ -1,21 +1,37 @@
 """Applying a configuration to nginx: test it with `nginx -t`, swap it in, reload.
 
 A candidate is always tested in full before it replaces the live files, so a config nginx
-refuses never reaches the running master, and the files on disk stay the last good ones.
+refuses never reaches the running master, and the files on disk stay the last good ones. If the
+reload itself fails, the previous files are put back and nginx reloaded with them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
+import ssl
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.certd.nginx_conf import main_conf_path, render_main, render_server, server_conf_path
+from services.certd import certs
+from services.certd.nginx_conf import (
+    main_conf_path,
+    render_main,
+    render_server,
+    render_site,
+    server_conf_path,
+)
 from shared.files import write_atomic
 from shared.settings import Settings
+from shared.site import SiteError, read_site
+
+log = logging.getLogger("certd.nginx")
 
 TIMEOUT = 30.0
+RELOAD_WAIT = 5.0
 
 
 class NginxError(Exception):
@@ -46,38 +62,56 @@ def prepare_prefix(settings: Settings) -> None:
     settings.nginx_conf_dir.mkdir(parents=True, exist_ok=True)
 
 
-def running(settings: Settings) -> bool:
+def _master(settings: Settings) -> int | None:
     pid_file = settings.nginx_prefix / "run" / "nginx.pid"
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
-        return False
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def running(settings: Settings) -> bool:
+    return _master(settings) is not None
+
+
+def _workers(master: int) -> set[int]:
     try:
-        Path(f"/proc/{pid}").stat()
-    except FileNotFoundError:
+        return {int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def _serving(worker: int) -> bool:
+    """Is this worker still accepting connections (not gone, not shutting down)?"""
+    try:
+        title = Path(f"/proc/{worker}/cmdline").read_bytes()
+    except OSError:
         return False
-    return True
+    return bool(title) and b"shutting down" not in title
 
 
 def reload(settings: Settings) -> None:
+    """Reload nginx, and wait (boundedly) until the old workers stopped accepting connections:
+    from then on, every new connection gets the new configuration."""
+    master = _master(settings)
+    before = _workers(master) if master else set()
     _run(settings, "-c", str(main_conf_path(settings)), "-s", "reload")
+    if not master or not before:
+        return
+    deadline = time.monotonic() + RELOAD_WAIT
+    while time.monotonic() < deadline and (
+        not _workers(master) - before or any(_serving(w) for w in before)
+    ):
+        time.sleep(0.01)
 
 
-def apply(settings: Settings, server: str | None = None) -> Applied:
-    """Make nginx serve `server` (default: the rendered bootstrap routes).
-
-    Tests the candidate with `nginx -t`; raises NginxError with nginx's message if it is refused,
-    leaving the live files untouched. Reloads nginx only if it runs and something changed.
-    """
+def test(settings: Settings, server: str) -> None:
+    """Raise NginxError with nginx's message unless `server` (with our main conf) passes."""
     prepare_prefix(settings)
-    server = render_server(settings) if server is None else server
-    main_path, server_path = main_conf_path(settings), server_conf_path(settings)
-    main = render_main(settings, server_path)
-    if _read(main_path) == main and _read(server_path) == server:
-        return Applied(changed=False, reloaded=False)
-
+    server_path = server_conf_path(settings)
     candidate_server = server_path.with_name(".candidate-" + server_path.name)
-    candidate_main = main_path.with_name(".candidate-" + main_path.name)
+    candidate_main = main_conf_path(settings).with_name(".candidate-nginx.conf")
     try:
         write_atomic(candidate_server, server.encode(), mode=0o644)
         write_atomic(candidate_main, render_main(settings, candidate_server).encode(), mode=0o644)
@@ -86,12 +120,88 @@ def apply(settings: Settings, server: str | None = None) -> Applied:
         for path in (candidate_server, candidate_main):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    write_atomic(server_path, server.encode(), mode=0o644)
-    write_atomic(main_path, main.encode(), mode=0o644)
-    if not running(settings):
-        return Applied(changed=True, reloaded=False)
-    reload(settings)
-    return Applied(changed=True, reloaded=True)
+
+
+def apply(settings: Settings, server: str | None = None, force_reload: bool = False) -> Applied:
+    """Make nginx serve `server` (default: what `data/site.json` asks for, see `desired`).
+
+    Tests the candidate with `nginx -t`; raises NginxError with nginx's message if it is refused,
+    leaving the live files untouched. Reloads nginx if it runs and something changed (or
+    `force_reload`, after new certificates); if that reload fails, restores the previous files.
+    """
+    if server is None:
+        return _apply_desired(settings)
+    prepare_prefix(settings)
+    main_path, server_path = main_conf_path(settings), server_conf_path(settings)
+    main = render_main(settings, server_path)
+    old_main, old_server = _read(main_path), _read(server_path)
+    changed = (old_main, old_server) != (main, server)
+    if changed:
+        test(settings, server)
+        write_atomic(server_path, server.encode(), mode=0o644)
+        write_atomic(main_path, main.encode(), mode=0o644)
+    if not running(settings) or not (changed or force_reload):
+        return Applied(changed=changed, reloaded=False)
+    try:
+        reload(settings)
+    except NginxError:
+        if changed and old_main is not None and old_server is not None:
+            rollback(settings, old_main, old_server)
+        raise
+    return Applied(changed=changed, reloaded=True)
+
+
+def rollback(settings: Settings, main: str, server: str) -> None:
+    """Put back files that were serving before, and reload nginx with them."""
+    log.warning("rolling back to the previous nginx configuration")
+    write_atomic(server_conf_path(settings), server.encode(), mode=0o644)
+    write_atomic(main_conf_path(settings), main.encode(), mode=0o644)
+    if running(settings):
+        reload(settings)
+
+
+def desired(settings: Settings) -> str:
+    """server.conf as the site and the certificates on disk make it now."""
+    try:
+        site = read_site(settings.site_file)
+    except SiteError as exc:
+        raise NginxError(f"site unreadable: {exc}") from exc
+    return render_site(settings, site, certs.lineages(settings.certbot_dirs[0]))
+
+
+def _apply_desired(settings: Settings) -> Applied:
+    """At start-up: the desired config; if nginx refuses it, the live files if they still pass,
+    else the bootstrap routes, so that nginx always starts."""
+    try:
+        return apply(settings, desired(settings))
+    except NginxError as exc:  # refused, or no valid site to render
+        log.error("desired nginx config refused", extra={"fields": {"error": exc}})
+    current = _read(server_conf_path(settings))
+    if current is not None:
+        try:
+            return apply(settings, current)
+        except NginxError as exc:
+            log.error("live nginx config refused", extra={"fields": {"error": exc}})
+    return apply(settings, render_server(settings))
+
+
+def served_certificate(settings: Settings, server_name: str, timeout: float = 2.0) -> bytes | None:
+    """The certificate (DER) nginx presents on HTTPS_PORT for `server_name`, or None if it does
+    not answer TLS there."""
+    host = settings.bind_address if settings.bind_address not in ("", "0.0.0.0") else "127.0.0.1"
+    if host == "::":
+        host = "::1"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, settings.https_port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            return tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
 
 
 def _read(path: Path) -> str | None:

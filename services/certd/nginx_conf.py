@@ -1,21 +1,31 @@
-"""Rendering of the nginx configuration.
+"""Rendering of the nginx configuration (pure functions: settings and state in, text out).
 
 Two files: the main `nginx.conf` under the nginx prefix (process settings, temp paths, which we
 own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of what we render:
+- plain HTTP on PORT; once a certificate exists, TLS (1.2 and 1.3 only) on HTTPS_PORT with the
+  same routes, one server per certificate (the first is the default), and HTTP either redirects
+  to HTTPS (except `/healthz`, for health checks from admin ranges) or serves the same routes;
 - `/v1/` goes to the proxy, unbuffered both ways with long timeouts, and is never IP-restricted;
 - admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, and `/healthz`, which names the
-  upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR groups (loopback and private ranges until
-  some are configured) and go to the api;
-- everything else goes to the api;
+  upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR
+  groups (loopback and private ranges until some are configured) and go to the api;
+- `/` goes to the api (the original's `LLM Proxy` answer); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`.
+Every domain and CIDR rendered here has been validated by `shared.site`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.settings import Settings
+from shared.site import Site, covers
+
+if TYPE_CHECKING:
+    from services.certd.certs import Lineage
 
 PRIVATE_RANGES = (
     "127.0.0.0/8",
@@ -26,6 +36,16 @@ PRIVATE_RANGES = (
     "fc00::/7",
 )
 ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics", "healthz")
+HEADER = "# Rendered by llmp certd from data/site.json; edits are overwritten.\n"
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    """One certificate nginx serves, for the names it covers."""
+
+    server_names: tuple[str, ...]
+    fullchain: Path
+    privkey: Path
 
 
 def main_conf_path(settings: Settings) -> Path:
@@ -66,34 +86,23 @@ http {{
 """
 
 
-def render_server(settings: Settings, admin_cidrs: Sequence[str] = PRIVATE_RANGES) -> str:
-    listen = f"{settings.bind_address}:{settings.port}" if settings.bind_address else settings.port
+def _listen(settings: Settings, port: int) -> str:
+    return f"{settings.bind_address}:{port}" if settings.bind_address else str(port)
+
+
+def _routes(admin_cidrs: Sequence[str]) -> str:
     allow = "\n".join(f"        allow {cidr};" for cidr in admin_cidrs)
     admin = "|".join(ADMIN_PATHS)
-    return f"""# Rendered by llmp certd; edits are overwritten.
-upstream llmp_proxy {{
-    server 127.0.0.1:{settings.proxy_port};
-    keepalive 256;
-}}
-
-upstream llmp_api {{
-    server 127.0.0.1:{settings.api_port};
-    keepalive 16;
-}}
-
-server {{
-    listen {listen} default_server;
-    server_name _;
-
-    # The proxy enforces PAYLOAD_LIMIT with an OpenAI-shaped 413; the api limits its own bodies.
+    return f"""    # The proxy enforces PAYLOAD_LIMIT; the api limits its own bodies.
     client_max_body_size 0;
-    # Bodies stream through, never to temp files (whose folder nginx's unprivileged workers may
-    # not be able to reach when llmp runs as root from a private folder).
-    proxy_request_buffering off;
+
+    # Answers nginx cannot hold in memory pass through rather than into temp files, which its
+    # unprivileged workers may not reach when llmp runs as root from a private folder.
     proxy_max_temp_file_size 0;
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
+    # With the port ($host drops it): the api compares it with the Origin of cookie writes.
     proxy_set_header Host $http_host;
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
@@ -102,6 +111,7 @@ server {{
     location ^~ /v1/ {{
         proxy_pass http://llmp_proxy;
         proxy_buffering off;
+        proxy_request_buffering off;
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
     }}
@@ -113,11 +123,118 @@ server {{
     location ~* ^/({admin})(/|$) {{
 {allow}
         deny all;
+        # /nginx/* waits for certd, which may be running certbot.
+        proxy_read_timeout 300s;
+        # The api limits bodies itself, and answers a too large one in JSON.
+        proxy_request_buffering off;
+        proxy_pass http://llmp_api;
+    }}
+
+    location = / {{
         proxy_pass http://llmp_api;
     }}
 
     location / {{
+        return 404;
+    }}
+"""
+
+
+def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
+    allow = "\n".join(f"        allow {cidr};" for cidr in admin_cidrs)
+    port = "" if settings.https_port == 443 else f":{settings.https_port}"
+    return f"""    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+
+    # Health checks (a container's, a load balancer's) keep working over plain HTTP.
+    location ~* ^/healthz/?$ {{
+{allow}
+        deny all;
         proxy_pass http://llmp_api;
     }}
-}}
+
+    location / {{
+        return 308 https://$host{port}$request_uri;
+    }}
 """
+
+
+def render_server(
+    settings: Settings,
+    admin_cidrs: Sequence[str] = PRIVATE_RANGES,
+    tls: Sequence[TlsServer] = (),
+    http_mode: str = "redirect",
+) -> str:
+    """server.conf: the upstreams, the HTTP server and one TLS server per certificate."""
+    admin_cidrs = admin_cidrs or PRIVATE_RANGES
+    routes = _routes(admin_cidrs)
+    http_body = _redirect(settings, admin_cidrs) if tls and http_mode == "redirect" else routes
+    text = f"""{HEADER}upstream llmp_proxy {{
+    server 127.0.0.1:{settings.proxy_port};
+    keepalive 256;
+}}
+
+upstream llmp_api {{
+    server 127.0.0.1:{settings.api_port};
+    keepalive 16;
+}}
+
+server {{
+    listen {_listen(settings, settings.port)} default_server;
+    server_name _;
+
+{http_body}}}
+"""
+    for position, server in enumerate(tls):
+        default = " default_server" if position == 0 else ""
+        names = " ".join(server.server_names) if server.server_names else "_"
+        text += f"""
+server {{
+    listen {_listen(settings, settings.https_port)} ssl{default};
+    server_name {names};
+
+    ssl_certificate "{server.fullchain}";
+    ssl_certificate_key "{server.privkey}";
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:llmp_tls:10m;
+    ssl_session_timeout 1d;
+
+{routes}}}
+"""
+    return text
+
+
+def tls_servers(site: Site, lineages: Mapping[str, Lineage]) -> list[TlsServer]:
+    """One TLS server per usable certificate: the one for the site's first domain first (the
+    default server), then those the site asks for, then any other found on disk (an earlier
+    install's, say). A name goes to the first certificate that has it."""
+    wanted = site.wanted_certificates()
+    primary: list[str] = []
+    if site.domains:
+        primary = [c.name for c in wanted if covers(c.domains, site.domains[0])]
+        primary += [n for n, lin in lineages.items() if covers(lin.domains, site.domains[0])]
+    order = [*primary, *(c.name for c in wanted), *lineages]
+    servers: list[TlsServer] = []
+    seen: set[str] = set()
+    for name in dict.fromkeys(order):
+        lineage = lineages.get(name)
+        if lineage is None:
+            continue
+        names = tuple(d for d in lineage.domains if d not in seen)
+        if not names:
+            continue
+        seen.update(names)
+        servers.append(TlsServer(names, lineage.fullchain, lineage.privkey))
+    return servers
+
+
+def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage]) -> str:
+    """server.conf for `site`: the admin's own configuration if they gave one, else ours."""
+    if site.custom_config is not None:
+        return site.custom_config
+    return render_server(settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode)

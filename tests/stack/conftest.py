@@ -25,7 +25,13 @@ ADMIN = ("admin", "a-long-test-password")
 
 
 class Stack:
-    def __init__(self, home: Path, upstreams: list[FakeUpstream], workers: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        upstreams: list[FakeUpstream],
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
         self.data = home / "data"
         self.port = free_port()
@@ -50,6 +56,7 @@ class Stack:
             "LOGIN_MAX_FAILURES": "3",
             "LOGIN_WINDOW_SECONDS": "2",
             "TARGET_URLS": ",".join(u.url + (f"|{u.key}" if u.key else "") for u in upstreams),
+            **(env or {}),  # extra settings for one test's stack
         }
         self.log = home / "stack.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -100,8 +107,9 @@ class Stack:
     @contextlib.contextmanager
     def admin(self, source: str = "127.0.0.1") -> Iterator[httpx.Client]:
         """A client logged in as the admin (the cookie), connecting from `source`."""
-        with httpx.Client(base_url=self.url, timeout=30,
-                          transport=httpx.HTTPTransport(local_address=source)) as client:
+        with httpx.Client(
+            base_url=self.url, timeout=30, transport=httpx.HTTPTransport(local_address=source)
+        ) as client:
             r = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
             assert r.status_code == 200, r.text
             yield client

@@ -32,14 +32,18 @@ def test_login_sets_the_cookie_and_me_knows_who(stack: Stack):
 def test_login_errors_in_the_original_shape(stack: Stack):
     cases = [
         ({}, 400, '"username" is required, Password is required'),
-        ({"username": "admin", "password": "short"}, 400,
-         "Password must be at least 8 characters long"),
+        (
+            {"username": "admin", "password": "short"},
+            400,
+            "Password must be at least 8 characters long",
+        ),
         ({"username": "admin", "password": "wrong-password"}, 401, "Invalid credentials"),
         ({"username": "nobody", "password": ADMIN[1]}, 401, "Invalid credentials"),
     ]
     # From an address of its own, so these failures do not throttle the other tests.
-    with httpx.Client(base_url=stack.url,
-                      transport=httpx.HTTPTransport(local_address="127.0.0.9")) as client:
+    with httpx.Client(
+        base_url=stack.url, transport=httpx.HTTPTransport(local_address="127.0.0.9")
+    ) as client:
         for body, status, message in cases:
             r = client.post("/auth/login", json=body)
             assert (r.status_code, r.json()) == (status, {"error": message})
@@ -48,8 +52,9 @@ def test_login_errors_in_the_original_shape(stack: Stack):
 
 
 def test_legacy_token_works_as_bearer(stack: Stack):
-    token = httpx.post(stack.url + "/auth/token",
-                       json={"username": ADMIN[0], "password": ADMIN[1]}).json()["token"]
+    token = httpx.post(
+        stack.url + "/auth/token", json={"username": ADMIN[0], "password": ADMIN[1]}
+    ).json()["token"]
     r = httpx.get(stack.url + "/api/keys", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and r.json()["success"] is True
     bad = httpx.get(stack.url + "/api/keys", headers={"Authorization": f"Bearer {token}x"})
@@ -58,8 +63,9 @@ def test_legacy_token_works_as_bearer(stack: Stack):
 
 def test_throttle_engages_and_releases(stack: Stack):
     wrong = {"username": ADMIN[0], "password": "wrong-password"}
-    with httpx.Client(base_url=stack.url,
-                      transport=httpx.HTTPTransport(local_address="127.0.0.7")) as client:
+    with httpx.Client(
+        base_url=stack.url, transport=httpx.HTTPTransport(local_address="127.0.0.7")
+    ) as client:
         statuses = [client.post("/auth/login", json=wrong).status_code for _ in range(4)]
         assert statuses == [401, 401, 401, 429]
         throttled = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
@@ -86,8 +92,11 @@ def test_key_lifecycle_and_messages(stack: Stack, admin: httpx.Client):
     assert key["id"] in {k.id for k in read_keys(path)}
     for body, message in [
         ({"username": "carol"}, "API key already exists for this username"),
-        ({"username": "a!"}, "Username must contain only alphanumeric characters, "
-                             "Username must be at least 3 characters long"),
+        (
+            {"username": "a!"},
+            "Username must contain only alphanumeric characters, "
+            "Username must be at least 3 characters long",
+        ),
         ({}, "Username is required"),
     ]:
         bad = admin.post("/api/keys", json=body)
@@ -99,17 +108,22 @@ def test_key_lifecycle_and_messages(stack: Stack, admin: httpx.Client):
     assert admin.get("/api/keys/validate/" + "0" * 64).json() == {"success": True, "valid": False}
     assert admin.get("/api/keys/validate/xyz").status_code == 400
     assert admin.delete(f"/api/keys/{key['id']}").json() == {
-        "success": True, "message": "API key deleted successfully"}
+        "success": True,
+        "message": "API key deleted successfully",
+    }
     gone = admin.delete(f"/api/keys/{key['id']}")
-    assert (gone.status_code, gone.json()) == (404, {"success": False,
-                                                     "message": "API key not found"})
+    assert (gone.status_code, gone.json()) == (
+        404,
+        {"success": False, "message": "API key not found"},
+    )
 
 
 def test_concurrent_creations_keep_every_key(stack: Stack, admin: httpx.Client):
     before = {k.id for k in read_keys(stack.data / "apikeys.json")}
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: admin.post("/api/keys", json={"username": f"bulk{i}"}),
-                                range(50)))
+        results = list(
+            pool.map(lambda i: admin.post("/api/keys", json={"username": f"bulk{i}"}), range(50))
+        )
     assert [r.status_code for r in results] == [200] * 50
     ids = {r.json()["key"]["id"] for r in results}
     assert ids <= {k.id for k in read_keys(stack.data / "apikeys.json")}
@@ -155,8 +169,9 @@ def test_analytics_records_summary_and_csv(stack: Stack, admin: httpx.Client):
     eventually(lambda: client.models.list().data, timeout=2)
     for _ in range(3):
         client.chat.completions.create(model="model-a", messages=[])
-    by_id = eventually(lambda: len(r := admin.get(f"/api/analytics/{key['id']}").json()[
-        "records"]) >= 4 and r)
+    by_id = eventually(
+        lambda: len(r := admin.get(f"/api/analytics/{key['id']}").json()["records"]) >= 4 and r
+    )
     by_key = admin.get(f"/api/analytics/{key['key']}").json()["records"]
     assert by_key == by_id
     chats = [r for r in by_id if r["path"] == "/v1/chat/completions"]
@@ -172,9 +187,9 @@ def test_analytics_records_summary_and_csv(stack: Stack, admin: httpx.Client):
         (now - 10, now - 20): "Start date must be before end date",
         ("abc", None): "Invalid start date: Timestamp must be a number",
         (None, "0"): "Invalid end date: Timestamp must be positive, "
-                     "Timestamp is too old (more than 1 year ago)",
+        "Timestamp is too old (more than 1 year ago)",
         (now + 400 * 86400_000, None): "Invalid start date: Timestamp is too far in the "
-                                       "future (more than 1 year from now)",
+        "future (more than 1 year from now)",
     }
     for (start, end), message in errors.items():
         params = {k: v for k, v in (("startDate", start), ("endDate", end)) if v is not None}
@@ -200,8 +215,11 @@ def test_every_error_is_json_without_traces(stack: Stack, admin: httpx.Client):
     cases = [
         admin.get("/api/nothing-here"),
         admin.post("/api/keys", content=b"{not json", headers={"content-type": "application/json"}),
-        admin.post("/api/keys", content=b"x" * (1024 * 1024 + 10),
-                   headers={"content-type": "application/json"}),
+        admin.post(
+            "/api/keys",
+            content=b"x" * (1024 * 1024 + 10),
+            headers={"content-type": "application/json"},
+        ),
         admin.delete("/api/keys/"),
         httpx.get(stack.url + "/api/keys"),
     ]
@@ -213,8 +231,9 @@ def test_every_error_is_json_without_traces(stack: Stack, admin: httpx.Client):
 
 
 def test_cookie_auth_refuses_cross_origin_writes(stack: Stack, admin: httpx.Client):
-    r = admin.post("/api/keys", json={"username": "mallory"},
-                   headers={"Origin": "https://evil.example"})
+    r = admin.post(
+        "/api/keys", json={"username": "mallory"}, headers={"Origin": "https://evil.example"}
+    )
     assert (r.status_code, r.json()) == (403, {"error": "Cross-origin request refused"})
     assert "mallory" not in {k.username for k in read_keys(stack.data / "apikeys.json")}
 

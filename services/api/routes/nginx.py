@@ -1,0 +1,263 @@
+"""`/nginx/*`: certificates and the nginx configuration, with the original's answers.
+
+Nothing here runs certbot or nginx. Each change is written to `data/site.json` (the desired
+state, whose only writer is the api) and the route then waits, at most CERTD_WAIT_SECONDS, for
+certd to report in `data/certd/status.json` that it applied that generation, so the answer
+tells the real outcome: a certificate refused by the CA, or a config refused by `nginx -t`, is a
+failure with certbot's or nginx's own message (the original answered success either way).
+Domains and CIDR groups are validated first; anything else is a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from services.api.deps import Admin, SettingsDep
+from services.api.errors import Failure
+from services.api.validation import BodyError, read_fields
+from shared.heartbeat import read_heartbeats
+from shared.settings import Settings
+from shared.site import (
+    CertdStatus,
+    Site,
+    SiteError,
+    certificate_name,
+    read_site,
+    read_status,
+    update_site,
+    valid_cidrs,
+    valid_domain,
+    valid_domains,
+    valid_email,
+    valid_http_mode,
+)
+
+log = logging.getLogger("api.nginx")
+
+router = APIRouter(prefix="/nginx")
+
+POLL = 0.1
+INVALID = "Invalid request body"
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    try:
+        return await read_fields(request)
+    except BodyError as exc:
+        raise Failure(400, INVALID) from exc
+
+
+async def _change(settings: Settings, change: Callable[[Site], Site]) -> Site:
+    try:
+        return await asyncio.to_thread(update_site, settings.site_file, change)
+    except SiteError as exc:
+        log.error("site.json unreadable; nothing written", extra={"fields": {"error": exc}})
+        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+    except OSError as exc:
+        raise Failure(500, f"Failed to save the site: {exc}") from exc
+
+
+def _certd_alive(settings: Settings) -> bool:
+    return any(
+        b.get("program") == "certd" and b["alive"] for b in read_heartbeats(settings.run_dir)
+    )
+
+
+async def _wait(settings: Settings, done: Callable[[CertdStatus], bool]) -> CertdStatus:
+    """certd's status once `done(status)`; a 504 if that takes longer than CERTD_WAIT_SECONDS."""
+    deadline = time.monotonic() + settings.certd_wait_seconds
+    while True:
+        status = read_status(settings.certd_status_file)
+        if status is not None and done(status):
+            return status
+        if time.monotonic() > deadline:
+            running = "" if _certd_alive(settings) else " (certd is not running)"
+            raise Failure(
+                504,
+                f"Saved, but certd has not applied it within {settings.certd_wait_seconds:g}s"
+                f"{running}; see GET /nginx/status",
+            )
+        await asyncio.sleep(POLL)
+
+
+def _applied(generation: int) -> Callable[[CertdStatus], bool]:
+    return lambda status: status["appliedGeneration"] >= generation
+
+
+@router.post("/certificates/obtain")
+async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Body `{"domains": ["llm.example.com", "*.example.com"], "email"?: "you@example.com"}`:
+    one certificate for all the domains (named after the first), by Cloudflare DNS-01."""
+    fields = await _fields(request)
+    if not isinstance(fields.get("domains"), list):
+        raise Failure(400, INVALID)
+    try:
+        domains = valid_domains(fields["domains"])
+        email = valid_email(fields["email"]) if "email" in fields else None
+    except SiteError as exc:
+        raise Failure(400, str(exc)) from exc
+
+    def change(site: Site) -> Site:
+        site = site.with_certificate(domains)
+        return site if email is None else replace(site, acme_email=email)
+
+    site = await _change(settings, change)
+    log.info("certificate requested", extra={"fields": {"domains": ",".join(domains)}})
+    status = await _wait(settings, _applied(site.generation))
+    name = certificate_name(domains)
+    state = next((c for c in status["certificates"] if c["name"] == name), None)
+    if state is None or state["lastError"] or set(state["domains"]) != set(domains):
+        message = state["lastError"] if state and state["lastError"] else None
+        raise Failure(500, message or f"No certificate for {', '.join(domains)}")
+    return {"success": True, "message": "Certificates obtained successfully."}
+
+
+@router.get("/certificates/renew")
+async def renew(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Renew the certificates certbot says are due, then reload nginx."""
+    site = await _change(settings, lambda s: replace(s, renew_requested=s.renew_requested + 1))
+    status = await _wait(settings, lambda st: st["renew"]["handled"] >= site.renew_requested)
+    if not status["renew"]["ok"]:
+        raise Failure(500, status["renew"]["message"] or "Renewal failed")
+    return {"success": True, "message": "Certificates renewed successfully."}
+
+
+@router.get("/reload")
+async def reload(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Reload nginx with the configuration in force."""
+    site = await _change(settings, lambda s: replace(s, reload_requested=s.reload_requested + 1))
+    status = await _wait(settings, lambda st: st["reload"]["handled"] >= site.reload_requested)
+    if not status["reload"]["ok"]:
+        raise Failure(500, status["reload"]["message"] or "Reload failed")
+    return {"success": True, "message": "Nginx configuration reloaded successfully."}
+
+
+@router.post("/config/write-default")
+async def write_default(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Body `{"domain": "llm.example.com", "cidrGroups": ["203.0.113.0/24"], "httpMode"?:
+    "redirect" | "serve"}`: llmp's own configuration for the site (replacing a custom one);
+    a certificate for the domain is obtained if none covers it."""
+    fields = await _fields(request)
+    if not isinstance(fields.get("domain"), str) or not isinstance(fields.get("cidrGroups"), list):
+        raise Failure(400, INVALID)
+    try:
+        domain = valid_domain(fields["domain"])
+        cidrs = valid_cidrs(fields["cidrGroups"])
+        http_mode = valid_http_mode(fields.get("httpMode", "redirect"))
+    except SiteError as exc:
+        raise Failure(400, str(exc)) from exc
+
+    def change(site: Site) -> Site:
+        return replace(
+            site, domains=(domain,), cidr_groups=cidrs, http_mode=http_mode, custom_config=None
+        )
+
+    site = await _change(settings, change)
+    log.info(
+        "default config requested",
+        extra={"fields": {"domain": domain, "cidrs": ",".join(cidrs), "http": http_mode}},
+    )
+    status = await _wait(settings, _applied(site.generation))
+    if not status["applied"]["ok"]:
+        raise Failure(500, status["applied"]["message"] or "Failed to write the default config")
+    return {"success": True, "message": "Default config written successfully"}
+
+
+@router.post("/config/update")
+async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Body `{"config": "<server.conf>"}`: the admin's own server configuration; if nginx
+    refuses it, the answer is nginx's message and the previous configuration stays."""
+    fields = await _fields(request)
+    config = fields.get("config")
+    if not isinstance(config, str):
+        raise Failure(400, INVALID)
+    previous: list[str | None] = []
+
+    def change(site: Site) -> Site:
+        previous.append(site.custom_config)
+        return replace(site, custom_config=config)
+
+    site = await _change(settings, change)
+    status = await _wait(settings, _applied(site.generation))
+    if status["nginx"]["ok"]:
+        log.info("custom config applied")
+        return {"success": True, "message": "Nginx configuration updated."}
+
+    # Refused: nginx keeps serving the previous config; make the desired state say so too, so
+    # that later changes (a renewed certificate, say) do not try this one again.
+    def revert(current: Site) -> Site:
+        if current.custom_config != config:
+            return current
+        return replace(current, custom_config=previous[0])
+
+    reverted = await _change(settings, revert)
+    await _wait(settings, _applied(reverted.generation))
+    log.info("custom config refused", extra={"fields": {"error": status["nginx"]["error"]}})
+    raise Failure(400, status["nginx"]["error"] or "nginx refused the configuration")
+
+
+@router.get("/config/get")
+def get_config(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """The server configuration nginx runs."""
+    path = (settings.nginx_conf_dir / "server.conf").absolute()
+    try:
+        config = path.read_text()
+    except FileNotFoundError as exc:
+        raise Failure(500, f"ENOENT: no such file or directory, open '{path}'", config="") from exc
+    except OSError as exc:
+        raise Failure(500, str(exc), config="") from exc
+    return {"success": True, "config": config}
+
+
+@router.get("/config/get-default")
+def get_default(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """The configuration write-default makes of the current site (a start for your own)."""
+    status = read_status(settings.certd_status_file)
+    if status is None or "defaultConfig" not in status:
+        raise Failure(500, "certd has not reported yet; is it running?")
+    return {"success": True, "config": status["defaultConfig"]}
+
+
+@router.get("/status")
+def nginx_status(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Desired and applied generations, nginx's state, every certificate, the site."""
+    try:
+        site = read_site(settings.site_file)
+    except SiteError as exc:
+        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+    status = read_status(settings.certd_status_file)
+    nginx = (
+        status["nginx"]
+        if status
+        else {"ok": False, "error": "certd has not reported yet", "at": 0.0}
+    )
+    certificates = status["certificates"] if status else []
+    return {
+        "success": True,
+        "generation": site.generation,
+        "appliedGeneration": status["appliedGeneration"] if status else 0,
+        "nginx": {"ok": nginx["ok"], "error": nginx["error"], "at": nginx["at"]},
+        "certificates": [
+            {
+                "name": c["name"],
+                "domains": c["domains"],
+                "notAfter": c["notAfter"],
+                "lastRenewal": c["lastRenewal"],
+                "lastError": c["lastError"],
+            }
+            for c in certificates
+        ],
+        "site": {
+            "domains": list(site.domains),
+            "cidrGroups": list(site.cidr_groups),
+            "acmeEmail": site.acme_email or settings.acme_email,
+            "httpMode": site.http_mode,
+        },
+    }

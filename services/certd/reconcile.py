@@ -1,0 +1,370 @@
+"""certd's work: make nginx and the certificates what `data/site.json` asks for, keep the
+certificates renewed, and say what happened in `data/certd/status.json`.
+
+Invariants:
+- one thing at a time: the caller runs `step()` from a single thread, so certbot runs never
+  overlap and the status has one writer;
+- a generation counts as applied only once its whole reconcile finished and the status saying
+  so is on disk; killed at any point before, certd does it again on restart (obtaining a
+  certificate that exists, or rendering a config that is live, changes nothing);
+- nginx only ever gets a configuration `nginx -t` accepted; a reload that fails, or after which
+  nginx does not serve the certificates it should, rolls back to the previous files;
+- renewal checks run at start, every RENEW_INTERVAL_SECONDS and when a certificate reaches
+  certbot's renewal time, never more often than RENEW_RETRY_SECONDS after a check that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from services.certd import certs, nginx
+from services.certd.certbot import Certbot, CertbotError
+from services.certd.certs import Lineage
+from services.certd.nginx_conf import main_conf_path, render_site, server_conf_path, tls_servers
+from shared.settings import Settings
+from shared.site import (
+    CertdStatus,
+    CertificateRequest,
+    CertificateState,
+    NginxState,
+    Outcome,
+    Site,
+    SiteError,
+    no_outcome,
+    read_site,
+    read_status,
+    write_status,
+)
+
+log = logging.getLogger("certd")
+
+VERIFY_SECONDS = 5.0
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _outcome(handled: int, error: str | None) -> Outcome:
+    return {"handled": handled, "ok": error is None, "message": error, "at": time.time()}
+
+
+def _probe_name(domains: tuple[str, ...]) -> str:
+    name = domains[0]
+    return "llmp-probe." + name[2:] if name.startswith("*.") else name
+
+
+class Certd:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.certbot = Certbot(settings)
+        self.site = Site()
+        self.site_error: str | None = None
+        self._signature: tuple[int, int, int] | None = None
+        self._site_loaded = False  # a valid site.json (or none) was read at least once
+        self._reconciled = False  # since this process started
+        previous = read_status(settings.certd_status_file)
+        self.applied_generation = previous["appliedGeneration"] if previous else -1
+        self.applied = previous.get("applied", no_outcome()) if previous else no_outcome()
+        self.reload = previous.get("reload", no_outcome()) if previous else no_outcome()
+        self.renew = previous.get("renew", no_outcome()) if previous else no_outcome()
+        self.nginx: NginxState = {"ok": True, "error": None, "at": time.time()}
+        self.cert_errors: dict[str, str] = {}
+        self.attempts: dict[str, float] = {}
+        for cert in previous.get("certificates", []) if previous else []:
+            if cert.get("lastError"):
+                self.cert_errors[cert["name"]] = cert["lastError"]  # type: ignore[assignment]
+            attempt: Any = cert.get("lastAttempt")
+            if isinstance(attempt, float | int):
+                self.attempts[cert["name"]] = float(attempt)
+        self.next_check = 0.0  # check renewals at start
+
+    # The loop's entry points ----------------------------------------------------------------
+
+    def step(self) -> None:
+        """Do whatever is due: apply a new generation, check renewals."""
+        self.load_site()
+        if self._site_loaded and (
+            not self._reconciled or self.site.generation != self.applied_generation
+        ):
+            self.reconcile(self.site)
+            self._reconciled = True
+        if time.time() >= self.next_check:
+            self.check_renewals()
+
+    def seconds_to_next_check(self) -> float:
+        return max(0.0, self.next_check - time.time())
+
+    def heartbeat_state(self) -> dict[str, Any]:
+        return {
+            # Until the first reconcile, nginx's state is unknown (and /healthz says so).
+            "nginx": self.nginx if self._reconciled else None,
+            "appliedGeneration": self.applied_generation,
+            "generation": self.site.generation,
+            "last_error": self.site_error,
+        }
+
+    def load_site(self) -> None:
+        """Re-read site.json if it changed; an invalid one leaves the last good site in force."""
+        path = self.settings.site_file
+        try:
+            st = os.stat(path)
+            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            signature = None
+        if signature == self._signature and self._site_loaded:
+            return
+        self._signature = signature
+        try:
+            self.site = read_site(path)
+        except SiteError as exc:
+            if str(exc) != self.site_error:
+                log.error("keeping the last good site", extra={"fields": {"error": exc}})
+            self.site_error = str(exc)
+            return
+        self.site_error = None
+        self._site_loaded = True
+
+    # Reconcile ------------------------------------------------------------------------------
+
+    def reconcile(self, site: Site) -> None:
+        new = site.generation != self.applied_generation
+        log.info("reconciling", extra={"fields": {"generation": site.generation}})
+        reload_wanted = site.reload_requested > self.reload["handled"]
+        # The config first, with the certificates there are: a change of CIDR groups does not
+        # wait for certbot.
+        nginx_error = self.apply_nginx(site, force_reload=reload_wanted)
+        if reload_wanted:
+            self.reload = _outcome(site.reload_requested, nginx_error)
+        if site.renew_requested > self.renew["handled"]:
+            self.renew = _outcome(site.renew_requested, self.renew_certificates())
+        obtained = False
+        for request in self.missing(site):
+            if new or self._retry_due(request.name):
+                obtained = self.obtain(site, request) is None or obtained
+        if obtained:
+            nginx_error = self.apply_nginx(site)
+            self.next_check = min(self.next_check, self.next_renewal_check(failed=False))
+        # The generation's outcome is the config's; each certificate reports its own.
+        self.applied_generation = site.generation
+        self.applied = _outcome(site.generation, nginx_error)
+        self.save()
+
+    def missing(self, site: Site) -> list[CertificateRequest]:
+        """Certificates the site wants that are not on disk with exactly their domains."""
+        found = certs.lineages(self.settings.certbot_dirs[0])
+        return [
+            request
+            for request in site.wanted_certificates()
+            if request.name not in found or set(found[request.name].domains) != set(request.domains)
+        ]
+
+    def obtain(self, site: Site, request: CertificateRequest) -> str | None:
+        email = site.acme_email or self.settings.acme_email
+        try:
+            run = self.certbot.obtain(request.name, request.domains, email)
+        except CertbotError as exc:
+            self.attempts[request.name] = time.time()  # retries count from the failure's end
+            log.error(
+                "certificate not obtained", extra={"fields": {"name": request.name, "error": exc}}
+            )
+            self.cert_errors[request.name] = str(exc)
+            return str(exc)
+        log.info(
+            "certificate obtained",
+            extra={
+                "fields": {
+                    "name": request.name,
+                    "domains": ",".join(request.domains),
+                    "seconds": f"{run.seconds:.1f}",
+                }
+            },
+        )
+        self.attempts[request.name] = time.time()
+        self.cert_errors.pop(request.name, None)
+        return None
+
+    def _retry_due(self, name: str) -> bool:
+        last = self.attempts.get(name, 0.0)
+        return time.time() - last >= self.settings.renew_retry_seconds
+
+    # nginx ----------------------------------------------------------------------------------
+
+    def apply_nginx(self, site: Site, force_reload: bool = False) -> str | None:
+        """Render and apply the config; verify what nginx serves. Returns the error, if any."""
+        settings = self.settings
+        lineages = certs.lineages(settings.certbot_dirs[0])
+        old_main = _read(main_conf_path(settings))
+        old_server = _read(server_conf_path(settings))
+        # Without a valid site.json yet, keep the live routes (only reload them).
+        server = render_site(settings, site, lineages)
+        if not self._site_loaded and old_server is not None:
+            server = old_server
+        try:
+            applied = nginx.apply(settings, server, force_reload)
+            problem = self.verify(site, lineages) if applied.reloaded else None
+            if problem and applied.changed and old_main is not None and old_server is not None:
+                nginx.rollback(settings, old_main, old_server)
+        except nginx.NginxError as exc:
+            problem = str(exc)
+        else:
+            if applied.changed or applied.reloaded:
+                log.info(
+                    "nginx config applied",
+                    extra={"fields": {"changed": applied.changed, "reloaded": applied.reloaded}},
+                )
+        if problem:
+            log.error("nginx config not applied", extra={"fields": {"error": problem}})
+        self.nginx = {"ok": problem is None, "error": problem, "at": time.time()}
+        return problem
+
+    def verify(self, site: Site, lineages: Mapping[str, Lineage]) -> str | None:
+        """After a reload: does nginx serve each certificate's current version? (Not checked for
+        a custom config, whose servers are the admin's.)"""
+        if site.custom_config is not None:
+            return None
+        by_chain = {lineage.fullchain: lineage for lineage in lineages.values()}
+        expected = [
+            (_probe_name(server.server_names), by_chain[server.fullchain])
+            for server in tls_servers(site, lineages)
+        ]
+        deadline = time.monotonic() + VERIFY_SECONDS
+        for name, lineage in expected:
+            while True:
+                der = nginx.served_certificate(self.settings, name)
+                if der is not None and certs.served_serial(der) == lineage.serial:
+                    break
+                if time.monotonic() > deadline:
+                    return (
+                        f"nginx does not serve the current certificate {lineage.name!r} on port "
+                        f"{self.settings.https_port} after a reload (is the port free, and "
+                        "may nginx listen on it?)"
+                    )
+                time.sleep(0.05)
+        return None
+
+    # Renewal --------------------------------------------------------------------------------
+
+    def check_renewals(self) -> None:
+        """The scheduled check: renew what is due, retry certificates that are missing."""
+        error = self.renew_certificates()
+        for request in self.missing(self.site):
+            if self._retry_due(request.name):
+                obtained = self.obtain(self.site, request) is None
+                error = error or self.cert_errors.get(request.name)
+                if obtained:
+                    self.apply_nginx(self.site)
+        self.next_check = self.next_renewal_check(failed=error is not None)
+        log.info(
+            "next renewal check",
+            extra={"fields": {"in_seconds": f"{self.next_check - time.time():.0f}"}},
+        )
+        self.save()
+
+    def renew_certificates(self) -> str | None:
+        """`certbot renew` (it renews what is due), then reload nginx if anything changed."""
+        config_dir = self.settings.certbot_dirs[0]
+        before = certs.lineages(config_dir)
+        if not before:
+            return None
+        error = None
+        failed: dict[str, str] = {}
+        try:
+            self.certbot.renew()
+        except CertbotError as exc:
+            error, failed = str(exc), exc.failed
+            log.error("renewal failed", extra={"fields": {"error": exc}})
+        after = certs.lineages(config_dir)
+        renewed = [
+            n
+            for n, lin in after.items()
+            if n in before and lin.fingerprint != before[n].fingerprint
+        ]
+        for name in renewed:
+            self.cert_errors.pop(name, None)
+        for name, message in failed.items():
+            self.cert_errors[name] = message
+        if error and not failed:
+            for name in after:
+                self.cert_errors[name] = error
+        if error is None:  # clears renewal errors, not those of a certificate still missing
+            missing = {request.name for request in self.missing(self.site)}
+            for name in after.keys() - missing:
+                self.cert_errors.pop(name, None)
+        if renewed:
+            log.info("certificates renewed", extra={"fields": {"names": ",".join(renewed)}})
+            problem = self.apply_nginx(self.site, force_reload=True)
+            for name in renewed:
+                if problem:
+                    self.cert_errors[name] = problem
+            error = error or problem
+        return error
+
+    def next_renewal_check(self, failed: bool) -> float:
+        """When to check next: the interval, or the first certificate's renewal time, or the
+        retry of a missing one, whichever comes first; after a failure, not before a retry."""
+        now = time.time()
+        settings = self.settings
+        lineages = certs.lineages(settings.certbot_dirs[0])
+        due = min((lin.renewal_time().timestamp() for lin in lineages.values()), default=math.inf)
+        retries = [
+            self.attempts.get(request.name, now) + settings.renew_retry_seconds
+            for request in self.missing(self.site)
+        ]
+        next_check = min(now + settings.renew_interval_seconds, due + 1.0, *retries)
+        if failed or due <= now:
+            next_check = max(next_check, now + settings.renew_retry_seconds)
+        return max(next_check, now + 1.0)
+
+    # Status ---------------------------------------------------------------------------------
+
+    def certificates(self) -> list[CertificateState]:
+        lineages = certs.lineages(self.settings.certbot_dirs[0])
+        names = [c.name for c in self.site.wanted_certificates()]
+        states: list[CertificateState] = []
+        for name in dict.fromkeys([*names, *lineages]):
+            lineage = lineages.get(name)
+            wanted = next((c for c in self.site.wanted_certificates() if c.name == name), None)
+            domains = list(lineage.domains) if lineage else list(wanted.domains if wanted else ())
+            state: dict[str, Any] = {
+                "name": name,
+                "domains": domains,
+                "notAfter": _iso(lineage.not_after) if lineage else None,
+                "lastRenewal": _iso(lineage.renewed_at) if lineage else None,
+                "lastError": self.cert_errors.get(name),
+                "lastAttempt": self.attempts.get(name),
+            }
+            states.append(state)  # type: ignore[arg-type]  # lastAttempt: certd's own bookkeeping
+        return states
+
+    def default_config(self) -> str:
+        """What write-default would make of the site now (the api's get-default)."""
+        lineages = certs.lineages(self.settings.certbot_dirs[0])
+        return render_site(self.settings, replace(self.site, custom_config=None), lineages)
+
+    def save(self) -> None:
+        status: CertdStatus = {
+            "appliedGeneration": self.applied_generation,
+            "applied": self.applied,
+            "nginx": self.nginx,
+            "certificates": self.certificates(),
+            "reload": self.reload,
+            "renew": self.renew,
+            "defaultConfig": self.default_config(),
+        }
+        write_status(self.settings.certd_status_file, status)
+
+
+def _read(path: os.PathLike[str]) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
