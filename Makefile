@@ -1,12 +1,13 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
+# make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench system-deps-run system-deps-test clean
+.PHONY: run test check bench ui ui-test system-deps-run system-deps-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +18,28 @@ $(STAMP): pyproject.toml
 system-deps-%:
 	scripts/system-deps $*
 
-run: system-deps-run $(STAMP)
+# The admin UI: `npm ci` when the lock file changes, a build when a source does.
+UI := frontend/dist/index.html
+UI_MODULES := frontend/node_modules/.package-lock.json
+UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html \
+	frontend/vite.config.ts frontend/tsconfig.json frontend/package.json
+
+$(UI_MODULES): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	touch $@
+
+$(UI): $(UI_MODULES) $(UI_SOURCES)
+	cd frontend && npm run build
+
+ui: $(UI)
+
+ui-test: $(UI_MODULES)
+	cd frontend && npm test
+
+run: system-deps-run $(STAMP) $(UI)
 	exec $(PY) -m llmp run
 
-test: system-deps-test $(STAMP)
+test: system-deps-test $(STAMP) $(UI) ui-test
 	$(PY) -m pytest
 
 check: $(STAMP)
@@ -32,4 +51,4 @@ bench: system-deps-bench $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache frontend/dist frontend/node_modules

@@ -1,0 +1,201 @@
+// The typed client of the admin API. Every call goes through `request`, the one place where
+// the API's two error shapes (`{error}` from auth, `{success: false, message}` elsewhere), HTTP
+// failures and network failures become an `ApiError` with a message fit to show a person.
+// A 401 from anything but the login itself means the session is gone: `onUnauthorized` runs.
+
+import type {
+  ApiKey,
+  Bucket,
+  HttpMode,
+  NginxStatus,
+  Range,
+  RequestRecord,
+  Summary,
+  Upstream,
+} from './types'
+
+export class ApiError extends Error {
+  readonly status: number
+  /** seconds, from a 429's Retry-After */
+  readonly retryAfter: number | null
+
+  constructor(status: number, message: string, retryAfter: number | null = null) {
+    super(message)
+    this.name = 'ApiError'
+    this.status = status
+    this.retryAfter = retryAfter
+  }
+}
+
+export interface ClientOptions {
+  fetch?: typeof fetch
+  /** called on a 401 from any route but /auth/login */
+  onUnauthorized?: () => void
+}
+
+type Body = Record<string, unknown>
+
+const NETWORK_ERROR = 'Cannot reach the server. Check your connection and try again.'
+
+function retryAfter(response: Response): number | null {
+  const value = Number(response.headers.get('Retry-After'))
+  return Number.isFinite(value) && value > 0 ? value : null
+}
+
+function messageOf(data: unknown): string | null {
+  if (data && typeof data === 'object') {
+    const { message, error } = data as { message?: unknown; error?: unknown }
+    if (typeof message === 'string' && message) return message
+    if (typeof error === 'string' && error) return error
+  }
+  return null
+}
+
+function fallbackMessage(response: Response): string {
+  if (response.status === 504) {
+    return 'The server took too long to answer. The operation may still finish: refresh in a moment.'
+  }
+  if (response.status === 502 || response.status === 503) {
+    return `The server is not available (HTTP ${response.status}). Is llmp running?`
+  }
+  if (response.status === 403) return 'Access refused (HTTP 403).'
+  return `The server answered HTTP ${response.status}${response.statusText ? ' ' + response.statusText : ''}.`
+}
+
+export function query(params: Record<string, string | number | null | undefined>): string {
+  const search = new URLSearchParams()
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined && value !== '') search.set(name, String(value))
+  }
+  const text = search.toString()
+  return text ? `?${text}` : ''
+}
+
+export function createApi(options: ClientOptions = {}) {
+  const doFetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init))
+
+  async function send(method: string, path: string, body?: Body): Promise<Response> {
+    const init: RequestInit = { method, credentials: 'same-origin', headers: {} }
+    if (body !== undefined) {
+      init.headers = { 'Content-Type': 'application/json' }
+      init.body = JSON.stringify(body)
+    }
+    let response: Response
+    try {
+      response = await doFetch(path, init)
+    } catch {
+      throw new ApiError(0, NETWORK_ERROR)
+    }
+    if (response.status === 401 && path !== '/auth/login') options.onUnauthorized?.()
+    return response
+  }
+
+  async function request<T>(method: string, path: string, body?: Body): Promise<T> {
+    const response = await send(method, path, body)
+    const isJson = (response.headers.get('Content-Type') ?? '').includes('json')
+    let data: unknown = null
+    if (isJson) {
+      try {
+        data = await response.json()
+      } catch {
+        data = null
+      }
+    }
+    const failed = !response.ok || (data as { success?: unknown } | null)?.success === false
+    if (failed) {
+      const message =
+        messageOf(data) ??
+        (response.status === 401 ? 'Your session has ended. Please log in again.' : fallbackMessage(response))
+      throw new ApiError(response.status, message, retryAfter(response))
+    }
+    if (!isJson) throw new ApiError(response.status, 'The server sent an answer this page cannot read.')
+    return data as T
+  }
+
+  async function download(path: string): Promise<Blob> {
+    const response = await send('GET', path)
+    if (!response.ok) {
+      let message: string | null = null
+      try {
+        message = messageOf(await response.json())
+      } catch {
+        message = null
+      }
+      throw new ApiError(response.status, message ?? fallbackMessage(response))
+    }
+    return response.blob()
+  }
+
+  const range = (r: Range) => ({ startDate: Math.round(r.start), endDate: Math.round(r.end) })
+
+  return {
+    async login(username: string, password: string): Promise<string> {
+      const data = await request<{ username: string }>('POST', '/auth/login', { username, password })
+      return data.username
+    },
+    async logout(): Promise<void> {
+      await request('POST', '/auth/logout')
+    },
+    /** The logged-in admin's name, or null when there is no valid session. */
+    async me(): Promise<string | null> {
+      const response = await send('GET', '/api/me')
+      if (response.status === 401) return null
+      if (!response.ok) throw new ApiError(response.status, fallbackMessage(response))
+      const data = (await response.json()) as { username: string }
+      return data.username
+    },
+
+    async listKeys(): Promise<ApiKey[]> {
+      return (await request<{ keys: ApiKey[] }>('GET', '/api/keys')).keys
+    },
+    async createKey(username: string): Promise<ApiKey> {
+      return (await request<{ key: ApiKey }>('POST', '/api/keys', { username })).key
+    },
+    async deleteKey(id: string): Promise<void> {
+      await request('DELETE', `/api/keys/${encodeURIComponent(id)}`)
+    },
+
+    async records(keyId: string, r: Range, limit = 10_000): Promise<RequestRecord[]> {
+      const path = `/api/analytics/${encodeURIComponent(keyId)}${query({ ...range(r), limit })}`
+      return (await request<{ records: RequestRecord[] }>('GET', path)).records
+    },
+    async summary(keyId: string | null, r: Range, bucket: Bucket): Promise<Summary> {
+      return request<Summary>('GET', `/api/analytics/summary${query({ keyId, ...range(r), bucket })}`)
+    },
+    async recordsCsv(keyId: string, r: Range): Promise<Blob> {
+      return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)
+    },
+
+    async upstreams(): Promise<Upstream[]> {
+      return (await request<{ upstreams: Upstream[] }>('GET', '/api/upstreams')).upstreams
+    },
+
+    async nginxStatus(): Promise<NginxStatus> {
+      return request<NginxStatus>('GET', '/nginx/status')
+    },
+    /** `email`, if given, becomes the ACME account's address. */
+    async obtainCertificates(domains: string[], email?: string): Promise<string> {
+      const body = email ? { domains, email } : { domains }
+      return (await request<{ message: string }>('POST', '/nginx/certificates/obtain', body)).message
+    },
+    async renewCertificates(): Promise<string> {
+      return (await request<{ message: string }>('GET', '/nginx/certificates/renew')).message
+    },
+    /** nginx's generated config for `domain`, admin paths open to `cidrGroups`. */
+    async writeDefaultConfig(domain: string, cidrGroups: string[], httpMode?: HttpMode): Promise<string> {
+      const body = httpMode ? { domain, cidrGroups, httpMode } : { domain, cidrGroups }
+      return (await request<{ message: string }>('POST', '/nginx/config/write-default', body)).message
+    },
+    async getConfig(): Promise<string> {
+      return (await request<{ config: string }>('GET', '/nginx/config/get')).config
+    },
+    async updateConfig(config: string): Promise<string> {
+      return (await request<{ message: string }>('POST', '/nginx/config/update', { config })).message
+    },
+    async reloadNginx(): Promise<string> {
+      return (await request<{ message: string }>('GET', '/nginx/reload')).message
+    },
+  }
+}
+
+export type Api = ReturnType<typeof createApi>

@@ -1,0 +1,102 @@
+// What the admin API answers (services/api/routes/*). Times are epoch milliseconds unless a
+// field says otherwise.
+
+export interface ApiKey {
+  id: string
+  username: string
+  key: string
+  createdAt: string
+}
+
+export interface RequestRecord {
+  startTime: number
+  /** null when the request failed (the original's CSV convention) */
+  endTime: number | null
+  status: number | null
+  model: string | null
+  upstream: string | null
+  path: string | null
+  stream: boolean
+  ttfbMs: number | null
+  promptTokens: number | null
+  completionTokens: number | null
+  bytesIn: number | null
+  bytesOut: number | null
+  error: string | null
+}
+
+export type Bucket = 'hour' | 'day'
+
+export interface Counts {
+  requests: number
+  failures: number
+  promptTokens: number
+  completionTokens: number
+}
+
+export interface Totals extends Counts {
+  latencyP50: number | null
+  latencyP95: number | null
+}
+
+export interface SeriesPoint extends Counts {
+  time: number
+  latencyP50: number | null
+  latencyP95: number | null
+  ttfbP50: number | null
+}
+
+export interface KeyUsage extends Counts {
+  keyId: string
+  username: string
+}
+
+export interface Summary {
+  bucket: Bucket
+  startDate: number
+  endDate: number
+  totals: Totals
+  series: SeriesPoint[]
+  keys: KeyUsage[]
+}
+
+export interface Upstream {
+  url: string
+  healthy: boolean
+  models: string[]
+  in_flight: number
+  /** epoch seconds of the last good model refresh */
+  last_ok: number | null
+  last_error: string | null
+}
+
+export interface Certificate {
+  name: string
+  domains: string[]
+  /** null until certbot has issued it */
+  notAfter: string | null
+  lastRenewal: string | null
+  lastError: string | null
+}
+
+export type HttpMode = 'redirect' | 'serve'
+
+export interface Site {
+  domains: string[]
+  cidrGroups: string[]
+  acmeEmail: string
+  httpMode: HttpMode
+}
+
+export interface NginxStatus {
+  generation: number
+  appliedGeneration: number
+  nginx: { ok: boolean; error: string | null; at: number | string | null }
+  certificates: Certificate[]
+  site: Site
+}
+
+export interface Range {
+  start: number
+  end: number
+}
