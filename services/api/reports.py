@@ -55,15 +55,17 @@ def reading(path: Path) -> Iterator[sqlite3.Connection | None]:
 
 
 def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[str, Any]]:
+    """The key's newest `limit` records in the window, in the order they completed (the
+    original's file order)."""
     select = ", ".join(RECORD_COLUMNS.values())
     with reading(path) as db:
         if db is None:
             return []
         rows = db.execute(
             f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY id LIMIT ?",
+            "ORDER BY id DESC LIMIT ?",
             (key_id, window.start, window.end, limit),
-        ).fetchall()
+        ).fetchall()[::-1]
     names = list(RECORD_COLUMNS)
     return [{**dict(zip(names, row, strict=True)), "stream": bool(row[6])} for row in rows]
 

@@ -209,6 +209,8 @@ def test_analytics_records_summary_and_csv(stack: Stack, admin: httpx.Client):
     lines = csv.text.splitlines()
     assert lines[0].startswith("startTime,endTime,status,model")
     assert len(lines) == 1 + len(by_id)
+    newest = admin.get(f"/api/analytics/{key['id']}", params={"limit": 2}).json()["records"]
+    assert newest == by_id[-2:]  # the newest records, still oldest first
 
 
 def test_every_error_is_json_without_traces(stack: Stack, admin: httpx.Client):
@@ -228,6 +230,22 @@ def test_every_error_is_json_without_traces(stack: Stack, admin: httpx.Client):
         assert "Traceback" not in r.text
         json.loads(r.text)
     assert [r.status_code for r in cases] == [404, 400, 413, 404, 401]
+
+
+def test_cookie_auth_accepts_writes_from_its_own_origin(stack: Stack, admin: httpx.Client):
+    r = admin.post(
+        "/api/keys",
+        json={"username": "trent"},
+        headers={"Origin": f"http://127.0.0.1:{stack.port}"},
+    )
+    assert r.status_code == 200
+    assert (
+        admin.delete(
+            f"/api/keys/{r.json()['key']['id']}",
+            headers={"Origin": f"http://127.0.0.1:{stack.port}"},
+        ).status_code
+        == 200
+    )
 
 
 def test_cookie_auth_refuses_cross_origin_writes(stack: Stack, admin: httpx.Client):
