@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--upstream-procs", type=int, default=1, help="processes of the mock upstream (default 1)"
     )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="llmp's LOG_LEVEL (default INFO, as deployed: one line per request)",
+    )
     parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -91,7 +96,7 @@ def run(
         targets: list[Target] = [direct] if "direct" in args.only else []
         for name, start in (
             ("nginx", lambda: PlainNginx(workdir, direct.port)),
-            ("llmp", lambda: LlmpStack(workdir, direct.port, args.workers)),
+            ("llmp", lambda: LlmpStack(workdir, direct.port, args.workers, args.log_level)),
         ):
             if name not in args.only:
                 continue
@@ -131,6 +136,7 @@ def print_results(
         print(f"note: {note}")
     settings = {
         "proxy_workers": args.workers,
+        "log_level": args.log_level,
         "upstream_procs": args.upstream_procs,
         "targets": list(rounds[0]),
     }

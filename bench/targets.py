@@ -142,7 +142,7 @@ class LlmpStack(Target):
     name = "llmp"
     child: Child
 
-    def __init__(self, workdir: Path, upstream_port: int, workers: int) -> None:
+    def __init__(self, workdir: Path, upstream_port: int, workers: int, log_level: str) -> None:
         super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))
         home = workdir / "llmp"
         env_file = home / "env"
@@ -165,7 +165,7 @@ class LlmpStack(Target):
             "CLOUDFLARE_CREDENTIALS": str(home / "cloudflare_credentials"),
             "TARGET_URLS": f"http://127.0.0.1:{upstream_port}",
             "PROXY_WORKERS": str(workers),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": log_level,
         }
         self.child = Child(
             "llmp",
