@@ -47,12 +47,16 @@ def prepare(settings: Settings) -> dict[str, str]:
     if shutil.which(settings.nginx_bin) is None:
         fail(
             f"nginx not found ({settings.nginx_bin!r}); install it (Debian: apt-get install "
-            "nginx-light, or run `make run` as root) or set NGINX_BIN"
+            "nginx, or run `make run` as root) or set NGINX_BIN"
         )
     for folder in (settings.data_dir, settings.run_dir, settings.state_dir / "supervisor"):
         folder.mkdir(parents=True, exist_ok=True)
     for stale in settings.run_dir.glob("*.json"):
         stale.unlink()
+    # The proxy workers' Prometheus counters, summed by the api; a new run counts from zero.
+    metrics = settings.state_dir / "metrics"
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir(parents=True)
     try:
         nginx.apply(settings)
     except nginx.NginxError as exc:
@@ -67,6 +71,7 @@ def prepare(settings: Settings) -> dict[str, str]:
         "LLMP_NGINX_BIN": shutil.which(settings.nginx_bin) or settings.nginx_bin,
         "LLMP_NGINX_CONF": str(main_conf_path(settings)),
         "LLMP_NGINX_PREFIX": str(settings.nginx_prefix.absolute()),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics.absolute()),
     }
 
 

@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
-from services.api.routes import analytics, auth, health, keys, nginx, ui
+from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.keyfile import KeyFile
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.login_max_failures, settings.login_window_seconds
     )
     errors.install(app)
-    for module in (health, auth, keys, analytics, ui, nginx):
+    for module in (health, auth, keys, analytics, ui, nginx, metrics):
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

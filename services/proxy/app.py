@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import errors, routing
@@ -30,6 +31,7 @@ from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
+from shared.metrics import ProxyMetrics
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("proxy")
@@ -109,6 +111,7 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.apikeys_file)
+        self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
             settings.analytics_db, settings.analytics_retention_days, self.keys.keys
         )
@@ -297,6 +300,7 @@ class ProxyApp:
         if not failed:
             row.end_ms = row.start_ms + round(elapsed_ms)
         self.recorder.record(row)
+        self.metrics.observe(row, elapsed_ms / 1000)
         log.info(
             "request",
             extra={

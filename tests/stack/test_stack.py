@@ -224,3 +224,38 @@ def test_sigterm_stops_every_program_cleanly(tmp_path, fleet):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (tmp_path / "var" / "nginx" / "run" / "nginx.pid").exists()
+
+
+def test_metrics_count_requests_over_every_worker(stack, fleet, key):
+    def scrape() -> dict[str, float]:
+        text = httpx.get(stack.url + "/metrics").text
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    def chats(metrics: dict[str, float]) -> float:
+        return sum(
+            v
+            for k, v in metrics.items()
+            if k.startswith("llmp_requests_total{") and 'status="200"' in k
+        )
+
+    before = chats(scrape())
+    fresh = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+    with fresh:
+        for _ in range(20):  # new connections, spread over both workers
+            r = fresh.post(
+                stack.url + "/v1/chat/completions",
+                json={"model": "model-b"},
+                headers={"Authorization": f"Bearer {key.key}"},
+            )
+            assert r.status_code == 200
+    after = scrape()
+    assert chats(after) - before == 20
+    b = fleet["b"].url + "/v1"
+    assert after[f'llmp_tokens_total{{kind="prompt",upstream="{b}"}}'] >= 20 * 7
+    assert after['llmp_program_up{program="proxy"}'] == 1.0
+    assert after[f'llmp_upstream_healthy{{upstream="{b}"}}'] == 1.0
+    assert after[f'llmp_request_duration_seconds_count{{upstream="{b}"}}'] >= 20
