@@ -8,6 +8,8 @@ reads them from the heartbeats and certd's status when scraped.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.analytics import RequestRow
@@ -52,16 +54,34 @@ class ProxyMetrics:
             registry=registry,
         )
 
+        # The labelled series of each (upstream, status): looked up once, not per request.
+        self._series: dict[tuple[str | None, int], tuple[Any, ...]] = {}
+
+    def _labelled(self, upstream: str | None, status: int) -> tuple[Any, ...]:
+        name = upstream or "none"
+        series = (
+            self.requests.labels(name, str(status)),
+            self.duration.labels(name),
+            self.first_byte.labels(name),
+            self.tokens.labels(name, "prompt"),
+            self.tokens.labels(name, "completion"),
+        )
+        self._series[upstream, status] = series
+        return series
+
     def observe(self, row: RequestRow, seconds: float) -> None:
-        upstream = row.upstream or "none"
-        self.requests.labels(upstream, str(row.status)).inc()
+        series = self._series.get((row.upstream, row.status)) or self._labelled(
+            row.upstream, row.status
+        )
+        requests, duration, first_byte, prompt, completion = series
+        requests.inc()
+        duration.observe(seconds)
         if row.error is not None:
             reason = row.error.split(":", 1)[0]  # "upstream cut: ClientPayloadError" -> cut
             self.failures.labels(reason).inc()
-        self.duration.labels(upstream).observe(seconds)
         if row.ttfb_ms is not None:
-            self.first_byte.labels(upstream).observe(row.ttfb_ms / 1000)
+            first_byte.observe(row.ttfb_ms / 1000)
         if row.prompt_tokens:
-            self.tokens.labels(upstream, "prompt").inc(row.prompt_tokens)
+            prompt.inc(row.prompt_tokens)
         if row.completion_tokens:
-            self.tokens.labels(upstream, "completion").inc(row.completion_tokens)
+            completion.inc(row.completion_tokens)
