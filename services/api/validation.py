@@ -40,6 +40,17 @@ async def read_fields(request: Request) -> dict[str, Any]:
     return document
 
 
+async def valid_fields(
+    request: Request, check: Callable[[dict[str, Any]], list[str]]
+) -> dict[str, Any]:
+    """The body's fields if `check` finds nothing wrong; BodyError with every message if not."""
+    fields = await read_fields(request)
+    errors = check(fields)
+    if errors:
+        raise BodyError(joined(errors))
+    return fields
+
+
 def _string(
     fields: dict[str, Any],
     name: str,

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from services.api import sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
-from services.api.validation import BodyError, joined, login_errors, read_fields
+from services.api.validation import BodyError, login_errors, valid_fields
 from shared.settings import Settings
 
 log = logging.getLogger("api.auth")
@@ -49,12 +49,9 @@ async def _check_login(request: Request, settings: Settings) -> str:
             429, "Too many failed logins; try again later", headers={"Retry-After": str(wait)}
         )
     try:
-        fields = await read_fields(request)
+        fields = await valid_fields(request, login_errors)
     except BodyError as exc:
         raise AuthError(400, str(exc)) from exc
-    errors = login_errors(fields)
-    if errors:
-        raise AuthError(400, joined(errors))
     username, password = fields["username"], fields["password"]
     good_user = hmac.compare_digest(username.encode(), settings.auth_username.encode())
     good_password = hmac.compare_digest(password.encode(), settings.auth_password.encode())

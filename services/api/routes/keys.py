@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 
 from services.api.deps import Admin, KeyFileDep
 from services.api.errors import Failure
-from services.api.validation import BodyError, joined, read_fields, username_errors
+from services.api.validation import BodyError, username_errors, valid_fields
 from shared.apikeys import KeyFileError
 from shared.keyfile import DuplicateUsername
 
@@ -50,12 +50,9 @@ def list_keys(admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
 @router.post("", openapi_extra=CREATE_BODY)
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
-        fields = await read_fields(request)
+        fields = await valid_fields(request, username_errors)
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
-    errors = username_errors(fields)
-    if errors:
-        raise Failure(400, joined(errors))
     try:
         key = keyfile.create(fields["username"].strip())
     except DuplicateUsername as exc:

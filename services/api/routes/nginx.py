@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
@@ -119,23 +119,27 @@ async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> dict[
     return {"success": True, "message": "Certificates obtained successfully."}
 
 
+async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
+    """Ask certd for a one-shot action (a counter in site.json) and wait for its outcome."""
+    counter = f"{action}_requested"
+    site = await _change(settings, lambda s: replace(s, **{counter: getattr(s, counter) + 1}))
+    wanted = getattr(site, counter)
+    status = await _wait(settings, lambda st: st[action]["handled"] >= wanted)
+    if not status[action]["ok"]:
+        raise Failure(500, status[action]["message"] or f"{action.capitalize()} failed")
+
+
 @router.get("/certificates/renew")
 async def renew(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     """Renew the certificates certbot says are due, then reload nginx."""
-    site = await _change(settings, lambda s: replace(s, renew_requested=s.renew_requested + 1))
-    status = await _wait(settings, lambda st: st["renew"]["handled"] >= site.renew_requested)
-    if not status["renew"]["ok"]:
-        raise Failure(500, status["renew"]["message"] or "Renewal failed")
+    await _ask(settings, "renew")
     return {"success": True, "message": "Certificates renewed successfully."}
 
 
 @router.get("/reload")
 async def reload(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     """Reload nginx with the configuration in force."""
-    site = await _change(settings, lambda s: replace(s, reload_requested=s.reload_requested + 1))
-    status = await _wait(settings, lambda st: st["reload"]["handled"] >= site.reload_requested)
-    if not status["reload"]["ok"]:
-        raise Failure(500, status["reload"]["message"] or "Reload failed")
+    await _ask(settings, "reload")
     return {"success": True, "message": "Nginx configuration reloaded successfully."}
 
 
