@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from services.proxy.__main__ import SERVER_OPTIONS
 from services.proxy.app import ProxyApp, create_app
 from shared import analytics
 from shared.apikeys import ApiKey, write_keys
@@ -85,18 +86,7 @@ class RunningProxy:
         asgi = create_app(settings)
         self.app: ProxyApp = getattr(asgi, "app", asgi)  # inside CORSMiddleware, if any
         self.port = free_port()
-        config = uvicorn.Config(
-            asgi,
-            host="127.0.0.1",
-            port=self.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-        )
+        config = uvicorn.Config(asgi, host="127.0.0.1", port=self.port, **SERVER_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="proxy", daemon=True)
 

@@ -1,8 +1,24 @@
 """Run the proxy on 127.0.0.1:PROXY_PORT with PROXY_WORKERS uvicorn workers."""
 
+from typing import Any
+
 import uvicorn
 
 from shared.settings import get_settings
+
+# How uvicorn serves the proxy (the tests serve it the same way).
+SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "lifespan": "on",
+    "access_log": False,
+    "log_config": None,
+    "server_header": False,  # the upstream's own headers pass through
+    "date_header": False,
+    "backlog": 4096,
+    "timeout_keep_alive": 75,  # longer than nginx's upstream keepalive_timeout (60 s)
+    "timeout_graceful_shutdown": 30,
+}
 
 
 def main() -> None:
@@ -13,16 +29,7 @@ def main() -> None:
         host="127.0.0.1",
         port=settings.proxy_port,
         workers=settings.proxy_workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        date_header=False,
-        backlog=4096,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=30,
+        **SERVER_OPTIONS,
     )
 
 
