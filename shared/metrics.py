@@ -69,6 +69,10 @@ class ProxyMetrics:
         self._series[upstream, status] = series
         return series
 
+    def refused(self, status: int) -> None:
+        """A request refused before it had a key (no key, a wrong key, an unknown path)."""
+        self.requests.labels("none", str(status)).inc()
+
     def observe(self, row: RequestRow, seconds: float) -> None:
         series = self._series.get((row.upstream, row.status)) or self._labelled(
             row.upstream, row.status

@@ -224,6 +224,8 @@ class ProxyApp:
         except ProxyError as exc:
             if row is not None:
                 row.status, row.error = exc.status, exc.code
+            else:  # refused before a key was known: no analytics row, but counted
+                self.metrics.refused(exc.status)
             await send_body(send, exc.status, exc.body(), request_id, exc.headers)
         except ClientGone:
             assert row is not None
