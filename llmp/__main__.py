@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmp import backup
+from llmp import backup, privileges
 from llmp.run import run
 from shared.apikeys import KeyFileError
 from shared.keyfile import DuplicateUsername, KeyFile
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         run(args.env_file)
         return
+    user = privileges.target()
+    if user is not None:  # `docker exec` runs as root: files must stay the programs' user's
+        privileges.become(user)
     settings = load_settings(str(args.env_file))
     try:
         if args.command == "keys":

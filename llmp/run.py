@@ -1,9 +1,12 @@
 """`llmp run`: prepare everything the programs need, then become supervisord.
 
 The same start-up for `make run` and the container: create `.env` if there is none, check the
-settings, make the folders, render and test the nginx configuration (so nginx starts with a good
-one), clear heartbeats of an earlier run, and exec supervisord in the foreground with
-`supervisord.conf`, which finds its paths in the environment set here.
+settings, in the container take the mounted folders and become the unprivileged user (see
+`privileges`), take over an original llm-proxy's nginx site (see `upgrade`), make the folders,
+render and test the nginx configuration (so nginx starts with a good one), clear heartbeats of
+an earlier run, and exec supervisord in the foreground with `supervisord.conf`, which finds its
+paths in the environment set here. supervisord stays the process llmp was started as (PID 1 in
+the container): it forwards signals to the programs and reaps every child.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
+from llmp import privileges, upgrade
 from llmp.envfile import create_env_file
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
@@ -89,6 +93,19 @@ def run(env_file: Path) -> None:
         settings = load_settings(str(env_file))
     except ValidationError as exc:
         fail(f"bad settings in {env_file} or the environment:\n{exc}")
+    user = privileges.target()
+    if user is not None:
+        privileges.hand_over(settings, env_file, user)
+        privileges.become(user)
+    imported = upgrade.import_original_site(settings)
+    if imported is not None:
+        site = imported.site
+        print(
+            f"llmp: took over llm-proxy's nginx site (the file is kept as {imported.backup}): "
+            f"domains {', '.join(site.domains) or 'none'}; admin networks "
+            f"{', '.join(site.cidr_groups) or 'the private ranges'}; plain HTTP keeps serving",
+            flush=True,
+        )
     environment = {**os.environ, "ENV_FILE": str(env_file.absolute()), **prepare(settings)}
     supervisord = shutil.which(
         "supervisord", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"

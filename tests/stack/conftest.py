@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from supervisor.xmlrpc import SupervisorTransport
 
+from llmp.run import _socket_path
 from shared.apikeys import ApiKey, write_keys
 from shared.heartbeat import read_heartbeats
 from tests.conftest import free_port
@@ -113,6 +116,17 @@ class Stack:
             r = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
             assert r.status_code == 200, r.text
             yield client
+
+    @contextlib.contextmanager
+    def supervisor(self) -> Iterator[Any]:
+        """supervisord's XML-RPC interface (what supervisorctl uses), on its unix socket."""
+        socket = _socket_path(self.home / "var" / "supervisor")
+        transport = SupervisorTransport(None, None, f"unix://{socket}")
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        try:
+            yield proxy.supervisor
+        finally:
+            proxy("close")()
 
     def workers(self) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,85 @@
+# llmp in one container: supervisord runs nginx, the api, the proxy and certd (see README.md).
+#   docker build -t llmp .        docker compose up -d   (docker-compose.yml: the original's
+#   ports and volumes, so an llm-proxy install changes only its image)
+#
+# It starts exactly as `make run` does, with `python -m llmp run`, which execs supervisord:
+# supervisord is PID 1, forwards SIGTERM to the programs (streams get 30 s to finish) and
+# reaps every child, so no extra init is needed. The container starts as root only so that
+# `llmp run` can take the mounted folders, which the original (running as root) left to root;
+# then it becomes LLMP_USER, and supervisord and every program run unprivileged. nginx binds
+# 443 through its file capability (setcap below).
+
+ARG PYTHON_VERSION=3.11
+ARG NODE_VERSION=20
+
+# The admin web app: frontend/ built into /ui/dist; Node stays in this stage.
+FROM node:${NODE_VERSION}-bookworm-slim AS ui
+WORKDIR /ui
+COPY frontend/package.json frontend/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY frontend/ ./
+RUN npm run build
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="llmp" \
+      org.opencontainers.image.description="Self-hosted gateway for OpenAI-compatible LLM servers: one /v1 endpoint, per-user keys, analytics, managed nginx and TLS. A drop-in replacement for llm-proxy." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# nginx from Debian (unpinned: bookworm's security updates are wanted), allowed to bind ports
+# under 1024 without root; its default log and state folders given to the unprivileged user.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx libcap2-bin \
+    && setcap cap_net_bind_service=+ep /usr/sbin/nginx \
+    && apt-get purge -y libcap2-bin \
+    && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 llmp \
+    && useradd --system --uid 10001 --gid llmp --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin llmp \
+    && mkdir -p /app/data /app/var /etc/letsencrypt /etc/nginx/conf.d /opt/cloudflare \
+       /var/log/nginx /var/lib/nginx \
+    && chown -R llmp:llmp /app/data /app/var /etc/letsencrypt /etc/nginx/conf.d \
+       /var/log/nginx /var/lib/nginx
+
+WORKDIR /app
+
+# The dependencies first (certbot and its Cloudflare plugin among them), cached until
+# pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The project itself, installed in place (the `llmp` command runs this code), and the built UI.
+COPY . .
+COPY --from=ui /ui/dist frontend/dist
+RUN pip install --no-deps -e . \
+    && python -m compileall -q shared services llmp
+
+# The original's mount points; data at /app/data, .env at /app/.env (created on first run if
+# none is mounted, its admin password printed once).
+ENV DATA_DIR=/app/data \
+    STATE_DIR=/app/var \
+    NGINX_CONF_DIR=/etc/nginx/conf.d \
+    LETSENCRYPT_DIR=/etc/letsencrypt \
+    CLOUDFLARE_CREDENTIALS=/opt/cloudflare/credentials \
+    LLMP_USER=llmp
+
+EXPOSE 8080 443
+
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "llmp.health"]
+
+CMD ["python", "-m", "llmp", "run"]

@@ -1,0 +1,111 @@
+"""Upgrading from the original llm-proxy: its nginx `server.conf` becomes llmp's desired site.
+
+The original kept its site only in `NGINX_CONF_DIR/server.conf`, written from its template:
+`server_name <domain>;`, the certificate under `live/<domain>/`, and `allow <cidr>;` lines
+before `deny all;` on its admin paths. That file cannot stay: it proxies to localhost:8080,
+which is now nginx itself, and llmp renders server.conf from `data/site.json`. So the first
+`llmp run` that finds no site.json and a server.conf llmp did not render:
+
+- moves the file aside to `server.conf.llm-proxy` (whatever else the admin had edited into it
+  is kept there, not applied);
+- writes site.json with its domains; its allowed networks plus the private ranges, since the
+  original never restricted port 8080, where its admin UI was; the certificates on disk that
+  cover those domains (so certd does not ask for new ones); and `httpMode: serve`, since the
+  original served everything on plain HTTP too and its clients may still use it.
+
+This runs in `llmp run` before any program starts, so site.json still has one writer at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.certd import certs
+from services.certd.nginx_conf import HEADER, PRIVATE_RANGES, server_conf_path
+from shared.settings import Settings
+from shared.site import (
+    CertificateRequest,
+    Site,
+    SiteError,
+    certificate_name,
+    covers,
+    update_site,
+    valid_cidr,
+    valid_domain,
+)
+
+BACKUP_NAME = "server.conf.llm-proxy"
+_DIRECTIVE = re.compile(r"(?:^|(?<=[;{}]))\s*(server_name|allow)\s+([^;{}]*);")
+
+
+@dataclass(frozen=True)
+class Imported:
+    site: Site
+    backup: Path
+
+
+def parse_server_conf(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The valid domain names of `server_name` and the networks of `allow` lines, in order.
+
+    Anything else (`_`, the template's unsubstituted `${public_ip}`, `allow all`) is skipped.
+    """
+    uncommented = re.sub(r"(?m)#.*$", "", text)
+    domains: dict[str, None] = {}
+    networks: dict[str, None] = {}
+    for match in _DIRECTIVE.finditer(uncommented):
+        for value in match[2].split():
+            value = value.strip("'\"")
+            try:
+                if match[1] == "server_name":
+                    domains[valid_domain(value)] = None
+                else:
+                    networks[valid_cidr(value)] = None
+            except SiteError:
+                continue
+    return tuple(domains), tuple(networks)
+
+
+def _certificates(settings: Settings, domains: tuple[str, ...]) -> tuple[CertificateRequest, ...]:
+    """The lineages on disk that cover any of `domains`, as requests site.json keeps as they
+    are (the name certbot gave the lineage is its first domain, as site.json derives it)."""
+    requests = []
+    for name, lineage in certs.lineages(settings.certbot_dirs[0]).items():
+        if not any(covers(lineage.domains, d) for d in domains):
+            continue
+        first = [d for d in lineage.domains if certificate_name([d]) == name]
+        if first:
+            ordered = (first[0], *(d for d in lineage.domains if d != first[0]))
+            requests.append(CertificateRequest(name, ordered))
+    return tuple(requests)
+
+
+def import_original_site(settings: Settings) -> Imported | None:
+    """If this is an upgrade from the original (see the module's docstring), do it."""
+    server = server_conf_path(settings)
+    if settings.site_file.exists() or not server.is_file():
+        return None
+    text = server.read_text(errors="replace")
+    if text.startswith(HEADER):
+        return None  # rendered by llmp
+    domains, networks = parse_server_conf(text)
+    site = Site(
+        domains=domains,
+        cidr_groups=(
+            tuple(dict.fromkeys(valid_cidr(c) for c in (*networks, *PRIVATE_RANGES)))
+            if networks
+            else ()
+        ),
+        http_mode="serve",
+        certificates=_certificates(settings, domains),
+    )
+    # The desired state first: if the move then failed, certd would still render the site.
+    written = update_site(settings.site_file, lambda current: site)
+    backup = server.with_name(BACKUP_NAME)
+    number = 0
+    while backup.exists():
+        number += 1
+        backup = server.with_name(f"{BACKUP_NAME}.{number}")
+    server.rename(backup)
+    return Imported(written, backup)

@@ -1,0 +1,44 @@
+"""llmp/nginx_log.py: nginx's lines in llmp's format, through supervisord's event protocol."""
+
+from __future__ import annotations
+
+import io
+
+from llmp.nginx_log import format_line, relay
+
+NOW = 1767323045.25  # 2026-01-02T03:04:05.250Z
+
+
+def test_nginx_lines_get_the_program_name_and_llmps_levels():
+    line = "2026/01/02 03:04:05 [error] 12#12: *7 connect() failed (111: Connection refused)"
+    assert format_line("nginx", line, NOW) == (
+        "2026-01-02T03:04:05.250Z ERROR nginx *7 connect() failed (111: Connection refused)"
+    )
+    assert format_line("nginx", "nginx: [emerg] bind() failed", NOW).endswith(
+        " CRITICAL nginx bind() failed"
+    )
+    assert format_line("nginx", "something else", NOW).endswith(" INFO nginx something else")
+    ours = "2026-01-02T03:04:05.250Z WARNING nginx retiring processes"
+    assert format_line("nginx", ours, NOW) == ours
+
+
+def _event(data: bytes, serial: int) -> bytes:
+    payload = b"processname:nginx groupname:nginx pid:12 channel:stdout\n" + data
+    header = f"ver:3.0 server:supervisor serial:{serial} pool:nginx-log poolserial:{serial} "
+    header += f"eventname:PROCESS_LOG_STDOUT len:{len(payload)}\n"
+    return header.encode() + payload
+
+
+def test_relay_speaks_the_protocol_and_joins_cut_lines():
+    events = io.BytesIO(
+        _event(b"2026/01/02 03:04:05 [warn] 1#1: first\n2026/01/02 03:04:05 [er", 1)
+        + _event(b"ror] 1#1: second\n", 2)
+    )
+    protocol, out = io.StringIO(), io.StringIO()
+    relay(events, protocol, out)
+    assert protocol.getvalue() == "READY\nRESULT 2\nOK" * 2 + "READY\n"
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "WARNING nginx first",
+        "ERROR nginx second",
+    ]

@@ -1,0 +1,79 @@
+"""llmp/upgrade.py: the original llm-proxy's nginx server.conf becomes data/site.json."""
+
+from __future__ import annotations
+
+from llmp.upgrade import BACKUP_NAME, import_original_site, parse_server_conf
+from services.certd import nginx
+from services.certd.nginx_conf import server_conf_path
+from shared.site import read_site
+from tests import original
+from tests.certd.test_nginx_conf import self_signed
+from tests.conftest import free_port, make_settings
+
+
+def test_parse_the_original_template():
+    text = original.server_conf("LLM.example.com", ["203.0.113.0/24", "198.51.100.7", "all"])
+    domains, networks = parse_server_conf(text)
+    # `${public_ip}` (never substituted by the original) and `allow all` are not taken.
+    assert domains == ("llm.example.com",)
+    assert networks == ("203.0.113.0/24", "198.51.100.7/32")
+
+
+def test_parse_skips_comments_and_what_is_not_a_name_or_network():
+    text = "server {\n  # server_name old.example.com;\n  server_name _ a.example.com 10.0.0.1;\n"
+    text += "  allow 10.0.0.0/8; # allow 192.0.2.0/24;\n  allow x;\n}\n"
+    assert parse_server_conf(text) == (("a.example.com",), ("10.0.0.0/8",))
+
+
+def test_import_takes_the_site_keeps_the_file_and_nginx_accepts_the_result(tmp_path):
+    settings = make_settings(tmp_path, port=free_port(), https_port=free_port())
+    server = server_conf_path(settings)
+    server.parent.mkdir(parents=True)
+    text = original.server_conf("llm.example.com", ["203.0.113.0/24"])
+    server.write_text(text)
+    # certbot named the lineage after the first -d; the certificate lists its names its own way.
+    self_signed(settings.letsencrypt_dir, "llm.example.com", ["www.example.com", "llm.example.com"])
+
+    imported = import_original_site(settings)
+
+    assert imported is not None
+    assert imported.backup == server.with_name(BACKUP_NAME)
+    assert imported.backup.read_text() == text and not server.exists()
+    site = read_site(settings.site_file)
+    assert site == imported.site and site.generation == 1
+    assert site.domains == ("llm.example.com",)
+    assert site.cidr_groups[0] == "203.0.113.0/24"
+    assert {"127.0.0.0/8", "192.168.0.0/16", "::1/128"} <= set(site.cidr_groups)
+    assert site.http_mode == "serve"
+    # The certificate on disk is the one wanted: certd will not ask certbot for another.
+    assert [(c.name, c.domains) for c in site.wanted_certificates()] == [
+        ("llm.example.com", ("llm.example.com", "www.example.com"))
+    ]
+    nginx.apply(settings)  # renders from site.json, tested with `nginx -t`
+    rendered = server.read_text()
+    assert "allow 203.0.113.0/24;" in rendered and "localhost:8080" not in rendered
+    assert "ssl_certificate" in rendered and "return 308" not in rendered
+    assert import_original_site(settings) is None  # once: site.json exists now
+
+
+def test_no_import_for_llmps_own_config_or_without_one(tmp_path):
+    settings = make_settings(tmp_path)
+    assert import_original_site(settings) is None
+    nginx.apply(settings)
+    ours = server_conf_path(settings).read_text()
+    assert import_original_site(settings) is None
+    assert server_conf_path(settings).read_text() == ours
+    assert not settings.site_file.exists()
+
+
+def test_an_earlier_backup_is_not_overwritten(tmp_path):
+    settings = make_settings(tmp_path)
+    server = server_conf_path(settings)
+    server.parent.mkdir(parents=True)
+    server.with_name(BACKUP_NAME).write_text("first")
+    server.write_text("server { listen 8443; server_name b.example.com; }\n")
+    imported = import_original_site(settings)
+    assert imported is not None and imported.backup.name == BACKUP_NAME + ".1"
+    assert server.with_name(BACKUP_NAME).read_text() == "first"
+    # No allow lines: the admin networks stay llmp's default (loopback and private ranges).
+    assert imported.site.domains == ("b.example.com",) and imported.site.cidr_groups == ()
