@@ -36,7 +36,7 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _socket_path(folder: Path) -> Path:
+def socket_path(folder: Path) -> Path:
     """supervisord's control socket: in its folder, unless that path is too long for a unix
     socket (about 100 bytes), then in the temp folder under a name derived from it."""
     path = (folder / "supervisor.sock").absolute()
@@ -68,7 +68,7 @@ def prepare(settings: Settings) -> dict[str, str]:
     except PermissionError as exc:
         fail(f"{exc}: set NGINX_CONF_DIR, STATE_DIR and DATA_DIR to folders you can write")
     return {
-        "LLMP_SUPERVISOR_SOCKET": str(_socket_path(settings.state_dir / "supervisor")),
+        "LLMP_SUPERVISOR_SOCKET": str(socket_path(settings.state_dir / "supervisor")),
         "LLMP_HOME": str(Path.cwd()),
         "LLMP_PYTHON": sys.executable,
         "LLMP_SUPERVISOR_DIR": str((settings.state_dir / "supervisor").absolute()),

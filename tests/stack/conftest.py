@@ -17,7 +17,7 @@ import httpx
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
-from llmp.run import _socket_path
+from llmp.run import socket_path
 from shared.apikeys import ApiKey, write_keys
 from shared.heartbeat import read_heartbeats
 from tests.conftest import free_port
@@ -120,7 +120,7 @@ class Stack:
     @contextlib.contextmanager
     def supervisor(self) -> Iterator[Any]:
         """supervisord's XML-RPC interface (what supervisorctl uses), on its unix socket."""
-        socket = _socket_path(self.home / "var" / "supervisor")
+        socket = socket_path(self.home / "var" / "supervisor")
         transport = SupervisorTransport(None, None, f"unix://{socket}")
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         try:
