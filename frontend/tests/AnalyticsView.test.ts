@@ -6,7 +6,7 @@ import RequestTable from '../src/components/RequestTable.vue'
 import { clearNotices, useNotices } from '../src/composables/notices'
 import { DAY, HOUR } from '../src/lib/analytics'
 import AnalyticsView from '../src/views/AnalyticsView.vue'
-import { fakeApi, mountWithApi } from './helpers'
+import { fakeApi, mountWithApi } from './fakes'
 
 const NOW = Date.UTC(2026, 10, 29, 12)
 const alice: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', createdAt: '2026-11-01T00:00:00Z' }

@@ -4,7 +4,7 @@ import { ApiError } from '../src/api/client'
 import type { ApiKey } from '../src/api/types'
 import { clearNotices, useNotices } from '../src/composables/notices'
 import KeysView from '../src/views/KeysView.vue'
-import { fakeApi, mountWithApi } from './helpers'
+import { fakeApi, mountWithApi } from './fakes'
 
 vi.mock('../src/composables/clipboard', () => ({ copyText: vi.fn(async () => true) }))
 const { copyText } = await import('../src/composables/clipboard')

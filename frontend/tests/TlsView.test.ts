@@ -7,7 +7,7 @@ import CidrGroupsForm from '../src/components/CidrGroupsForm.vue'
 import NginxConfigEditor from '../src/components/NginxConfigEditor.vue'
 import { clearNotices, useNotices } from '../src/composables/notices'
 import TlsView from '../src/views/TlsView.vue'
-import { fakeApi, mountWithApi } from './helpers'
+import { fakeApi, mountWithApi } from './fakes'
 
 const DAY = 86_400_000
 

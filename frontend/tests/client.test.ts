@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest'
 import { ApiError, createApi, query } from '../src/api/client'
-import { jsonResponse } from './helpers'
+import { jsonResponse } from './fakes'
 
 function apiAnswering(...responses: (Response | Error)[]) {
   const fetch = vi.fn(async (_input: RequestInfo | URL, _init?: RequestInit) => {

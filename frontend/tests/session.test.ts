@@ -5,7 +5,7 @@ import { API } from '../src/api/inject'
 import App from '../src/App.vue'
 import { createSession } from '../src/composables/session'
 import LoginView from '../src/views/LoginView.vue'
-import { fakeApi, jsonResponse } from './helpers'
+import { fakeApi, jsonResponse } from './fakes'
 
 afterEach(() => document.body.replaceChildren())
 
