@@ -65,6 +65,14 @@ def _cpu_per_request(index: int, measurement: str, groups: tuple[str, ...]) -> V
     return value
 
 
+def _cpu_per_chunk(r: TargetRound) -> float | None:
+    """Microseconds of the proxy's CPU per streamed chunk during the stream load."""
+    cpu, chunks = r.cpu["streams"], r.streams.chunks
+    if not chunks or "proxy" not in cpu:
+        return None
+    return cpu["proxy"] / chunks * 1e6
+
+
 def _errors(r: TargetRound) -> float:
     loads = [r.latency, *r.loads]
     return sum(x.socket_errors + x.non_2xx for x in loads) + r.streams.errors + r.paced.errors
@@ -102,6 +110,7 @@ def rows(options: Options) -> list[Row]:
             lambda r: r.streams.chunks_per_s,
             steady=True,
         ),
+        Row("  CPU/chunk, proxy (us)", _cpu_per_chunk),
         Row(f"paced TTFB p50 (ms), {options.pace_ms} ms pace", lambda r: r.paced.ttfb_p50_ms),
         Row("  p99 (ms)", lambda r: r.paced.ttfb_p99_ms),
         Row("errors (non-2xx, socket, stream)", _errors, total=True, ratio=False),
