@@ -4,8 +4,9 @@
   both ways; the client's key (and cookies) never reach an upstream, which gets its own key.
 - The answer is relayed raw as it arrives (no decompression, no buffering), so compressed
   bodies pass intact and SSE chunks keep their timing.
-- Foreign exceptions become ProxyErrors here and nowhere else: a refused connection fails over
-  to the next candidate, a timeout is a 504, anything else before the answer a 502. After the
+- Foreign exceptions become ProxyErrors here and nowhere else: a connection refused or not made
+  in UPSTREAM_CONNECT_TIMEOUT fails over to the next candidate, a read timeout is a 504,
+  anything else before the answer a 502. After the
   answer has started, a failure ends an SSE stream with an error event, and aborts any other
   body (so the client sees the truncation instead of a short, clean-looking body).
 """
@@ -117,8 +118,9 @@ async def exchange(
                     allow_redirects=False,
                     auto_decompress=False,
                 )
-            except aiohttp.ClientConnectorError as exc:
-                catalog.mark_down(state, f"connect: {exc.os_error or exc}")
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing was sent: the next candidate may take the request.
+                catalog.mark_down(state, f"connect: {getattr(exc, 'os_error', None) or exc}")
                 last_error = bad_gateway(upstream.url)
                 continue
             except TimeoutError as exc:

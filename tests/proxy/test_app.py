@@ -363,3 +363,24 @@ def test_no_cors_headers_by_default(upstreams, proxy, api_key):
     with proxy(a).client(api_key) as client:
         r = client.get("/v1/models", headers={"Origin": "https://chat.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_failover_from_an_upstream_that_never_completes_the_connection(upstreams, proxy, api_key):
+    """A listener whose backlog is full drops new SYNs: connecting times out."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    filler = socket.create_connection(stuck.getsockname(), timeout=1)  # the backlog's one place
+    try:
+        b = upstreams("b", ["model-b"])
+        running = proxy(
+            f"http://127.0.0.1:{stuck.getsockname()[1]}", b, upstream_connect_timeout=0.3
+        )
+        with running.client(api_key) as client:
+            t0 = time.monotonic()
+            r = client.post("/v1/echo", content=b"{}", headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["upstream"] == "b"
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        filler.close()
+        stuck.close()
