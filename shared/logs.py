@@ -2,14 +2,23 @@
 
 Context goes in `extra={"fields": {...}}` (None values are left out); values are never keys,
 passwords or prompts.
+
+Lines below WARNING are written in batches, at most FLUSH_SECONDS late: the proxy logs a line
+per request, and one write per line (each also a wake-up of supervisord, which relays it) cost
+more than the rest of the logging. Warnings and errors go out at once, with what was waiting.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
+
+FLUSH_SECONDS = 0.2
+BATCH_LINES = 256
 
 
 class _Formatter(logging.Formatter):
@@ -34,14 +43,59 @@ class _Formatter(logging.Formatter):
         return line
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Ours, so that setting up again replaces it and leaves other handlers alone."""
+class _Handler(logging.Handler):
+    """Ours (so that setting up again replaces it and leaves other handlers alone): batches
+    lines below WARNING, flushed by size, by a background thread, or at exit."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self._pending: list[str] = []
+        self._stop_flushing = threading.Event()
+        flusher = threading.Thread(target=self._flush_periodically, name="log-flush", daemon=True)
+        flusher.start()
+        atexit.register(self.close)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # a broken record must not break the caller (as StreamHandler)
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._pending.append(line)
+            if record.levelno >= logging.WARNING or len(self._pending) >= BATCH_LINES:
+                self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # stdout gone: nothing useful left to do
+                pass
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _flush_periodically(self) -> None:
+        while not self._stop_flushing.wait(FLUSH_SECONDS):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop_flushing.set()
+        self.flush()
+        super().close()
 
 
 def setup_logging(program: str, level: str = "INFO") -> None:
     handler = _Handler(sys.stdout)
     handler.setFormatter(_Formatter(program))
     root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        old.close()
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _Handler)] + [handler]
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "watchdog", "aiohttp.access"):

@@ -1,0 +1,33 @@
+import io
+import logging
+import time
+
+from shared import logs
+
+
+def test_lines_are_batched_and_warnings_go_out_at_once_in_order():
+    stream = io.StringIO()
+    handler = logs._Handler(stream)
+    handler.setFormatter(logs._Formatter("proxy"))
+    log = logging.getLogger("test.batching")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("request", extra={"fields": {"id": "a1", "model": None, "note": "two words"}})
+        assert stream.getvalue() == ""  # waiting for the batch
+        log.warning("upstream down")
+        lines = stream.getvalue().splitlines()
+        assert [line.split(" ", 3)[1:3] for line in lines] == [
+            ["INFO", "proxy"],
+            ["WARNING", "proxy"],
+        ]
+        assert lines[0].endswith('request id=a1 note="two words"')  # None left out
+        log.info("later")
+        deadline = time.monotonic() + 2
+        while "later" not in stream.getvalue():
+            assert time.monotonic() < deadline, "not flushed by the background thread"
+            time.sleep(0.02)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
