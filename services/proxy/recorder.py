@@ -3,7 +3,9 @@
 `record()` only appends to a list. A background task writes the list every FLUSH_INTERVAL
 seconds in one transaction, in a worker thread. If the database cannot be written (locked, disk
 full, read-only), the rows stay in memory (up to MAX_PENDING, oldest dropped first and counted)
-and the next flush tries again. `close()` flushes what is left.
+and the next flush tries again. Every use of the connection holds one lock, and `close()` waits
+for the task's last write rather than cancelling it (a connection closed under a write still
+running in its thread crashes the process), then writes what is left.
 
 The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
 once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
@@ -12,6 +14,7 @@ once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -41,6 +44,7 @@ class Recorder:
         self._pending: list[RequestRow] = []
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def record(self, row: RequestRow) -> None:
@@ -58,11 +62,12 @@ class Recorder:
 
     async def _run(self) -> None:
         pruned_at = 0.0
-        while True:
+        while not self._stopping.is_set():
             if time.monotonic() - pruned_at > PRUNE_INTERVAL:
                 pruned_at = time.monotonic()
                 await self._maintain()
-            await asyncio.sleep(FLUSH_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
             await self.flush()
 
     async def _maintain(self) -> None:
@@ -75,7 +80,8 @@ class Recorder:
             return imported, analytics.prune(db, cutoff)
 
         try:
-            imported, pruned = await asyncio.to_thread(work)
+            async with self._lock:
+                imported, pruned = await asyncio.to_thread(work)
         except sqlite3.Error as exc:
             log.error("analytics upkeep failed", extra={"fields": {"error": exc}})
             return
@@ -110,8 +116,12 @@ class Recorder:
         analytics.insert(self._connection(), rows)
 
     async def close(self) -> None:
+        """Write what is left and close the database."""
         if self._task is not None:
-            self._task.cancel()
+            self._stopping.set()
+            await asyncio.gather(self._task, return_exceptions=True)
         await self.flush()
-        if self._db is not None:
-            self._db.close()
+        async with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
