@@ -90,7 +90,7 @@ def _listen(settings: Settings, port: int) -> str:
     return f"{settings.bind_address}:{port}" if settings.bind_address else str(port)
 
 
-def _routes(admin_cidrs: Sequence[str]) -> str:
+def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     allow = "\n".join(f"        allow {cidr};" for cidr in admin_cidrs)
     admin = "|".join(ADMIN_PATHS)
     return f"""    # The proxy enforces PAYLOAD_LIMIT; the api limits its own bodies.
@@ -125,9 +125,18 @@ def _routes(admin_cidrs: Sequence[str]) -> str:
         deny all;
         # /nginx/* waits for certd, which may be running certbot.
         proxy_read_timeout 300s;
-        # The api limits bodies itself, and answers a too large one in JSON.
+        # A declared length over the limit is refused here, before any byte reaches the api
+        # (an api answering early while nginx still sends the body can turn into a 502); the
+        # api limits streamed bodies itself. Both answer in JSON.
+        client_max_body_size {settings.payload_limit};
+        error_page 413 = @too_large;
         proxy_request_buffering off;
         proxy_pass http://llmp_api;
+    }}
+
+    location @too_large {{
+        default_type application/json;
+        return 413 '{{"error": "Request body is larger than {settings.payload_limit} bytes"}}';
     }}
 
     location = / {{
@@ -171,7 +180,7 @@ def render_server(
 ) -> str:
     """server.conf: the upstreams, the HTTP server and one TLS server per certificate."""
     admin_cidrs = admin_cidrs or PRIVATE_RANGES
-    routes = _routes(admin_cidrs)
+    routes = _routes(settings, admin_cidrs)
     http_body = _redirect(settings, admin_cidrs) if tls and http_mode == "redirect" else routes
     text = f"""{HEADER}upstream llmp_proxy {{
     server 127.0.0.1:{settings.proxy_port};
