@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llmp import backup, privileges
 from llmp.run import run
+from services.api.validation import username_errors
 from shared.apikeys import KeyFileError
 from shared.keyfile import DuplicateUsername, KeyFile
 from shared.settings import Settings, load_settings
@@ -58,8 +59,9 @@ def keys_command(settings: Settings, action: str, value: str | None) -> int:
         return 0
     assert value is not None
     if action == "create":
-        if not value.isascii() or not value.isalnum() or not 3 <= len(value) <= 50:
-            print("llmp: a username is 3 to 50 ASCII letters and digits", file=sys.stderr)
+        errors = username_errors({"username": value})  # the api's own rules and messages
+        if errors:
+            print(f"llmp: {', '.join(errors)}", file=sys.stderr)
             return 2
         try:
             key = keyfile.create(value)

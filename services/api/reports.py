@@ -67,7 +67,10 @@ def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[st
             (key_id, window.start, window.end, limit),
         ).fetchall()[::-1]
     names = list(RECORD_COLUMNS)
-    return [{**dict(zip(names, row, strict=True)), "stream": bool(row[6])} for row in rows]
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    for record in records:
+        record["stream"] = bool(record["stream"])
+    return records
 
 
 def _percentile(values: list[float], fraction: float) -> float | None:

@@ -184,6 +184,7 @@ class ProxyApp:
                 "keys": len(self.keys),
                 "last_error": self.keys.last_error or self.recorder.last_error,
                 "analytics_pending": self.recorder.pending,
+                "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],
             }
             try:
