@@ -36,6 +36,8 @@ class RequestRow:
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
+    queue_ms: float | None = None
+    usage_estimated: bool = False
 
 
 COLUMNS = tuple(f.name for f in fields(RequestRow))
@@ -59,7 +61,9 @@ CREATE TABLE IF NOT EXISTS requests (
     completion_tokens INTEGER,
     bytes_in INTEGER NOT NULL,
     bytes_out INTEGER NOT NULL,
-    error TEXT
+    error TEXT,
+    queue_ms REAL,
+    usage_estimated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_key_start ON requests (key_id, start_ms);
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ms);
@@ -76,7 +80,27 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+    _migrate(db)
     return db
+
+
+# Columns added after the first release: (name, declaration). A database from an older llmp gets
+# them on open; the rows it already holds read as NULL / the default.
+_ADDED_COLUMNS = (
+    ("queue_ms", "REAL"),
+    ("usage_estimated", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as exc:  # another worker added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def insert(db: sqlite3.Connection, rows: Iterable[RequestRow]) -> None:

@@ -1,16 +1,25 @@
-"""`data/apikeys.json`: the API keys, in the original llm-proxy's format.
+"""`data/apikeys.json`: the API keys, in the original llm-proxy's format, plus optional policy.
 
-    {"keys": [{"id": "<32 hex>", "username": "...", "key": "sk-<64 hex>", "createdAt": "<ISO>"}]}
+    {"keys": [{"id": "<32 hex>", "username": "...", "key": "sk-<64 hex>", "createdAt": "<ISO>",
+               "enabled": false,                       # optional, default true
+               "expiresAt": "<ISO>",                   # optional, default never
+               "models": ["llama3*", "qwen2.5:*"],     # optional glob patterns, default all
+               "limits": {"requestsPerMinute": 60,     # optional, each a positive integer
+                          "tokensPerMinute": 100000,
+                          "tokensPerDay": 2000000,
+                          "maxConcurrent": 4}}]}
 
-The api service is the only writer; the proxy reads it. A file that cannot be read or parsed is
-an error (`KeyFileError`), never an empty key set: the caller keeps what it had.
+A key without policy is written exactly as the original writes it, so the file stays readable by
+llm-proxy. The api service is the only writer; the proxy reads it. A file that cannot be read or
+parsed, or holds a policy field of the wrong type, is an error (`KeyFileError`), never an empty
+key set: the caller keeps what it had.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,21 +31,118 @@ class KeyFileError(Exception):
     """apikeys.json exists but cannot be read or is not in the expected format."""
 
 
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 timestamp; one without a zone is UTC. Raises ValueError."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_time(value: datetime) -> str:
+    """The original's timestamp format: `2026-01-02T03:04:05.678Z`."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-key limits; None is no limit."""
+
+    requestsPerMinute: int | None = None
+    tokensPerMinute: int | None = None
+    tokensPerDay: int | None = None
+    maxConcurrent: int | None = None
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Limits:
+        """Raises ValueError naming the bad field."""
+        if not isinstance(raw, dict):
+            raise ValueError("limits must be an object")
+        names = {f.name for f in fields(cls)}
+        for name, value in raw.items():
+            if name not in names:
+                raise ValueError(f"limits.{name} is not a known limit")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"limits.{name} must be a positive integer or null")
+        return cls(**raw)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
     username: str
     key: str
     createdAt: str
+    enabled: bool = True
+    expiresAt: str | None = None
+    models: tuple[str, ...] | None = None
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def new(cls, username: str) -> ApiKey:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return cls(
             id=secrets.token_hex(16),
             username=username,
             key="sk-" + secrets.token_hex(32),
-            createdAt=now,
+            createdAt=format_time(datetime.now(UTC)),
+        )
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expiresAt is None:
+            return False
+        return parse_time(self.expiresAt) <= (now or datetime.now(UTC))
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's (and the api's) form: the original's four fields, then any policy."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "username": self.username,
+            "key": self.key,
+            "createdAt": self.createdAt,
+        }
+        if not self.enabled:
+            out["enabled"] = False
+        if self.expiresAt is not None:
+            out["expiresAt"] = self.expiresAt
+        if self.models is not None:
+            out["models"] = list(self.models)
+        if limits := self.limits.to_json():
+            out["limits"] = limits
+        return out
+
+    @classmethod
+    def from_json(cls, item: Any) -> ApiKey:
+        """Raises ValueError naming the bad field."""
+        if not isinstance(item, dict):
+            raise ValueError("is not an object")
+        base = {name: item.get(name) for name in ("id", "username", "key", "createdAt")}
+        if not all(isinstance(value, str) and value for value in base.values()):
+            raise ValueError("needs non-empty id, username, key and createdAt")
+        enabled = item.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ValueError("enabled must be true or false")
+        expires = item.get("expiresAt")
+        if expires is not None:
+            if not isinstance(expires, str):
+                raise ValueError("expiresAt must be an ISO 8601 time or null")
+            parse_time(expires)
+        models = item.get("models")
+        if models is not None:
+            if not isinstance(models, list) or not all(
+                isinstance(m, str) and m.strip() for m in models
+            ):
+                raise ValueError("models must be a list of non-empty patterns or null")
+            models = tuple(models)
+        limits = Limits.from_json(item.get("limits") or {})
+        return cls(
+            **base,  # type: ignore[arg-type]
+            enabled=enabled,
+            expiresAt=expires,
+            models=models,
+            limits=limits,
         )
 
 
@@ -45,12 +151,10 @@ def _parse(raw: Any) -> list[ApiKey]:
         raise KeyFileError('expected {"keys": [...]}')
     keys = []
     for position, item in enumerate(raw["keys"]):
-        if not isinstance(item, dict):
-            raise KeyFileError(f"keys[{position}] is not an object")
-        fields = {name: item.get(name) for name in ("id", "username", "key", "createdAt")}
-        if not all(isinstance(value, str) and value for value in fields.values()):
-            raise KeyFileError(f"keys[{position}] needs non-empty id, username, key and createdAt")
-        keys.append(ApiKey(**fields))  # type: ignore[arg-type]
+        try:
+            keys.append(ApiKey.from_json(item))
+        except ValueError as exc:
+            raise KeyFileError(f"keys[{position}] {exc}") from None
     return keys
 
 
@@ -69,4 +173,4 @@ def read_keys(path: Path) -> list[ApiKey]:
 
 
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    write_json_atomic(path, {"keys": [asdict(k) for k in keys]}, mode=0o600)
+    write_json_atomic(path, {"keys": [k.to_json() for k in keys]}, mode=0o600)

@@ -31,6 +31,8 @@ RECORD_COLUMNS = {
     "bytesIn": "bytes_in",
     "bytesOut": "bytes_out",
     "error": "error",
+    "queueMs": "queue_ms",
+    "usageEstimated": "usage_estimated",
 }
 
 
@@ -70,6 +72,7 @@ def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[st
     records = [dict(zip(names, row, strict=True)) for row in rows]
     for record in records:
         record["stream"] = bool(record["stream"])
+        record["usageEstimated"] = bool(record["usageEstimated"])
     return records
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -44,7 +43,7 @@ def list_keys(admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     except KeyFileError as exc:
         log.error("keys unreadable", extra={"fields": {"error": exc}})
         raise Failure(500, "Failed to list API keys") from exc
-    return {"success": True, "keys": [asdict(k) for k in keys]}
+    return {"success": True, "keys": [k.to_json() for k in keys]}
 
 
 @router.post("", openapi_extra=CREATE_BODY)
@@ -64,7 +63,7 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
         log.error("key not saved", extra={"fields": {"error": exc}})
         raise Failure(500, "Failed to save API key") from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
-    return {"success": True, "message": "API key created successfully", "key": asdict(key)}
+    return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
 
 @router.delete("/{key_id}")
