@@ -1,9 +1,13 @@
 """llmp: run the gateway, and do by hand what an operator needs.
 
   llmp run                      prepare and run every program under supervisord
-  llmp keys list                the API keys
+  llmp keys list                the API keys, each with its state, models and limits
   llmp keys create USERNAME     a new key for USERNAME (printed once)
-  llmp keys revoke ID|USERNAME  delete a key; the proxy refuses it within a second
+  llmp keys set KEY [--enable|--disable] [--expires ISO|never] [--models P1,P2|all]
+                [--rpm N] [--tpm N] [--tpd N] [--concurrency N]
+                                change a key's policy (0 or none removes a limit)
+  llmp keys revoke KEY          delete a key; the proxy refuses it within a second
+                                (KEY: the key's id, username or secret)
   llmp status                   each program, upstream and certificate, from data/
   llmp backup FILE              a consistent copy of data/, taken while llmp runs
   llmp restore FILE             put a backup back (with llmp stopped)
@@ -19,12 +23,10 @@ import os
 import sys
 from pathlib import Path
 
-from llmp import backup, privileges
+from llmp import backup, keys, privileges
 from llmp.run import run
-from services.api.validation import username_errors
 from shared.apikeys import KeyFileError
-from shared.keyfile import DuplicateUsername, KeyFile
-from shared.settings import Settings, load_settings
+from shared.settings import load_settings
 from shared.status import status_report
 
 
@@ -40,42 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="prepare and run every program under supervisord")
-    keys = commands.add_parser("keys", help="list, create or revoke API keys")
-    actions = keys.add_subparsers(dest="action", required=True)
-    actions.add_parser("list")
-    actions.add_parser("create").add_argument("username")
-    actions.add_parser("revoke").add_argument("key", help="the key's id or its username")
+    keys.add_parser(commands)
     commands.add_parser("status", help="each program, upstream and certificate")
     commands.add_parser("backup").add_argument("file", type=Path)
     commands.add_parser("restore").add_argument("file", type=Path)
     return parser
-
-
-def keys_command(settings: Settings, action: str, value: str | None) -> int:
-    keyfile = KeyFile(settings.apikeys_file)
-    if action == "list":
-        for key in keyfile.list():
-            print(f"{key.id}  {key.createdAt}  {key.username}")
-        return 0
-    assert value is not None
-    if action == "create":
-        errors = username_errors({"username": value})  # the api's own rules and messages
-        if errors:
-            print(f"llmp: {', '.join(errors)}", file=sys.stderr)
-            return 2
-        try:
-            key = keyfile.create(value)
-        except DuplicateUsername:
-            print(f"llmp: {value} already has a key", file=sys.stderr)
-            return 1
-        print(key.key)
-        return 0
-    match = [k for k in keyfile.list() if value in (k.id, k.username)]
-    if not match or not keyfile.delete(match[0].id):
-        print(f"llmp: no key {value!r}", file=sys.stderr)
-        return 1
-    print(f"revoked {match[0].id} ({match[0].username})")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(str(args.env_file))
     try:
         if args.command == "keys":
-            code = keys_command(
-                settings, args.action, getattr(args, "username", None) or getattr(args, "key", None)
-            )
+            code = keys.keys_command(settings, args)
         elif args.command == "status":
             report = status_report(settings)
             print(json.dumps(report, indent=2))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from shared.files import write_json_atomic
 
@@ -70,6 +70,17 @@ class Limits:
         return cls(**raw)
 
 
+class PolicyChange(TypedDict, total=False):
+    """A change to a key's policy, already validated; a field left out stays as it is.
+
+    `limits` changes only the limits it names (None removes one)."""
+
+    enabled: bool
+    expiresAt: str | None
+    models: tuple[str, ...] | None
+    limits: dict[str, int | None]
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     id: str
@@ -94,6 +105,18 @@ class ApiKey:
         if self.expiresAt is None:
             return False
         return parse_time(self.expiresAt) <= (now or datetime.now(UTC))
+
+    def updated(self, change: PolicyChange) -> ApiKey:
+        """This key with `change` applied. Raises ValueError if the result is not a valid key
+        (the file must never hold one the proxy would refuse to read)."""
+        key = replace(
+            self,
+            enabled=change.get("enabled", self.enabled),
+            expiresAt=change.get("expiresAt", self.expiresAt),
+            models=change.get("models", self.models),
+            limits=replace(self.limits, **change.get("limits", {})),
+        )
+        return ApiKey.from_json(key.to_json())
 
     def to_json(self) -> dict[str, Any]:
         """The file's (and the api's) form: the original's four fields, then any policy."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.apikeys import ApiKey, read_keys, write_keys
+from shared.apikeys import ApiKey, PolicyChange, read_keys, write_keys
 
 
 class DuplicateUsername(Exception):
@@ -45,14 +45,25 @@ class KeyFile:
     def list(self) -> list[ApiKey]:
         return read_keys(self.path)
 
-    def create(self, username: str) -> ApiKey:
+    def create(self, username: str, policy: PolicyChange | None = None) -> ApiKey:
         with self.locked():
             keys = read_keys(self.path)
             if any(k.username == username for k in keys):
                 raise DuplicateUsername(username)
-            key = ApiKey.new(username)
+            key = ApiKey.new(username).updated(policy or {})
             write_keys(self.path, [*keys, key])
             return key
+
+    def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
+        """The key with `change` applied and saved; None if there is no key `key_id`."""
+        with self.locked():
+            keys = read_keys(self.path)
+            for position, key in enumerate(keys):
+                if key.id == key_id:
+                    keys[position] = updated = key.updated(change)
+                    write_keys(self.path, keys)
+                    return updated
+            return None
 
     def delete(self, key_id: str) -> bool:
         with self.locked():

@@ -30,6 +30,7 @@ function record(i: number, over: Partial<RequestRecord> = {}): RequestRecord {
   return {
     startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, status: 200, model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1',
     path: '/v1/chat/completions', stream: false, ttfbMs: 40, promptTokens: 5, completionTokens: 2, bytesIn: 1, bytesOut: 2, error: null,
+    queueMs: null, usageEstimated: false,
     ...over,
   }
 }
@@ -140,5 +141,23 @@ describe('RequestTable', () => {
     await table.find('input[type="checkbox"]').setValue(false)
     await table.findAll('button').find((b) => b.text().startsWith('Show more'))!.trigger('click')
     expect(table.findAll('tbody tr')).toHaveLength(120)
+  })
+
+  it('shows the time queued, and estimated tokens with a ~ and why', async () => {
+    const records = [
+      record(0, { queueMs: 1500, usageEstimated: true, promptTokens: 1200, completionTokens: 30 }),
+      record(1, { queueMs: null }),
+    ]
+    const table = await mountWithApi(RequestTable, fakeApi(), { props: { records, truncated: false } })
+    const headers = table.findAll('th').map((h) => h.text())
+    const cell = (row: number, header: string) => table.findAll('tbody tr')[row]!.findAll('td')[headers.indexOf(header)]!
+    expect(cell(0, 'Queued').text()).toBe('1.50 s')
+    expect(cell(1, 'Queued').text()).toBe('—')
+    const estimated = cell(0, 'Tokens in / out')
+    expect(estimated.text()).toMatch(/^~1,200 \/ 30/)
+    expect(estimated.attributes('title')).toBe('Estimated by llmp: the upstream did not report token usage')
+    expect(estimated.find('.visually-hidden').text()).toContain('estimated')
+    expect(cell(1, 'Tokens in / out').text()).toBe('5 / 2')
+    expect(cell(1, 'Tokens in / out').attributes('title')).toBeUndefined()
   })
 })

@@ -120,4 +120,134 @@ describe('KeysView', () => {
     await view.findAll('.key-actions button').find((b) => b.text().startsWith('Analytics'))!.trigger('click')
     expect(view.emitted('analytics')).toEqual([[alice.id]])
   })
+
+  describe('access and limits', () => {
+    const restricted: ApiKey = {
+      ...alice,
+      expiresAt: '2999-01-01T00:00:00.000Z',
+      models: ['llama3*', 'qwen*'],
+      limits: { requestsPerMinute: 60, maxConcurrent: 2 },
+    }
+    const itemOf = (view: Awaited<ReturnType<typeof mountWithApi>>, name: string) =>
+      view.findAll('.key-item').find((i) => i.attributes('data-username') === name)!
+    const button = (item: ReturnType<typeof itemOf>, text: string) => item.findAll('button').find((b) => b.text().startsWith(text))!
+
+    it('shows each key its state, models and limits', async () => {
+      const expired = { ...bob, expiresAt: '2020-01-01T00:00:00.000Z' }
+      const carol = { ...bob, id: 'c'.repeat(32), username: 'carol', enabled: false }
+      const view = await mountWithApi(KeysView, fakeApi({ listKeys: async () => [restricted, expired, carol] }))
+      const policy = (name: string) => itemOf(view, name).find('[data-testid="key-policy"]')
+      expect(policy('alice').find('.badge-success').text()).toBe('Enabled')
+      expect(policy('alice').text()).toMatch(/Expires 2999-01-01 \d\d:00:00 \(in \d+ days\)/)
+      expect(policy('alice').findAll('.chip').map((c) => c.text())).toEqual(['llama3*', 'qwen*'])
+      expect(policy('alice').text()).toContain('Limits: 60 requests/min, 2 at once')
+      expect(policy('bob').find('.badge-danger').text()).toMatch(/^Expired 20(19-12-31|20-01-01)/)
+      expect(policy('bob').text()).toContain('Models: all')
+      expect(policy('bob').text()).toContain('Limits: none')
+      expect(policy('carol').find('.badge').text()).toBe('Disabled')
+      expect(button(itemOf(view, 'carol'), 'Enable').exists()).toBe(true)
+      expect(button(itemOf(view, 'alice'), 'Disable').exists()).toBe(true)
+    })
+
+    it('checks the form by the api rules and sends nothing until it is right', async () => {
+      const api = fakeApi({ listKeys: async () => [alice] })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      const form = view.find('form.policy-form')
+      expect(document.activeElement?.getAttribute('type')).toBe('datetime-local')
+      await form.find('input[id$="-requestsPerMinute"]').setValue('0')
+      await form.find('input[id$="-models"]').setValue('a*, a*')
+      await form.trigger('submit')
+      expect(api.updateKey).not.toHaveBeenCalled()
+      const rpm = form.find('input[id$="-requestsPerMinute"]')
+      expect(rpm.attributes('aria-invalid')).toBe('true')
+      expect(form.find(`#${rpm.attributes('aria-describedby')}`).text()).toBe('A whole number of 1 or more (empty: no limit).')
+      expect(form.text()).toContain('“a*” is listed twice.')
+    })
+
+    it('saves only what changed and shows the key as saved', async () => {
+      const saved = { ...alice, models: ['llama3*'], limits: { tokensPerDay: 5000 } }
+      const api = fakeApi({ listKeys: async () => [alice], updateKey: async () => saved })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      const form = view.find('form.policy-form')
+      await form.find('input[id$="-models"]').setValue('llama3*')
+      await form.find('input[id$="-tokensPerDay"]').setValue('5000')
+      await form.trigger('submit')
+      await flushPromises()
+      expect(api.updateKey).toHaveBeenCalledWith(alice.id, { models: ['llama3*'], limits: { tokensPerDay: 5000 } })
+      expect(view.find('form.policy-form').exists()).toBe(false)
+      expect(itemOf(view, 'alice').text()).toContain('Limits: 5,000 tokens/day')
+      expect(texts()).toContain('Saved the limits of alice')
+    })
+
+    it("shows the server's refusal in the form, and keeps what was typed", async () => {
+      const api = fakeApi({
+        listKeys: async () => [alice],
+        updateKey: async () => Promise.reject(new ApiError(400, '"expiresAt" must be in ISO 8601 date format')),
+      })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      await view.find('input[id$="-maxConcurrent"]').setValue('3')
+      await view.find('form.policy-form').trigger('submit')
+      await flushPromises()
+      expect(view.find('form.policy-form [role="alert"]').text()).toBe('"expiresAt" must be in ISO 8601 date format')
+      expect((view.find('input[id$="-maxConcurrent"]').element as HTMLInputElement).value).toBe('3')
+    })
+
+    it('clears the expiry with Never', async () => {
+      const api = fakeApi({ listKeys: async () => [restricted], updateKey: async () => alice })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      const never = view.find('form.policy-form').findAll('button').find((b) => b.text() === 'Never')!
+      await never.trigger('click')
+      expect((view.find('input[type="datetime-local"]').element as HTMLInputElement).value).toBe('')
+      expect(view.find('form.policy-form').findAll('button').some((b) => b.text() === 'Never')).toBe(false)
+      await view.find('form.policy-form').trigger('submit')
+      await flushPromises()
+      expect(api.updateKey).toHaveBeenCalledWith(alice.id, { expiresAt: null })
+      expect(itemOf(view, 'alice').text()).not.toContain('Expires')
+    })
+
+    it('closes without a request when nothing changed, or on Cancel', async () => {
+      const api = fakeApi({ listKeys: async () => [restricted] })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      await view.find('form.policy-form').trigger('submit')
+      expect(view.find('form.policy-form').exists()).toBe(false)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      await view.find('form.policy-form').findAll('button').find((b) => b.text() === 'Cancel')!.trigger('click')
+      expect(view.find('form.policy-form').exists()).toBe(false)
+      expect(api.updateKey).not.toHaveBeenCalled()
+    })
+
+    it('disables and enables a key at once', async () => {
+      const api = fakeApi({
+        listKeys: async () => [alice],
+        updateKey: async (_id: string, change: { enabled: boolean }) => ({ ...alice, enabled: change.enabled }),
+      })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Disable').trigger('click')
+      await flushPromises()
+      expect(api.updateKey).toHaveBeenLastCalledWith(alice.id, { enabled: false })
+      expect(itemOf(view, 'alice').find('.badge').text()).toBe('Disabled')
+      expect(texts()).toContain('Disabled the key of alice: its clients are refused')
+      await button(itemOf(view, 'alice'), 'Enable').trigger('click')
+      await flushPromises()
+      expect(api.updateKey).toHaveBeenLastCalledWith(alice.id, { enabled: true })
+      expect(itemOf(view, 'alice').find('.badge').text()).toBe('Enabled')
+    })
+
+    it('says why a key could not be disabled, and leaves it as it was', async () => {
+      const api = fakeApi({
+        listKeys: async () => [alice],
+        updateKey: async () => Promise.reject(new ApiError(404, 'API key not found')),
+      })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Disable').trigger('click')
+      await flushPromises()
+      expect(useNotices().notices.at(-1)).toMatchObject({ kind: 'error', text: 'Could not change the key of alice: API key not found' })
+      expect(itemOf(view, 'alice').find('.badge').text()).toBe('Enabled')
+    })
+  })
 })

@@ -24,6 +24,20 @@ describe('api client', () => {
     expect(init?.headers).toEqual({ 'Content-Type': 'application/json' })
   })
 
+  it('updates a key with PATCH and only the fields given', async () => {
+    const key = { id: 'a'.repeat(32), username: 'alice', key: 'sk-' + 'b'.repeat(64), createdAt: '2026-11-01T00:00:00Z', enabled: false }
+    const { api, fetch } = apiAnswering(
+      jsonResponse(200, { success: true, message: 'API key updated successfully', key }),
+      jsonResponse(404, { success: false, message: 'API key not found' }),
+    )
+    await expect(api.updateKey(key.id, { enabled: false, limits: { maxConcurrent: null } })).resolves.toEqual(key)
+    const [path, init] = fetch.mock.calls[0]!
+    expect(path).toBe(`/api/keys/${key.id}`)
+    expect(init).toMatchObject({ method: 'PATCH', body: '{"enabled":false,"limits":{"maxConcurrent":null}}' })
+    await expect(api.updateKey('x/y', { enabled: true })).rejects.toMatchObject({ status: 404, message: 'API key not found' })
+    expect(fetch.mock.calls[1]![0]).toBe('/api/keys/x%2Fy')
+  })
+
   it('reads both error shapes of the api', async () => {
     const { api } = apiAnswering(
       jsonResponse(400, { success: false, message: 'Username must contain only alphanumeric characters' }),

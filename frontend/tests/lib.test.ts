@@ -33,6 +33,8 @@ function record(over: Partial<RequestRecord> = {}): RequestRecord {
     bytesIn: 10,
     bytesOut: 20,
     error: null,
+    queueMs: null,
+    usageEstimated: false,
     ...over,
   }
 }

@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     cors = cors_options(
         settings.cors_origin,
-        methods=["GET", "POST", "DELETE", "OPTIONS"],
+        methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         headers=["Content-Type", "Authorization"],
     )
     if cors is not None:

@@ -2,7 +2,14 @@
 
 import pytest
 
-from services.api.validation import joined, login_errors, username_errors
+from services.api.validation import (
+    BodyError,
+    joined,
+    key_create,
+    key_update,
+    login_errors,
+    username_errors,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,3 +54,78 @@ def test_username_messages(fields, message):
 )
 def test_login_messages(fields, message):
     assert joined(login_errors(fields)) == message
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, '"value" must have at least 1 key'),
+        ({"enabled": True, "id": "x"}, '"id" is not allowed'),
+        ({"enabled": "true"}, '"enabled" must be a boolean'),
+        ({"enabled": None}, '"enabled" must be a boolean'),
+        ({"expiresAt": 1767225600000}, '"expiresAt" must be in ISO 8601 date format'),
+        ({"expiresAt": ""}, '"expiresAt" must be in ISO 8601 date format'),
+        ({"expiresAt": "2026-02-30"}, '"expiresAt" must be in ISO 8601 date format'),
+        ({"expiresAt": "31/12/2026"}, '"expiresAt" must be in ISO 8601 date format'),
+        ({"models": "llama3*"}, '"models" must be an array'),
+        ({"models": []}, '"models" must contain at least 1 items'),
+        ({"models": ["ok", 5]}, '"models[1]" must be a string'),
+        ({"models": ["  "]}, '"models[0]" is not allowed to be empty'),
+        (
+            {"models": ["x" * 201]},
+            '"models[0]" length must be less than or equal to 200 characters long',
+        ),
+        ({"models": ["a*", " a* "]}, '"models[1]" contains a duplicate value'),
+        (
+            {"models": [f"m{i}" for i in range(101)]},
+            '"models" must contain less than or equal to 100 items',
+        ),
+        ({"limits": []}, '"limits" must be of type object'),
+        ({"limits": {"rpm": 5}}, '"limits.rpm" is not allowed'),
+        ({"limits": {"requestsPerMinute": "60"}}, '"limits.requestsPerMinute" must be a number'),
+        ({"limits": {"tokensPerMinute": True}}, '"limits.tokensPerMinute" must be a number'),
+        ({"limits": {"tokensPerDay": float("nan")}}, '"limits.tokensPerDay" must be a number'),
+        ({"limits": {"maxConcurrent": 1.5}}, '"limits.maxConcurrent" must be an integer'),
+        ({"limits": {"maxConcurrent": 0}}, '"limits.maxConcurrent" must be a positive number'),
+        (
+            {"limits": {"maxConcurrent": -0.5}},
+            '"limits.maxConcurrent" must be an integer, '
+            '"limits.maxConcurrent" must be a positive number',
+        ),
+        ({"limits": {"tokensPerDay": 2**53}}, '"limits.tokensPerDay" must be a safe number'),
+        (
+            {"limits": {"requestsPerMinute": 0, "x": 1}, "enabled": 0, "y": 2},
+            '"enabled" must be a boolean, "limits.requestsPerMinute" must be a positive number, '
+            '"limits.x" is not allowed, "y" is not allowed',
+        ),
+    ],
+)
+def test_key_update_messages(fields, message):
+    with pytest.raises(BodyError) as refused:
+        key_update(fields)
+    assert str(refused.value) == message
+
+
+def test_key_update_normalizes_what_it_accepts():
+    assert key_update(
+        {
+            "enabled": False,
+            "expiresAt": "2026-12-31T23:30:00-02:00",
+            "models": [" llama3* ", "qwen"],
+            "limits": {"requestsPerMinute": 60.0, "tokensPerDay": None, "maxConcurrent": 2**53 - 1},
+        }
+    ) == {
+        "enabled": False,
+        "expiresAt": "2027-01-01T01:30:00.000Z",
+        "models": ("llama3*", "qwen"),
+        "limits": {"requestsPerMinute": 60, "tokensPerDay": None, "maxConcurrent": 2**53 - 1},
+    }
+    assert key_update({"expiresAt": "2027-01-01"}) == {"expiresAt": "2027-01-01T00:00:00.000Z"}
+    assert key_update({"expiresAt": None, "models": None}) == {"expiresAt": None, "models": None}
+
+
+def test_key_create_takes_a_username_and_an_optional_policy():
+    assert key_create({"username": "carol", "extra": 1}) == ("carol", {})
+    assert key_create({"username": "carol", "enabled": False}) == ("carol", {"enabled": False})
+    with pytest.raises(BodyError, match=r'^Username is required, "models" must be an array$'):
+        key_create({"models": "x"})

@@ -116,6 +116,11 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
+def shot(page: Page, artifacts: Path, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # else the sticky tabs land mid-picture
+    page.screenshot(path=artifacts / f"{name}.png", full_page=True)
+
+
 def log_in(page: Page, username: str = ADMIN[0], password: str = ADMIN[1]) -> None:
     page.goto("/admin/")
     fill_login(page, username, password)

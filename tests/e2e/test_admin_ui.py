@@ -13,15 +13,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import eventually
-from tests.e2e.conftest import PHONE, fill_login, log_in, new_context
+from tests.e2e.conftest import PHONE, fill_login, log_in, new_context, shot
 from tests.stack.conftest import Stack
 
 TABS = ["API keys", "Analytics", "Upstreams", "TLS & nginx"]
-
-
-def shot(page: Page, artifacts: Path, name: str) -> None:
-    page.evaluate("window.scrollTo(0, 0)")  # else the sticky tabs land mid-picture
-    page.screenshot(path=artifacts / f"{name}.png", full_page=True)
 
 
 def test_login_errors_inline_then_session_survives_reload(page: Page, artifacts: Path) -> None:

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from shared.apikeys import ApiKey, KeyFileError, read_keys, write_keys
+from shared.apikeys import ApiKey, KeyFileError, Limits, read_keys, write_keys
 from shared.files import write_atomic
 
 
@@ -66,3 +66,15 @@ def test_apikeys_corrupt_file_is_an_error_not_an_empty_set(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(KeyFileError):
         read_keys(path)
+
+
+def test_apikey_updated_merges_limits_and_refuses_what_the_file_could_not_hold():
+    key = ApiKey.new("alice").updated({"limits": {"requestsPerMinute": 5, "maxConcurrent": 2}})
+    changed = key.updated({"enabled": False, "limits": {"maxConcurrent": None}})
+    assert changed.limits == Limits(requestsPerMinute=5)
+    assert (changed.enabled, changed.models, changed.expiresAt) == (False, None, None)
+    assert key.updated({}) == key
+    with pytest.raises(ValueError, match=r"limits\.tokensPerDay"):
+        key.updated({"limits": {"tokensPerDay": 0}})
+    with pytest.raises(ValueError, match="models"):
+        key.updated({"models": ("",)})

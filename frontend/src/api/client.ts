@@ -7,6 +7,7 @@ import type {
   ApiKey,
   Bucket,
   HttpMode,
+  KeyUpdate,
   NginxStatus,
   Range,
   RequestRecord,
@@ -150,6 +151,10 @@ export function createApi(options: ClientOptions = {}) {
     },
     async createKey(username: string): Promise<ApiKey> {
       return (await request<{ key: ApiKey }>('POST', '/api/keys', { username })).key
+    },
+    /** Changes a key's policy; answers with the key as saved. */
+    async updateKey(id: string, change: KeyUpdate): Promise<ApiKey> {
+      return (await request<{ key: ApiKey }>('PATCH', `/api/keys/${encodeURIComponent(id)}`, { ...change })).key
     },
     async deleteKey(id: string): Promise<void> {
       await request('DELETE', `/api/keys/${encodeURIComponent(id)}`)

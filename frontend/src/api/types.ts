@@ -1,11 +1,38 @@
 // What the admin API answers (services/api/routes/*). Times are epoch milliseconds unless a
 // field says otherwise.
 
+/** A key's limits (shared/apikeys.py `Limits`); a limit left out is no limit. */
+export interface Limits {
+  requestsPerMinute?: number
+  tokensPerMinute?: number
+  tokensPerDay?: number
+  maxConcurrent?: number
+}
+
+export type LimitName = keyof Limits
+
+/** A key; the policy fields are left out when they hold their default. */
 export interface ApiKey {
   id: string
   username: string
   key: string
   createdAt: string
+  /** default true */
+  enabled?: boolean
+  /** ISO 8601; default never */
+  expiresAt?: string
+  /** glob patterns; default every model */
+  models?: string[]
+  limits?: Limits
+}
+
+/** The body of `PATCH /api/keys/{id}`: only what changes. null clears (no expiry, every
+ * model, no such limit); a limit left out of `limits` stays as it is. */
+export interface KeyUpdate {
+  enabled?: boolean
+  expiresAt?: string | null
+  models?: string[] | null
+  limits?: { [name in LimitName]?: number | null }
 }
 
 export interface RequestRecord {
@@ -23,6 +50,10 @@ export interface RequestRecord {
   bytesIn: number | null
   bytesOut: number | null
   error: string | null
+  /** time spent waiting in the fair queue before going upstream */
+  queueMs: number | null
+  /** the token counts are the proxy's estimate: the upstream did not report usage */
+  usageEstimated: boolean
 }
 
 export type Bucket = 'hour' | 'day'

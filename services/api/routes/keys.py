@@ -1,4 +1,5 @@
-"""`/api/keys`: list, create, delete and validate API keys (the original's answers)."""
+"""`/api/keys`: list, create, delete and validate API keys (the original's answers), and change
+a key's policy (enabled, expiry, allowed models, limits), which the original does not have."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Admin, KeyFileDep
 from services.api.errors import Failure
-from services.api.validation import BodyError, username_errors, valid_fields
+from services.api.validation import (
+    LIMIT_FIELDS,
+    MAX_PATTERN_LENGTH,
+    MAX_PATTERNS,
+    MAX_SAFE_INTEGER,
+    BodyError,
+    key_create,
+    key_update,
+    read_fields,
+)
 from shared.apikeys import KeyFileError
 from shared.keyfile import DuplicateUsername
 
@@ -20,20 +31,48 @@ router = APIRouter(prefix="/api/keys")
 
 KEY_FORMAT = re.compile(r"(sk-)?[a-f0-9]{64}")
 
-CREATE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["username"],
-                    "properties": {"username": {"type": "string"}},
-                }
-            }
+POLICY_SCHEMA: dict[str, Any] = {
+    "enabled": {"type": "boolean"},
+    "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+    "models": {
+        "type": ["array", "null"],
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_PATTERN_LENGTH},
+        "minItems": 1,
+        "maxItems": MAX_PATTERNS,
+        "uniqueItems": True,
+        "description": "glob patterns (`llama3*`); null: every model",
+    },
+    "limits": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SAFE_INTEGER}
+            for name in LIMIT_FIELDS
         },
-    }
+        "description": "the limits given change, null removes one, the others stay",
+    },
 }
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+CREATE_BODY = _body(
+    {
+        "type": "object",
+        "required": ["username"],
+        "properties": {"username": {"type": "string"}, **POLICY_SCHEMA},
+    }
+)
+UPDATE_BODY = _body(
+    {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": POLICY_SCHEMA,
+    }
+)
 
 
 @router.get("")
@@ -49,11 +88,11 @@ def list_keys(admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
 @router.post("", openapi_extra=CREATE_BODY)
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
-        fields = await valid_fields(request, username_errors)
+        username, policy = key_create(await read_fields(request))
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
     try:
-        key = keyfile.create(fields["username"].strip())
+        key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
     except DuplicateUsername as exc:
         raise Failure(400, "API key already exists for this username") from exc
     except KeyFileError as exc:
@@ -64,6 +103,28 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
         raise Failure(500, "Failed to save API key") from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
+
+
+@router.patch("/{key_id}", openapi_extra=UPDATE_BODY)
+async def update_key(
+    key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
+) -> dict[str, Any]:
+    try:
+        change = key_update(await read_fields(request))
+    except BodyError as exc:
+        raise Failure(400, str(exc)) from exc
+    try:
+        key = await run_in_threadpool(keyfile.update, key_id, change)
+    except KeyFileError as exc:
+        log.error("keys unreadable; nothing written", extra={"fields": {"error": exc}})
+        raise Failure(500, "Failed to update API key: the key file is unreadable") from exc
+    except OSError as exc:
+        log.error("key file not saved", extra={"fields": {"error": exc}})
+        raise Failure(500, "Failed to update API key") from exc
+    if key is None:
+        raise Failure(404, "API key not found")
+    log.info("key updated", extra={"fields": {"key": key.id, "changed": ",".join(change)}})
+    return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
 
 
 @router.delete("/{key_id}")

@@ -1,0 +1,93 @@
+import { describe, expect, it } from 'vitest'
+import type { ApiKey } from '../src/api/types'
+import { toLocalInput } from '../src/lib/format'
+import { keyState, limitsText, policyChange, policyErrors, policyForm, type PolicyForm } from '../src/lib/keyPolicy'
+
+const NOW = Date.UTC(2026, 10, 29, 12, 30)
+const plain: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', createdAt: '2026-11-01T10:00:00.000Z' }
+const limited: ApiKey = {
+  ...plain,
+  expiresAt: '2027-01-31T11:00:00.000Z',
+  models: ['llama3*', 'qwen2.5:*'],
+  limits: { requestsPerMinute: 60, tokensPerDay: 2_000_000 },
+}
+
+function form(over: Partial<Omit<PolicyForm, 'limits'>> = {}, limits: Partial<PolicyForm['limits']> = {}): PolicyForm {
+  const base = policyForm(plain)
+  return { ...base, ...over, limits: { ...base.limits, ...limits } }
+}
+
+describe('key state and summary', () => {
+  it('is disabled before expired, and expired only once the time has come', () => {
+    expect(keyState(plain, NOW)).toBe('enabled')
+    expect(keyState({ ...plain, enabled: true, expiresAt: new Date(NOW + 1).toISOString() }, NOW)).toBe('enabled')
+    expect(keyState({ ...plain, expiresAt: new Date(NOW).toISOString() }, NOW)).toBe('expired')
+    expect(keyState({ ...plain, enabled: false, expiresAt: new Date(NOW - 1).toISOString() }, NOW)).toBe('disabled')
+  })
+
+  it('lists the limits that are set, in a fixed order', () => {
+    expect(limitsText(plain)).toEqual([])
+    expect(limitsText({ ...plain, limits: { maxConcurrent: 4, tokensPerMinute: 100_000 } })).toEqual([
+      '100,000 tokens/min',
+      '4 at once',
+    ])
+  })
+})
+
+describe('the policy form', () => {
+  it('starts from the key, empty meaning no expiry, all models, no limit', () => {
+    expect(policyForm(plain)).toEqual({
+      expires: '',
+      models: '',
+      limits: { requestsPerMinute: '', tokensPerMinute: '', tokensPerDay: '', maxConcurrent: '' },
+    })
+    const filled = policyForm(limited)
+    expect(filled.expires).toBe(toLocalInput(Date.parse('2027-01-31T11:00:00.000Z')))
+    expect(filled.models).toBe('llama3*, qwen2.5:*')
+    expect(filled.limits).toMatchObject({ requestsPerMinute: '60', tokensPerDay: '2000000', maxConcurrent: '' })
+  })
+
+  it.each([
+    [{ requestsPerMinute: '0' }, 'requestsPerMinute', 'A whole number of 1 or more (empty: no limit).'],
+    [{ tokensPerMinute: '-5' }, 'tokensPerMinute', 'A whole number of 1 or more (empty: no limit).'],
+    [{ tokensPerDay: '1.5' }, 'tokensPerDay', 'A whole number of 1 or more (empty: no limit).'],
+    [{ maxConcurrent: 'four' }, 'maxConcurrent', 'A whole number of 1 or more (empty: no limit).'],
+    [{ tokensPerDay: '9007199254740992' }, 'tokensPerDay', 'Too large.'],
+  ] as const)('refuses the limit %o', (limits, field, message) => {
+    expect(policyErrors(form({}, limits))).toEqual({ [field]: message })
+  })
+
+  it('refuses what the api refuses in expiry and models', () => {
+    expect(policyErrors(form({ expires: '2027-13-45' }))).toEqual({ expires: 'A date and time (empty: never expires).' })
+    expect(policyErrors(form({ models: 'a*, b, a*' }))).toEqual({ models: '“a*” is listed twice.' })
+    expect(policyErrors(form({ models: 'x'.repeat(201) }))).toEqual({ models: 'A pattern is at most 200 characters long.' })
+    const many = Array.from({ length: 101 }, (_, i) => `m${i}`).join(',')
+    expect(policyErrors(form({ models: many }))).toEqual({ models: 'At most 100 patterns.' })
+  })
+
+  it('accepts a full form, and an empty one', () => {
+    expect(policyErrors(form())).toEqual({})
+    const full = form({ expires: '2027-01-01T12:00', models: 'llama3*\nqwen*' }, { requestsPerMinute: ' 60 ', maxConcurrent: '9007199254740991' })
+    expect(policyErrors(full)).toEqual({})
+  })
+
+  it('sends only what changed, null to clear', () => {
+    expect(policyChange(policyForm(limited), limited)).toEqual({})
+    const cleared = policyForm(limited)
+    cleared.expires = ''
+    cleared.models = ' '
+    cleared.limits.requestsPerMinute = ''
+    cleared.limits.maxConcurrent = '3'
+    expect(policyChange(cleared, limited)).toEqual({
+      expiresAt: null,
+      models: null,
+      limits: { requestsPerMinute: null, maxConcurrent: 3 },
+    })
+    const set = form({ expires: '2027-01-01T12:00', models: 'llama3*, qwen*' }, { tokensPerMinute: '1000' })
+    expect(policyChange(set, plain)).toEqual({
+      expiresAt: new Date(2027, 0, 1, 12, 0).toISOString(),
+      models: ['llama3*', 'qwen*'],
+      limits: { tokensPerMinute: 1000 },
+    })
+  })
+})

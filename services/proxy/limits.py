@@ -1,0 +1,186 @@
+"""Per-key policy at the proxy: enabled, expiry, allowed models, rate and concurrency limits.
+
+A `Policy` is compiled once per key whenever `apikeys.json` changes, so a request pays only for
+what its key sets: a key without limits never touches the board.
+
+Rates are leaky buckets on the board (exact across workers): a request needs one unit of
+requests-per-minute; a request is admitted while its tokens-per-minute and tokens-per-day
+buckets are not full, and its tokens (from the upstream's usage, or an estimate) are added when
+it ends, so a long answer can overdraw a bucket and hold the next request back until it drains.
+Answers carry OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from services.proxy import errors
+from services.proxy.board import Board, Bucket, Level, Slot
+from services.proxy.errors import ProxyError
+from shared.apikeys import ApiKey, parse_time
+
+log = logging.getLogger("proxy.limits")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: `17ms`, `1.5s`, `6m0s`, `1h2m3s`."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    whole_minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(whole_minutes), 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    return f"{minutes}m{text}" if minutes else text
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    key: ApiKey
+    expires: float | None
+    models: re.Pattern[str] | None
+    requests: Bucket | None
+    tokens: tuple[Bucket, ...]
+    max_concurrent: int | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Policy:
+        limits = key.limits
+        tokens = []
+        if limits.tokensPerMinute:
+            tokens.append(Bucket(1, limits.tokensPerMinute, 60.0))
+        if limits.tokensPerDay:
+            tokens.append(Bucket(2, limits.tokensPerDay, 86400.0))
+        return cls(
+            key=key,
+            expires=parse_time(key.expiresAt).timestamp() if key.expiresAt else None,
+            models=(
+                None
+                if key.models is None
+                else re.compile("|".join(fnmatch.translate(p) for p in key.models) or "(?!)")
+            ),
+            requests=Bucket(0, limits.requestsPerMinute, 60.0)
+            if limits.requestsPerMinute
+            else None,
+            tokens=tuple(tokens),
+            max_concurrent=limits.maxConcurrent,
+        )
+
+    @property
+    def limited(self) -> bool:
+        return self.requests is not None or bool(self.tokens) or self.max_concurrent is not None
+
+    def check_key(self) -> None:
+        """Raises ProxyError for a disabled or expired key."""
+        if not self.key.enabled:
+            raise errors.key_refused("This API key is disabled", "api_key_disabled")
+        if self.expires is not None and self.expires <= time.time():
+            raise errors.key_refused(
+                f"This API key expired at {self.key.expiresAt}", "api_key_expired"
+            )
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or self.models.fullmatch(model) is not None
+
+    def check_model(self, model: str | None) -> None:
+        """Raises ProxyError (403) when the key may not use `model`."""
+        if self.models is None:
+            return
+        if model is None:
+            raise errors.model_required()
+        if not self.allows(model):
+            raise errors.model_not_allowed(model)
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request let through by its key's limits; `Limiter.release` when it ends."""
+
+    policy: Policy
+    headers: Headers
+    concurrent: bool
+
+
+class Limiter:
+    def __init__(self, board: Board) -> None:
+        self.board = board
+
+    def admit(self, policy: Policy) -> Admission | None:
+        """Count the request against its key's limits, or raise a 429 ProxyError."""
+        if not policy.limited:
+            return None
+        with self.board.holding("key:" + policy.key.id) as slot:
+            requests = slot.level(policy.requests) if policy.requests else None
+            tokens = [slot.level(bucket) for bucket in policy.tokens]
+            if requests is not None and (wait := requests.wait(1)) > 0:
+                raise _refusal("requests", f"{policy.requests.capacity} requests per minute", wait)  # type: ignore[union-attr]
+            for bucket, level in zip(policy.tokens, tokens, strict=True):
+                if level.remaining <= 0:
+                    per = "minute" if bucket.period == 60 else "day"
+                    raise _refusal("tokens", f"{bucket.capacity} tokens per {per}", level.wait(1))
+            concurrent = policy.max_concurrent is not None
+            if concurrent and not slot.try_enter(policy.max_concurrent):  # type: ignore[arg-type]
+                raise ProxyError(
+                    429,
+                    f"Too many requests in flight for this key: the limit is "
+                    f"{policy.max_concurrent} at a time",
+                    "concurrency_limit_exceeded",
+                    type="requests",
+                    headers=((b"retry-after", b"1"),),
+                )
+            if requests is not None:
+                slot.add(policy.requests, 1, requests)  # type: ignore[arg-type]
+        return Admission(policy, _headers(requests, tokens), concurrent)
+
+    def release(self, admission: Admission, tokens: int | None) -> None:
+        """The request ended, having used `tokens` (None: not known)."""
+        policy = admission.policy
+        if not admission.concurrent and not (tokens and policy.tokens):
+            return
+        with self.board.holding("key:" + policy.key.id) as slot:
+            if admission.concurrent:
+                slot.change_flight(-1)
+            if tokens:
+                _charge(slot, policy.tokens, tokens)
+
+
+def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int) -> None:
+    for bucket in buckets:
+        slot.add(bucket, tokens, slot.level(bucket))
+
+
+def _refusal(kind: str, limit: str, wait: float) -> ProxyError:
+    return ProxyError(
+        429,
+        f"Rate limit reached for {kind}: this key may use {limit}. Try again in {duration(wait)}.",
+        "rate_limit_exceeded",
+        type=kind,
+        headers=(
+            (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+            (b"retry-after-ms", str(math.ceil(wait * 1000)).encode()),
+        ),
+    )
+
+
+def _headers(requests: Level | None, tokens: list[Level]) -> Headers:
+    out: Headers = []
+    if requests is not None:
+        out += _level_headers("requests", requests)
+    if tokens:  # the tighter of tokens per minute and per day
+        out += _level_headers("tokens", min(tokens, key=lambda level: level.remaining))
+    return out
+
+
+def _level_headers(kind: str, level: Level) -> Headers:
+    return [
+        (f"x-ratelimit-limit-{kind}".encode(), str(level.capacity).encode()),
+        (f"x-ratelimit-remaining-{kind}".encode(), str(level.remaining).encode()),
+        (f"x-ratelimit-reset-{kind}".encode(), duration(level.reset).encode()),
+    ]
