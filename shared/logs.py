@@ -64,7 +64,11 @@ class _Handler(logging.Handler):
             return
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(line)
-            if record.levelno >= logging.WARNING or len(self._pending) >= BATCH_LINES:
+            # uvicorn's own lines (start, shutdown) go out at once with what came before: a
+            # server stopped by a signal raises it again once shut down, and dies without
+            # running atexit.
+            urgent = record.levelno >= logging.WARNING or record.name.startswith("uvicorn")
+            if urgent or len(self._pending) >= BATCH_LINES:
                 self._write()
 
     def _write(self) -> None:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     models_refresh_seconds: float = 60.0
     models_timeout_seconds: float = 5.0
     models_stale_seconds: float = 600.0
+    # The fair queue of an upstream with `concurrency=N` (per proxy worker).
+    queue_limit: int = Field(default=100, ge=0)
+    queue_timeout: float = Field(default=60.0, gt=0)
+    # Ask upstreams for token usage on streams whose client did not (the client's stream is
+    # unchanged).
+    stream_usage: bool = True
 
     # The admin API.
     analytics_retention_days: int = Field(default=90, ge=1)
@@ -113,6 +119,10 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         """Heartbeats of every program (`run/<program>.json`)."""
         return self.data_dir / "run"
+
+    @property
+    def board_file(self) -> Path:
+        return self.state_dir / "limits.board"
 
     @property
     def apikeys_file(self) -> Path:

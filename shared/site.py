@@ -112,6 +112,74 @@ def valid_http_mode(value: object) -> str:
     return str(value)
 
 
+# Directives a custom configuration may not use: they read or write files on the server
+# (serving `.env` or the key file, or echoing a file's first words in nginx's error message),
+# or reach a local socket (supervisord's). The rest of nginx is the admin's to use.
+FILE_DIRECTIVES = frozenset(
+    {
+        "include",
+        "load_module",
+        "root",
+        "alias",
+        "auth_basic_user_file",
+        "access_log",
+        "error_log",
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+        "proxy_store",
+        "fastcgi_store",
+        "uwsgi_store",
+        "scgi_store",
+        "dav_methods",
+        "ssl_password_file",
+        "proxy_ssl_password_file",
+        "perl",
+        "perl_modules",
+        "perl_require",
+        "js_import",
+        "js_include",
+        "js_path",
+    }
+)
+_PASSES = ("proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass", "server")
+_UNIX_SOCKET = re.compile(r"(?:[a-z]+://)?unix:", re.IGNORECASE)
+_NGINX_TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};"'#]+""")
+
+
+def valid_custom_config(value: object) -> str:
+    """A server configuration of the admin's own, with no directive in FILE_DIRECTIVES and no
+    pass to a unix socket (nginx itself checks the rest, with `nginx -t`)."""
+    if not isinstance(value, str):
+        raise SiteError("Invalid request body")
+    statement: list[str] = []
+    for token in _NGINX_TOKEN.findall(value):
+        if token.startswith("#"):
+            continue
+        if token in ("{", "}", ";"):
+            if statement:
+                _check_statement(statement)
+            statement = []
+            continue
+        statement.append(token.strip("\"'"))
+    if statement:
+        _check_statement(statement)
+    return value
+
+
+def _check_statement(words: list[str]) -> None:
+    name = words[0].lower()
+    harmless = (name, words[1:2]) in (("error_log", ["stderr"]), ("access_log", ["off"]))
+    if name in FILE_DIRECTIVES and not harmless:
+        raise SiteError(
+            f'Custom config: "{words[0]}" is not allowed (it reads or writes files on the server)'
+        )
+    if name in _PASSES and any(_UNIX_SOCKET.match(w) for w in words[1:]):
+        raise SiteError(f'Custom config: "{words[0]}" to a unix socket is not allowed')
+
+
 def certificate_name(domains: Sequence[str]) -> str:
     """certbot's lineage name for these domains: the first one, without a wildcard label."""
     return domains[0].removeprefix("*.")

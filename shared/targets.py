@@ -1,14 +1,18 @@
-"""The `TARGET_URLS` grammar: `url|key,url,...`.
+"""The `TARGET_URLS` grammar: `url|key|concurrency=N,url,...`.
 
 Compatible with the original: entries are comma-separated and trimmed, an optional upstream key
 follows `|`, and a URL with no path (`http://host:1234`) gets `/v1`. Where the original went
 wrong we do better: the key is trimmed too, a trailing slash does not double up (`/v1/` is
 `/v1`), a bare `host:port` means `http://host:port/v1`, and an entry that is not a URL is an
 error with its position rather than a silent `http://localhost/v1`.
+
+Our addition: `concurrency=N` (in any `|` part after the URL) caps the requests in flight to that
+upstream; more wait in its fair queue (see services/proxy/gate.py). Without it, no cap.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,6 +24,7 @@ class Upstream:
     origin: str
     path: str
     key: str = ""
+    concurrency: int = 0  # 0: no cap
 
     @property
     def url(self) -> str:
@@ -27,12 +32,23 @@ class Upstream:
         return self.origin + self.path
 
     def __repr__(self) -> str:  # never print the key
-        return f"Upstream({self.url!r}, key={'***' if self.key else 'none'})"
+        cap = f", concurrency={self.concurrency}" if self.concurrency else ""
+        return f"Upstream({self.url!r}, key={'***' if self.key else 'none'}{cap})"
+
+
+_CONCURRENCY = re.compile(r"\s*concurrency\s*=\s*(\S*)\s*")
 
 
 def parse_target(entry: str) -> Upstream:
-    url, _, key = entry.partition("|")
-    key = key.split("|", 1)[0].strip()
+    url, *options = entry.split("|")
+    key, concurrency = "", 0
+    for option in options:
+        if match := _CONCURRENCY.fullmatch(option):
+            if not match.group(1).isdigit() or int(match.group(1)) < 1:
+                raise ValueError(f"concurrency must be a positive integer, not {match.group(1)!r}")
+            concurrency = int(match.group(1))
+        elif not key:
+            key = option.strip()
     url = url.strip()
     if "://" not in url:
         url = "http://" + url
@@ -46,7 +62,7 @@ def parse_target(entry: str) -> Upstream:
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     origin = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
     path = parts.path.rstrip("/") or "/v1"
-    return Upstream(origin=origin, path=path, key=key)
+    return Upstream(origin=origin, path=path, key=key, concurrency=concurrency)
 
 
 def parse_target_urls(value: str) -> tuple[Upstream, ...]:

@@ -37,6 +37,10 @@ class FakeUpstream:
     hang_models: bool = False
     cut_after: int | None = None  # drop the connection after this many SSE chunks
     hang: bool = False  # accept completions and never answer
+    delay: float = 0.0  # seconds before answering a completion
+    usage: bool = True  # honour stream_options.include_usage, as OpenAI and vLLM do
+    active: int = 0  # completions being answered now
+    peak: int = 0  # the most answered at once
     seen: list[Seen] = field(default_factory=list)
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
     port: int = 0
@@ -129,6 +133,16 @@ class FakeUpstream:
             )
         if self.hang:
             await asyncio.sleep(3600)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return await self.complete(request, path, body)
+        finally:
+            self.active -= 1
+
+    async def complete(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
         document: dict[str, Any] = json.loads(body) if body else {}
         model = document.get("model", "")
         if path == "/v1/chat/completions" and document.get("stream"):
@@ -171,6 +185,9 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        # Asked for usage, OpenAI and vLLM add `"usage": null` to every chunk and end with a
+        # usage-only chunk.
+        include_usage = self.usage and (document.get("stream_options") or {}).get("include_usage")
         try:
             for i in range(self.chunks):
                 if i == self.cut_after and request.transport is not None:
@@ -182,10 +199,12 @@ class FakeUpstream:
                     "model": model,
                     "choices": [{"index": 0, "delta": {"content": f"{self.name}{i} "}}],
                 }
+                if include_usage:
+                    chunk["usage"] = None
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if self.pace:
                     await asyncio.sleep(self.pace)
-            if (document.get("stream_options") or {}).get("include_usage"):
+            if include_usage:
                 usage = {
                     "id": "c",
                     "object": "chat.completion.chunk",

@@ -1,14 +1,16 @@
 """The proxy's ASGI application: `/v1/*` for API-key holders.
 
-Per request: check the key, read the body (at most PAYLOAD_LIMIT), answer `/v1/models` from the
-catalog or pick upstreams and hand over to `forward.exchange`, then queue one analytics row and
-log one line. A client that goes away cancels the work at once, upstream request included.
+Per request: check the key and its policy, read the body (at most PAYLOAD_LIMIT), answer
+`/v1/models` from the catalog (the models the key may use) or check the model and the key's
+limits, pick upstreams and hand over to `forward.exchange`, then queue one analytics row and log
+one line. A client that goes away cancels the work at once, upstream request included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -22,11 +24,15 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import errors, routing
+from services.proxy.board import Board
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
+from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
+from services.proxy.limits import Limiter, Policy
 from services.proxy.recorder import Recorder
+from services.proxy.usage import ask_for_usage, tokens_used
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
@@ -117,6 +123,7 @@ class ProxyApp:
         )
         self.session: aiohttp.ClientSession | None = None
         self.catalog: Catalog | None = None
+        self.limiter: Limiter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -156,6 +163,17 @@ class ProxyApp:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self.catalog = Catalog(s, self.session)
+        board = Board(s.board_file)
+        self.limiter = Limiter(board)
+        for state in self.catalog.states:
+            if state.upstream.concurrency:
+                state.gate = Gate(
+                    board,
+                    state.upstream.url,
+                    state.upstream.concurrency,
+                    s.queue_limit,
+                    s.queue_timeout,
+                )
         await self.keys.start()
         await self.recorder.start()
         self.heartbeat = Heartbeat(s.run_dir, "proxy", f"proxy-{os.getpid()}")
@@ -166,6 +184,9 @@ class ProxyApp:
         ]
         if not s.target_urls:
             log.error("no upstreams: set TARGET_URLS")
+        # Everything allocated so far lives as long as the worker: keep it out of the cyclic
+        # collector's way, so that its full collections stay short.
+        gc.freeze()
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -175,6 +196,8 @@ class ProxyApp:
         await self.recorder.close()
         if self.session is not None:
             await self.session.close()
+        if self.limiter is not None:
+            self.limiter.board.close()
         self.heartbeat.remove()
 
     async def _beat(self) -> None:
@@ -202,14 +225,15 @@ class ProxyApp:
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
         try:
-            if path != "/v1" and not path.startswith("/v1/"):
+            if not routing.inside_v1(path):
                 raise errors.not_found(path)
             key_text, content_type, declared = request_headers(scope["headers"])
             if key_text is None:
                 raise errors.missing_key()
-            key = self.keys.lookup(key_text)
-            if key is None:
+            policy = self.keys.lookup(key_text)
+            if policy is None:
                 raise errors.invalid_key()
+            key = policy.key
             row = RequestRow(
                 request_id,
                 key.id,
@@ -218,10 +242,11 @@ class ProxyApp:
                 method=scope["method"],
                 path=path,
             )
+            policy.check_key()
             body = await read_body(receive, self.settings.payload_limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
-            await self.route(scope, body, content_type, row, send, started)
+            await self.route(scope, body, content_type, policy, row, send, started)
         except ProxyError as exc:
             if row is not None:
                 row.status, row.error = exc.status, exc.code
@@ -251,20 +276,32 @@ class ProxyApp:
         scope: dict[str, Any],
         body: bytes,
         content_type: str,
+        policy: Policy,
         row: RequestRow,
         send: Send,
         started: float,
     ) -> None:
-        catalog = self.catalog
-        assert catalog is not None and self.session is not None
+        catalog, limiter = self.catalog, self.limiter
+        assert catalog is not None and self.session is not None and limiter is not None
         path, method = scope["path"], scope["method"]
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
-            await self.answer_models(path, row, send)
+            await self.answer_models(path, policy, row, send)
             return
         model = routing.request_model(content_type, body)
         row.model = model
+        policy.check_model(model)
         plan = await self.plan(catalog, model)
-        await exchange(self.session, catalog, plan, scope, body, row, send, started)
+        asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        admission = limiter.admit(policy)
+        extra = () if admission is None else admission.headers
+        meter = None
+        try:
+            meter = await exchange(
+                self.session, catalog, plan, scope, body, asked, row, send, started, extra
+            )
+        finally:
+            if admission is not None:
+                limiter.release(admission, tokens_used(row, meter))
 
     async def plan(self, catalog: Catalog, model: str | None) -> list[UpstreamState]:
         states = catalog.states
@@ -280,16 +317,18 @@ class ProxyApp:
                 raise errors.model_not_found(model)
         return routing.rank(serving, model)
 
-    async def answer_models(self, path: str, row: RequestRow, send: Send) -> None:
+    async def answer_models(self, path: str, policy: Policy, row: RequestRow, send: Send) -> None:
         catalog = self.catalog
         assert catalog is not None
         if not catalog.refreshed:
             await catalog.refresh()
         if path == "/v1/models":
-            document: Any = {"data": catalog.models(), "object": "list"}
+            models = [m for m in catalog.models() if policy.allows(m["id"])]
+            document: Any = {"data": models, "object": "list"}
         else:
             model_id = path[len("/v1/models/") :]
             row.model = model_id
+            policy.check_model(model_id)
             document = catalog.find(model_id)
             if document is None:
                 raise errors.model_not_found(model_id)
@@ -330,7 +369,8 @@ def _forget_dead_workers(settings: Settings) -> None:
     for beat in read_heartbeats(settings.run_dir):
         old = time.time() - float(beat.get("updated", 0)) > 10 * STALE_AFTER
         if beat.get("program") == "proxy" and old:
-            with contextlib.suppress(FileNotFoundError):
+            # Gone already, or a read-only disk: neither may stop the proxy from starting.
+            with contextlib.suppress(OSError):
                 (settings.run_dir / f"{beat['name']}.json").unlink()
 
 

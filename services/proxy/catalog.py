@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from services.proxy.gate import Gate
 from shared.settings import Settings
 from shared.targets import Upstream
 
@@ -34,7 +35,8 @@ class UpstreamState:
     healthy: bool = True  # optimistic until the first refresh says otherwise
     last_ok: float | None = None
     last_error: str | None = None
-    in_flight: int = 0
+    in_flight: int = 0  # in this worker, queued included
+    gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
 
     def report(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,7 @@ class UpstreamState:
             "healthy": self.healthy,
             "models": sorted(self.model_ids),
             "in_flight": self.in_flight,
+            "queued": 0 if self.gate is None else self.gate.queued,
             "last_ok": self.last_ok,
             "last_error": self.last_error,
         }

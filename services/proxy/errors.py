@@ -84,3 +84,39 @@ def gateway_timeout(upstream: str) -> ProxyError:
     return ProxyError(
         504, f"Upstream {upstream} did not answer in time", "upstream_timeout", type="server_error"
     )
+
+
+def key_refused(message: str, code: str) -> ProxyError:
+    return ProxyError(401, message, code, headers=((b"www-authenticate", b"Bearer"),))
+
+
+def model_required() -> ProxyError:
+    return ProxyError(
+        403,
+        'This API key may use only some models: name one in the request\'s "model"',
+        "model_required",
+    )
+
+
+def model_not_allowed(model: str) -> ProxyError:
+    return ProxyError(403, f"This API key may not use the model '{model}'", "model_not_allowed")
+
+
+def queue_full(upstream: str) -> ProxyError:
+    return ProxyError(
+        503,
+        f"Upstream {upstream} is busy and its queue is full",
+        "upstream_queue_full",
+        type="server_error",
+        headers=((b"retry-after", b"1"),),
+    )
+
+
+def queue_timeout(upstream: str, seconds: float) -> ProxyError:
+    return ProxyError(
+        503,
+        f"Upstream {upstream} stayed busy: no turn came within {seconds:g} s",
+        "upstream_queue_timeout",
+        type="server_error",
+        headers=((b"retry-after", b"1"),),
+    )

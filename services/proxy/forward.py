@@ -5,10 +5,15 @@
 - The answer is relayed raw as it arrives (no decompression, no buffering), so compressed
   bodies pass intact and SSE chunks keep their timing.
 - Foreign exceptions become ProxyErrors here and nowhere else: a connection refused or not made
-  in UPSTREAM_CONNECT_TIMEOUT fails over to the next candidate, a read timeout is a 504,
-  anything else before the answer a 502. After the
+  in UPSTREAM_CONNECT_TIMEOUT fails over to the next candidate, a connection closed with no
+  answer at all is sent again once (it was a kept-alive one the upstream had just dropped), a
+  read timeout is a 504, anything else before the answer a 502. After the
   answer has started, a failure ends an SSE stream with an error event, and aborts any other
   body (so the client sees the truncation instead of a short, clean-looking body).
+- An upstream with a concurrency cap is entered through its fair queue (`Gate`); the time spent
+  waiting is recorded.
+- A streamed completion may go out with usage asked for (`asked`, from `ask_for_usage`); the
+  answer is then stripped back to what the client asked for.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from yarl import URL
 
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
-from services.proxy.usage import meter_for
+from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -74,12 +79,15 @@ def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[t
 
 
 def client_headers(
-    raw: Iterable[tuple[bytes, bytes]], request_id: bytes
+    raw: Iterable[tuple[bytes, bytes]], request_id: bytes, extra: Sequence[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers for the client, with ours (`extra`, e.g. the key's
+    `x-ratelimit-*`) in place of any of the same name."""
     pairs = [(n.lower(), v) for n, v in raw]
-    drop = HOP_BY_HOP | _connection_tokens(pairs)
+    drop = HOP_BY_HOP | _connection_tokens(pairs) | {n for n, _ in extra}
     out = [(n, v) for n, v in pairs if n not in drop]
     out.append((b"x-request-id", request_id))
+    out.extend(extra)
     return out
 
 
@@ -93,26 +101,38 @@ async def exchange(
     plan: Sequence[UpstreamState],
     scope: dict[str, Any],
     body: bytes,
+    asked: bytes | None,
     row: RequestRow,
     send: Send,
     started: float,
-) -> None:
-    """Send the request to the first candidate that accepts a connection, relay its answer."""
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> Meter | None:
+    """Send the request to the first candidate that accepts a connection, relay its answer;
+    returns the meter that read its usage."""
     # The raw path and query, as the client sent them: no decoding, no re-quoting.
     raw = scope.get("raw_path") or scope["path"].encode()
     query = scope["query_string"]
     suffix = (raw[3:] + (b"?" + query if query else b"")).decode("latin-1")
     last_error: ProxyError | None = None
-    for state in plan:
+    candidates, resent = list(plan), False
+    for state in candidates:
         upstream = state.upstream
         row.upstream = upstream.url
+        gate = state.gate
+        if gate is not None:
+            state.in_flight += 1  # counted while queued, so that routing spreads the queues
+            try:
+                waited = await gate.enter(row.key_id)
+            finally:
+                state.in_flight -= 1
+            row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
         state.in_flight += 1
         try:
             try:
                 response = await session.request(
                     scope["method"],
                     URL(upstream.url + suffix, encoded=True),
-                    data=body or None,
+                    data=(asked or body) or None,
                     headers=upstream_headers(scope["headers"], upstream.key),
                     skip_auto_headers=SKIP_AUTO_HEADERS,
                     allow_redirects=False,
@@ -123,43 +143,69 @@ async def exchange(
                 catalog.mark_down(state, f"connect: {getattr(exc, 'os_error', None) or exc}")
                 last_error = bad_gateway(upstream.url)
                 continue
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # Closed with no answer at all: a kept-alive connection the upstream dropped as
+                # the request went out (a restart, its idle timeout). Sent again once, on a new
+                # connection: to the next candidate, or to this one if it is the last.
+                if resent:
+                    raise bad_gateway(upstream.url) from exc
+                resent, last_error = True, bad_gateway(upstream.url)
+                if state is candidates[-1]:
+                    candidates.append(state)
+                continue
             except TimeoutError as exc:
                 raise gateway_timeout(upstream.url) from exc
             except aiohttp.ClientError as exc:
                 raise bad_gateway(upstream.url) from exc
             catalog.mark_up(state)
-            await relay(response, row, send, started)
-            return
+            return await relay(response, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1
+            if gate is not None:
+                gate.leave()
     assert last_error is not None
     raise last_error
 
 
 async def relay(
-    response: aiohttp.ClientResponse, row: RequestRow, send: Send, started: float
-) -> None:
+    response: aiohttp.ClientResponse,
+    row: RequestRow,
+    send: Send,
+    started: float,
+    extra: Sequence[tuple[bytes, bytes]],
+    asked: bool,
+) -> Meter | None:
     complete = False
+    content_type = response.headers.get("Content-Type", "")
+    meter = meter_for(content_type, response.headers.get("Content-Encoding", ""))
     try:
-        content_type = response.headers.get("Content-Type", "")
-        meter = meter_for(content_type, response.headers.get("Content-Encoding", ""))
         row.status = response.status
         row.stream = content_type.startswith("text/event-stream")
+        stripper = UsageStripper() if asked and isinstance(meter, SseMeter) else None
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": client_headers(response.raw_headers, row.request_id.encode()),
+                "headers": client_headers(response.raw_headers, row.request_id.encode(), extra),
             }
         )
         row.ttfb_ms = (time.perf_counter() - started) * 1000
         content = response.content
+        last = b""  # the last two bytes relayed: does the stream stop between two events?
         try:
             async for chunk in content.iter_any():
                 if meter is not None:
                     meter.feed(chunk)
+                if stripper is not None:
+                    chunk = stripper.feed(chunk)
+                    if not chunk:
+                        continue
                 row.bytes_out += len(chunk)
+                last = chunk[-2:] if len(chunk) > 1 else (last + chunk)[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if stripper is not None and (tail := stripper.flush()):
+                row.bytes_out += len(tail)
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             row.error = f"upstream cut: {type(exc).__name__}"
             if not row.stream:
@@ -170,13 +216,18 @@ async def relay(
                 "upstream_cut",
                 type="server_error",
             )
-            await send({"type": "http.response.body", "body": sse_error(cut), "more_body": False})
-            return
-        if meter is not None:
-            row.prompt_tokens, row.completion_tokens = meter.usage()
+            # A line cut short is ended first, so that the error is an event of its own.
+            event = sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut)
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return meter
         complete = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return meter
     finally:
+        if meter is not None:
+            row.prompt_tokens, row.completion_tokens = meter.usage()
+            if not complete and isinstance(meter, SseMeter) and row.completion_tokens is None:
+                row.completion_tokens, row.usage_estimated = meter.pieces, True
         if complete:
             response.release()
         else:

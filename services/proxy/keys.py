@@ -5,7 +5,7 @@ Changes arrive through watchdog (inotify) and, as a safety net where inotify doe
 last good keys in force; the error is logged and reported in the heartbeat.
 
 Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about how
-much of a guessed key was right.
+much of a guessed key was right. Each key's policy is compiled when the file is read.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from services.proxy.limits import Policy
 from shared.apikeys import ApiKey, KeyFileError, read_keys
 
 log = logging.getLogger("proxy.keys")
@@ -34,7 +35,7 @@ class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last_error: str | None = None
-        self._by_digest: dict[bytes, ApiKey] = {}
+        self._by_digest: dict[bytes, Policy] = {}
         self._signature: tuple[int, int, int] | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._poller: asyncio.Task[None] | None = None
@@ -43,9 +44,9 @@ class KeyStore:
         return len(self._by_digest)
 
     def keys(self) -> list[ApiKey]:
-        return list(self._by_digest.values())
+        return [policy.key for policy in self._by_digest.values()]
 
-    def lookup(self, key: str) -> ApiKey | None:
+    def lookup(self, key: str) -> Policy | None:
         return self._by_digest.get(_digest(key))
 
     def reload(self) -> None:
@@ -66,7 +67,7 @@ class KeyStore:
         except KeyFileError as exc:
             self._fail(str(exc))
             return
-        self._by_digest = {_digest(k.key): k for k in keys}
+        self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
         self.last_error = None
         log.info("keys loaded", extra={"fields": {"count": len(keys)}})
 

@@ -120,24 +120,26 @@ class Limiter:
             requests = slot.level(policy.requests) if policy.requests else None
             tokens = [slot.level(bucket) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
-                raise _refusal("requests", f"{policy.requests.capacity} requests per minute", wait)  # type: ignore[union-attr]
+                limit = f"{requests.capacity} requests per minute"
+                raise _refusal("requests", limit, wait, _headers(requests, tokens))
             for bucket, level in zip(policy.tokens, tokens, strict=True):
                 if level.remaining <= 0:
-                    per = "minute" if bucket.period == 60 else "day"
-                    raise _refusal("tokens", f"{bucket.capacity} tokens per {per}", level.wait(1))
-            concurrent = policy.max_concurrent is not None
-            if concurrent and not slot.try_enter(policy.max_concurrent):  # type: ignore[arg-type]
+                    limit = (
+                        f"{bucket.capacity} tokens per {'minute' if bucket.period == 60 else 'day'}"
+                    )
+                    raise _refusal("tokens", limit, level.wait(1), _headers(requests, tokens))
+            most = policy.max_concurrent
+            if most is not None and not slot.try_enter(most):
                 raise ProxyError(
                     429,
-                    f"Too many requests in flight for this key: the limit is "
-                    f"{policy.max_concurrent} at a time",
+                    f"Too many requests in flight for this key: the limit is {most} at a time",
                     "concurrency_limit_exceeded",
                     type="requests",
-                    headers=((b"retry-after", b"1"),),
+                    headers=((b"retry-after", b"1"), *_headers(requests, tokens)),
                 )
-            if requests is not None:
-                slot.add(policy.requests, 1, requests)  # type: ignore[arg-type]
-        return Admission(policy, _headers(requests, tokens), concurrent)
+            if policy.requests is not None and requests is not None:
+                slot.add(policy.requests, 1, requests)
+        return Admission(policy, _headers(requests, tokens), most is not None)
 
     def release(self, admission: Admission, tokens: int | None) -> None:
         """The request ended, having used `tokens` (None: not known)."""
@@ -156,7 +158,7 @@ def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int) -> None:
         slot.add(bucket, tokens, slot.level(bucket))
 
 
-def _refusal(kind: str, limit: str, wait: float) -> ProxyError:
+def _refusal(kind: str, limit: str, wait: float, headers: Headers) -> ProxyError:
     return ProxyError(
         429,
         f"Rate limit reached for {kind}: this key may use {limit}. Try again in {duration(wait)}.",
@@ -165,6 +167,7 @@ def _refusal(kind: str, limit: str, wait: float) -> ProxyError:
         headers=(
             (b"retry-after", str(max(1, math.ceil(wait))).encode()),
             (b"retry-after-ms", str(math.ceil(wait * 1000)).encode()),
+            *headers,
         ),
     )
 

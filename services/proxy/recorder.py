@@ -82,7 +82,7 @@ class Recorder:
         try:
             async with self._lock:
                 imported, pruned = await asyncio.to_thread(work)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.error("analytics upkeep failed", extra={"fields": {"error": exc}})
             return
         if imported or pruned:
@@ -95,7 +95,7 @@ class Recorder:
                 return
             try:
                 await asyncio.to_thread(self._write, rows)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:  # OSError: the file cannot even be made
                 self._pending[:0] = rows
                 del self._pending[:-MAX_PENDING]
                 if str(exc) != self.last_error:

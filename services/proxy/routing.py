@@ -26,13 +26,26 @@ _MULTIPART_MODEL = re.compile(
     rb'content-disposition:[^\r\n]*\bname="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n',
     re.IGNORECASE,
 )
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:;[^/]*)?(?:/|$)")
 
 
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise invalid_json(str(exc)) from exc
+
+
+def inside_v1(path: str) -> bool:
+    """Is this (decoded) path under `/v1`, however an upstream might resolve it?
+
+    Dot segments (`..`, `.`, also with `;` parameters) and backslashes are refused: nginx has
+    resolved what it recognizes, and what is left could take a request to an upstream's routes
+    outside its `/v1` (Ollama's `/api/delete`, say).
+    """
+    if path != "/v1" and not path.startswith("/v1/"):
+        return False
+    return "\\" not in path and ("." not in path or _DOT_SEGMENT.search(path) is None)
 
 
 def request_model(content_type: str, body: bytes) -> str | None:

@@ -1,9 +1,15 @@
-"""Token usage read from upstream responses as they pass through, without changing them.
+"""Token usage read from upstream responses as they pass through.
 
 `meter_for(content_type, content_encoding)` picks how: an SSE stream is scanned line by line for
-chunks that carry `"usage"` (the last one wins); a JSON body is kept (up to a bound) and its
-`prompt_tokens` / `completion_tokens` members are read at the end without parsing the rest (an
-unescaped quoted key can only be a real key). Anything else has no usage.
+chunks that carry `"usage"` (the last one wins) and counts the pieces of text it delivers (the
+estimate of a stream cut short); a JSON body is kept (up to a bound) and its `prompt_tokens` /
+`completion_tokens` members are read at the end without parsing the rest (an unescaped quoted
+key can only be a real key). Anything else has no usage.
+
+A streamed completion whose client did not ask for usage is sent upstream with
+`stream_options.include_usage` (`ask_for_usage`), and `UsageStripper` takes back what that adds
+to the stream (`"usage": null` members and the final usage-only chunk), so the client receives
+what it would have without it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,19 @@ import re
 import zlib
 from typing import Any, Protocol
 
+from shared.analytics import RequestRow
+
 MAX_JSON_BODY = 8 * 1024 * 1024
+# An SSE line longer than this cannot be a usage chunk; it is not kept (a stream that never ends
+# its line would otherwise be held whole, and copied again for every chunk).
+MAX_SSE_LINE = 64 * 1024
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# A streamed piece of text, about one token: a non-empty delta of a chat or text completion.
+_PIECE = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
+USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 Usage = tuple[int | None, int | None]
 
@@ -39,15 +55,26 @@ class Meter(Protocol):
 class SseMeter:
     def __init__(self) -> None:
         self._tail = b""
+        self._skip = False  # in the rest of a line longer than MAX_SSE_LINE
         self._usage: Usage = (None, None)
+        self.pieces = 0
 
     def feed(self, chunk: bytes) -> None:
+        self.pieces += len(_PIECE.findall(chunk))
         if b"\n" not in chunk:
-            self._tail += chunk
+            if self._skip or len(self._tail) + len(chunk) > MAX_SSE_LINE:
+                self._tail, self._skip = b"", True
+            else:
+                self._tail += chunk
             return
+        if self._skip:
+            self._skip = False
+            chunk = chunk[chunk.index(b"\n") + 1 :]
         data = self._tail + chunk
         end = data.rfind(b"\n")
         self._tail = data[end + 1 :]
+        if len(self._tail) > MAX_SSE_LINE:
+            self._tail, self._skip = b"", True
         if b'"usage"' not in data:
             return
         for line in data[:end].split(b"\n"):
@@ -86,6 +113,17 @@ class JsonMeter:
         return _last_int(_PROMPT, body), _last_int(_COMPLETION, body)
 
 
+def tokens_used(row: RequestRow, meter: Meter | None) -> int:
+    """The tokens a request costs its key: the upstream's count, else an estimate (text pieces
+    streamed, plus a quarter of the request's bytes), nothing for an answer never relayed."""
+    if not row.usage_estimated and (row.prompt_tokens, row.completion_tokens) != (None, None):
+        return (row.prompt_tokens or 0) + (row.completion_tokens or 0)
+    if not row.bytes_out:
+        return 0
+    pieces = row.completion_tokens if row.usage_estimated else getattr(meter, "pieces", 0)
+    return (pieces or 0) + row.bytes_in // 4
+
+
 def _last_int(pattern: re.Pattern[bytes], body: bytes) -> int | None:
     found = pattern.findall(body)
     return int(found[-1]) if found else None
@@ -97,3 +135,79 @@ def meter_for(content_type: str, content_encoding: str) -> Meter | None:
     if "json" in content_type and content_encoding in ("", "identity", "gzip", "deflate"):
         return JsonMeter(content_encoding)
     return None
+
+
+def ask_for_usage(path: str, body: bytes) -> bytes | None:
+    """`body` with `stream_options.include_usage` set, for a streamed completion that did not
+    ask for usage; None for anything else."""
+    if path not in USAGE_PATHS or not _STREAM_TRUE.search(body):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or document.get("stream") is not True:
+        return None
+    options = document.get("stream_options")
+    if options is None:  # the common case: insert the member, leave every other byte alone
+        start = body.index(b"{") + 1
+        return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+    if not isinstance(options, dict) or options.get("include_usage") is True:
+        return None
+    document["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(document).encode()
+
+
+class UsageStripper:
+    """Takes back from an SSE stream what `ask_for_usage` added. Whole lines pass through
+    untouched unless they carry `"usage"`; a partial line waits for its end (unless it grows
+    longer than MAX_SSE_LINE: then it passes as it comes)."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._drop_blank = False
+        self._passing = False  # in a line too long to be one that ask_for_usage added
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._passing:  # relayed as it comes, not held until its end
+            newline = chunk.find(b"\n") + 1
+            if not newline:
+                return chunk
+            self._passing = False
+            return chunk[:newline] + self.feed(chunk[newline:])
+        data = self._tail + chunk if self._tail else chunk
+        end = data.rfind(b"\n") + 1
+        self._tail, long = data[end:], b""
+        if len(self._tail) > MAX_SSE_LINE:
+            self._tail, long, self._passing = b"", self._tail, True
+        lines = data[:end]
+        if b'"usage"' not in lines and not self._drop_blank:
+            return lines + long
+        out = []
+        for line in lines.split(b"\n")[:-1]:
+            if self._drop_blank and line in (b"", b"\r"):
+                self._drop_blank = False
+                continue
+            if line.startswith(b"data:") and b'"usage"' in line:
+                if _usage_only(line[5:]):
+                    self._drop_blank = True
+                    continue
+                line = _USAGE_NULL.sub(b"", line)
+            out.append(line)
+        return (b"\n".join(out) + b"\n" if out else b"") + long
+
+    def flush(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+def _usage_only(data: bytes) -> bool:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return False
+    return (
+        isinstance(document, dict)
+        and document.get("choices") == []
+        and isinstance(document.get("usage"), dict)
+    )

@@ -1,7 +1,7 @@
 import gzip
 import json
 
-from services.proxy.usage import meter_for
+from services.proxy.usage import UsageStripper, ask_for_usage, meter_for
 
 
 def sse(*documents):
@@ -57,3 +57,61 @@ def test_json_usage_with_detail_objects_and_quoted_lookalikes():
     meter = meter_for("application/json", "")
     meter.feed(body)
     assert meter.usage() == (12, 5)
+
+
+def chunk(i, **extra):
+    return {"id": "c", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}], **extra}
+
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+
+
+def test_stripping_restores_the_stream_the_client_asked_for_at_any_split():
+    asked = sse(
+        *(chunk(i, usage=None) for i in range(3)), {"id": "c", "choices": [], "usage": USAGE}
+    )
+    asked += b"data: [DONE]\n\n"
+    plain = sse(*(chunk(i) for i in range(3))) + b"data: [DONE]\n\n"
+    for cut in range(1, len(asked)):
+        stripper = UsageStripper()
+        out = stripper.feed(asked[:cut]) + stripper.feed(asked[cut:]) + stripper.flush()
+        assert out == plain, cut
+    compact = asked.replace(b'": ', b'":').replace(b", ", b",")
+    stripper = UsageStripper()
+    assert stripper.feed(compact) == plain.replace(b'": ', b'":').replace(b", ", b",")
+
+
+def test_stripping_leaves_other_lines_and_usage_in_content_alone():
+    stream = (
+        b": keep-alive comment\r\n\r\n"
+        + sse({"choices": [{"delta": {"content": 'say "usage": null, please'}}]})
+        + b"event: other\ndata: {}\n\n"
+    )
+    stripper = UsageStripper()
+    assert stripper.feed(stream) == stream
+
+
+def test_usage_is_asked_only_for_streamed_completions_that_did_not_ask():
+    body = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    asked = ask_for_usage("/v1/chat/completions", body)
+    assert json.loads(asked) == {**json.loads(body), "stream_options": {"include_usage": True}}
+    assert asked.endswith(body[1:])  # every byte of the client's body is still there
+    assert ask_for_usage("/v1/completions", body) is not None
+    assert ask_for_usage("/v1/embeddings", body) is None
+    not_streamed = b'{"model": "m", "messages": [{"content": "\\"stream\\": true"}]}'
+    assert ask_for_usage("/v1/chat/completions", not_streamed) is None
+    already = b'{"stream": true, "stream_options": {"include_usage": true}}'
+    assert ask_for_usage("/v1/chat/completions", already) is None
+    declined = b'{"stream": true, "stream_options": {"include_usage": false, "x": 1}}'
+    assert json.loads(ask_for_usage("/v1/chat/completions", declined))["stream_options"] == {
+        "include_usage": True,
+        "x": 1,
+    }
+    assert ask_for_usage("/v1/chat/completions", b'{"stream": true') is None  # not JSON
+
+
+def test_pieces_count_the_text_deltas_streamed():
+    meter = meter_for("text/event-stream", "")
+    meter.feed(sse({"choices": [{"delta": {"role": "assistant", "content": ""}}]}))
+    meter.feed(sse(chunk(1), chunk(2), {"choices": [{"delta": {"reasoning_content": "hm"}}]}))
+    assert meter.pieces == 3

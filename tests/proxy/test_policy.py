@@ -1,0 +1,192 @@
+"""Per-key policy at the proxy: enabled, expiry, models, limits, and usage it can trust."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from shared.apikeys import ApiKey, Limits, format_time, write_keys
+from tests.conftest import eventually
+from tests.proxy.test_app import analytics_for, error_of
+
+
+def with_policy(running, key: ApiKey, **changes) -> ApiKey:
+    changed = dataclasses.replace(key, **changes)
+    write_keys(running.settings.apikeys_file, [changed])
+    return changed
+
+
+def test_a_disabled_or_expired_key_is_refused_and_recorded(upstreams, proxy, api_key):
+    running = proxy(upstreams("a", ["model-a"]))
+    body = {"model": "model-a", "messages": []}
+    with running.client(api_key) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        with_policy(running, api_key, enabled=False)
+        r = eventually(
+            lambda: (r := client.post("/v1/chat/completions", json=body)).status_code == 401 and r
+        )
+        assert (
+            error_of(r)["code"] == "api_key_disabled" and r.headers["www-authenticate"] == "Bearer"
+        )
+        past = format_time(datetime.now(UTC) - timedelta(seconds=1))
+        with_policy(running, api_key, expiresAt=past)
+        r = eventually(
+            lambda: (r := client.post("/v1/chat/completions", json=body)).status_code == 401 and r
+        )
+        assert error_of(r)["code"] == "api_key_expired" and past in error_of(r)["message"]
+        future = format_time(datetime.now(UTC) + timedelta(days=1))
+        with_policy(running, api_key, expiresAt=future)
+        eventually(lambda: client.post("/v1/chat/completions", json=body).status_code == 200)
+    row = analytics_for(running, r.headers["x-request-id"])
+    assert (row["status"], row["error"], row["key_id"]) == (401, "api_key_expired", api_key.id)
+
+
+def test_a_key_sees_and_uses_only_its_models(upstreams, proxy, api_key):
+    a = upstreams("a", ["llama3:8b", "llama3:70b", "qwen2.5:7b", "mistral"])
+    running = proxy(a)
+    with_policy(running, api_key, models=("llama3:*", "mistral"))
+    with running.client(api_key) as client:
+        listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert listed == ["llama3:8b", "llama3:70b", "mistral"]
+        ok = client.post("/v1/chat/completions", json={"model": "llama3:70b", "messages": []})
+        assert ok.status_code == 200
+        refused = client.post("/v1/chat/completions", json={"model": "qwen2.5:7b"})
+        assert refused.status_code == 403 and error_of(refused)["code"] == "model_not_allowed"
+        assert client.get("/v1/models/qwen2.5:7b").status_code == 403
+        assert client.get("/v1/models/mistral").json()["id"] == "mistral"
+        # "mistral" is a whole pattern, not a prefix
+        assert (
+            client.post("/v1/chat/completions", json={"model": "mistral-large"}).status_code == 403
+        )
+        nameless = client.post("/v1/chat/completions", json={"messages": []})
+        assert nameless.status_code == 403 and error_of(nameless)["code"] == "model_required"
+    assert [s.path for s in a.seen if s.path != "/v1/models"] == ["/v1/chat/completions"]
+
+
+def stream_bytes(url: str, headers: dict[str, str], body: dict) -> bytes:
+    with httpx.Client(timeout=10) as client:
+        r = client.post(url + "/v1/chat/completions", json=body, headers=headers)
+        assert r.status_code == 200
+        return r.content
+
+
+def test_streamed_usage_is_recorded_and_the_client_gets_exactly_what_it_asked_for(
+    upstreams, proxy, api_key
+):
+    a = upstreams("a", ["model-a"], chunks=4)
+    running = proxy(a)
+    auth = {"Authorization": f"Bearer {api_key.key}"}
+    plain = {"model": "model-a", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with_usage = {**plain, "stream_options": {"include_usage": True}}
+    seen = []
+    for body in (plain, with_usage):
+        direct = stream_bytes(a.url, {}, body)
+        through = stream_bytes(running.url, auth, body)
+        assert through == direct  # byte for byte
+        assert json.loads(a.seen[-1].body)["stream_options"] == {"include_usage": True}
+        seen.append(through)
+    assert b'"usage"' not in seen[0]  # the client that did not ask gets no usage...
+    assert seen[1].count(b'"usage": null') == 4 and b'"usage": {"prompt_tokens": 11' in seen[1]
+    rows = eventually(lambda: len(r := running.rows()) == 2 and r)
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["usage_estimated"]) for r in rows] == [
+        (11, 4, 0),
+        (11, 4, 0),
+    ]
+
+
+def test_an_upstream_without_usage_is_missing_not_zero_nor_estimated(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"], chunks=4, usage=False)
+    running = proxy(a)
+    body = {"model": "model-a", "stream": True}
+    direct = stream_bytes(a.url, {}, body)
+    assert stream_bytes(running.url, {"Authorization": f"Bearer {api_key.key}"}, body) == direct
+    row = eventually(lambda: running.rows())[0]
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_estimated"]) == (
+        None,
+        None,
+        0,
+    )
+
+
+def test_asking_for_usage_can_be_turned_off(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"], chunks=2)
+    running = proxy(a, stream_usage=False)
+    body = {"model": "model-a", "stream": True}
+    stream_bytes(running.url, {"Authorization": f"Bearer {api_key.key}"}, body)
+    assert "stream_options" not in json.loads(a.seen[-1].body)
+
+
+def test_a_stream_cut_by_its_client_records_an_estimate(upstreams, proxy, api_key):
+    a = upstreams("a", ["model-a"], pace=0.1, chunks=100)
+    running = proxy(a)
+    body = json.dumps({"model": "model-a", "stream": True}).encode()
+    received = b""
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + api_key.key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        deadline = time.monotonic() + 5
+        while received.count(b"data: ") < 6 and time.monotonic() < deadline:
+            received += sock.recv(65536)
+    delivered = received.count(b"data: ")
+    row = eventually(lambda: running.rows())[0]
+    assert row["error"] == "client disconnected" and row["usage_estimated"] == 1
+    assert row["prompt_tokens"] is None
+    assert delivered <= row["completion_tokens"] <= delivered + 2  # what left before the cut
+
+
+def test_rate_headers_refusals_and_their_end(upstreams, proxy, api_key):
+    running = proxy(upstreams("a", ["model-a"]))
+    with_policy(running, api_key, limits=Limits(requestsPerMinute=120, tokensPerMinute=100_000))
+    body = {"model": "model-a", "messages": []}
+    with running.client(api_key) as client:
+        first = eventually(
+            lambda: (
+                (r := client.post("/v1/chat/completions", json=body)).headers.get(
+                    "x-ratelimit-limit-requests"
+                )
+                and r
+            )
+        )
+        assert first.headers["x-ratelimit-limit-tokens"] == "100000"
+        statuses = [client.post("/v1/chat/completions", json=body) for _ in range(130)]
+        refused = [r for r in statuses if r.status_code == 429]
+        assert 0 < len(refused) <= 12, len(refused)  # 120 at once, one more each 0.5 s
+        r = refused[0]
+        assert error_of(r)["code"] == "rate_limit_exceeded" and error_of(r)["type"] == "requests"
+        assert r.headers["retry-after"] == "1" and 0 < int(r.headers["retry-after-ms"]) <= 500
+        time.sleep(int(r.headers["retry-after-ms"]) / 1000 + 0.05)
+        again = client.post("/v1/chat/completions", json=body)
+        assert again.status_code == 200 and again.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_tokens_are_charged_from_usage_and_refused_when_spent(upstreams, proxy, api_key):
+    running = proxy(upstreams("a", ["model-a"]))
+    with_policy(running, api_key, limits=Limits(tokensPerMinute=600, tokensPerDay=10_000))
+    body = {"model": "model-a", "messages": []}
+    with running.client(api_key) as client:
+        eventually(
+            lambda: (
+                client.post("/v1/chat/completions", json=body).headers.get(
+                    "x-ratelimit-limit-tokens"
+                )
+                == "600"
+            )
+        )
+        answers = []
+        while len(answers) < 100 and (not answers or answers[-1].status_code == 200):
+            answers.append(client.post("/v1/chat/completions", json=body))
+    assert 50 <= len(answers) - 1 <= 62, len(answers)  # 600 tokens: about 60 answers
+    tokens = answers[-1]
+    assert error_of(tokens)["type"] == "tokens"
+    assert "600 tokens per minute" in error_of(tokens)["message"]
+    assert "x-ratelimit-limit-requests" not in tokens.headers
+    assert int(answers[-2].headers["x-ratelimit-remaining-tokens"]) < 20  # its 10 spent the rest

@@ -1,0 +1,262 @@
+"""Sharing a busy upstream between keys, with the proxy as it runs: several uvicorn workers,
+clients in several processes, every request on its own connection (so both workers take part)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared import analytics
+from shared.apikeys import ApiKey, Limits, write_keys
+from tests.conftest import eventually, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BODY = {"model": "model-a", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Workers:
+    """`python -m services.proxy` with two workers, as supervisord runs it."""
+
+    def __init__(self, tmp: Path, targets: str, **env: str) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.data = tmp / "data"
+        (tmp / "env").write_text(
+            "".join(
+                f"{k}={v}\n"
+                for k, v in {
+                    "TARGET_URLS": targets,
+                    "DATA_DIR": self.data,
+                    "STATE_DIR": tmp / "var",
+                    "PROXY_PORT": self.port,
+                    "PROXY_WORKERS": 2,
+                    "LOG_LEVEL": "WARNING",
+                    **env,
+                }.items()
+            )
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.proxy"],
+            cwd=ROOT,
+            env={**os.environ, "ENV_FILE": str(tmp / "env")},
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        eventually(self.up, timeout=20)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + "/v1/models", timeout=1).status_code == 401
+        return False
+
+    def keys(self, *keys: ApiKey) -> None:
+        write_keys(self.data / "apikeys.json", list(keys))
+
+    def rows(self) -> list[dict]:
+        db = analytics.connect(self.data / "analytics.db")
+        try:
+            cursor = db.execute("SELECT * FROM requests ORDER BY id")
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor]
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(20)
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started = []
+
+    def start(targets: str, **env: str) -> Workers:
+        started.append(Workers(tmp_path, targets, **env))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def fire(url: str, key: str, at: float, count: int, threads: int) -> list[tuple[int, dict, float]]:
+    """From a separate process: at time `at`, `count` requests from `threads` threads, each on a
+    new connection; returns (status, headers, seconds) for each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> tuple[int, dict, float]:
+        started = time.monotonic()
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json=BODY,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        return r.status_code, dict(r.headers), time.monotonic() - started
+
+    time.sleep(max(0.0, at - time.time()))
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def flood(url: str, key: str, start: float, until: float, threads: int) -> list[tuple[int, float]]:
+    """From a separate process: `threads` threads sending requests back to back from `start`
+    until `until`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def loop(_: int) -> list[tuple[int, float]]:
+        done = []
+        while time.time() < until:
+            started = time.monotonic()
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                json=BODY,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            done.append((r.status_code, time.monotonic() - started))
+        return done
+
+    time.sleep(max(0.0, start - time.time()))
+    with ThreadPoolExecutor(threads) as pool:
+        return [result for results in pool.map(loop, range(threads)) for result in results]
+
+
+def processes(count: int):
+    return multiprocessing.get_context("spawn").Pool(count)
+
+
+def worker_ids(rows: list[dict]) -> set[str]:
+    return {row["request_id"][:10] for row in rows}  # each worker's ids have their own prefix
+
+
+def test_requests_per_minute_hold_exactly_across_workers_and_processes(upstreams, workers):
+    a = upstreams("a", ["model-a"])
+    running = workers(a.url)
+    key = dataclasses.replace(ApiKey.new("rpm"), limits=Limits(requestsPerMinute=30))
+    running.keys(key)
+    eventually(
+        lambda: (
+            httpx.post(
+                running.url + "/v1/chat/completions",
+                json=BODY,
+                headers={"Authorization": f"Bearer {key.key}"},
+            ).status_code
+            == 200
+        )
+    )
+    started = time.time()
+    with processes(3) as pool:
+        results = pool.starmap(fire, [(running.url, key.key, started + 1.5, 20, 10)] * 3)
+    elapsed = time.time() - started
+    answers = [r for batch in results for r in batch]
+    ok = [r for r in answers if r[0] == 200]
+    refused = [r for r in answers if r[0] == 429]
+    assert len(ok) + len(refused) == 60
+    # 29 left after the first request, plus one more every 2 s that passed.
+    assert 29 <= len(ok) <= 29 + int(elapsed / 2) + 1, (len(ok), elapsed)
+    _, headers, _ = refused[0]
+    assert headers["x-ratelimit-limit-requests"] == "30"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(headers["retry-after"]) <= 2
+    assert {h["x-ratelimit-limit-requests"] for _, h, _ in ok} == {"30"}
+    assert len(worker_ids(running.rows())) == 2  # both workers counted on the same board
+    time.sleep(int(headers["retry-after-ms"]) / 1000 + 0.1)
+    [(status, _, _)] = fire(running.url, key.key, 0, 1, 1)
+    assert status == 200  # lifted when the window has passed
+
+
+def test_concurrent_requests_hold_exactly_across_workers_and_processes(upstreams, workers):
+    a = upstreams("a", ["model-a"], delay=1.5)
+    running = workers(a.url)
+    key = dataclasses.replace(ApiKey.new("conc"), limits=Limits(maxConcurrent=3))
+    running.keys(key)
+    eventually(
+        lambda: (
+            httpx.get(
+                running.url + "/v1/models", headers={"Authorization": f"Bearer {key.key}"}
+            ).status_code
+            == 200
+        )
+    )
+    with processes(4) as pool:
+        results = pool.starmap(fire, [(running.url, key.key, time.time() + 1.5, 3, 3)] * 4)
+    statuses = Counter(status for batch in results for status, _, _ in batch)
+    assert statuses == {200: 3, 429: 9} and a.peak == 3
+    refused = next(h for batch in results for s, h, _ in batch if s == 429)
+    assert refused["retry-after"] == "1"
+    assert len(worker_ids(running.rows())) == 2
+    [(status, _, _)] = fire(running.url, key.key, 0, 1, 1)
+    assert status == 200  # the slots were given back
+
+
+def test_two_heavy_keys_share_a_busy_upstream_and_a_light_key_is_not_starved(upstreams, workers):
+    a = upstreams("a", ["model-a"], delay=0.2)
+    running = workers(f"{a.url}|concurrency=2")
+    heavy1, heavy2, light = (ApiKey.new(name) for name in ("heavy1", "heavy2", "light"))
+    running.keys(heavy1, heavy2, light)
+    eventually(lambda: fire(running.url, light.key, 0, 1, 1)[0][0] == 200)
+    start = time.time() + 2  # once every client process is up
+    until = start + 8
+    with processes(3) as pool:
+        jobs = [
+            pool.apply_async(flood, (running.url, key.key, start, until, threads))
+            for key, threads in ((heavy1, 8), (heavy2, 8), (light, 1))
+        ]
+        served1, served2, light_served = (
+            [seconds for status, seconds in job.get(60) if status == 200] for job in jobs
+        )
+    # Two at a time, 0.2 s each: 10 a second at most, shared in turn.
+    assert a.peak == 2
+    assert min(len(served1), len(served2)) / max(len(served1), len(served2)) > 0.75
+    # 16 heavy requests wait all the time: first come, first served, each light request would
+    # wait about 1.6 s. In turn, it waits for one or two others.
+    median = sorted(light_served)[len(light_served) // 2]
+    assert len(light_served) >= 8 and median < 0.8, (median, light_served)
+    rows = running.rows()
+    assert all(r["status"] == 200 for r in rows)
+    queued = [r["queue_ms"] for r in rows if r["key_id"] == heavy1.id]
+    assert sum(q > 100 for q in queued) > len(queued) / 2  # heavy requests waited, and it shows
+
+
+def test_a_change_to_a_key_reaches_every_worker_within_a_second(upstreams, workers):
+    a = upstreams("a", ["model-a"])
+    running = workers(a.url)
+    key = ApiKey.new("live")
+    running.keys(key)
+    eventually(lambda: fire(running.url, key.key, 0, 1, 1)[0][0] == 200)
+
+    def a_second_later(changed: ApiKey) -> list[tuple[int, dict, float]]:
+        """Every answer from a second after the change on, until both workers have answered."""
+        running.keys(changed)
+        time.sleep(1.0)
+        since = time.time() * 1000
+
+        def workers_since() -> int:
+            return len(worker_ids([r for r in running.rows() if r["start_ms"] >= since]))
+
+        answers = []
+        while workers_since() < 2 and len(answers) < 400:
+            answers += fire(running.url, key.key, 0, 20, 10)
+        assert answers and workers_since() == 2
+        return answers
+
+    limited = a_second_later(dataclasses.replace(key, limits=Limits(requestsPerMinute=100_000)))
+    assert {h.get("x-ratelimit-limit-requests") for _, h, _ in limited} == {"100000"}
+    disabled = a_second_later(dataclasses.replace(key, enabled=False))
+    assert {status for status, _, _ in disabled} == {401}
