@@ -20,18 +20,20 @@ def alive(settings: Settings, program: str) -> list[dict[str, Any]]:
 
 
 def upstreams(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each upstream as the most recent worker sees it, with requests in flight summed."""
+    """Each upstream as the most recent worker sees it, with requests in flight and waiting in
+    its queue summed over workers."""
     if not workers:
         return []
     latest = max(workers, key=lambda b: b["updated"])
     merged = [dict(u) for u in latest.get("upstreams", [])]
     for upstream in merged:
-        upstream["in_flight"] = sum(
-            u["in_flight"]
-            for w in workers
-            for u in w.get("upstreams", [])
-            if u["url"] == upstream["url"]
-        )
+        for count in ("in_flight", "queued"):
+            upstream[count] = sum(
+                u.get(count, 0)
+                for w in workers
+                for u in w.get("upstreams", [])
+                if u["url"] == upstream["url"]
+            )
     return merged
 
 

@@ -39,12 +39,14 @@ class UpstreamState:
     gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
 
     def report(self) -> dict[str, Any]:
+        queued = 0 if self.gate is None else self.gate.queued
         return {
             "url": self.upstream.url,
             "healthy": self.healthy,
             "models": sorted(self.model_ids),
-            "in_flight": self.in_flight,
-            "queued": 0 if self.gate is None else self.gate.queued,
+            "in_flight": self.in_flight - queued,
+            "queued": queued,
+            "concurrency": self.upstream.concurrency or None,
             "last_ok": self.last_ok,
             "last_error": self.last_error,
         }

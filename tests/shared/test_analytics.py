@@ -1,6 +1,7 @@
 """analytics.db: the original's CSV files imported once, old rows pruned."""
 
 import hashlib
+import sqlite3
 import threading
 
 from shared import analytics
@@ -69,3 +70,30 @@ def test_prune_deletes_only_old_rows(tmp_path):
         8000,
         9000,
     ]
+
+
+def test_a_database_from_before_the_queue_and_estimate_columns_gets_them(tmp_path):
+    path = tmp_path / "analytics.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, key_id TEXT "
+        "NOT NULL, username TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER, status "
+        "INTEGER NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, model TEXT, upstream TEXT, "
+        "stream INTEGER NOT NULL, ttfb_ms REAL, prompt_tokens INTEGER, completion_tokens "
+        "INTEGER, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, error TEXT)"
+    )
+    old.execute(
+        "INSERT INTO requests VALUES (1, 'r', 'k', 'u', 1, 2, 200, 'POST', '/v1/x', NULL, NULL, "
+        "0, NULL, NULL, NULL, 0, 0, NULL)"
+    )
+    old.commit()
+    old.close()
+    db = analytics.connect(path)
+    analytics.insert(
+        db, [analytics.RequestRow("r2", "k", "u", 3, queue_ms=12.5, usage_estimated=True)]
+    )
+    assert db.execute("SELECT request_id, queue_ms, usage_estimated FROM requests").fetchall() == [
+        ("r", None, 0),
+        ("r2", 12.5, 1),
+    ]
+    analytics.connect(path).close()  # a second open (another worker) changes nothing

@@ -35,3 +35,14 @@ def test_parse_target_urls_rejects_bad_entries_with_position(value):
 
 def test_upstream_repr_hides_key():
     assert "secret" not in repr(Upstream("http://h", "/v1", "secret"))
+
+
+def test_concurrency_is_an_option_after_the_url_in_any_order():
+    [a, b, c] = parse_target_urls("http://a:1|key|concurrency=4, b:2|concurrency=2, http://c/v1|k2")
+    assert (a.key, a.concurrency) == ("key", 4)
+    assert (b.key, b.concurrency, b.url) == ("", 2, "http://b:2/v1")
+    assert (c.key, c.concurrency) == ("k2", 0)
+    assert "concurrency=4" in repr(a) and "key" not in repr(a).replace("key=***", "")
+    for bad in ("a:1|concurrency=0", "a:1|concurrency=x", "a:1|k|concurrency="):
+        with pytest.raises(ValueError, match="concurrency must be a positive integer"):
+            parse_target_urls(bad)

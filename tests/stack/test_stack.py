@@ -259,6 +259,7 @@ def test_metrics_count_requests_over_every_worker(stack, fleet, key):
     assert after[f'llmp_tokens_total{{kind="prompt",upstream="{b}"}}'] >= 20 * 7
     assert after['llmp_program_up{program="proxy"}'] == 1.0
     assert after[f'llmp_upstream_healthy{{upstream="{b}"}}'] == 1.0
+    assert after[f'llmp_upstream_queued{{upstream="{b}"}}'] == 0.0
     assert after[f'llmp_request_duration_seconds_count{{upstream="{b}"}}'] >= 20
     httpx.get(stack.url + "/v1/models", headers={"Authorization": "Bearer sk-wrong"})
     refused = 'llmp_requests_total{status="401",upstream="none"}'

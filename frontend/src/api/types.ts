@@ -96,6 +96,10 @@ export interface Upstream {
   healthy: boolean
   models: string[]
   in_flight: number
+  /** requests waiting in its fair queue (all workers) */
+  queued?: number
+  /** most requests in flight at once (`|concurrency=N`), null: no cap */
+  concurrency?: number | null
   /** epoch seconds of the last good model refresh */
   last_ok: number | null
   last_error: string | null

@@ -41,14 +41,20 @@ class StackCollector(Collector):
         in_flight = GaugeMetricFamily(
             "llmp_upstream_in_flight", "Requests in flight to the upstream", labels=["upstream"]
         )
+        queued = GaugeMetricFamily(
+            "llmp_upstream_queued",
+            "Requests waiting in the upstream's fair queue",
+            labels=["upstream"],
+        )
         models = GaugeMetricFamily(
             "llmp_upstream_models", "Models the upstream lists", labels=["upstream"]
         )
         for upstream in report["programs"]["proxy"]["upstreams"]:
             healthy.add_metric([upstream["url"]], 1.0 if upstream["healthy"] else 0.0)
             in_flight.add_metric([upstream["url"]], float(upstream["in_flight"]))
+            queued.add_metric([upstream["url"]], float(upstream.get("queued", 0)))
             models.add_metric([upstream["url"]], float(len(upstream["models"])))
-        yield from (healthy, in_flight, models)
+        yield from (healthy, in_flight, queued, models)
         expiry = GaugeMetricFamily(
             "llmp_certificate_expiry_timestamp_seconds",
             "When the certificate expires (Unix time)",
