@@ -119,8 +119,8 @@ class RunningProxy:
             db.close()
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        assert self.app.session is not None
-        return self.app.session._loop
+        assert self.app.pool is not None
+        return self.app.pool.loop
 
 
 @pytest.fixture

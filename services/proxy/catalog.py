@@ -10,14 +10,14 @@ connection marks an upstream unhealthy at once, a good answer marks it healthy.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from services.proxy.gate import Gate
+from services.proxy.pool import Pool, UpstreamError
 from shared.settings import Settings
 from shared.targets import Upstream
 
@@ -53,9 +53,9 @@ class UpstreamState:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, pool: Pool) -> None:
         self.settings = settings
-        self.session = session
+        self.pool = pool
         self.states = [UpstreamState(u) for u in settings.target_urls]
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = -MIN_REFRESH_INTERVAL
@@ -124,23 +124,22 @@ class Catalog:
 
     async def _refresh_one(self, state: UpstreamState) -> None:
         upstream = state.upstream
-        headers = {"Accept": "application/json"}
+        headers = [(b"accept", b"application/json")]
         if upstream.key:
-            headers["Authorization"] = f"Bearer {upstream.key}"
-        timeout = aiohttp.ClientTimeout(total=self.settings.models_timeout_seconds)
+            headers.append((b"authorization", b"Bearer " + upstream.key.encode("latin-1")))
         try:
-            async with self.session.get(
-                upstream.url + "/models", headers=headers, timeout=timeout, allow_redirects=False
-            ) as resp:
-                if resp.status != 200:
-                    raise ValueError(f"HTTP {resp.status}")
-                document = await resp.json(content_type=None)
+            status, body = await self.pool.fetch(
+                upstream.url + "/models", headers, self.settings.models_timeout_seconds
+            )
+            if status != 200:
+                raise ValueError(f"HTTP {status}")
+            document = json.loads(body)
             models = [
                 m
                 for m in document.get("data") or []
                 if isinstance(m, dict) and isinstance(m.get("id"), str)
             ]
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
             self._refresh_failed(state, f"models: {type(exc).__name__} {exc}".strip())
             return
         state.models, state.model_ids = models, frozenset(m["id"] for m in models)

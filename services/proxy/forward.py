@@ -23,11 +23,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
+from services.proxy.pool import Answer, ConnectFailed, Dropped, Pool, ReadTimeout, UpstreamError
 from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
@@ -53,9 +51,8 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"api-key",
     b"x-api-key",
     b"cookie",
+    b"expect",  # the whole body goes out at once
 }
-# aiohttp adds these when absent; an upstream should see only what the client sent.
-SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
 class UpstreamCut(Exception):
@@ -70,11 +67,11 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
-def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[tuple[str, str]]:
+def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[tuple[bytes, bytes]]:
     drop = NOT_FORWARDED | _connection_tokens(headers)
-    out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
+    out = [(n, v) for n, v in headers if n not in drop]
     if key:
-        out.append(("Authorization", f"Bearer {key}"))
+        out.append((b"authorization", b"Bearer " + key.encode("latin-1")))
     return out
 
 
@@ -96,7 +93,7 @@ def sse_error(error: ProxyError) -> bytes:
 
 
 async def exchange(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     catalog: Catalog,
     plan: Sequence[UpstreamState],
     scope: dict[str, Any],
@@ -112,7 +109,7 @@ async def exchange(
     # The raw path and query, as the client sent them: no decoding, no re-quoting.
     raw = scope.get("raw_path") or scope["path"].encode()
     query = scope["query_string"]
-    suffix = (raw[3:] + (b"?" + query if query else b"")).decode("latin-1")
+    suffix = raw[3:] + (b"?" + query if query else b"")
     last_error: ProxyError | None = None
     candidates, resent = list(plan), False
     for state in candidates:
@@ -129,21 +126,19 @@ async def exchange(
         state.in_flight += 1
         try:
             try:
-                response = await session.request(
+                answer = await pool.request(
+                    pool.origin(upstream.origin),
                     scope["method"],
-                    URL(upstream.url + suffix, encoded=True),
-                    data=(asked or body) or None,
-                    headers=upstream_headers(scope["headers"], upstream.key),
-                    skip_auto_headers=SKIP_AUTO_HEADERS,
-                    allow_redirects=False,
-                    auto_decompress=False,
+                    upstream.path.encode() + suffix,
+                    upstream_headers(scope["headers"], upstream.key),
+                    asked or body,
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            except ConnectFailed as exc:
                 # Nothing was sent: the next candidate may take the request.
-                catalog.mark_down(state, f"connect: {getattr(exc, 'os_error', None) or exc}")
+                catalog.mark_down(state, f"connect: {exc}")
                 last_error = bad_gateway(upstream.url)
                 continue
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except Dropped as exc:
                 # Closed with no answer at all: a kept-alive connection the upstream dropped as
                 # the request went out (a restart, its idle timeout). Sent again once, on a new
                 # connection: to the next candidate, or to this one if it is the last.
@@ -153,12 +148,12 @@ async def exchange(
                 if state is candidates[-1]:
                     candidates.append(state)
                 continue
-            except TimeoutError as exc:
+            except ReadTimeout as exc:
                 raise gateway_timeout(upstream.url) from exc
-            except aiohttp.ClientError as exc:
+            except UpstreamError as exc:
                 raise bad_gateway(upstream.url) from exc
             catalog.mark_up(state)
-            return await relay(response, row, send, started, extra, asked is not None)
+            return await relay(answer, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1
             if gate is not None:
@@ -168,7 +163,7 @@ async def exchange(
 
 
 async def relay(
-    response: aiohttp.ClientResponse,
+    answer: Answer,
     row: RequestRow,
     send: Send,
     started: float,
@@ -176,24 +171,23 @@ async def relay(
     asked: bool,
 ) -> Meter | None:
     complete = False
-    content_type = response.headers.get("Content-Type", "")
-    meter = meter_for(content_type, response.headers.get("Content-Encoding", ""))
+    content_type = answer.header(b"content-type").decode("latin-1")
+    meter = meter_for(content_type, answer.header(b"content-encoding").decode("latin-1"))
     try:
-        row.status = response.status
+        row.status = answer.status
         row.stream = content_type.startswith("text/event-stream")
         stripper = UsageStripper() if asked and isinstance(meter, SseMeter) else None
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status,
-                "headers": client_headers(response.raw_headers, row.request_id.encode(), extra),
+                "status": answer.status,
+                "headers": client_headers(answer.headers, row.request_id.encode(), extra),
             }
         )
         row.ttfb_ms = (time.perf_counter() - started) * 1000
-        content = response.content
         last = b""  # the last two bytes relayed: does the stream stop between two events?
         try:
-            async for chunk in content.iter_any():
+            async for chunk in answer.chunks():
                 if meter is not None:
                     meter.feed(chunk)
                 if stripper is not None:
@@ -206,8 +200,8 @@ async def relay(
             if stripper is not None and (tail := stripper.flush()):
                 row.bytes_out += len(tail)
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            row.error = f"upstream cut: {type(exc).__name__}"
+        except UpstreamError as exc:
+            row.error = f"upstream cut: {exc}"
             if not row.stream:
                 raise UpstreamCut(row.error) from exc
             cut = ProxyError(
@@ -229,9 +223,9 @@ async def relay(
             if not complete and isinstance(meter, SseMeter) and row.completion_tokens is None:
                 row.completion_tokens, row.usage_estimated = meter.pieces, True
         if complete:
-            response.release()
+            answer.release()
         else:
-            response.close()
+            answer.close()
 
 
 async def send_body(
