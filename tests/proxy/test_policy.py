@@ -190,3 +190,24 @@ def test_tokens_are_charged_from_usage_and_refused_when_spent(upstreams, proxy, 
     assert "600 tokens per minute" in error_of(tokens)["message"]
     assert "x-ratelimit-limit-requests" not in tokens.headers
     assert int(answers[-2].headers["x-ratelimit-remaining-tokens"]) < 20  # its 10 spent the rest
+
+
+def test_tokens_per_day_refuse_until_the_day_has_drained(upstreams, proxy, api_key):
+    running = proxy(upstreams("a", ["model-a"]))
+    with_policy(running, api_key, limits=Limits(tokensPerDay=50))
+    body = {"model": "model-a", "messages": []}
+    with running.client(api_key) as client:
+        eventually(
+            lambda: (
+                client.post("/v1/chat/completions", json=body).headers.get(
+                    "x-ratelimit-limit-tokens"
+                )
+                == "50"
+            )
+        )
+        answers = [client.post("/v1/chat/completions", json=body) for _ in range(6)]
+    assert [r.status_code for r in answers].count(200) == 4  # 10 tokens each, 50 a day
+    refused = answers[-1]
+    assert refused.status_code == 429 and "50 tokens per day" in error_of(refused)["message"]
+    assert int(refused.headers["retry-after"]) > 60  # a token comes back every 28.8 minutes
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
