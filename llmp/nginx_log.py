@@ -6,6 +6,10 @@ and supervisord has no option to prefix a program's lines. So nginx's output rea
 supervisord only as PROCESS_LOG events, and this listener prints each line as
 `time LEVEL nginx message` on its stderr, which supervisord sends to stdout.
 
+nginx's error lines quote the request line (`request: "GET /api/keys/validate/sk-..."`), and
+some admin routes take a key in their path: API keys, JWTs and query strings are replaced with
+`[redacted]` before a line is printed (llmp's logs never hold a key).
+
 The protocol (supervisord's documentation, "Events"): write READY on stdout, read a header line
 and `len` bytes of payload, answer `RESULT 2\\nOK`, repeat. Only the standard library.
 """
@@ -20,6 +24,11 @@ from typing import BinaryIO, TextIO
 _NGINX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (.*)$")
 _OURS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ")  # shared/logs.py
 _STARTUP = re.compile(r"^nginx: \[(\w+)\] (.*)$")  # before nginx has read its configuration
+# An API key (`sk-...`, or its 64 hex digits alone), a JWT, and any query string.
+_SECRETS = re.compile(
+    r"sk-[^\s\"/?&;,]{6,}|(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])"
+    r"|eyJ[\w-]*\.[\w-]+\.[\w-]*|(?<=\?)[^\s\"]+"
+)
 _LEVELS = {
     "debug": "DEBUG",
     "info": "INFO",
@@ -41,7 +50,12 @@ def format_line(program: str, line: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     match = _NGINX.match(line) or _STARTUP.match(line)
     level, message = (_LEVELS.get(match[1], "INFO"), match[2]) if match else ("INFO", line)
-    return f"{stamp} {level} {program} {message}"
+    return f"{stamp} {level} {program} {redact(message)}"
+
+
+def redact(message: str) -> str:
+    """The message without API keys, JWTs or query strings."""
+    return _SECRETS.sub("[redacted]", message)
 
 
 def _fields(line: bytes) -> dict[str, str]:

@@ -144,9 +144,12 @@ FILE_DIRECTIVES = frozenset(
         "js_path",
     }
 )
-_PASSES = ("proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass", "server")
-_UNIX_SOCKET = re.compile(r"(?:[a-z]+://)?unix:", re.IGNORECASE)
-_NGINX_TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};"'#]+""")
+# In any word: `proxy_pass http://unix:...`, `server unix:...`, `listen unix:...`, or a variable
+# set to one and passed later.
+_UNIX_SOCKET = re.compile(r"unix:", re.IGNORECASE)
+# nginx's tokens: a comment or a quoted string only where a token starts (`a#b` and `it's` are
+# words), braces and semicolons, and words.
+_NGINX_TOKEN = re.compile(r"""#[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[{};]|[^\s{};]+""")
 
 
 def valid_custom_config(value: object) -> str:
@@ -176,8 +179,8 @@ def _check_statement(words: list[str]) -> None:
         raise SiteError(
             f'Custom config: "{words[0]}" is not allowed (it reads or writes files on the server)'
         )
-    if name in _PASSES and any(_UNIX_SOCKET.match(w) for w in words[1:]):
-        raise SiteError(f'Custom config: "{words[0]}" to a unix socket is not allowed')
+    if any(_UNIX_SOCKET.search(w) for w in words[1:]):
+        raise SiteError(f'Custom config: "{words[0]}" with a unix socket is not allowed')
 
 
 def certificate_name(domains: Sequence[str]) -> str:

@@ -42,6 +42,16 @@ def admin(request: Request, settings: Annotated[Settings, Depends(_settings)]) -
 
     State-changing requests authenticated by the cookie must come from our own origin.
     """
+    return _authenticated(request, settings, acts=request.method not in SAFE_METHODS)
+
+
+def admin_action(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
+    """As `admin`, for the original's GET routes that change something (reload, renew): they
+    get the origin check of writes too (SameSite does not cover a sibling subdomain)."""
+    return _authenticated(request, settings, acts=True)
+
+
+def _authenticated(request: Request, settings: Settings, acts: bool) -> str:
     cookie = request.cookies.get(sessions.COOKIE)
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     bearer = bearer.strip() if scheme == "Bearer" else ""
@@ -49,7 +59,7 @@ def admin(request: Request, settings: Annotated[Settings, Depends(_settings)]) -
         raise AuthError(401, "Authentication required")
     if bearer:
         return sessions.verify(settings.jwt_secret, bearer)
-    if request.method not in SAFE_METHODS and not _same_origin(request):
+    if acts and not _same_origin(request):
         raise AuthError(403, "Cross-origin request refused")
     return sessions.verify(settings.jwt_secret, cookie or "")
 
@@ -57,3 +67,4 @@ def admin(request: Request, settings: Annotated[Settings, Depends(_settings)]) -
 SettingsDep = Annotated[Settings, Depends(_settings)]
 KeyFileDep = Annotated[KeyFile, Depends(_keyfile)]
 Admin = Annotated[str, Depends(admin)]
+AdminAction = Annotated[str, Depends(admin_action)]

@@ -62,5 +62,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", extra={"fields": {"path": request.url.path}})
+        # The route's template, not the path: some paths hold an API key.
+        route = getattr(request.scope.get("route"), "path", "?")
+        log.exception("unexpected error", extra={"fields": {"route": route}})
         return answer(request.url.path, 500, "Internal server error")

@@ -10,7 +10,8 @@ own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of 
   upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR
   groups (loopback and private ranges until some are configured) and go to the api;
 - `/` goes to the api (the original's `LLM Proxy` answer); everything else is a 404;
-- the services see the real client address in `X-Real-IP` / `X-Forwarded-For`.
+- the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
+  whatever the client sent in them.
 Every domain and CIDR rendered here has been validated by `shared.site`.
 """
 
@@ -104,8 +105,11 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     proxy_set_header Connection "";
     # With the port ($host drops it): the api compares it with the Origin of cookie writes.
     proxy_set_header Host $http_host;
+    # nginx is the first hop: the peer it saw replaces whatever the client claims (appended,
+    # a forged address to the left of 127.0.0.1 would be the one the api believes, which lets
+    # a client behind a local tunnel dodge the login throttle).
     proxy_set_header X-Real-IP $remote_addr;
-    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
 
     location ^~ /v1/ {{
@@ -156,7 +160,7 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     proxy_set_header Connection "";
     proxy_set_header Host $http_host;
     proxy_set_header X-Real-IP $remote_addr;
-    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
 
     # Health checks (a container's, a load balancer's) keep working over plain HTTP.

@@ -42,3 +42,19 @@ def test_relay_speaks_the_protocol_and_joins_cut_lines():
         "WARNING nginx first",
         "ERROR nginx second",
     ]
+
+
+def test_keys_jwts_and_query_strings_never_reach_the_log():
+    key = "sk-" + "ab12" * 16
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VybmFtZSI6ImFkbWluIn0.c2lnbmF0dXJl"
+    line = (
+        "2026/01/02 03:04:05 [error] 12#12: *41 connect() failed (111: Connection refused) while"
+        f' connecting to upstream, client: 127.0.0.1, request: "GET /api/keys/validate/{key}'
+        f' HTTP/1.1", upstream: "http://127.0.0.1:1/api/analytics/{key[3:]}/csv?token={jwt}",'
+        f' referrer: "http://x/?{jwt}", id 258468e40a9072459bd479e5c81bd608'
+    )
+    formatted = format_line("nginx", line, NOW)
+    for secret in (key, key[3:], jwt, "token="):
+        assert secret not in formatted
+    assert "/api/keys/validate/[redacted] HTTP/1.1" in formatted
+    assert "258468e40a9072459bd479e5c81bd608" in formatted  # key ids are no secret

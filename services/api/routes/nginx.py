@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
-from services.api.deps import Admin, SettingsDep
+from services.api.deps import Admin, AdminAction, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import BodyError, read_fields
 from shared.heartbeat import read_heartbeats
@@ -33,6 +33,7 @@ from shared.site import (
     read_status,
     update_site,
     valid_cidrs,
+    valid_custom_config,
     valid_domain,
     valid_domains,
     valid_email,
@@ -130,14 +131,14 @@ async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
 
 
 @router.get("/certificates/renew")
-async def renew(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+async def renew(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
     """Renew the certificates certbot says are due, then reload nginx."""
     await _ask(settings, "renew")
     return {"success": True, "message": "Certificates renewed successfully."}
 
 
 @router.get("/reload")
-async def reload(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+async def reload(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
     """Reload nginx with the configuration in force."""
     await _ask(settings, "reload")
     return {"success": True, "message": "Nginx configuration reloaded successfully."}
@@ -182,6 +183,10 @@ async def update_config(request: Request, admin: Admin, settings: SettingsDep) -
     config = fields.get("config")
     if not isinstance(config, str):
         raise Failure(400, INVALID)
+    try:
+        valid_custom_config(config)
+    except SiteError as exc:
+        raise Failure(400, str(exc)) from exc
     previous: list[str | None] = []
 
     def change(site: Site) -> Site:
