@@ -25,9 +25,14 @@ class _Formatter(logging.Formatter):
     def __init__(self, program: str) -> None:
         super().__init__()
         self.program = program
+        self._stamp = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        second, stamp = self._stamp
+        if int(record.created) != second:  # one strftime a second, not one a line
+            second = int(record.created)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = (second, stamp)  # one assignment: safe from any thread
         line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {self.program}"
         line += " " + record.getMessage()
         fields: dict[str, Any] = getattr(record, "fields", {})
