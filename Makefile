@@ -1,13 +1,14 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
+# make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench ui ui-test system-deps-run system-deps-test clean
+.PHONY: run test soak check bench ui ui-test system-deps-run system-deps-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +47,11 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench
 	$(VENV)/bin/ruff format --check shared services llmp tests bench
 	$(VENV)/bin/mypy
+
+SOAK_SECONDS ?= 300
+soak: system-deps-test $(STAMP) $(UI)
+	LLMP_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s -o timeout=$$(( $(SOAK_SECONDS) * 2 + 120 )) \
+		tests/faults/test_soak.py
 
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench

@@ -69,7 +69,9 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Stack:
-        with self.log.open("wb") as log:
+        # Appending, as supervisord's own log files of the programs do: a second descriptor of
+        # the file without O_APPEND would write over their lines at its own offset.
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llmp", "run"],
                 cwd=self.home,
