@@ -12,6 +12,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": "httptools",
     "lifespan": "on",
     "access_log": False,
+    "proxy_headers": False,  # nothing reads the client address from the scope: skip its rewrite
     "log_config": None,
     "server_header": False,  # the upstream's own headers pass through
     "date_header": False,
