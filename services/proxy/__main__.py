@@ -4,12 +4,13 @@ from typing import Any
 
 import uvicorn
 
+from services.proxy.server import GatheringHttpToolsProtocol
 from shared.settings import get_settings
 
 # How uvicorn serves the proxy (the tests serve it the same way).
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
-    "http": "httptools",
+    "http": GatheringHttpToolsProtocol,  # httptools, one socket write per loop pass
     "lifespan": "on",
     "access_log": False,
     "proxy_headers": False,  # nothing reads the client address from the scope: skip its rewrite
