@@ -15,6 +15,12 @@ from tests.conftest import eventually
 from tests.proxy.test_app import analytics_for, error_of
 
 
+def until_applied(client: httpx.Client, body: dict, header: str, value: str) -> None:
+    """Requests until the key's new limits show in the answers (each worker reloads the key
+    file on its own, within a second)."""
+    eventually(lambda: client.post("/v1/chat/completions", json=body).headers.get(header) == value)
+
+
 def with_policy(running, key: ApiKey, **changes) -> ApiKey:
     changed = dataclasses.replace(key, **changes)
     write_keys(running.settings.apikeys_file, [changed])
@@ -25,20 +31,21 @@ def test_a_disabled_or_expired_key_is_refused_and_recorded(upstreams, proxy, api
     running = proxy(upstreams("a", ["model-a"]))
     body = {"model": "model-a", "messages": []}
     with running.client(api_key) as client:
+
+        def refused_with(code: str) -> httpx.Response:
+            def check() -> httpx.Response | None:
+                r = client.post("/v1/chat/completions", json=body)
+                return r if r.status_code == 401 and error_of(r)["code"] == code else None
+
+            return eventually(check)
+
         assert client.post("/v1/chat/completions", json=body).status_code == 200
         with_policy(running, api_key, enabled=False)
-        r = eventually(
-            lambda: (r := client.post("/v1/chat/completions", json=body)).status_code == 401 and r
-        )
-        assert (
-            error_of(r)["code"] == "api_key_disabled" and r.headers["www-authenticate"] == "Bearer"
-        )
+        assert refused_with("api_key_disabled").headers["www-authenticate"] == "Bearer"
         past = format_time(datetime.now(UTC) - timedelta(seconds=1))
         with_policy(running, api_key, expiresAt=past)
-        r = eventually(
-            lambda: (r := client.post("/v1/chat/completions", json=body)).status_code == 401 and r
-        )
-        assert error_of(r)["code"] == "api_key_expired" and past in error_of(r)["message"]
+        r = refused_with("api_key_expired")
+        assert past in error_of(r)["message"]
         future = format_time(datetime.now(UTC) + timedelta(days=1))
         with_policy(running, api_key, expiresAt=future)
         eventually(lambda: client.post("/v1/chat/completions", json=body).status_code == 200)
@@ -148,14 +155,8 @@ def test_rate_headers_refusals_and_their_end(upstreams, proxy, api_key):
     with_policy(running, api_key, limits=Limits(requestsPerMinute=120, tokensPerMinute=100_000))
     body = {"model": "model-a", "messages": []}
     with running.client(api_key) as client:
-        first = eventually(
-            lambda: (
-                (r := client.post("/v1/chat/completions", json=body)).headers.get(
-                    "x-ratelimit-limit-requests"
-                )
-                and r
-            )
-        )
+        until_applied(client, body, "x-ratelimit-limit-requests", "120")
+        first = client.post("/v1/chat/completions", json=body)
         assert first.headers["x-ratelimit-limit-tokens"] == "100000"
         statuses = [client.post("/v1/chat/completions", json=body) for _ in range(130)]
         refused = [r for r in statuses if r.status_code == 429]
@@ -173,14 +174,7 @@ def test_tokens_are_charged_from_usage_and_refused_when_spent(upstreams, proxy, 
     with_policy(running, api_key, limits=Limits(tokensPerMinute=600, tokensPerDay=10_000))
     body = {"model": "model-a", "messages": []}
     with running.client(api_key) as client:
-        eventually(
-            lambda: (
-                client.post("/v1/chat/completions", json=body).headers.get(
-                    "x-ratelimit-limit-tokens"
-                )
-                == "600"
-            )
-        )
+        until_applied(client, body, "x-ratelimit-limit-tokens", "600")
         answers = []
         while len(answers) < 100 and (not answers or answers[-1].status_code == 200):
             answers.append(client.post("/v1/chat/completions", json=body))
@@ -197,14 +191,7 @@ def test_tokens_per_day_refuse_until_the_day_has_drained(upstreams, proxy, api_k
     with_policy(running, api_key, limits=Limits(tokensPerDay=50))
     body = {"model": "model-a", "messages": []}
     with running.client(api_key) as client:
-        eventually(
-            lambda: (
-                client.post("/v1/chat/completions", json=body).headers.get(
-                    "x-ratelimit-limit-tokens"
-                )
-                == "50"
-            )
-        )
+        until_applied(client, body, "x-ratelimit-limit-tokens", "50")
         answers = [client.post("/v1/chat/completions", json=body) for _ in range(6)]
     assert [r.status_code for r in answers].count(200) == 4  # 10 tokens each, 50 a day
     refused = answers[-1]

@@ -94,6 +94,15 @@ def workers(tmp_path):
         running.stop()
 
 
+def chat(url: str, key: str) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json=BODY,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
 def fire(url: str, key: str, at: float, count: int, threads: int) -> list[tuple[int, dict, float]]:
     """From a separate process: at time `at`, `count` requests from `threads` threads, each on a
     new connection; returns (status, headers, seconds) for each."""
@@ -101,12 +110,7 @@ def fire(url: str, key: str, at: float, count: int, threads: int) -> list[tuple[
 
     def one(_: int) -> tuple[int, dict, float]:
         started = time.monotonic()
-        r = httpx.post(
-            url + "/v1/chat/completions",
-            json=BODY,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-        )
+        r = chat(url, key)
         return r.status_code, dict(r.headers), time.monotonic() - started
 
     time.sleep(max(0.0, at - time.time()))
@@ -123,13 +127,8 @@ def flood(url: str, key: str, start: float, until: float, threads: int) -> list[
         done = []
         while time.time() < until:
             started = time.monotonic()
-            r = httpx.post(
-                url + "/v1/chat/completions",
-                json=BODY,
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=30,
-            )
-            done.append((r.status_code, time.monotonic() - started))
+            status = chat(url, key).status_code
+            done.append((status, time.monotonic() - started))
         return done
 
     time.sleep(max(0.0, start - time.time()))
@@ -150,16 +149,7 @@ def test_requests_per_minute_hold_exactly_across_workers_and_processes(upstreams
     running = workers(a.url)
     key = dataclasses.replace(ApiKey.new("rpm"), limits=Limits(requestsPerMinute=30))
     running.keys(key)
-    eventually(
-        lambda: (
-            httpx.post(
-                running.url + "/v1/chat/completions",
-                json=BODY,
-                headers={"Authorization": f"Bearer {key.key}"},
-            ).status_code
-            == 200
-        )
-    )
+    eventually(lambda: chat(running.url, key.key).status_code == 200)
     started = time.time()
     with processes(3) as pool:
         results = pool.starmap(fire, [(running.url, key.key, started + 1.5, 20, 10)] * 3)

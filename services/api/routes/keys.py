@@ -3,8 +3,10 @@ a key's policy (enabled, expiry, allowed models, limits), which the original doe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,6 +30,21 @@ from shared.keyfile import DuplicateUsername
 log = logging.getLogger("api.keys")
 
 router = APIRouter(prefix="/api/keys")
+
+
+@contextlib.contextmanager
+def changing(action: str, not_saved: str) -> Iterator[None]:
+    """A change to the key file: one that cannot be read (nothing is written over it) or cannot
+    be written is a 500 that says which."""
+    try:
+        yield
+    except KeyFileError as exc:
+        log.error("keys unreadable; nothing written", extra={"fields": {"error": exc}})
+        raise Failure(500, f"Failed to {action} API key: the key file is unreadable") from exc
+    except OSError as exc:
+        log.error("key file not saved", extra={"fields": {"error": exc}})
+        raise Failure(500, not_saved) from exc
+
 
 KEY_FORMAT = re.compile(r"(sk-)?[a-f0-9]{64}")
 
@@ -92,15 +109,10 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
     try:
-        key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
+        with changing("create", "Failed to save API key"):
+            key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
     except DuplicateUsername as exc:
         raise Failure(400, "API key already exists for this username") from exc
-    except KeyFileError as exc:
-        log.error("keys unreadable; nothing written", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to create API key: the key file is unreadable") from exc
-    except OSError as exc:
-        log.error("key not saved", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to save API key") from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
@@ -113,14 +125,8 @@ async def update_key(
         change = key_update(await read_fields(request))
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
-    try:
+    with changing("update", "Failed to update API key"):
         key = await run_in_threadpool(keyfile.update, key_id, change)
-    except KeyFileError as exc:
-        log.error("keys unreadable; nothing written", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to update API key: the key file is unreadable") from exc
-    except OSError as exc:
-        log.error("key file not saved", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to update API key") from exc
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key updated", extra={"fields": {"key": key.id, "changed": ",".join(change)}})
@@ -129,14 +135,8 @@ async def update_key(
 
 @router.delete("/{key_id}")
 def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
-    try:
+    with changing("delete", "Failed to delete API key"):
         deleted = keyfile.delete(key_id)
-    except KeyFileError as exc:
-        log.error("keys unreadable; nothing written", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to delete API key: the key file is unreadable") from exc
-    except OSError as exc:
-        log.error("key file not saved", extra={"fields": {"error": exc}})
-        raise Failure(500, "Failed to delete API key") from exc
     if not deleted:
         raise Failure(404, "API key not found")
     log.info("key deleted", extra={"fields": {"key": key_id}})
