@@ -144,7 +144,7 @@ def ask_for_usage(path: str, body: bytes) -> bytes | None:
         return None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: the upstream says so
         return None
     if not isinstance(document, dict) or document.get("stream") is not True:
         return None

@@ -108,6 +108,8 @@ def test_usage_is_asked_only_for_streamed_completions_that_did_not_ask():
         "x": 1,
     }
     assert ask_for_usage("/v1/chat/completions", b'{"stream": true') is None  # not JSON
+    deep = b'{"stream": true, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert ask_for_usage("/v1/chat/completions", deep) is None
 
 
 def test_pieces_count_the_text_deltas_streamed():
