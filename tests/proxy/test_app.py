@@ -21,6 +21,16 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
+def raw_chat(key: ApiKey, body: bytes) -> bytes:
+    """A chat completion request as bytes on the wire, for tests that hang up mid-answer."""
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + key.key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
 def test_routing_model_goes_to_the_upstream_that_serves_it(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a", "shared"])
     b = upstreams("b", ["model-b", "shared"])
@@ -291,12 +301,7 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams
     running = proxy(a)
     body = json.dumps({"model": "model-a", "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer " + api_key.key.encode() + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+        sock.sendall(raw_chat(api_key, body))
         assert b"200" in sock.recv(65536)
         time.sleep(0.3)
     left = time.monotonic()

@@ -12,7 +12,7 @@ import httpx
 
 from shared.apikeys import ApiKey, Limits, format_time, write_keys
 from tests.conftest import eventually
-from tests.proxy.test_app import analytics_for, error_of
+from tests.proxy.test_app import analytics_for, error_of, raw_chat
 
 
 def until_applied(client: httpx.Client, body: dict, header: str, value: str) -> None:
@@ -134,12 +134,7 @@ def test_a_stream_cut_by_its_client_records_an_estimate(upstreams, proxy, api_ke
     body = json.dumps({"model": "model-a", "stream": True}).encode()
     received = b""
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer " + api_key.key.encode() + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+        sock.sendall(raw_chat(api_key, body))
         deadline = time.monotonic() + 5
         while received.count(b"data: ") < 6 and time.monotonic() < deadline:
             received += sock.recv(65536)
