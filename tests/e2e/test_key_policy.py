@@ -1,4 +1,4 @@
-"""Sharing scarce GPUs fairly (issue 9), from the admin's side: a key's models and limits are
+"""Sharing scarce GPUs fairly, from the admin's side: a key's models and limits are
 edited in the web UI, saved by the api, shown, and applied by the proxy at once, without a
 restart; a disabled key is refused on /v1 and works again once enabled."""
 
