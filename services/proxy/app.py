@@ -204,6 +204,7 @@ class ProxyApp:
 
     async def _beat(self) -> None:
         assert self.catalog is not None
+        failing: str | None = None  # logged once until it changes or passes
         while True:
             self.heartbeat.state = {
                 "keys": len(self.keys),
@@ -215,7 +216,13 @@ class ProxyApp:
             try:
                 self.heartbeat.beat()
             except OSError as exc:
-                log.error("heartbeat not written", extra={"fields": {"error": exc}})
+                if str(exc) != failing:
+                    log.error("heartbeat not written", extra={"fields": {"error": exc}})
+                failing = str(exc)
+            else:
+                if failing is not None:
+                    log.info("heartbeat written again")
+                failing = None
             await asyncio.sleep(INTERVAL)
 
     # Requests ----------------------------------------------------------------------------

@@ -135,7 +135,8 @@ def test_read_only_data_disk_serves_and_writes_every_row_once_writable(tmp_path,
         assert ask(who=stranger).status_code == 401
         eventually(lambda: "analytics not written" in log.read_text(), timeout=5)
         assert "heartbeat not written" in log.read_text()
-        time.sleep(1.0)  # a few more failed flushes
+        time.sleep(1.0)  # a few more failed flushes and heartbeats
+        assert log.read_text().count("heartbeat not written") == 1  # said once, not every beat
         assert (data.folder / "analytics.db").read_bytes() == stored
 
         data.writable()
@@ -154,6 +155,7 @@ def test_read_only_data_disk_serves_and_writes_every_row_once_writable(tmp_path,
         assert len(found) == len(set(found)) and len(found) >= 3 + 7
         beat = run / f"proxy-{proxy.pid}.json"
         eventually(lambda: beat.exists() and json.loads(beat.read_text())["last_error"] is None, 6)
+        eventually(lambda: "heartbeat written again" in log.read_text(), timeout=2)
     finally:
         proxy.send_signal(signal.SIGTERM)
         try:
