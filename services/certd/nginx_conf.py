@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.proxy.errors import payload_too_large
 from shared.settings import Settings
 from shared.site import Site, covers
 
@@ -118,6 +119,17 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         proxy_request_buffering off;
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
+        # A declared length over the limit is refused here, in the proxy's own words: answered
+        # by the proxy before nginx had sent the body, it left nginx closing the client's
+        # kept-alive connection now and then without saying so. (The proxy limits streamed
+        # bodies itself.)
+        client_max_body_size {settings.payload_limit};
+        error_page 413 = @v1_too_large;
+    }}
+
+    location @v1_too_large {{
+        default_type application/json;
+        return 413 '{payload_too_large(settings.payload_limit).body().decode()}';
     }}
 
     location = /v1 {{
