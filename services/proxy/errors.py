@@ -102,21 +102,17 @@ def model_not_allowed(model: str) -> ProxyError:
     return ProxyError(403, f"This API key may not use the model '{model}'", "model_not_allowed")
 
 
+def _busy(message: str, code: str) -> ProxyError:
+    """A 503 for a busy upstream's queue: worth trying again in a second."""
+    return ProxyError(503, message, code, type="server_error", headers=((b"retry-after", b"1"),))
+
+
 def queue_full(upstream: str) -> ProxyError:
-    return ProxyError(
-        503,
-        f"Upstream {upstream} is busy and its queue is full",
-        "upstream_queue_full",
-        type="server_error",
-        headers=((b"retry-after", b"1"),),
-    )
+    return _busy(f"Upstream {upstream} is busy and its queue is full", "upstream_queue_full")
 
 
 def queue_timeout(upstream: str, seconds: float) -> ProxyError:
-    return ProxyError(
-        503,
+    return _busy(
         f"Upstream {upstream} stayed busy: no turn came within {seconds:g} s",
         "upstream_queue_timeout",
-        type="server_error",
-        headers=((b"retry-after", b"1"),),
     )

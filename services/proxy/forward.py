@@ -76,13 +76,14 @@ def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[t
 
 
 def client_headers(
-    raw: Iterable[tuple[bytes, bytes]], request_id: bytes, extra: Sequence[tuple[bytes, bytes]]
+    raw: Sequence[tuple[bytes, bytes]], request_id: bytes, extra: Sequence[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's headers for the client, with ours (`extra`, e.g. the key's
     `x-ratelimit-*`) in place of any of the same name."""
-    pairs = [(n.lower(), v) for n, v in raw]
-    drop = HOP_BY_HOP | _connection_tokens(pairs) | {n for n, _ in extra}
-    out = [(n, v) for n, v in pairs if n not in drop]
+    drop = HOP_BY_HOP | _connection_tokens(raw)
+    if extra:
+        drop |= {n for n, _ in extra}
+    out = [(n, v) for n, v in raw if n not in drop]
     out.append((b"x-request-id", request_id))
     out.extend(extra)
     return out

@@ -8,8 +8,9 @@ arrives), so the client does only that, at about a tenth of a general client's c
   is dropped when taken. `Pool.request` raises `ConnectFailed` (nothing was sent: the request
   may go elsewhere), `Dropped` (the connection closed before any byte of an answer: a reused one
   the upstream had just closed), or `ReadTimeout`.
-- The answer's head is returned as soon as it arrives; its body is read with `Answer.chunks()`,
-  chunked framing removed, content untouched (no decompression). A body that ends early raises
+- The answer's head is returned as soon as it arrives (header names in lower case); its body
+  is read with `Answer.chunks()`, chunked framing removed, content untouched (no
+  decompression). A body that ends early raises
   `Cut`. Reading pauses while more than READ_BUFFER bytes wait to be relayed, so a slow client
   holds a bounded buffer and backpressure reaches the upstream.
 - `read_timeout`: the longest silence allowed while waiting for the answer or its next bytes.
@@ -63,7 +64,7 @@ class Answer:
     def header(self, name: bytes) -> bytes:
         """The first value of header `name` (lower case), or b""."""
         for key, value in self.headers:
-            if key.lower() == name:
+            if key == name:
                 return value
         return b""
 
@@ -142,7 +143,7 @@ class Connection(asyncio.Protocol):
     # httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name.lower(), value))  # names in lower case, as ASGI has them
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

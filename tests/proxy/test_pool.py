@@ -211,3 +211,27 @@ def test_a_slow_reader_holds_a_bounded_buffer_and_the_upstream_waits():
     held = run(handler, scenario)
     assert held <= 2 * 256 * 1024  # the read buffer and one socket read
     assert sent < 16 * 1024 * 1024  # what the kernel's socket buffers took, not the 50 MB
+
+
+def test_idle_connections_are_closed_after_the_keepalive_and_names_come_in_lower_case():
+    connections = []
+
+    async def handler(reader, writer):
+        connections.append(writer)
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Upstream-Name: a\r\nContent-Length: 2\r\n\r\nok")
+
+    async def scenario(pool, url):
+        answer = await pool.request(pool.origin(url), "GET", b"/", [], b"")
+        assert answer.headers[0] == (b"x-upstream-name", b"a")
+        assert answer.header(b"content-length") == b"2"
+        [chunk async for chunk in answer.chunks()]
+        answer.release()
+        origin = pool.origin(url)
+        assert len(origin.idle) == 1
+        await asyncio.sleep(0.5)  # keep-alive 0.2 s, swept every 0.05 s
+        return len(origin.idle)
+
+    assert run(handler, scenario, keepalive=0.2) == 0
+    assert len(connections) == 1
