@@ -34,15 +34,21 @@ def _other(char: str, rng: random.Random) -> str:
     return rng.choice([c for c in HEX if c != char])
 
 
+def _changed(real: str, place: int, rng: random.Random) -> str:
+    chars = list(real)
+    chars[place] = _other(real[place], rng)
+    return "".join(chars)
+
+
 def _guesses(real: str, rng: random.Random) -> tuple[str, str]:
-    """Made in a random order: the two strings then swap places in memory from round to round,
-    so that the alignment of a place (which persists over rounds) cannot favour one of them."""
+    """Both made the same way, in a random order: the two strings then swap places in memory
+    from round to round, so that neither how nor where a string was made can favour one."""
     if rng.random() < 0.5:
-        first = real[:3] + _other(real[3], rng) + real[4:]
-        last = real[:-1] + _other(real[-1], rng)
+        first = _changed(real, 3, rng)
+        last = _changed(real, -1, rng)
     else:
-        last = real[:-1] + _other(real[-1], rng)
-        first = real[:3] + _other(real[3], rng) + real[4:]
+        last = _changed(real, -1, rng)
+        first = _changed(real, 3, rng)
     return first, last
 
 
