@@ -114,7 +114,16 @@ def test_limits_and_models_edited_in_the_ui_apply_at_once_and_disable_refuses(
     assert "enabled" not in saved_key(ui_stack, "frank")
     assert eventually(lambda: model_ids(client) == ["llama-e2e"], timeout=3)
 
-    # Its requests, with the time each waited in the fair queue.
+    # Its requests, with the time each waited in the fair queue (once the proxy has written
+    # them: rows go to the database in batches, and the page loads them once).
+    frank = saved_key(ui_stack, "frank")["id"]
+
+    def answered() -> bool:
+        with ui_stack.admin() as api:
+            records = api.get(f"/api/analytics/{frank}").json()["records"]
+        return any(r["model"] == "llama-e2e" and r["status"] == 200 for r in records)
+
+    assert eventually(answered, timeout=3)
     page.get_by_role("button", name="Analytics of frank").click()
     requests = page.get_by_role("region", name="Requests")
     expect(requests.get_by_role("columnheader", name="Queued")).to_be_visible()
