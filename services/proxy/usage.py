@@ -8,8 +8,9 @@ key can only be a real key). Anything else has no usage.
 
 A streamed completion whose client did not ask for usage is sent upstream with
 `stream_options.include_usage` (`ask_for_usage`), and `UsageStripper` takes back what that adds
-to the stream (`"usage": null` members and the final usage-only chunk), so the client receives
-what it would have without it.
+to the stream (`"usage": null` members and the usage chunk, whether its `choices` are empty or
+hold one empty choice), so the client receives the bytes it would have without it, llama.cpp's
+`timings` included (see `UsageStripper`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import zlib
 from typing import Any, Protocol
 
+from services.proxy.json_members import Member, appended, members, without
 from shared.analytics import RequestRow
 
 MAX_JSON_BODY = 8 * 1024 * 1024
@@ -30,7 +32,6 @@ _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 # A streamed piece of text, about one token: a non-empty delta of a chat or text completion.
 _PIECE = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
-_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
 USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 Usage = tuple[int | None, int | None]
@@ -158,15 +159,37 @@ def ask_for_usage(path: str, body: bytes) -> bytes | None:
     return json.dumps(document).encode()
 
 
+# The members of a chat or text completion chunk that every chunk of a stream carries: they are
+# not news when the chunk that ask_for_usage added carries them too.
+_ENVELOPE = frozenset(
+    {"id", "object", "created", "model", "system_fingerprint", "service_tier", "obfuscation"}
+)
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+_BLANK = (b"", b"\r")
+
+
 class UsageStripper:
-    """Takes back from an SSE stream what `ask_for_usage` added. Whole lines pass through
-    untouched unless they carry `"usage"`; a partial line waits for its end (unless it grows
-    longer than MAX_SSE_LINE: then it passes as it comes)."""
+    """Takes back from an SSE stream what `ask_for_usage` added, so that the client receives
+    the bytes the upstream would have sent it without `stream_options.include_usage`:
+
+    - a `"usage": null` member is removed from any chunk;
+    - the chunk that only carries usage (its `choices` empty, or each choice empty, as LiteLLM
+      sends it: `[{"index":0,"delta":{}}]`) is removed with the blank line that ends it;
+    - what else that chunk carries (llama.cpp's `timings`) goes back where the upstream puts it
+      when not asked for usage: at the end of the chunk that finished the answer. That chunk (a
+      choice with a `finish_reason`) is held until the next line shows whether usage follows it.
+
+    A chunk whose usage comes with content is the upstream's own doing and passes untouched.
+    Whole lines pass through untouched unless they carry `"usage"` or a finish reason; a
+    partial line waits for its end (unless it grows longer than MAX_SSE_LINE: then it passes as
+    it comes)."""
 
     def __init__(self) -> None:
         self._tail = b""
         self._drop_blank = False
         self._passing = False  # in a line too long to be one that ask_for_usage added
+        self._held: list[bytes] | None = None  # the finishing event's lines, from its data line
+        self._held_ended = False  # its blank line has come
 
     def feed(self, chunk: bytes) -> bytes:
         if self._passing:  # relayed as it comes, not held until its end
@@ -181,33 +204,133 @@ class UsageStripper:
         if len(self._tail) > MAX_SSE_LINE:
             self._tail, long, self._passing = b"", self._tail, True
         lines = data[:end]
-        if b'"usage"' not in lines and not self._drop_blank:
+        if (
+            b'"usage"' not in lines
+            and b'"finish_reason"' not in lines
+            and not self._drop_blank
+            and self._held is None
+        ):
             return lines + long
-        out = []
+        out: list[bytes] = []
         for line in lines.split(b"\n")[:-1]:
-            if self._drop_blank and line in (b"", b"\r"):
-                self._drop_blank = False
-                continue
-            if line.startswith(b"data:") and b'"usage"' in line:
-                if _usage_only(line[5:]):
-                    self._drop_blank = True
-                    continue
-                line = _USAGE_NULL.sub(b"", line)
-            out.append(line)
+            self._line(line, out)
+        if long:
+            self._release(out)
         return (b"\n".join(out) + b"\n" if out else b"") + long
 
     def flush(self) -> bytes:
+        out: list[bytes] = []
+        self._release(out)
         tail, self._tail = self._tail, b""
-        return tail
+        return (b"\n".join(out) + b"\n" if out else b"") + tail
+
+    def _release(self, out: list[bytes]) -> None:
+        if self._held is not None:
+            out.extend(self._held)
+            self._held = None
+
+    def _line(self, line: bytes, out: list[bytes]) -> None:
+        if self._held is not None:
+            if line in _BLANK or not self._held_ended:  # still the finishing event
+                self._held.append(line)
+                self._held_ended = line in _BLANK
+                return
+            if self._merge_usage_chunk(line):
+                self._release(out)
+                self._drop_blank = True
+                return
+            self._release(out)
+        if self._drop_blank and line in _BLANK:
+            self._drop_blank = False
+            return
+        if not line.startswith(b"data:"):
+            out.append(line)
+            return
+        if b'"usage"' in line:
+            stripped = self._strip(line)
+            if stripped is None:
+                self._drop_blank = True
+                return
+            line = stripped
+        if _FINISH.search(line) and _finishes(line[5:]):
+            self._held, self._held_ended = [line], False
+            return
+        out.append(line)
+
+    def _strip(self, line: bytes) -> bytes | None:
+        """The data line without what ask_for_usage added; None when nothing is left of it."""
+        text, found = _parse(line[5:])
+        usage = found.get("usage") if found is not None else None
+        if found is None or usage is None:
+            return line
+        if usage.value is None:
+            return line[:5] + without(text, found, "usage").encode()
+        if not _usage_only(found):
+            return line
+        extra = [m for m in found.values() if m.name not in _ENVELOPE | {"choices", "usage"}]
+        if not extra:
+            return None
+        return line[:5] + without(text, found, "usage").encode()  # what the upstream said too
+
+    def _merge_usage_chunk(self, line: bytes) -> bool:
+        """When `line` is the usage chunk after the held finishing chunk: its other members go
+        to the end of the held chunk, as the upstream sends them when not asked for usage."""
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            return False
+        text, found = _parse(line[5:])
+        if found is None or "usage" not in found or not _usage_only(found):
+            return False
+        assert self._held is not None
+        held_text, held = _parse(self._held[0][5:])
+        if held is None:
+            return False
+        extra = [
+            text[m.start : m.end]
+            for m in found.values()
+            if m.name not in held and m.name not in ("choices", "usage")
+        ]
+        if extra:
+            self._held[0] = b"data:" + appended(held_text, extra).encode()
+        return True
 
 
-def _usage_only(data: bytes) -> bool:
+def _parse(data: bytes) -> tuple[str, dict[str, Member] | None]:
     try:
-        document = json.loads(data)
-    except ValueError:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return "", None
+    return text, members(text)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | dict | list) and not value)
+
+
+def _empty_choice(choice: Any) -> bool:
+    """A choice that says nothing: `{"index":0,"delta":{}}`, `{"index":0,"text":""}`, nulls."""
+    if not isinstance(choice, dict):
         return False
+    return all(
+        name == "index"
+        or _empty(value)
+        or (name == "delta" and isinstance(value, dict) and all(map(_empty, value.values())))
+        for name, value in choice.items()
+    )
+
+
+def _usage_only(found: dict[str, Member]) -> bool:
+    choices = found["choices"].value if "choices" in found else []
     return (
-        isinstance(document, dict)
-        and document.get("choices") == []
-        and isinstance(document.get("usage"), dict)
+        isinstance(found["usage"].value, dict)
+        and isinstance(choices, list)
+        and all(map(_empty_choice, choices))
+    )
+
+
+def _finishes(data: bytes) -> bool:
+    """Whether the chunk `data` finishes a choice (which the usage chunk then follows)."""
+    _, found = _parse(data)
+    choices = found["choices"].value if found is not None and "choices" in found else None
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and isinstance(c.get("finish_reason"), str) for c in choices
     )

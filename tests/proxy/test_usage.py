@@ -1,7 +1,15 @@
 import gzip
 import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import openai
+import pytest
 
 from services.proxy.usage import UsageStripper, ask_for_usage, meter_for
+from shared.apikeys import ApiKey
+from tests.conftest import eventually
+from tests.proxy.wire import TIMINGS, WireUpstream, litellm_chat, litellm_text, llamacpp_chat
 
 
 def sse(*documents):
@@ -117,3 +125,119 @@ def test_pieces_count_the_text_deltas_streamed():
     meter.feed(sse({"choices": [{"delta": {"role": "assistant", "content": ""}}]}))
     meter.feed(sse(chunk(1), chunk(2), {"choices": [{"delta": {"reasoning_content": "hm"}}]}))
     assert meter.pieces == 3
+
+
+# Through the proxy, with the openai SDK, against upstreams speaking real servers' formats.
+
+
+@pytest.fixture
+def wire() -> Iterator[Callable[..., WireUpstream]]:
+    started: list[WireUpstream] = []
+
+    def start(flavour: str = "litellm", **options) -> WireUpstream:
+        upstream = WireUpstream(flavour, ["m"], flavour=flavour, **options).start()
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        upstream.stop()
+
+
+def sdk(running, key: ApiKey) -> openai.OpenAI:
+    return openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
+
+
+def direct(upstream: WireUpstream, path: str, body: dict) -> bytes:
+    """What the upstream sends for `body` when nobody asks it for usage."""
+    r = httpx.post(upstream.url + path, json=body, timeout=10)
+    assert r.status_code == 200 and "stream_options" not in body
+    return r.content
+
+
+def rows_of(running, count: int) -> list[dict]:
+    return eventually(lambda: len(r := running.rows()) >= count and r)
+
+
+def test_a_litellm_usage_chunk_with_an_empty_choice_is_taken_back(wire, proxy, api_key):
+    upstream = wire("litellm")
+    running = proxy(upstream)
+    client = sdk(running, api_key)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with client.chat.completions.with_streaming_response.create(**body, stream=True) as r:
+        relayed = b"".join(r.iter_bytes())
+    assert json.loads(upstream.seen[-1].body)["stream_options"] == {"include_usage": True}
+    assert relayed == direct(upstream, "/v1/chat/completions", {**body, "stream": True})
+    chunks = list(client.chat.completions.create(**body, stream=True))
+    assert [c.usage for c in chunks] == [None] * 5
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello from the wire"
+    asked = list(
+        client.chat.completions.create(**body, stream=True, stream_options={"include_usage": True})
+    )
+    assert asked[-1].usage is not None and asked[-1].usage.prompt_tokens == 9
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows_of(running, 3)] == [
+        (9, 4)
+    ] * 3
+
+
+def test_a_legacy_completion_stream_gets_back_what_it_asked_for(wire, proxy, api_key):
+    upstream = wire("litellm")
+    running = proxy(upstream)
+    client = sdk(running, api_key)
+    with client.completions.with_streaming_response.create(
+        model="m", prompt="Say hello", stream=True
+    ) as r:
+        relayed = b"".join(r.iter_bytes())
+    body = {"model": "m", "prompt": "Say hello", "stream": True}
+    assert relayed == direct(upstream, "/v1/completions", body)
+    chunks = list(client.completions.create(model="m", prompt="Say hello", stream=True))
+    assert [c.usage for c in chunks] == [None] * 5
+    assert "".join(c.choices[0].text for c in chunks) == "Hello from the wire"
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows_of(running, 2)] == [
+        (6, 4)
+    ] * 2
+
+
+def test_llama_cpp_timings_stay_where_llama_cpp_puts_them(wire, proxy, api_key):
+    upstream = wire("llamacpp")
+    running = proxy(upstream)
+    client = sdk(running, api_key)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with client.chat.completions.with_streaming_response.create(**body, stream=True) as r:
+        relayed = b"".join(r.iter_bytes())
+    assert relayed == direct(upstream, "/v1/chat/completions", {**body, "stream": True})
+    chunks = list(client.chat.completions.create(**body, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage is None
+    assert chunks[-1].model_extra["timings"] == TIMINGS
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows_of(running, 2)] == [
+        (9, 4)
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    "asked,plain",
+    [
+        (wire_format(True), wire_format(False))
+        for wire_format in (
+            lambda asked: litellm_chat("m", asked),
+            lambda asked: litellm_text("m", asked),
+            lambda asked: llamacpp_chat("m", asked),
+            lambda asked: llamacpp_chat("m", asked).replace(b"\n", b"\r\n"),
+        )
+    ],
+)
+def test_stripping_real_formats_at_any_split(asked, plain):
+    for cut in range(1, len(asked)):
+        stripper = UsageStripper()
+        out = stripper.feed(asked[:cut]) + stripper.feed(asked[cut:]) + stripper.flush()
+        assert out == plain, cut
+
+
+def test_a_finishing_chunk_is_held_only_until_the_next_line():
+    stripper = UsageStripper()
+    finish = sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert stripper.feed(finish) == b""
+    assert stripper.feed(b"data: [DONE]\n\n") == finish + b"data: [DONE]\n\n"
+    stripper = UsageStripper()
+    assert stripper.feed(finish) == b""
+    assert stripper.flush() == finish  # the stream ended there
