@@ -1,10 +1,16 @@
 """Token usage read from upstream responses as they pass through.
 
 `meter_for(content_type, content_encoding)` picks how: an SSE stream is scanned line by line for
-chunks that carry `"usage"` (the last one wins) and counts the pieces of text it delivers (the
-estimate of a stream cut short); a JSON body is kept (up to a bound) and its `prompt_tokens` /
-`completion_tokens` members are read at the end without parsing the rest (an unescaped quoted
-key can only be a real key). Anything else has no usage.
+events that carry `"usage"` (each count the latest given) and counts the pieces of text it
+delivers (the estimate of a stream cut short); a JSON body is kept (up to a bound) and its
+counts are read at the end without parsing the rest (an unescaped quoted key can only be a real
+key). Anything else has no usage.
+
+Usage is read in the shapes of every API an upstream may speak: chat and legacy completions
+(`prompt_tokens` / `completion_tokens`), the Responses API (`input_tokens` / `output_tokens`,
+streamed inside `response.completed`), and Anthropic's `/v1/messages` (`input_tokens`, to which
+its separately counted cache reads and writes are added, and `output_tokens`; streamed in
+`message_start` and, cumulatively, `message_delta`).
 
 A streamed completion whose client did not ask for usage is sent upstream with
 `stream_options.include_usage` (`ask_for_usage`), and `UsageStripper` takes back what that adds
@@ -27,25 +33,48 @@ MAX_JSON_BODY = 8 * 1024 * 1024
 # An SSE line longer than this cannot be a usage chunk; it is not kept (a stream that never ends
 # its line would otherwise be held whole, and copied again for every chunk).
 MAX_SSE_LINE = 64 * 1024
+# The meter keeps longer lines: a Responses stream's `response.completed` event repeats the whole
+# answer before its usage.
+MAX_USAGE_LINE = 1024 * 1024
 _PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-# A streamed piece of text, about one token: a non-empty delta of a chat or text completion.
-_PIECE = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"(?!")')
+_INPUT = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
+_OUTPUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
+_CACHE_INPUT = re.compile(rb'"cache_(?:creation|read)_input_tokens"\s*:\s*(\d+)')
+# A streamed piece of text, about one token: a non-empty delta of a chat or text completion, of
+# a Responses stream (`"delta":"..."`) or of an Anthropic one (`"text":"..."`).
+_PIECE = re.compile(rb'"(?:content|text|reasoning_content|delta)"\s*:\s*"(?!")')
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Where an event of a stream carries its usage when not at its top: in the Responses API's
+# `response.*` events and in Anthropic's `message_start`.
+_INNER = ("response", "message")
 
 Usage = tuple[int | None, int | None]
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def usage_of(document: Any) -> Usage:
-    usage = document.get("usage") if isinstance(document, dict) else None
+    """The (prompt, completion) tokens a document or stream event reports, None where not."""
+    if not isinstance(document, dict):
+        return None, None
+    usage = document.get("usage")
+    for name in _INNER:
+        inner = document.get(name)
+        if usage is None and isinstance(inner, dict):
+            usage = inner.get("usage")
     if not isinstance(usage, dict):
         return None, None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (
-        prompt if isinstance(prompt, int) else None,
-        completion if isinstance(completion, int) else None,
-    )
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+    prompt = _int(usage.get("input_tokens"))
+    if prompt is not None:
+        for cached in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+            prompt += _int(usage.get(cached)) or 0
+    return prompt, _int(usage.get("output_tokens"))
 
 
 class Meter(Protocol):
@@ -63,7 +92,7 @@ class SseMeter:
     def feed(self, chunk: bytes) -> None:
         self.pieces += len(_PIECE.findall(chunk))
         if b"\n" not in chunk:
-            if self._skip or len(self._tail) + len(chunk) > MAX_SSE_LINE:
+            if self._skip or len(self._tail) + len(chunk) > MAX_USAGE_LINE:
                 self._tail, self._skip = b"", True
             else:
                 self._tail += chunk
@@ -74,7 +103,7 @@ class SseMeter:
         data = self._tail + chunk
         end = data.rfind(b"\n")
         self._tail = data[end + 1 :]
-        if len(self._tail) > MAX_SSE_LINE:
+        if len(self._tail) > MAX_USAGE_LINE:
             self._tail, self._skip = b"", True
         if b'"usage"' not in data:
             return
@@ -84,8 +113,10 @@ class SseMeter:
                     found = usage_of(json.loads(line[5:]))
                 except ValueError:
                     continue
-                if found != (None, None):
-                    self._usage = found
+                self._usage = (
+                    self._usage[0] if found[0] is None else found[0],
+                    self._usage[1] if found[1] is None else found[1],
+                )
 
     def usage(self) -> Usage:
         return self._usage
@@ -111,7 +142,13 @@ class JsonMeter:
                 body = zlib.decompressobj(wbits=47).decompress(body, MAX_JSON_BODY)  # gzip/zlib
             except zlib.error:
                 return None, None
-        return _last_int(_PROMPT, body), _last_int(_COMPLETION, body)
+        prompt, completion = _last_int(_PROMPT, body), _last_int(_COMPLETION, body)
+        if (prompt, completion) != (None, None):
+            return prompt, completion
+        prompt = _last_int(_INPUT, body)
+        if prompt is not None:
+            prompt += sum(int(n) for n in _CACHE_INPUT.findall(body))
+        return prompt, _last_int(_OUTPUT, body)
 
 
 def tokens_used(row: RequestRow, meter: Meter | None) -> int:

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import json
 from collections.abc import Callable, Iterator
@@ -7,7 +8,7 @@ import openai
 import pytest
 
 from services.proxy.usage import UsageStripper, ask_for_usage, meter_for
-from shared.apikeys import ApiKey
+from shared.apikeys import ApiKey, Limits, write_keys
 from tests.conftest import eventually
 from tests.proxy.wire import TIMINGS, WireUpstream, litellm_chat, litellm_text, llamacpp_chat
 
@@ -241,3 +242,57 @@ def test_a_finishing_chunk_is_held_only_until_the_next_line():
     stripper = UsageStripper()
     assert stripper.feed(finish) == b""
     assert stripper.flush() == finish  # the stream ended there
+
+
+def limited(running, key: ApiKey, **limits) -> None:
+    write_keys(running.settings.apikeys_file, [dataclasses.replace(key, limits=Limits(**limits))])
+
+
+def test_responses_api_usage_is_recorded_and_charged(wire, proxy, api_key):
+    running = proxy(wire())
+    limited(running, api_key, tokensPerMinute=100)
+    client = sdk(running, api_key)
+    eventually(
+        lambda: (
+            client.responses.with_raw_response.create(model="m", input="hi").headers.get(
+                "x-ratelimit-limit-tokens"
+            )
+            == "100"
+        )
+    )
+    outcomes = []
+    for _ in range(6):
+        try:
+            outcomes.append(client.responses.create(model="m", input="hi").usage.total_tokens)
+        except openai.RateLimitError as exc:
+            outcomes.append(exc.body["type"])  # type: ignore[index]
+    assert outcomes == ["tokens"] * 6  # the first answer's 123 tokens spent the minute's 100
+    rows = rows_of(running, 7)
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (100, 23)
+
+
+def test_responses_api_streamed_usage_is_recorded(wire, proxy, api_key):
+    running = proxy(wire())
+    client = sdk(running, api_key)
+    events = list(client.responses.create(model="m", input="hi", stream=True))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage.output_tokens == 23
+    row = rows_of(running, 1)[0]
+    assert (row["prompt_tokens"], row["completion_tokens"], row["stream"]) == (100, 23, 1)
+
+
+def test_messages_usage_is_recorded_from_json_and_streams(wire, proxy, api_key):
+    running = proxy(wire())
+    body = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": api_key.key, "anthropic-version": "2023-06-01"}
+    with httpx.Client(base_url=running.url, headers=headers, timeout=10) as client:
+        plain = client.post("/v1/messages", json=body)
+        streamed = client.post("/v1/messages", json={**body, "stream": True})
+    assert plain.json()["usage"]["output_tokens"] == 15
+    assert b"event: message_delta" in streamed.content
+    rows = rows_of(running, 2)
+    # Anthropic counts cached input apart: 25 + 10 written to the cache + 5 read from it.
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["stream"]) for r in rows] == [
+        (40, 15, 0),
+        (40, 15, 1),
+    ]
