@@ -69,12 +69,18 @@ def usage_of(document: Any) -> Usage:
     if not isinstance(usage, dict):
         return None, None
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        return _reported(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
     prompt = _int(usage.get("input_tokens"))
     if prompt is not None:
         for cached in ("cache_creation_input_tokens", "cache_read_input_tokens"):
             prompt += _int(usage.get(cached)) or 0
-    return prompt, _int(usage.get("output_tokens"))
+    return _reported(prompt, _int(usage.get("output_tokens")))
+
+
+def _reported(prompt: int | None, completion: int | None) -> Usage:
+    """No counts where every count is zero: some servers put a zero usage in every chunk
+    whether asked or not, and a real request has at least one prompt token."""
+    return (None, None) if not prompt and not completion else (prompt, completion)
 
 
 class Meter(Protocol):
@@ -144,11 +150,11 @@ class JsonMeter:
                 return None, None
         prompt, completion = _last_int(_PROMPT, body), _last_int(_COMPLETION, body)
         if (prompt, completion) != (None, None):
-            return prompt, completion
+            return _reported(prompt, completion)
         prompt = _last_int(_INPUT, body)
         if prompt is not None:
             prompt += sum(int(n) for n in _CACHE_INPUT.findall(body))
-        return prompt, _last_int(_OUTPUT, body)
+        return _reported(prompt, _last_int(_OUTPUT, body))
 
 
 def tokens_used(row: RequestRow, meter: Meter | None) -> int:

@@ -296,3 +296,33 @@ def test_messages_usage_is_recorded_from_json_and_streams(wire, proxy, api_key):
         (40, 15, 0),
         (40, 15, 1),
     ]
+
+
+def test_zero_usage_in_every_chunk_is_missing_not_zero(wire, proxy, api_key):
+    """An upstream that puts `"usage": {"prompt_tokens": 0, ...}` in every chunk says nothing
+    about usage: with STREAM_USAGE=false it is all the proxy sees, and no prompt is 0 tokens."""
+    upstream = wire("zeros")
+    running = proxy(upstream, stream_usage=False)
+    client = sdk(running, api_key)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    chunks = list(client.chat.completions.create(**body, stream=True))
+    assert chunks[0].usage.prompt_tokens == 0  # the client gets them as they came
+    row = rows_of(running, 1)[0]
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_estimated"]) == (
+        None,
+        None,
+        0,
+    )
+    asked = proxy(upstream)  # asked for usage, the real counts come last and are kept
+    list(sdk(asked, api_key).chat.completions.create(**body, stream=True))
+    row = rows_of(asked, 2)[-1]  # the two proxies share the data directory
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (9, 4)
+
+
+def test_zero_counts_are_no_counts():
+    meter = meter_for("application/json", "")
+    meter.feed(b'{"usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}')
+    assert meter.usage() == (None, None)
+    meter = meter_for("application/json", "")
+    meter.feed(b'{"usage": {"prompt_tokens": 7, "completion_tokens": 0}}')
+    assert meter.usage() == (7, 0)  # a real answer that stopped at once
