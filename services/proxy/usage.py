@@ -208,6 +208,10 @@ _ENVELOPE = frozenset(
     {"id", "object", "created", "model", "system_fingerprint", "service_tier", "obfuscation"}
 )
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+# `"usage": null` and the comma joining it to a neighbour. A quoted name not escaped can only be
+# a real name, so on a line that holds it once this is the member itself: removed without
+# parsing the line (the common case, every chunk of a stream asked for usage).
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,\s*')
 _BLANK = (b"", b"\r")
 
 
@@ -249,9 +253,9 @@ class UsageStripper:
         lines = data[:end]
         if (
             b'"usage"' not in lines
-            and b'"finish_reason"' not in lines
             and not self._drop_blank
             and self._held is None
+            and not _FINISH.search(lines)
         ):
             return lines + long
         out: list[bytes] = []
@@ -289,7 +293,10 @@ class UsageStripper:
         if not line.startswith(b"data:"):
             out.append(line)
             return
-        if b'"usage"' in line:
+        null = _USAGE_NULL.search(line) if b'"usage"' in line else None
+        if null is not None and line.count(b'"usage"') == 1:
+            line = line[: null.start()] + line[null.end() :]
+        elif b'"usage"' in line:
             stripped = self._strip(line)
             if stripped is None:
                 self._drop_blank = True
