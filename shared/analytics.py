@@ -39,6 +39,7 @@ class RequestRow:
     error: str | None = None
     queue_ms: float | None = None
     usage_estimated: bool = False
+    end_user: str | None = None  # the OpenAI `user` field of the request
 
 
 COLUMNS = tuple(f.name for f in fields(RequestRow))
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS requests (
     bytes_out INTEGER NOT NULL,
     error TEXT,
     queue_ms REAL,
-    usage_estimated INTEGER NOT NULL DEFAULT 0
+    usage_estimated INTEGER NOT NULL DEFAULT 0,
+    end_user TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_key_start ON requests (key_id, start_ms);
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ms);
@@ -93,6 +95,7 @@ def connect(path: Path) -> sqlite3.Connection:
 _ADDED_COLUMNS = (
     ("queue_ms", "REAL"),
     ("usage_estimated", "INTEGER NOT NULL DEFAULT 0"),
+    ("end_user", "TEXT"),
 )
 
 

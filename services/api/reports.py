@@ -33,6 +33,7 @@ RECORD_COLUMNS = {
     "error": "error",
     "queueMs": "queue_ms",
     "usageEstimated": "usage_estimated",
+    "endUser": "end_user",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import errors, routing
+from services.proxy import attribution, errors, routing
 from services.proxy.board import Board
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError
@@ -312,7 +312,7 @@ class ProxyApp:
             await self.answer_models(path, policy, row, send)
             return
         model = routing.request_model(content_type, body)
-        row.model = model
+        row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
         plan = await self.plan(catalog, model)
         asked = ask_for_usage(path, body) if self.settings.stream_usage else None
