@@ -215,8 +215,10 @@ async def relay(
                 "upstream_cut",
                 type="server_error",
             )
+            held = stripper.flush() if stripper is not None else b""  # the upstream's own
+            last = (last + held)[-2:]
             # A line cut short is ended first, so that the error is an event of its own.
-            event = sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut)
+            event = held + (sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return meter
         complete = True

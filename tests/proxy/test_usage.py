@@ -326,3 +326,17 @@ def test_zero_counts_are_no_counts():
     meter = meter_for("application/json", "")
     meter.feed(b'{"usage": {"prompt_tokens": 7, "completion_tokens": 0}}')
     assert meter.usage() == (7, 0)  # a real answer that stopped at once
+
+
+def test_a_stream_cut_after_its_finishing_chunk_keeps_that_chunk(wire, proxy, api_key):
+    """The stripper holds the finishing chunk until it sees what follows; an upstream that
+    drops the connection there must not take the chunk with it."""
+    upstream = wire("llamacpp", cut_at_usage=True)
+    running = proxy(upstream)
+    client = sdk(running, api_key)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    received = []
+    with pytest.raises(openai.APIError) as cut:
+        received.extend(client.chat.completions.create(**body, stream=True))
+    assert cut.value.body["code"] == "upstream_cut"
+    assert received[-1].choices[0].finish_reason == "stop"

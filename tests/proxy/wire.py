@@ -258,11 +258,13 @@ def messages_stream(model: str) -> bytes:
 class WireUpstream(FakeUpstream):
     """A fake upstream whose chat completions and legacy completions stream in `flavour`'s
     format, that serves `/v1/responses` and `/v1/messages`, adds `headers` to its answers, and
-    answers 401 to every request when `refuse` (its key is not the one it expects)."""
+    answers 401 to every request when `refuse` (its key is not the one it expects), and drops the
+    connection instead of sending a usage chunk when `cut_at_usage`."""
 
     flavour: str = "litellm"
     headers: dict[str, str] = field(default_factory=dict)
     refuse: bool = False
+    cut_at_usage: bool = False  # drop the connection where the usage chunk would go
 
     async def complete(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
         if self.refuse:
@@ -306,6 +308,9 @@ class WireUpstream(FakeUpstream):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **self.headers})
         await response.prepare(request)
         for event in body.split(b"\n\n")[:-1]:  # one write per event, as servers flush them
+            if self.cut_at_usage and b'"usage":{' in event and request.transport is not None:
+                request.transport.abort()
+                return response
             await response.write(event + b"\n\n")
         await response.write_eof()
         return response
