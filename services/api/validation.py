@@ -95,16 +95,14 @@ def _string(
 
 
 def login_errors(fields: dict[str, Any]) -> list[str]:
+    """The original's rules but its minimum password length: a wrong password of any length is
+    answered `Invalid credentials`, never a hint about the right one's length."""
     return _string(fields, "username", 1, 128, {}) + _string(
         fields,
         "password",
-        8,
+        1,
         128,
-        {
-            "required": "Password is required",
-            "min": "Password must be at least 8 characters long",
-            "max": "Password must not exceed 128 characters",
-        },
+        {"required": "Password is required", "max": "Password must not exceed 128 characters"},
     )
 
 
