@@ -26,12 +26,13 @@ from services.proxy import errors, routing
 from services.proxy.board import Board
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError
-from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
+from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
 from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
 from services.proxy.pool import Pool
 from services.proxy.recorder import Recorder
+from services.proxy.revocation import OpenRequests
 from services.proxy.usage import ask_for_usage, tokens_used
 from shared.analytics import RequestRow
 from shared.cors import cors_options
@@ -126,6 +127,8 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.apikeys_file)
+        self.open = OpenRequests()
+        self.keys.on_change = self._revoke_open
         self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
             settings.analytics_db, settings.analytics_retention_days, self.keys.keys
@@ -233,6 +236,7 @@ class ProxyApp:
         path: str = scope["path"]
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
+        task = key_text = None
         try:
             if not routing.inside_v1(path):
                 raise errors.not_found(path)
@@ -252,6 +256,7 @@ class ProxyApp:
                 path=path,
             )
             policy.check_key()
+            task = self.open.enter(key_text)
             body = await read_body(receive, self.settings.payload_limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
@@ -268,17 +273,27 @@ class ProxyApp:
         except UpstreamCut:
             raise  # uvicorn aborts the connection: the client sees the truncated body
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if watch is None or not watch.gone or task is None:
+            if task is not None and row is not None and self.open.revoked(task):
+                task.uncancel()
+                await revoked(row, send)
+                return
+            current = asyncio.current_task()
+            if watch is None or not watch.gone or current is None:
                 raise
-            task.uncancel()
+            current.uncancel()
             if row is not None:
                 row.error = "client disconnected"
         finally:
+            if task is not None and key_text is not None:
+                self.open.leave(key_text, task)
             if watch is not None:
                 watch.close()
             if row is not None:
                 self.finish(row, started)
+
+    def _revoke_open(self) -> None:
+        if cancelled := self.open.revoke(self.keys.usable()):
+            log.info("requests of revoked keys ended", extra={"fields": {"count": cancelled}})
 
     async def route(
         self,
@@ -371,6 +386,23 @@ class ProxyApp:
                 }
             },
         )
+
+
+async def revoked(row: RequestRow, send: Send) -> None:
+    """End a request whose key was revoked while it was in flight: a 401 if nothing was sent
+    yet, a final error event for a stream, an aborted connection for any other body."""
+    error = errors.key_refused(
+        "This API key was revoked while its request was in progress", "api_key_revoked"
+    )
+    row.error = error.code
+    if row.ttfb_ms is None:  # set as soon as the answer's start is sent
+        row.status = error.status
+        await send_body(send, error.status, error.body(), row.request_id, error.headers)
+    elif row.stream:  # after a blank line, in case the stream stopped inside an event
+        body = b"\n\n" + sse_error(error)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    else:
+        raise UpstreamCut(error.code)
 
 
 def _forget_dead_workers(settings: Settings) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
 from services.proxy.pool import Answer, ConnectFailed, Dropped, Pool, ReadTimeout, UpstreamError
+from services.proxy.upstream_answer import passed_to_client, refused_credentials
 from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
@@ -83,7 +84,7 @@ def client_headers(
     drop = HOP_BY_HOP | _connection_tokens(raw)
     if extra:
         drop |= {n for n, _ in extra}
-    out = [(n, v) for n, v in raw if n not in drop]
+    out = [(n, v) for n, v in passed_to_client(raw) if n not in drop]
     out.append((b"x-request-id", request_id))
     out.extend(extra)
     return out
@@ -154,6 +155,9 @@ async def exchange(
             except UpstreamError as exc:
                 raise bad_gateway(upstream.url) from exc
             catalog.mark_up(state)
+            if answer.status == 401:  # its refusal of our key, never of the client's
+                answer.close()
+                raise refused_credentials(upstream.url, bool(upstream.key))
             return await relay(answer, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -39,12 +40,17 @@ class KeyStore:
         self._signature: tuple[int, int, int] | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._poller: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] | None = None  # called after each new set of keys
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
     def keys(self) -> list[ApiKey]:
         return [policy.key for policy in self._by_digest.values()]
+
+    def usable(self) -> list[str]:
+        """The keys (secrets) that are present and enabled."""
+        return [p.key.key for p in self._by_digest.values() if p.key.enabled]
 
     def lookup(self, key: str) -> Policy | None:
         return self._by_digest.get(_digest(key))
@@ -70,6 +76,8 @@ class KeyStore:
         self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
         self.last_error = None
         log.info("keys loaded", extra={"fields": {"count": len(keys)}})
+        if self.on_change is not None:
+            self.on_change()
 
     def _fail(self, error: str) -> None:
         if error != self.last_error:

@@ -290,7 +290,10 @@ class WireUpstream(FakeUpstream):
             return await self.sse(request, litellm_text(model, asked))
         if path == "/v1/chat/completions" and streamed:
             return await self.sse(request, STREAMS[self.flavour](model, asked))
-        return await super().complete(request, path, body)
+        response = await super().complete(request, path, body)
+        if not response.prepared:
+            response.headers.update(self.headers)
+        return response
 
     def json(self, document: Any) -> web.Response:
         return web.Response(
