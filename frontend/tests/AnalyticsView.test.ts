@@ -146,6 +146,15 @@ describe('AnalyticsView', () => {
     expect((view.find('#range-start').element as HTMLInputElement).value).toBe('2026-11-20T10:00')
   })
 
+  it('names each request cell by its column, for the phone layout that hides the header', async () => {
+    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary(), records: async () => [record(1)] })
+    const view = await mountAnalytics(api, { key: alice.id })
+    const table = view.find('[aria-label="Requests"] table')
+    const headers = table.findAll('thead th').map((th) => th.text())
+    const labels = table.findAll('tbody tr')[0]!.findAll('td').map((td) => td.attributes('data-label'))
+    expect(labels).toEqual(headers)
+  })
+
   it('shows errors in the page', async () => {
     const api = fakeApi({ listKeys: async () => [], summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
     const view = await mountAnalytics(api)
