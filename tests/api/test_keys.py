@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
     settings = make_settings(tmp_path, log_level="ERROR", jwt_secret="k" * 40)
-    token = sessions.issue(settings.jwt_secret, "admin")
+    token = sessions.for_settings(settings).issue("admin")
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
 
