@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # certbot's renewal time; never more often than RENEW_RETRY_SECONDS (failures wait this long).
     renew_interval_seconds: float = Field(default=12 * 3600.0, gt=0)
     renew_retry_seconds: float = Field(default=3600.0, gt=0)
+    # Who runs `nginx -t` on a candidate configuration when certd runs as root (a user name, or
+    # `uid[:gid]`): a user that owns nothing and cannot read llmp's secrets.
+    nginx_test_user: str = "nobody"
     # How long the api's /nginx routes wait for certd to report the outcome of a change.
     certd_wait_seconds: float = Field(default=240.0, gt=0)
 
