@@ -116,7 +116,8 @@ def test_two_stages_from_a_debian_base_node_from_pypi_builds_the_ui():
     # nginx and Python from Debian, nginx allowed to bind 443 unprivileged; the project
     # installed in place with its dependencies (certbot and certbot-dns-cloudflare among them).
     runs = _runs(runtime)
-    assert "apt-get install -y --no-install-recommends nginx libcap2-bin python3 python3-venv" in runs
+    install = "apt-get install -y --no-install-recommends nginx libcap2-bin python3 python3-venv"
+    assert install in runs
     assert "setcap cap_net_bind_service=+ep /usr/sbin/nginx" in runs
     # Nothing is removed once nginx is in: purging libcap2-bin took nginx with it (nginx needs
     # iproute2, which needs libcap2-bin).
