@@ -8,7 +8,9 @@ for the task's last write rather than cancelling it (a connection closed under a
 running in its thread crashes the process), then writes what is left.
 
 The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
-once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
+once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS. Its first upkeep is
+at start, whatever the clock says (a monotonic clock counts from boot, so "an hour since 0"
+would wait for the machine to have been up an hour); `clock` is injected for tests.
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ PRUNE_INTERVAL = 3600.0
 
 class Recorder:
     def __init__(
-        self, path: Path, retention_days: int, known_keys: Callable[[], list[ApiKey]]
+        self,
+        path: Path,
+        retention_days: int,
+        known_keys: Callable[[], list[ApiKey]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.retention_days = retention_days
         self.known_keys = known_keys
         self.last_error: str | None = None
@@ -61,10 +68,10 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="analytics-flush")
 
     async def _run(self) -> None:
-        pruned_at = 0.0
+        pruned_at: float | None = None
         while not self._stopping.is_set():
-            if time.monotonic() - pruned_at > PRUNE_INTERVAL:
-                pruned_at = time.monotonic()
+            if pruned_at is None or self.clock() - pruned_at >= PRUNE_INTERVAL:
+                pruned_at = self.clock()
                 await self._maintain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
