@@ -128,7 +128,10 @@ class ProxyApp:
         self.keys = KeyStore(settings.apikeys_file)
         self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
-            settings.analytics_db, settings.analytics_retention_days, self.keys.keys
+            settings.analytics_db,
+            settings.analytics_retention_days,
+            self.keys.keys,
+            settings.analytics_rollup_retention_days,
         )
         self.pool: Pool | None = None
         self.catalog: Catalog | None = None
