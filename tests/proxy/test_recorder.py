@@ -23,10 +23,15 @@ class FakeClock:
 
 
 def _count(db: Path, where: str = "1") -> int:
+    """Rows in the requests table; 0 until the recorder has created the database and its table."""
     if not db.exists():
         return 0
     with sqlite3.connect(db) as connection:
-        return int(connection.execute(f"SELECT count(*) FROM requests WHERE {where}").fetchone()[0])
+        try:
+            found = connection.execute(f"SELECT count(*) FROM requests WHERE {where}").fetchone()
+        except sqlite3.OperationalError:  # the file exists, its schema is still being written
+            return 0
+        return int(found[0])
 
 
 async def _until(check) -> None:
