@@ -8,7 +8,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak check bench ui ui-test system-deps-run system-deps-test clean
+# The Debian packages each goal needs. Explicit targets, not a pattern rule: make never looks
+# for a pattern rule to build a phony target, so `system-deps-%` would never run.
+SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
+
+.PHONY: run test soak check bench ui ui-test clean $(SYSTEM_DEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,26 +20,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-system-deps-%:
-	scripts/system-deps $*
+$(SYSTEM_DEPS):
+	scripts/system-deps $(@:system-deps-%=%)
 
-# The admin UI: `npm ci` when the lock file changes, a build when a source does.
+# The admin UI: `npm ci` when the lock file changes, a build when a source does, on a Node.js
+# that can build it (scripts/npm: the machine's if new enough, else one from PyPI in $(VENV)).
+NPM := VENV=$(abspath $(VENV)) $(CURDIR)/scripts/npm
 UI := frontend/dist/index.html
 UI_MODULES := frontend/node_modules/.package-lock.json
 UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html \
 	frontend/vite.config.ts frontend/tsconfig.json frontend/package.json
 
-$(UI_MODULES): frontend/package.json frontend/package-lock.json
-	cd frontend && npm ci --no-audit --no-fund
+$(UI_MODULES): frontend/package.json frontend/package-lock.json | $(STAMP)
+	cd frontend && $(NPM) ci --no-audit --no-fund
 	touch $@
 
 $(UI): $(UI_MODULES) $(UI_SOURCES)
-	cd frontend && npm run build
+	cd frontend && $(NPM) run build
 
 ui: $(UI)
 
 ui-test: $(UI_MODULES)
-	cd frontend && npm test
+	cd frontend && $(NPM) test
 
 run: system-deps-run $(STAMP) $(UI)
 	exec $(PY) -m llmp run

@@ -22,7 +22,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from llmp import privileges, upgrade
-from llmp.envfile import create_env_file
+from llmp.envfile import EnvFileError, create_env_file
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
 from shared.settings import Settings, load_settings
@@ -80,23 +80,32 @@ def prepare(settings: Settings) -> dict[str, str]:
 
 
 def run(env_file: Path) -> None:
-    example = HOME / ".env.example"
-    if example.exists():
-        password = create_env_file(env_file, example)
-        if password is not None:
-            print(
-                f"llmp: created {env_file} with new secrets. Admin login: admin / {password}\n"
-                "llmp: this password is shown once; it is kept in that file.",
-                flush=True,
-            )
+    try:
+        password = create_env_file(env_file, HOME / ".env.example")
+    except EnvFileError as exc:
+        fail(str(exc))
+    if password is not None:
+        print(
+            f"llmp: wrote {env_file} with new secrets. Admin login: admin / {password}\n"
+            "llmp: this password is shown once; it is kept in that file.",
+            flush=True,
+        )
     try:
         settings = load_settings(str(env_file))
     except ValidationError as exc:
         fail(f"bad settings in {env_file} or the environment:\n{exc}")
+    if settings.cloudflare_credentials.is_dir():
+        print(
+            f"llmp: {settings.cloudflare_credentials} is a directory, not Cloudflare's "
+            "credentials file: certificates through Cloudflare's DNS fail until it is a file",
+            flush=True,
+        )
     user = privileges.target()
     if user is not None:
         privileges.hand_over(settings, env_file, user)
         privileges.become(user)
+    for path, mode in upgrade.protect_secrets(settings, env_file):
+        print(f"llmp: {path} was mode {mode:04o}, open to others; now private", flush=True)
     imported = upgrade.import_original_site(settings)
     if imported is not None:
         site = imported.site

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
 
     # The admin API.
     analytics_retention_days: int = Field(default=90, ge=1)
+    # The hourly and daily sums of the analytics outlive the rows they were made from.
+    analytics_rollup_retention_days: int = Field(default=730, ge=1)
     login_max_failures: int = Field(default=10, ge=1)
     login_window_seconds: float = Field(default=600.0, gt=0)
 
@@ -106,6 +108,9 @@ class Settings(BaseSettings):
     # certbot's renewal time; never more often than RENEW_RETRY_SECONDS (failures wait this long).
     renew_interval_seconds: float = Field(default=12 * 3600.0, gt=0)
     renew_retry_seconds: float = Field(default=3600.0, gt=0)
+    # Who runs `nginx -t` on a candidate configuration when certd runs as root (a user name, or
+    # `uid[:gid]`): a user that owns nothing and cannot read llmp's secrets.
+    nginx_test_user: str = "nobody"
     # How long the api's /nginx routes wait for certd to report the outcome of a change.
     certd_wait_seconds: float = Field(default=240.0, gt=0)
 
@@ -131,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def analytics_db(self) -> Path:
         return self.data_dir / "analytics.db"
+
+    @property
+    def prices_file(self) -> Path:
+        return self.data_dir / "prices.json"
 
     @property
     def nginx_prefix(self) -> Path:

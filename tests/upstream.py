@@ -2,7 +2,9 @@
 
 It serves `/v1/models`, chat completions (plain and SSE, optionally paced), completions,
 embeddings, `/v1/echo` (tells what it received) and `/v1/gzip` (a gzip-encoded JSON body), and
-remembers every request it got and when a streaming client went away.
+remembers every request it got and when a streaming client went away. A held upstream
+answers a completion only when the test releases one, so that a test can say what is in flight
+instead of guessing it from the clock.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ class FakeUpstream:
     cut_after: int | None = None  # drop the connection after this many SSE chunks
     hang: bool = False  # accept completions and never answer
     delay: float = 0.0  # seconds before answering a completion
+    held: bool = False  # answer a completion only when the test lets it (`release`)
     usage: bool = True  # honour stream_options.include_usage, as OpenAI and vLLM do
     active: int = 0  # completions being answered now
     peak: int = 0  # the most answered at once
     seen: list[Seen] = field(default_factory=list)
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
+    arrivals: list[str] = field(default_factory=list)  # each completion's last message, in order
     port: int = 0
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -52,6 +56,7 @@ class FakeUpstream:
         self._loop = asyncio.new_event_loop()
 
         async def serve() -> None:
+            self._turns = asyncio.Semaphore(0)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self.handle)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
@@ -87,6 +92,11 @@ class FakeUpstream:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def release(self, count: int = 1) -> None:
+        """Let `count` more held completions answer (those waiting now or the next to come)."""
+        for _ in range(count):
+            self._loop.call_soon_threadsafe(self._turns.release)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -136,6 +146,9 @@ class FakeUpstream:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
+            self.arrivals.append(_last_message(body))
+            if self.held:
+                await self._turns.acquire()
             if self.delay:
                 await asyncio.sleep(self.delay)
             return await self.complete(request, path, body)
@@ -223,3 +236,11 @@ class FakeUpstream:
             self.stream_closed.append(time.monotonic())
             raise
         return response
+
+
+def _last_message(body: bytes) -> str:
+    """The content of a chat request's last message ("" for anything else)."""
+    try:
+        return str(json.loads(body)["messages"][-1]["content"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

@@ -17,6 +17,7 @@ from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
+from services.api.throttle import Throttle
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.keyfile import KeyFile
@@ -66,9 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyfile = KeyFile(settings.apikeys_file)
-    app.state.throttle = sessions.Throttle(
-        settings.login_max_failures, settings.login_window_seconds
-    )
+    app.state.throttle = Throttle(settings.login_max_failures, settings.login_window_seconds)
+    app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
     for module in (health, auth, keys, analytics, ui, nginx, metrics):
         app.include_router(module.router)

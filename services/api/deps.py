@@ -57,11 +57,12 @@ def _authenticated(request: Request, settings: Settings, acts: bool) -> str:
     bearer = bearer.strip() if scheme == "Bearer" else ""
     if not cookie and not bearer:
         raise AuthError(401, "Authentication required")
+    checker: sessions.Sessions = request.app.state.sessions
     if bearer:
-        return sessions.verify(settings.jwt_secret, bearer)
+        return checker.verify(bearer)
     if acts and not _same_origin(request):
         raise AuthError(403, "Cross-origin request refused")
-    return sessions.verify(settings.jwt_secret, cookie or "")
+    return checker.verify(cookie or "")
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -15,6 +15,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -95,16 +96,14 @@ def _string(
 
 
 def login_errors(fields: dict[str, Any]) -> list[str]:
+    """The original's rules but its minimum password length: a wrong password of any length is
+    answered `Invalid credentials`, never a hint about the right one's length."""
     return _string(fields, "username", 1, 128, {}) + _string(
         fields,
         "password",
-        8,
+        1,
         128,
-        {
-            "required": "Password is required",
-            "min": "Password must be at least 8 characters long",
-            "max": "Password must not exceed 128 characters",
-        },
+        {"required": "Password is required", "max": "Password must not exceed 128 characters"},
     )
 
 
@@ -128,16 +127,21 @@ def username_errors(fields: dict[str, Any]) -> list[str]:
     )
 
 
-def _expiry(value: Any) -> tuple[str | None, list[str]]:
-    """An ISO 8601 time, kept in the original's format (`...T03:04:05.678Z`); None: never."""
+def _expiry(value: Any, now: datetime) -> tuple[str | None, list[str]]:
+    """An ISO 8601 time after `now` (Joi's `greater('now')`), kept in the original's format
+    (`...T03:04:05.678Z`); None: never."""
     if value is None:
         return None, []
     try:
         if not isinstance(value, str):
             raise ValueError(value)
-        return format_time(parse_time(value.strip())), []
+        moment = parse_time(value.strip())
+        saved = format_time(moment)
     except (ValueError, OverflowError):  # OverflowError: a zone that leaves years 1-9999
         return None, ['"expiresAt" must be in ISO 8601 date format']
+    if moment <= now:
+        return saved, ['"expiresAt" must be greater than "now"']
+    return saved, []
 
 
 def _models(value: Any) -> tuple[tuple[str, ...] | None, list[str]]:
@@ -202,8 +206,11 @@ def _limits(value: Any) -> tuple[dict[str, int | None], list[str]]:
     return limits, errors
 
 
-def key_policy(fields: Mapping[str, Any]) -> tuple[PolicyChange, list[str]]:
-    """The policy in `fields` (only the fields given), normalized, and every message about it."""
+def key_policy(
+    fields: Mapping[str, Any], now: datetime | None = None
+) -> tuple[PolicyChange, list[str]]:
+    """The policy in `fields` (only the fields given), normalized, and every message about it;
+    an expiry must be after `now` (the current time if not given)."""
     change: PolicyChange = {}
     errors: list[str] = []
     if "enabled" in fields:
@@ -212,7 +219,7 @@ def key_policy(fields: Mapping[str, Any]) -> tuple[PolicyChange, list[str]]:
         else:
             errors.append('"enabled" must be a boolean')
     if "expiresAt" in fields:
-        change["expiresAt"], problems = _expiry(fields["expiresAt"])
+        change["expiresAt"], problems = _expiry(fields["expiresAt"], now or datetime.now(UTC))
         errors += problems
     if "models" in fields:
         change["models"], problems = _models(fields["models"])

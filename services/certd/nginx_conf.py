@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.proxy.errors import payload_too_large
+from shared.custom_config import check_custom_config
 from shared.settings import Settings
 from shared.site import Site, covers
 
@@ -58,8 +59,15 @@ def server_conf_path(settings: Settings) -> Path:
     return (settings.nginx_conf_dir / "server.conf").absolute()
 
 
-def render_main(settings: Settings, server_conf: Path) -> str:
-    prefix = settings.nginx_prefix.absolute()
+EMPTY_ROOT = "empty"  # the folder under the prefix that nginx's `root` names: always empty
+
+
+def render_main(settings: Settings, server_conf: Path, prefix: Path | None = None) -> str:
+    """nginx.conf: process settings, and the `http` block that includes `server_conf`. Every
+    path nginx may write (pid, temp files) lies under `prefix` (the nginx prefix, or the
+    private folder of a test), and the `root` of every server is an empty folder there, so
+    that a location serving files can serve nothing of the machine's."""
+    prefix = (prefix or settings.nginx_prefix).absolute()
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -82,6 +90,7 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65s;
 {temp}
+    root {prefix}/{EMPTY_ROOT};
 
     include {server_conf};
 }}
@@ -259,7 +268,9 @@ def tls_servers(site: Site, lineages: Mapping[str, Lineage]) -> list[TlsServer]:
 
 
 def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage]) -> str:
-    """server.conf for `site`: the admin's own configuration if they gave one, else ours."""
+    """server.conf for `site`: the admin's own configuration if they gave one (checked again
+    here: it may have been saved by an older llmp; CustomConfigError if it is not allowed),
+    else ours."""
     if site.custom_config is not None:
-        return site.custom_config
+        return check_custom_config(site.custom_config, settings.letsencrypt_dir)
     return render_server(settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode)

@@ -131,7 +131,10 @@ class ProxyApp:
         self.keys.on_change = self._revoke_open
         self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
-            settings.analytics_db, settings.analytics_retention_days, self.keys.keys
+            settings.analytics_db,
+            settings.analytics_retention_days,
+            self.keys.keys,
+            settings.analytics_rollup_retention_days,
         )
         self.pool: Pool | None = None
         self.catalog: Catalog | None = None

@@ -116,3 +116,20 @@ def queue_timeout(upstream: str, seconds: float) -> ProxyError:
         f"Upstream {upstream} stayed busy: no turn came within {seconds:g} s",
         "upstream_queue_timeout",
     )
+
+
+def ambiguous_model(names: list[str]) -> ProxyError:
+    """A body that names its model in a way upstreams read differently."""
+    return ProxyError(
+        400,
+        "The request names its model ambiguously ("
+        + ", ".join(repr(name) for name in names)
+        + '): send exactly one top-level "model"',
+        "ambiguous_model",
+    )
+
+
+def invalid_multipart(detail: str) -> ProxyError:
+    return ProxyError(
+        400, f"Request body is not a valid multipart form: {detail}", "invalid_multipart"
+    )

@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
     settings = make_settings(tmp_path, log_level="ERROR", jwt_secret="k" * 40)
-    token = sessions.issue(settings.jwt_secret, "admin")
+    token = sessions.for_settings(settings).issue("admin")
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
         yield client
 
@@ -50,7 +50,7 @@ def test_update_answers_with_the_key_and_saves_it(api, path, alice):
         alice.id,
         {
             "enabled": False,
-            "expiresAt": "2027-01-31T12:00:00+01:00",
+            "expiresAt": "2099-01-31T12:00:00+01:00",
             "models": [" llama3* ", "qwen2.5:*"],
             "limits": {"requestsPerMinute": 60, "maxConcurrent": 2},
         },
@@ -64,7 +64,7 @@ def test_update_answers_with_the_key_and_saves_it(api, path, alice):
         "key": alice.key,
         "createdAt": alice.createdAt,
         "enabled": False,
-        "expiresAt": "2027-01-31T11:00:00.000Z",  # kept in the original's format, in UTC
+        "expiresAt": "2099-01-31T11:00:00.000Z",  # kept in the original's format, in UTC
         "models": ["llama3*", "qwen2.5:*"],  # trimmed
         "limits": {"requestsPerMinute": 60, "maxConcurrent": 2},
     }
@@ -85,7 +85,7 @@ def test_limits_merge_field_by_field_and_null_removes(api, path, alice):
 
 
 def test_clearing_everything_writes_the_original_format_again(api, path, alice):
-    policy = {"expiresAt": "2027-01-01", "models": ["a*"], "limits": {"tokensPerDay": 1}}
+    policy = {"expiresAt": "2099-01-01", "models": ["a*"], "limits": {"tokensPerDay": 1}}
     assert patch(api, alice.id, {"enabled": False, **policy}).status_code == 200
     r = patch(
         api,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+
 import pytest
 
 from services.certd import nginx
-from services.certd.nginx_conf import render_server, server_conf_path
+from services.certd.nginx_conf import main_conf_path, render_server, server_conf_path
+from services.certd.reconcile import Certd
+from shared.site import read_status
 from tests.certd.servers import get
+from tests.certd.test_nginx_conf import self_signed
 from tests.conftest import eventually
 
 
@@ -95,3 +102,70 @@ def test_start_up_falls_back_when_the_desired_config_is_refused(echo_settings):
     settings.site_file.write_text('{"generation": 1, "customConfig": "bogus_directive on;"}')
     assert nginx.apply(settings).changed
     assert "location ^~ /v1/" in server_conf_path(settings).read_text()
+
+
+def _engine_server(settings, engine) -> str:
+    """A TLS server whose key is "in" the engine library: nginx -t makes OpenSSL load it."""
+    self_signed(settings.certbot_dirs[0], "e.example", ["e.example"])
+    live = settings.certbot_dirs[0] / "live" / "e.example"
+    return (
+        f"server {{\n    listen 127.0.0.1:{settings.https_port} ssl;\n"
+        f'    ssl_certificate "{live}/fullchain.pem";\n'
+        f'    ssl_certificate_key "engine:{engine.library}:x";\n}}\n'
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="certd changes user only when it runs as root")
+def test_nginx_t_runs_as_an_unprivileged_user_that_cannot_read_secrets(echo_settings, engine):
+    # As if a configuration got past the allowlist: what nginx -t loads runs as NGINX_TEST_USER,
+    # which can read neither llmp's secrets nor the live configuration.
+    settings = echo_settings()
+    with pytest.raises(nginx.NginxError, match="ENGINE") as refused:
+        nginx.test(settings, _engine_server(settings, engine))
+    nobody = pwd.getpwnam(settings.nginx_test_user).pw_uid
+    assert engine.loaded_by() == f"uid={nobody} secret=refused"
+    # nginx's message names the files as the admin knows them, not their private copies.
+    assert "llmp-nginx-test" not in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="certd changes user only when it runs as root")
+def test_nginx_t_as_the_unprivileged_user_still_checks_certificates(echo_settings):
+    settings = echo_settings()
+    self_signed(settings.certbot_dirs[0], "c.example", ["c.example"])
+    live = settings.certbot_dirs[0] / "live" / "c.example"
+    server = (
+        f"server {{ listen 127.0.0.1:{settings.https_port} ssl;\n"
+        f'  ssl_certificate "{live}/fullchain.pem"; ssl_certificate_key "{live}/privkey.pem"; }}\n'
+    )
+    nginx.test(settings, server)  # passes: the certificate and its key are read and match
+    other = server.replace("c.example/privkey.pem", "d.example/privkey.pem")
+    self_signed(settings.certbot_dirs[0], "d.example", ["d.example"])
+    with pytest.raises(nginx.NginxError, match="key values mismatch") as refused:
+        nginx.test(settings, other)
+    assert str(live.parent / "d.example" / "privkey.pem") in str(refused.value)
+
+
+def test_a_saved_custom_config_is_checked_before_nginx_sees_it(echo_settings, engine):
+    # Saved by an older llmp (or written to site.json by hand): certd refuses it unseen by nginx.
+    settings = echo_settings()
+    custom = _engine_server(settings, engine)
+    settings.site_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.site_file.write_text(json.dumps({"generation": 1, "customConfig": custom}))
+    certd = Certd(settings)
+    certd.step()
+    assert engine.loaded_by() is None
+    status = read_status(settings.certd_status_file)
+    assert status["nginx"]["ok"] is False
+    assert '"ssl_certificate_key" takes the absolute path of a file' in status["nginx"]["error"]
+    # At start-up too, nginx falls back to llmp's own routes without testing it.
+    nginx.apply(settings)
+    assert engine.loaded_by() is None
+    assert "location ^~ /v1/" in server_conf_path(settings).read_text()
+
+
+def test_main_configuration_roots_every_server_in_an_empty_folder(running_nginx):
+    settings = running_nginx
+    main = main_conf_path(settings).read_text()
+    empty = settings.nginx_prefix.absolute() / "empty"
+    assert f"root {empty};" in main
+    assert empty.is_dir() and not list(empty.iterdir())

@@ -84,12 +84,15 @@ def test_refused_custom_config_keeps_the_previous_one(world, acme):
     certd = Certd(settings)
     certd.step()
     good = server_conf_path(settings).read_text()
-    update_site(settings.site_file, lambda s: replace(s, custom_config=good + "bogus on;\n"))
+    # Allowed, but not valid nginx: nginx -t says so.
+    broken = good + "client_max_body_size 1x;\n"
+    update_site(settings.site_file, lambda s: replace(s, custom_config=broken))
     certd.step()
     status = read_status(settings.certd_status_file)
     assert status["nginx"]["ok"] is False
-    assert 'unknown directive "bogus"' in status["nginx"]["error"]
-    assert status["applied"]["ok"] is False and "bogus" in status["applied"]["message"]
+    assert '"client_max_body_size" directive invalid value' in status["nginx"]["error"]
+    assert status["applied"]["ok"] is False
+    assert "client_max_body_size" in status["applied"]["message"]
     assert server_conf_path(settings).read_text() == good
     assert get(settings.port, "/v1/models")[0] == 200
     # A good custom config is served as written.

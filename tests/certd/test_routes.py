@@ -24,7 +24,7 @@ SECRET = "s" * 40
 def api(tmp_path):
     settings = make_settings(tmp_path, jwt_secret=SECRET, certd_wait_seconds=3.0)
     with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = "Bearer " + sessions.issue(SECRET, "admin")
+        client.headers["Authorization"] = "Bearer " + sessions.for_settings(settings).issue("admin")
         yield client, settings
 
 

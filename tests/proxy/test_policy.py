@@ -9,6 +9,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import openai
+import pytest
 
 from shared.apikeys import ApiKey, Limits, format_time, write_keys
 from tests.conftest import eventually
@@ -73,6 +75,57 @@ def test_a_key_sees_and_uses_only_its_models(upstreams, proxy, api_key):
         nameless = client.post("/v1/chat/completions", json={"messages": []})
         assert nameless.status_code == 403 and error_of(nameless)["code"] == "model_required"
     assert [s.path for s in a.seen if s.path != "/v1/models"] == ["/v1/chat/completions"]
+
+
+def test_a_key_limited_to_models_cannot_name_another_one_the_upstream_reads(
+    upstreams, proxy, api_key
+):
+    allowed = upstreams("a", ["allowed"])
+    forbidden = upstreams("b", ["forbidden"])
+    running = proxy(allowed, forbidden)
+    with_policy(running, api_key, models=("allowed",))
+    sdk = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    hello = [{"role": "user", "content": "hi"}]
+    eventually(lambda: forbidden_refused(sdk))
+    assert sdk.chat.completions.create(model="allowed", messages=hello).model == "allowed"
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(model="allowed", messages=hello, extra_body={"Model": "x"})
+    assert caught.value.code == "ambiguous_model"
+    escaped = b'{"\\u006dodel": "forbidden", "messages": [], "metadata": {"model": "allowed"}}'
+    bodies = {
+        escaped: 403,
+        b'{"model": "allowed", "messages": [], "model": "forbidden"}': 400,
+        b'{"messages": [], "model": "allowed", "m\\u006fdel": "forbidden"}': 400,
+        b'{"model": "allowed", "MODEL": "forbidden"}': 400,
+    }
+    with running.client(api_key) as client:
+        for body, status in bodies.items():
+            r = client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == status, body
+            assert error_of(r)["code"] in ("model_not_allowed", "ambiguous_model")
+        form = (
+            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nallowed\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nforbidden\r\n--b--\r\n'
+        )
+        r = client.post(
+            "/v1/audio/transcriptions",
+            content=form,
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert r.status_code == 400 and error_of(r)["code"] == "ambiguous_model"
+    assert [s.body for s in forbidden.seen if s.path != "/v1/models"] == []
+    models = [row["model"] for row in running.rows()]
+    assert "forbidden" in models and models.count("allowed") == 1  # the one served
+
+
+def forbidden_refused(sdk: openai.OpenAI) -> bool:
+    try:
+        sdk.chat.completions.create(model="forbidden", messages=[])
+    except openai.PermissionDeniedError:
+        return True
+    return False
 
 
 def stream_bytes(url: str, headers: dict[str, str], body: dict) -> bytes:

@@ -226,7 +226,7 @@ def test_an_unexpected_error_logs_the_route_not_the_key_in_its_path(tmp_path, ca
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.get(
             f"/api/keys/validate/{key}",
-            headers={"Authorization": f"Bearer {sessions.issue(settings.jwt_secret, 'admin')}"},
+            headers={"Authorization": f"Bearer {sessions.for_settings(settings).issue('admin')}"},
         )
     assert (r.status_code, r.json()) == (
         500,

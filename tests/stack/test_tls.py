@@ -186,7 +186,12 @@ def test_broken_custom_config_is_refused_and_the_old_one_keeps_serving(issued):
         before = admin.get("/nginx/config/get").json()["config"]
         r = admin.post("/nginx/config/update", json={"config": before + "\nbogus_directive on;\n"})
         assert r.status_code == 400
-        assert 'unknown directive "bogus_directive"' in r.json()["message"]
+        assert '"bogus_directive" is not allowed here' in r.json()["message"]
+        # Allowed, but not valid nginx: nginx -t says so.
+        broken = before + "\nclient_max_body_size 1x;\n"
+        r = admin.post("/nginx/config/update", json={"config": broken})
+        assert r.status_code == 400
+        assert '"client_max_body_size" directive invalid value' in r.json()["message"]
         assert admin.get("/nginx/config/get").json() == {"success": True, "config": before}
         status = admin.get("/nginx/status").json()
         assert status["nginx"]["ok"] is True  # serving the previous config, and desired again

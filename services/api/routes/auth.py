@@ -1,11 +1,13 @@
 """`/auth/login`, `/auth/logout`, `/auth/token` (legacy) and `/api/me`.
 
 Answers and messages are the original's. Better than it: the password is compared in constant
-time, failures are throttled per address (429 with Retry-After) and logged, and the JWT expires.
+time, failures are throttled per address (429 with Retry-After) and logged, and a session ends
+at logout, at a change of credentials, and 24 hours after login (see `sessions`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import Any
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from services.api import sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
+from services.api.throttle import Throttle
 from services.api.validation import BodyError, login_errors, valid_fields
 from shared.settings import Settings
 
@@ -41,7 +44,7 @@ LOGIN_BODY: dict[str, Any] = {
 
 async def _check_login(request: Request, settings: Settings) -> str:
     """The username if the body holds the right credentials; AuthError otherwise."""
-    throttle: sessions.Throttle = request.app.state.throttle
+    throttle: Throttle = request.app.state.throttle
     address = client_address(request)
     wait = throttle.retry_after(address)
     if wait:
@@ -64,13 +67,18 @@ async def _check_login(request: Request, settings: Settings) -> str:
     return str(username)
 
 
+def _sessions(request: Request) -> sessions.Sessions:
+    checker: sessions.Sessions = request.app.state.sessions
+    return checker
+
+
 @router.post("/auth/login", openapi_extra=LOGIN_BODY)
 async def login(request: Request, settings: SettingsDep) -> JSONResponse:
     username = await _check_login(request, settings)
     response = JSONResponse({"success": True, "username": username})
     response.set_cookie(
         sessions.COOKIE,
-        sessions.issue(settings.jwt_secret, username),
+        _sessions(request).issue(username),
         max_age=sessions.LIFETIME,
         expires=sessions.LIFETIME,
         path="/",
@@ -84,11 +92,18 @@ async def login(request: Request, settings: SettingsDep) -> JSONResponse:
 @router.post("/auth/token", openapi_extra=LOGIN_BODY)
 async def token(request: Request, settings: SettingsDep) -> dict[str, str]:
     username = await _check_login(request, settings)
-    return {"token": sessions.issue(settings.jwt_secret, username)}
+    return {"token": _sessions(request).issue(username)}
 
 
 @router.post("/auth/logout")
-async def logout(settings: SettingsDep) -> JSONResponse:
+async def logout(request: Request, settings: SettingsDep) -> JSONResponse:
+    """End the session server-side (its token, cookie or Bearer, stops working everywhere)
+    and clear the cookie."""
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    tokens = [request.cookies.get(sessions.COOKIE), bearer.strip() if scheme == "Bearer" else ""]
+    for token in filter(None, tokens):
+        if await asyncio.to_thread(_sessions(request).end, token):
+            log.info("logout")
     response = JSONResponse({"success": True})
     response.delete_cookie(
         sessions.COOKIE, path="/", httponly=True, samesite="strict", secure=settings.production

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from services.api.deps import Admin, AdminAction, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import BodyError, read_fields
+from shared.custom_config import check_custom_config
 from shared.heartbeat import read_heartbeats
 from shared.settings import Settings
 from shared.site import (
@@ -33,7 +34,6 @@ from shared.site import (
     read_status,
     update_site,
     valid_cidrs,
-    valid_custom_config,
     valid_domain,
     valid_domains,
     valid_email,
@@ -177,14 +177,15 @@ async def write_default(request: Request, admin: Admin, settings: SettingsDep) -
 
 @router.post("/config/update")
 async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
-    """Body `{"config": "<server.conf>"}`: the admin's own server configuration; if nginx
-    refuses it, the answer is nginx's message and the previous configuration stays."""
+    """Body `{"config": "<server.conf>"}`: the admin's own server configuration, within the
+    allowlist of `shared.custom_config` (a 400 saying what is not allowed); if nginx refuses
+    it, the answer is nginx's message and the previous configuration stays."""
     fields = await _fields(request)
     config = fields.get("config")
     if not isinstance(config, str):
         raise Failure(400, INVALID)
     try:
-        valid_custom_config(config)
+        check_custom_config(config, settings.letsencrypt_dir)
     except SiteError as exc:
         raise Failure(400, str(exc)) from exc
     previous: list[str | None] = []
