@@ -24,6 +24,7 @@ JSON = "application/json"
         # Two string members named "user": only the top-level one counts.
         ({"metadata": {"user": "nested"}, "user": "top"}, "top"),
         ({"metadata": {"user": "nested"}, "tools": [{"user": "other"}]}, None),
+        ({"model": "m", "metadata": {"user": "nested"}}, None),
         ({"model": "m", "user": 'quote " and \\ in it'}, 'quote " and \\ in it'),
     ],
 )
