@@ -41,6 +41,7 @@ _FIELDS = (
     ("bytesIn", "bytes_in"),
     ("bytesOut", "bytes_out"),
     ("error", "error"),
+    ("endUser", "end_user"),
 )
 _SELECT = ", ".join(sql for _, sql in _FIELDS)
 _NAMES = [name for name, _ in _FIELDS]

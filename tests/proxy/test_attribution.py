@@ -7,6 +7,7 @@ import json
 import openai
 import pytest
 
+from services.api import reports, request_log
 from services.proxy.attribution import MAX_USER, end_user
 from tests.conftest import eventually
 
@@ -48,3 +49,9 @@ def test_the_user_field_is_recorded_for_each_api(upstreams, proxy, api_key):
     client.chat.completions.create(model="m", messages=messages)
     rows = eventually(lambda: len(r := running.rows()) == 4 and r)
     assert [r["end_user"] for r in rows] == ["alice@example.com", "bob", "carol", None]
+    # The admin sees it in a key's records (and so its CSV) and in the request log.
+    db, everything = running.settings.analytics_db, reports.Window(0, 2**62)
+    records = reports.records(db, api_key.id, everything, 10)
+    assert [r["endUser"] for r in records] == ["alice@example.com", "bob", "carol", None]
+    logged = request_log.find(db, rows[0]["request_id"])
+    assert logged is not None and logged["endUser"] == "alice@example.com"
