@@ -10,7 +10,15 @@ import pytest
 from services.proxy.usage import UsageStripper, ask_for_usage, meter_for
 from shared.apikeys import ApiKey, Limits, write_keys
 from tests.conftest import eventually
-from tests.proxy.wire import TIMINGS, WireUpstream, litellm_chat, litellm_text, llamacpp_chat
+from tests.proxy.wire import (
+    TIMINGS,
+    WireUpstream,
+    litellm_chat,
+    litellm_text,
+    llamacpp_chat,
+    messages_stream,
+    responses_stream,
+)
 
 
 def sse(*documents):
@@ -340,3 +348,29 @@ def test_a_stream_cut_after_its_finishing_chunk_keeps_that_chunk(wire, proxy, ap
         received.extend(client.chat.completions.create(**body, stream=True))
     assert cut.value.body["code"] == "upstream_cut"
     assert received[-1].choices[0].finish_reason == "stop"
+
+
+def test_responses_and_messages_streams_are_metered_at_any_split():
+    for stream, usage in ((responses_stream("m"), (100, 23)), (messages_stream("m"), (40, 15))):
+        for cut in range(1, len(stream), 7):
+            meter = meter_for("text/event-stream", "")
+            meter.feed(stream[:cut])
+            meter.feed(stream[cut:])
+            assert meter.usage() == usage, cut
+    # What a stream cut short is estimated by: the four words streamed as deltas.
+    for stream in (responses_stream("m"), messages_stream("m")):
+        meter = meter_for("text/event-stream", "")
+        meter.feed(
+            stream[: stream.index(b"event: response.completed")] if b"resp_" in stream else stream
+        )
+        assert meter.pieces == 4
+
+
+def test_a_responses_stream_with_a_long_answer_is_still_metered():
+    """`response.completed` repeats the whole answer before its usage: a line far longer than
+    any chat chunk."""
+    long = responses_stream("m").replace(b"Hello from the wire", b"x" * 500_000)
+    meter = meter_for("text/event-stream", "")
+    for start in range(0, len(long), 16384):
+        meter.feed(long[start : start + 16384])
+    assert meter.usage() == (100, 23)
