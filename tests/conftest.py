@@ -29,8 +29,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll `check` until it returns something truthy; fail with its last value."""
+def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy; fail with its last value.
+
+    The default bound is for a loaded machine (CI runs on two busy cores): it costs nothing when
+    the event comes, and an event that llmp must deliver within some time passes its own,
+    tighter `timeout`."""
     deadline = time.monotonic() + timeout
     value = check()
     while not value and time.monotonic() < deadline:

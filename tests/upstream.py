@@ -40,7 +40,7 @@ class FakeUpstream:
     cut_after: int | None = None  # drop the connection after this many SSE chunks
     hang: bool = False  # accept completions and never answer
     delay: float = 0.0  # seconds before answering a completion
-    held: bool = False  # answer a completion only when the test lets it (`release`)
+    held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     usage: bool = True  # honour stream_options.include_usage, as OpenAI and vLLM do
     active: int = 0  # completions being answered now
     peak: int = 0  # the most answered at once
@@ -147,7 +147,7 @@ class FakeUpstream:
         self.peak = max(self.peak, self.active)
         try:
             self.arrivals.append(_last_message(body))
-            if self.held:
+            if self.held and not _streamed(body):  # a stream holds after its first chunk
                 await self._turns.acquire()
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -215,6 +215,8 @@ class FakeUpstream:
                 if include_usage:
                     chunk["usage"] = None
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if self.held and i == 0:  # the stream has started; the rest waits for the test
+                    await self._turns.acquire()
                 if self.pace:
                     await asyncio.sleep(self.pace)
             if include_usage:
@@ -244,3 +246,10 @@ def _last_message(body: bytes) -> str:
         return str(json.loads(body)["messages"][-1]["content"])
     except (ValueError, KeyError, IndexError, TypeError):
         return ""
+
+
+def _streamed(body: bytes) -> bool:
+    try:
+        return json.loads(body).get("stream") is True
+    except (ValueError, AttributeError):
+        return False
