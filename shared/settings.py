@@ -87,6 +87,8 @@ class Settings(BaseSettings):
 
     # The admin API.
     analytics_retention_days: int = Field(default=90, ge=1)
+    # The hourly and daily sums of the analytics outlive the rows they were made from.
+    analytics_rollup_retention_days: int = Field(default=730, ge=1)
     login_max_failures: int = Field(default=10, ge=1)
     login_window_seconds: float = Field(default=600.0, gt=0)
 
@@ -131,6 +133,10 @@ class Settings(BaseSettings):
     @property
     def analytics_db(self) -> Path:
         return self.data_dir / "analytics.db"
+
+    @property
+    def prices_file(self) -> Path:
+        return self.data_dir / "prices.json"
 
     @property
     def nginx_prefix(self) -> Path:
