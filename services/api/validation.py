@@ -5,7 +5,9 @@ field, in Joi's order; `joined` makes the original's `", "`-separated text. A ke
 (which the original does not have) is checked the same way, in Joi's default messages, as if by
 `Joi.object({enabled: boolean(), expiresAt: date().iso().allow(null), models: array().items(
 string().trim().min(1).max(200)).min(1).max(100).unique().allow(null), limits: object({<each>:
-number().integer().positive().allow(null)})})`.
+number().integer().positive().allow(null)}), budget: object({period: string().valid('day',
+'week', 'month').required(), tokens: number().integer().positive(), cost: number().positive()})
+.or('tokens', 'cost').allow(null)})`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request
 
-from shared.apikeys import Limits, PolicyChange, format_time, parse_time
+from shared.apikeys import BUDGET_PERIODS, Budget, Limits, PolicyChange, format_time, parse_time
 
 _ALPHANUM = re.compile(r"[A-Za-z0-9]*")
 
-POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits")
+POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget")
+BUDGET_FIELDS = ("period", "tokens", "cost")
+MAX_BUDGET_COST = 1e12
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 MAX_PATTERNS = 100
 MAX_PATTERN_LENGTH = 200
@@ -206,6 +210,37 @@ def _limits(value: Any) -> tuple[dict[str, int | None], list[str]]:
     return limits, errors
 
 
+def _budget(value: Any) -> tuple[Budget | None, list[str]]:
+    """A key's budget; None: no budget."""
+    if value is None:
+        return None, []
+    if not isinstance(value, dict):
+        return None, ['"budget" must be of type object']
+    errors: list[str] = []
+    period = value.get("period")
+    if "period" not in value:
+        errors.append('"budget.period" is required')
+    elif period not in BUDGET_PERIODS:
+        errors.append('"budget.period" must be one of [day, week, month]')
+    tokens, cost = value.get("tokens"), value.get("cost")
+    if tokens is not None:
+        tokens, problems = _limit("tokens", tokens)
+        errors += [p.replace('"limits.tokens"', '"budget.tokens"') for p in problems]
+    if cost is not None:
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+            errors.append('"budget.cost" must be a number')
+        elif cost <= 0:
+            errors.append('"budget.cost" must be a positive number')
+        elif cost >= MAX_BUDGET_COST:
+            errors.append(f'"budget.cost" must be less than {MAX_BUDGET_COST:.0f}')
+    if "tokens" not in value and "cost" not in value:
+        errors.append('"budget" must contain at least one of [tokens, cost]')
+    errors += [f'"budget.{name}" is not allowed' for name in value if name not in BUDGET_FIELDS]
+    if errors:
+        return None, errors
+    return Budget(str(period), tokens, None if cost is None else float(cost)), []
+
+
 def key_policy(
     fields: Mapping[str, Any], now: datetime | None = None
 ) -> tuple[PolicyChange, list[str]]:
@@ -226,6 +261,9 @@ def key_policy(
         errors += problems
     if "limits" in fields:
         change["limits"], problems = _limits(fields["limits"])
+        errors += problems
+    if "budget" in fields:
+        change["budget"], problems = _budget(fields["budget"])
         errors += problems
     return change, errors
 

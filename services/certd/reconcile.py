@@ -175,8 +175,8 @@ class Certd:
             log.error(
                 "certificate not obtained", extra={"fields": {"name": request.name, "error": exc}}
             )
-            self.cert_errors[request.name] = str(exc)
-            return str(exc)
+            self.cert_errors[request.name] = exc.reason  # the whole of it is in the log line
+            return exc.reason
         log.info(
             "certificate obtained",
             extra={
@@ -279,7 +279,7 @@ class Certd:
         try:
             self.certbot.renew()
         except CertbotError as exc:
-            error, failed = str(exc), exc.failed
+            error, failed = exc.reason, exc.failed
             log.error("renewal failed", extra={"fields": {"error": exc}})
         after = certs.lineages(config_dir)
         renewed = [

@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import attribution, errors, routing
 from services.proxy.board import Board
+from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
@@ -139,6 +140,7 @@ class ProxyApp:
         self.pool: Pool | None = None
         self.catalog: Catalog | None = None
         self.limiter: Limiter | None = None
+        self.budgets: Budgets | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -173,6 +175,7 @@ class ProxyApp:
         self.catalog = Catalog(s, self.pool)
         board = Board(s.board_file)
         self.limiter = Limiter(board)
+        self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
         for state in self.catalog.states:
             if state.upstream.concurrency:
                 state.gate = Gate(
@@ -308,8 +311,9 @@ class ProxyApp:
         send: Send,
         started: float,
     ) -> None:
-        catalog, limiter = self.catalog, self.limiter
+        catalog, limiter, budgets = self.catalog, self.limiter, self.budgets
         assert catalog is not None and self.pool is not None and limiter is not None
+        assert budgets is not None
         path, method = scope["path"], scope["method"]
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self.answer_models(path, policy, row, send)
@@ -319,6 +323,7 @@ class ProxyApp:
         policy.check_model(model)
         plan = await self.plan(catalog, model)
         asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
         meter = None
@@ -327,8 +332,11 @@ class ProxyApp:
                 self.pool, catalog, plan, scope, body, asked, row, send, started, extra
             )
         finally:
-            if admission is not None:
-                limiter.release(admission, tokens_used(row, meter))
+            if admission is not None or policy.key.budget is not None:
+                tokens = tokens_used(row, meter)
+                if admission is not None:
+                    limiter.release(admission, tokens)
+                budgets.charge(policy.key, row, tokens)
 
     async def plan(self, catalog: Catalog, model: str | None) -> list[UpstreamState]:
         states = catalog.states

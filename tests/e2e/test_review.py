@@ -135,3 +135,43 @@ def test_admin_assets_are_compressed_and_head_answers(page: Page, ui_stack: Stac
     r = httpx.get(ui_stack.url + script[1], headers={"Accept-Encoding": "gzip"})
     assert r.headers["content-encoding"] == "gzip"
     assert int(r.headers["content-length"]) < len(r.content) / 2
+
+
+def test_a_failed_certificate_says_why_and_can_be_retried_renewed_and_removed(
+    admin_page: Page, ui_stack: Stack, artifacts: Path
+) -> None:
+    page = admin_page
+    page.get_by_role("tab", name="TLS & nginx").click()
+    page.get_by_label("Domains").fill("fail.example.test")
+    page.get_by_role("button", name="Obtain certificate").click()
+    failure = page.get_by_role("alert").filter(has_text="No certificate.")
+    expect(failure).to_contain_text("Cloudflare credentials not found", timeout=60_000)
+    expect(failure).not_to_contain_text("Command failed")
+    expect(failure).not_to_contain_text("Traceback")
+    row = page.get_by_role("region", name="Certificates").locator(
+        "tr", has_text="fail.example.test"
+    )
+    expect(row.locator(".badge")).to_have_text("Not issued")
+    shot(page, artifacts, "34-tls-certificate-failed")
+
+    page.get_by_role("button", name="Retry fail.example.test").click()
+    expect(
+        page.get_by_role("alert").filter(has_text="fail.example.test: No certificate for")
+    ).to_be_visible(timeout=60_000)
+
+    page.get_by_role("button", name="Renew due certificates").click()
+    expect(
+        page.get_by_role("alert").filter(
+            has_text="Nothing to renew: fail.example.test has never been issued"
+        )
+    ).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("renewed successfully")).to_have_count(0)
+
+    page.get_by_role("button", name="Remove fail.example.test").click()
+    dialog = page.get_by_role("dialog", name="Remove this certificate request?")
+    dialog.get_by_role("button", name="Remove", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Removed fail.example.test.")).to_be_visible(
+        timeout=30_000
+    )
+    expect(row).to_have_count(0)
+    shot(page, artifacts, "35-tls-certificate-removed")

@@ -68,6 +68,18 @@ POLICY_SCHEMA: dict[str, Any] = {
         },
         "description": "the limits given change, null removes one, the others stay",
     },
+    "budget": {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "required": ["period"],
+        "properties": {
+            "period": {"enum": ["day", "week", "month"]},
+            "tokens": {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
+            "cost": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e12},
+        },
+        "anyOf": [{"required": ["tokens"]}, {"required": ["cost"]}],
+        "description": "per calendar period (UTC); cost in the currency of the prices; null: none",
+    },
 }
 
 
