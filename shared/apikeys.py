@@ -13,6 +13,13 @@ A key without policy is written exactly as the original writes it, so the file s
 llm-proxy. The api service is the only writer; the proxy reads it. A file that cannot be read or
 parsed, or holds a policy field of the wrong type, is an error (`KeyFileError`), never an empty
 key set: the caller keeps what it had.
+
+`apikeys.json.last-good` is a copy of the newest valid key file: written with it, and refreshed
+(under the key file's lock, see `shared.keyfile`) by whoever reads a valid file that differs from
+it (an operator's edit, a restore). When `apikeys.json` is missing or broken, the keys in force
+are the copy's (`load_keys`): a proxy worker started then serves them, and the api lists them and
+writes the file again from them at the next change. A missing file is "no keys" only while there
+is no copy either (a new install); to remove every key, delete them, do not delete the file.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from shared.files import write_json_atomic
+from shared.files import write_atomic
 
 
 class KeyFileError(Exception):
@@ -195,5 +202,29 @@ def read_keys(path: Path) -> list[ApiKey]:
         raise KeyFileError(f"{path} is not valid JSON: {exc}") from exc
 
 
+def last_good_path(path: Path) -> Path:
+    return path.with_name(path.name + ".last-good")
+
+
+def load_keys(path: Path) -> tuple[list[ApiKey], str | None]:
+    """The keys in force and, when they come from the last good copy, why (the file is missing
+    or broken). Raises KeyFileError when the file is broken and no good copy is left."""
+    copy = last_good_path(path)
+    try:
+        if not path.exists() and copy.exists():
+            raise KeyFileError(f"{path} is missing")
+        return read_keys(path), None  # a missing file and no copy: a new install
+    except KeyFileError as exc:
+        if not copy.exists():
+            raise
+        try:
+            return read_keys(copy), str(exc)
+        except KeyFileError:
+            raise exc from None
+
+
 def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    write_json_atomic(path, {"keys": [k.to_json() for k in keys]}, mode=0o600)
+    """Replace the key file, and its last good copy after it."""
+    data = (json.dumps({"keys": [k.to_json() for k in keys]}, indent=2) + "\n").encode()
+    write_atomic(path, data, mode=0o600)
+    write_atomic(last_good_path(path), data, mode=0o600)
