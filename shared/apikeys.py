@@ -24,14 +24,19 @@ is no copy either (a new install); to remove every key, delete them, do not dele
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from shared.files import write_atomic
+from shared.files import Reserve, write_atomic
+
+log = logging.getLogger("apikeys")
 
 
 class KeyFileError(Exception):
@@ -223,8 +228,18 @@ def load_keys(path: Path) -> tuple[list[ApiKey], str | None]:
             raise exc from None
 
 
-def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Replace the key file, and its last good copy after it."""
+def write_keys(path: Path, keys: list[ApiKey], reserve: Reserve | None = None) -> None:
+    """Replace the key file (through `reserve` if the disk is full), then its last good copy.
+    A copy that cannot be written is deleted: a stale one could bring back a revoked key."""
     data = (json.dumps({"keys": [k.to_json() for k in keys]}, indent=2) + "\n").encode()
-    write_atomic(path, data, mode=0o600)
-    write_atomic(last_good_path(path), data, mode=0o600)
+    if reserve is None:
+        write_atomic(path, data, mode=0o600)
+    else:
+        reserve.write(path, data, mode=0o600)
+    copy = last_good_path(path)
+    try:
+        write_atomic(copy, data, mode=0o600)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy)
+        log.error("last good key file not written; removed", extra={"fields": {"error": exc}})

@@ -28,7 +28,7 @@ from shared.apikeys import (
     read_keys,
     write_keys,
 )
-from shared.files import write_atomic
+from shared.files import Reserve, write_atomic
 
 log = logging.getLogger("keyfile")
 
@@ -40,6 +40,8 @@ class DuplicateUsername(Exception):
 class KeyFile:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # space kept for writing the key file on a full disk: a key can always be revoked
+        self.reserve = Reserve(path.with_name(f".{path.name}.reserve"))
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -71,7 +73,8 @@ class KeyFile:
             read_keys(self.path)
         except KeyFileError:
             os.replace(self.path, self.path.with_name(self.path.name + ".broken"))
-        write_keys(self.path, keys)
+        write_keys(self.path, keys, self.reserve)
+        self.reserve.ensure()
 
     def list(self) -> list[ApiKey]:
         return self._keys()
