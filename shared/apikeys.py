@@ -17,18 +17,30 @@ A key without policy is written exactly as the original writes it, so the file s
 llm-proxy. The api service is the only writer; the proxy reads it. A file that cannot be read or
 parsed, or holds a policy field of the wrong type, is an error (`KeyFileError`), never an empty
 key set: the caller keeps what it had.
+
+`apikeys.json.last-good` is a copy of the newest valid key file: written with it, and refreshed
+(under the key file's lock, see `shared.keyfile`) by whoever reads a valid file that differs from
+it (an operator's edit, a restore). When `apikeys.json` is missing or broken, the keys in force
+are the copy's (`load_keys`): a proxy worker started then serves them, and the api lists them and
+writes the file again from them at the next change. A missing file is "no keys" only while there
+is no copy either (a new install); to remove every key, delete them, do not delete the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from shared.files import write_json_atomic
+from shared.files import Reserve, write_atomic
+
+log = logging.getLogger("apikeys")
 
 
 class KeyFileError(Exception):
@@ -247,5 +259,39 @@ def read_keys(path: Path) -> list[ApiKey]:
         raise KeyFileError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def write_keys(path: Path, keys: list[ApiKey]) -> None:
-    write_json_atomic(path, {"keys": [k.to_json() for k in keys]}, mode=0o600)
+def last_good_path(path: Path) -> Path:
+    return path.with_name(path.name + ".last-good")
+
+
+def load_keys(path: Path) -> tuple[list[ApiKey], str | None]:
+    """The keys in force and, when they come from the last good copy, why (the file is missing
+    or broken). Raises KeyFileError when the file is broken and no good copy is left."""
+    copy = last_good_path(path)
+    try:
+        if not path.exists() and copy.exists():
+            raise KeyFileError(f"{path} is missing")
+        return read_keys(path), None  # a missing file and no copy: a new install
+    except KeyFileError as exc:
+        if not copy.exists():
+            raise
+        try:
+            return read_keys(copy), str(exc)
+        except KeyFileError:
+            raise exc from None
+
+
+def write_keys(path: Path, keys: list[ApiKey], reserve: Reserve | None = None) -> None:
+    """Replace the key file (through `reserve` if the disk is full), then its last good copy.
+    A copy that cannot be written is deleted: a stale one could bring back a revoked key."""
+    data = (json.dumps({"keys": [k.to_json() for k in keys]}, indent=2) + "\n").encode()
+    if reserve is None:
+        write_atomic(path, data, mode=0o600)
+    else:
+        reserve.write(path, data, mode=0o600)
+    copy = last_good_path(path)
+    try:
+        write_atomic(copy, data, mode=0o600)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(copy)
+        log.error("last good key file not written; removed", extra={"fields": {"error": exc}})

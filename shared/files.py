@@ -2,16 +2,26 @@
 
 A reader sees either the old file or the new one, never a half-written one: the bytes go to a
 temporary file in the same folder, are flushed to disk, and replace the target in one rename.
+
+A `Reserve` is space set aside in a folder for the writes that must succeed on a full disk
+(revoking a key): a file of zeros whose blocks a write can take over in place, or give back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("files")
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+RESERVE_SIZE = 1024 * 1024
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -42,3 +52,76 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Reserve:
+    """RESERVE_SIZE bytes held back at `path` for `write` when the disk is full.
+
+    The write goes into the reserve's own blocks (written in place, truncated to size, then
+    renamed over the target): no new block is needed on ext4, xfs or tmpfs. Where that fails
+    too (a copy-on-write filesystem), the reserve is deleted to give its space back and the
+    write is tried once more the usual way. `ensure` makes a new reserve once there is room.
+    """
+
+    def __init__(self, path: Path, size: int = RESERVE_SIZE) -> None:
+        self.path = path
+        self.size = size
+
+    def ensure(self) -> bool:
+        """Create the reserve if it is missing (best effort); True if it is in place."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_size >= self.size:
+                return True
+        tmp = self.path.with_name(self.path.name + ".new")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                block = bytes(64 * 1024)
+                for _ in range(0, self.size, len(block)):
+                    os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if exc.errno not in NO_SPACE:
+                log.warning("no disk space reserve", extra={"fields": {"error": exc}})
+            return False
+        return True
+
+    def write(self, path: Path, data: bytes, mode: int = 0o600) -> None:
+        """As `write_atomic`, and on a full disk through the reserve."""
+        try:
+            write_atomic(path, data, mode)
+            return
+        except OSError as exc:
+            if exc.errno not in NO_SPACE or not self.path.exists():
+                raise
+            log.warning(
+                "disk full: writing through the space reserve",
+                extra={"fields": {"path": str(path)}},
+            )
+        try:
+            self._write_in_place(path, data, mode)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # give its space back
+            write_atomic(path, data, mode)
+
+    def _write_in_place(self, path: Path, data: bytes, mode: int) -> None:
+        if len(data) > self.size:
+            raise OSError(errno.ENOSPC, "larger than the reserve")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.path, path)
+        _fsync_dir(path.parent)

@@ -3,7 +3,9 @@
 Every change is read-modify-write under an exclusive lock (a thread lock within the process and
 `flock` on `apikeys.json.lock` across processes), and the write is atomic. A file that cannot be
 read is an error (KeyFileError), never an empty key set that the next write would save over the
-real keys.
+real keys. A missing or broken file with a last good copy is read from the copy (see
+`shared.apikeys.load_keys`), so keys stay listed and revocable; the next change writes the file
+again.
 """
 
 from __future__ import annotations
@@ -11,12 +13,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.apikeys import ApiKey, PolicyChange, read_keys, write_keys
+from shared.apikeys import (
+    ApiKey,
+    KeyFileError,
+    PolicyChange,
+    last_good_path,
+    load_keys,
+    read_keys,
+    write_keys,
+)
+from shared.files import Reserve, write_atomic
+
+log = logging.getLogger("keyfile")
 
 
 class DuplicateUsername(Exception):
@@ -26,6 +40,8 @@ class DuplicateUsername(Exception):
 class KeyFile:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # space kept for writing the key file on a full disk: a key can always be revoked
+        self.reserve = Reserve(path.with_name(f".{path.name}.reserve"))
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -42,48 +58,84 @@ class KeyFile:
             finally:
                 os.close(fd)
 
+    def _keys(self) -> list[ApiKey]:
+        keys, problem = load_keys(self.path)
+        if problem is not None:
+            log.error(
+                "key file unusable; using its last good copy", extra={"fields": {"error": problem}}
+            )
+        return keys
+
+    def _write(self, keys: list[ApiKey]) -> None:
+        """Save `keys` (the lock held). A broken file written over is kept beside it first, as
+        `apikeys.json.broken`: an edit gone wrong is not lost."""
+        try:
+            read_keys(self.path)
+        except KeyFileError:
+            os.replace(self.path, self.path.with_name(self.path.name + ".broken"))
+        write_keys(self.path, keys, self.reserve)
+        self.reserve.ensure()
+
     def list(self) -> list[ApiKey]:
-        return read_keys(self.path)
+        return self._keys()
+
+    def remember(self) -> bool:
+        """Make the last good copy the key file as it is now, if that is valid and differs from
+        the copy (a reader that found it so calls this); True if the copy was written."""
+        with self.locked():
+            try:
+                data = self.path.read_bytes()
+                read_keys(self.path)
+            except (OSError, KeyFileError):
+                return False  # gone or broken since: the copy stays as it is
+            copy = last_good_path(self.path)
+            try:
+                if copy.read_bytes() == data:
+                    return False
+            except FileNotFoundError:
+                pass
+            write_atomic(copy, data, mode=0o600)
+            return True
 
     def create(self, username: str, policy: PolicyChange | None = None) -> ApiKey:
         with self.locked():
-            keys = read_keys(self.path)
+            keys = self._keys()
             if any(k.username == username for k in keys):
                 raise DuplicateUsername(username)
             key = ApiKey.new(username).updated(policy or {})
-            write_keys(self.path, [*keys, key])
+            self._write([*keys, key])
             return key
 
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
         """The key with `change` applied and saved; None if there is no key `key_id`."""
         with self.locked():
-            keys = read_keys(self.path)
+            keys = self._keys()
             for position, key in enumerate(keys):
                 if key.id == key_id:
                     keys[position] = updated = key.updated(change)
-                    write_keys(self.path, keys)
+                    self._write(keys)
                     return updated
             return None
 
     def delete(self, key_id: str) -> bool:
         with self.locked():
-            keys = read_keys(self.path)
+            keys = self._keys()
             kept = [k for k in keys if k.id != key_id]
             if len(kept) == len(keys):
                 return False
-            write_keys(self.path, kept)
+            self._write(kept)
             return True
 
     def find(self, secret: str) -> ApiKey | None:
         """The key whose secret is `secret`, compared in constant time."""
         found = None
-        for key in read_keys(self.path):
+        for key in self._keys():
             if hmac.compare_digest(key.key.encode(), secret.encode()):
                 found = key
         return found
 
     def by_id_or_secret(self, value: str) -> ApiKey | None:
-        for key in read_keys(self.path):
+        for key in self._keys():
             if key.id == value or hmac.compare_digest(key.key.encode(), value.encode()):
                 return key
         return None

@@ -51,7 +51,11 @@ def health(settings: Settings) -> dict[str, Any]:
             report["nginx"] = nginx
             report["ok"] = bool(nginx.get("ok"))
         if program == "proxy":
-            report["ok"] = len(mine) >= settings.proxy_workers
+            # a broken key file: the workers serve its last good keys, but it must be fixed
+            keys_errors = [b["keys_error"] for b in mine if b.get("keys_error")]
+            report["ok"] = len(mine) >= settings.proxy_workers and not keys_errors
+            if keys_errors:
+                report["keys_error"] = keys_errors[0]
             report["upstreams"] = upstreams(mine)
         programs[program] = report
     ok = all(p["ok"] for p in programs.values())

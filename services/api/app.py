@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         beat = Heartbeat(settings.run_dir, "api")
+        await asyncio.to_thread(app.state.keyfile.reserve.ensure)  # room to revoke a key later
         task = asyncio.create_task(_beat(beat), name="api-heartbeat")
         try:
             yield

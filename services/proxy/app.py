@@ -218,6 +218,7 @@ class ProxyApp:
             self.heartbeat.state = {
                 "keys": len(self.keys),
                 "last_error": self.keys.last_error or self.recorder.last_error,
+                "keys_error": self.keys.last_error,
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],

@@ -2,7 +2,10 @@
 
 Changes arrive through watchdog (inotify) and, as a safety net where inotify does not reach
 (some bind mounts), a cheap `stat()` poll. A file that goes missing or stops parsing leaves the
-last good keys in force; the error is logged and reported in the heartbeat.
+last good keys in force: those of `apikeys.json.last-good` (the newest valid key file, so a
+worker started meanwhile serves the same keys as the others), else those in memory. The error
+is logged and reported in the heartbeat (`keys_error`, which /healthz shows). A valid file that
+differs from the last good copy is copied there.
 
 Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about how
 much of a guessed key was right. Each key's policy is compiled when the file is read.
@@ -21,7 +24,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from services.proxy.limits import Policy
-from shared.apikeys import ApiKey, KeyFileError, read_keys
+from shared.apikeys import ApiKey, KeyFileError, last_good_path, read_keys
+from shared.keyfile import KeyFile
 
 log = logging.getLogger("proxy.keys")
 
@@ -37,10 +41,12 @@ class KeyStore:
         self.path = path
         self.last_error: str | None = None
         self._by_digest: dict[bytes, Policy] = {}
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: tuple[int, int, int] | None = (-1, -1, -1)  # never read
+        self._copy_signature: tuple[int, int, int] | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._poller: asyncio.Task[None] | None = None
         self.on_change: Callable[[], None] | None = None  # called after each new set of keys
+        self._remembering: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -57,35 +63,59 @@ class KeyStore:
 
     def reload(self) -> None:
         """Re-read the file if it changed since the last look."""
-        try:
-            st = os.stat(self.path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            signature = None
-        if signature == self._signature and self._signature is not None:
+        signature = _signature(self.path)
+        if signature == self._signature and (signature is not None or self.last_error is None):
             return
         self._signature = signature
         if signature is None:
-            self._fail(f"{self.path} is missing")
-            return
+            if last_good_path(self.path).exists() or self._by_digest:
+                self._fall_back(f"{self.path} is missing")
+            return  # no file and no copy: a new install, no keys yet
         try:
             keys = read_keys(self.path)
         except KeyFileError as exc:
-            self._fail(str(exc))
+            self._fall_back(str(exc))
             return
-        self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
+        self._use(keys)
+        if self.last_error is not None:
+            log.info("key file readable again")
         self.last_error = None
+        self._copy_signature = None
+        self._remember()
+
+    def _use(self, keys: list[ApiKey]) -> None:
+        self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
         log.info("keys loaded", extra={"fields": {"count": len(keys)}})
         if self.on_change is not None:
             self.on_change()
 
-    def _fail(self, error: str) -> None:
+    def _fall_back(self, error: str) -> None:
+        """Serve the last good copy's keys (if it changed since last read), else keep ours."""
+        copy = last_good_path(self.path)
+        signature = _signature(copy)
+        if signature is not None and signature != self._copy_signature:
+            try:
+                self._use(read_keys(copy))
+                self._copy_signature = signature
+            except KeyFileError as exc:
+                error += f"; the last good copy too: {exc}"
         if error != self.last_error:
             log.error(
-                "keeping the last good keys",
+                "key file unusable; serving the last good keys",
                 extra={"fields": {"error": error, "count": len(self._by_digest)}},
             )
         self.last_error = error
+
+    def _remember(self) -> None:
+        """Update the last good copy from the file, off the event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            _remember(self.path)
+        elif self._remembering is None or self._remembering.done():
+            self._remembering = loop.run_in_executor(None, _remember, self.path)
 
     async def start(self) -> None:
         self.reload()
@@ -114,6 +144,23 @@ class KeyStore:
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self._remembering is not None:
+            await asyncio.wait([self._remembering], timeout=5)
         if self._observer is not None:
             self._observer.stop()
             await asyncio.to_thread(self._observer.join, 5)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _remember(path: Path) -> None:
+    try:
+        KeyFile(path).remember()
+    except OSError as exc:  # a full or read-only disk: the copy stays as it was
+        log.warning("last good key file not updated", extra={"fields": {"error": exc}})

@@ -1,11 +1,13 @@
 """Analytics rows, written to `data/analytics.db` in small batches off the hot path.
 
-`record()` only appends to a list. A background task writes the list every FLUSH_INTERVAL
-seconds in one transaction, in a worker thread. If the database cannot be written (locked, disk
-full, read-only), the rows stay in memory (up to MAX_PENDING, oldest dropped first and counted)
-and the next flush tries again. Every use of the connection holds one lock, and `close()` waits
-for the task's last write rather than cancelling it (a connection closed under a write still
-running in its thread crashes the process), then writes what is left.
+`record()` caps the text a client chose (model, path, method) and the error at MAX_TEXT bytes
+each, so a row's size is bounded, and appends it to a list. A background task writes the list
+every FLUSH_INTERVAL seconds in one transaction, in a worker thread. If the database cannot be
+written (locked, disk full, read-only), the rows stay in memory (up to MAX_PENDING_BYTES, oldest
+dropped first and counted) and the next flush tries again. Every use of the connection holds
+one lock, and `close()` waits for the task's last write rather than cancelling it (a connection
+closed under a write still running in its thread crashes the process), then writes what is
+left.
 
 Each batch is added to the rollups (shared/rollups.py) in the transaction that inserts it.
 
@@ -34,7 +36,9 @@ from shared.apikeys import ApiKey
 log = logging.getLogger("proxy.recorder")
 
 FLUSH_INTERVAL = 0.5
-MAX_PENDING = 100_000
+MAX_TEXT = 512  # bytes of each text a client chose that a row keeps
+MAX_PENDING_BYTES = 32 * 1024 * 1024
+ROW_BYTES = 600  # what a pending row costs besides its text (the object, numbers, ids)
 PRUNE_INTERVAL = 3600.0
 
 
@@ -55,16 +59,33 @@ class Recorder:
         self.last_error: str | None = None
         self.dropped = 0
         self._pending: list[RequestRow] = []
+        self._pending_bytes = 0
         self._db: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def record(self, row: RequestRow) -> None:
+        """Queue `row` for the next write (its long texts cut to MAX_TEXT bytes, in place)."""
+        row.model, row.error = _capped(row.model), _capped(row.error)
+        row.path, row.method = _capped(row.path) or "", _capped(row.method) or ""
         self._pending.append(row)
-        if len(self._pending) > MAX_PENDING:
-            del self._pending[0]
-            self.dropped += 1
+        self._pending_bytes += _size(row)
+        if self._pending_bytes > MAX_PENDING_BYTES:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest rows until what is pending fits MAX_PENDING_BYTES."""
+        drop = 0
+        while self._pending_bytes > MAX_PENDING_BYTES and drop < len(self._pending):
+            self._pending_bytes -= _size(self._pending[drop])
+            drop += 1
+        del self._pending[:drop]
+        self.dropped += drop
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     @property
     def pending(self) -> int:
@@ -121,13 +142,15 @@ class Recorder:
     async def flush(self) -> None:
         async with self._lock:
             rows, self._pending = self._pending, []
+            size, self._pending_bytes = self._pending_bytes, 0
             if not rows:
                 return
             try:
                 await asyncio.to_thread(self._write, rows)
             except (sqlite3.Error, OSError) as exc:  # OSError: the file cannot even be made
                 self._pending[:0] = rows
-                del self._pending[:-MAX_PENDING]
+                self._pending_bytes += size
+                self._trim()
                 if str(exc) != self.last_error:
                     log.error(
                         "analytics not written; will retry",
@@ -155,3 +178,17 @@ class Recorder:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _capped(text: str | None) -> str | None:
+    """`text` cut to at most MAX_TEXT bytes of UTF-8 (on a character boundary)."""
+    if text is None or len(text) <= MAX_TEXT // 4:
+        return text
+    encoded = text.encode(errors="replace")
+    if len(encoded) <= MAX_TEXT:
+        return text
+    return encoded[:MAX_TEXT].decode(errors="ignore")
+
+
+def _size(row: RequestRow) -> int:
+    return ROW_BYTES + len(row.model or "") + len(row.path) + len(row.method) + len(row.error or "")

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from services.api import sessions
 from services.api.app import create_app
 from shared import files
-from shared.apikeys import ApiKey, Limits, read_keys, write_keys
+from shared.apikeys import ApiKey, Limits, last_good_path, read_keys, write_keys
 from shared.keyfile import KeyFile
-from tests.conftest import make_settings
+from tests.conftest import eventually, make_settings
 
 
 @pytest.fixture
@@ -170,8 +170,11 @@ def test_create_refuses_a_bad_policy_with_the_username_messages_first(api, path)
     assert not path.exists()
 
 
-def test_update_of_an_unreadable_file_is_500_and_never_overwrites_it(api, path, alice):
+def test_update_of_an_unreadable_file_without_a_good_copy_is_500_and_never_overwrites_it(
+    api, path, alice
+):
     path.write_text('{"keys": [ broken')
+    last_good_path(path).unlink()
     r = patch(api, alice.id, {"enabled": False})
     assert (r.status_code, r.json()) == (
         500,
@@ -217,3 +220,25 @@ def test_update_waits_for_the_lock_and_keeps_what_the_holder_wrote(api, path, al
         ("bob", True),
         ("erin", True),
     ]
+
+
+@pytest.mark.parametrize("damage", ["delete", "break"])
+def test_a_deleted_or_broken_key_file_leaves_keys_listed_and_revocable(
+    api, path, alice, upstreams, proxy, damage
+):
+    running = proxy(upstreams("a", ["model-a"]))
+    with running.client(alice) as client:
+        chat = lambda: client.post("/v1/chat/completions", json={"model": "model-a"})  # noqa: E731
+        assert chat().status_code == 200
+        if damage == "delete":
+            path.unlink()
+        else:
+            path.write_text('{"keys": [')
+        listed = api.get("/api/keys")
+        assert [k["username"] for k in listed.json()["keys"]] == ["alice", "bob"]
+        assert chat().status_code == 200  # the workers keep the last good keys meanwhile
+        assert api.delete(f"/api/keys/{alice.id}").status_code == 200
+        assert [k.username for k in read_keys(path)] == ["bob"]  # written again
+        if damage == "break":
+            assert path.with_name("apikeys.json.broken").read_text() == '{"keys": ['
+        eventually(lambda: chat().status_code == 401)

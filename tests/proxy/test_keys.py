@@ -1,8 +1,11 @@
 import asyncio
+import json
 import os
 
 from services.proxy.keys import KeyStore
+from shared import status
 from shared.apikeys import ApiKey, write_keys
+from tests.conftest import eventually
 
 
 def test_keystore_follows_the_file_and_keeps_last_good_keys(tmp_path, caplog):
@@ -43,7 +46,7 @@ def test_keystore_follows_the_file_and_keeps_last_good_keys(tmp_path, caplog):
             await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
-    assert "keeping the last good keys" in caplog.text
+    assert "serving the last good keys" in caplog.text
 
 
 def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
@@ -66,3 +69,63 @@ def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
             await store.stop()
 
     assert asyncio.run(scenario())
+
+
+def served_at_start(path, secret) -> tuple[bool, str | None]:
+    async def scenario():
+        store = KeyStore(path)
+        await store.start()
+        try:
+            return store.lookup(secret) is not None, store.last_error
+        finally:
+            await store.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_a_worker_started_while_the_key_file_is_broken_serves_the_last_good_keys(tmp_path):
+    path = tmp_path / "apikeys.json"
+    alice = ApiKey.new("alice")
+    write_keys(path, [alice])
+    path.write_text('{"keys": [{"id": "half-writ')
+    served, error = served_at_start(path, alice.key)
+    assert served and "not valid JSON" in error
+    os.unlink(path)
+    served, error = served_at_start(path, alice.key)
+    assert served and "missing" in error
+
+
+def test_a_new_install_without_a_key_file_has_no_keys_and_no_error(tmp_path):
+    assert served_at_start(tmp_path / "apikeys.json", "sk-x") == (False, None)
+
+
+def test_a_valid_file_written_by_hand_becomes_the_last_good_copy(tmp_path):
+    path = tmp_path / "apikeys.json"
+    alice, bob = ApiKey.new("alice"), ApiKey.new("bob")
+    write_keys(path, [alice, bob])
+    by_hand = {"keys": [bob.to_json()]}  # alice removed by an operator's edit
+    path.write_text(json.dumps(by_hand))
+    assert served_at_start(path, bob.key) == (True, None)
+    path.write_text("{ broken")
+    served, error = served_at_start(path, alice.key)
+    assert not served and "not valid JSON" in error
+    assert served_at_start(path, bob.key)[0]  # from the copy of the hand-written file
+
+
+def test_a_proxy_started_on_a_broken_key_file_serves_its_keys_and_health_says_so(
+    tmp_path, upstreams, proxy, api_key
+):
+    path = tmp_path / "data" / "apikeys.json"
+    path.write_text("{ broken by hand")
+    running = proxy(upstreams("a", ["model-a"]))
+    with running.client(api_key) as client:
+        r = client.post("/v1/chat/completions", json={"model": "model-a", "messages": []})
+    assert r.status_code == 200
+    report = eventually(
+        lambda: (
+            (h := status.health(running.settings))["programs"].get("proxy", {}).get("keys_error")
+            and h
+        )
+    )
+    assert report["status"] == "degraded" and not report["programs"]["proxy"]["ok"]
+    assert "not valid JSON" in report["programs"]["proxy"]["keys_error"]

@@ -1,5 +1,6 @@
-"""The recorder's upkeep: the original's CSV files imported at start and old rows pruned every
-PRUNE_INTERVAL, on an injected clock (never the machine's uptime)."""
+"""The analytics recorder: the original's CSV files imported at start and old rows pruned every
+PRUNE_INTERVAL, on an injected clock (never the machine's uptime); bounded rows, bounded memory
+while the database cannot be written."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from services.proxy import recorder
 from services.proxy.recorder import PRUNE_INTERVAL, Recorder
 from shared.analytics import RequestRow
 from shared.apikeys import ApiKey
@@ -51,12 +53,12 @@ def test_upkeep_runs_at_start_on_a_machine_up_for_seconds_then_every_interval(tm
     clock = FakeClock(12.0)  # a machine booted 12 seconds ago (a fresh VM, CI, a container)
 
     async def scenario() -> None:
-        recorder = Recorder(db, 30, lambda: [alice], clock=clock)
-        await recorder.start()
+        rec = Recorder(db, 30, lambda: [alice], clock=clock)
+        await rec.start()
         try:
             await _until(lambda: _count(db) == 1)  # imported at start
             old = now_ms - 40 * 86400 * 1000
-            recorder.record(RequestRow("r1", alice.id, "alice", old, old + 1, 200))
+            rec.record(RequestRow("r1", alice.id, "alice", old, old + 1, 200))
             await _until(lambda: _count(db, f"start_ms = {old}") == 1)
             clock.now += PRUNE_INTERVAL - 1  # not yet an hour: kept
             await asyncio.sleep(1.2)
@@ -65,6 +67,37 @@ def test_upkeep_runs_at_start_on_a_machine_up_for_seconds_then_every_interval(tm
             await _until(lambda: _count(db, f"start_ms = {old}") == 0)
             assert _count(db) == 1
         finally:
-            await recorder.close()
+            await rec.close()
 
     asyncio.run(scenario())
+
+
+def row(i: int, model: str = "m") -> RequestRow:
+    return RequestRow(f"r{i}", "k", "u", i, model=model, path="/v1/chat/completions")
+
+
+def test_a_row_keeps_at_most_max_text_bytes_of_each_text_a_client_chose(tmp_path):
+    rec = Recorder(tmp_path / "a.db", 90, list)
+    long = row(1, model="é" * 1_000_000)
+    long.path, long.method, long.error = "/v1/" + "p" * 10_000, "X" * 5000, "e" * 5000
+    rec.record(long)
+    for text in (long.model, long.path, long.method, long.error):
+        assert text and len(text.encode()) <= recorder.MAX_TEXT
+    assert long.model == "é" * (recorder.MAX_TEXT // 2)  # cut on a character boundary
+    short = row(2, model="llama3:8b")
+    rec.record(short)
+    assert short.model == "llama3:8b"
+
+
+def test_pending_rows_are_bounded_by_bytes_oldest_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder, "MAX_PENDING_BYTES", 100_000)
+    (tmp_path / "a.db").mkdir()  # a database that cannot be opened: every flush fails
+    rec = Recorder(tmp_path / "a.db", 90, list)
+    for i in range(1000):
+        rec.record(row(i, model="x" * 400))
+    assert rec.pending_bytes <= 100_000 and rec.dropped > 0
+    assert rec.pending * (recorder.ROW_BYTES + 400) >= 100_000 - 2000  # full, not emptier
+    newest = rec._pending[-1].request_id
+    asyncio.run(rec.flush())
+    assert rec.last_error is not None
+    assert rec.pending_bytes <= 100_000 and rec._pending[-1].request_id == newest
