@@ -9,7 +9,7 @@ own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of 
 - admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, and `/healthz`, which names the
   upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR
   groups (loopback and private ranges until some are configured) and go to the api;
-- `/` goes to the api (the original's `LLM Proxy` answer); everything else is a 404;
+- `/` is answered by nginx (the original's `LLM Proxy`); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
   whatever the client sent in them.
 Every domain and CIDR rendered here has been validated by `shared.site`.
@@ -39,6 +39,7 @@ PRIVATE_RANGES = (
     "fc00::/7",
 )
 ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics", "healthz")
+ROOT_ANSWER = "LLM Proxy"  # the original's answer at `/`
 HEADER = "# Rendered by llmp certd from data/site.json; edits are overwritten.\n"
 
 
@@ -164,8 +165,11 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         return 413 '{{"error": "Request body is larger than {settings.payload_limit} bytes"}}';
     }}
 
+    # Answered here: passed on, the raw URI would go too, and `/admin/..` (which nginx
+    # normalises to `/`) would reach the api as an admin path from outside the admin networks.
     location = / {{
-        proxy_pass http://llmp_api;
+        default_type "text/plain; charset=utf-8";
+        return 200 "{ROOT_ANSWER}";
     }}
 
     location / {{

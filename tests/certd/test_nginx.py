@@ -31,7 +31,7 @@ def test_routes_v1_to_proxy_slash_to_api_and_nothing_else(running_nginx):
     assert get(port, "/v1/models")[1]["service"] == "proxy"
     assert get(port, "/v1")[1]["service"] == "proxy"
     assert get(port, "/healthz")[1]["service"] == "api"
-    assert get(port, "/")[1]["service"] == "api"
+    assert get(port, "/")[1]["text"] == "LLM Proxy"  # nginx's own answer
     for path in ("/v1beta/x", "/static/nginx-server-template.conf", "/keys", "/adminx"):
         assert get(port, path)[0] == 404, path
 
@@ -61,6 +61,16 @@ def test_admin_paths_only_from_private_ranges(running_nginx, path):
     nginx.apply(settings, restricted)
     assert eventually(lambda: get(settings.port, path, source="127.0.0.2")[0] == 403)
     assert get(settings.port, "/v1/models", source="127.0.0.2")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/admin/..", "/api/keys/../..", "/nginx/%2e%2e", "/?x=1"])
+def test_paths_that_normalise_to_the_root_never_reach_the_api(running_nginx, path):
+    # nginx matches `location = /` on the normalised path; passed on, the raw one went too.
+    settings = running_nginx
+    nginx.apply(settings, render_server(settings, admin_cidrs=["127.0.0.1/32"]))
+    assert eventually(lambda: get(settings.port, "/admin", source="127.0.0.2")[0] == 403)
+    status, answer = get(settings.port, path, source="127.0.0.2")
+    assert (status, answer.get("text")) == (200, "LLM Proxy"), answer
 
 
 def test_services_see_the_real_client_address(running_nginx):
