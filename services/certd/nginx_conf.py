@@ -3,13 +3,16 @@
 Two files: the main `nginx.conf` under the nginx prefix (process settings, temp paths, which we
 own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of what we render:
 - plain HTTP on PORT; once a certificate exists, TLS (1.2 and 1.3 only) on HTTPS_PORT with the
-  same routes, one server per certificate (the first is the default), and HTTP either redirects
-  to HTTPS (except `/healthz`, for health checks from admin ranges) or serves the same routes;
+  same routes, one server per certificate, and HTTP either redirects to HTTPS (except
+  `/healthz`, for health checks from admin ranges) or serves the same routes;
+- once the site has names (domains, certificates), only they and the machine's addresses are
+  served (another Host is a 421), and a redirect's Location never comes from a Host nginx was
+  not configured with;
 - `/v1/` goes to the proxy, unbuffered both ways with long timeouts, and is never IP-restricted;
 - admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, and `/healthz`, which names the
   upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR
   groups (loopback and private ranges until some are configured) and go to the api;
-- `/` goes to the api (the original's `LLM Proxy` answer); everything else is a 404;
+- `/` is answered by nginx (the original's `LLM Proxy`); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
   whatever the client sent in them.
 Every domain and CIDR rendered here has been validated by `shared.site`.
@@ -39,6 +42,13 @@ PRIVATE_RANGES = (
     "fc00::/7",
 )
 ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics", "healthz")
+ROOT_ANSWER = "LLM Proxy"  # the original's answer at `/`
+# Hosts that name this machine rather than the site: a literal IPv4 or IPv6 address,
+# `localhost`, and no Host at all (HTTP/1.0).
+ADDRESS_NAMES = ("localhost", '""', '"~^[0-9.]+$"', '"~^\\[[0-9a-f:.]+\\]$"')
+UNKNOWN_HOST = """    # A Host that is none of the site's names nor an address of this machine.
+    return 421;
+"""
 HEADER = "# Rendered by llmp certd from data/site.json; edits are overwritten.\n"
 
 
@@ -164,8 +174,11 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         return 413 '{{"error": "Request body is larger than {settings.payload_limit} bytes"}}';
     }}
 
+    # Answered here: passed on, the raw URI would go too, and `/admin/..` (which nginx
+    # normalises to `/`) would reach the api as an admin path from outside the admin networks.
     location = / {{
-        proxy_pass http://llmp_api;
+        default_type "text/plain; charset=utf-8";
+        return 200 "{ROOT_ANSWER}";
     }}
 
     location / {{
@@ -174,7 +187,9 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
 """
 
 
-def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
+def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
+    """Plain HTTP that redirects to HTTPS on `host`: `$host` only where the server's names
+    allow nothing but the site's own, else a name rendered here."""
     allow = "\n".join(f"        allow {cidr};" for cidr in admin_cidrs)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
     return f"""    proxy_http_version 1.1;
@@ -192,8 +207,30 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     }}
 
     location / {{
-        return 308 https://$host{port}$request_uri;
+        return 308 https://{host}{port}$request_uri;
     }}
+"""
+
+
+def _server(listen: str, names: Sequence[str], body: str, tls: TlsServer | None = None) -> str:
+    certificate = (
+        f"""
+    ssl_certificate "{tls.fullchain}";
+    ssl_certificate_key "{tls.privkey}";
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:llmp_tls:10m;
+    ssl_session_timeout 1d;
+"""
+        if tls
+        else ""
+    )
+    return f"""
+server {{
+    listen {listen};
+    server_name {" ".join(names)};
+{certificate}
+{body}}}
 """
 
 
@@ -202,11 +239,19 @@ def render_server(
     admin_cidrs: Sequence[str] = PRIVATE_RANGES,
     tls: Sequence[TlsServer] = (),
     http_mode: str = "redirect",
+    names: Sequence[str] = (),
 ) -> str:
-    """server.conf: the upstreams, the HTTP server and one TLS server per certificate."""
+    """server.conf: the upstreams, the HTTP server and one TLS server per certificate.
+
+    Until the site has names (`names`, and those of the certificates), any Host is served.
+    Then only those names and the machine's addresses (a literal IP, `localhost`, no Host at
+    all: the admin before DNS, health checks) are; any other Host is a 421 from a default
+    server of its own, and HTTPS redirects go to the name asked for, or from an address to
+    the site's first name."""
     admin_cidrs = admin_cidrs or PRIVATE_RANGES
+    names = tuple(dict.fromkeys([*names, *(n for server in tls for n in server.server_names)]))
     routes = _routes(settings, admin_cidrs)
-    http_body = _redirect(settings, admin_cidrs) if tls and http_mode == "redirect" else routes
+    http, https = _listen(settings, settings.port), _listen(settings, settings.https_port) + " ssl"
     text = f"""{HEADER}upstream llmp_proxy {{
     server 127.0.0.1:{settings.proxy_port};
     keepalive 256;
@@ -216,30 +261,22 @@ upstream llmp_api {{
     server 127.0.0.1:{settings.api_port};
     keepalive 16;
 }}
-
-server {{
-    listen {_listen(settings, settings.port)} default_server;
-    server_name _;
-
-{http_body}}}
 """
+    if not names:
+        return text + _server(f"{http} default_server", ["_"], routes)
+    redirect = bool(tls) and http_mode == "redirect"
+    concrete = next((n for n in names if not n.startswith("*.")), None)
+    text += _server(f"{http} default_server", ["_"], UNKNOWN_HOST)
+    text += _server(http, names, _redirect(settings, admin_cidrs, "$host") if redirect else routes)
+    to_name = redirect and concrete is not None
+    text += _server(
+        http, ADDRESS_NAMES, _redirect(settings, admin_cidrs, str(concrete)) if to_name else routes
+    )
+    if tls:
+        text += _server(f"{https} default_server", ["_"], UNKNOWN_HOST, tls[0])
     for position, server in enumerate(tls):
-        default = " default_server" if position == 0 else ""
-        names = " ".join(server.server_names) if server.server_names else "_"
-        text += f"""
-server {{
-    listen {_listen(settings, settings.https_port)} ssl{default};
-    server_name {names};
-
-    ssl_certificate "{server.fullchain}";
-    ssl_certificate_key "{server.privkey}";
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_prefer_server_ciphers off;
-    ssl_session_cache shared:llmp_tls:10m;
-    ssl_session_timeout 1d;
-
-{routes}}}
-"""
+        served = [*server.server_names, *(ADDRESS_NAMES if position == 0 else ())]
+        text += _server(https, served, routes, server)
     return text
 
 
@@ -273,4 +310,6 @@ def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage])
     else ours."""
     if site.custom_config is not None:
         return check_custom_config(site.custom_config, settings.letsencrypt_dir)
-    return render_server(settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode)
+    return render_server(
+        settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode, site.domains
+    )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
+import ssl
 
 import pytest
 
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path, render_server, server_conf_path
 from services.certd.reconcile import Certd
-from shared.site import read_status
-from tests.certd.servers import get
+from shared.site import Site, read_status, write_site
+from tests.certd.servers import get, tls_get
 from tests.certd.test_nginx_conf import self_signed
 from tests.conftest import eventually
 
@@ -31,7 +33,7 @@ def test_routes_v1_to_proxy_slash_to_api_and_nothing_else(running_nginx):
     assert get(port, "/v1/models")[1]["service"] == "proxy"
     assert get(port, "/v1")[1]["service"] == "proxy"
     assert get(port, "/healthz")[1]["service"] == "api"
-    assert get(port, "/")[1]["service"] == "api"
+    assert get(port, "/")[1]["text"] == "LLM Proxy"  # nginx's own answer
     for path in ("/v1beta/x", "/static/nginx-server-template.conf", "/keys", "/adminx"):
         assert get(port, path)[0] == 404, path
 
@@ -61,6 +63,16 @@ def test_admin_paths_only_from_private_ranges(running_nginx, path):
     nginx.apply(settings, restricted)
     assert eventually(lambda: get(settings.port, path, source="127.0.0.2")[0] == 403)
     assert get(settings.port, "/v1/models", source="127.0.0.2")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/admin/..", "/api/keys/../..", "/nginx/%2e%2e", "/?x=1"])
+def test_paths_that_normalise_to_the_root_never_reach_the_api(running_nginx, path):
+    # nginx matches `location = /` on the normalised path; passed on, the raw one went too.
+    settings = running_nginx
+    nginx.apply(settings, render_server(settings, admin_cidrs=["127.0.0.1/32"]))
+    assert eventually(lambda: get(settings.port, "/admin", source="127.0.0.2")[0] == 403)
+    status, answer = get(settings.port, path, source="127.0.0.2")
+    assert (status, answer.get("text")) == (200, "LLM Proxy"), answer
 
 
 def test_services_see_the_real_client_address(running_nginx):
@@ -169,3 +181,45 @@ def test_main_configuration_roots_every_server_in_an_empty_folder(running_nginx)
     empty = settings.nginx_prefix.absolute() / "empty"
     assert f"root {empty};" in main
     assert empty.is_dir() and not list(empty.iterdir())
+
+
+def _raw_get(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize("http_mode", ["redirect", "serve"])
+def test_only_the_sites_names_and_addresses_are_served_once_it_has_names(
+    echo_settings, run_nginx, http_mode
+):
+    settings = echo_settings()
+    self_signed(settings.certbot_dirs[0], "a.example", ["a.example", "*.a.example"])
+    write_site(settings.site_file, Site(domains=("a.example",), http_mode=http_mode))
+    run_nginx(settings)
+    port, https = settings.port, settings.https_port
+    # Another name is not ours to answer, on either port: no redirect built from it.
+    for host in ("evil.example", "a.example.evil.example", "a.example@evil.example"):
+        assert get(port, "/v1/models", host=host)[0] in (400, 421), host
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    assert tls_get(https, "/v1/models", context, "evil.example")[0] == 421
+    assert tls_get(https, "/v1/models", context, "a.example")[1]["service"] == "proxy"
+    assert tls_get(https, "/v1/models", context, "127.0.0.1")[1]["service"] == "proxy"
+    if http_mode == "serve":
+        for host in ("a.example", "x.a.example", f"127.0.0.1:{port}", "localhost", "[::1]"):
+            assert get(port, "/v1/models", host=host)[1]["service"] == "proxy", host
+        return
+    # The site's names go to HTTPS under the name asked for; an address, to the site's name.
+    redirects = {
+        "a.example": f"https://a.example:{https}/v1/models",
+        "x.a.example": f"https://x.a.example:{https}/v1/models",
+        f"127.0.0.1:{port}": f"https://a.example:{https}/v1/models",
+        "localhost": f"https://a.example:{https}/v1/models",
+        "[::1]": f"https://a.example:{https}/v1/models",
+    }
+    for host, location in redirects.items():
+        status, answer = get(port, "/v1/models", host=host)
+        assert (status, answer["location"]) == (308, location), host
+    no_host = _raw_get(port, b"GET /v1/models HTTP/1.0\r\n\r\n")
+    assert no_host.startswith(b"HTTP/1.1 308") and b"https://a.example:" in no_host

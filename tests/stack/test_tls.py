@@ -199,7 +199,7 @@ def test_broken_custom_config_is_refused_and_the_old_one_keeps_serving(issued):
         status = admin.get("/nginx/status").json()
         assert status["nginx"]["ok"] is True  # serving the previous config, and desired again
         assert tls_get(issued.https_port, "/v1/models", issued.acme.ssl_context(), HOST)[0] == 401
-        r = admin.get("/nginx/reload")
+        r = admin.get("/nginx/reload", headers={"Sec-Fetch-Site": "same-origin"})  # as the UI
         assert r.json() == {
             "success": True,
             "message": "Nginx configuration reloaded successfully.",
