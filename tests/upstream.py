@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux's value; Python names it from 3.12
 
 
 @dataclass
@@ -48,6 +51,9 @@ class FakeUpstream:
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
     arrivals: list[str] = field(default_factory=list)  # each completion's last message, in order
     port: int = 0
+    # Where it listens: loopback, or a container bridge's address for tests/container (bound
+    # with IP_FREEBIND, as the bridge may come up only with the first container).
+    host: str = "127.0.0.1"
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -61,7 +67,13 @@ class FakeUpstream:
             app.router.add_route("*", "/{tail:.*}", self.handle)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            if self.host == "127.0.0.1":
+                site: web.BaseSite = web.TCPSite(self._runner, self.host, self.port)
+            else:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind((self.host, 0))
+                site = web.SockSite(self._runner, sock)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             ready.set()
@@ -91,7 +103,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def release(self, count: int = 1) -> None:
         """Let `count` more held completions answer (those waiting now or the next to come)."""

@@ -25,6 +25,11 @@ log = logging.getLogger("proxy.catalog")
 
 # An on-demand refresh (for a model nobody lists) happens at most this often.
 MIN_REFRESH_INTERVAL = 5.0
+# While an upstream is down, the next refresh comes after this, then twice as long each time
+# up to DOWN_RETRY_MAX (or MODELS_REFRESH_SECONDS if shorter): one that comes up is listed
+# within seconds, not a minute.
+DOWN_RETRY_SECONDS = 1.0
+DOWN_RETRY_MAX = 16.0
 
 
 @dataclass(eq=False)
@@ -100,10 +105,16 @@ class Catalog:
     # Refreshing --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Refresh forever, every MODELS_REFRESH_SECONDS."""
+        """Refresh forever, every MODELS_REFRESH_SECONDS; sooner while an upstream is down."""
+        retry = DOWN_RETRY_SECONDS
         while True:
             await self.refresh()
-            await asyncio.sleep(self.settings.models_refresh_seconds)
+            delay = self.settings.models_refresh_seconds
+            if all(state.healthy for state in self.states):
+                retry = DOWN_RETRY_SECONDS
+            else:
+                delay, retry = min(retry, delay), min(retry * 2, DOWN_RETRY_MAX)
+            await asyncio.sleep(delay)
 
     async def refresh(self) -> None:
         """Refresh every upstream now; concurrent callers share one refresh."""
