@@ -131,7 +131,11 @@ class AiohttpClient:
         proxy = endpoint.proxy
         proxy_headers = None
         if proxy is not None and proxy.authorization:
-            proxy_headers = {"Proxy-Authorization": proxy.authorization.decode("latin-1")}
+            value = proxy.authorization.decode("latin-1")
+            if endpoint.scheme == "https":  # for its CONNECT
+                proxy_headers = {"Proxy-Authorization": value}
+            else:  # with the request itself, which goes to the proxy
+                sent["Proxy-Authorization"] = value
         try:
             response = await self.session.request(
                 method,
