@@ -56,6 +56,11 @@ def test_admin_paths_only_from_private_ranges(running_nginx, path):
     assert get(settings.port, "/v1/models", source="127.0.0.2")[0] == 200
 
 
+def test_an_answer_with_12_kb_of_headers_passes_through_v1(running_nginx):
+    status, body = get(running_nginx.port, "/v1/big-headers")
+    assert status == 200 and body["service"] == "proxy"
+
+
 def test_services_see_the_real_client_address(running_nginx):
     body = get(running_nginx.port, "/v1/models", source="127.0.0.3")[1]
     assert body["real_ip"] == "127.0.0.3"
