@@ -190,3 +190,27 @@ def test_the_heartbeat_is_written_off_the_event_loop(proxy, api_key, upstreams):
     finally:
         release.set()
     asyncio.run_coroutine_threadsafe(asyncio.sleep(0), running.server_loop()).result(5)
+
+
+def test_a_body_cut_short_aborts_the_answer_without_a_traceback(
+    proxy, api_key, client_kind, caplog
+):
+    async def cuts(server: Scripted, reader, writer) -> None:
+        while request := await server.read(reader):
+            if request.startswith(b"GET /v1/models "):
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(MODELS)
+                writer.write(head + MODELS)
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+            await writer.drain()
+            return  # and the connection closes
+
+    with Scripted(cuts) as up:
+        running = proxy(up.url + "/v1", upstream_client=client_kind)
+        with caplog.at_level(logging.INFO), running.client(api_key) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+            row = eventually(lambda: next(iter(running.rows()), None))
+    assert row["error"].startswith("upstream cut")
+    assert not [r for r in caplog.records if r.exc_info is not None]

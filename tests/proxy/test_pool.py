@@ -247,3 +247,25 @@ def test_idle_connections_are_closed_after_the_keepalive_and_names_come_in_lower
 
     assert run(handler, scenario, keepalive=0.2) == 0
     assert len(connections) == 1
+
+
+def test_an_idle_connection_past_its_keep_alive_is_not_reused_and_the_upstream_can_shorten_it():
+    connections = []
+
+    async def handler(reader, writer):
+        connections.append(writer)
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=3\r\nContent-Length: 2\r\n\r\nok")
+
+    async def scenario(pool, url):
+        await whole(pool, url)
+        [connection] = pool.origin(at(pool, url)).idle
+        keepalive = connection.keepalive
+        await whole(pool, url)  # reused: within its keep-alive
+        connection.expires = 0  # as if its keep-alive had passed, before the sweep saw it
+        await whole(pool, url)  # a new connection
+        return keepalive
+
+    assert run(handler, scenario) == 2.0  # a second below the upstream's 3
+    assert len(connections) == 2
