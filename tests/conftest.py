@@ -123,8 +123,8 @@ class RunningProxy:
             db.close()
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        assert self.app.pool is not None
-        return self.app.pool.loop
+        assert self.app.loop is not None
+        return self.app.loop
 
 
 @pytest.fixture

@@ -136,6 +136,10 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         proxy_pass http://llmp_proxy;
         proxy_buffering off;
         proxy_request_buffering off;
+        # An answer's head must fit in one buffer: nginx's default page (4 KB) turned an
+        # upstream's larger headers into a 502. 16 KB each, allocated per open stream.
+        proxy_buffer_size 16k;
+        proxy_buffers 8 16k;
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
         # A declared length over the limit is refused here, in the proxy's own words: answered

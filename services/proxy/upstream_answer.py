@@ -15,7 +15,7 @@ Refused on purpose: the upstream's `x-ratelimit-*` (and Anthropic's `anthropic-r
 They count what the gateway's own account has left at the upstream, shared by every key: they
 would show one user the others' consumption and make SDKs that pace themselves by them wait for
 nothing. A key with limits gets llmp's own `x-ratelimit-*`. The upstream's `x-request-id` gives
-way to llmp's, the one its logs and analytics know.
+way to llmp's, the one its logs and analytics know; it is kept as `x-upstream-request-id`.
 
 Status: an upstream that answers 401 refused llmp's own credentials (the client's key never
 reaches it). Relayed, every SDK would report it as the user's key being wrong; it is a 502 that
@@ -56,8 +56,15 @@ PASSED = frozenset(
 
 
 def passed_to_client(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers (names in lower case) that the client may see."""
-    return [(name, value) for name, value in headers if name in PASSED]
+    """The upstream's headers (names in lower case) that the client may see; its request id
+    renamed `x-upstream-request-id` (the one to quote to the upstream's operator)."""
+    out = []
+    for name, value in headers:
+        if name in PASSED:
+            out.append((name, value))
+        elif name == b"x-request-id":
+            out.append((b"x-upstream-request-id", value))
+    return out
 
 
 def refused_credentials(upstream: str, has_key: bool) -> ProxyError:

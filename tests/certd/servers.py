@@ -29,6 +29,9 @@ class Echo(BaseHTTPRequestHandler):
         ).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        if "big-headers" in self.path:  # as hosted APIs send: many and long
+            for i in range(12):
+                self.send_header(f"x-big-{i}", "v" * 1000)
         self.end_headers()
         self.wfile.write(body)
 

@@ -75,6 +75,11 @@ def test_paths_that_normalise_to_the_root_never_reach_the_api(running_nginx, pat
     assert (status, answer.get("text")) == (200, "LLM Proxy"), answer
 
 
+def test_an_answer_with_12_kb_of_headers_passes_through_v1(running_nginx):
+    status, body = get(running_nginx.port, "/v1/big-headers")
+    assert status == 200 and body["service"] == "proxy"
+
+
 def test_services_see_the_real_client_address(running_nginx):
     body = get(running_nginx.port, "/v1/models", source="127.0.0.3")[1]
     assert body["real_ip"] == "127.0.0.3"

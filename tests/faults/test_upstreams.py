@@ -402,19 +402,23 @@ def test_upstream_errors_pass_through_with_their_own_bodies(upstreams, proxy, ap
 
 
 def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, proxy, api_key):
+    """An upstream restarting again and again: every request is answered, by either upstream,
+    or (when a restart closes a kept-alive connection just as a POST goes out on it, a race no
+    client can tell from a crash mid-request) refused with a 502 saying it was not sent again."""
     b = upstreams("b", ["shared"])
     with fault_server(healthy, models=["shared"]) as f:
         running = proxy(f.url, b, models_refresh_seconds=0.2)
         state = running.app.catalog.states[0]
         eventually(lambda: "shared" in state.model_ids)
-        results: list[tuple[int, str]] = []
+        results: list[tuple[int, str, str]] = []
         stop = threading.Event()
 
         def client_loop() -> None:
             with running.client(api_key) as client:
                 while not stop.is_set():
                     r = post(client, "shared")
-                    results.append((r.status_code, r.headers["x-request-id"]))
+                    code = "" if r.status_code == 200 else error_of(r)["code"]
+                    results.append((r.status_code, r.headers["x-request-id"], code))
 
         threads = [threading.Thread(target=client_loop) for _ in range(4)]
         for thread in threads:
@@ -439,20 +443,22 @@ def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, pr
                 thread.join(10)
     assert len(results) > 40
     failed = [result for result in results if result[0] != 200]
-    assert not failed, f"{len(failed)} of {len(results)} failed: {failed[:5]}"
-    ours = {request_id for _, request_id in results}
+    assert {(status, code) for status, _, code in failed} <= {(502, "upstream_dropped")}
+    assert len(failed) <= len(results) // 20, f"{len(failed)} of {len(results)} failed"
+    ours = {request_id for _, request_id, _ in results}
     rows = eventually(
         lambda: (rows := running.rows()) and ours <= {r["request_id"] for r in rows} and rows
     )
     served = [r for r in rows if r["request_id"] in ours]
     assert len(served) == len(results)
-    assert {r["status"] for r in served} == {200}
+    assert {r["status"] for r in served} <= {200, 502}
     assert {r["upstream"] for r in served} == {f.url, b.url + "/v1"}  # both took a share
 
 
-def test_kept_alive_connection_dropped_as_a_request_goes_out_is_sent_again_once(proxy, api_key):
-    """An upstream closes an idle connection just as the proxy sends the next request on it (a
-    restart, its keep-alive timeout running out): the request goes again on a new connection."""
+def test_kept_alive_connection_dropped_as_a_request_goes_out(proxy, api_key):
+    """An upstream closes a kept-alive connection just as the proxy sends the next request on it
+    (a restart, its keep-alive timeout running out): the upstream may have run a POST, so it is
+    not sent again (a 502 says so); a GET is sent again on a new connection."""
     answered: set[int] = set()
 
     async def second_request_closes(request: Request, reply: Reply) -> bool:
@@ -466,24 +472,28 @@ def test_kept_alive_connection_dropped_as_a_request_goes_out_is_sent_again_once(
     with fault_server(second_request_closes) as f:
         running = proxy(f.url)
         with running.client(api_key) as client:
-            statuses = [post(client).status_code for _ in range(6)]
+            posted = [post(client) for _ in range(4)]
+            got = [client.get("/v1/files").status_code for _ in range(4)]
         posts = [r for r in f.requests if r.method == "POST"]
-    assert statuses == [200] * 6
-    assert 6 < len(posts) <= 12  # some went twice, none more
+        gets = [r for r in f.requests if r.method == "GET" and r.path.endswith("/files")]
+    assert [r.status_code for r in posted] == [200, 502, 200, 502]
+    assert error_of(posted[1])["code"] == "upstream_dropped"
+    assert "127.0.0.1" not in error_of(posted[1])["message"]  # named by its label
+    assert len(posts) == 4  # each once
+    assert got == [200] * 4
+    assert 4 < len(gets) <= 8  # some went twice, none more
 
 
-def test_upstream_that_always_closes_without_answering_is_tried_twice_then_502(proxy, api_key):
+def test_upstream_that_always_closes_without_answering_gets_a_post_once_then_502(proxy, api_key):
     async def closes(request: Request, reply: Reply) -> None:
         reply.abort()
 
     with fault_server(closes) as f:
         running = proxy(f.url)
         with running.client(api_key) as client:
-            t0 = time.monotonic()
             r = post(client)
-            elapsed = time.monotonic() - t0
         posts = [r for r in f.requests if r.method == "POST"]
-    assert r.status_code == 502 and error_of(r)["code"] == "upstream_unreachable"
-    assert len(posts) == 2 and elapsed < 10  # twice at once, not after a timeout (5 s)
+    assert r.status_code == 502 and error_of(r)["code"] == "upstream_dropped"
+    assert len(posts) == 1
     row = row_of(running, r)
-    assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_unreachable", None)
+    assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_dropped", None)
