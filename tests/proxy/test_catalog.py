@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from services.proxy.catalog import Catalog
-from services.proxy.pool import Pool
+from services.proxy.clients import create_client
 from tests.conftest import free_port, make_settings
 from tests.upstream import FakeUpstream
 
@@ -18,8 +18,8 @@ def test_an_upstream_that_comes_up_is_listed_within_seconds(tmp_path):
     )
 
     async def scenario() -> float:
-        pool = Pool(2.0, 5.0, keepalive=60)
-        catalog = Catalog(settings, pool)
+        client = create_client(settings)
+        catalog = Catalog(settings, client)
         loop = asyncio.create_task(catalog.run())
         try:
             while not catalog.refreshed:  # noqa: ASYNC110 (the catalog sets a flag, no event)
@@ -37,7 +37,7 @@ def test_an_upstream_that_comes_up_is_listed_within_seconds(tmp_path):
                 upstream.stop()
         finally:
             loop.cancel()
-            pool.close()
+            await client.close()
 
     waited = asyncio.run(scenario())
     print(f"listed {waited:.1f} s after it came up")
