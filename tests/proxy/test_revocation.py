@@ -74,11 +74,12 @@ def test_a_request_waiting_for_its_answer_when_its_key_is_revoked_is_a_401(
 def test_other_keys_requests_and_changes_that_revoke_nothing_leave_streams_alone(
     upstreams, proxy, api_key
 ):
-    a = upstreams("a", ["m"], pace=0.05, chunks=30)
+    a = upstreams("a", ["m"], pace=0.05, chunks=100)
     running = proxy(a)
     other = ApiKey.new("someone-else")
     stream = sdk(running, api_key).chat.completions.create(model="m", messages=[], stream=True)
     first = next(stream)
     write_keys(running.settings.apikeys_file, [api_key, other])  # a key added
-    time.sleep(1.2)  # the reload has happened (0.5 s poll)
-    assert [first, *stream][-1].choices[0].delta.content == "a29 "
+    eventually(lambda: len(running.app.keys) == 2)  # the worker has the new keys...
+    assert a.active == 1  # ...while the stream is still being answered
+    assert [first, *stream][-1].choices[0].delta.content == "a99 "
