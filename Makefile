@@ -1,5 +1,6 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
+# make test-fast: the in-process core (no `stack` or `slow` test), in well under a minute.
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
@@ -8,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak check bench ui ui-test system-deps-run system-deps-test clean
+.PHONY: run test test-fast soak check bench ui ui-test system-deps-run system-deps-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,6 +43,12 @@ run: system-deps-run $(STAMP) $(UI)
 
 test: system-deps-test $(STAMP) $(UI) ui-test
 	$(PY) -m pytest
+
+# The folders of `stack` tests (tests/conftest.py) are left out here so they are not even
+# imported; the marker leaves out the slow tests of the other folders.
+FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not stack and not slow" $(FAST_TESTS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench

@@ -9,6 +9,8 @@ from services.certd.nginx_conf import render_server, server_conf_path
 from tests.certd.servers import get
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # real nginx servers
+
 
 @pytest.fixture
 def running_nginx(echo_settings, run_nginx):
