@@ -63,7 +63,7 @@ class FakeUpstream:
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:
@@ -206,7 +206,7 @@ class FakeUpstream:
                 if i == self.cut_after and request.transport is not None:
                     request.transport.abort()
                     return response
-                chunk = {
+                chunk: dict[str, Any] = {
                     "id": "c",
                     "object": "chat.completion.chunk",
                     "model": model,

@@ -60,7 +60,7 @@ def test_bad_tokens_are_refused(token):
 
 def test_throttle_engages_after_limit_and_releases_after_window(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     throttle = sessions.Throttle(limit=3, window=60)
     for _ in range(3):
         assert throttle.retry_after("1.2.3.4") == 0
