@@ -1,4 +1,5 @@
-"""Per-key policy at the proxy: enabled, expiry, models, limits, and usage it can trust."""
+"""services/proxy/limits.py: per-key policy at the proxy (enabled, expiry, models, limits), and
+the usage it can trust."""
 
 from __future__ import annotations
 
