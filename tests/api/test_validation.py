@@ -2,14 +2,8 @@
 
 import pytest
 
-from services.api.validation import (
-    BodyError,
-    joined,
-    key_create,
-    key_update,
-    login_errors,
-    username_errors,
-)
+from services.api.validation import login_errors
+from shared.key_validation import BodyError, joined, key_create, key_update, username_errors
 
 
 @pytest.mark.parametrize(
