@@ -54,6 +54,7 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench
 	$(VENV)/bin/ruff format --check shared services llmp tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 SOAK_SECONDS ?= 300
 soak: system-deps-test $(STAMP) $(UI)
