@@ -2,7 +2,7 @@ import stat
 from pathlib import Path
 
 from llmp.envfile import create_env_file
-from shared.security import weak_secrets
+from services.api.security import weak_secrets
 from shared.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
