@@ -1,5 +1,6 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
+# make test-fast: the in-process core (no `stack` or `slow` test), in well under a minute.
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 # for a pattern rule to build a phony target, so `system-deps-%` would never run.
 SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
 
-.PHONY: run test soak check bench ui ui-test clean $(SYSTEM_DEPS)
+.PHONY: run test test-fast soak check bench ui ui-test clean $(SYSTEM_DEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,10 +50,17 @@ run: system-deps-run $(STAMP) $(UI)
 test: system-deps-test $(STAMP) $(UI) ui-test
 	$(PY) -m pytest
 
+# The folders of `stack` tests (tests/conftest.py) are left out here so they are not even
+# imported; the marker leaves out the slow tests of the other folders.
+FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not stack and not slow" $(FAST_TESTS)
+
 check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench
 	$(VENV)/bin/ruff format --check shared services llmp tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 SOAK_SECONDS ?= 300
 soak: system-deps-test $(STAMP) $(UI)

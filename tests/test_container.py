@@ -63,7 +63,7 @@ def _env(stage: list[Instruction]) -> dict[str, str]:
     env: dict[str, str] = {}
     for keyword, arguments in stage:
         if keyword == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(arguments))
+            env.update(item.partition("=")[::2] for item in shlex.split(arguments))
     return env
 
 

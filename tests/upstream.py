@@ -75,7 +75,7 @@ class FakeUpstream:
                 sock.bind((self.host, 0))
                 site = web.SockSite(self._runner, sock)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:
@@ -218,7 +218,7 @@ class FakeUpstream:
                 if i == self.cut_after and request.transport is not None:
                     request.transport.abort()
                     return response
-                chunk = {
+                chunk: dict[str, Any] = {
                     "id": "c",
                     "object": "chat.completion.chunk",
                     "model": model,

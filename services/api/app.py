@@ -17,12 +17,12 @@ from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
+from services.api.security import weak_secrets
 from services.api.throttle import Throttle
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.keyfile import KeyFile
 from shared.logs import setup_logging
-from shared.security import weak_secrets
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")

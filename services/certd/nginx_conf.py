@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.proxy.errors import payload_too_large
 from shared.custom_config import check_custom_config
+from shared.payload import too_large_body
 from shared.settings import Settings
 from shared.site import Site, covers
 
@@ -152,7 +152,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
 
     location @v1_too_large {{
         default_type application/json;
-        return 413 '{payload_too_large(settings.payload_limit).body().decode()}';
+        return 413 '{too_large_body(settings.payload_limit).decode()}';
     }}
 
     location = /v1 {{

@@ -32,6 +32,7 @@ from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, 
 from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
+from services.proxy.metrics import ProxyMetrics
 from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
@@ -40,7 +41,6 @@ from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
-from shared.metrics import ProxyMetrics
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("proxy")

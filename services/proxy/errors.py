@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from shared import payload
+
 
 class ProxyError(Exception):
     def __init__(
@@ -56,9 +58,7 @@ def model_not_found(model: str) -> ProxyError:
 
 
 def payload_too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, f"Request body is larger than the limit of {limit} bytes", "payload_too_large"
-    )
+    return ProxyError(413, payload.too_large_message(limit), payload.CODE)
 
 
 def invalid_json(detail: str) -> ProxyError:

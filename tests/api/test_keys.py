@@ -4,6 +4,7 @@ file's read-modify-write under its lock."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,6 @@ from fastapi.testclient import TestClient
 
 from services.api import sessions
 from services.api.app import create_app
-from shared import files
 from shared.apikeys import ApiKey, Limits, last_good_path, read_keys, write_keys
 from shared.keyfile import KeyFile
 from tests.conftest import eventually, make_settings
@@ -189,7 +189,7 @@ def test_a_failing_write_leaves_the_file_intact(api, path, alice, monkeypatch):
     def full_disk(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files.os, "fsync", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the os module shared/files.py uses
     r = patch(api, alice.id, {"limits": {"requestsPerMinute": 5}})
     assert (r.status_code, r.json()) == (
         500,

@@ -4,13 +4,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.api.validation import (
+from services.api.validation import login_errors
+from shared.key_validation import (
     BodyError,
     joined,
     key_create,
     key_policy,
     key_update,
-    login_errors,
     username_errors,
 )
 

@@ -10,6 +10,8 @@ import pytest
 from services.certd.certbot import Certbot, CertbotError, explain, reason
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.slow  # pebble and certbot
+
 
 def test_argv_is_explicit_and_cannot_be_injected(tmp_path):
     settings = make_settings(tmp_path, acme_email="ops@example.com", dns_propagation_seconds=30)

@@ -18,6 +18,8 @@ from tests.certd.servers import get, tls_get
 from tests.certd.test_nginx_conf import self_signed
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # real nginx servers
+
 
 @pytest.fixture
 def running_nginx(echo_settings, run_nginx):

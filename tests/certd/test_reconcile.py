@@ -20,6 +20,8 @@ from shared.site import Site, read_status, update_site, write_site
 from tests.certd.servers import get, tls_get
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # pebble, certbot and nginx
+
 HOST = "app.example.test"
 
 

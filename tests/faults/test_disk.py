@@ -74,7 +74,7 @@ def rows_of(stack: Stack, answers: list[httpx.Response]) -> list[tuple[Any, ...]
 
 def proxy_error(stack: Stack) -> str | None:
     health = httpx.get(stack.url + "/healthz", timeout=30).json()
-    return health["programs"]["proxy"].get("last_error")  # type: ignore[no-any-return]
+    return health["programs"]["proxy"].get("last_error")
 
 
 # A request that waited for the database would wait for SQLite's busy timeout (10 s), or fail;
@@ -161,7 +161,7 @@ GARBLED = [
 
 def beat_after(stack: Stack, moment: float) -> dict[str, Any]:
     """The proxy's heartbeat, once it has been written after `moment`."""
-    return eventually(  # type: ignore[no-any-return]
+    return eventually(
         lambda: next((w for w in stack.workers() if w["updated"] > moment + 0.1), None)
     )
 

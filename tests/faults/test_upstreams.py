@@ -39,12 +39,12 @@ TIMEOUT = httpx.Timeout(15.0)
 def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 def row_of(running: RunningProxy, response: httpx.Response) -> dict[str, Any]:
     request_id = response.headers["x-request-id"]
-    return eventually(  # type: ignore[no-any-return]
+    return eventually(
         lambda: next((r for r in running.rows() if r["request_id"] == request_id), None)
     )
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from llmp.envfile import EnvFileError, create_env_file
-from shared.security import weak_secrets
+from services.api.security import weak_secrets
 from shared.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"

@@ -3,6 +3,8 @@
 import multiprocessing
 import os
 
+import pytest
+
 from services.proxy.board import Board, Bucket
 
 NO_DRAIN = Bucket(0, 300, 1e12)  # drains too slowly to matter: only the locking counts
@@ -21,6 +23,7 @@ def take(path, tries):
     return taken
 
 
+@pytest.mark.slow  # four processes, spawned
 def test_a_bucket_is_exact_across_processes(tmp_path):
     path = tmp_path / "limits.board"
     Board(path).close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,10 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **pool_options):
     async def main():
-        tasks = set()
+        tasks: set[asyncio.Task[Any]] = set()
 
         async def handle(reader, writer):
-            tasks.add(asyncio.current_task())
+            tasks.add(asyncio.current_task())  # type: ignore[arg-type]  # in a task, never None
             try:
                 await handler(reader, writer)
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):

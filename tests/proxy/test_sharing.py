@@ -25,6 +25,8 @@ from shared.apikeys import ApiKey, Limits, write_keys
 from shared.heartbeat import read_heartbeats
 from tests.conftest import eventually, free_port
 
+pytestmark = pytest.mark.slow  # several proxy workers and client processes
+
 ROOT = Path(__file__).resolve().parents[2]
 BODY = {"model": "model-a", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -224,7 +226,7 @@ def test_two_heavy_keys_share_a_busy_upstream_and_a_light_key_is_not_starved(ups
         eventually(lambda: running.queued() == 16, timeout=60)
         for turn in range(16):  # one answer at a time: each frees one turn
             a.release()
-            eventually(lambda turn=turn: len(a.arrivals) == 3 + turn, timeout=30)
+            eventually(lambda turn=turn: len(a.arrivals) == 3 + turn, timeout=30)  # type: ignore[misc]
         a.release(2)
         statuses = [f.result().status_code for f in answers]
     assert statuses == [200] * 18 and a.peak == 2
@@ -251,7 +253,7 @@ def test_a_change_to_a_key_reaches_every_worker_within_a_second(upstreams, worke
         def workers_since() -> int:
             return len(worker_ids([r for r in running.rows() if r["start_ms"] >= since]))
 
-        answers = []
+        answers: list[tuple[int, dict, float]] = []
         while workers_since() < 2 and len(answers) < 400:
             answers += fire(running.url, key.key, 0, 20, 10)
         assert answers and workers_since() == 2

@@ -23,7 +23,7 @@ from shared.heartbeat import read_heartbeats
 from tests.conftest import free_port
 from tests.upstream import FakeUpstream
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 120.0  # a bound for a loaded machine: start() returns once /healthz says 200
 ADMIN = ("admin", "a-long-test-password")
 SUPERVISOR_PASSWORD = "a-test-password-for-supervisord"  # supervisorctl's, given to `llmp run`
 
@@ -91,7 +91,9 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"stack not healthy after {READY_TIMEOUT}s:\n{self.output()}")
+        output = self.output()
+        self.stop()  # nothing left running behind a failed start
+        raise AssertionError(f"stack not healthy after {READY_TIMEOUT}s:\n{output}")
 
     def stop(self, timeout: float = 60.0) -> int:
         assert self.process is not None

@@ -196,7 +196,7 @@ def test_analytics_records_summary_and_csv(stack: Stack, admin: httpx.Client):
         "future (more than 1 year from now)",
     }
     for (start, end), message in errors.items():
-        params = {k: v for k, v in (("startDate", start), ("endDate", end)) if v is not None}
+        params = {k: str(v) for k, v in (("startDate", start), ("endDate", end)) if v is not None}
         r = admin.get(f"/api/analytics/{key['id']}", params=params)
         assert (r.status_code, r.json()) == (400, {"success": False, "message": message})
     bad = admin.get("/api/analytics/not-a-key")

@@ -53,7 +53,10 @@ class Tls:
             base_url=self.url + "/v1",
             api_key=key.key,
             max_retries=0,
-            http_client=httpx.Client(transport=transport, timeout=VALIDITY * 2),
+            # openai's stubs name its httpx "httpx2" here; the same client class at run time
+            http_client=httpx.Client(  # type: ignore[arg-type]
+                transport=transport, timeout=VALIDITY * 2
+            ),
         )
 
     def served(self) -> x509.Certificate:

@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from services.api import reports, request_log
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
-from services.api.validation import BodyError, read_fields
+from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
+from shared.key_validation import BodyError
 from shared.keyfile import KeyFile
 from shared.prices import Prices, PricesError, read_prices, write_prices
 from shared.rollups import OUTCOMES

@@ -14,7 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Admin, KeyFileDep
 from services.api.errors import Failure
-from services.api.validation import (
+from services.api.validation import read_fields
+from shared.apikeys import KeyFileError
+from shared.key_validation import (
     LIMIT_FIELDS,
     MAX_PATTERN_LENGTH,
     MAX_PATTERNS,
@@ -22,9 +24,7 @@ from services.api.validation import (
     BodyError,
     key_create,
     key_update,
-    read_fields,
 )
-from shared.apikeys import KeyFileError
 from shared.keyfile import DuplicateUsername
 
 log = logging.getLogger("api.keys")

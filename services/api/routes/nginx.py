@@ -21,9 +21,10 @@ from fastapi import APIRouter, Request
 
 from services.api.deps import Admin, AdminAction, SettingsDep
 from services.api.errors import Failure
-from services.api.validation import BodyError, read_fields
+from services.api.validation import read_fields
 from shared.custom_config import check_custom_config
 from shared.heartbeat import read_heartbeats
+from shared.key_validation import BodyError
 from shared.settings import Settings
 from shared.site import (
     CertdStatus,

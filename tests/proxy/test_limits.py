@@ -1,4 +1,5 @@
-"""Per-key policy at the proxy: enabled, expiry, models, limits, and usage it can trust."""
+"""services/proxy/limits.py: per-key policy at the proxy (enabled, expiry, models, limits), and
+the usage it can trust."""
 
 from __future__ import annotations
 
@@ -243,7 +244,7 @@ def test_tokens_are_charged_from_usage_and_refused_when_spent(upstreams, proxy, 
     with running.client(api_key) as client:
         until_applied(client, body, "x-ratelimit-limit-tokens", "600")
         stopped_clock(running)
-        answers = []
+        answers: list[httpx.Response] = []
         while len(answers) < 100 and (not answers or answers[-1].status_code == 200):
             answers.append(client.post("/v1/chat/completions", json=body))
     # 600 tokens, 10 an answer: 60 answers (one more if an answer's tokens were charged just
