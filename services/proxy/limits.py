@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from services.proxy import errors
-from services.proxy.board import Board, Bucket, Level, Slot
+from services.proxy.board import Board, BoardFull, Bucket, Level, Slot
 from services.proxy.errors import ProxyError
 from shared.apikeys import ApiKey, parse_time
 
@@ -117,6 +117,7 @@ class Limiter:
         if not policy.limited:
             return None
         with self.board.holding("key:" + policy.key.id) as slot:
+            slot.keep(time.time())  # a slot with only a request in flight is kept while it is
             requests = slot.level(policy.requests) if policy.requests else None
             tokens = [slot.level(bucket) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
@@ -146,11 +147,14 @@ class Limiter:
         policy = admission.policy
         if not admission.concurrent and not (tokens and policy.tokens):
             return
-        with self.board.holding("key:" + policy.key.id) as slot:
-            if admission.concurrent:
-                slot.change_flight(-1)
-            if tokens:
-                _charge(slot, policy.tokens, tokens)
+        try:
+            with self.board.holding("key:" + policy.key.id) as slot:
+                if admission.concurrent:
+                    slot.change_flight(-1)
+                if tokens:
+                    _charge(slot, policy.tokens, tokens)
+        except BoardFull as exc:  # the answer is sent already: the charge is lost, said once
+            log.error("tokens not charged", extra={"fields": {"error": exc.detail}})
 
 
 def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int) -> None:
