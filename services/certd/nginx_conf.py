@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.proxy.errors import payload_too_large
+from shared import forwarding
 from shared.settings import Settings
 from shared.site import Site, covers
 
@@ -112,6 +113,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     location ^~ /v1/ {{
         proxy_pass http://llmp_proxy;
@@ -174,6 +176,7 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     # Health checks (a container's, a load balancer's) keep working over plain HTTP.
     location ~* ^/healthz/?$ {{
