@@ -14,8 +14,9 @@ def main() -> None:
         factory=True,
         host="127.0.0.1",
         port=settings.api_port,
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        # The client address is nginx's X-Real-IP, believed only with nginx's proof (see
+        # shared/forwarding.py): any local process could send X-Forwarded-For.
+        proxy_headers=False,
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=10,

@@ -68,7 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyfile = KeyFile(settings.apikeys_file)
-    app.state.throttle = Throttle(settings.login_max_failures, settings.login_window_seconds)
+    app.state.throttle = Throttle(
+        settings.data_dir / "login-failures.json",
+        settings.login_max_failures,
+        settings.login_window_seconds,
+    )
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
     for module in (health, auth, keys, analytics, ui, nginx, metrics):

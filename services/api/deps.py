@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from services.api import sessions
 from services.api.errors import AuthError
+from shared import forwarding
 from shared.keyfile import KeyFile
 from shared.settings import Settings
 
@@ -26,8 +27,14 @@ def _keyfile(request: Request) -> KeyFile:
 
 
 def client_address(request: Request) -> str:
-    """The client's address (uvicorn takes it from X-Forwarded-For, trusted from nginx only)."""
-    return request.client.host if request.client else "unknown"
+    """The client's address: X-Real-IP when nginx vouches for it, else the peer's."""
+    settings: Settings = request.app.state.settings
+    return forwarding.client_address(
+        request.client.host if request.client else None,
+        request.headers.get("x-real-ip"),
+        request.headers.get(forwarding.HEADER),
+        settings.jwt_secret,
+    )
 
 
 def _same_origin(request: Request, strict: bool) -> bool:

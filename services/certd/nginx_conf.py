@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared import forwarding
 from shared.custom_config import check_custom_config
 from shared.payload import too_large_body
 from shared.settings import Settings
@@ -131,6 +132,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     location ^~ /v1/ {{
         proxy_pass http://llmp_proxy;
@@ -202,6 +204,7 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     # Health checks (a container's, a load balancer's) keep working over plain HTTP.
     location ~* ^/healthz/?$ {{

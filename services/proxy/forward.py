@@ -72,6 +72,7 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"x-api-key",
     b"cookie",
     b"expect",  # the whole body goes out at once
+    b"x-llmp-forwarded",  # nginx's word to the api (shared/forwarding.py), not an upstream's
 }
 
 

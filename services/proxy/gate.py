@@ -72,6 +72,7 @@ class Gate:
             self.board.holding(f"line:{self.name}\n{key_id}") as key,
         ):
             place = key.counter = max(slot.counter, key.counter) + 1
+            key.keep(time.time() + self.timeout)  # its place matters while it may wait
             heapq.heappush(self._line, (place, next(self._arrivals), turn))
             slot.set_first(self._line[0][0])
         if self._poller is None:

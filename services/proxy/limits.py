@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.proxy import errors
-from services.proxy.board import Board, Bucket, Level, Slot
+from services.proxy.board import Board, BoardFull, Bucket, Level, Slot
 from services.proxy.errors import ProxyError
 from shared.apikeys import ApiKey, parse_time
 
@@ -122,6 +122,7 @@ class Limiter:
             return None
         now = self.clock()
         with self.board.holding("key:" + policy.key.id) as slot:
+            slot.keep(now)  # a slot with only a request in flight is kept while it is
             requests = slot.level(policy.requests, now) if policy.requests else None
             tokens = [slot.level(bucket, now) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
@@ -151,11 +152,14 @@ class Limiter:
         policy = admission.policy
         if not admission.concurrent and not (tokens and policy.tokens):
             return
-        with self.board.holding("key:" + policy.key.id) as slot:
-            if admission.concurrent:
-                slot.change_flight(-1)
-            if tokens:
-                _charge(slot, policy.tokens, tokens, self.clock())
+        try:
+            with self.board.holding("key:" + policy.key.id) as slot:
+                if admission.concurrent:
+                    slot.change_flight(-1)
+                if tokens:
+                    _charge(slot, policy.tokens, tokens, self.clock())
+        except BoardFull as exc:  # the answer is sent already: the charge is lost, said once
+            log.error("tokens not charged", extra={"fields": {"error": exc.detail}})
 
 
 def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int, now: float) -> None:

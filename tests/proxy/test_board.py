@@ -1,11 +1,17 @@
 """The board: exact counters across processes."""
 
+import json
 import multiprocessing
 import os
+from dataclasses import replace
 
 import pytest
 
-from services.proxy.board import Board, Bucket
+from services.proxy import board as board_module
+from services.proxy.board import MAGIC, SLOT, SLOTS, Board, BoardFull, Bucket
+from services.proxy.errors import ProxyError
+from services.proxy.limits import Limiter, Policy
+from shared.apikeys import ApiKey, Limits
 
 NO_DRAIN = Bucket(0, 300, 1e12)  # drains too slowly to matter: only the locking counts
 
@@ -74,3 +80,76 @@ def test_a_board_of_another_layout_is_replaced(tmp_path):
     with board.holding("k") as slot:
         assert slot.in_flight() == 0
     assert path.stat().st_size > 1024
+
+
+def test_a_board_of_the_old_mapped_layout_is_replaced(tmp_path):
+    path = tmp_path / "limits.board"
+    path.write_bytes(b"llmp-board-v1\n" + bytes(SLOT * SLOTS - 14))
+    Board(path).close()
+    assert path.read_bytes()[: len(MAGIC)] == MAGIC
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited(i: int, **limits: int) -> Policy:
+    return Policy.of(replace(ApiKey.new(f"user{i}"), limits=Limits(**limits)))
+
+
+def test_key_churn_beyond_the_slot_count_reuses_idle_slots(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(board_module.time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=16))
+    busy = limited(0, maxConcurrent=1)
+    held = limiter.admit(busy)  # in flight through the whole churn: its slot is kept
+    for i in range(1, 200):  # 199 keys through a board of 15 slots
+        policy = limited(i, requestsPerMinute=60, tokensPerMinute=600, maxConcurrent=2)
+        admission = limiter.admit(policy)
+        assert admission is not None
+        limiter.release(admission, 100)
+        clock.now += 61  # drained: the slot holds nothing worth keeping
+    with pytest.raises(ProxyError) as caught:
+        limiter.admit(busy)  # still counted: the same slot, never given away
+    assert caught.value.code == "concurrency_limit_exceeded"
+    limiter.release(held, None)
+
+
+def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
+    tmp_path, monkeypatch
+):
+    clock = Clock()
+    monkeypatch.setattr(board_module.time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=4))
+    policies = [limited(i, tokensPerMinute=600) for i in range(3)]
+    for policy in policies:
+        admission = limiter.admit(policy)
+        assert admission is not None
+        limiter.release(admission, 300)  # half the minute's tokens: 30 s to drain
+    with pytest.raises(BoardFull) as caught:
+        limiter.admit(limited(9, tokensPerMinute=600))
+    assert (caught.value.status, caught.value.code) == (503, "limits_board_full")
+    assert json.loads(caught.value.body())["error"]["type"] == "server_error"
+    clock.now += 31
+    assert limiter.admit(limited(9, tokensPerMinute=600)) is not None
+
+
+def test_a_worker_whose_slot_was_given_to_another_name_looks_again(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(board_module.time, "time", clock)
+    path = tmp_path / "limits.board"
+    one, other = Board(path, slots=2), Board(path, slots=2)  # two workers, one slot
+    bucket = Bucket(0, 60, 60.0)
+    with one.holding("key:a") as slot:
+        slot.add(bucket, 10, slot.level(bucket))
+    clock.now += 61
+    with other.holding("key:b") as slot:  # a's slot, idle, goes to b
+        slot.add(bucket, 50, slot.level(bucket))
+    with pytest.raises(BoardFull), one.holding("key:a") as slot:  # taken; no other free
+        slot.add(bucket, 1, slot.level(bucket))
+    with other.holding("key:b") as slot:
+        assert slot.level(bucket).used == 50  # untouched by a

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
+import struct
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from services.proxy.board import IDLE_AT, NAME, SLOT, SLOTS
 from shared.apikeys import ApiKey, Limits, format_time, write_keys
 from tests.conftest import eventually
 from tests.proxy.test_app import analytics_for, error_of, raw_chat
@@ -269,3 +272,28 @@ def test_tokens_per_day_refuse_until_the_day_has_drained(upstreams, proxy, api_k
     assert refused.status_code == 429 and "50 tokens per day" in error_of(refused)["message"]
     assert int(refused.headers["retry-after"]) > 60  # a token comes back every 28.8 minutes
     assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_a_full_limits_board_is_an_openai_503_not_a_crash(upstreams, proxy, api_key):
+    running = proxy(upstreams("a", ["model-a"]))
+    board = running.settings.board_file
+    # every slot taken by a name that keeps it for a long time
+    idle_at = struct.pack("<d", time.time() + 3600)
+    filled = b"".join(
+        os.urandom(NAME) + bytes(IDLE_AT - NAME) + idle_at + bytes(SLOT - IDLE_AT - 8)
+        for _ in range(SLOTS - 1)
+    )
+    with open(board, "r+b") as f:
+        f.seek(SLOT)
+        f.write(filled)
+    with_policy(running, api_key, limits=Limits(requestsPerMinute=100))
+    with running.client(api_key) as client:
+
+        def refused() -> httpx.Response | None:
+            r = client.post("/v1/chat/completions", json={"model": "model-a"})
+            return r if r.status_code == 503 else None
+
+        r = eventually(refused)
+    assert error_of(r)["code"] == "limits_board_full" and r.headers["retry-after"] == "5"
+    row = analytics_for(running, r.headers["x-request-id"])
+    assert (row["status"], row["error"]) == (503, "limits_board_full")

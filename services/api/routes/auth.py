@@ -1,7 +1,8 @@
 """`/auth/login`, `/auth/logout`, `/auth/token` (legacy) and `/api/me`.
 
 Answers and messages are the original's. Better than it: the password is compared in constant
-time, failures are throttled per address (429 with Retry-After) and logged, and a session ends
+time, failures are throttled per client network and for the account (429 with Retry-After, see
+`throttle`) and logged, and a session ends
 at logout, at a change of credentials, and 24 hours after login (see `sessions`).
 """
 
@@ -47,7 +48,7 @@ async def _check_login(request: Request, settings: Settings) -> str:
     """The username if the body holds the right credentials; AuthError otherwise."""
     throttle: Throttle = request.app.state.throttle
     address = client_address(request)
-    wait = throttle.retry_after(address)
+    wait = await asyncio.to_thread(throttle.retry_after, address)
     if wait:
         raise AuthError(
             429, "Too many failed logins; try again later", headers={"Retry-After": str(wait)}
@@ -60,10 +61,10 @@ async def _check_login(request: Request, settings: Settings) -> str:
     good_user = hmac.compare_digest(username.encode(), settings.auth_username.encode())
     good_password = hmac.compare_digest(password.encode(), settings.auth_password.encode())
     if not (good_user and good_password):
-        failures = throttle.failed(address)
+        failures = await asyncio.to_thread(throttle.failed, address)
         log.warning("login failed", extra={"fields": {"address": address, "failures": failures}})
         raise AuthError(401, "Invalid credentials")
-    throttle.succeeded(address)
+    await asyncio.to_thread(throttle.succeeded, address)
     log.info("login", extra={"fields": {"address": address, "username": username}})
     return str(username)
 
