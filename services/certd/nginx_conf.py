@@ -20,6 +20,7 @@ Every domain and CIDR rendered here has been validated by `shared.site`.
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,17 +78,20 @@ EMPTY_ROOT = "empty"  # the folder under the prefix that nginx's `root` names: a
 # pause at most BODY_TIMEOUT between two reads (uploads over a slow link keep going).
 HEADER_TIMEOUT = "10s"
 BODY_TIMEOUT = "30s"
-CONNECTIONS_CAP = 65536  # per worker: past this, memory, not descriptors, is the limit
+# Connections of all workers together when sized to the machine: what one address can open to
+# one port (its source ports), at ~450 bytes of nginx's memory each, allocated at start.
+CONNECTIONS_TOTAL = 65536
 
 
 def worker_connections(settings: Settings) -> tuple[int, int]:
     """Connections per worker and the descriptors a worker may open: NGINX_WORKER_CONNECTIONS,
-    or as many as the machine's descriptor limit allows (a proxied request holds two), within
-    1024..CONNECTIONS_CAP."""
+    or CONNECTIONS_TOTAL shared by the workers (one per CPU), within what the descriptor limit
+    allows (a proxied request holds two) and at least 1024."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    hard = CONNECTIONS_CAP * 2 if hard == resource.RLIM_INFINITY else hard
-    connections = settings.nginx_worker_connections or max(1024, min(CONNECTIONS_CAP, hard // 2))
-    return connections, connections * 2
+    hard = 4 * CONNECTIONS_TOTAL if hard == resource.RLIM_INFINITY else hard
+    share = CONNECTIONS_TOTAL // (os.cpu_count() or 1)
+    connections = settings.nginx_worker_connections or max(1024, min(share, hard // 2))
+    return connections, min(connections * 2, max(hard, connections))
 
 
 def render_main(settings: Settings, server_conf: Path, prefix: Path | None = None) -> str:
