@@ -254,8 +254,7 @@ class CustomConfigError(SiteError):
 
 
 def check_custom_config(text: object, letsencrypt_dir: Path) -> str:
-    """`text` if every statement in it is allowed; CustomConfigError saying why not otherwise.
-    (`set_real_ip_from all` is not an address: `_network` refuses it.)"""
+    """`text` if every statement in it is allowed; CustomConfigError saying why not otherwise."""
     if not isinstance(text, str):
         raise CustomConfigError("Invalid request body")
     if len(text) > MAX_LENGTH:
@@ -327,16 +326,14 @@ class _Checker:
             self.arguments(where, context, name, args)
 
     def block_arguments(self, where: str, name: str, args: Sequence[str]) -> None:
-        self.arguments(where, name, "", args)
+        _no_file_variables(where, args)
         if name == "if" and _FILE_TESTS.intersection(args):
             raise CustomConfigError(f'{where}: file tests in "if" are not allowed')
         if name == "upstream" and (len(args) != 1 or "$" in args[0]):
             raise CustomConfigError(f'{where}: "upstream" takes one name')
 
     def arguments(self, where: str, context: str, name: str, args: Sequence[str]) -> None:
-        secret = next(filter(None, map(_FILE_VARIABLES.search, args)), None)
-        if secret:
-            raise CustomConfigError(f"{where}: ${secret[1]} (a path on the server) is not allowed")
+        _no_file_variables(where, args)
         if name in CERTIFICATE_FILES:
             self.certificate_file(where, name, args)
         elif name == "proxy_pass":
@@ -375,6 +372,12 @@ class _Checker:
                 f'{where}: "{name}" takes the absolute path of a file inside '
                 f"{' or '.join(roots)}, without variables"
             )
+
+
+def _no_file_variables(where: str, args: Sequence[str]) -> None:
+    found = next(filter(None, map(_FILE_VARIABLES.search, args)), None)
+    if found:
+        raise CustomConfigError(f"{where}: ${found[1]} (a path on the server) is not allowed")
 
 
 def _within(path: str, root: str) -> bool:

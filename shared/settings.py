@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # certbot's renewal time; never more often than RENEW_RETRY_SECONDS (failures wait this long).
     renew_interval_seconds: float = Field(default=12 * 3600.0, gt=0)
     renew_retry_seconds: float = Field(default=3600.0, gt=0)
+    # nginx: connections per worker (0: 65536 shared by the workers, within the descriptor limit),
+    # and requests in progress per client address (past that, a 429).
+    nginx_worker_connections: int = Field(default=0, ge=0)
+    nginx_connections_per_address: int = Field(default=256, ge=1)
     # Who runs `nginx -t` on a candidate configuration when certd runs as root (a user name, or
     # `uid[:gid]`): a user that owns nothing and cannot read llmp's secrets.
     nginx_test_user: str = "nobody"

@@ -20,6 +20,8 @@ Every domain and CIDR rendered here has been validated by `shared.site`.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +75,38 @@ def server_conf_path(settings: Settings) -> Path:
 EMPTY_ROOT = "empty"  # the folder under the prefix that nginx's `root` names: always empty
 
 
+# Slow clients: a request's whole header must arrive within HEADER_TIMEOUT, and a body may
+# pause at most BODY_TIMEOUT between two reads (uploads over a slow link keep going).
+HEADER_TIMEOUT = "10s"
+BODY_TIMEOUT = "30s"
+# Connections of all workers together when sized to the machine: what one address can open to
+# one port (its source ports), at ~450 bytes of nginx's memory each, allocated at start.
+CONNECTIONS_TOTAL = 65536
+
+
+def worker_connections(settings: Settings) -> tuple[int, int]:
+    """Connections per worker and the descriptors a worker may open: NGINX_WORKER_CONNECTIONS,
+    or CONNECTIONS_TOTAL shared by the workers (one per CPU), within what the descriptor limit
+    allows (a proxied request holds two) and at least 1024."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 4 * CONNECTIONS_TOTAL if hard == resource.RLIM_INFINITY else hard
+    share = CONNECTIONS_TOTAL // (os.cpu_count() or 1)
+    connections = settings.nginx_worker_connections or max(1024, min(share, hard // 2))
+    return connections, min(connections * 2, max(hard, connections))
+
+
 def render_main(settings: Settings, server_conf: Path, prefix: Path | None = None) -> str:
     """nginx.conf: process settings, and the `http` block that includes `server_conf`. Every
     path nginx may write (pid, temp files) lies under `prefix` (the nginx prefix, or the
     private folder of a test), and the `root` of every server is an empty folder there, so
-    that a location serving files can serve nothing of the machine's."""
+    that a location serving files can serve nothing of the machine's.
+
+    One address may have at most NGINX_CONNECTIONS_PER_ADDRESS requests in progress (a 429
+    past that), in every server, the admin's own included, so that one client's slow or
+    endless requests cannot take every connection; a header must come whole within
+    HEADER_TIMEOUT."""
     prefix = (prefix or settings.nginx_prefix).absolute()
+    connections, descriptors = worker_connections(settings)
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -89,9 +117,10 @@ worker_processes auto;
 worker_shutdown_timeout 30s;
 pid {prefix}/run/nginx.pid;
 error_log stderr warn;
+worker_rlimit_nofile {descriptors};
 
 events {{
-    worker_connections 4096;
+    worker_connections {connections};
 }}
 
 http {{
@@ -102,6 +131,17 @@ http {{
     keepalive_timeout 65s;
 {temp}
     root {prefix}/{EMPTY_ROOT};
+
+    client_header_timeout {HEADER_TIMEOUT};
+    client_body_timeout {BODY_TIMEOUT};
+    reset_timedout_connection on;
+    # A refused request's unread body is waited for briefly (to let its answer arrive), not for
+    # nginx's default of up to 30 s: a slot is not held for it.
+    lingering_timeout 1s;
+    lingering_time 5s;
+    limit_conn_zone $binary_remote_addr zone=llmp_address:10m;
+    limit_conn llmp_address {settings.nginx_connections_per_address};
+    limit_conn_status 429;
 
     include {server_conf};
 }}

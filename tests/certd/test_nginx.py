@@ -230,3 +230,61 @@ def test_only_the_sites_names_and_addresses_are_served_once_it_has_names(
         assert (status, answer["location"]) == (308, location), host
     no_host = _raw_get(port, b"GET /v1/models HTTP/1.0\r\n\r\n")
     assert no_host.startswith(b"HTTP/1.1 308") and b"https://a.example:" in no_host
+
+
+SLOTS = 32  # connections per nginx worker, lowered from the machine's size to keep this cheap
+PER_ADDRESS = 8
+
+
+def _half_sent(port: int) -> socket.socket | None:
+    """A request whose headers say a body follows, and whose body never comes."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /v1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\nabc")
+        return sock
+    except OSError:
+        return None  # nginx had no slot left: it closed the connection at once
+
+
+def _answered(sock: socket.socket) -> bytes | None:
+    """What nginx said (b"" if it closed the connection); None if it is still waiting."""
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(100)
+    except TimeoutError:
+        return None
+    except OSError:
+        return b""
+
+
+def _status(port: int, source: str) -> int | str:
+    try:
+        return get(port, "/v1/models", source=source)[0]
+    except OSError as exc:  # no slot left: closed without an answer
+        return repr(exc)
+
+
+def test_one_address_with_more_half_sent_requests_than_slots_does_not_starve_others(
+    echo_settings, run_nginx
+):
+    settings = echo_settings(
+        nginx_worker_connections=SLOTS, nginx_connections_per_address=PER_ADDRESS
+    )
+    run_nginx(settings)
+    workers = len(nginx._workers(nginx._master(settings) or 0)) or 1
+    attack = [_half_sent(settings.port) for _ in range(3 * SLOTS * workers)]
+    opened = [sock for sock in attack if sock is not None]
+    try:
+        answers = [_answered(sock) for sock in opened]
+        # The address's requests past its cap are refused at once (the rest found no slot);
+        # only PER_ADDRESS of them wait for their body.
+        waiting = answers.count(None)
+        refused = sum(1 for a in answers if a and a.startswith(b"HTTP/1.1 429"))
+        assert waiting <= PER_ADDRESS and refused > 0, (waiting, refused, len(opened))
+        # Other addresses are served, as soon as the refused connections are closed (the
+        # attack here opens no new ones).
+        for source in (f"127.0.0.{n}" for n in range(2, 12)):
+            eventually(lambda s=source: _status(settings.port, s) == 200, 15)
+    finally:
+        for sock in opened:
+            sock.close()

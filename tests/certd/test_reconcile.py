@@ -68,10 +68,13 @@ def test_obtains_serves_and_restricts(world, acme):
         assert tls_get(settings.https_port, path, context, HOST, source="127.0.0.2")[0] == 403
     assert tls_get(settings.https_port, "/v1/x", context, HOST, source="127.0.0.2")[0] == 200
     assert tls_get(settings.https_port, "/nope", context, HOST)[0] == 404
-    # Plain HTTP now redirects, except health checks.
+    # Plain HTTP now redirects, except health checks: to the name asked for, or from an
+    # address to the site's name.
     status_code, body = get(settings.port, "/v1/models?x=1")
     assert status_code == 308
-    assert body["location"] == f"https://127.0.0.1:{settings.https_port}/v1/models?x=1"
+    assert body["location"] == f"https://{HOST}:{settings.https_port}/v1/models?x=1"
+    body = get(settings.port, "/v1/models?x=1", host="a.example.test")[1]
+    assert body["location"] == f"https://a.example.test:{settings.https_port}/v1/models?x=1"
     assert get(settings.port, "/healthz")[0] == 200
 
     # Serving plain HTTP instead is the admin's choice.

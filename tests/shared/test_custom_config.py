@@ -208,3 +208,7 @@ def test_certificate_files_are_found_in_every_block():
         "  location / { proxy_ssl_certificate_key /etc/letsencrypt/b.pem; } }"
     )
     assert sorted(certificate_files(text)) == ["/etc/letsencrypt/a.pem", "/etc/letsencrypt/b.pem"]
+
+
+def test_variables_that_tell_paths_are_refused_in_block_arguments_too():
+    assert "$document_root" in refused("server { if ($document_root) { return 200; } }")
