@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = build(args.rows)
     built = json.loads((data / "built").read_text())
+    analytics.connect(data / "analytics.db").close()  # indexes added since it was built
     write_keys(
         data / "apikeys.json",
         [
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"database": built, "routes": {}}
     try:
-        api.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        api.wait_http(f"http://127.0.0.1:{port}/", timeout=60)
         admin = Admin(f"http://127.0.0.1:{port}")
         admin.login()
         results["rss_start_mb"] = _rss(api.pid)
