@@ -367,7 +367,7 @@ def _budget_use(
         else db.execute(
             "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
             "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
-            (rollups.DAY, rollups.DETAIL, key.id, int(start * 1000)),
+            (rollups.DAY, rollups.KEY_MODELS, key.id, int(start * 1000)),
         ).fetchall()
     )
     out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}

@@ -150,7 +150,7 @@ class Budgets:
                     "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
                     "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? "
                     "GROUP BY model",
-                    (rollups.DAY, rollups.DETAIL, key.id, first_day),
+                    (rollups.DAY, rollups.KEY_MODELS, key.id, first_day),
                 ).fetchall()
         except sqlite3.Error as exc:
             log.warning("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
