@@ -96,7 +96,13 @@ def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
         "no-such-model": 1,
     }
     a = next(r for r in rows if r["value"] == "model-a")
-    assert (a["failures"], a["promptTokens"], a["completionTokens"]) == (0, 28, 12)
+    logged = [e for e in entries if e["model"] == "model-a"]
+    assert (a["failures"], a["promptTokens"], a["completionTokens"]) == (
+        0,
+        sum(e["promptTokens"] for e in logged),
+        sum(e["completionTokens"] for e in logged),
+    )
+    assert a["streams"] == 1 and a["tokensPerSecond"] is not None
 
 
 def test_a_budget_holds_across_two_workers_under_load(stack: Stack, admin: httpx.Client):
@@ -109,15 +115,22 @@ def test_a_budget_holds_across_two_workers_under_load(stack: Stack, admin: httpx
     concurrency = 8
 
     def ask(_: int) -> httpx.Response:
+        # Straight to the proxy's port, a new connection each: the workers take turns at
+        # accepting them (nginx would keep a few connections, perhaps all to one worker).
         return httpx.post(
-            stack.url + "/v1/chat/completions",
+            f"http://127.0.0.1:{stack.proxy_port}/v1/chat/completions",
             json={"model": "model-a", "messages": []},
             headers=headers,
             timeout=30,
         )
 
+    answers: list[httpx.Response] = []
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(ask, range(80)))
+        # Until both workers have answered (for most of the run, refusing).
+        while len(answers) < 400 and (
+            len(answers) < 80 or len({r.headers["x-request-id"][:10] for r in answers}) < 2
+        ):
+            answers += pool.map(ask, range(40))
     served = [r for r in answers if r.status_code == 200]
     refused = [r for r in answers if r.status_code == 429]
     assert len(served) + len(refused) == len(answers)
@@ -136,9 +149,9 @@ def test_a_budget_holds_across_two_workers_under_load(stack: Stack, admin: httpx
     # The key list shows what the budget has left, from what was recorded.
     def listed() -> dict | None:
         usage = admin.get("/api/keys").json()["usage"][budgeted.id]
-        return usage if usage["budget"]["usedTokens"] == len(served) * tokens_each else None
+        spent = usage["budget"]["usedTokens"] == len(served) * tokens_each
+        return usage if spent and usage["requestsToday"] >= len(answers) else None
 
     usage = eventually(listed, 10)
     assert usage["budget"]["remainingTokens"] == 0
-    assert usage["requestsToday"] == len(answers)
     assert usage["lastUsed"] is not None
