@@ -4,16 +4,22 @@
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
+# make bench-analytics: every analytics route against a generated database of BENCH_ROWS
+# requests (10 million; built once into var/bench-analytics/, which takes a while).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+<<<<<<< HEAD
 # The Debian packages each goal needs. Explicit targets, not a pattern rule: make never looks
 # for a pattern rule to build a phony target, so `system-deps-%` would never run.
 SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
 
 .PHONY: run test test-fast soak check bench ui ui-test clean $(SYSTEM_DEPS)
+=======
+.PHONY: run test soak check bench bench-analytics ui ui-test system-deps-run system-deps-test clean
+>>>>>>> analytics
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -69,6 +75,10 @@ soak: system-deps-test $(STAMP) $(UI)
 
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench
+
+BENCH_ROWS ?= 10000000
+bench-analytics: $(STAMP)
+	$(PY) -m bench.analytics --rows $(BENCH_ROWS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache frontend/dist frontend/node_modules

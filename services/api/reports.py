@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import rollups
+from shared.apikeys import ApiKey, period_bounds
 from shared.prices import Prices
 from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
 
@@ -318,11 +319,15 @@ def spend(
     }
 
 
-def key_usage(path: Path, key_ids: list[str], now_ms: int) -> dict[str, dict[str, Any]]:
-    """Each key's last use and its requests and tokens today (UTC), from the rollups."""
+def key_usage(
+    path: Path, keys: list[ApiKey], prices: Prices, now_ms: int
+) -> dict[str, dict[str, Any]]:
+    """Each key's last use, its requests and tokens today (UTC), and its budget's use in the
+    current period, from the rollups."""
     day = now_ms - now_ms % rollups.DAY
+    key_ids = [k.id for k in keys]
     usage: dict[str, dict[str, Any]] = {
-        k: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0} for k in key_ids
+        k.id: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0, "budget": None} for k in keys
     }
     with reading(path) as db:
         if db is None:
@@ -342,4 +347,43 @@ def key_usage(path: Path, key_ids: list[str], now_ms: int) -> dict[str, dict[str
                 (rollups.DAY, rollups.KEYS, key_id),
             ).fetchone()
             usage[key_id]["lastUsed"] = row[0] if row else None
+        for key in keys:
+            if key.budget is not None:
+                usage[key.id]["budget"] = _budget_use(db, key, prices, now_ms)
+    for key in keys:  # a database with nothing yet: budgets are all still there
+        if key.budget is not None and usage[key.id]["budget"] is None:
+            usage[key.id]["budget"] = _budget_use(None, key, prices, now_ms)
     return usage
+
+
+def _budget_use(
+    db: sqlite3.Connection | None, key: ApiKey, prices: Prices, now_ms: int
+) -> dict[str, Any]:
+    budget = key.budget
+    assert budget is not None
+    _, start, end = period_bounds(budget.period, now_ms / 1000)
+    rows = (
+        []
+        if db is None
+        else db.execute(
+            "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
+            "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
+            (rollups.DAY, rollups.KEY_MODELS, key.id, int(start * 1000)),
+        ).fetchall()
+    )
+    out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}
+    if budget.tokens is not None:
+        used = sum(p + c for _, p, c in rows)
+        out |= {
+            "tokens": budget.tokens,
+            "usedTokens": used,
+            "remainingTokens": max(0, budget.tokens - used),
+        }
+    if budget.cost is not None:
+        cost = round(sum(prices.cost(m, p, c) or 0.0 for m, p, c in rows), 6)
+        out |= {
+            "cost": budget.cost,
+            "usedCost": cost,
+            "remainingCost": round(max(0.0, budget.cost - cost), 6),
+        }
+    return out
