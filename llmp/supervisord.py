@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from supervisor import loggers, supervisord  # type: ignore[import-untyped]  # no stubs
+from supervisor import loggers, supervisord  # no stubs: mypy ignores supervisor.* (pyproject)
 
 # supervisord's level names, as Python's logging names them.
 LEVELS = {

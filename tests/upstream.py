@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -57,7 +57,7 @@ class FakeUpstream:
 
     # Lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> FakeUpstream:
+    def start(self) -> Self:
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -124,7 +125,7 @@ def test_spend_prices_tokens_per_model_and_period(api, rows, keys, now):
     assert answer["currency"] == "EUR"
     assert answer["total"] == pytest.approx(expected)
     assert answer["unpricedModels"] == ["model-b"]
-    by_key = {}
+    by_key: dict[str, Any] = {}
     for period in answer["series"]:
         for row in period["rows"]:
             by_key[row["username"]] = by_key.get(row["username"], 0) + row["cost"]

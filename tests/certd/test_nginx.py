@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -264,6 +265,10 @@ def _status(port: int, source: str) -> int | str:
         return repr(exc)
 
 
+def _served(port: int, source: str) -> bool:
+    return _status(port, source) == 200
+
+
 def test_one_address_with_more_half_sent_requests_than_slots_does_not_starve_others(
     echo_settings, run_nginx
 ):
@@ -284,7 +289,7 @@ def test_one_address_with_more_half_sent_requests_than_slots_does_not_starve_oth
         # Other addresses are served, as soon as the refused connections are closed (the
         # attack here opens no new ones).
         for source in (f"127.0.0.{n}" for n in range(2, 12)):
-            eventually(lambda s=source: _status(settings.port, s) == 200, 15)
+            eventually(functools.partial(_served, settings.port, source), 15)
     finally:
         for sock in opened:
             sock.close()

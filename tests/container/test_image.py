@@ -104,10 +104,9 @@ def test_a_fresh_install_serves_streams_drains_on_stop_and_keeps_its_data(
     lines = podman("logs", llmp.name).stdout.splitlines()
     assert lines and [line for line in lines if not LINE.match(line)] == []
     assert {"supervisord", "llmp", "nginx", "api", "proxy", "certd"} <= {
-        LINE.match(line)[2]
-        for line in lines  # type: ignore[index]
+        LINE.match(line)[2] for line in lines
     }
-    assert [line for line in lines if LINE.match(line)[1] in ("ERROR", "CRITICAL")] == []  # type: ignore[index]
+    assert [line for line in lines if LINE.match(line)[1] in ("ERROR", "CRITICAL")] == []
 
     # `docker compose stop` while a stream is open: the stream ends as it would have.
     upstream.pace, upstream.chunks = 0.5, 8

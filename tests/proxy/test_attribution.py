@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -42,7 +43,7 @@ def test_end_user_of_what_is_not_json_is_none():
 def test_the_user_field_is_recorded_for_each_api(upstreams, proxy, api_key):
     running = proxy(upstreams("a", ["m"]))
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
-    messages = [{"role": "user", "content": "hi"}]
+    messages: Any = [{"role": "user", "content": "hi"}]
     client.chat.completions.create(model="m", messages=messages, user="alice@example.com")
     list(client.chat.completions.create(model="m", messages=messages, user="bob", stream=True))
     client.embeddings.create(model="m", input="hi", user="carol")

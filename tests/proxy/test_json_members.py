@@ -6,6 +6,7 @@ from services.proxy.json_members import appended, members, without
 def test_members_have_exact_spans_and_parsed_values():
     text = ' {"a": 1, "usage" :{"x":[1,2]} ,"c":"}"}\r'
     found = members(text)
+    assert found is not None
     assert list(found) == ["a", "usage", "c"]
     usage = found["usage"]
     assert usage.value == {"x": [1, 2]}
@@ -22,7 +23,9 @@ def test_members_have_exact_spans_and_parsed_values():
     ],
 )
 def test_without_removes_one_member_and_its_comma(text, name, left):
-    assert without(text, members(text), name) == left
+    found = members(text)
+    assert found is not None
+    assert without(text, found, name) == left
 
 
 def test_refuses_what_is_not_one_object_with_distinct_names():

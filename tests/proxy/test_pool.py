@@ -40,7 +40,7 @@ def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **
         port = server.sockets[0].getsockname()[1]
         keepalive = pool_options.pop("keepalive", 60)
         pool = Pool(**{"connect_timeout": 2, "read_timeout": 2, **pool_options})
-        pool.keepalive = keepalive
+        pool.keepalive = keepalive  # type: ignore[attr-defined]  # the test's own note, for at()
         try:
             return await asyncio.wait_for(scenario(pool, f"http://127.0.0.1:{port}"), 20)
         finally:
@@ -56,7 +56,7 @@ def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **
 def at(pool: Pool, url: str) -> Endpoint:
     """The endpoint of `url`, with the keep-alive the test gave the pool."""
     host, port = url.rsplit(":", 1)
-    return Endpoint("http", host.split("//")[1], int(port), keepalive=pool.keepalive)
+    return Endpoint("http", host.split("//")[1], int(port), keepalive=pool.keepalive)  # type: ignore[attr-defined]
 
 
 async def whole(pool: Pool, url: str, method: str = "GET", body: bytes = b"") -> tuple[int, bytes]:

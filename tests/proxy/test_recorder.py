@@ -105,6 +105,7 @@ def test_pending_rows_are_bounded_by_bytes_oldest_dropped(tmp_path, monkeypatch)
     assert rec.last_error is not None
     assert rec.pending_bytes <= 100_000 and rec._pending[-1].request_id == newest
 
+
 NOW = int(time.time() * 1000)
 
 
@@ -124,10 +125,10 @@ def test_an_old_database_gets_its_rollups_while_new_rows_are_written(tmp_path, m
 
     async def run() -> None:
         recorder = Recorder(path, 90, list, rollup_retention_days=730)
-        steps = []
+        steps: list[int] = []
         real_step = rollups.backfill_step
 
-        def step(db, batch=rollups.BACKFILL_BATCH):  # type: ignore[no-untyped-def]
+        def step(db, batch=rollups.BACKFILL_BATCH):
             recorder.record(_row(1000 + len(steps), NOW))  # a request meanwhile
             steps.append(batch)
             return real_step(db, batch)

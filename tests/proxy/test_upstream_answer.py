@@ -4,6 +4,7 @@ upstream gave the gateway's own key, with the openai SDK as the client."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -49,7 +50,7 @@ def wire() -> Iterator[Callable[..., WireUpstream]]:
 def test_only_allowed_upstream_headers_reach_the_client(wire, proxy, api_key):
     running = proxy(wire(headers=DIAGNOSTIC))
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     plain = client.chat.completions.with_raw_response.create(**body)
     with client.chat.completions.with_streaming_response.create(**body, stream=True) as streamed:
         streamed.read()

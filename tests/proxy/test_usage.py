@@ -2,6 +2,7 @@ import dataclasses
 import gzip
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -173,7 +174,7 @@ def test_a_litellm_usage_chunk_with_an_empty_choice_is_taken_back(wire, proxy, a
     upstream = wire("litellm")
     running = proxy(upstream)
     client = sdk(running, api_key)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with client.chat.completions.with_streaming_response.create(**body, stream=True) as r:
         relayed = b"".join(r.iter_bytes())
     assert json.loads(upstream.seen[-1].body)["stream_options"] == {"include_usage": True}
@@ -212,7 +213,7 @@ def test_llama_cpp_timings_stay_where_llama_cpp_puts_them(wire, proxy, api_key):
     upstream = wire("llamacpp")
     running = proxy(upstream)
     client = sdk(running, api_key)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with client.chat.completions.with_streaming_response.create(**body, stream=True) as r:
         relayed = b"".join(r.iter_bytes())
     assert relayed == direct(upstream, "/v1/chat/completions", {**body, "stream": True})
@@ -274,7 +275,7 @@ def test_responses_api_usage_is_recorded_and_charged(wire, proxy, api_key):
         try:
             outcomes.append(client.responses.create(model="m", input="hi").usage.total_tokens)
         except openai.RateLimitError as exc:
-            outcomes.append(exc.body["type"])  # type: ignore[index]
+            outcomes.append(exc.body["type"])
     assert outcomes == ["tokens"] * 6  # the first answer's 123 tokens spent the minute's 100
     rows = rows_of(running, 7)
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (100, 23)
@@ -313,7 +314,7 @@ def test_zero_usage_in_every_chunk_is_missing_not_zero(wire, proxy, api_key):
     upstream = wire("zeros")
     running = proxy(upstream, stream_usage=False)
     client = sdk(running, api_key)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     chunks = list(client.chat.completions.create(**body, stream=True))
     assert chunks[0].usage.prompt_tokens == 0  # the client gets them as they came
     row = rows_of(running, 1)[0]
@@ -343,7 +344,7 @@ def test_a_stream_cut_after_its_finishing_chunk_keeps_that_chunk(wire, proxy, ap
     upstream = wire("llamacpp", cut_at_usage=True)
     running = proxy(upstream)
     client = sdk(running, api_key)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     received = []
     with pytest.raises(openai.APIError) as cut:
         received.extend(client.chat.completions.create(**body, stream=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import openai
@@ -15,7 +16,7 @@ from tests.conftest import eventually
 from tests.stack.conftest import Stack
 
 
-def _log(admin: httpx.Client, **params: object) -> list[dict]:
+def _log(admin: httpx.Client, **params: Any) -> list[dict]:
     r = admin.get("/api/analytics/requests", params={"limit": 500, **params})
     assert r.status_code == 200, r.text
     assert r.json()["nextCursor"] is None
@@ -50,7 +51,7 @@ def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
     for order, expected in (("desc", entries), ("asc", entries[::-1])):
         walked, cursor = [], None
         while True:
-            params = {**chats, "keyId": key.key, "limit": 2, "order": order}  # the key works too
+            params: dict[str, Any] = {**chats, "keyId": key.key, "limit": 2, "order": order}
             page = admin.get(
                 "/api/analytics/requests", params=params | ({"cursor": cursor} if cursor else {})
             ).json()

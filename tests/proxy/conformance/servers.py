@@ -114,7 +114,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) -> 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.args}")
+            raise RuntimeError(f"the server exited: {process.args!r}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

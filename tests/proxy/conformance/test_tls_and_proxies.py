@@ -120,7 +120,7 @@ def test_tls_goes_through_the_proxy_s_connect_and_no_proxy_and_per_upstream_none
 
 def test_the_endpoint_takes_the_proxy_from_settings_and_the_upstream_option():
     [a, b] = parse_target_urls("https://x.example, http://y.example|proxy=http://p:3128")
-    settings = Settings(https_proxy="http://u:p@gw:8080", no_proxy="")  # type: ignore[call-arg]
+    settings = Settings(https_proxy="http://u:p@gw:8080", no_proxy="")
     assert endpoint_for(a, settings).proxy == Proxy(
         "gw", 8080, b"Basic " + base64.b64encode(b"u:p")
     )
@@ -130,4 +130,4 @@ def test_the_endpoint_takes_the_proxy_from_settings_and_the_upstream_option():
 def test_a_ca_bundle_that_cannot_be_read_stops_the_start(tmp_path: Path):
     [a] = parse_target_urls(f"https://x.example|ca={tmp_path / 'missing.pem'}")
     with pytest.raises(ValueError, match="upstream 1: TLS files"):
-        endpoint_for(a, Settings())  # type: ignore[call-arg]
+        endpoint_for(a, Settings())
