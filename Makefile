@@ -11,15 +11,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-<<<<<<< HEAD
 # The Debian packages each goal needs. Explicit targets, not a pattern rule: make never looks
 # for a pattern rule to build a phony target, so `system-deps-%` would never run.
 SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
 
-.PHONY: run test test-fast soak check bench ui ui-test clean $(SYSTEM_DEPS)
-=======
-.PHONY: run test soak check bench bench-analytics ui ui-test system-deps-run system-deps-test clean
->>>>>>> analytics
+.PHONY: run test test-fast soak check bench bench-analytics ui ui-test clean $(SYSTEM_DEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,7 +56,7 @@ test: system-deps-test $(STAMP) $(UI) ui-test
 # imported; the marker leaves out the slow tests of the other folders.
 FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not stack and not slow" $(FAST_TESTS)
+	$(PY) -m pytest -q -m "not stack and not slow and not container" $(FAST_TESTS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench
