@@ -103,7 +103,7 @@ def limited(i: int, **limits: int) -> Policy:
 def test_key_churn_beyond_the_slot_count_reuses_idle_slots(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr("time.time", clock)  # the board reads the wall clock
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=16))
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=16), clock=clock)
     busy = limited(0, maxConcurrent=1)
     held = limiter.admit(busy)  # in flight through the whole churn: its slot is kept
     assert held is not None
@@ -124,7 +124,7 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
 ):
     clock = Clock()
     monkeypatch.setattr("time.time", clock)  # the board reads the wall clock
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=4))
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=4), clock=clock)
     policies = [limited(i, tokensPerMinute=600) for i in range(3)]
     for policy in policies:
         admission = limiter.admit(policy)
