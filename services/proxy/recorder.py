@@ -9,7 +9,9 @@ one lock, and `close()` waits for the task's last write rather than cancelling i
 closed under a write still running in its thread crashes the process), then writes what is
 left.
 
-The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
+Before each use, the database file is checked to be the one opened (its inode): one deleted or
+replaced under the recorder is opened again, and said in the log. The recorder also keeps the
+database: at start it imports the original llm-proxy's CSV files
 once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,6 +51,7 @@ class Recorder:
         self._pending: list[RequestRow] = []
         self._pending_bytes = 0
         self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None  # the database file's, as opened
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -131,8 +135,18 @@ class Recorder:
                 self.last_error = None
 
     def _connection(self) -> sqlite3.Connection:
+        """The open database, opened again if `analytics.db` was deleted or replaced under it
+        (rows written to a deleted file are lost to every reader)."""
+        if self._db is not None and self._inode != _inode(self.path):
+            log.error(
+                "analytics.db was deleted or replaced; opening it again",
+                extra={"fields": {"path": str(self.path)}},
+            )
+            self._db.close()
+            self._db = None
         if self._db is None:
             self._db = analytics.connect(self.path)
+            self._inode = _inode(self.path)
         return self._db
 
     def _write(self, rows: list[RequestRow]) -> None:
@@ -148,6 +162,13 @@ class Recorder:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _capped(text: str | None) -> str | None:
