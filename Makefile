@@ -1,14 +1,25 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
+# make test-fast: the in-process core (no `stack` or `slow` test), in well under a minute.
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
+# make bench-analytics: every analytics route against a generated database of BENCH_ROWS
+# requests (10 million; built once into var/bench-analytics/, which takes a while).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak check bench ui ui-test system-deps-run system-deps-test clean
+<<<<<<< HEAD
+# The Debian packages each goal needs. Explicit targets, not a pattern rule: make never looks
+# for a pattern rule to build a phony target, so `system-deps-%` would never run.
+SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
+
+.PHONY: run test test-fast soak check bench ui ui-test clean $(SYSTEM_DEPS)
+=======
+.PHONY: run test soak check bench bench-analytics ui ui-test system-deps-run system-deps-test clean
+>>>>>>> analytics
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,26 +27,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-system-deps-%:
-	scripts/system-deps $*
+$(SYSTEM_DEPS):
+	scripts/system-deps $(@:system-deps-%=%)
 
-# The admin UI: `npm ci` when the lock file changes, a build when a source does.
+# The admin UI: `npm ci` when the lock file changes, a build when a source does, on a Node.js
+# that can build it (scripts/npm: the machine's if new enough, else one from PyPI in $(VENV)).
+NPM := VENV=$(abspath $(VENV)) $(CURDIR)/scripts/npm
 UI := frontend/dist/index.html
 UI_MODULES := frontend/node_modules/.package-lock.json
 UI_SOURCES := $(shell find frontend/src -type f 2>/dev/null) frontend/index.html \
 	frontend/vite.config.ts frontend/tsconfig.json frontend/package.json
 
-$(UI_MODULES): frontend/package.json frontend/package-lock.json
-	cd frontend && npm ci --no-audit --no-fund
+$(UI_MODULES): frontend/package.json frontend/package-lock.json | $(STAMP)
+	cd frontend && $(NPM) ci --no-audit --no-fund
 	touch $@
 
 $(UI): $(UI_MODULES) $(UI_SOURCES)
-	cd frontend && npm run build
+	cd frontend && $(NPM) run build
 
 ui: $(UI)
 
 ui-test: $(UI_MODULES)
-	cd frontend && npm test
+	cd frontend && $(NPM) test
 
 run: system-deps-run $(STAMP) $(UI)
 	exec $(PY) -m llmp run
@@ -43,10 +56,17 @@ run: system-deps-run $(STAMP) $(UI)
 test: system-deps-test $(STAMP) $(UI) ui-test
 	$(PY) -m pytest
 
+# The folders of `stack` tests (tests/conftest.py) are left out here so they are not even
+# imported; the marker leaves out the slow tests of the other folders.
+FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not stack and not slow" $(FAST_TESTS)
+
 check: $(STAMP)
 	$(VENV)/bin/ruff check shared services llmp tests bench
 	$(VENV)/bin/ruff format --check shared services llmp tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 SOAK_SECONDS ?= 300
 soak: system-deps-test $(STAMP) $(UI)
@@ -55,6 +75,10 @@ soak: system-deps-test $(STAMP) $(UI)
 
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench
+
+BENCH_ROWS ?= 10000000
+bench-analytics: $(STAMP)
+	$(PY) -m bench.analytics --rows $(BENCH_ROWS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache frontend/dist frontend/node_modules

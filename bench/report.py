@@ -75,7 +75,22 @@ def _cpu_per_chunk(r: TargetRound) -> float | None:
 
 def _errors(r: TargetRound) -> float:
     loads = [r.latency, *r.loads]
-    return sum(x.socket_errors + x.non_2xx for x in loads) + r.streams.errors + r.paced.errors
+    streamed = r.streams.errors + r.paced.errors + r.crowd.errors
+    return sum(x.socket_errors + x.non_2xx for x in loads) + streamed
+
+
+def _crowd_cpu_per_chunk(r: TargetRound) -> float | None:
+    cpu, chunks = r.cpu["crowd"], r.crowd.chunks
+    if not chunks or "proxy" not in cpu:
+        return None
+    return cpu["proxy"] / chunks * 1e6
+
+
+def _kib_per_stream(r: TargetRound) -> float | None:
+    """What the workers' memory grew by with every stream open, per stream."""
+    if not r.crowd.rss_open_kib or not r.rss_idle_kib:
+        return None
+    return (r.crowd.rss_open_kib - r.rss_idle_kib) / r.crowd.concurrency
 
 
 def _rss_mib(r: TargetRound) -> float | None:
@@ -113,6 +128,16 @@ def rows(options: Options) -> list[Row]:
         Row("  CPU/chunk, proxy (us)", _cpu_per_chunk),
         Row(f"paced TTFB p50 (ms), {options.pace_ms} ms pace", lambda r: r.paced.ttfb_p50_ms),
         Row("  p99 (ms)", lambda r: r.paced.ttfb_p99_ms),
+        Row(
+            f"{options.crowd} streams at {1000 // options.crowd_pace_ms}/s: errors",
+            lambda r: r.crowd.errors,
+            total=True,
+            ratio=False,
+        ),
+        Row("  inter-chunk delay over pace, p50 (ms)", lambda r: r.crowd.delay_p50_ms),
+        Row("  p99 (ms)", lambda r: r.crowd.delay_p99_ms),
+        Row("  CPU/chunk, proxy (us)", _crowd_cpu_per_chunk),
+        Row("  memory per open stream, proxy (KiB)", _kib_per_stream),
         Row("errors (non-2xx, socket, stream)", _errors, total=True, ratio=False),
         Row("RSS per worker, max, run 1 (MiB)", _rss_mib, only_round=0),
         Row("  after run 2 (MiB)", _rss_mib, only_round=1),

@@ -12,13 +12,13 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import uvloop
 
-STREAM_TIMEOUT = 30.0
+STREAM_TIMEOUT = 60.0
 DONE = b"data: [DONE]\n\n"
 
 
@@ -44,6 +44,20 @@ class Paced:
     ttfb_p50_ms: float | None  # None: no stream completed
     ttfb_p99_ms: float | None
     duration_p50_ms: float | None  # request sent to [DONE] received
+
+
+@dataclass(frozen=True, slots=True)
+class Crowd:
+    """Many slow streams open at once, as LLM traffic is: how late their chunks come."""
+
+    concurrency: int
+    pace_ms: int
+    streams: int  # complete ones
+    chunks: int
+    errors: int
+    delay_p50_ms: float | None  # each gap between chunks, less the pace
+    delay_p99_ms: float | None
+    rss_open_kib: int  # the workers' RSS with every stream open (0: not sampled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +183,88 @@ async def _paced(
         percentile(ttfb, 99),
         percentile([s.duration * 1000 for s in done], 50),
     )
+
+
+async def _crowd(
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    concurrency: int,
+    pace_ms: int,
+    sample: Callable[[], int],
+) -> Crowd:
+    payload = stream_body(body, pace_ms).encode()
+    pace = pace_ms / 1000
+    delays: list[float] = []
+    opened = 0
+    all_open = asyncio.Event()
+    errors = 0
+    done: list[int] = []
+
+    async def one(session: aiohttp.ClientSession, index: int) -> None:
+        nonlocal opened, errors
+        # Starts spread over one second, as independent clients would be.
+        await asyncio.sleep(index / concurrency)
+        last: float | None = None
+        events, tail = 0, b""
+        try:
+            async with session.post(url, data=payload) as response:
+                if response.status != 200:
+                    raise BadStream(f"HTTP {response.status}")
+                async for data in response.content.iter_any():
+                    now = time.perf_counter()
+                    count = (tail[-1:] + data).count(b"\n\n")
+                    tail = (tail + data)[-len(DONE) :]
+                    if not count:
+                        continue
+                    if last is None:
+                        opened += 1
+                        if opened == concurrency:
+                            all_open.set()
+                    else:
+                        delays.append(max(0.0, now - last - pace) * 1000)
+                    last, events = now, events + count
+            if tail != DONE:
+                raise BadStream("the stream did not end with [DONE]")
+            done.append(events - 1)
+        except (aiohttp.ClientError, TimeoutError, BadStream):
+            errors += 1
+
+    rss = 0
+
+    async def sampler() -> None:
+        nonlocal rss
+        await all_open.wait()
+        rss = sample()
+
+    async with _session(concurrency, headers) as session:
+        watch = asyncio.create_task(sampler())
+        await asyncio.gather(*(one(session, i) for i in range(concurrency)))
+        watch.cancel()
+    return Crowd(
+        concurrency,
+        pace_ms,
+        len(done),
+        sum(done),
+        errors,
+        percentile(delays, 50),
+        percentile(delays, 99),
+        rss,
+    )
+
+
+def crowd(
+    url: str,
+    headers: Mapping[str, str],
+    body: str,
+    *,
+    concurrency: int,
+    pace_ms: int,
+    sample: Callable[[], int],
+) -> Crowd:
+    """`concurrency` streams at once, each a chunk every `pace_ms`; `sample()` (the workers'
+    RSS) is taken once every stream is open."""
+    return uvloop.run(_crowd(url, headers, body, concurrency, pace_ms, sample))
 
 
 def throughput(

@@ -18,7 +18,7 @@ from typing import TypeVar
 from bench import streams
 from bench.load import Load, run_wrk
 from bench.procs import cpu_seconds, cpu_used, rss_kib, tree
-from bench.streams import Paced, Throughput
+from bench.streams import Crowd, Paced, Throughput
 from bench.targets import CHAT_BODY, Target
 
 T = TypeVar("T")
@@ -34,6 +34,8 @@ class Options:
     paced_concurrency: int = 16
     paced_rounds: int = 2
     pace_ms: int = 20
+    crowd: int = 1000  # streams open at once
+    crowd_pace_ms: int = 50  # 20 chunks a second each
 
 
 @dataclass(slots=True)
@@ -44,6 +46,8 @@ class TargetRound:
     loads: list[Load]  # one per Options.connections
     streams: Throughput
     paced: Paced
+    crowd: Crowd
+    rss_idle_kib: int  # the workers' RSS (summed) before the crowd
     # measurement -> group -> CPU seconds; groups: proxy, nginx (see Target.cost_groups),
     # upstream, and client (the benchmark and wrk)
     cpu: dict[str, dict[str, float]]
@@ -101,17 +105,35 @@ def run_round(
             pace_ms=options.pace_ms,
         ),
     )
+    idle = {t.name: _rss_sum(t) for t in targets}
+    crowd = each(
+        "crowd",
+        lambda t: streams.crowd(
+            t.url("/v1/chat/completions"),
+            t.headers(),
+            CHAT_BODY,
+            concurrency=options.crowd,
+            pace_ms=options.crowd_pace_ms,
+            sample=lambda: _rss_sum(t),
+        ),
+    )
     return {
         t.name: TargetRound(
             latency=latency[t.name],
             loads=[by_target[t.name] for by_target in loads],
             streams=throughput[t.name],
             paced=paced[t.name],
+            crowd=crowd[t.name],
+            rss_idle_kib=idle[t.name],
             cpu=cpu[t.name],
             rss_kib=[kib for kib in map(rss_kib, t.workers()) if kib is not None],
         )
         for t in targets
     }
+
+
+def _rss_sum(target: Target) -> int:
+    return sum(kib for kib in map(rss_kib, target.workers()) if kib is not None)
 
 
 def _wrk(target: Target, options: Options, *, connections: int, seconds: float) -> Load:

@@ -176,10 +176,11 @@ class LlmpStack(Target):
             # supervisord stops nginx and the programs, each within its stopwaitsecs (<= 35 s).
             grace=40,
         )
-        self.child.wait_http(self.url("/healthz"), timeout=30)
+        # Generous: on a loaded machine, starting four Python programs takes half a minute.
+        self.child.wait_http(self.url("/healthz"), timeout=120)
         # Healthy is not yet routable: wait until the catalog knows the model.
         self.child.wait_http(
-            self.url("/v1/chat/completions"), timeout=15, headers=self.headers(), body=CHAT_BODY
+            self.url("/v1/chat/completions"), timeout=60, headers=self.headers(), body=CHAT_BODY
         )
 
     def cost_groups(self) -> dict[str, list[int]]:

@@ -17,8 +17,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from services.api.validation import BodyError, key_update, username_errors
 from shared.apikeys import ApiKey
+from shared.key_validation import BodyError, key_update, username_errors
 from shared.keyfile import DuplicateUsername, KeyFile
 from shared.settings import Settings
 

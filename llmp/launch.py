@@ -14,6 +14,13 @@ stop: they close their listening sockets at once and finish the requests they ho
 until none of them listens any more (SIGKILL after RETIRE_SECONDS), records its own group and
 execs PROGRAM: the pid supervisord knows stays the program's. It imports little (the standard
 library and the log format), as it runs at every start.
+
+Whether a process listens is read from its open files in /proc, which the kernel hides from
+a process with fewer capabilities: nginx, holding its file capability to bind 443, is opaque to
+the launcher although it runs as the same user. For such leftovers the launcher watches the
+listening sockets of its own user that no process it can look into holds: those are theirs
+(supervisord restarts a program only once its main process is gone, so no other instance of
+it is running).
 """
 
 from __future__ import annotations
@@ -66,34 +73,56 @@ def leftovers(group: int, started: int) -> list[int]:
     return found
 
 
-def _listening_inodes() -> set[str]:
+def _listening_inodes(uid: int | None = None) -> set[str]:
+    """The inodes of listening TCP sockets (those of user `uid` only, if given)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             next(f, None)
             for line in f:
                 columns = line.split()
-                if columns[3] == "0A":  # TCP_LISTEN
+                if columns[3] == "0A" and (uid is None or columns[7] == str(uid)):  # LISTEN
                     inodes.add(columns[9])
     return inodes
 
 
-def _listens(pid: int, listening: set[str]) -> bool:
+def _sockets(pid: int) -> set[str] | None:
+    """The inodes of the sockets `pid` holds, or None if its open files are hidden from us."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return False
+        return set()  # gone
+    inodes = set()
     for name in names:
-        with contextlib.suppress(OSError):
+        try:
             target = os.readlink(f"/proc/{pid}/fd/{name}")
-            if target.startswith("socket:[") and target[8:-1] in listening:
-                return True
-    return False
+        except PermissionError:
+            return None
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _listens(pid: int, listening: set[str]) -> bool:
+    return bool((_sockets(pid) or set()) & listening)
+
+
+def _hidden_listeners() -> set[str]:
+    """Listening sockets of this user that no process whose open files we can read holds."""
+    hidden = _listening_inodes(os.getuid())
+    for pid in _pids():
+        if hidden:
+            hidden -= _sockets(pid) or set()
+    return hidden
 
 
 def retire(pids: list[int], signum: int, timeout: float = RETIRE_SECONDS) -> None:
     """Send `signum` to `pids`; return once none listens any more (SIGKILL the rest after
     `timeout`). Those still finishing requests are left to finish them."""
+    opaque = [pid for pid in pids if _sockets(pid) is None]
+    hidden = _hidden_listeners() if opaque else set()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -101,6 +130,8 @@ def retire(pids: list[int], signum: int, timeout: float = RETIRE_SECONDS) -> Non
     while True:
         listening = _listening_inodes()
         busy = [pid for pid in pids if _listens(pid, listening)]
+        if hidden & listening:  # some opaque leftover still listens: all of them wait
+            busy += [pid for pid in opaque if _stat(pid) is not None]
         if not busy:
             return
         if time.monotonic() > deadline:

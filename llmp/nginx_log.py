@@ -7,8 +7,9 @@ supervisord only as PROCESS_LOG events, and this listener prints each line as
 `time LEVEL nginx message` on its stderr, which supervisord sends to stdout.
 
 nginx's error lines quote the request line (`request: "GET /api/keys/validate/sk-..."`), and
-some admin routes take a key in their path: API keys, JWTs and query strings are replaced with
-`[redacted]` before a line is printed (llmp's logs never hold a key).
+some admin routes take a key in their path: API keys (as the api would read them, percent-encoded
+or not), JWTs and query strings are replaced with `[redacted]` before a line is printed (llmp's
+logs never hold a key).
 
 The protocol (supervisord's documentation, "Events"): write READY on stdout, read a header line
 and `len` bytes of payload, answer `RESULT 2\\nOK`, repeat. Only the standard library.
@@ -20,15 +21,23 @@ import re
 import sys
 import time
 from typing import BinaryIO, TextIO
+from urllib.parse import unquote
 
 _NGINX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (.*)$")
 _OURS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ")  # shared/logs.py
 _STARTUP = re.compile(r"^nginx: \[(\w+)\] (.*)$")  # before nginx has read its configuration
-# An API key (`sk-...`, or its 64 hex digits alone), a JWT, and any query string.
-_SECRETS = re.compile(
+# A word of a line, as a path segment or a header value in it: between white space, quotes,
+# slashes and the separators of a query.
+_WORD = re.compile(r"[^\s\"/?&;,]+")
+# What the api would take for an API key once it has decoded a path (`(sk-)?<64 hex>`, in any
+# case and any percent-encoding), anything else that starts as a key does, and a JWT.
+_SECRET = re.compile(
     r"sk-[^\s\"/?&;,]{6,}|(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])"
-    r"|eyJ[\w-]*\.[\w-]+\.[\w-]*|(?<=\?)[^\s\"]+"
+    r"|eyJ[\w-]*\.[\w-]+\.[\w-]*",
+    re.IGNORECASE,
 )
+_QUERY = re.compile(r"(?<=\?)[^\s\"]+")
+DECODINGS = 3  # `%252d` is `-` to whatever decodes twice
 _LEVELS = {
     "debug": "DEBUG",
     "info": "INFO",
@@ -54,8 +63,21 @@ def format_line(program: str, line: str, now: float | None = None) -> str:
 
 
 def redact(message: str) -> str:
-    """The message without API keys, JWTs or query strings."""
-    return _SECRETS.sub("[redacted]", message)
+    """The message without API keys, JWTs or query strings: a word is replaced whole when it
+    holds one as it is or once percent-decoded (as the api reads a path), repeatedly."""
+    return _WORD.sub(_redact_word, _QUERY.sub("[redacted]", message))
+
+
+def _redact_word(word: re.Match[str]) -> str:
+    text = word[0]
+    for _ in range(DECODINGS + 1):
+        if _SECRET.search(text):
+            return "[redacted]"
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return word[0]
 
 
 def _fields(line: bytes) -> dict[str, str]:

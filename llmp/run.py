@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
 
 from llmp import privileges, upgrade
-from llmp.envfile import create_env_file
+from llmp.envfile import EnvFileError, create_env_file
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
+from shared.apikeys import write_keys
 from shared.settings import Settings, load_settings
 
 HOME = Path(__file__).resolve().parent.parent
@@ -34,6 +37,13 @@ SUPERVISORD_CONF = HOME / "supervisord.conf"
 def fail(message: str) -> NoReturn:
     print(f"llmp: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def say(level: str, message: str) -> None:
+    """A line on stdout in the programs' format (shared/logs.py): `time LEVEL llmp message`."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    print(f"{stamp}.{int(now % 1 * 1000):03d}Z {level} llmp {message}", flush=True)
 
 
 def socket_path(folder: Path) -> Path:
@@ -57,6 +67,9 @@ def prepare(settings: Settings) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
     for stale in settings.run_dir.glob("*.json"):
         stale.unlink()
+    # A fresh install has no keys yet, not a missing key file (which the proxy reports).
+    if not settings.apikeys_file.exists():
+        write_keys(settings.apikeys_file, [])
     # The proxy workers' Prometheus counters, summed by the api; a new run counts from zero.
     metrics = settings.state_dir / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)
@@ -80,36 +93,46 @@ def prepare(settings: Settings) -> dict[str, str]:
 
 
 def run(env_file: Path) -> None:
-    example = HOME / ".env.example"
-    if example.exists():
-        password = create_env_file(env_file, example)
-        if password is not None:
-            print(
-                f"llmp: created {env_file} with new secrets. Admin login: admin / {password}\n"
-                "llmp: this password is shown once; it is kept in that file.",
-                flush=True,
-            )
+    try:
+        password = create_env_file(env_file, HOME / ".env.example")
+    except EnvFileError as exc:
+        fail(str(exc))
+    if password is not None:
+        say(
+            "WARNING",
+            f"wrote {env_file} with new secrets. Admin login: admin / {password} (shown once; "
+            "it is kept in that file)",
+        )
     try:
         settings = load_settings(str(env_file))
     except ValidationError as exc:
         fail(f"bad settings in {env_file} or the environment:\n{exc}")
+    if settings.cloudflare_credentials.is_dir():
+        say(
+            "WARNING",
+            f"{settings.cloudflare_credentials} is a directory, not Cloudflare's credentials "
+            "file: certificates through Cloudflare's DNS fail until it is a file",
+        )
     user = privileges.target()
     if user is not None:
         privileges.hand_over(settings, env_file, user)
         privileges.become(user)
+    for path, mode in upgrade.protect_secrets(settings, env_file):
+        say("WARNING", f"{path} was mode {mode:04o}, open to others; now private")
     imported = upgrade.import_original_site(settings)
     if imported is not None:
         site = imported.site
-        print(
-            f"llmp: took over llm-proxy's nginx site (the file is kept as {imported.backup}): "
+        say(
+            "INFO",
+            f"took over llm-proxy's nginx site (the file is kept as {imported.backup}): "
             f"domains {', '.join(site.domains) or 'none'}; admin networks "
             f"{', '.join(site.cidr_groups) or 'the private ranges'}; plain HTTP keeps serving",
-            flush=True,
         )
     environment = {**os.environ, "ENV_FILE": str(env_file.absolute()), **prepare(settings)}
-    supervisord = shutil.which(
-        "supervisord", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-    )
-    if supervisord is None:
-        fail("supervisord not found; install the project (pip install .)")
-    os.execve(supervisord, [supervisord, "-c", str(SUPERVISORD_CONF)], environment)
+    # supervisord's control socket asks for a password, made anew at each start unless given
+    # (tests give one): its mode already keeps others out, but without one supervisord logs a
+    # CRITICAL line at every start.
+    environment.setdefault("LLMP_SUPERVISOR_PASSWORD", secrets.token_urlsafe(24))
+    # supervisord, with its own lines in llmp's format (llmp.supervisord).
+    command = [sys.executable, "-m", "llmp.supervisord", "-c", str(SUPERVISORD_CONF)]
+    os.execve(sys.executable, command, environment)

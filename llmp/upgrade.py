@@ -14,11 +14,19 @@ which is now nginx itself, and llmp renders server.conf from `data/site.json`. S
   original served everything on plain HTTP too and its clients may still use it.
 
 This runs in `llmp run` before any program starts, so site.json still has one writer at a time.
+
+The original also left its secrets readable by anyone on the machine (`.env` with the JWT
+secret and the admin password, `data/apikeys.json` with every key, 0644 as created).
+`protect_secrets` makes them 0600 at every start, before any program reads them; llmp writes
+them 0600 itself.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +46,30 @@ from shared.site import (
 
 BACKUP_NAME = "server.conf.llm-proxy"
 _DIRECTIVE = re.compile(r"(?:^|(?<=[;{}]))\s*(server_name|allow)\s+([^;{}]*);")
+
+
+SECRET_MODE = 0o600
+
+
+def protect_secrets(settings: Settings, env_file: Path) -> list[tuple[Path, int]]:
+    """Take group and other permissions from the files that hold secrets (regular files only;
+    a symbolic link is left as it is). Returns each file changed, with its former mode; one
+    that cannot change (a read-only mount) is reported with the mode it keeps."""
+    changed = []
+    for path in (env_file, settings.apikeys_file, settings.cloudflare_credentials):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISREG(st.st_mode) and mode & 0o077:
+            try:
+                os.chmod(path, mode & SECRET_MODE)
+            except OSError as exc:
+                print(f"llmp: {path} stays mode {mode:04o}: {exc}", file=sys.stderr)
+                continue
+            changed.append((path, mode))
+    return changed
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@
                "limits": {"requestsPerMinute": 60,     # optional, each a positive integer
                           "tokensPerMinute": 100000,
                           "tokensPerDay": 2000000,
-                          "maxConcurrent": 4}}]}
+                          "maxConcurrent": 4},
+               "budget": {"period": "month",           # optional: day, week or month (UTC)
+                          "tokens": 5000000,            # ... and a positive integer,
+                          "cost": 20.0}}]}              # a positive amount (data/prices.json),
+                                                        # or both
 
 A key without policy is written exactly as the original writes it, so the file stays readable by
 llm-proxy. The api service is the only writer; the proxy reads it. A file that cannot be read or
@@ -82,6 +86,68 @@ class Limits:
         return cls(**raw)
 
 
+BUDGET_PERIODS = ("day", "week", "month")
+
+
+def period_bounds(period: str, now: float) -> tuple[int, float, float]:
+    """The period's number and its start and end (epoch seconds, UTC)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start = day
+        end = start.timestamp() + 86400
+        return int(start.timestamp() // 86400), start.timestamp(), end
+    if period == "week":
+        start_s = day.timestamp() - day.weekday() * 86400
+        return int(start_s // (7 * 86400)) + 1, start_s, start_s + 7 * 86400
+    first = day.replace(day=1)
+    following = (
+        first.replace(year=first.year + 1, month=1)
+        if first.month == 12
+        else first.replace(month=first.month + 1)
+    )
+    number = (first.year - 1970) * 12 + first.month
+    return number, first.timestamp(), following.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a key may use per calendar period (UTC): tokens, cost (in the currency of
+    data/prices.json), or both."""
+
+    period: str
+    tokens: int | None = None
+    cost: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"period": self.period}
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Budget:
+        """Raises ValueError naming the bad field."""
+        if not isinstance(raw, dict) or set(raw) - {"period", "tokens", "cost"}:
+            raise ValueError("budget must be an object of period, tokens and cost")
+        if raw.get("period") not in BUDGET_PERIODS:
+            raise ValueError("budget.period must be day, week or month")
+        tokens, cost = raw.get("tokens"), raw.get("cost")
+        if tokens is not None and (
+            not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1
+        ):
+            raise ValueError("budget.tokens must be a positive integer")
+        if cost is not None and (
+            not isinstance(cost, int | float) or isinstance(cost, bool) or not 0 < cost < 1e12
+        ):
+            raise ValueError("budget.cost must be a positive number")
+        if tokens is None and cost is None:
+            raise ValueError("budget needs tokens, cost or both")
+        return cls(raw["period"], tokens, None if cost is None else float(cost))
+
+
 class PolicyChange(TypedDict, total=False):
     """A change to a key's policy, already validated; a field left out stays as it is.
 
@@ -91,6 +157,7 @@ class PolicyChange(TypedDict, total=False):
     expiresAt: str | None
     models: tuple[str, ...] | None
     limits: dict[str, int | None]
+    budget: Budget | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +170,7 @@ class ApiKey:
     expiresAt: str | None = None
     models: tuple[str, ...] | None = None
     limits: Limits = field(default_factory=Limits)
+    budget: Budget | None = None
 
     @classmethod
     def new(cls, username: str) -> ApiKey:
@@ -127,6 +195,7 @@ class ApiKey:
             expiresAt=change.get("expiresAt", self.expiresAt),
             models=change.get("models", self.models),
             limits=replace(self.limits, **change.get("limits", {})),
+            budget=change.get("budget", self.budget),
         )
         return ApiKey.from_json(key.to_json())
 
@@ -146,6 +215,8 @@ class ApiKey:
             out["models"] = list(self.models)
         if limits := self.limits.to_json():
             out["limits"] = limits
+        if self.budget is not None:
+            out["budget"] = self.budget.to_json()
         return out
 
     @classmethod
@@ -172,12 +243,14 @@ class ApiKey:
                 raise ValueError("models must be a list of non-empty patterns or null")
             models = tuple(models)
         limits = Limits.from_json(item.get("limits") or {})
+        budget = None if item.get("budget") is None else Budget.from_json(item["budget"])
         return cls(
             **base,  # type: ignore[arg-type]
             enabled=enabled,
             expiresAt=expires,
             models=models,
             limits=limits,
+            budget=budget,
         )
 
 

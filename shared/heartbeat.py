@@ -2,7 +2,8 @@
 
 A program (or each worker of one) rewrites its file every few seconds with its pid, when it
 started, when it last beat, and whatever state it wants to report (applied generations, last
-error). A reader judges a program alive by how fresh `updated` is.
+error). A reader judges a program alive by how fresh `updated` is. `beat` may run in a thread
+(the proxy keeps its fsync off the event loop): once `remove` has run, no beat writes again.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,15 @@ class Heartbeat:
         self.program = program
         self.started = time.time()
         self.state: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._removed = False
 
     def beat(self) -> None:
+        with self._lock:
+            if not self._removed:
+                self._write()
+
+    def _write(self) -> None:
         write_json_atomic(
             self.path,
             {
@@ -41,8 +50,10 @@ class Heartbeat:
         )
 
     def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with self._lock:
+            self._removed = True
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def read_heartbeats(run_dir: Path) -> list[dict[str, Any]]:

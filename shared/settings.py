@@ -13,7 +13,7 @@ import re
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     models_refresh_seconds: float = 60.0
     models_timeout_seconds: float = 5.0
     models_stale_seconds: float = 600.0
+    # The upstream client: `own` (services/proxy/pool.py) or `aiohttp` (see docs/performance.md).
+    upstream_client: Literal["own", "aiohttp"] = "own"
+    # Connections per upstream per proxy worker; more requests wait for one (UPSTREAM_CONNECT_
+    # TIMEOUT at most). An idle connection is kept UPSTREAM_KEEPALIVE seconds: less than the
+    # upstreams' own idle timeout (uvicorn's, so vLLM's, is 5 s), so that none is reused just
+    # as its upstream closes it.
+    upstream_max_connections: int = Field(default=1024, ge=1)
+    upstream_keepalive: float = Field(default=4.0, ge=0, le=3600)
+    # TLS to the upstreams: a CA bundle (PEM) to trust instead of the system's, verification
+    # (never turn it off for an upstream across a network you do not own), a client certificate.
+    upstream_ca_bundle: str = ""
+    upstream_verify: bool = True
+    upstream_client_cert: str = ""
+    upstream_client_key: str = ""
+    # Egress proxies, as curl and most tools read them (also from the environment in lower case).
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
     # The fair queue of an upstream with `concurrency=N` (per proxy worker).
     queue_limit: int = Field(default=100, ge=0)
     queue_timeout: float = Field(default=60.0, gt=0)
@@ -87,6 +105,8 @@ class Settings(BaseSettings):
 
     # The admin API.
     analytics_retention_days: int = Field(default=90, ge=1)
+    # The hourly and daily sums of the analytics outlive the rows they were made from.
+    analytics_rollup_retention_days: int = Field(default=730, ge=1)
     login_max_failures: int = Field(default=10, ge=1)
     login_window_seconds: float = Field(default=600.0, gt=0)
 
@@ -106,6 +126,13 @@ class Settings(BaseSettings):
     # certbot's renewal time; never more often than RENEW_RETRY_SECONDS (failures wait this long).
     renew_interval_seconds: float = Field(default=12 * 3600.0, gt=0)
     renew_retry_seconds: float = Field(default=3600.0, gt=0)
+    # nginx: connections per worker (0: 65536 shared by the workers, within the descriptor limit),
+    # and requests in progress per client address (past that, a 429).
+    nginx_worker_connections: int = Field(default=0, ge=0)
+    nginx_connections_per_address: int = Field(default=256, ge=1)
+    # Who runs `nginx -t` on a candidate configuration when certd runs as root (a user name, or
+    # `uid[:gid]`): a user that owns nothing and cannot read llmp's secrets.
+    nginx_test_user: str = "nobody"
     # How long the api's /nginx routes wait for certd to report the outcome of a change.
     certd_wait_seconds: float = Field(default=240.0, gt=0)
 
@@ -131,6 +158,10 @@ class Settings(BaseSettings):
     @property
     def analytics_db(self) -> Path:
         return self.data_dir / "analytics.db"
+
+    @property
+    def prices_file(self) -> Path:
+        return self.data_dir / "prices.json"
 
     @property
     def nginx_prefix(self) -> Path:

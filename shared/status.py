@@ -63,8 +63,12 @@ def health(settings: Settings) -> dict[str, Any]:
 
 
 def status_report(settings: Settings) -> dict[str, Any]:
-    """Health plus what certd last reported about certificates."""
+    """Health plus what certd last reported about certificates, for `llmp status`: not ok
+    either when every upstream is down (llmp is up, but serves nothing)."""
     report = health(settings)
+    known = report["programs"].get("proxy", {}).get("upstreams", [])
+    if known and not any(u.get("healthy") for u in known):
+        report.update(ok=False, status="degraded", problem="every upstream is down")
     try:
         certd = json.loads((settings.data_dir / "certd" / "status.json").read_bytes())
     except (OSError, ValueError):

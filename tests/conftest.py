@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,6 +22,21 @@ from shared.apikeys import ApiKey, write_keys
 from shared.settings import Settings, load_settings
 from tests.upstream import FakeUpstream
 
+TESTS = Path(__file__).parent
+
+# Folders whose tests run llmp as deployed (supervisord, nginx, several processes) or drive it
+# from outside (a browser, podman): all of them are `stack` tests.
+STACK_FOLDERS = {"stack", "security", "faults", "e2e"}
+STACK_MODULES = {"test_container.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of STACK_FOLDERS and STACK_MODULES `stack` (see pyproject.toml)."""
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        if parts[0] in STACK_FOLDERS or parts[-1] in STACK_MODULES:
+            item.add_marker(pytest.mark.stack)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,8 +44,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll `check` until it returns something truthy; fail with its last value."""
+def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy; fail with its last value.
+
+    The default bound is for a loaded machine (CI runs on two busy cores): it costs nothing when
+    the event comes, and an event that llmp must deliver within some time passes its own,
+    tighter `timeout`."""
     deadline = time.monotonic() + timeout
     value = check()
     while not value and time.monotonic() < deadline:
@@ -84,7 +103,7 @@ class RunningProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         asgi = create_app(settings)
-        self.app: ProxyApp = getattr(asgi, "app", asgi)  # inside CORSMiddleware, if any
+        self.app: ProxyApp = cast(ProxyApp, getattr(asgi, "app", asgi))  # in CORSMiddleware?
         self.port = free_port()
         config = uvicorn.Config(asgi, host="127.0.0.1", port=self.port, **SERVER_OPTIONS)
         self.server = uvicorn.Server(config)
@@ -119,8 +138,8 @@ class RunningProxy:
             db.close()
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        assert self.app.pool is not None
-        return self.app.pool.loop
+        assert self.app.loop is not None
+        return self.app.loop
 
 
 @pytest.fixture

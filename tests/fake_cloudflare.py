@@ -14,10 +14,11 @@ import threading
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 LOCK = threading.Lock()
-STATE = {"zones": {}, "records": {}, "log": []}  # records: id -> dict
+STATE: dict[str, Any] = {"zones": {}, "records": {}, "log": []}  # records: id -> dict
 ARGS = None
 
 

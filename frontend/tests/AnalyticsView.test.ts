@@ -5,6 +5,7 @@ import type { ApiKey, RequestRecord, Summary } from '../src/api/types'
 import RequestTable from '../src/components/RequestTable.vue'
 import { clearNotices, useNotices } from '../src/composables/notices'
 import { DAY, HOUR } from '../src/lib/analytics'
+import { cleanQuery } from '../src/composables/route'
 import AnalyticsView from '../src/views/AnalyticsView.vue'
 import { fakeApi, mountWithApi } from './fakes'
 
@@ -37,6 +38,22 @@ function record(i: number, over: Partial<RequestRecord> = {}): RequestRecord {
 
 const stubs = { AnalyticsCharts: { props: ['summary'], template: '<div class="charts-stub" />' } }
 
+/** The view with its query in an address of its own: what it asks for becomes its query. */
+async function mountAnalytics(api: ReturnType<typeof fakeApi>, query: Record<string, string> = {}) {
+  const asked: Record<string, string | undefined>[] = []
+  const view = await mountWithApi(AnalyticsView, api, {
+    props: {
+      query,
+      onNavigate: async (next: Record<string, string | undefined>) => {
+        asked.push(next)
+        await view.setProps({ query: cleanQuery('analytics', next) })
+      },
+    },
+    global: { stubs },
+  })
+  return Object.assign(view, { asked })
+}
+
 beforeEach(() => {
   clearNotices()
   vi.useFakeTimers({ toFake: ['Date'] })
@@ -50,7 +67,7 @@ afterEach(() => {
 describe('AnalyticsView', () => {
   it('shows all keys for the last 7 days by default, deleted keys included', async () => {
     const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary() })
-    const view = await mountWithApi(AnalyticsView, api, { props: { keyId: '' }, global: { stubs } })
+    const view = await mountAnalytics(api)
     expect(api.summary).toHaveBeenCalledWith(null, { start: NOW - 7 * DAY, end: NOW }, 'hour')
     expect(api.records).not.toHaveBeenCalled()
     expect(view.find('[data-testid="total-requests"]').text()).toBe('3')
@@ -66,10 +83,10 @@ describe('AnalyticsView', () => {
       summary: async () => summary(),
       records: async () => [record(2), record(1, { endTime: null, status: 502, error: 'upstream unreachable' })],
     })
-    const view = await mountWithApi(AnalyticsView, api, { props: { keyId: '' }, global: { stubs } })
+    const view = await mountAnalytics(api)
     await view.find('#analytics-key').setValue(alice.id)
     await flushPromises()
-    expect(view.emitted('update:keyId')).toEqual([[alice.id]])
+    expect(view.asked).toEqual([{ key: alice.id }])
     expect(api.summary).toHaveBeenLastCalledWith(alice.id, { start: NOW - 7 * DAY, end: NOW }, 'hour')
     expect(api.records).toHaveBeenCalledWith(alice.id, { start: NOW - 7 * DAY, end: NOW }, 10_000)
     const rows = view.findAll('tbody tr')
@@ -81,7 +98,7 @@ describe('AnalyticsView', () => {
 
   it('asks for days over a month, and checks a custom range before asking', async () => {
     const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ bucket: 'day' }) })
-    const view = await mountWithApi(AnalyticsView, api, { props: { keyId: '' }, global: { stubs } })
+    const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Last 30 days')!.trigger('click')
     await flushPromises()
     expect(api.summary).toHaveBeenLastCalledWith(null, { start: NOW - 30 * DAY, end: NOW }, 'day')
@@ -104,9 +121,43 @@ describe('AnalyticsView', () => {
     expect(bucket).toBe('hour')
   })
 
+  it('puts the period in the address and shows what the address says', async () => {
+    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary({ bucket: 'day' }), records: async () => [] })
+    const view = await mountAnalytics(api, { key: alice.id, period: '30d' })
+    expect(api.summary).toHaveBeenCalledWith(alice.id, { start: NOW - 30 * DAY, end: NOW }, 'day')
+    expect(view.find('button[aria-pressed="true"]').text()).toBe('Last 30 days')
+    expect((view.find('#analytics-key').element as HTMLSelectElement).value).toBe(alice.id)
+
+    await view.findAll('button').find((b) => b.text() === 'Last 24 hours')!.trigger('click')
+    await flushPromises()
+    expect(view.asked.at(-1)).toEqual({ key: alice.id, period: '24h', from: undefined, to: undefined })
+    expect(api.summary).toHaveBeenLastCalledWith(alice.id, { start: NOW - DAY, end: NOW }, 'hour')
+
+    await view.findAll('button').find((b) => b.text() === 'Last 7 days')!.trigger('click')
+    await flushPromises()
+    expect(cleanQuery('analytics', view.asked.at(-1)!)).toEqual({ key: alice.id }) // the default is not written
+
+    // Back to a custom range: the address alone brings it back.
+    await view.setProps({ query: { period: 'custom', from: '2026-11-20T10:00', to: '2026-11-21T10:00' } })
+    await flushPromises()
+    const [keyId, range] = api.summary.mock.calls.at(-1)!
+    expect(keyId).toBeNull()
+    expect(range.end - range.start).toBe(DAY)
+    expect((view.find('#range-start').element as HTMLInputElement).value).toBe('2026-11-20T10:00')
+  })
+
+  it('names each request cell by its column, for the phone layout that hides the header', async () => {
+    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary(), records: async () => [record(1)] })
+    const view = await mountAnalytics(api, { key: alice.id })
+    const table = view.find('[aria-label="Requests"] table')
+    const headers = table.findAll('thead th').map((th) => th.text())
+    const labels = table.findAll('tbody tr')[0]!.findAll('td').map((td) => td.attributes('data-label'))
+    expect(labels).toEqual(headers)
+  })
+
   it('shows errors in the page', async () => {
     const api = fakeApi({ listKeys: async () => [], summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
-    const view = await mountWithApi(AnalyticsView, api, { props: { keyId: '' }, global: { stubs } })
+    const view = await mountAnalytics(api)
     expect(view.find('[role="alert"]').text()).toBe('Invalid start date: Timestamp must be positive')
   })
 
@@ -118,7 +169,7 @@ describe('AnalyticsView', () => {
     })
     vi.spyOn(URL, 'revokeObjectURL').mockImplementation(() => {})
     const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ series: [] }) })
-    const view = await mountWithApi(AnalyticsView, api, { props: { keyId: '' }, global: { stubs } })
+    const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Export CSV')!.trigger('click')
     await flushPromises()
     expect(created).toHaveLength(1)

@@ -181,6 +181,20 @@ describe('KeysView', () => {
       expect(texts()).toContain('Saved the limits of alice')
     })
 
+    it('refuses an expiry in the past in the form, without sending it', async () => {
+      const api = fakeApi({ listKeys: async () => [alice] })
+      const view = await mountWithApi(KeysView, api)
+      await button(itemOf(view, 'alice'), 'Limits').trigger('click')
+      const expires = view.find('input[type="datetime-local"]')
+      await expires.setValue('2020-01-01T12:00')
+      await view.find('form.policy-form').trigger('submit')
+      expect(api.updateKey).not.toHaveBeenCalled()
+      expect(expires.attributes('aria-invalid')).toBe('true')
+      expect(view.find(`#${expires.attributes('aria-describedby')}`).text()).toBe(
+        'That time has passed: pick one in the future (empty: never expires).',
+      )
+    })
+
     it("shows the server's refusal in the form, and keeps what was typed", async () => {
       const api = fakeApi({
         listKeys: async () => [alice],

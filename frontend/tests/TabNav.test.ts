@@ -41,12 +41,16 @@ describe('TabNav', () => {
 })
 
 describe('route', () => {
-  it('reads and writes /admin/<tab>?key=<id>', () => {
+  it('reads and writes /admin/<tab>?<query>, keeping only what the tab allows', () => {
     const key = 'c'.repeat(32)
-    expect(parseLocation('/admin/analytics', `?key=${key}`)).toEqual({ tab: 'analytics', key })
-    expect(parseLocation('/admin/', '')).toEqual({ tab: 'keys', key: '' })
-    expect(parseLocation('/admin/nope', '?key=../../x')).toEqual({ tab: 'keys', key: '' })
-    expect(pathOf({ tab: 'analytics', key })).toBe(`/admin/analytics?key=${key}`)
-    expect(pathOf({ tab: 'tls', key })).toBe('/admin/tls')
+    expect(parseLocation('/admin/analytics', `?key=${key}`)).toEqual({ tab: 'analytics', query: { key } })
+    expect(parseLocation('/admin/', '')).toEqual({ tab: 'keys', query: {} })
+    expect(parseLocation('/admin/nope', '?key=../../x')).toEqual({ tab: 'keys', query: {} })
+    expect(parseLocation('/admin/analytics', '?key=../../x&period=1y&from=yesterday&other=1')).toEqual({ tab: 'analytics', query: {} })
+    const custom = '?period=custom&from=2026-11-20T10:00&to=2026-11-21T10:00'
+    expect(parseLocation('/admin/analytics', custom).query).toEqual({ period: 'custom', from: '2026-11-20T10:00', to: '2026-11-21T10:00' })
+    expect(pathOf({ tab: 'analytics', query: { period: '30d', key } })).toBe(`/admin/analytics?key=${key}&period=30d`)
+    expect(pathOf(parseLocation('/admin/analytics', custom))).toBe(`/admin/analytics${custom.replace(/:/g, '%3A')}`)
+    expect(pathOf({ tab: 'tls', query: { key } })).toBe('/admin/tls')
   })
 })

@@ -49,6 +49,34 @@ describe('TlsView', () => {
     expect((view.find('#cidr-http').element as HTMLSelectElement).value).toBe('serve')
   })
 
+  it('retries and removes a certificate never issued, and only such a one', async () => {
+    const api = fakeApi({
+      nginxStatus: async () => status(),
+      getConfig: async () => 'server {}',
+      obtainCertificates: async () => Promise.reject(new ApiError(500, 'No certificate for new.example.com: No TXT records found')),
+      removeCertificate: async () => 'Removed new.example.com.',
+    })
+    const view = await mountWithApi(TlsView, api)
+    const rows = view.findAll('tbody tr')
+    expect(rows[0]!.findAll('button')).toHaveLength(0) // issued: nothing to retry or remove
+    expect(rows[1]!.findAll('button')).toHaveLength(0)
+    const [retry, remove] = rows[2]!.findAll('button')
+    expect(retry!.text()).toBe('Retry new.example.com')
+    await retry!.trigger('click')
+    await flushPromises()
+    expect(api.obtainCertificates).toHaveBeenCalledWith(['new.example.com'])
+    expect(useNotices().notices.at(-1)).toMatchObject({ kind: 'error', text: 'new.example.com: No certificate for new.example.com: No TXT records found' })
+
+    await remove!.trigger('click')
+    const dialog = view.find('dialog')
+    expect(dialog.text()).toContain('Remove this certificate request?')
+    expect(api.removeCertificate).not.toHaveBeenCalled()
+    await dialog.findAll('button').find((b) => b.text() === 'Remove')!.trigger('click')
+    await flushPromises()
+    expect(api.removeCertificate).toHaveBeenCalledWith('new.example.com')
+    expect(useNotices().notices.at(-1)).toMatchObject({ kind: 'success', text: 'Removed new.example.com.' })
+  })
+
   it('says when the api has no nginx routes', async () => {
     const api = fakeApi({
       nginxStatus: async () => Promise.reject(new ApiError(404, 'Not found')),

@@ -65,9 +65,20 @@ describe('the policy form', () => {
     expect(policyErrors(form({ models: many }))).toEqual({ models: 'At most 100 patterns.' })
   })
 
+  it('refuses an expiry that has passed, unless it is the one the key has', () => {
+    const now = Date.parse('2030-06-01T12:00:00')
+    const past = { expires: toLocalInput(now - 60_000) }
+    const error = 'That time has passed: pick one in the future (empty: never expires).'
+    expect(policyErrors(form(past), undefined, now)).toEqual({ expires: error })
+    expect(policyErrors(form({ expires: toLocalInput(now) }), undefined, now)).toEqual({ expires: error })
+    expect(policyErrors(form({ expires: toLocalInput(now + 60_000) }), undefined, now)).toEqual({})
+    const expired = { ...limited, expiresAt: new Date(now - 60_000).toISOString() }
+    expect(policyErrors(policyForm(expired), expired, now)).toEqual({})
+  })
+
   it('accepts a full form, and an empty one', () => {
     expect(policyErrors(form())).toEqual({})
-    const full = form({ expires: '2027-01-01T12:00', models: 'llama3*\nqwen*' }, { requestsPerMinute: ' 60 ', maxConcurrent: '9007199254740991' })
+    const full = form({ expires: '2099-01-01T12:00', models: 'llama3*\nqwen*' }, { requestsPerMinute: ' 60 ', maxConcurrent: '9007199254740991' })
     expect(policyErrors(full)).toEqual({})
   })
 

@@ -37,10 +37,20 @@ def client_address(request: Request) -> str:
     )
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(request: Request, strict: bool) -> bool:
+    """Does this cookie-carrying request come from a page of our own origin?
+
+    A browser's `Sec-Fetch-Site` decides when present (`none`: the admin typed the address).
+    Otherwise `Origin`, else `Referer`, must name our host. A request with none of them passes
+    only if not `strict`: a POST or DELETE, which browsers send with an `Origin` whenever it is
+    not same-origin; never a GET that acts (a same-site page can send one without a referrer).
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin:
-        return True  # not a browser, or a browser that sent none: SameSite=Strict covers it
+        return not strict
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
@@ -49,16 +59,18 @@ def admin(request: Request, settings: Annotated[Settings, Depends(_settings)]) -
 
     State-changing requests authenticated by the cookie must come from our own origin.
     """
-    return _authenticated(request, settings, acts=request.method not in SAFE_METHODS)
+    return _authenticated(request, settings, acts=request.method not in SAFE_METHODS, strict=False)
 
 
 def admin_action(request: Request, settings: Annotated[Settings, Depends(_settings)]) -> str:
     """As `admin`, for the original's GET routes that change something (reload, renew): they
-    get the origin check of writes too (SameSite does not cover a sibling subdomain)."""
-    return _authenticated(request, settings, acts=True)
+    get the origin check of writes too (SameSite does not cover a sibling subdomain), and by
+    cookie they need a same-origin signal (the admin UI's fetches send `Sec-Fetch-Site`; the
+    original's clients send a Bearer token, which no page can make a browser send)."""
+    return _authenticated(request, settings, acts=True, strict=True)
 
 
-def _authenticated(request: Request, settings: Settings, acts: bool) -> str:
+def _authenticated(request: Request, settings: Settings, acts: bool, strict: bool) -> str:
     cookie = request.cookies.get(sessions.COOKIE)
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     bearer = bearer.strip() if scheme == "Bearer" else ""
@@ -67,7 +79,7 @@ def _authenticated(request: Request, settings: Settings, acts: bool) -> str:
     checker: sessions.Sessions = request.app.state.sessions
     if bearer:
         return checker.verify(bearer)
-    if acts and not _same_origin(request):
+    if acts and not _same_origin(request, strict):
         raise AuthError(403, "Cross-origin request refused")
     return checker.verify(cookie or "")
 

@@ -1,12 +1,16 @@
-"""Reading `data/analytics.db` for the admin: records, summaries for charts, CSV export.
+"""Reading `data/analytics.db` for the admin: summaries, breakdowns and spend from the rollups
+(shared/rollups.py), a key's records and their CSV export from the rows.
 
-Read-only: the proxy is the database's writer. A database that does not exist yet is empty.
+Read-only: the proxy is the database's writer. A database that does not exist yet is empty. No
+answer holds a window's rows in memory: sums come from the rollups (a few rows per period), and
+the export streams its rows in pages.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import sqlite3
 from collections.abc import Iterator
@@ -14,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BUCKETS = {"hour": 3600_000, "day": 86400_000}
+from shared import rollups
+from shared.apikeys import ApiKey, period_bounds
+from shared.prices import Prices
+from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
+
+BUCKETS = {"hour": rollups.HOUR, "day": rollups.DAY}
 
 # Record fields: the original's two, then ours.
 RECORD_COLUMNS = {
@@ -33,7 +42,10 @@ RECORD_COLUMNS = {
     "error": "error",
     "queueMs": "queue_ms",
     "usageEstimated": "usage_estimated",
+    "endUser": "end_user",
 }
+_BOOLEANS = ("stream", "usageEstimated")
+EXPORT_PAGE = 2000
 
 
 @dataclass(frozen=True)
@@ -51,9 +63,21 @@ def reading(path: Path) -> Iterator[sqlite3.Connection | None]:
         return
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
+        # A database the proxy has not opened since the rollups came has none yet: it reads as
+        # empty until it has.
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups'").fetchone():
+            yield None
+            return
         yield db
     finally:
         db.close()
+
+
+def _record(names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+    record = dict(zip(names, row, strict=True))
+    for name in _BOOLEANS:
+        record[name] = bool(record[name])
+    return record
 
 
 def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[str, Any]]:
@@ -69,84 +93,7 @@ def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[st
             (key_id, window.start, window.end, limit),
         ).fetchall()[::-1]
     names = list(RECORD_COLUMNS)
-    records = [dict(zip(names, row, strict=True)) for row in rows]
-    for record in records:
-        record["stream"] = bool(record["stream"])
-        record["usageEstimated"] = bool(record["usageEstimated"])
-    return records
-
-
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    values.sort()
-    return round(values[min(len(values) - 1, int(fraction * len(values)))], 1)
-
-
-def summary(path: Path, key_id: str | None, window: Window, bucket: str) -> dict[str, Any]:
-    """Totals, a time series per bucket, and a per-key breakdown."""
-    size = BUCKETS[bucket]
-    where = "start_ms BETWEEN ? AND ?" + (" AND key_id = ?" if key_id else "")
-    args: tuple[Any, ...] = (window.start, window.end) + ((key_id,) if key_id else ())
-    series: dict[int, dict[str, Any]] = {}
-    keys: dict[str, dict[str, Any]] = {}
-    latencies: dict[int, list[float]] = {}
-    ttfbs: dict[int, list[float]] = {}
-    with reading(path) as db:
-        rows = (
-            []
-            if db is None
-            else db.execute(
-                "SELECT start_ms, end_ms, ttfb_ms, prompt_tokens, completion_tokens, key_id, "
-                f"username FROM requests WHERE {where}",
-                args,
-            ).fetchall()
-        )
-    for start, end, ttfb, prompt, completion, row_key, username in rows:
-        slot = start - start % size
-        point = series.setdefault(
-            slot,
-            {"time": slot, "requests": 0, "failures": 0, "promptTokens": 0, "completionTokens": 0},
-        )
-        per_key = keys.setdefault(
-            row_key,
-            {
-                "keyId": row_key,
-                "username": username,
-                "requests": 0,
-                "failures": 0,
-                "promptTokens": 0,
-                "completionTokens": 0,
-            },
-        )
-        for target in (point, per_key):
-            target["requests"] += 1
-            target["failures"] += end is None
-            target["promptTokens"] += prompt or 0
-            target["completionTokens"] += completion or 0
-        if end is not None:
-            latencies.setdefault(slot, []).append(end - start)
-        if ttfb is not None:
-            ttfbs.setdefault(slot, []).append(ttfb)
-    for slot, point in series.items():
-        point["latencyP50"] = _percentile(latencies.get(slot, []), 0.5)
-        point["latencyP95"] = _percentile(latencies.get(slot, []), 0.95)
-        point["ttfbP50"] = _percentile(ttfbs.get(slot, []), 0.5)
-    every_latency = [v for values in latencies.values() for v in values]
-    totals = {
-        name: sum(k[name] for k in keys.values())
-        for name in ("requests", "failures", "promptTokens", "completionTokens")
-    }
-    totals["latencyP50"] = _percentile(list(every_latency), 0.5)
-    totals["latencyP95"] = _percentile(list(every_latency), 0.95)
-    return {
-        "bucket": bucket,
-        "startDate": window.start,
-        "endDate": window.end,
-        "totals": totals,
-        "series": [series[s] for s in sorted(series)],
-        "keys": sorted(keys.values(), key=lambda k: -k["requests"]),
-    }
+    return [_record(names, row) for row in rows]
 
 
 def _cell(value: Any) -> Any:
@@ -156,10 +103,287 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RECORD_COLUMNS)
-    for row in rows:
-        writer.writerow(_cell(row[name]) for name in RECORD_COLUMNS)
-    return out.getvalue()
+def export_csv(path: Path, key_id: str, window: Window) -> Iterator[str]:
+    """The key's records in the window as CSV, oldest first, a page of rows at a time (the
+    connection stays open while the answer is sent)."""
+    yield ",".join(RECORD_COLUMNS) + "\n"
+    select = ", ".join(RECORD_COLUMNS.values())
+    with reading(path) as db:
+        if db is None:
+            return
+        after = -1
+        while True:
+            rows = db.execute(
+                f"SELECT id, {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
+                "AND id > ? ORDER BY id LIMIT ?",
+                (key_id, window.start, window.end, after, EXPORT_PAGE),
+            ).fetchall()
+            if not rows:
+                return
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            for row in rows:
+                writer.writerow(_cell(v) for v in row[1:])
+            yield out.getvalue()
+            after = rows[-1][0]
+
+
+# Sums from the rollups ----------------------------------------------------------------------
+
+_SERIES_MEASURES = (*rollups.COUNTS, *LATENCY, *TTFB)
+
+
+def _counts(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requests": int(row["requests"] or 0),
+        "failures": int(row["failures"] or 0),
+        "promptTokens": int(row["prompt_tokens"] or 0),
+        "completionTokens": int(row["completion_tokens"] or 0),
+    }
+
+
+def _run(path: Path, query: Query) -> list[dict[str, Any]]:
+    with reading(path) as db:
+        return [] if db is None else query.run(db)
+
+
+def _filters(key_id: str | None) -> tuple[tuple[str, str], ...]:
+    return (("key_id", key_id),) if key_id else ()
+
+
+def summary(path: Path, key_id: str | None, window: Window, bucket: str) -> dict[str, Any]:
+    """Totals, a time series per bucket, and a per-key breakdown."""
+    size = BUCKETS[bucket]
+    filters = _filters(key_id)
+    series_rows = _run(path, Query(window.start, window.end, (), filters, size, _SERIES_MEASURES))
+    key_rows = _run(path, Query(window.start, window.end, ("key_id",), filters, 0, rollups.COUNTS))
+    latency = [0] * rollups.BUCKETS
+    series = []
+    for row in series_rows:
+        lat, ttfb = histogram(row, LATENCY), histogram(row, TTFB)
+        latency = [a + b for a, b in zip(latency, lat, strict=True)]
+        series.append(
+            {
+                "time": row["slot"],
+                **_counts(row),
+                "latencyP50": percentile(lat, 0.5),
+                "latencyP95": percentile(lat, 0.95),
+                "ttfbP50": percentile(ttfb, 0.5),
+            }
+        )
+    keys = [
+        {"keyId": row["key_id"], "username": row["username"], **_counts(row)} for row in key_rows
+    ]
+    totals: dict[str, Any] = {
+        name: sum(k[name] for k in keys)
+        for name in ("requests", "failures", "promptTokens", "completionTokens")
+    }
+    totals["latencyP50"] = percentile(latency, 0.5)
+    totals["latencyP95"] = percentile(latency, 0.95)
+    return {
+        "bucket": bucket,
+        "startDate": window.start,
+        "endDate": window.end,
+        "totals": totals,
+        "series": series,
+        "keys": sorted(keys, key=lambda k: (-k["requests"], k["keyId"])),
+    }
+
+
+BREAKDOWNS = {"key": "key_id", "model": "model", "upstream": "upstream"}
+_BREAKDOWN_MEASURES = (*rollups.COUNTS, *rollups.SPEED, *LATENCY, *TTFB)
+
+
+def breakdown(
+    path: Path,
+    by: str,
+    window: Window,
+    filters: dict[str, str],
+    prices: Prices,
+) -> list[dict[str, Any]]:
+    """One row per key, model or upstream: requests, failures, tokens, percentiles, generation
+    speed and cost, busiest first. `filters` are exact values of key_id, model or upstream."""
+    dimension = BREAKDOWNS[by]
+    chosen = tuple(sorted(filters.items()))
+    found = _run(
+        path, Query(window.start, window.end, (dimension,), chosen, 0, _BREAKDOWN_MEASURES)
+    )
+    costs: dict[str, float | None] = {}
+    if prices:
+        group = (dimension,) if dimension == "model" else (dimension, "model")
+        tokens = ("prompt_tokens", "completion_tokens")
+        for row in _run(path, Query(window.start, window.end, group, chosen, 0, tokens)):
+            cost = prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+            costs[row[dimension]] = (costs.get(row[dimension]) or 0.0) + (cost or 0.0)
+    merged = {row[dimension]: row for row in found}
+    out = []
+    for name, row in merged.items():
+        lat, ttfb = histogram(row, LATENCY), histogram(row, TTFB)
+        counts = _counts(row)
+        gen_ms = float(row["gen_ms"] or 0)
+        out.append(
+            {
+                "value": name,
+                **({"username": row["username"]} if dimension == "key_id" else {}),
+                **counts,
+                "errorRate": round(counts["failures"] / counts["requests"], 4)
+                if counts["requests"]
+                else 0.0,
+                "streams": int(row["streams"] or 0),
+                "latencyP50": percentile(lat, 0.5),
+                "latencyP95": percentile(lat, 0.95),
+                "latencyP99": percentile(lat, 0.99),
+                "ttfbP50": percentile(ttfb, 0.5),
+                "ttfbP95": percentile(ttfb, 0.95),
+                "tokensPerSecond": round(row["gen_tokens"] * 1000 / gen_ms, 1) if gen_ms else None,
+                "cost": round(costs.get(name) or 0.0, 6) if prices else None,
+                "lastUsed": row["last_ms"],
+            }
+        )
+    return sorted(out, key=lambda r: (-r["requests"], r["value"]))
+
+
+PERIODS = ("day", "week", "month")
+SPEND_BY = {"key": "key_id", "model": "model"}
+
+
+def period_start(ms: int, period: str) -> int:
+    """The UTC day, week (from Monday) or month that `ms` falls in, as its first millisecond."""
+    day = ms - ms % rollups.DAY
+    if period == "day":
+        return day
+    days = day // rollups.DAY
+    if period == "week":
+        return (days - (days + 3) % 7) * rollups.DAY  # 1970-01-01 was a Thursday
+    date = dt.datetime.fromtimestamp(day / 1000, dt.UTC)
+    return int(date.replace(day=1).timestamp() * 1000)
+
+
+def spend(
+    path: Path, by: str, period: str, window: Window, key_id: str | None, prices: Prices
+) -> dict[str, Any]:
+    """Tokens and cost per key or model, per day, week or month (UTC)."""
+    dimension = SPEND_BY[by]
+    group = (dimension,) if dimension == "model" else (dimension, "model")
+    found = _run(
+        path,
+        Query(
+            window.start,
+            window.end,
+            group,
+            _filters(key_id),
+            rollups.DAY,
+            ("prompt_tokens", "completion_tokens", "requests"),
+        ),
+    )
+    periods: dict[int, dict[str, dict[str, Any]]] = {}
+    unpriced: set[str] = set()
+    for row in found:
+        slot = period_start(row["slot"], period)
+        name = row[dimension]
+        entry = periods.setdefault(slot, {}).setdefault(
+            name,
+            {
+                "value": name,
+                **({"username": row["username"]} if dimension == "key_id" else {}),
+                "requests": 0,
+                "promptTokens": 0,
+                "completionTokens": 0,
+                "cost": 0.0,
+            },
+        )
+        entry["requests"] += int(row["requests"] or 0)
+        entry["promptTokens"] += int(row["prompt_tokens"] or 0)
+        entry["completionTokens"] += int(row["completion_tokens"] or 0)
+        cost = prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+        if cost is None:
+            if row["prompt_tokens"] or row["completion_tokens"]:
+                unpriced.add(row["model"])
+        else:
+            entry["cost"] += cost
+    series = []
+    for slot in sorted(periods):
+        rows = sorted(periods[slot].values(), key=lambda r: (-r["cost"], r["value"]))
+        for row in rows:
+            row["cost"] = round(row["cost"], 6)
+        series.append({"time": slot, "cost": round(sum(r["cost"] for r in rows), 6), "rows": rows})
+    return {
+        "by": by,
+        "period": period,
+        "startDate": window.start,
+        "endDate": window.end,
+        "currency": prices.currency,
+        "total": round(sum(p["cost"] for p in series), 6),
+        "unpricedModels": sorted(unpriced),
+        "series": series,
+    }
+
+
+def key_usage(
+    path: Path, keys: list[ApiKey], prices: Prices, now_ms: int
+) -> dict[str, dict[str, Any]]:
+    """Each key's last use, its requests and tokens today (UTC), and its budget's use in the
+    current period, from the rollups."""
+    day = now_ms - now_ms % rollups.DAY
+    key_ids = [k.id for k in keys]
+    usage: dict[str, dict[str, Any]] = {
+        k.id: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0, "budget": None} for k in keys
+    }
+    with reading(path) as db:
+        if db is None:
+            return usage
+        for key_id, requests, prompt, completion in db.execute(
+            "SELECT key_id, requests, prompt_tokens, completion_tokens FROM rollups "
+            "WHERE grain = ? AND level = ? AND period_ms = ?",
+            (rollups.DAY, rollups.KEYS, day),
+        ):
+            if key_id in usage:
+                usage[key_id]["requestsToday"] = requests
+                usage[key_id]["tokensToday"] = prompt + completion
+        for key_id in key_ids:
+            row = db.execute(
+                "SELECT last_ms FROM rollups WHERE grain = ? AND level = ? AND key_id = ? "
+                "ORDER BY period_ms DESC LIMIT 1",
+                (rollups.DAY, rollups.KEYS, key_id),
+            ).fetchone()
+            usage[key_id]["lastUsed"] = row[0] if row else None
+        for key in keys:
+            if key.budget is not None:
+                usage[key.id]["budget"] = _budget_use(db, key, prices, now_ms)
+    for key in keys:  # a database with nothing yet: budgets are all still there
+        if key.budget is not None and usage[key.id]["budget"] is None:
+            usage[key.id]["budget"] = _budget_use(None, key, prices, now_ms)
+    return usage
+
+
+def _budget_use(
+    db: sqlite3.Connection | None, key: ApiKey, prices: Prices, now_ms: int
+) -> dict[str, Any]:
+    budget = key.budget
+    assert budget is not None
+    _, start, end = period_bounds(budget.period, now_ms / 1000)
+    rows = (
+        []
+        if db is None
+        else db.execute(
+            "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
+            "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
+            (rollups.DAY, rollups.KEY_MODELS, key.id, int(start * 1000)),
+        ).fetchall()
+    )
+    out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}
+    if budget.tokens is not None:
+        used = sum(p + c for _, p, c in rows)
+        out |= {
+            "tokens": budget.tokens,
+            "usedTokens": used,
+            "remainingTokens": max(0, budget.tokens - used),
+        }
+    if budget.cost is not None:
+        cost = round(sum(prices.cost(m, p, c) or 0.0 for m, p, c in rows), 6)
+        out |= {
+            "cost": budget.cost,
+            "usedCost": cost,
+            "remainingCost": round(max(0.0, budget.cost - cost), 6),
+        }
+    return out

@@ -29,14 +29,22 @@ _NOISE = re.compile(
     r"Account registered|If you like Certbot|\s*\* Donating|NEXT STEPS|$)"
 )
 _FAILED_RENEWAL = re.compile(r"Failed to renew certificate (\S+) with error: (.*)")
+_DOING = ("Requesting a certificate for", "Renewing an existing certificate", "Command failed:")
+_TRACEBACK = "Traceback (most recent call last):"
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+_MAX_REASON = 400
 
 
 class CertbotError(Exception):
-    """certbot failed; the message is the command and certbot's explanation."""
+    """certbot failed; the message is the command and certbot's explanation (for the log),
+    `reason` what went wrong in a sentence (for the admin: no command line, no traceback)."""
 
-    def __init__(self, message: str, failed: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, failed: dict[str, str] | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.failed = failed or {}  # lineage name -> its error, when certbot names them
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,27 @@ def explain(output: str) -> str:
     lines = [line.rstrip() for line in output.splitlines()]
     useful = [line for line in lines if not _NOISE.match(line)]
     return "\n".join(useful[-20:]) or "no output"
+
+
+def reason(output: str, server: str) -> str:
+    """What went wrong, for a person: certbot's own explanation without the lines that say
+    what it was doing, and for a crash (an unexpected error, a traceback) the exception's text
+    without its class; a connection failure says which server it could not reach."""
+    lines = [line.strip() for line in output.splitlines() if not _NOISE.match(line)]
+    lines = [line for line in lines if line and not line.startswith(_DOING)]
+    crashed = "An unexpected error occurred:" in lines or _TRACEBACK in lines
+    if crashed:
+        last = lines[-1] if lines else ""
+        kind, _, text = last.partition(": ")
+        if re.fullmatch(r"[\w.]+", kind) and text:
+            if "ConnectionError" in kind or "Timeout" in kind:
+                cause = _ERRNO.search(text)
+                detail = f": {cause[1].strip()}" if cause else ""
+                return f"Cannot reach the certificate authority at {server}{detail}"
+            last = text
+        lines = [last]
+    text = " ".join(lines) or "certbot failed without saying why"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
 class Certbot:
@@ -125,16 +154,21 @@ class Certbot:
                     check=False,
                 )
             except subprocess.TimeoutExpired as exc:
+                late = f"certbot did not finish within {self.settings.certbot_timeout:g}s"
                 raise CertbotError(
-                    f"Command failed: {shlex.join(argv)}\n"
-                    f"certbot did not finish within {self.settings.certbot_timeout:g}s"
+                    f"Command failed: {shlex.join(argv)}\n{late}", reason=late
                 ) from exc
             except OSError as exc:
-                raise CertbotError(f"Command failed: {shlex.join(argv)}\n{exc}") from exc
+                raise CertbotError(
+                    f"Command failed: {shlex.join(argv)}\n{exc}",
+                    reason=f"certbot did not run: {exc}",
+                ) from exc
             seconds = time.monotonic() - started
         if done.returncode != 0:
             failed = dict(_FAILED_RENEWAL.findall(done.stdout))
             raise CertbotError(
-                f"Command failed: {shlex.join(argv)}\n{explain(done.stdout)}", failed
+                f"Command failed: {shlex.join(argv)}\n{explain(done.stdout)}",
+                failed,
+                reason(done.stdout, self.settings.acme_server),
             )
         return Run(argv, done.stdout, seconds)

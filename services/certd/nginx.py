@@ -1,29 +1,35 @@
 """Applying a configuration to nginx: test it with `nginx -t`, swap it in, reload.
 
 A candidate is always tested in full before it replaces the live files, so a config nginx
-refuses never reaches the running master, and the files on disk stay the last good ones. If the
+refuses never reaches the running master, and the files on disk stay the last good ones. The
+test runs in a private folder, unprivileged when certd is root (see `test`). If the
 reload itself fails, the previous files are put back and nginx reloaded with them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
+import pwd
+import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.certd import certs
 from services.certd.nginx_conf import (
+    EMPTY_ROOT,
     main_conf_path,
     render_main,
     render_server,
     render_site,
     server_conf_path,
 )
+from shared.custom_config import certificate_files, check_custom_config
 from shared.files import write_atomic
 from shared.settings import Settings
 from shared.site import SiteError, read_site
@@ -44,9 +50,10 @@ class Applied:
     reloaded: bool
 
 
-def _run(settings: Settings, *args: str) -> None:
+def _run(settings: Settings, *args: str, prefixed: bool = True) -> None:
+    """nginx with `args` (after `-p <prefix>`, unless `prefixed` is False: a whole argv)."""
     prefix = settings.nginx_prefix.absolute()
-    argv = [settings.nginx_bin, "-p", f"{prefix}/", *args]
+    argv = [settings.nginx_bin, "-p", f"{prefix}/", *args] if prefixed else list(args)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -57,7 +64,7 @@ def _run(settings: Settings, *args: str) -> None:
 
 def prepare_prefix(settings: Settings) -> None:
     prefix = settings.nginx_prefix
-    for sub in ("conf", "run", "logs", "tmp"):
+    for sub in ("conf", "run", "logs", "tmp", EMPTY_ROOT):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     settings.nginx_conf_dir.mkdir(parents=True, exist_ok=True)
 
@@ -107,19 +114,78 @@ def reload(settings: Settings) -> None:
 
 
 def test(settings: Settings, server: str) -> None:
-    """Raise NginxError with nginx's message unless `server` (with our main conf) passes."""
+    """Raise NginxError with nginx's message unless `server` (with our main conf) passes.
+
+    `nginx -t` runs in a private folder of its own (the candidate files, the pid, temp and log
+    folders, the empty root): what it writes stays there. When certd runs as root, it runs as
+    NGINX_TEST_USER, without groups, capabilities or a way to gain them, so what the tested
+    text makes nginx read or load (OpenSSL loads certificate files, and more) is what that user
+    may read: the certificates the text names are copied into the private folder for it.
+    When certd is not root, it runs as certd's own user (see SECURITY.md)."""
     prepare_prefix(settings)
-    server_path = server_conf_path(settings)
-    candidate_server = server_path.with_name(".candidate-" + server_path.name)
-    candidate_main = main_conf_path(settings).with_name(".candidate-nginx.conf")
+    sandbox = sandbox_user(settings)
+    letsencrypt = str(settings.letsencrypt_dir.absolute())
+    with tempfile.TemporaryDirectory(prefix="llmp-nginx-test-") as folder:
+        prefix = Path(folder)
+        for sub in ("conf", "run", "logs", "tmp", EMPTY_ROOT, "certs"):
+            (prefix / sub).mkdir()
+        candidate = prefix / "conf" / "server.conf"
+        if sandbox is not None:
+            try:
+                server = _private_certificates(server, letsencrypt, prefix / "certs")
+            except SiteError as exc:  # crossplane cannot read it: nginx cannot either
+                raise NginxError(str(exc)) from exc
+        candidate.write_text(server)
+        main = prefix / "conf" / "nginx.conf"
+        main.write_text(render_main(settings, candidate, prefix))
+        argv = [settings.nginx_bin, "-p", f"{prefix}/", "-e", "stderr", "-t", "-q", "-c", str(main)]
+        if sandbox is not None:
+            uid, gid = sandbox
+            for entry in (prefix, *prefix.rglob("*")):
+                os.lchown(entry, uid, gid)
+            argv = [
+                *("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"),
+                *("--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"),
+                *argv,
+            ]
+        try:
+            _run(settings, *argv, prefixed=False)
+        except NginxError as exc:  # in the words of the files it was asked about
+            message = str(exc).replace(str(prefix / "certs"), letsencrypt)
+            message = message.replace(str(candidate), str(server_conf_path(settings)))
+            message = message.replace(str(main), str(main_conf_path(settings)))
+            raise NginxError(message) from None
+
+
+def sandbox_user(settings: Settings) -> tuple[int, int] | None:
+    """The uid and gid `nginx -t` runs as: NGINX_TEST_USER (a name, or `uid[:gid]`) when
+    certd is root; None (certd's own) otherwise."""
+    if os.geteuid() != 0:
+        return None
+    name = settings.nginx_test_user
+    uid, _, gid = name.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
     try:
-        write_atomic(candidate_server, server.encode(), mode=0o644)
-        write_atomic(candidate_main, render_main(settings, candidate_server).encode(), mode=0o644)
-        _run(settings, "-t", "-q", "-c", str(candidate_main))
-    finally:
-        for path in (candidate_server, candidate_main):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        entry = pwd.getpwnam(name)
+    except KeyError as exc:
+        raise NginxError(f"NGINX_TEST_USER={name!r} is not a user of this system") from exc
+    if entry.pw_uid == 0:
+        raise NginxError(f"NGINX_TEST_USER={name!r} is root: choose an unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _private_certificates(server: str, letsencrypt: str, copies: Path) -> str:
+    """`server` with the certificate files it names inside LETSENCRYPT_DIR copied under
+    `copies` (with the folders they are in) and named there instead."""
+    for name in certificate_files(server):
+        if not name.startswith(letsencrypt + "/") or not os.path.isfile(name):
+            continue  # nginx says what is wrong with it; it reads no copy of anything
+        copy = copies / os.path.relpath(name, letsencrypt)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(name, copy)
+        copy.chmod(0o600)
+    return server.replace(letsencrypt + "/", f"{copies}/")
 
 
 def apply(settings: Settings, server: str | None = None, force_reload: bool = False) -> Applied:
@@ -164,9 +230,9 @@ def desired(settings: Settings) -> str:
     """server.conf as the site and the certificates on disk make it now."""
     try:
         site = read_site(settings.site_file)
+        return render_site(settings, site, certs.lineages(settings.certbot_dirs[0]))
     except SiteError as exc:
-        raise NginxError(f"site unreadable: {exc}") from exc
-    return render_site(settings, site, certs.lineages(settings.certbot_dirs[0]))
+        raise NginxError(f"site not applied: {exc}") from exc
 
 
 def _apply_desired(settings: Settings) -> Applied:
@@ -179,8 +245,10 @@ def _apply_desired(settings: Settings) -> Applied:
     current = _read(server_conf_path(settings))
     if current is not None:
         try:
+            # An older llmp may have left what the allowlist refuses: never even tested.
+            check_custom_config(current, settings.letsencrypt_dir)
             return apply(settings, current)
-        except NginxError as exc:
+        except (NginxError, SiteError) as exc:
             log.error("live nginx config refused", extra={"fields": {"error": exc}})
     return apply(settings, render_server(settings))
 

@@ -3,13 +3,16 @@
 Two files: the main `nginx.conf` under the nginx prefix (process settings, temp paths, which we
 own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of what we render:
 - plain HTTP on PORT; once a certificate exists, TLS (1.2 and 1.3 only) on HTTPS_PORT with the
-  same routes, one server per certificate (the first is the default), and HTTP either redirects
-  to HTTPS (except `/healthz`, for health checks from admin ranges) or serves the same routes;
+  same routes, one server per certificate, and HTTP either redirects to HTTPS (except
+  `/healthz`, for health checks from admin ranges) or serves the same routes;
+- once the site has names (domains, certificates), only they and the machine's addresses are
+  served (another Host is a 421), and a redirect's Location never comes from a Host nginx was
+  not configured with;
 - `/v1/` goes to the proxy, unbuffered both ways with long timeouts, and is never IP-restricted;
 - admin paths (`/admin`, `/auth`, `/api`, `/nginx`, `/metrics`, and `/healthz`, which names the
   upstreams; any case, with or without a trailing slash) are allowed only from the admin CIDR
   groups (loopback and private ranges until some are configured) and go to the api;
-- `/` goes to the api (the original's `LLM Proxy` answer); everything else is a 404;
+- `/` is answered by nginx (the original's `LLM Proxy`); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
   whatever the client sent in them.
 Every domain and CIDR rendered here has been validated by `shared.site`.
@@ -17,13 +20,16 @@ Every domain and CIDR rendered here has been validated by `shared.site`.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.proxy.errors import payload_too_large
 from shared import forwarding
+from shared.custom_config import check_custom_config
+from shared.payload import too_large_body
 from shared.settings import Settings
 from shared.site import Site, covers
 
@@ -39,6 +45,13 @@ PRIVATE_RANGES = (
     "fc00::/7",
 )
 ADMIN_PATHS = ("admin", "auth", "api", "nginx", "metrics", "healthz")
+ROOT_ANSWER = "LLM Proxy"  # the original's answer at `/`
+# Hosts that name this machine rather than the site: a literal IPv4 or IPv6 address,
+# `localhost`, and no Host at all (HTTP/1.0).
+ADDRESS_NAMES = ("localhost", '""', '"~^[0-9.]+$"', '"~^\\[[0-9a-f:.]+\\]$"')
+UNKNOWN_HOST = """    # A Host that is none of the site's names nor an address of this machine.
+    return 421;
+"""
 HEADER = "# Rendered by llmp certd from data/site.json; edits are overwritten.\n"
 
 
@@ -59,8 +72,41 @@ def server_conf_path(settings: Settings) -> Path:
     return (settings.nginx_conf_dir / "server.conf").absolute()
 
 
-def render_main(settings: Settings, server_conf: Path) -> str:
-    prefix = settings.nginx_prefix.absolute()
+EMPTY_ROOT = "empty"  # the folder under the prefix that nginx's `root` names: always empty
+
+
+# Slow clients: a request's whole header must arrive within HEADER_TIMEOUT, and a body may
+# pause at most BODY_TIMEOUT between two reads (uploads over a slow link keep going).
+HEADER_TIMEOUT = "10s"
+BODY_TIMEOUT = "30s"
+# Connections of all workers together when sized to the machine: what one address can open to
+# one port (its source ports), at ~450 bytes of nginx's memory each, allocated at start.
+CONNECTIONS_TOTAL = 65536
+
+
+def worker_connections(settings: Settings) -> tuple[int, int]:
+    """Connections per worker and the descriptors a worker may open: NGINX_WORKER_CONNECTIONS,
+    or CONNECTIONS_TOTAL shared by the workers (one per CPU), within what the descriptor limit
+    allows (a proxied request holds two) and at least 1024."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 4 * CONNECTIONS_TOTAL if hard == resource.RLIM_INFINITY else hard
+    share = CONNECTIONS_TOTAL // (os.cpu_count() or 1)
+    connections = settings.nginx_worker_connections or max(1024, min(share, hard // 2))
+    return connections, min(connections * 2, max(hard, connections))
+
+
+def render_main(settings: Settings, server_conf: Path, prefix: Path | None = None) -> str:
+    """nginx.conf: process settings, and the `http` block that includes `server_conf`. Every
+    path nginx may write (pid, temp files) lies under `prefix` (the nginx prefix, or the
+    private folder of a test), and the `root` of every server is an empty folder there, so
+    that a location serving files can serve nothing of the machine's.
+
+    One address may have at most NGINX_CONNECTIONS_PER_ADDRESS requests in progress (a 429
+    past that), in every server, the admin's own included, so that one client's slow or
+    endless requests cannot take every connection; a header must come whole within
+    HEADER_TIMEOUT."""
+    prefix = (prefix or settings.nginx_prefix).absolute()
+    connections, descriptors = worker_connections(settings)
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -71,9 +117,10 @@ worker_processes auto;
 worker_shutdown_timeout 30s;
 pid {prefix}/run/nginx.pid;
 error_log stderr warn;
+worker_rlimit_nofile {descriptors};
 
 events {{
-    worker_connections 4096;
+    worker_connections {connections};
 }}
 
 http {{
@@ -83,6 +130,18 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65s;
 {temp}
+    root {prefix}/{EMPTY_ROOT};
+
+    client_header_timeout {HEADER_TIMEOUT};
+    client_body_timeout {BODY_TIMEOUT};
+    reset_timedout_connection on;
+    # A refused request's unread body is waited for briefly (to let its answer arrive), not for
+    # nginx's default of up to 30 s: a slot is not held for it.
+    lingering_timeout 1s;
+    lingering_time 5s;
+    limit_conn_zone $binary_remote_addr zone=llmp_address:10m;
+    limit_conn llmp_address {settings.nginx_connections_per_address};
+    limit_conn_status 429;
 
     include {server_conf};
 }}
@@ -119,6 +178,10 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         proxy_pass http://llmp_proxy;
         proxy_buffering off;
         proxy_request_buffering off;
+        # An answer's head must fit in one buffer: nginx's default page (4 KB) turned an
+        # upstream's larger headers into a 502. 16 KB each, allocated per open stream.
+        proxy_buffer_size 16k;
+        proxy_buffers 8 16k;
         proxy_read_timeout 3600s;
         proxy_send_timeout 3600s;
         # A declared length over the limit is refused here, in the proxy's own words: answered
@@ -131,7 +194,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
 
     location @v1_too_large {{
         default_type application/json;
-        return 413 '{payload_too_large(settings.payload_limit).body().decode()}';
+        return 413 '{too_large_body(settings.payload_limit).decode()}';
     }}
 
     location = /v1 {{
@@ -157,8 +220,11 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
         return 413 '{{"error": "Request body is larger than {settings.payload_limit} bytes"}}';
     }}
 
+    # Answered here: passed on, the raw URI would go too, and `/admin/..` (which nginx
+    # normalises to `/`) would reach the api as an admin path from outside the admin networks.
     location = / {{
-        proxy_pass http://llmp_api;
+        default_type "text/plain; charset=utf-8";
+        return 200 "{ROOT_ANSWER}";
     }}
 
     location / {{
@@ -167,7 +233,9 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
 """
 
 
-def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
+def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
+    """Plain HTTP that redirects to HTTPS on `host`: `$host` only where the server's names
+    allow nothing but the site's own, else a name rendered here."""
     allow = "\n".join(f"        allow {cidr};" for cidr in admin_cidrs)
     port = "" if settings.https_port == 443 else f":{settings.https_port}"
     return f"""    proxy_http_version 1.1;
@@ -186,8 +254,30 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     }}
 
     location / {{
-        return 308 https://$host{port}$request_uri;
+        return 308 https://{host}{port}$request_uri;
     }}
+"""
+
+
+def _server(listen: str, names: Sequence[str], body: str, tls: TlsServer | None = None) -> str:
+    certificate = (
+        f"""
+    ssl_certificate "{tls.fullchain}";
+    ssl_certificate_key "{tls.privkey}";
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers off;
+    ssl_session_cache shared:llmp_tls:10m;
+    ssl_session_timeout 1d;
+"""
+        if tls
+        else ""
+    )
+    return f"""
+server {{
+    listen {listen};
+    server_name {" ".join(names)};
+{certificate}
+{body}}}
 """
 
 
@@ -196,11 +286,19 @@ def render_server(
     admin_cidrs: Sequence[str] = PRIVATE_RANGES,
     tls: Sequence[TlsServer] = (),
     http_mode: str = "redirect",
+    names: Sequence[str] = (),
 ) -> str:
-    """server.conf: the upstreams, the HTTP server and one TLS server per certificate."""
+    """server.conf: the upstreams, the HTTP server and one TLS server per certificate.
+
+    Until the site has names (`names`, and those of the certificates), any Host is served.
+    Then only those names and the machine's addresses (a literal IP, `localhost`, no Host at
+    all: the admin before DNS, health checks) are; any other Host is a 421 from a default
+    server of its own, and HTTPS redirects go to the name asked for, or from an address to
+    the site's first name."""
     admin_cidrs = admin_cidrs or PRIVATE_RANGES
+    names = tuple(dict.fromkeys([*names, *(n for server in tls for n in server.server_names)]))
     routes = _routes(settings, admin_cidrs)
-    http_body = _redirect(settings, admin_cidrs) if tls and http_mode == "redirect" else routes
+    http, https = _listen(settings, settings.port), _listen(settings, settings.https_port) + " ssl"
     text = f"""{HEADER}upstream llmp_proxy {{
     server 127.0.0.1:{settings.proxy_port};
     keepalive 256;
@@ -210,30 +308,22 @@ upstream llmp_api {{
     server 127.0.0.1:{settings.api_port};
     keepalive 16;
 }}
-
-server {{
-    listen {_listen(settings, settings.port)} default_server;
-    server_name _;
-
-{http_body}}}
 """
+    if not names:
+        return text + _server(f"{http} default_server", ["_"], routes)
+    redirect = bool(tls) and http_mode == "redirect"
+    concrete = next((n for n in names if not n.startswith("*.")), None)
+    text += _server(f"{http} default_server", ["_"], UNKNOWN_HOST)
+    text += _server(http, names, _redirect(settings, admin_cidrs, "$host") if redirect else routes)
+    to_name = redirect and concrete is not None
+    text += _server(
+        http, ADDRESS_NAMES, _redirect(settings, admin_cidrs, str(concrete)) if to_name else routes
+    )
+    if tls:
+        text += _server(f"{https} default_server", ["_"], UNKNOWN_HOST, tls[0])
     for position, server in enumerate(tls):
-        default = " default_server" if position == 0 else ""
-        names = " ".join(server.server_names) if server.server_names else "_"
-        text += f"""
-server {{
-    listen {_listen(settings, settings.https_port)} ssl{default};
-    server_name {names};
-
-    ssl_certificate "{server.fullchain}";
-    ssl_certificate_key "{server.privkey}";
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_prefer_server_ciphers off;
-    ssl_session_cache shared:llmp_tls:10m;
-    ssl_session_timeout 1d;
-
-{routes}}}
-"""
+        served = [*server.server_names, *(ADDRESS_NAMES if position == 0 else ())]
+        text += _server(https, served, routes, server)
     return text
 
 
@@ -262,7 +352,11 @@ def tls_servers(site: Site, lineages: Mapping[str, Lineage]) -> list[TlsServer]:
 
 
 def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage]) -> str:
-    """server.conf for `site`: the admin's own configuration if they gave one, else ours."""
+    """server.conf for `site`: the admin's own configuration if they gave one (checked again
+    here: it may have been saved by an older llmp; CustomConfigError if it is not allowed),
+    else ours."""
     if site.custom_config is not None:
-        return site.custom_config
-    return render_server(settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode)
+        return check_custom_config(site.custom_config, settings.letsencrypt_dir)
+    return render_server(
+        settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode, site.domains
+    )

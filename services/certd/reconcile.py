@@ -175,8 +175,8 @@ class Certd:
             log.error(
                 "certificate not obtained", extra={"fields": {"name": request.name, "error": exc}}
             )
-            self.cert_errors[request.name] = str(exc)
-            return str(exc)
+            self.cert_errors[request.name] = exc.reason  # the whole of it is in the log line
+            return exc.reason
         log.info(
             "certificate obtained",
             extra={
@@ -203,16 +203,16 @@ class Certd:
         lineages = certs.lineages(settings.certbot_dirs[0])
         old_main = _read(main_conf_path(settings))
         old_server = _read(server_conf_path(settings))
-        # Without a valid site.json yet, keep the live routes (only reload them).
-        server = render_site(settings, site, lineages)
-        if not self._site_loaded and old_server is not None:
-            server = old_server
         try:
+            # Without a valid site.json yet, keep the live routes (only reload them).
+            server = render_site(settings, site, lineages)
+            if not self._site_loaded and old_server is not None:
+                server = old_server
             applied = nginx.apply(settings, server, force_reload)
             problem = self.verify(site, lineages) if applied.reloaded else None
             if problem and applied.changed and old_main is not None and old_server is not None:
                 nginx.rollback(settings, old_main, old_server)
-        except nginx.NginxError as exc:
+        except (nginx.NginxError, SiteError) as exc:  # SiteError: a custom config not allowed
             problem = str(exc)
         else:
             if applied.changed or applied.reloaded:
@@ -279,7 +279,7 @@ class Certd:
         try:
             self.certbot.renew()
         except CertbotError as exc:
-            error, failed = str(exc), exc.failed
+            error, failed = exc.reason, exc.failed
             log.error("renewal failed", extra={"fields": {"error": exc}})
         after = certs.lineages(config_dir)
         renewed = [

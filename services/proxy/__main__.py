@@ -15,7 +15,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "proxy_headers": False,  # nothing reads the client address from the scope: skip its rewrite
     "log_config": None,
-    "server_header": False,  # the upstream's own headers pass through
+    "server_header": False,  # no software named (the upstream's server header is not passed on)
     "date_header": False,
     "backlog": 4096,
     "timeout_keep_alive": 75,  # longer than nginx's upstream keepalive_timeout (60 s)

@@ -22,22 +22,25 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import errors, routing
+from services.proxy import attribution, errors, routing
 from services.proxy.board import Board
+from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
+from services.proxy.clients import create_client
 from services.proxy.errors import ProxyError
-from services.proxy.forward import UpstreamCut, exchange, send_body, send_json
+from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
 from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
-from services.proxy.pool import Pool
+from services.proxy.metrics import ProxyMetrics
 from services.proxy.recorder import Recorder
+from services.proxy.revocation import OpenRequests
+from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import ask_for_usage, tokens_used
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
-from shared.metrics import ProxyMetrics
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("proxy")
@@ -48,6 +51,22 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
+
+
+class Response:
+    """The ASGI `send` of one request, knowing whether the answer has started (so that the
+    error boundary knows whether it can still answer)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class DisconnectWatch:
@@ -126,13 +145,20 @@ class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.apikeys_file)
+        self.open = OpenRequests()
+        self.keys.on_change = self._revoke_open
         self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
-            settings.analytics_db, settings.analytics_retention_days, self.keys.keys
+            settings.analytics_db,
+            settings.analytics_retention_days,
+            self.keys.keys,
+            settings.analytics_rollup_retention_days,
         )
-        self.pool: Pool | None = None
+        self.client: UpstreamClient | None = None  # the upstream client, built in the lifespan
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.catalog: Catalog | None = None
         self.limiter: Limiter | None = None
+        self.budgets: Budgets | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -161,12 +187,12 @@ class ProxyApp:
 
     async def startup(self) -> None:
         s = self.settings
-        # Kept-alive upstream connections live 60 s idle, less than common servers' own idle
-        # timeouts (uvicorn's 5 s is the exception, and a connection it dropped is sent again).
-        self.pool = Pool(s.upstream_connect_timeout, s.upstream_read_timeout, keepalive=60)
-        self.catalog = Catalog(s, self.pool)
+        self.loop = asyncio.get_running_loop()
+        self.client = create_client(s)
+        self.catalog = Catalog(s, self.client)
         board = Board(s.board_file)
         self.limiter = Limiter(board)
+        self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
         for state in self.catalog.states:
             if state.upstream.concurrency:
                 state.gate = Gate(
@@ -196,8 +222,8 @@ class ProxyApp:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.keys.stop()
         await self.recorder.close()
-        if self.pool is not None:
-            self.pool.close()
+        if self.client is not None:
+            await self.client.close()
         if self.limiter is not None:
             self.limiter.board.close()
         self.heartbeat.remove()
@@ -214,8 +240,8 @@ class ProxyApp:
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],
             }
-            try:
-                self.heartbeat.beat()
+            try:  # in a thread: its fsync must not hold up the event loop
+                await asyncio.to_thread(self.heartbeat.beat)
             except OSError as exc:
                 if str(exc) != failing:
                     log.error("heartbeat not written", extra={"fields": {"error": exc}})
@@ -228,12 +254,18 @@ class ProxyApp:
 
     # Requests ----------------------------------------------------------------------------
 
-    async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def handle(self, scope: dict[str, Any], receive: Receive, asgi_send: Send) -> None:
+        """One request, inside the last-resort error boundary: an exception nothing else
+        handled is logged with its traceback and becomes an OpenAI-shaped 500 if the answer
+        has not started, or the end of the connection if it has (uvicorn closes it: the client
+        sees the truncation); either way its analytics row says so."""
         started = time.perf_counter()
+        send = response = Response(asgi_send)
         request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
+        task = key_text = None
         try:
             if not routing.inside_v1(path):
                 raise errors.not_found(path)
@@ -253,6 +285,7 @@ class ProxyApp:
                 path=path,
             )
             policy.check_key()
+            task = self.open.enter(key_text)
             body = await read_body(receive, self.settings.payload_limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
@@ -262,24 +295,47 @@ class ProxyApp:
                 row.status, row.error = exc.status, exc.code
             else:  # refused before a key was known: no analytics row, but counted
                 self.metrics.refused(exc.status)
-            await send_body(send, exc.status, exc.body(), request_id, exc.headers)
+            if not response.started:
+                await send_body(send, exc.status, exc.body(), request_id, exc.headers)
         except ClientGone:
             assert row is not None
             row.error = "client disconnected"
         except UpstreamCut:
-            raise  # uvicorn aborts the connection: the client sees the truncated body
+            pass  # the answer stops short: uvicorn closes the connection, the client sees it
+        except Exception as exc:
+            log.exception("request failed", extra={"fields": {"id": request_id}})
+            if row is not None:
+                after = " after the answer started" if response.started else ""
+                row.error = f"internal error{after}: {type(exc).__name__}"
+                if not response.started:
+                    row.status = 500
+            else:
+                self.metrics.refused(500)
+            if not response.started:
+                error = errors.internal_error()
+                await send_body(send, error.status, error.body(), request_id)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if watch is None or not watch.gone or task is None:
+            if task is not None and row is not None and self.open.revoked(task):
+                task.uncancel()
+                await revoked(row, send)
+                return
+            current = asyncio.current_task()
+            if watch is None or not watch.gone or current is None:
                 raise
-            task.uncancel()
+            current.uncancel()
             if row is not None:
                 row.error = "client disconnected"
         finally:
+            if task is not None and key_text is not None:
+                self.open.leave(key_text, task)
             if watch is not None:
                 watch.close()
             if row is not None:
                 self.finish(row, started)
+
+    def _revoke_open(self) -> None:
+        if cancelled := self.open.revoke(self.keys.usable()):
+            log.info("requests of revoked keys ended", extra={"fields": {"count": cancelled}})
 
     async def route(
         self,
@@ -291,27 +347,32 @@ class ProxyApp:
         send: Send,
         started: float,
     ) -> None:
-        catalog, limiter = self.catalog, self.limiter
-        assert catalog is not None and self.pool is not None and limiter is not None
+        catalog, limiter, budgets = self.catalog, self.limiter, self.budgets
+        assert catalog is not None and self.client is not None and limiter is not None
+        assert budgets is not None
         path, method = scope["path"], scope["method"]
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self.answer_models(path, policy, row, send)
             return
         model = routing.request_model(content_type, body)
-        row.model = model
+        row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
         plan = await self.plan(catalog, model)
         asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
         meter = None
         try:
             meter = await exchange(
-                self.pool, catalog, plan, scope, body, asked, row, send, started, extra
+                self.client, catalog, plan, scope, body, asked, row, send, started, extra
             )
         finally:
-            if admission is not None:
-                limiter.release(admission, tokens_used(row, meter))
+            if admission is not None or policy.key.budget is not None:
+                tokens = tokens_used(row, meter)
+                if admission is not None:
+                    limiter.release(admission, tokens)
+                budgets.charge(policy.key, row, tokens)
 
     async def plan(self, catalog: Catalog, model: str | None) -> list[UpstreamState]:
         states = catalog.states
@@ -324,6 +385,10 @@ class ProxyApp:
             await catalog.refresh_soon()
             serving = catalog.serving(model)
             if not serving:
+                unknown = catalog.unknown()
+                if unknown:  # it may be theirs: not a 404
+                    reasons = [f"{u.upstream.label}: {u.refusal or 'unreachable'}" for u in unknown]
+                    raise errors.models_unknown(model, reasons)
                 raise errors.model_not_found(model)
         return routing.rank(serving, model)
 
@@ -372,6 +437,23 @@ class ProxyApp:
                 }
             },
         )
+
+
+async def revoked(row: RequestRow, send: Send) -> None:
+    """End a request whose key was revoked while it was in flight: a 401 if nothing was sent
+    yet, a final error event for a stream, an aborted connection for any other body."""
+    error = errors.key_refused(
+        "This API key was revoked while its request was in progress", "api_key_revoked"
+    )
+    row.error = error.code
+    if row.ttfb_ms is None:  # set as soon as the answer's start is sent
+        row.status = error.status
+        await send_body(send, error.status, error.body(), row.request_id, error.headers)
+    elif row.stream:  # after a blank line, in case the stream stopped inside an event
+        body = b"\n\n" + sse_error(error)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    else:
+        raise UpstreamCut(error.code)
 
 
 def _forget_dead_workers(settings: Settings) -> None:

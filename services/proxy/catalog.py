@@ -15,9 +15,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
-from services.proxy.pool import Pool, UpstreamError
+from services.proxy.upstream import CertificateRefused, Endpoint, UpstreamClient, UpstreamError
 from shared.settings import Settings
 from shared.targets import Upstream
 
@@ -25,11 +27,21 @@ log = logging.getLogger("proxy.catalog")
 
 # An on-demand refresh (for a model nobody lists) happens at most this often.
 MIN_REFRESH_INTERVAL = 5.0
+# While an upstream is down, the next refresh comes after this, then twice as long each time
+# up to DOWN_RETRY_MAX (or MODELS_REFRESH_SECONDS if shorter): one that comes up is listed
+# within seconds, not a minute.
+DOWN_RETRY_SECONDS = 1.0
+DOWN_RETRY_MAX = 16.0
+
+
+_UNSET = Endpoint("http", "", 0)
 
 
 @dataclass(eq=False)
 class UpstreamState:
     upstream: Upstream
+    endpoint: Endpoint = _UNSET  # unset: the upstream's origin with default TLS, no proxy
+    auth: tuple[tuple[bytes, bytes], ...] = ()  # the header with its credentials
     models: list[dict[str, Any]] = field(default_factory=list)
     model_ids: frozenset[str] = frozenset()
     healthy: bool = True  # optimistic until the first refresh says otherwise
@@ -37,6 +49,14 @@ class UpstreamState:
     last_error: str | None = None
     in_flight: int = 0  # in this worker, queued included
     gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
+    refusal: str | None = None  # why its models are unknown, when that is worth telling clients
+
+    def __post_init__(self) -> None:
+        if self.endpoint is _UNSET:
+            parts = urlsplit(self.upstream.origin)
+            secure = parts.scheme == "https"
+            port = parts.port or (443 if secure else 80)
+            self.endpoint = Endpoint(parts.scheme, parts.hostname or "", port)
 
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued
@@ -53,10 +73,13 @@ class UpstreamState:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
         self.settings = settings
-        self.pool = pool
-        self.states = [UpstreamState(u) for u in settings.target_urls]
+        self.client = client
+        self.states = [
+            UpstreamState(u, endpoint_for(u, settings), credentials(u))
+            for u in settings.target_urls
+        ]
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = -MIN_REFRESH_INTERVAL
         self.refreshed = False  # True once every upstream has been asked at least once
@@ -65,6 +88,10 @@ class Catalog:
 
     def serving(self, model: str) -> list[UpstreamState]:
         return [s for s in self.states if model in s.model_ids]
+
+    def unknown(self) -> list[UpstreamState]:
+        """Upstreams whose models are unknown because they could not be asked."""
+        return [s for s in self.states if not s.model_ids and s.last_error is not None]
 
     def models(self) -> list[dict[str, Any]]:
         """The union of every upstream's models, in order of first appearance; where several
@@ -100,10 +127,16 @@ class Catalog:
     # Refreshing --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Refresh forever, every MODELS_REFRESH_SECONDS."""
+        """Refresh forever, every MODELS_REFRESH_SECONDS; sooner while an upstream is down."""
+        retry = DOWN_RETRY_SECONDS
         while True:
             await self.refresh()
-            await asyncio.sleep(self.settings.models_refresh_seconds)
+            delay = self.settings.models_refresh_seconds
+            if all(state.healthy for state in self.states):
+                retry = DOWN_RETRY_SECONDS
+            else:
+                delay, retry = min(retry, delay), min(retry * 2, DOWN_RETRY_MAX)
+            await asyncio.sleep(delay)
 
     async def refresh(self) -> None:
         """Refresh every upstream now; concurrent callers share one refresh."""
@@ -124,12 +157,13 @@ class Catalog:
 
     async def _refresh_one(self, state: UpstreamState) -> None:
         upstream = state.upstream
-        headers = [(b"accept", b"application/json")]
-        if upstream.key:
-            headers.append((b"authorization", b"Bearer " + upstream.key.encode("latin-1")))
+        headers = [(b"accept", b"application/json"), *state.auth]
         try:
-            status, body = await self.pool.fetch(
-                upstream.url + "/models", headers, self.settings.models_timeout_seconds
+            status, body = await self.client.fetch(
+                state.endpoint,
+                upstream.path.encode() + b"/models",
+                headers,
+                self.settings.models_timeout_seconds,
             )
             if status != 200:
                 raise ValueError(f"HTTP {status}")
@@ -140,10 +174,12 @@ class Catalog:
                 if isinstance(m, dict) and isinstance(m.get("id"), str)
             ]
         except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
+            if isinstance(exc, CertificateRefused):
+                state.refusal = "its TLS certificate was refused"
             self._refresh_failed(state, f"models: {type(exc).__name__} {exc}".strip())
             return
         state.models, state.model_ids = models, frozenset(m["id"] for m in models)
-        state.last_ok, state.last_error = time.time(), None
+        state.last_ok, state.last_error, state.refusal = time.time(), None, None
         self.mark_up(state)
 
     def _refresh_failed(self, state: UpstreamState, error: str) -> None:

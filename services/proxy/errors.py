@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from shared import payload
+
 
 class ProxyError(Exception):
     def __init__(
@@ -56,9 +58,7 @@ def model_not_found(model: str) -> ProxyError:
 
 
 def payload_too_large(limit: int) -> ProxyError:
-    return ProxyError(
-        413, f"Request body is larger than the limit of {limit} bytes", "payload_too_large"
-    )
+    return ProxyError(413, payload.too_large_message(limit), payload.CODE)
 
 
 def invalid_json(detail: str) -> ProxyError:
@@ -72,9 +72,48 @@ def no_upstream() -> ProxyError:
 
 
 def bad_gateway(upstream: str) -> ProxyError:
+    """`upstream` is its label ("upstream 2"): internal host names stay in the logs."""
     return ProxyError(
         502,
-        f"Upstream {upstream} could not be reached",
+        f"The {upstream} could not be reached",
+        "upstream_unreachable",
+        type="server_error",
+    )
+
+
+def certificate_refused(upstream: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"The {upstream} could not be reached: its TLS certificate was refused",
+        "upstream_certificate_refused",
+        type="server_error",
+    )
+
+
+def upstream_dropped(upstream: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"The {upstream} closed the connection without answering (the request was not sent"
+        " again: it may have run)",
+        "upstream_dropped",
+        type="server_error",
+    )
+
+
+def bad_answer(upstream: str, detail: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"The {upstream} sent a malformed answer: {detail}",
+        "upstream_bad_answer",
+        type="server_error",
+    )
+
+
+def models_unknown(model: str, reasons: list[str]) -> ProxyError:
+    return ProxyError(
+        502,
+        f"No reachable upstream serves the model '{model}', and the models of some could not"
+        f" be read: {'; '.join(reasons)}",
         "upstream_unreachable",
         type="server_error",
     )
@@ -82,7 +121,13 @@ def bad_gateway(upstream: str) -> ProxyError:
 
 def gateway_timeout(upstream: str) -> ProxyError:
     return ProxyError(
-        504, f"Upstream {upstream} did not answer in time", "upstream_timeout", type="server_error"
+        504, f"The {upstream} did not answer in time", "upstream_timeout", type="server_error"
+    )
+
+
+def internal_error() -> ProxyError:
+    return ProxyError(
+        500, "The proxy failed to handle this request", "internal_error", type="server_error"
     )
 
 
@@ -105,6 +150,10 @@ def model_not_allowed(model: str) -> ProxyError:
 def _busy(message: str, code: str) -> ProxyError:
     """A 503 for a busy upstream's queue: worth trying again in a second."""
     return ProxyError(503, message, code, type="server_error", headers=((b"retry-after", b"1"),))
+
+
+def upstream_busy(upstream: str) -> ProxyError:
+    return _busy(f"Every connection to the {upstream} is in use", "upstream_busy")
 
 
 def queue_full(upstream: str) -> ProxyError:

@@ -1,15 +1,20 @@
 """One exchange with an upstream: build its request, send it, relay the answer.
 
 - The body goes out byte for byte; the query string is kept; hop-by-hop headers are stripped
-  both ways; the client's key (and cookies) never reach an upstream, which gets its own key.
+  both ways; the client's key (and cookies) never reach an upstream, which gets its own
+  credentials (`UpstreamState.auth`).
 - The answer is relayed raw as it arrives (no decompression, no buffering), so compressed
-  bodies pass intact and SSE chunks keep their timing.
-- Foreign exceptions become ProxyErrors here and nowhere else: a connection refused or not made
-  in UPSTREAM_CONNECT_TIMEOUT fails over to the next candidate, a connection closed with no
-  answer at all is sent again once (it was a kept-alive one the upstream had just dropped), a
-  read timeout is a 504, anything else before the answer a 502. After the
-  answer has started, a failure ends an SSE stream with an error event, and aborts any other
-  body (so the client sees the truncation instead of a short, clean-looking body).
+  bodies pass intact and SSE chunks keep their timing. A body we change (usage stripped from a
+  stream) loses its Content-Length and goes out chunked; a 304 goes out without one; the
+  upstream's own `x-request-id` is kept as `x-upstream-request-id` beside ours.
+- The upstream client's failures become ProxyErrors here and nowhere else, each logged once
+  with the upstream's URL; answers name the upstream only by its label ("upstream 2"). A
+  connection not made (nothing sent) fails over to the next candidate; nothing is sent again
+  here (the client resends only what the upstream cannot have run); a connection closed
+  without an answer, a malformed answer and a refused certificate are 502s saying so, a read
+  timeout a 504, every connection in use a 503. After the answer has started, a failure ends
+  an SSE stream with an error event, and aborts any other body (so the client sees the
+  truncation instead of a short, clean-looking body).
 - An upstream with a concurrency cap is entered through its fair queue (`Gate`); the time spent
   waiting is recorded.
 - A streamed completion may go out with usage asked for (`asked`, from `ask_for_usage`); the
@@ -19,15 +24,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from services.proxy import errors
 from services.proxy.catalog import Catalog, UpstreamState
-from services.proxy.errors import ProxyError, bad_gateway, gateway_timeout
-from services.proxy.pool import Answer, ConnectFailed, Dropped, Pool, ReadTimeout, UpstreamError
+from services.proxy.errors import ProxyError
+from services.proxy.upstream import (
+    Answer,
+    BadAnswer,
+    Busy,
+    CertificateRefused,
+    ConnectFailed,
+    Dropped,
+    ReadTimeout,
+    UpstreamClient,
+    UpstreamError,
+)
+from services.proxy.upstream_answer import passed_to_client, refused_credentials
 from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
+
+log = logging.getLogger("proxy.upstream")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -68,23 +88,35 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
-def upstream_headers(headers: Sequence[tuple[bytes, bytes]], key: str) -> list[tuple[bytes, bytes]]:
+def upstream_headers(
+    headers: Sequence[tuple[bytes, bytes]], auth: Sequence[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
     drop = NOT_FORWARDED | _connection_tokens(headers)
     out = [(n, v) for n, v in headers if n not in drop]
-    if key:
-        out.append((b"authorization", b"Bearer " + key.encode("latin-1")))
+    out.extend(auth)
     return out
 
 
+# Answers that have no body, whatever their Content-Length says (it describes another answer's).
+NO_BODY = frozenset({204, 304})
+
+
 def client_headers(
-    raw: Sequence[tuple[bytes, bytes]], request_id: bytes, extra: Sequence[tuple[bytes, bytes]]
+    raw: Sequence[tuple[bytes, bytes]],
+    request_id: bytes,
+    extra: Sequence[tuple[bytes, bytes]],
+    status: int = 200,
+    transformed: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's headers for the client, with ours (`extra`, e.g. the key's
-    `x-ratelimit-*`) in place of any of the same name."""
+    `x-ratelimit-*`) in place of any of the same name. Without Content-Length when the body
+    is `transformed` (it would be wrong) or cannot have one (204, 304)."""
     drop = HOP_BY_HOP | _connection_tokens(raw)
     if extra:
         drop |= {n for n, _ in extra}
-    out = [(n, v) for n, v in raw if n not in drop]
+    if transformed or status in NO_BODY:
+        drop |= {b"content-length"}
+    out = [(n, v) for n, v in passed_to_client(raw) if n not in drop]
     out.append((b"x-request-id", request_id))
     out.extend(extra)
     return out
@@ -95,7 +127,7 @@ def sse_error(error: ProxyError) -> bytes:
 
 
 async def exchange(
-    pool: Pool,
+    client: UpstreamClient,
     catalog: Catalog,
     plan: Sequence[UpstreamState],
     scope: dict[str, Any],
@@ -113,8 +145,7 @@ async def exchange(
     query = scope["query_string"]
     suffix = raw[3:] + (b"?" + query if query else b"")
     last_error: ProxyError | None = None
-    candidates, resent = list(plan), False
-    for state in candidates:
+    for state in plan:
         upstream = state.upstream
         row.upstream = upstream.url
         gate = state.gate
@@ -128,33 +159,26 @@ async def exchange(
         state.in_flight += 1
         try:
             try:
-                answer = await pool.request(
-                    pool.origin(upstream.origin),
+                answer = await client.request(
+                    state.endpoint,
                     scope["method"],
                     upstream.path.encode() + suffix,
-                    upstream_headers(scope["headers"], upstream.key),
+                    upstream_headers(scope["headers"], state.auth),
                     asked or body,
                 )
             except ConnectFailed as exc:
                 # Nothing was sent: the next candidate may take the request.
                 catalog.mark_down(state, f"connect: {exc}")
-                last_error = bad_gateway(upstream.url)
+                refused = isinstance(exc, CertificateRefused)
+                maker = errors.certificate_refused if refused else errors.bad_gateway
+                last_error = maker(upstream.label)
                 continue
-            except Dropped as exc:
-                # Closed with no answer at all: a kept-alive connection the upstream dropped as
-                # the request went out (a restart, its idle timeout). Sent again once, on a new
-                # connection: to the next candidate, or to this one if it is the last.
-                if resent:
-                    raise bad_gateway(upstream.url) from exc
-                resent, last_error = True, bad_gateway(upstream.url)
-                if state is candidates[-1]:
-                    candidates.append(state)
-                continue
-            except ReadTimeout as exc:
-                raise gateway_timeout(upstream.url) from exc
             except UpstreamError as exc:
-                raise bad_gateway(upstream.url) from exc
+                raise failure(exc, state, row) from exc
             catalog.mark_up(state)
+            if answer.status == 401:  # its refusal of our key, never of the client's
+                answer.close()
+                raise refused_credentials(upstream.label, bool(upstream.key))
             return await relay(answer, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1
@@ -162,6 +186,33 @@ async def exchange(
                 gate.leave()
     assert last_error is not None
     raise last_error
+
+
+def failure(exc: UpstreamError, state: UpstreamState, row: RequestRow) -> ProxyError:
+    """The answer to the client for a failure before the answer started, logged once (with
+    the URL the answer leaves out)."""
+    label = state.upstream.label
+    if isinstance(exc, ReadTimeout):
+        error = errors.gateway_timeout(label)
+    elif isinstance(exc, Busy):
+        error = errors.upstream_busy(label)
+    elif isinstance(exc, Dropped):
+        error = errors.upstream_dropped(label)
+    elif isinstance(exc, BadAnswer):
+        error = errors.bad_answer(label, str(exc))
+    else:
+        error = errors.bad_gateway(label)
+    log.warning(
+        "upstream failed",
+        extra={
+            "fields": {
+                "id": row.request_id,
+                "upstream": state.upstream.url,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        },
+    )
+    return error
 
 
 async def relay(
@@ -179,13 +230,10 @@ async def relay(
         row.status = answer.status
         row.stream = content_type.startswith("text/event-stream")
         stripper = UsageStripper() if asked and isinstance(meter, SseMeter) else None
-        await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": client_headers(answer.headers, row.request_id.encode(), extra),
-            }
+        headers = client_headers(
+            answer.headers, row.request_id.encode(), extra, answer.status, stripper is not None
         )
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         row.ttfb_ms = (time.perf_counter() - started) * 1000
         last = b""  # the last two bytes relayed: does the stream stop between two events?
         try:
@@ -212,8 +260,10 @@ async def relay(
                 "upstream_cut",
                 type="server_error",
             )
+            held = stripper.flush() if stripper is not None else b""  # the upstream's own
+            last = (last + held)[-2:]
             # A line cut short is ended first, so that the error is an event of its own.
-            event = sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut)
+            event = held + (sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut))
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return meter
         complete = True

@@ -13,7 +13,7 @@ waiting takes every other place. Each worker keeps its waiting requests in order
 tells the board the place of its first; a turn goes to the earliest place of all workers.
 
 A turn is handed on as soon as a request of this worker ends; a turn freed by another worker is
-noticed within POLL seconds.
+noticed within POLL seconds. The seconds waited are read from `clock` (injected by tests).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 
 from services.proxy import errors
 from services.proxy.board import Board
@@ -33,9 +34,16 @@ Waiting = tuple[int, int, asyncio.Future[None]]  # place, arrival, turn
 
 class Gate:
     def __init__(
-        self, board: Board, name: str, concurrency: int, queue_limit: int, timeout: float
+        self,
+        board: Board,
+        name: str,
+        concurrency: int,
+        queue_limit: int,
+        timeout: float,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.board = board
+        self.clock = clock
         self.name = name
         self.concurrency = concurrency
         self.queue_limit = queue_limit
@@ -69,7 +77,7 @@ class Gate:
             slot.set_first(self._line[0][0])
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll(), name=f"gate {self.name}")
-        started = time.perf_counter()
+        started = self.clock()
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(turn)
@@ -82,7 +90,7 @@ class Gate:
             if isinstance(exc, TimeoutError):
                 raise errors.queue_timeout(self.name, self.timeout) from None
             raise
-        return time.perf_counter() - started
+        return self.clock() - started
 
     def leave(self) -> None:
         """A request that entered has ended: hand its turn on."""

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -44,6 +45,7 @@ class KeyStore:
         self._copy_signature: tuple[int, int, int] | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._poller: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] | None = None  # called after each new set of keys
         self._remembering: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
@@ -51,6 +53,10 @@ class KeyStore:
 
     def keys(self) -> list[ApiKey]:
         return [policy.key for policy in self._by_digest.values()]
+
+    def usable(self) -> list[str]:
+        """The keys (secrets) that are present and enabled."""
+        return [p.key.key for p in self._by_digest.values() if p.key.enabled]
 
     def lookup(self, key: str) -> Policy | None:
         return self._by_digest.get(_digest(key))
@@ -80,6 +86,8 @@ class KeyStore:
     def _use(self, keys: list[ApiKey]) -> None:
         self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
         log.info("keys loaded", extra={"fields": {"count": len(keys)}})
+        if self.on_change is not None:
+            self.on_change()
 
     def _fall_back(self, error: str) -> None:
         """Serve the last good copy's keys (if it changed since last read), else keep ours."""

@@ -7,7 +7,9 @@ Rates are leaky buckets on the board (exact across workers): a request needs one
 requests-per-minute; a request is admitted while its tokens-per-minute and tokens-per-day
 buckets are not full, and its tokens (from the upstream's usage, or an estimate) are added when
 it ends, so a long answer can overdraw a bucket and hold the next request back until it drains.
-Answers carry OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `Retry-After`.
+Answers carry OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `Retry-After`. The
+buckets drain by the limiter's `clock` (wall-clock seconds, shared by every worker; injected by
+tests).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.proxy import errors
@@ -109,17 +112,19 @@ class Admission:
 
 
 class Limiter:
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
         self.board = board
+        self.clock = clock
 
     def admit(self, policy: Policy) -> Admission | None:
         """Count the request against its key's limits, or raise a 429 ProxyError."""
         if not policy.limited:
             return None
+        now = self.clock()
         with self.board.holding("key:" + policy.key.id) as slot:
-            slot.keep(time.time())  # a slot with only a request in flight is kept while it is
-            requests = slot.level(policy.requests) if policy.requests else None
-            tokens = [slot.level(bucket) for bucket in policy.tokens]
+            slot.keep(now)  # a slot with only a request in flight is kept while it is
+            requests = slot.level(policy.requests, now) if policy.requests else None
+            tokens = [slot.level(bucket, now) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
                 limit = f"{requests.capacity} requests per minute"
                 raise _refusal("requests", limit, wait, _headers(requests, tokens))
@@ -152,14 +157,14 @@ class Limiter:
                 if admission.concurrent:
                     slot.change_flight(-1)
                 if tokens:
-                    _charge(slot, policy.tokens, tokens)
+                    _charge(slot, policy.tokens, tokens, self.clock())
         except BoardFull as exc:  # the answer is sent already: the charge is lost, said once
             log.error("tokens not charged", extra={"fields": {"error": exc.detail}})
 
 
-def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int) -> None:
+def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int, now: float) -> None:
     for bucket in buckets:
-        slot.add(bucket, tokens, slot.level(bucket))
+        slot.add(bucket, tokens, slot.level(bucket, now))
 
 
 def _refusal(kind: str, limit: str, wait: float, headers: Headers) -> ProxyError:

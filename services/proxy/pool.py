@@ -1,57 +1,76 @@
-"""Connections to the upstreams: a small HTTP/1.1 client on asyncio protocols and httptools.
+"""The proxy's own upstream client: HTTP/1.1 on asyncio protocols and httptools.
 
 The proxy's upstream requests are all alike (a whole body to send, an answer to relay as it
-arrives), so the client does only that, at about a tenth of a general client's cost per request
-(see docs/performance.md):
+arrives), so this client does only that, at a fraction of a general client's cost per request
+(see docs/performance.md). It implements `upstream.UpstreamClient`; the failures and when a
+request is sent again are stated there.
 
-- Kept-alive connections per origin, reused newest first; one the upstream has closed while idle
-  is dropped when taken. `Pool.request` raises `ConnectFailed` (nothing was sent: the request
-  may go elsewhere), `Dropped` (the connection closed before any byte of an answer: a reused one
-  the upstream had just closed), or `ReadTimeout`.
-- The answer's head is returned as soon as it arrives (header names in lower case); its body
-  is read with `Answer.chunks()`, chunked framing removed, content untouched (no
-  decompression). A body that ends early raises
-  `Cut`. Reading pauses while more than READ_BUFFER bytes wait to be relayed, so a slow client
-  holds a bounded buffer and backpressure reaches the upstream.
-- `read_timeout`: the longest silence allowed while waiting for the answer or its next bytes.
+A connection is CONNECTING, ACTIVE (one request and its answer), IDLE (kept alive in its
+origin's pool) or CLOSED. An idle connection is never reused when anything arrived on it
+(unread bytes or the upstream's close: it is closed at once, and checked again when taken) or
+when it is older than its keep-alive (the endpoint's, or less if the upstream said less in a
+`Keep-Alive: timeout=N` header): this is where the stale keep-alive race is avoided.
+
+The answer's head is returned as soon as it arrives (header names in lower case); its body is
+read with `Answer.chunks()`, chunked framing removed, content untouched. Anything after the end
+of the answer (a second answer in the same read, say) closes the connection instead of being
+read as part of it; trailer fields are dropped. A body delimited by the end of the connection
+is complete only on a clean close, not on a reset. Reading pauses while more than READ_BUFFER
+bytes wait to be relayed, so a slow client holds a bounded buffer and backpressure reaches
+the upstream. `read_timeout` is the longest silence allowed while waiting for the answer or
+its next bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import urlsplit
+from enum import Enum
 
 import httptools
 
+from services.proxy.upstream import (
+    IDEMPOTENT,
+    BadAnswer,
+    Busy,
+    CertificateRefused,
+    ConnectFailed,
+    Cut,
+    Dropped,
+    Endpoint,
+    Headers,
+    ReadTimeout,
+    UpstreamError,
+)
+
 READ_BUFFER = 256 * 1024
-Headers = list[tuple[bytes, bytes]]
 
 
-class UpstreamError(Exception):
-    pass
+class State(Enum):
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    IDLE = "idle"
+    CLOSED = "closed"
 
 
-class ConnectFailed(UpstreamError):
-    """No connection could be made (refused, unreachable, or not within the connect timeout)."""
+class _Unanswered(Exception):
+    """Internal: the connection closed with no byte of an answer; `written` says whether the
+    whole request had left this process."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__("the upstream closed the connection without answering")
+        self.written = written
 
 
-class Dropped(UpstreamError):
-    """The connection closed before any byte of an answer."""
+class _Unsolicited(Exception):
+    """Internal: a message began after the answer had ended."""
 
 
-class ReadTimeout(UpstreamError):
-    """The upstream was silent for longer than the read timeout."""
-
-
-class Cut(UpstreamError):
-    """The connection failed in the middle of an answer."""
-
-
-class Answer:
+class OwnAnswer:
     """An upstream's answer: status and headers at once, the body as it arrives."""
 
     __slots__ = ("_connection", "headers", "status")
@@ -62,7 +81,6 @@ class Answer:
         self._connection = connection
 
     def header(self, name: bytes) -> bytes:
-        """The first value of header `name` (lower case), or b""."""
         for key, value in self.headers:
             if key == name:
                 return value
@@ -77,8 +95,6 @@ class Answer:
             yield chunk
 
     def release(self) -> None:
-        """Done with the answer: its connection goes back to the pool if it can be reused,
-        else it is closed."""
         self._connection.finish()
 
     def close(self) -> None:
@@ -93,17 +109,21 @@ class Connection(asyncio.Protocol):
         self.origin = origin
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
+        self.state = State.CONNECTING
+        self.reused = False
+        self.expires = 0.0  # when IDLE: the loop time after which it is not reused
+        self.keepalive = origin.endpoint.keepalive
         self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self._head: asyncio.Future[Answer] | None = None
+        self._head: asyncio.Future[OwnAnswer] | None = None
         self._headers: Headers = []
-        self._answer: Answer | None = None
+        self._answer: OwnAnswer | None = None
         self._no_body = False
         self._keep_alive = False
+        self._received = False  # a byte of this request's answer arrived
+        self._unsent = False  # part of the request still waits in the transport
         self._body: deque[bytes] = deque()
         self._buffered = 0
         self._complete = False
@@ -113,50 +133,99 @@ class Connection(asyncio.Protocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
     # asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # resume_writing() then says when the whole request has left this process.
+        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self._unsent = False
 
     def data_received(self, data: bytes) -> None:
+        if self.state is not State.ACTIVE:  # unread bytes on an idle connection
+            self.close()
+            return
+        self._received = True
         self._last_read = self.loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(Cut(f"bad HTTP from the upstream: {exc}"))
+        except httptools.HttpParserCallbackError:
+            # A message after the end of the answer: not part of it, and the connection can
+            # no longer be trusted. (Any other callback error is a parse error below.)
+            if not self._complete:
+                self._bad(BadAnswer("the upstream's answer could not be read"))
             self.close()
+        except httptools.HttpParserError as exc:
+            self._bad(BadAnswer(f"malformed answer: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        was = self.state
+        self.state = State.CLOSED
+        self.pool.forget(self)
+        self._stop_timer()
+        if was is not State.ACTIVE:
+            return
         if self._head is not None and not self._head.done():
-            self._head.set_exception(Dropped("the upstream closed the connection"))
+            if self._received:
+                self._head.set_exception(Dropped("the upstream closed in the middle of the head"))
+            else:
+                self._head.set_exception(_Unanswered(written=not self._unsent))
         elif self._answer is not None and not self._complete:
-            length = self._answer.header(b"content-length")
-            chunked = b"chunked" in self._answer.header(b"transfer-encoding").lower()
-            if length or chunked:
+            delimited = self._answer.header(b"content-length") or b"chunked" in (
+                self._answer.header(b"transfer-encoding").lower()
+            )
+            if delimited:
                 self._fail(Cut("the upstream closed the connection in the middle of the answer"))
-            else:  # a body delimited by the end of the connection
+            elif exc is not None:  # ended by the connection: only a clean close ends it well
+                self._fail(Cut(f"the connection was reset before the end of the answer: {exc}"))
+            else:
                 self._complete = True
                 self._wake()
-        self._stop_timer()
 
     # httptools callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Unsolicited
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))  # names in lower case, as ASGI has them
+        if self._answer is None:  # after the head: a trailer field, never promoted
+            self._headers.append((name.lower(), value))  # names in lower case, as ASGI has them
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
             self._headers = []
             return
-        self._answer = Answer(status, self._headers, self)
+        answer = self._answer = OwnAnswer(status, self._headers, self)
         self._keep_alive = self._parser.should_keep_alive()
+        hint = answer.header(b"keep-alive")
+        if hint:
+            self._keep_alive_hint(hint)
         if self._head is not None and not self._head.done():
-            self._head.set_result(self._answer)
+            self._head.set_result(answer)
         if self._no_body:  # the answer to HEAD: a Content-Length, but no body follows
             self._complete = True
-            self.close()
+            self._keep_alive = False  # the parser would wait for that body
+            self._wake()
+
+    def _keep_alive_hint(self, value: bytes) -> None:
+        """`Keep-Alive: timeout=N`: the upstream closes idle connections after N seconds."""
+        for part in value.split(b","):
+            name, _, number = part.partition(b"=")
+            if name.strip().lower() == b"timeout" and number.strip().isdigit():
+                seconds = int(number)
+                # A second of margin for the race between its close and our next request.
+                self.keepalive = min(self.keepalive, max(seconds - 1.0, seconds / 2))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -174,15 +243,20 @@ class Connection(asyncio.Protocol):
 
     # Requests ---------------------------------------------------------------------------
 
-    def send(self, request: bytes, no_body: bool, read_timeout: float) -> asyncio.Future[Answer]:
+    def send(self, request: bytes, no_body: bool, read_timeout: float) -> asyncio.Future[OwnAnswer]:
+        transport = self.transport
+        assert transport is not None
+        if transport.is_closing():  # found closed before the request was written
+            raise _Unanswered(written=False)
         self._reset()
+        self.state = State.ACTIVE
         self._no_body = no_body
         self._head = self.loop.create_future()
         self._read_timeout = read_timeout
         self._last_read = self.loop.time()
         self._timer = self.loop.call_at(self._last_read + read_timeout, self._check_silence)
-        assert self.transport is not None
-        self.transport.write(request)
+        transport.write(request)
+        self._unsent = transport.get_write_buffer_size() > 0
         return self._head
 
     def _check_silence(self) -> None:
@@ -206,13 +280,13 @@ class Connection(asyncio.Protocol):
             self._timer = None
 
     async def next_chunk(self) -> bytes:
-        """The next piece of the body; b"" at its end. Raises Cut or ReadTimeout."""
+        """The next piece of the body; b"" at its end. Raises Cut, BadAnswer or ReadTimeout."""
         while not self._body:
-            if self._failure is not None:
-                raise self._failure
             if self._complete:
                 self._stop_timer()
                 return b""
+            if self._failure is not None:
+                raise self._failure
             self._waiter = self.loop.create_future()
             await self._waiter
         chunk = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -234,134 +308,295 @@ class Connection(asyncio.Protocol):
             self._failure = error
         self._wake()
 
+    def _bad(self, error: BadAnswer) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        self._fail(error)
+        self.close()
+
     def finish(self) -> None:
         """The caller is done with this answer."""
         self._stop_timer()
-        if self._complete and not self.closed and self._keep_alive:
+        if self._complete and self.state is State.ACTIVE and self._keep_alive:
             self.pool.put_back(self)
         else:
             self.close()
 
     def close(self) -> None:
         self._stop_timer()
-        if not self.closed:
-            self.closed = True
+        if self.state is not State.CLOSED:
+            if self.state is State.ACTIVE and not self._complete:
+                self._fail(Cut("closed"))
+            self.state = State.CLOSED
+            self.pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
 
+    def readable(self) -> bool:
+        """Whether the socket has anything to read (bytes, or the upstream's close) that the
+        event loop has not delivered yet."""
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            ready, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
 
 class Origin:
-    """Where an upstream is: scheme, host, port, and the Host header it expects."""
+    """One endpoint's connections: the idle ones (newest last), how many are open, and the
+    requests waiting for one when `max_connections` are."""
 
-    __slots__ = ("host", "host_header", "idle", "port", "scheme")
+    __slots__ = ("connecting", "endpoint", "idle", "open", "waiters")
 
-    def __init__(self, scheme: str, host: str, port: int, host_header: bytes) -> None:
-        self.scheme = scheme
-        self.host = host
-        self.port = port
-        self.host_header = host_header
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self.idle: deque[Connection] = deque()
+        self.open: set[Connection] = set()
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 class Pool:
-    def __init__(self, connect_timeout: float, read_timeout: float, keepalive: float) -> None:
+    """Kept-alive connections per endpoint, at most `max_connections` each."""
+
+    def __init__(
+        self,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int = 1024,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.keepalive = keepalive
+        self.max_connections = max_connections
         self.loop = asyncio.get_running_loop()
-        self._origins: dict[str, Origin] = {}
-        self._ssl: ssl.SSLContext | None = None
-        self._sweeper = self.loop.call_later(keepalive, self._sweep)
+        self._origins: dict[Endpoint, Origin] = {}
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
 
-    def origin(self, url: str) -> Origin:
-        """The Origin of `url` (`scheme://host[:port]`, as `Upstream.origin` has it)."""
-        origin = self._origins.get(url)
+    def origin(self, endpoint: Endpoint) -> Origin:
+        origin = self._origins.get(endpoint)
         if origin is None:
-            parts = urlsplit(url)
-            assert parts.hostname is not None
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            origin = Origin(parts.scheme, parts.hostname, port, parts.netloc.encode())
-            self._origins[url] = origin
+            origin = self._origins[endpoint] = Origin(endpoint)
         return origin
 
     async def request(
         self,
-        origin: Origin,
+        endpoint: Endpoint,
         method: str,
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
-    ) -> Answer:
+    ) -> OwnAnswer:
         """Send a request, return its answer's head. Raises UpstreamError."""
-        head = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header]
+        origin = self.origin(endpoint)
+        proxy = endpoint.proxy
+        if proxy is not None and endpoint.scheme == "http":  # absolute form, to the proxy
+            target = endpoint.origin.encode() + target
+        head = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nhost: "]
+        head.append(endpoint.host_header)
+        if proxy is not None and endpoint.scheme == "http" and proxy.authorization:
+            head += (b"\r\nproxy-authorization: ", proxy.authorization)
         for name, value in headers:
             head += (b"\r\n", name, b": ", value)
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             head += (b"\r\ncontent-length: ", str(len(body)).encode())
         head.append(b"\r\n\r\n")
         request = b"".join(head) + body
-        connection = await self._connection(origin)
-        try:
-            return await connection.send(request, method == "HEAD", self.read_timeout)
-        except BaseException:
-            connection.close()
-            raise
+        fresh = False
+        while True:
+            connection = await self._connection(origin, fresh)
+            try:
+                return await connection.send(request, method == "HEAD", self.read_timeout)
+            except _Unanswered as exc:
+                connection.close()
+                # Sent again only if the upstream cannot have run it: the request never left
+                # whole, or an idempotent one got nothing back on a reused connection.
+                if not fresh and (not exc.written or (connection.reused and method in IDEMPOTENT)):
+                    fresh = True
+                    continue
+                raise Dropped(str(exc)) from None
+            except BaseException:
+                connection.close()
+                raise
 
     async def fetch(
-        self, url: str, headers: Sequence[tuple[bytes, bytes]], seconds: float
+        self,
+        endpoint: Endpoint,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        seconds: float,
     ) -> tuple[int, bytes]:
-        """GET `url` whole (status and body) within `seconds`. Raises UpstreamError or
-        TimeoutError."""
-        parts = urlsplit(url)
-        origin = self.origin(f"{parts.scheme}://{parts.netloc}")
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        async with asyncio.timeout(seconds):
-            answer = await self.request(origin, "GET", target.encode(), headers, b"")
-            done = False
-            try:
-                body = b"".join([chunk async for chunk in answer.chunks()])
-                done = True
-            finally:
-                answer.release() if done else answer.close()
+        try:
+            async with asyncio.timeout(seconds):
+                answer = await self.request(endpoint, "GET", target, headers, b"")
+                done = False
+                try:
+                    body = b"".join([chunk async for chunk in answer.chunks()])
+                    done = True
+                finally:
+                    answer.release() if done else answer.close()
+        except TimeoutError as exc:
+            raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
         return answer.status, body
 
-    async def _connection(self, origin: Origin) -> Connection:
+    async def _connection(self, origin: Origin, fresh: bool) -> Connection:
         idle = origin.idle
-        while idle:
+        now = self.loop.time()
+        while idle and not fresh:
             connection = idle.pop()
-            if not connection.closed:
-                return connection
-        secure = origin.scheme == "https"
-        if secure and self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            if connection.expires < now or connection.readable():
+                connection.close()
+                continue
+            connection.reused = True
+            return connection
+        while len(origin.open) + origin.connecting >= self.max_connections:
+            if idle:  # the oldest idle connection makes way
+                idle.popleft().close()
+                continue
+            waiter = self.loop.create_future()
+            origin.waiters.append(waiter)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await waiter
+            except TimeoutError:
+                raise Busy(
+                    f"all {self.max_connections} connections stayed busy"
+                    f" for {self.connect_timeout:g} s"
+                ) from None
+            finally:
+                waiter.cancel()
+            if idle and not fresh:
+                return await self._connection(origin, fresh)
+        return await self._connect(origin)
+
+    async def _connect(self, origin: Origin) -> Connection:
+        origin.connecting += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: Connection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=self._ssl if secure else None,
-                )
+                connection = await self._open(origin)
         except TimeoutError as exc:
             raise ConnectFailed(f"no connection within {self.connect_timeout:g} s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateRefused(f"certificate refused: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS: {exc.reason or exc}") from exc
         except OSError as exc:
             raise ConnectFailed(exc.strerror or str(exc)) from exc
+        finally:
+            origin.connecting -= 1
+        if not connection.closed:  # (closed already: send() will say so)
+            origin.open.add(connection)
         return connection
 
+    async def _open(self, origin: Origin) -> Connection:
+        endpoint = origin.endpoint
+        secure = endpoint.scheme == "https"
+        context = endpoint.ssl if secure else None
+        if secure and context is None:
+            context = ssl.create_default_context()
+        proxy = endpoint.proxy
+        if proxy is None or not secure:
+            where = endpoint if proxy is None else proxy
+            host, port = where.host, where.port
+            _, connection = await self.loop.create_connection(
+                lambda: Connection(self, origin),
+                host,
+                port,
+                ssl=context,
+                server_hostname=endpoint.host if secure else None,
+            )
+            return connection
+        sock = await self._tunnel(endpoint)
+        try:
+            _, connection = await self.loop.create_connection(
+                lambda: Connection(self, origin),
+                sock=sock,
+                ssl=context,
+                server_hostname=endpoint.host,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return connection
+
+    async def _tunnel(self, endpoint: Endpoint) -> socket.socket:
+        """A socket to `endpoint` through its proxy's CONNECT."""
+        proxy = endpoint.proxy
+        assert proxy is not None
+        infos = await self.loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+        error: OSError = OSError(f"no address for {proxy.host}")
+        for family, kind, protocol, _, address in infos:
+            sock = socket.socket(family, kind, protocol)
+            sock.setblocking(False)
+            try:
+                await self.loop.sock_connect(sock, address)
+                break
+            except OSError as exc:
+                sock.close()
+                error = exc
+        else:
+            raise error
+        try:
+            authority = endpoint.host_header
+            request = b"CONNECT " + authority + b" HTTP/1.1\r\nhost: " + authority + b"\r\n"
+            if proxy.authorization:
+                request += b"proxy-authorization: " + proxy.authorization + b"\r\n"
+            await self.loop.sock_sendall(sock, request + b"\r\n")
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                data = await self.loop.sock_recv(sock, 4096)
+                if not data or len(reply) > 65536:
+                    raise ConnectFailed("the proxy closed the connection during CONNECT")
+                reply += data
+            status = reply.split(b"\r\n", 1)[0].split(b" ")
+            if len(status) < 2 or not status[1].startswith(b"2"):
+                line = reply.split(b"\r\n", 1)[0].decode("latin-1")
+                raise ConnectFailed(f"the proxy refused CONNECT: {line}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def put_back(self, connection: Connection) -> None:
-        connection.idle_since = time.monotonic()
-        connection.origin.idle.append(connection)
+        connection.state = State.IDLE
+        connection.expires = self.loop.time() + connection.keepalive
+        origin = connection.origin
+        origin.idle.append(connection)
+        if origin.waiters:
+            origin.wake_one()
+
+    def forget(self, connection: Connection) -> None:
+        """A connection closed: it no longer counts against its origin's cap."""
+        origin = connection.origin
+        if connection in origin.open:
+            origin.open.discard(connection)
+            if origin.waiters:
+                origin.wake_one()
 
     def _sweep(self) -> None:
-        """Close connections idle for longer than `keepalive`."""
-        cutoff = time.monotonic() - self.keepalive
+        """Close idle connections past their keep-alive."""
+        now = self.loop.time()
         for origin in self._origins.values():
-            while origin.idle and origin.idle[0].idle_since < cutoff:
-                origin.idle.popleft().close()
-        self._sweeper = self.loop.call_later(self.keepalive / 4, self._sweep)
+            idle = origin.idle
+            for connection in [c for c in idle if c.expires < now or c.closed]:
+                idle.remove(connection)
+                connection.close()
+        self._sweeper = self.loop.call_later(0.5, self._sweep)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._sweeper.cancel()
         for origin in self._origins.values():
             while origin.idle:
                 origin.idle.pop().close()
+            for connection in list(origin.open):
+                connection.close()

@@ -9,10 +9,16 @@ one lock, and `close()` waits for the task's last write rather than cancelling i
 closed under a write still running in its thread crashes the process), then writes what is
 left.
 
+Each batch is added to the rollups (shared/rollups.py) in the transaction that inserts it.
 Before each use, the database file is checked to be the one opened (its inode): one deleted or
-replaced under the recorder is opened again, and said in the log. The recorder also keeps the
-database: at start it imports the original llm-proxy's CSV files
-once, and every hour it deletes rows older than ANALYTICS_RETENTION_DAYS.
+replaced under the recorder is opened again, and said in the log.
+
+The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
+once and adds the rows of a database from before the rollups to them (a batch at a time, each in
+its own transaction, flushing between them), and every hour it deletes rows older than
+ANALYTICS_RETENTION_DAYS and rollups older than ANALYTICS_ROLLUP_RETENTION_DAYS. Its first
+upkeep is at start, whatever the clock says (a monotonic clock counts from boot, so "an hour
+since 0" would wait for the machine to have been up an hour); `clock` is injected for tests.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared import analytics
+from shared import analytics, rollups
 from shared.analytics import RequestRow
 from shared.apikeys import ApiKey
 
@@ -41,10 +47,17 @@ PRUNE_INTERVAL = 3600.0
 
 class Recorder:
     def __init__(
-        self, path: Path, retention_days: int, known_keys: Callable[[], list[ApiKey]]
+        self,
+        path: Path,
+        retention_days: int,
+        known_keys: Callable[[], list[ApiKey]],
+        rollup_retention_days: int = 730,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.retention_days = retention_days
+        self.rollup_retention_days = rollup_retention_days
         self.known_keys = known_keys
         self.last_error: str | None = None
         self.dropped = 0
@@ -86,10 +99,10 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="analytics-flush")
 
     async def _run(self) -> None:
-        pruned_at = 0.0
+        pruned_at: float | None = None
         while not self._stopping.is_set():
-            if time.monotonic() - pruned_at > PRUNE_INTERVAL:
-                pruned_at = time.monotonic()
+            if pruned_at is None or self.clock() - pruned_at >= PRUNE_INTERVAL:
+                pruned_at = self.clock()
                 await self._maintain()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
@@ -97,21 +110,38 @@ class Recorder:
 
     async def _maintain(self) -> None:
         keys = [(k.key, k.id, k.username) for k in self.known_keys()]
-        cutoff = int((time.time() - self.retention_days * 86400) * 1000)
+        now = time.time()
+        cutoff = int((now - self.retention_days * 86400) * 1000)
+        rollup_cutoff = int((now - self.rollup_retention_days * 86400) * 1000)
 
-        def work() -> tuple[int, int]:
+        def backfill_left() -> int:
+            return rollups.backfill_left(self._connection())
+
+        def backfill() -> int:
+            return rollups.backfill_step(self._connection())
+
+        def work() -> tuple[int, int, int]:
             db = self._connection()
             imported = analytics.import_original_csv(db, self.path.parent / "analytics", keys)
-            return imported, analytics.prune(db, cutoff)
+            return imported, analytics.prune(db, cutoff), rollups.prune(db, rollup_cutoff)
 
         try:
             async with self._lock:
-                imported, pruned = await asyncio.to_thread(work)
+                left = await asyncio.to_thread(backfill_left)
+            if left:
+                log.info("adding old rows to the rollups", extra={"fields": {"rows": left}})
+            while left and not self._stopping.is_set():
+                async with self._lock:
+                    left = await asyncio.to_thread(backfill)
+                await self.flush()
+            async with self._lock:
+                imported, pruned, pruned_rollups = await asyncio.to_thread(work)
         except (sqlite3.Error, OSError) as exc:
             log.error("analytics upkeep failed", extra={"fields": {"error": exc}})
             return
-        if imported or pruned:
-            log.info("analytics upkeep", extra={"fields": {"imported": imported, "pruned": pruned}})
+        if imported or pruned or pruned_rollups:
+            fields = {"imported": imported, "pruned": pruned, "pruned_rollups": pruned_rollups}
+            log.info("analytics upkeep", extra={"fields": fields})
 
     async def flush(self) -> None:
         async with self._lock:

@@ -3,8 +3,8 @@
 import pytest
 
 from services.api.app import create_app
+from services.api.security import weak_secrets
 from shared.cors import cors_options
-from shared.security import weak_secrets
 from tests.conftest import make_settings
 
 GOOD = {"jwt_secret": "k" * 40, "auth_password": "a-good-password"}

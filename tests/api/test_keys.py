@@ -4,6 +4,7 @@ file's read-modify-write under its lock."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,6 @@ from fastapi.testclient import TestClient
 
 from services.api import sessions
 from services.api.app import create_app
-from shared import files
 from shared.apikeys import ApiKey, Limits, last_good_path, read_keys, write_keys
 from shared.keyfile import KeyFile
 from tests.conftest import eventually, make_settings
@@ -50,7 +50,7 @@ def test_update_answers_with_the_key_and_saves_it(api, path, alice):
         alice.id,
         {
             "enabled": False,
-            "expiresAt": "2027-01-31T12:00:00+01:00",
+            "expiresAt": "2099-01-31T12:00:00+01:00",
             "models": [" llama3* ", "qwen2.5:*"],
             "limits": {"requestsPerMinute": 60, "maxConcurrent": 2},
         },
@@ -64,7 +64,7 @@ def test_update_answers_with_the_key_and_saves_it(api, path, alice):
         "key": alice.key,
         "createdAt": alice.createdAt,
         "enabled": False,
-        "expiresAt": "2027-01-31T11:00:00.000Z",  # kept in the original's format, in UTC
+        "expiresAt": "2099-01-31T11:00:00.000Z",  # kept in the original's format, in UTC
         "models": ["llama3*", "qwen2.5:*"],  # trimmed
         "limits": {"requestsPerMinute": 60, "maxConcurrent": 2},
     }
@@ -85,7 +85,7 @@ def test_limits_merge_field_by_field_and_null_removes(api, path, alice):
 
 
 def test_clearing_everything_writes_the_original_format_again(api, path, alice):
-    policy = {"expiresAt": "2027-01-01", "models": ["a*"], "limits": {"tokensPerDay": 1}}
+    policy = {"expiresAt": "2099-01-01", "models": ["a*"], "limits": {"tokensPerDay": 1}}
     assert patch(api, alice.id, {"enabled": False, **policy}).status_code == 200
     r = patch(
         api,
@@ -189,7 +189,7 @@ def test_a_failing_write_leaves_the_file_intact(api, path, alice, monkeypatch):
     def full_disk(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files.os, "fsync", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the os module shared/files.py uses
     r = patch(api, alice.id, {"limits": {"requestsPerMinute": 5}})
     assert (r.status_code, r.json()) == (
         500,

@@ -1,11 +1,11 @@
 """The login throttle: per client network, for the account, kept on disk."""
 
 import multiprocessing
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api import throttle as throttle_module
 from services.api.app import create_app
 from services.api.throttle import Throttle, network
 from shared import forwarding
@@ -15,7 +15,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def clock(monkeypatch):
     now = [1_000_000.0]
-    monkeypatch.setattr(throttle_module.time, "time", lambda: now[0])
+    monkeypatch.setattr(time, "time", lambda: now[0])
     return now
 
 

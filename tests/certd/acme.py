@@ -215,7 +215,7 @@ class AcmeServer:
         )
         try:
             for port in (p["dnsmgmt"], p["acme"], p["mgmt"], p["cf"]):
-                eventually(lambda port=port: self._alive() and connects(port), timeout=10)
+                eventually(lambda port=port: self._alive() and connects(port), timeout=10)  # type: ignore[misc]  # a lambda with default arguments
             context = ssl.create_default_context(cafile=str(d / "ca.pem"))
             url = f"https://127.0.0.1:{p['mgmt']}/roots/0"
             with urllib.request.urlopen(url, context=context, timeout=5) as response:

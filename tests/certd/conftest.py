@@ -3,8 +3,10 @@ and the proxy, and a real nginx run on the configuration certd renders."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
 from shared.settings import Settings
 from tests.certd.acme import AcmeServer
+from tests.certd.engine import Engine, build_engine
 from tests.certd.servers import connects, serve
 from tests.conftest import eventually, free_port, make_settings
 
@@ -65,3 +68,18 @@ def run_nginx() -> Iterator[Callable[[Settings], subprocess.Popen[bytes]]]:
     for process in started:
         process.send_signal(signal.SIGQUIT)
         process.wait(10)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A library that reports who loaded it (see tests/certd/engine.py), and the secret it tries
+    to read: `settings.apikeys_file` of `make_settings(tmp_path)`, created 0600."""
+    secret = tmp_path / "data" / "apikeys.json"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text('{"keys": []}')
+    secret.chmod(0o600)
+    folder = Path(tempfile.mkdtemp(prefix="llmp-engine-"))  # reachable by any user
+    try:
+        yield build_engine(folder, secret)
+    finally:
+        shutil.rmtree(folder)

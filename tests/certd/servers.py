@@ -29,6 +29,9 @@ class Echo(BaseHTTPRequestHandler):
         ).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        if "big-headers" in self.path:  # as hosted APIs send: many and long
+            for i in range(12):
+                self.send_header(f"x-big-{i}", "v" * 1000)
         self.end_headers()
         self.wfile.write(body)
 
@@ -48,8 +51,11 @@ def connects(port: int) -> bool:
         return False
 
 
-def _answer(conn: http.client.HTTPConnection, path: str) -> tuple[int, dict[str, Any]]:
-    conn.request("GET", path, headers={"X-Forwarded-For": "127.0.0.1"})
+def _answer(
+    conn: http.client.HTTPConnection, path: str, host: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {"X-Forwarded-For": "127.0.0.1", **({"Host": host} if host else {})}
+    conn.request("GET", path, headers=headers)
     response = conn.getresponse()
     body = response.read()
     conn.close()
@@ -62,10 +68,13 @@ def _answer(conn: http.client.HTTPConnection, path: str) -> tuple[int, dict[str,
     return response.status, {**answer, "location": response.getheader("Location")}
 
 
-def get(port: int, path: str, source: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
-    """GET over plain HTTP from `source` (with a spoofed X-Forwarded-For nginx must ignore)."""
+def get(
+    port: int, path: str, source: str = "127.0.0.1", host: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """GET over plain HTTP from `source` (with a spoofed X-Forwarded-For nginx must ignore),
+    with Host `host` (default: 127.0.0.1:port)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
-    return _answer(conn, path)
+    return _answer(conn, path, host)
 
 
 def tls_get(

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.certd.certbot import Certbot, CertbotError, explain
+from services.certd.certbot import Certbot, CertbotError, explain, reason
 from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow  # pebble and certbot
 
 
 def test_argv_is_explicit_and_cannot_be_injected(tmp_path):
@@ -57,6 +59,21 @@ def test_refused_token_gives_certbots_explanation(tmp_path, acme):
     assert message.startswith("Command failed: ")
     assert "Invalid access token" in message and "Cloudflare" in message
     assert "Saving debug log" not in message
+    # For the admin: certbot's explanation alone, without the command line.
+    assert "Invalid access token" in failure.value.reason
+    assert "certonly" not in failure.value.reason and "--" not in failure.value.reason
+
+
+def test_an_unreachable_ca_is_said_in_words(tmp_path, acme):
+    settings = make_settings(
+        tmp_path, **{**acme.settings(), "acme_server": "https://127.0.0.1:1/dir"}
+    )
+    with pytest.raises(CertbotError) as failure:
+        Certbot(settings).obtain("a.example.test", ["a.example.test"], "")
+    assert "requests.exceptions" in str(failure.value)  # the log has it all
+    assert failure.value.reason == (
+        "Cannot reach the certificate authority at https://127.0.0.1:1/dir: Connection refused"
+    )
 
 
 def test_timeout_stops_certbot(tmp_path, acme):
@@ -68,3 +85,25 @@ def test_timeout_stops_certbot(tmp_path, acme):
 def test_explain_keeps_what_matters():
     output = "Saving debug log to /x\nRequesting a certificate for a.example\nBoom\n\nAsk for help"
     assert explain(output) == "Requesting a certificate for a.example\nBoom"
+
+
+def test_reason_drops_the_command_what_certbot_was_doing_and_tracebacks():
+    zone = "Unable to determine zone_id for x.test using zone names: ['x.test', 'test']."
+    assert (
+        reason(f"Saving debug log to /x\nRequesting a certificate for x.test\n{zone}\n", "S")
+        == zone
+    )
+    crash = (
+        "An unexpected error occurred:\n"
+        "Traceback (most recent call last):\n"
+        '  File "/usr/lib/python3/dist-packages/certbot/main.py", line 1, in main\n'
+        "    raise errors.PluginError('boom')\n"
+        "certbot.errors.PluginError: The Cloudflare API said no\n"
+    )
+    assert reason(crash, "S") == "The Cloudflare API said no"
+    timeout = "An unexpected error occurred:\nrequests.exceptions.ReadTimeout: read timed out\n"
+    assert reason(timeout, "https://ca.test/dir") == (
+        "Cannot reach the certificate authority at https://ca.test/dir"
+    )
+    assert reason("", "S") == "certbot failed without saying why"
+    assert len(reason("x" * 5000, "S")) == 400

@@ -75,12 +75,15 @@ def test_tls_servers_per_certificate_and_redirect(tmp_path):
         ("old.example",),
     ]
     text = render_site(settings, site, found)
-    assert text.count("listen 127.0.0.1:8443 ssl") == 3
-    assert text.count("default_server") == 2  # :8080 and the first TLS server
-    assert text.count("ssl_protocols TLSv1.2 TLSv1.3;") == 3
-    assert "return 308 https://$host:8443$request_uri;" in text
+    # One per certificate, and a default one for names that are none of them.
+    assert text.count("listen 127.0.0.1:8443 ssl") == 4
+    assert text.count("default_server") == 2  # :8080's and :8443's, for other names
+    assert text.count("return 421;") == 2
+    assert text.count("ssl_protocols TLSv1.2 TLSv1.3;") == 4
+    assert "return 308 https://$host:8443$request_uri;" in text  # the site's names
+    assert "return 308 https://b.example:8443$request_uri;" in text  # addresses
     served = render_site(settings, Site(domains=("b.example",), http_mode="serve"), found)
-    assert "return 308" not in served and served.count("location ^~ /v1/") == 4
+    assert "return 308" not in served and served.count("location ^~ /v1/") == 5
     nginx.test(settings, text)  # nginx itself accepts it, certificates and all
     assert "llmp-probe" not in text
 

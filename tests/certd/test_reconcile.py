@@ -20,6 +20,8 @@ from shared.site import Site, read_status, update_site, write_site
 from tests.certd.servers import get, tls_get
 from tests.conftest import eventually
 
+pytestmark = pytest.mark.slow  # pebble, certbot and nginx
+
 HOST = "app.example.test"
 
 
@@ -66,10 +68,13 @@ def test_obtains_serves_and_restricts(world, acme):
         assert tls_get(settings.https_port, path, context, HOST, source="127.0.0.2")[0] == 403
     assert tls_get(settings.https_port, "/v1/x", context, HOST, source="127.0.0.2")[0] == 200
     assert tls_get(settings.https_port, "/nope", context, HOST)[0] == 404
-    # Plain HTTP now redirects, except health checks.
+    # Plain HTTP now redirects, except health checks: to the name asked for, or from an
+    # address to the site's name.
     status_code, body = get(settings.port, "/v1/models?x=1")
     assert status_code == 308
-    assert body["location"] == f"https://127.0.0.1:{settings.https_port}/v1/models?x=1"
+    assert body["location"] == f"https://{HOST}:{settings.https_port}/v1/models?x=1"
+    body = get(settings.port, "/v1/models?x=1", host="a.example.test")[1]
+    assert body["location"] == f"https://a.example.test:{settings.https_port}/v1/models?x=1"
     assert get(settings.port, "/healthz")[0] == 200
 
     # Serving plain HTTP instead is the admin's choice.
@@ -84,12 +89,15 @@ def test_refused_custom_config_keeps_the_previous_one(world, acme):
     certd = Certd(settings)
     certd.step()
     good = server_conf_path(settings).read_text()
-    update_site(settings.site_file, lambda s: replace(s, custom_config=good + "bogus on;\n"))
+    # Allowed, but not valid nginx: nginx -t says so.
+    broken = good + "client_max_body_size 1x;\n"
+    update_site(settings.site_file, lambda s: replace(s, custom_config=broken))
     certd.step()
     status = read_status(settings.certd_status_file)
     assert status["nginx"]["ok"] is False
-    assert 'unknown directive "bogus"' in status["nginx"]["error"]
-    assert status["applied"]["ok"] is False and "bogus" in status["applied"]["message"]
+    assert '"client_max_body_size" directive invalid value' in status["nginx"]["error"]
+    assert status["applied"]["ok"] is False
+    assert "client_max_body_size" in status["applied"]["message"]
     assert server_conf_path(settings).read_text() == good
     assert get(settings.port, "/v1/models")[0] == 200
     # A good custom config is served as written.
@@ -108,6 +116,7 @@ def test_failed_issuance_is_reported_and_retried_later(world, acme):
     status = read_status(settings.certd_status_file)
     [cert] = status["certificates"]
     assert "Unable to determine zone_id for x.other.test" in cert["lastError"]
+    assert "Command failed" not in cert["lastError"]  # certbot's command line is in the log only
     assert cert["notAfter"] is None
     assert status["applied"]["ok"] is True  # the config was applied; the certificate failed
     # Not again at once; again once RENEW_RETRY_SECONDS have passed.

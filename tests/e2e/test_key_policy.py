@@ -54,7 +54,7 @@ def test_limits_and_models_edited_in_the_ui_apply_at_once_and_disable_refuses(
     form.get_by_label("Allowed models").fill("llama-*")
     form.get_by_label("Requests per minute").fill("0")
     form.get_by_label("Concurrent requests").fill("2")
-    form.get_by_label("Expires").fill("2027-06-30T12:00")
+    form.get_by_label("Expires").fill("2099-06-30T12:00")
     form.get_by_role("button", name="Save limits").click()
     expect(form.get_by_label("Requests per minute")).to_have_attribute("aria-invalid", "true")
     expect(form.get_by_text("A whole number of 1 or more (empty: no limit).")).to_be_visible()
@@ -65,7 +65,7 @@ def test_limits_and_models_edited_in_the_ui_apply_at_once_and_disable_refuses(
     form.get_by_role("button", name="Save limits").click()
     expect(page.get_by_role("status").filter(has_text="Saved the limits of frank")).to_be_visible()
     expect(form).to_be_hidden()
-    expires = page.evaluate("new Date('2027-06-30T12:00').toISOString()")
+    expires = page.evaluate("new Date('2099-06-30T12:00').toISOString()")
     saved = saved_key(ui_stack, "frank")
     assert (saved["models"], saved["limits"]) == (
         ["llama-*"],
@@ -75,7 +75,7 @@ def test_limits_and_models_edited_in_the_ui_apply_at_once_and_disable_refuses(
     assert "enabled" not in saved  # still enabled: the default is not written
     expect(policy.locator(".chip")).to_have_text(["llama-*"])
     expect(policy).to_contain_text("Limits: 60 requests/min, 2 at once")
-    expect(policy).to_contain_text("Expires 2027-06-30 12:00:00")
+    expect(policy).to_contain_text("Expires 2099-06-30 12:00:00")
     shot(page, artifacts, "21-key-limits-saved")
 
     # The proxy applies the new policy without a restart: only the allowed models.

@@ -44,7 +44,7 @@ def key(stack: Stack) -> ApiKey:
     new = ApiKey.new("disk")
     stack.keys(new)
     eventually(lambda: send(stack, new).status_code == 200)
-    eventually(lambda: proxy_error(stack) is None, timeout=6)  # no error left from before
+    eventually(lambda: proxy_error(stack) is None)  # no error left from before
     return new
 
 
@@ -58,25 +58,37 @@ def send(stack: Stack, key: ApiKey, stream: bool = False) -> httpx.Response:
 
 
 def rows(stack: Stack) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(stack.data / "analytics.db", timeout=10)
+    db = sqlite3.connect(stack.data / "analytics.db", timeout=30)
     try:
         return db.execute("SELECT * FROM requests ORDER BY id").fetchall()
     finally:
         db.close()
 
 
+def rows_of(stack: Stack, answers: list[httpx.Response]) -> list[tuple[Any, ...]] | None:
+    """Every row, once those of `answers` are all written."""
+    found = rows(stack)
+    written = {row[1] for row in found}
+    return found if all(r.headers["x-request-id"] in written for r in answers) else None
+
+
 def proxy_error(stack: Stack) -> str | None:
-    health = httpx.get(stack.url + "/healthz", timeout=5).json()
-    return health["programs"]["proxy"].get("last_error")  # type: ignore[no-any-return]
+    health = httpx.get(stack.url + "/healthz", timeout=30).json()
+    return health["programs"]["proxy"].get("last_error")
+
+
+# A request that waited for the database would wait for SQLite's busy timeout (10 s), or fail;
+# one that does not is answered in a few milliseconds, a second or so on a loaded machine.
+NOT_WAITING = 5.0
 
 
 def serve_while(stack: Stack, key: ApiKey, count: int) -> list[httpx.Response]:
-    """`count` requests, every other one streamed, each answered well within a second."""
+    """`count` requests, every other one streamed, none waiting for the database."""
     answers = []
     for i in range(count):
         t0 = time.monotonic()
         r = send(stack, key, stream=i % 2 == 1)
-        assert r.status_code == 200 and time.monotonic() - t0 < 1.0, r.text
+        assert r.status_code == 200 and time.monotonic() - t0 < NOT_WAITING, r.text
         answers.append(r)
     return answers
 
@@ -92,18 +104,17 @@ def test_disk_full_keeps_serving_and_every_row_is_written_once_there_is_room(sta
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (2048, hard))
     try:
         answers = serve_while(stack, key, 12)
-        error = eventually(lambda: proxy_error(stack), timeout=8)
+        error = eventually(lambda: proxy_error(stack))
         assert error in ("disk I/O error", "database or disk is full"), error  # EFBIG, ENOSPC
         assert rows(stack) == before  # nothing written, nothing lost
     finally:
         for pid, limit in limits.items():
             resource.prlimit(pid, resource.RLIMIT_FSIZE, limit)
-    after = eventually(lambda: len(found := rows(stack)) >= len(before) + 12 and found)
+    after = eventually(lambda: rows_of(stack, answers))
     assert after[: len(before)] == before
     written = [row[1] for row in after[len(before) :]]
-    assert {r.headers["x-request-id"] for r in answers} <= set(written)
     assert len(set(written)) == len(written)  # each once
-    eventually(lambda: proxy_error(stack) is None, timeout=8)
+    eventually(lambda: proxy_error(stack) is None)
     assert "analytics not written; will retry" in stack.output()
 
 
@@ -111,30 +122,31 @@ def test_database_locked_by_another_program_keeps_serving_and_loses_nothing(stac
     serve_while(stack, key, 2)
     before = eventually(lambda: (found := rows(stack)) and found)
     # A long reader does not get in the way of writes (WAL)...
-    reader = sqlite3.connect(stack.data / "analytics.db", isolation_level=None)
+    reader = sqlite3.connect(stack.data / "analytics.db", isolation_level=None, timeout=30)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM requests").fetchone()
     answers = serve_while(stack, key, 4)
     ids = {r.headers["x-request-id"] for r in answers}
     eventually(lambda: ids <= {row[1] for row in rows(stack)})
     reader.execute("COMMIT")
-    # ...but one holding the write lock longer than the proxy waits for it (10 s) does.
+    # ...but one holding the write lock longer than the proxy waits for it (10 s) does: held,
+    # with requests served all along, until the proxy reports it.
     reader.execute("BEGIN EXCLUSIVE")
     try:
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:
-            answers += serve_while(stack, key, 1)
-            time.sleep(0.2)
-        assert eventually(lambda: proxy_error(stack), timeout=5) == "database is locked"
+
+        def locked_out() -> bool:
+            answers.extend(serve_while(stack, key, 1))
+            return proxy_error(stack) == "database is locked"
+
+        eventually(locked_out, timeout=90, interval=0.2)
     finally:
         reader.execute("ROLLBACK")
         reader.close()
-    after = eventually(lambda: len(found := rows(stack)) >= len(before) + len(answers) and found)
+    after = eventually(lambda: rows_of(stack, answers))
     assert after[: len(before)] == before
     written = [row[1] for row in after[len(before) :]]
-    assert {r.headers["x-request-id"] for r in answers} <= set(written)
     assert len(set(written)) == len(written)
-    eventually(lambda: proxy_error(stack) is None, timeout=8)
+    eventually(lambda: proxy_error(stack) is None)
 
 
 GARBLED = [
@@ -149,9 +161,8 @@ GARBLED = [
 
 def beat_after(stack: Stack, moment: float) -> dict[str, Any]:
     """The proxy's heartbeat, once it has been written after `moment`."""
-    return eventually(  # type: ignore[no-any-return]
-        lambda: next((w for w in stack.workers() if w["updated"] > moment + 0.1), None),
-        timeout=6,
+    return eventually(
+        lambda: next((w for w in stack.workers() if w["updated"] > moment + 0.1), None)
     )
 
 
@@ -174,7 +185,7 @@ def test_keys_file_deleted_or_garbled_keeps_the_last_good_keys(stack, key):
             assert proxy_error(stack) == beat["last_error"]
     finally:
         path.write_bytes(good)
-    eventually(lambda: proxy_error(stack) is None, timeout=6)
+    eventually(lambda: proxy_error(stack) is None)
     assert send(stack, key).status_code == 200
     assert stack.output().count("serving the last good keys") >= 2
 
@@ -193,11 +204,14 @@ def test_a_reader_of_keys_file_never_sees_a_torn_write(stack, key):
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        for i in range(40):
-            stack.keys(key, *others[: i + 1])
+        # At least 40 rewrites, and as many as it takes for 20 requests to run among them.
+        for i in range(10_000):
+            if i >= 40 and len(statuses) >= 20:
+                break
+            stack.keys(key, *others[: i % len(others) + 1])
             time.sleep(0.02)
     finally:
         stop.set()
         thread.join(10)
-    assert len(statuses) > 10 and set(statuses) == {200}
+    assert len(statuses) >= 20 and set(statuses) == {200}
     assert proxy_error(stack) is None

@@ -81,6 +81,8 @@ def test_idle_connections_and_slowloris_do_not_starve_others(load_stack, load_ke
             with contextlib.suppress(OSError):
                 sock.close()
     assert len(latencies) > 20
-    assert max(latencies) < 0.5, sorted(latencies)[-5:]
+    # Served, not queued behind the held connections: a request nginx could not take would wait
+    # out the client's 5 s timeout; a normal one takes well under a second on a loaded machine.
+    assert max(latencies) < 3.0, sorted(latencies)[-5:]
     # Everything they held is given back.
-    eventually(lambda: sum(open_fds(p) for p in workers) <= fds_before + 8, timeout=10)
+    eventually(lambda: sum(open_fds(p) for p in workers) <= fds_before + 8)

@@ -65,7 +65,8 @@ def test_slow_readers_hold_a_bounded_buffer_each(load_stack, load_fleet, load_ke
             headers={"Authorization": f"Bearer {load_key.key}"},
             timeout=5,
         )
-        assert r.status_code == 200 and time.monotonic() - t0 < 0.5
+        # Served, not held behind the slow readers (the client would time out after 5 s).
+        assert r.status_code == 200 and time.monotonic() - t0 < 3.0
         grown = {f"{watched[pid]} {pid}": rss(pid) - before[pid] for pid in watched}
     finally:
         for sock in socks:
@@ -82,4 +83,4 @@ def test_slow_readers_hold_a_bounded_buffer_each(load_stack, load_fleet, load_ke
     assert all(growth < 16 * 1024 * 1024 for growth in grown.values()), grown
     assert read > 0
     # Gone clients free the upstream: every firehose stream is closed.
-    eventually(lambda: hose.gone >= SLOW_CLIENTS, timeout=5)
+    eventually(lambda: hose.gone >= SLOW_CLIENTS)

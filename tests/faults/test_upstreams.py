@@ -39,12 +39,12 @@ TIMEOUT = httpx.Timeout(15.0)
 def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 def row_of(running: RunningProxy, response: httpx.Response) -> dict[str, Any]:
     request_id = response.headers["x-request-id"]
-    return eventually(  # type: ignore[no-any-return]
+    return eventually(
         lambda: next((r for r in running.rows() if r["request_id"] == request_id), None)
     )
 
@@ -78,7 +78,10 @@ def bystander(running: RunningProxy, key: ApiKey) -> Iterator[list[tuple[int, fl
         thread.join(10)
     assert len(results) >= 5, results
     assert {status for status, _ in results} == {200}, results
-    assert max(seconds for _, seconds in results) < 0.5, results
+    # Not held up by the fault: a bystander that waited for it (or for an event loop it
+    # blocked) would take the fault's seconds; under a loaded machine, a normal answer takes
+    # well under a second.
+    assert max(seconds for _, seconds in results) < 3.0, results
 
 
 # Behaviours -------------------------------------------------------------------------------
@@ -99,14 +102,14 @@ async def silent_mid_stream(request: Request, reply: Reply) -> None:
 
 def test_refused_connection_is_a_prompt_502_recorded_and_marked_down(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"])
-    running = proxy(refused_url(), a, models_refresh_seconds=0.3)
+    running = proxy(refused_url(), a, models_refresh_seconds=0.3, upstream_connect_timeout=30)
     running.app.catalog.states[0].model_ids = frozenset({"model-f"})  # as before it went away
     with bystander(running, api_key), running.client(api_key) as client:
         t0 = time.monotonic()
         r = post(client)
         elapsed = time.monotonic() - t0
     assert r.status_code == 502 and error_of(r)["code"] == "upstream_unreachable"
-    assert elapsed < 1.0
+    assert elapsed < 10  # at once, not after the connect timeout (30 s)
     row = row_of(running, r)
     assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_unreachable", None)
     assert running.app.catalog.states[0].healthy is False
@@ -131,10 +134,10 @@ def test_upstream_that_accepts_and_never_answers_is_504_and_goes_unhealthy(
             r = post(client)
             elapsed = time.monotonic() - t0
         assert r.status_code == 504 and error_of(r)["code"] == "upstream_timeout"
-        assert 0.9 < elapsed < 2.5
+        assert 0.9 < elapsed < 8  # the read timeout (1 s), not the client's (15 s)
         row = row_of(running, r)
         assert (row["status"], row["error"], row["end_ms"]) == (504, "upstream_timeout", None)
-        assert eventually(lambda: running.app.catalog.states[0].healthy is False, timeout=3)
+        assert eventually(lambda: running.app.catalog.states[0].healthy is False)
 
 
 def test_stream_that_goes_silent_ends_cleanly_with_an_error_event(upstreams, proxy, api_key):
@@ -145,7 +148,7 @@ def test_stream_that_goes_silent_ends_cleanly_with_an_error_event(upstreams, pro
             t0 = time.monotonic()
             r = post(client, stream=True)
             elapsed = time.monotonic() - t0
-    assert r.status_code == 200 and 0.9 < elapsed < 2.5
+    assert r.status_code == 200 and 0.9 < elapsed < 8  # the read timeout, not the client's
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert len(events) == 3 and events[-1]["error"]["code"] == "upstream_cut"
     assert r.text.endswith("\n\n")
@@ -213,7 +216,7 @@ def test_body_cut_short_is_not_passed_off_as_complete(upstreams, proxy, api_key)
     head = {"Content-Type": "application/json", "Content-Length": str(len(body))}
     a = upstreams("a", ["model-a"])
     with fault_server(cut(head, body[:40])) as f:
-        running = proxy(f.url, a)
+        running = proxy(f.url, a, upstream_read_timeout=60)
         with bystander(running, api_key), running.client(api_key) as client:
             received = bytearray()
             t0 = time.monotonic()
@@ -225,7 +228,7 @@ def test_body_cut_short_is_not_passed_off_as_complete(upstreams, proxy, api_key)
                 pass  # the truncation, seen as such
             else:
                 raise AssertionError(f"a cut body ended cleanly: {bytes(received)!r}")
-            assert time.monotonic() - t0 < 1.0
+            assert time.monotonic() - t0 < 20  # seen as cut, not waited out (60 s)
     assert bytes(received) == body[:40]
     row = row_of(running, r)
     assert row["error"].startswith("upstream cut") and row["end_ms"] is None
@@ -279,13 +282,13 @@ def test_malformed_stream_is_relayed_untouched_and_ends_cleanly(upstreams, proxy
 
     a = upstreams("a", ["model-a"])
     with fault_server(behaviour) as f:
-        running = proxy(f.url, a)
+        running = proxy(f.url, a, upstream_read_timeout=60)
         with bystander(running, api_key), running.client(api_key) as client:
             t0 = time.monotonic()
             r = post(client, stream=True, stream_options={"include_usage": True})
             elapsed = time.monotonic() - t0
     assert r.status_code == 200 and r.content == MALFORMED
-    assert elapsed < 5.0
+    assert elapsed < 20  # ended with the upstream's close, not waited out (60 s)
     row = row_of(running, r)
     assert (row["status"], row["stream"], row["error"]) == (200, 1, None)
     assert row["bytes_out"] == len(MALFORMED) and row["end_ms"] is not None
@@ -326,7 +329,9 @@ def test_endless_line_without_a_newline_is_relayed_in_linear_time(upstreams, pro
             elapsed = time.monotonic() - t0
             grew = peak_rss() - before
     assert received == size + 6
-    assert elapsed < 10.0, f"{elapsed:.1f}s for 64 MB"
+    # Copying the line again for every chunk is quadratic: minutes, where one pass takes a few
+    # seconds on a loaded machine (the memory bound below catches keeping it all).
+    assert elapsed < 30.0, f"{elapsed:.1f}s for 64 MB"
     assert grew < 24 * 1024 * 1024, f"{grew / 2**20:.0f} MB held for a 64 MB line"
 
 
@@ -397,50 +402,63 @@ def test_upstream_errors_pass_through_with_their_own_bodies(upstreams, proxy, ap
 
 
 def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, proxy, api_key):
+    """An upstream restarting again and again: every request is answered, by either upstream,
+    or (when a restart closes a kept-alive connection just as a POST goes out on it, a race no
+    client can tell from a crash mid-request) refused with a 502 saying it was not sent again."""
     b = upstreams("b", ["shared"])
     with fault_server(healthy, models=["shared"]) as f:
         running = proxy(f.url, b, models_refresh_seconds=0.2)
         state = running.app.catalog.states[0]
         eventually(lambda: "shared" in state.model_ids)
-        results: list[tuple[int, str]] = []
+        results: list[tuple[int, str, str]] = []
         stop = threading.Event()
 
         def client_loop() -> None:
             with running.client(api_key) as client:
                 while not stop.is_set():
                     r = post(client, "shared")
-                    results.append((r.status_code, r.headers["x-request-id"]))
+                    code = "" if r.status_code == 200 else error_of(r)["code"]
+                    results.append((r.status_code, r.headers["x-request-id"], code))
 
         threads = [threading.Thread(target=client_loop) for _ in range(4)]
         for thread in threads:
             thread.start()
         try:
+
+            def more_served() -> None:
+                served = len(results)
+                eventually(lambda: len(results) >= served + 8)
+
             for _ in range(4):
-                time.sleep(0.3)
+                more_served()
                 f.down(graceful=True)
-                eventually(lambda: state.healthy is False, timeout=2)
-                time.sleep(0.3)
+                eventually(lambda: state.healthy is False)
+                more_served()
                 f.up()
-                eventually(lambda: state.healthy is True, timeout=2)
-            time.sleep(0.3)
+                eventually(lambda: state.healthy is True)
+            more_served()
         finally:
             stop.set()
             for thread in threads:
                 thread.join(10)
     assert len(results) > 40
     failed = [result for result in results if result[0] != 200]
-    assert not failed, f"{len(failed)} of {len(results)} failed: {failed[:5]}"
-    rows = eventually(lambda: (rows := running.rows()) and len(rows) >= len(results) and rows)
-    ours = {request_id for _, request_id in results}
+    assert {(status, code) for status, _, code in failed} <= {(502, "upstream_dropped")}
+    assert len(failed) <= len(results) // 20, f"{len(failed)} of {len(results)} failed"
+    ours = {request_id for _, request_id, _ in results}
+    rows = eventually(
+        lambda: (rows := running.rows()) and ours <= {r["request_id"] for r in rows} and rows
+    )
     served = [r for r in rows if r["request_id"] in ours]
     assert len(served) == len(results)
-    assert {r["status"] for r in served} == {200}
+    assert {r["status"] for r in served} <= {200, 502}
     assert {r["upstream"] for r in served} == {f.url, b.url + "/v1"}  # both took a share
 
 
-def test_kept_alive_connection_dropped_as_a_request_goes_out_is_sent_again_once(proxy, api_key):
-    """An upstream closes an idle connection just as the proxy sends the next request on it (a
-    restart, its keep-alive timeout running out): the request goes again on a new connection."""
+def test_kept_alive_connection_dropped_as_a_request_goes_out(proxy, api_key):
+    """An upstream closes a kept-alive connection just as the proxy sends the next request on it
+    (a restart, its keep-alive timeout running out): the upstream may have run a POST, so it is
+    not sent again (a 502 says so); a GET is sent again on a new connection."""
     answered: set[int] = set()
 
     async def second_request_closes(request: Request, reply: Reply) -> bool:
@@ -454,24 +472,28 @@ def test_kept_alive_connection_dropped_as_a_request_goes_out_is_sent_again_once(
     with fault_server(second_request_closes) as f:
         running = proxy(f.url)
         with running.client(api_key) as client:
-            statuses = [post(client).status_code for _ in range(6)]
+            posted = [post(client) for _ in range(4)]
+            got = [client.get("/v1/files").status_code for _ in range(4)]
         posts = [r for r in f.requests if r.method == "POST"]
-    assert statuses == [200] * 6
-    assert 6 < len(posts) <= 12  # some went twice, none more
+        gets = [r for r in f.requests if r.method == "GET" and r.path.endswith("/files")]
+    assert [r.status_code for r in posted] == [200, 502, 200, 502]
+    assert error_of(posted[1])["code"] == "upstream_dropped"
+    assert "127.0.0.1" not in error_of(posted[1])["message"]  # named by its label
+    assert len(posts) == 4  # each once
+    assert got == [200] * 4
+    assert 4 < len(gets) <= 8  # some went twice, none more
 
 
-def test_upstream_that_always_closes_without_answering_is_tried_twice_then_502(proxy, api_key):
+def test_upstream_that_always_closes_without_answering_gets_a_post_once_then_502(proxy, api_key):
     async def closes(request: Request, reply: Reply) -> None:
         reply.abort()
 
     with fault_server(closes) as f:
         running = proxy(f.url)
         with running.client(api_key) as client:
-            t0 = time.monotonic()
             r = post(client)
-            elapsed = time.monotonic() - t0
         posts = [r for r in f.requests if r.method == "POST"]
-    assert r.status_code == 502 and error_of(r)["code"] == "upstream_unreachable"
-    assert len(posts) == 2 and elapsed < 1.0
+    assert r.status_code == 502 and error_of(r)["code"] == "upstream_dropped"
+    assert len(posts) == 1
     row = row_of(running, r)
-    assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_unreachable", None)
+    assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_dropped", None)

@@ -1,8 +1,10 @@
 import stat
 from pathlib import Path
 
-from llmp.envfile import create_env_file
-from shared.security import weak_secrets
+import pytest
+
+from llmp.envfile import EnvFileError, create_env_file
+from services.api.security import weak_secrets
 from shared.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
@@ -31,3 +33,23 @@ def test_existing_env_is_left_alone(tmp_path):
 def test_example_needs_no_edits_to_parse(tmp_path):
     settings = load_settings(str(EXAMPLE))
     assert settings.port == 8080 and len(settings.target_urls) == 2
+
+
+def test_an_empty_env_is_filled_in_place(tmp_path):
+    # `touch .env` before `docker compose up`: the file is mounted, so it must keep its inode.
+    target = tmp_path / ".env"
+    target.touch(mode=0o644)
+    inode = target.stat().st_ino
+    password = create_env_file(target, EXAMPLE)
+    assert password is not None
+    assert target.stat().st_ino == inode
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert load_settings(str(target)).auth_password == password
+
+
+def test_a_directory_where_env_should_be_is_refused(tmp_path):
+    # What docker compose makes of a .env that does not exist.
+    target = tmp_path / ".env"
+    target.mkdir()
+    with pytest.raises(EnvFileError, match="is a directory where the settings file should be"):
+        create_env_file(target, EXAMPLE)

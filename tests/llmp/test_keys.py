@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def alice(path: Path) -> ApiKey:
 
 def test_set_changes_the_policy_and_list_shows_it(llmp, path, alice):
     code, out, _ = llmp(
-        "keys", "set", "alice", "--disable", "--expires", "2027-01-01T00:00:00+01:00",
+        "keys", "set", "alice", "--disable", "--expires", "2099-01-01T00:00:00+01:00",
         "--models", "llama3*, qwen*", "--rpm", "60", "--tpm", "1000", "--tpd", "50000",
         "--concurrency", "2",
     )  # fmt: skip
@@ -46,14 +47,14 @@ def test_set_changes_the_policy_and_list_shows_it(llmp, path, alice):
     saved = read_keys(path)[0]
     assert (saved.enabled, saved.expiresAt, saved.models) == (
         False,
-        "2026-12-31T23:00:00.000Z",
+        "2098-12-31T23:00:00.000Z",
         ("llama3*", "qwen*"),
     )
     assert saved.limits == Limits(60, 1000, 50000, 2)
     code, out, _ = llmp("keys", "list")
     alice_line, bob_line = out.splitlines()
     assert alice_line == (
-        f"{alice.id}  {alice.createdAt}  alice  disabled, expires 2026-12-31T23:00:00.000Z  "
+        f"{alice.id}  {alice.createdAt}  alice  disabled, expires 2098-12-31T23:00:00.000Z  "
         "models: llama3*, qwen*  limits: 60 requests/min, 1000 tokens/min, 50000 tokens/day, "
         "2 concurrent requests"
     )
@@ -62,7 +63,7 @@ def test_set_changes_the_policy_and_list_shows_it(llmp, path, alice):
 
 
 def test_zero_none_never_and_all_remove_what_was_set(llmp, path, alice):
-    llmp("keys", "set", alice.id, "--disable", "--expires", "2027-01-01", "--models", "a*")
+    llmp("keys", "set", alice.id, "--disable", "--expires", "2099-01-01", "--models", "a*")
     llmp("keys", "set", alice.id, "--rpm", "5", "--tpd", "9", "--concurrency", "1")
     code, out, _ = llmp(
         "keys", "set", alice.key, "--enable", "--expires", "never", "--models", "all",
@@ -75,8 +76,8 @@ def test_zero_none_never_and_all_remove_what_was_set(llmp, path, alice):
     assert "enabled  models: all  limits: 1 concurrent requests" in out
 
 
-def test_list_says_when_a_key_has_expired(llmp, alice):
-    llmp("keys", "set", "alice", "--expires", "2020-01-01")
+def test_list_says_when_a_key_has_expired(llmp, path, alice):
+    write_keys(path, [dataclasses.replace(alice, expiresAt="2020-01-01T00:00:00.000Z")])
     assert "alice  enabled, expired 2020-01-01T00:00:00.000Z  " in llmp("keys", "list")[1]
 
 
@@ -86,6 +87,7 @@ def test_list_says_when_a_key_has_expired(llmp, alice):
         (["--rpm", "-1"], '"limits.requestsPerMinute" must be a positive number'),
         (["--tpm", "lots"], '"limits.tokensPerMinute" must be a number'),
         (["--expires", "soon"], '"expiresAt" must be in ISO 8601 date format'),
+        (["--expires", "2020-01-01"], '"expiresAt" must be greater than "now"'),
         (
             ["--models", "a,,a", "--concurrency", "1.5"],
             '"models[1]" is not allowed to be empty, "models[2]" contains a duplicate value, '

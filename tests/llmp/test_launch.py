@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 from llmp import launch
+from tests.conftest import free_port
 
 # A program whose child shares its listening socket, like nginx's or uvicorn's workers. The
 # child's graceful stop closes the socket at once and lingers (finishing requests).
@@ -108,3 +113,96 @@ def test_a_group_leader_records_its_group(tmp_path):
         check=True,
     )
     assert not (tmp_path / "demo.group").exists()
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 2;
+pid {home}/nginx.pid;
+error_log {home}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {home}/body;
+    proxy_temp_path {home}/proxy;
+    fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi;
+    scgi_temp_path {home}/scgi;
+    server {{ listen 127.0.0.1:{port}; return 200; }}
+}}
+"""
+NOBODY = 65534
+
+
+def test_hung_workers_of_nginx_with_its_file_capability_are_retired():
+    # As in the image: nginx allowed to bind 443 by a file capability, run unprivileged, which
+    # hides its open files from the launcher (same user, fewer capabilities). Its master is
+    # killed and its workers hang (stopped): the port is free only once they are gone.
+    setcap = shutil.which("setcap")
+    assert setcap, "setcap (Debian's libcap2-bin, which nginx's package brings) is missing"
+    home = Path(tempfile.mkdtemp(prefix="llmp-launch-"))
+    group: tuple[int, int] | None = None
+    try:
+        home.chmod(0o755)
+        os.chown(home, NOBODY, NOBODY)
+        nginx = home / "nginx"
+        shutil.copy("/usr/sbin/nginx", nginx)
+        subprocess.run([setcap, "cap_net_bind_service=+ep", str(nginx)], check=True)
+        port = free_port()
+        conf = home / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(home=home, port=port))
+        master = subprocess.Popen(
+            [str(nginx), "-c", str(conf), "-p", f"{home}/"],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            start_new_session=True,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while _bindable(port) or len(launch.leftovers(master.pid, _started(master.pid))) < 3:
+            assert time.monotonic() < deadline and master.poll() is None
+            time.sleep(0.05)
+        started = _started(master.pid)
+        group = (master.pid, started)
+        master.kill()
+        master.wait()
+        workers = launch.leftovers(master.pid, started)
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)
+        assert _retired_by_nobody(workers) == 0
+        deadline = time.monotonic() + 2
+        while not _bindable(port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _bindable(port)
+    finally:
+        for pid in launch.leftovers(*group) if group else []:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _retired_by_nobody(pids: list[int]) -> int:
+    """launch.retire(pids) in a child process that is nobody, without capabilities, as the
+    launcher is under supervisord in the image; its exit status."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child
+        child = os.fork()  # only calls retire, which starts none
+    if child == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            launch.retire(pids, signal.SIGQUIT, 1.0)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _started(pid: int) -> int:
+    state = launch._stat(pid)
+    assert state is not None
+    return state[1]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
-from llmp.nginx_log import format_line, relay
+import pytest
+
+from llmp.nginx_log import format_line, redact, relay
 
 NOW = 1767323045.25  # 2026-01-02T03:04:05.250Z
 
@@ -58,3 +60,32 @@ def test_keys_jwts_and_query_strings_never_reach_the_log():
         assert secret not in formatted
     assert "/api/keys/validate/[redacted] HTTP/1.1" in formatted
     assert "258468e40a9072459bd479e5c81bd608" in formatted  # key ids are no secret
+
+
+HEX = "ab12" * 16
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"sk%2d{HEX}",
+        f"sk%2D{HEX}",
+        f"%73%6b%2d{HEX}",
+        f"sk%252d{HEX}",  # decoded twice by whatever decodes again
+        f"sk-%61%62{HEX[4:]}12",
+        "%61%62" + HEX[4:] + "12",
+        f"SK-{HEX.upper()}",
+        f"x{HEX}x".replace("x", "%2d"),
+    ],
+)
+def test_keys_in_any_percent_encoding_never_reach_the_log(path: str):
+    line = f'*41 upstream timed out, request: "GET /api/keys/validate/{path} HTTP/1.1", host: "gw"'
+    redacted = redact(line)
+    assert redacted == (
+        '*41 upstream timed out, request: "GET /api/keys/validate/[redacted] HTTP/1.1", host: "gw"'
+    )
+
+
+def test_redaction_leaves_ordinary_words_alone():
+    line = 'open() "/x/%41dmin" failed (2: No such file or directory), client: 127.0.0.1'
+    assert redact(line) == line

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from llmp.upgrade import BACKUP_NAME, import_original_site, parse_server_conf
+import stat
+
+from llmp.upgrade import BACKUP_NAME, import_original_site, parse_server_conf, protect_secrets
 from services.certd import nginx
 from services.certd.nginx_conf import server_conf_path
 from shared.site import read_site
@@ -77,3 +79,26 @@ def test_an_earlier_backup_is_not_overwritten(tmp_path):
     assert server.with_name(BACKUP_NAME).read_text() == "first"
     # No allow lines: the admin networks stay llmp's default (loopback and private ranges).
     assert imported.site.domains == ("b.example.com",) and imported.site.cidr_groups == ()
+
+
+def test_the_originals_secrets_become_private(tmp_path):
+    readonly = tmp_path / "cloudflare_credentials"
+    settings = make_settings(tmp_path, cloudflare_credentials=readonly)
+    env_file = tmp_path / ".env"
+    env_file.write_text("JWT_SECRET=x\n")
+    settings.data_dir.mkdir()
+    settings.apikeys_file.write_text('{"keys": []}')
+    readonly.write_text("dns_cloudflare_api_token = x\n")
+    for path, mode in ((env_file, 0o644), (settings.apikeys_file, 0o664), (readonly, 0o444)):
+        path.chmod(mode)
+    link = tmp_path / "link"
+    link.symlink_to(env_file)
+
+    changed = protect_secrets(settings, env_file)
+
+    assert changed == [(env_file, 0o644), (settings.apikeys_file, 0o664), (readonly, 0o444)]
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.apikeys_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(readonly.stat().st_mode) == 0o400  # never more than it had
+    assert protect_secrets(settings, env_file) == []  # once
+    assert protect_secrets(settings, link) == []  # a link is not followed

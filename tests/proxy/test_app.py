@@ -18,7 +18,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 def raw_chat(key: ApiKey, body: bytes) -> bytes:
@@ -99,16 +99,17 @@ def test_models_list_is_not_held_up_by_a_hanging_upstream(upstreams, proxy, api_
     a = upstreams("a", ["model-a"])
     hanging = upstreams("h", ["model-h"], hang_models=True)
     running = proxy(a, hanging, models_timeout_seconds=1.0)
+
+    def asked() -> int:
+        return sum(s.path == "/v1/models" for s in hanging.seen)
+
     with running.client(api_key) as client:
-        t0 = time.monotonic()
-        r = client.get("/v1/models")
-        elapsed = time.monotonic() - t0
+        r = client.get("/v1/models")  # a hang would outlast the client's 10 s timeout
         assert r.status_code == 200
         assert [m["id"] for m in r.json()["data"]] == ["model-a"]
-        assert elapsed < 1.8
-        t0 = time.monotonic()
+        before = asked()
         assert client.get("/v1/models").status_code == 200
-        assert time.monotonic() - t0 < 0.2  # served from the catalog
+        assert asked() == before == 1  # served from the catalog, nobody asked again
     assert running.app.catalog.states[1].healthy is False
 
 
@@ -256,18 +257,20 @@ def test_key_in_api_key_headers_is_accepted(upstreams, proxy, api_key):
 
 
 def test_streaming_relays_chunks_as_they_arrive(upstreams, proxy, api_key):
-    a = upstreams("a", ["model-a"], pace=0.2, chunks=5)
+    # The upstream sends its first chunk and holds the rest until the client has that one: a
+    # proxy that buffered would leave the client waiting until its timeout.
+    a = upstreams("a", ["model-a"], chunks=5, held=True)
     with proxy(a).client(api_key) as client:
-        t0 = time.monotonic()
-        arrivals = []
+        events = []
         with client.stream(
             "POST", "/v1/chat/completions", json={"model": "model-a", "stream": True}
         ) as r:
             for line in r.iter_lines():
                 if line.startswith("data:"):
-                    arrivals.append(time.monotonic() - t0)
-    assert len(arrivals) == 6  # 5 chunks and [DONE]
-    assert arrivals[0] < 0.15 and arrivals[-1] > 0.9
+                    events.append(line)
+                    if len(events) == 1:
+                        a.release()
+    assert len(events) == 6  # 5 chunks and [DONE]
 
 
 def analytics_for(running, request_id: str) -> dict[str, Any]:
@@ -297,16 +300,14 @@ def test_analytics_row_for_stream_has_usage_and_timings(upstreams, proxy, api_ke
 
 
 def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams, proxy, api_key):
-    a = upstreams("a", ["model-a"], pace=0.2, chunks=50)
+    a = upstreams("a", ["model-a"], pace=0.2, chunks=1000)  # 200 s, unless it is cancelled
     running = proxy(a)
     body = json.dumps({"model": "model-a", "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         sock.sendall(raw_chat(api_key, body))
         assert b"200" in sock.recv(65536)
         time.sleep(0.3)
-    left = time.monotonic()
-    closed = eventually(lambda: a.stream_closed, timeout=3)
-    assert closed[0] - left < 1.0
+    eventually(lambda: a.stream_closed)
     rows = eventually(lambda: [r for r in running.rows() if r["path"] == "/v1/chat/completions"])
     assert rows[0]["error"] == "client disconnected" and rows[0]["end_ms"] is None
 
@@ -332,7 +333,7 @@ def test_upstream_that_never_answers_is_504_after_the_read_timeout(upstreams, pr
         elapsed = time.monotonic() - t0
         assert client.get("/v1/models").status_code == 200  # the proxy is still fine
     assert r.status_code == 504 and error_of(r)["code"] == "upstream_timeout"
-    assert 0.4 < elapsed < 2.0
+    assert 0.5 <= elapsed < 8  # the read timeout, not the hang (which outlasts the client)
 
 
 def test_cors_for_browser_clients_when_configured(upstreams, proxy, api_key):
@@ -385,7 +386,7 @@ def test_failover_from_an_upstream_that_never_completes_the_connection(upstreams
             t0 = time.monotonic()
             r = client.post("/v1/echo", content=b"{}", headers={"content-type": "application/json"})
         assert r.status_code == 200 and r.json()["upstream"] == "b"
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 8  # the connect timeout, not the client's (10 s)
     finally:
         filler.close()
         stuck.close()

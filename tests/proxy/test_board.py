@@ -3,11 +3,11 @@
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import replace
 
 import pytest
 
-from services.proxy import board as board_module
 from services.proxy.board import MAGIC, SLOT, SLOTS, Board, BoardFull, Bucket
 from services.proxy.errors import ProxyError
 from services.proxy.limits import Limiter, Policy
@@ -29,6 +29,7 @@ def take(path, tries):
     return taken
 
 
+@pytest.mark.slow  # four processes, spawned
 def test_a_bucket_is_exact_across_processes(tmp_path):
     path = tmp_path / "limits.board"
     Board(path).close()
@@ -102,10 +103,11 @@ def limited(i: int, **limits: int) -> Policy:
 
 def test_key_churn_beyond_the_slot_count_reuses_idle_slots(tmp_path, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(board_module.time, "time", clock)
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=16))
+    monkeypatch.setattr(time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=16), clock)
     busy = limited(0, maxConcurrent=1)
     held = limiter.admit(busy)  # in flight through the whole churn: its slot is kept
+    assert held is not None
     for i in range(1, 200):  # 199 keys through a board of 15 slots
         policy = limited(i, requestsPerMinute=60, tokensPerMinute=600, maxConcurrent=2)
         admission = limiter.admit(policy)
@@ -122,8 +124,8 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
     tmp_path, monkeypatch
 ):
     clock = Clock()
-    monkeypatch.setattr(board_module.time, "time", clock)
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=4))
+    monkeypatch.setattr(time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=4), clock)
     policies = [limited(i, tokensPerMinute=600) for i in range(3)]
     for policy in policies:
         admission = limiter.admit(policy)
@@ -139,7 +141,7 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
 
 def test_a_worker_whose_slot_was_given_to_another_name_looks_again(tmp_path, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(board_module.time, "time", clock)
+    monkeypatch.setattr(time, "time", clock)
     path = tmp_path / "limits.board"
     one, other = Board(path, slots=2), Board(path, slots=2)  # two workers, one slot
     bucket = Bucket(0, 60, 60.0)

@@ -6,30 +6,36 @@ import pytest
 
 from services.proxy.board import Board
 from services.proxy.errors import ProxyError
-from services.proxy.gate import Gate
+from services.proxy.gate import POLL, Gate
 
 
 def run(scenario):
     return asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+async def until(check):
+    """Let the loop run until `check()` holds (the scenario's own timeout bounds it)."""
+    while not check():  # noqa: ASYNC110 - polls the gate's state, which has no event to await
+        await asyncio.sleep(0)
+
+
 def test_turns_go_round_the_keys_not_first_come(tmp_path):
     async def scenario():
-        gate = Gate(Board(tmp_path / "b"), "u", concurrency=1, queue_limit=100, timeout=10)
-        order = []
+        gate = Gate(Board(tmp_path / "b"), "u", concurrency=1, queue_limit=100, timeout=60)
+        order = ["heavy"]
 
         async def request(key):
             await gate.enter(key)
             order.append(key)
-            await asyncio.sleep(0.002)
             gate.leave()
 
-        first = asyncio.create_task(request("heavy"))
-        await asyncio.sleep(0)
+        assert await gate.enter("heavy") == 0.0  # in at once: the line was empty
         tasks = [asyncio.create_task(request("heavy")) for _ in range(6)]
-        await asyncio.sleep(0)
+        await until(lambda: gate.queued == 6)
         tasks += [asyncio.create_task(request("light")) for _ in range(2)]
-        await asyncio.gather(first, *tasks)
+        await until(lambda: gate.queued == 8)
+        gate.leave()
+        await asyncio.gather(*tasks)
         return order
 
     order = run(scenario)
@@ -53,9 +59,9 @@ def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
         gate = Gate(Board(tmp_path / "b"), "u", concurrency=1, queue_limit=1, timeout=0.2)
         await gate.enter("a")
         waiting = asyncio.create_task(gate.enter("b"))
-        await asyncio.sleep(0.01)
+        await until(lambda: gate.queued == 1)
         with pytest.raises(ProxyError) as full:
-            await gate.enter("c")
+            await gate.enter("c")  # refused before it awaits anything: "b" is still in line
         with pytest.raises(ProxyError) as late:
             await waiting
         gate.leave()
@@ -71,10 +77,10 @@ def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
 def test_a_request_that_gives_up_in_line_frees_its_place_and_its_turn(tmp_path):
     async def scenario():
         board = Board(tmp_path / "b")
-        gate = Gate(board, "u", concurrency=1, queue_limit=10, timeout=10)
+        gate = Gate(board, "u", concurrency=1, queue_limit=10, timeout=60)
         await gate.enter("a")
         quitter = asyncio.create_task(gate.enter("b"))
-        await asyncio.sleep(0.01)
+        await until(lambda: gate.queued == 1)
         quitter.cancel()
         await asyncio.gather(quitter, return_exceptions=True)
         assert gate.queued == 0
@@ -86,15 +92,20 @@ def test_a_request_that_gives_up_in_line_frees_its_place_and_its_turn(tmp_path):
 
 
 def test_a_turn_freed_in_another_worker_is_noticed(tmp_path):
+    now = [100.0]
+
     async def scenario():
         path = tmp_path / "b"
-        other = Gate(Board(path), "u", concurrency=1, queue_limit=10, timeout=10)
-        mine = Gate(Board(path), "u", concurrency=1, queue_limit=10, timeout=10)
+        other = Gate(Board(path), "u", concurrency=1, queue_limit=10, timeout=60)
+        mine = Gate(Board(path), "u", 1, queue_limit=10, timeout=60, clock=lambda: now[0])
         await other.enter("a")
         waiting = asyncio.create_task(mine.enter("b"))
-        await asyncio.sleep(0.05)
+        await until(lambda: mine.queued == 1)
+        for _ in range(10):  # the poller runs a few times: nothing to notice yet
+            await asyncio.sleep(POLL)
         assert not waiting.done()
+        now[0] += 2.5
         other.leave()  # another worker's request ends: nothing tells this one but the board
-        return await waiting
+        return await waiting  # noticed by the poller (the scenario's timeout bounds it)
 
-    assert 0.05 <= run(scenario) < 0.2
+    assert run(scenario) == 2.5  # the seconds waited, by the gate's clock

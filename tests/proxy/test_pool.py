@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from services.proxy.pool import ConnectFailed, Cut, Dropped, Pool, ReadTimeout
+from services.proxy.pool import Pool
+from services.proxy.upstream import BadAnswer, ConnectFailed, Cut, Dropped, Endpoint, ReadTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -23,10 +25,10 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **pool_options):
     async def main():
-        tasks = set()
+        tasks: set[asyncio.Task[Any]] = set()
 
         async def handle(reader, writer):
-            tasks.add(asyncio.current_task())
+            tasks.add(asyncio.current_task())  # type: ignore[arg-type]  # in a task, never None
             try:
                 await handler(reader, writer)
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -36,11 +38,13 @@ def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        pool = Pool(**{"connect_timeout": 2, "read_timeout": 2, "keepalive": 60, **pool_options})
+        keepalive = pool_options.pop("keepalive", 60)
+        pool = Pool(**{"connect_timeout": 2, "read_timeout": 2, **pool_options})
+        pool.keepalive = keepalive
         try:
             return await asyncio.wait_for(scenario(pool, f"http://127.0.0.1:{port}"), 20)
         finally:
-            pool.close()
+            await pool.close()
             server.close()
             for task in tasks:
                 task.cancel()
@@ -49,8 +53,14 @@ def run(handler: Handler, scenario: Callable[[Pool, str], Awaitable[object]], **
     return asyncio.run(main())
 
 
+def at(pool: Pool, url: str) -> Endpoint:
+    """The endpoint of `url`, with the keep-alive the test gave the pool."""
+    host, port = url.rsplit(":", 1)
+    return Endpoint("http", host.split("//")[1], int(port), keepalive=pool.keepalive)
+
+
 async def whole(pool: Pool, url: str, method: str = "GET", body: bytes = b"") -> tuple[int, bytes]:
-    answer = await pool.request(pool.origin(url), method, b"/v1/x", [(b"x-a", b"1")], body)
+    answer = await pool.request(at(pool, url), method, b"/v1/x", [(b"x-a", b"1")], body)
     data = b"".join([chunk async for chunk in answer.chunks()])
     answer.release()
     return answer.status, data
@@ -142,7 +152,7 @@ def test_silence_is_a_read_timeout_before_and_within_the_body():
         with pytest.raises(ReadTimeout):
             await whole(pool, url, "POST", b"none")
         waited = loop.time() - started
-        answer = await pool.request(pool.origin(url), "POST", b"/", [], b"partial")
+        answer = await pool.request(at(pool, url), "POST", b"/", [], b"partial")
         chunks = answer.chunks()
         assert await anext(chunks) == b"abc"
         with pytest.raises(ReadTimeout):
@@ -153,13 +163,13 @@ def test_silence_is_a_read_timeout_before_and_within_the_body():
     assert 0.3 <= run(handler, scenario, read_timeout=0.3) < 1.0
 
 
-def test_a_body_cut_short_and_bad_http_are_cuts():
+def test_a_body_cut_short_is_a_cut_and_bad_framing_in_it_a_bad_answer():
     async def handler(reader, writer):
         request = await read_request(reader)
         if b"garbage" in request:
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
             await asyncio.sleep(0.05)
-            writer.write(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: zz\r\n\r\n")
+            writer.write(b"zz\r\n")
             await writer.drain()
         else:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
@@ -167,9 +177,9 @@ def test_a_body_cut_short_and_bad_http_are_cuts():
             writer.close()
 
     async def scenario(pool, url):
-        for body in (b"short", b"garbage"):
-            answer = await pool.request(pool.origin(url), "POST", b"/", [], body)
-            with pytest.raises(Cut):
+        for body, error in ((b"short", Cut), (b"garbage", BadAnswer)):
+            answer = await pool.request(at(pool, url), "POST", b"/", [], body)
+            with pytest.raises(error):
                 [chunk async for chunk in answer.chunks()]
             answer.close()
 
@@ -201,7 +211,7 @@ def test_a_slow_reader_holds_a_bounded_buffer_and_the_upstream_waits():
             await writer.drain()
 
     async def scenario(pool, url):
-        answer = await pool.request(pool.origin(url), "POST", b"/", [], b"big")
+        answer = await pool.request(at(pool, url), "POST", b"/", [], b"big")
         await asyncio.sleep(1.0)  # the client reads nothing for a second
         connection = answer._connection
         held = connection._buffered
@@ -223,15 +233,40 @@ def test_idle_connections_are_closed_after_the_keepalive_and_names_come_in_lower
             writer.write(b"HTTP/1.1 200 OK\r\nX-Upstream-Name: a\r\nContent-Length: 2\r\n\r\nok")
 
     async def scenario(pool, url):
-        answer = await pool.request(pool.origin(url), "GET", b"/", [], b"")
+        answer = await pool.request(at(pool, url), "GET", b"/", [], b"")
         assert answer.headers[0] == (b"x-upstream-name", b"a")
         assert answer.header(b"content-length") == b"2"
         [chunk async for chunk in answer.chunks()]
         answer.release()
-        origin = pool.origin(url)
+        origin = pool.origin(at(pool, url))
         assert len(origin.idle) == 1
-        await asyncio.sleep(0.5)  # keep-alive 0.2 s, swept every 0.05 s
+        for _ in range(100):  # keep-alive 0.2 s, swept every 0.5 s
+            if not origin.idle:
+                break
+            await asyncio.sleep(0.05)
         return len(origin.idle)
 
     assert run(handler, scenario, keepalive=0.2) == 0
     assert len(connections) == 1
+
+
+def test_an_idle_connection_past_its_keep_alive_is_not_reused_and_the_upstream_can_shorten_it():
+    connections = []
+
+    async def handler(reader, writer):
+        connections.append(writer)
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=3\r\nContent-Length: 2\r\n\r\nok")
+
+    async def scenario(pool, url):
+        await whole(pool, url)
+        [connection] = pool.origin(at(pool, url)).idle
+        keepalive = connection.keepalive
+        await whole(pool, url)  # reused: within its keep-alive
+        connection.expires = 0  # as if its keep-alive had passed, before the sweep saw it
+        await whole(pool, url)  # a new connection
+        return keepalive
+
+    assert run(handler, scenario) == 2.0  # a second below the upstream's 3
+    assert len(connections) == 2

@@ -1,11 +1,78 @@
-"""The analytics recorder: bounded rows, bounded memory while the database cannot be written."""
+"""The analytics recorder: the original's CSV files imported at start and old rows pruned every
+PRUNE_INTERVAL, on an injected clock (never the machine's uptime); bounded rows, bounded memory
+while the database cannot be written; rows and their rollups written together, and a database
+from before the rollups gets them at start while new rows keep being written."""
+
+from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
+import time
+from pathlib import Path
 
 from services.proxy import recorder
-from services.proxy.recorder import Recorder
+from services.proxy.recorder import PRUNE_INTERVAL, Recorder
+from shared import analytics, rollups
 from shared.analytics import RequestRow
+from shared.apikeys import ApiKey
+from shared.rollups import DAY, Query
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _count(db: Path, where: str = "1") -> int:
+    """Rows in the requests table; 0 until the recorder has created the database and its table."""
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            found = connection.execute(f"SELECT count(*) FROM requests WHERE {where}").fetchone()
+        except sqlite3.OperationalError:  # the file exists, its schema is still being written
+            return 0
+        return int(found[0])
+
+
+async def _until(check) -> None:
+    async with asyncio.timeout(10):
+        while not check():  # noqa: ASYNC110 (the writes happen in another thread, in SQLite)
+            await asyncio.sleep(0.05)
+
+
+def test_upkeep_runs_at_start_on_a_machine_up_for_seconds_then_every_interval(tmp_path: Path):
+    alice = ApiKey(id="a" * 32, username="alice", key="sk-alice", createdAt="2024-01-01")
+    folder = tmp_path / "analytics"
+    folder.mkdir()
+    csv = folder / (hashlib.md5(b"sk-alice").hexdigest() + ".csv")
+    now_ms = int(time.time() * 1000)
+    csv.write_text(f"startTime,endTime\n{now_ms - 1000},{now_ms - 500}\n")
+    db = tmp_path / "analytics.db"
+    clock = FakeClock(12.0)  # a machine booted 12 seconds ago (a fresh VM, CI, a container)
+
+    async def scenario() -> None:
+        rec = Recorder(db, 30, lambda: [alice], clock=clock)
+        await rec.start()
+        try:
+            await _until(lambda: _count(db) == 1)  # imported at start
+            old = now_ms - 40 * 86400 * 1000
+            rec.record(RequestRow("r1", alice.id, "alice", old, old + 1, 200))
+            await _until(lambda: _count(db, f"start_ms = {old}") == 1)
+            clock.now += PRUNE_INTERVAL - 1  # not yet an hour: kept
+            await asyncio.sleep(1.2)
+            assert _count(db, f"start_ms = {old}") == 1
+            clock.now += 1  # an hour after the last upkeep: pruned
+            await _until(lambda: _count(db, f"start_ms = {old}") == 0)
+            assert _count(db) == 1
+        finally:
+            await rec.close()
+
+    asyncio.run(scenario())
 
 
 def row(i: int, model: str = "m") -> RequestRow:
@@ -57,3 +124,48 @@ def test_a_database_deleted_under_the_recorder_is_opened_again_and_said(tmp_path
     assert [r[0] for r in db.execute("SELECT request_id FROM requests")] == ["r2"]
     db.close()
     assert "analytics.db was deleted or replaced" in caplog.text
+
+
+NOW = int(time.time() * 1000)
+
+
+def _row(i: int, start: int) -> RequestRow:
+    return RequestRow(f"r{i}", "k1", "alice", start, start + 10, 200, prompt_tokens=1)
+
+
+def test_an_old_database_gets_its_rollups_while_new_rows_are_written(tmp_path, monkeypatch):
+    path = tmp_path / "analytics.db"
+    db = analytics.connect(path)
+    db.executescript("DROP TABLE rollups; DROP TABLE rollup_state;")
+    old = [_row(i, NOW - 200 * DAY + i) for i in range(5)]  # older than the retention
+    old += [_row(i, NOW - DAY + i) for i in range(5, 250)]
+    db.executemany(analytics._INSERT, map(analytics._values, old))
+    db.close()
+    monkeypatch.setattr(rollups, "BACKFILL_BATCH", 40)
+
+    async def run() -> None:
+        recorder = Recorder(path, 90, list, rollup_retention_days=730)
+        steps = []
+        real_step = rollups.backfill_step
+
+        def step(db, batch=rollups.BACKFILL_BATCH):  # type: ignore[no-untyped-def]
+            recorder.record(_row(1000 + len(steps), NOW))  # a request meanwhile
+            steps.append(batch)
+            return real_step(db, batch)
+
+        monkeypatch.setattr(rollups, "backfill_step", step)
+        await recorder.start()
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            if len(steps) >= 7 and recorder.pending == 0:
+                break
+        await recorder.close()
+        assert len(steps) == 7  # 250 old rows in batches of 40, each its own transaction
+
+    asyncio.run(run())
+    db = analytics.connect(path)
+    assert rollups.backfill_left(db) == 0
+    total = Query(NOW - 300 * DAY, NOW + DAY, (), (), 0).run(db)[0]
+    assert total["requests"] == 250 + 7  # every old row once, and the new ones
+    # The rows past the retention went only once their sums were kept.
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 245 + 7

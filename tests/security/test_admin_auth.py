@@ -176,6 +176,10 @@ def _cross_origins(port: int) -> list[dict[str, str]]:
         {"Origin": "http://127.0.0.1"},
         {"Referer": "https://evil.example/page"},
         {"Referer": f"http://127.0.0.1:{port}.evil.example/"},
+        # A browser's own word decides, whatever the page managed to put in the others.
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{port}"},
     ]
 
 
@@ -205,6 +209,29 @@ def test_cookie_writes_from_another_origin_are_refused(
         )
     assert (site.read_bytes() if site.exists() else None) == site_before
     assert "csrfvictim" not in admin.get("/api/keys").text
+
+
+@pytest.mark.parametrize("path", ["/nginx/reload", "/nginx/certificates/renew"])
+def test_cookie_gets_that_act_need_a_same_origin_signal(stack: Stack, admin: httpx.Client, path):
+    # A same-site page can send a GET with neither Origin nor Referer (an <img> with
+    # referrerpolicy=no-referrer): with the admin's cookie, that is not the admin acting.
+    site = stack.data / "site.json"
+    before = site.read_bytes() if site.exists() else None
+    r = admin.get(path)
+    assert (r.status_code, r.json()) == (403, {"error": "Cross-origin request refused"})
+    assert (site.read_bytes() if site.exists() else None) == before
+    # The admin UI (its fetches say same-origin), an address typed by the admin, and the
+    # original's clients (a Bearer token, no browser headers at all) act.
+    login = {"username": ADMIN[0], "password": ADMIN[1]}
+    token = httpx.post(stack.url + "/auth/token", json=login, timeout=10)
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+        {"Referer": f"http://127.0.0.1:{stack.port}/admin"},
+    ):
+        assert admin.get(path, headers=headers).json()["success"] is True, headers
+    bearer = {"Authorization": f"Bearer {token.json()['token']}"}
+    assert httpx.get(stack.url + path, headers=bearer, timeout=30).json()["success"] is True
 
 
 def test_cookie_reads_from_another_origin_still_answer(stack: Stack, admin: httpx.Client):

@@ -140,7 +140,7 @@ def test_revoked_key_in_every_accepted_place_is_refused(stack: Stack, key: ApiKe
     for header in ("Authorization", "api-key", "x-api-key"):
         value = f"Bearer {key.key}" if header == "Authorization" else key.key
         r = eventually(
-            lambda h=header, v=value: _refused(
+            lambda h=header, v=value: _refused(  # type: ignore[misc]  # a lambda with default arguments
                 httpx.get(stack.url + "/v1/models", headers={h: v}, timeout=10)
             ),
             timeout=1.5,

@@ -94,7 +94,12 @@ def _followers_get_their_own_answers(stack: Stack, key: ApiKey) -> None:
 
 
 def _token(stack: Stack) -> str:
-    return sessions.issue(stack.env["JWT_SECRET"], "admin")
+    env = stack.env
+    revoked = sessions.Revoked(stack.data / "sessions.json")
+    issuer = sessions.Sessions(
+        env["JWT_SECRET"], env["AUTH_USERNAME"], env["AUTH_PASSWORD"], revoked
+    )
+    return issuer.issue("admin")
 
 
 @pytest.mark.parametrize("attack", _names())

@@ -97,3 +97,20 @@ def test_a_database_from_before_the_queue_and_estimate_columns_gets_them(tmp_pat
         ("r2", 12.5, 1),
     ]
     analytics.connect(path).close()  # a second open (another worker) changes nothing
+
+
+def test_a_database_from_before_the_end_user_column_gets_it(tmp_path):
+    path = tmp_path / "analytics.db"
+    old = analytics.connect(path)
+    old.execute("ALTER TABLE requests DROP COLUMN end_user")
+    old.execute(
+        "INSERT INTO requests (request_id, key_id, username, start_ms, status, method, path, "
+        "stream, bytes_in, bytes_out) VALUES ('r', 'k', 'u', 1, 200, 'POST', '/v1/x', 0, 0, 0)"
+    )
+    old.close()
+    db = analytics.connect(path)
+    analytics.insert(db, [analytics.RequestRow("r2", "k", "u", 3, end_user="alice")])
+    assert db.execute("SELECT request_id, end_user FROM requests").fetchall() == [
+        ("r", None),
+        ("r2", "alice"),
+    ]

@@ -1,4 +1,8 @@
-from shared.status import upstreams
+import json
+import time
+
+from shared.status import status_report, upstreams
+from tests.conftest import make_settings
 
 
 def test_upstreams_as_the_latest_worker_sees_them_with_counts_summed():
@@ -18,3 +22,23 @@ def test_upstreams_as_the_latest_worker_sees_them_with_counts_summed():
     merged = upstreams([worker(1.0, False, 2, 5), worker(2.0, True, 1, 0), worker(1.5, True, 0, 3)])
     assert merged == [{"url": "http://gpu/v1", "healthy": True, "in_flight": 3, "queued": 8}]
     assert upstreams([]) == []
+
+
+def _beat(run_dir, name, program, **fields):
+    beat = {"program": program, "pid": 1, "started": time.time(), "updated": time.time()}
+    (run_dir / f"{name}.json").write_text(json.dumps({**beat, **fields}))
+
+
+def test_status_is_not_ok_when_every_upstream_is_down(tmp_path):
+    settings = make_settings(tmp_path, proxy_workers=1)
+    settings.run_dir.mkdir(parents=True)
+    _beat(settings.run_dir, "api", "api")
+    _beat(settings.run_dir, "certd", "certd", nginx={"ok": True})
+    up = {"url": "http://a/v1", "healthy": True}
+    down = {"url": "http://b/v1", "healthy": False}
+    _beat(settings.run_dir, "proxy-1", "proxy", upstreams=[up, down])
+    assert status_report(settings)["ok"] is True  # one upstream serves
+    _beat(settings.run_dir, "proxy-1", "proxy", upstreams=[{**up, "healthy": False}, down])
+    report = status_report(settings)
+    assert (report["ok"], report["status"]) == (False, "degraded")
+    assert report["problem"] == "every upstream is down"

@@ -19,7 +19,7 @@ from shared.targets import Upstream, parse_target_urls
             [Upstream("http://a:1", "/v1"), Upstream("http://b:2", "/v1", "k")],
         ),
         ("http://[::1]:8000", [Upstream("http://[::1]:8000", "/v1")]),
-        ("http://user:pw@h:1/v1?x=1#f", [Upstream("http://h:1", "/v1")]),
+        ("http://user:pw@h:1/v1?x=1#f", [Upstream("http://h:1", "/v1", credentials="user:pw")]),
         ("", []),
     ],
 )

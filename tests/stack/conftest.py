@@ -23,8 +23,9 @@ from shared.heartbeat import read_heartbeats
 from tests.conftest import free_port
 from tests.upstream import FakeUpstream
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 120.0  # a bound for a loaded machine: start() returns once /healthz says 200
 ADMIN = ("admin", "a-long-test-password")
+SUPERVISOR_PASSWORD = "a-test-password-for-supervisord"  # supervisorctl's, given to `llmp run`
 
 
 class Stack:
@@ -58,6 +59,7 @@ class Stack:
             "JWT_SECRET": "test-secret-" + "x" * 40,
             "LOGIN_MAX_FAILURES": "3",
             "LOGIN_WINDOW_SECONDS": "2",
+            "LLMP_SUPERVISOR_PASSWORD": SUPERVISOR_PASSWORD,
             "TARGET_URLS": ",".join(u.url + (f"|{u.key}" if u.key else "") for u in upstreams),
             **(env or {}),  # extra settings for one test's stack
         }
@@ -89,7 +91,9 @@ class Stack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"stack not healthy after {READY_TIMEOUT}s:\n{self.output()}")
+        output = self.output()
+        self.stop()  # nothing left running behind a failed start
+        raise AssertionError(f"stack not healthy after {READY_TIMEOUT}s:\n{output}")
 
     def stop(self, timeout: float = 60.0) -> int:
         assert self.process is not None
@@ -123,7 +127,7 @@ class Stack:
     def supervisor(self) -> Iterator[Any]:
         """supervisord's XML-RPC interface (what supervisorctl uses), on its unix socket."""
         socket = socket_path(self.home / "var" / "supervisor")
-        transport = SupervisorTransport(None, None, f"unix://{socket}")
+        transport = SupervisorTransport("llmp", SUPERVISOR_PASSWORD, f"unix://{socket}")
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         try:
             yield proxy.supervisor

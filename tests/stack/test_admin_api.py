@@ -32,11 +32,7 @@ def test_login_sets_the_cookie_and_me_knows_who(stack: Stack):
 def test_login_errors_in_the_original_shape(stack: Stack):
     cases = [
         ({}, 400, '"username" is required, Password is required'),
-        (
-            {"username": "admin", "password": "short"},
-            400,
-            "Password must be at least 8 characters long",
-        ),
+        ({"username": "admin", "password": "short"}, 401, "Invalid credentials"),
         ({"username": "admin", "password": "wrong-password"}, 401, "Invalid credentials"),
         ({"username": "nobody", "password": ADMIN[1]}, 401, "Invalid credentials"),
     ]
@@ -213,7 +209,7 @@ def test_analytics_records_summary_and_csv(stack: Stack, admin: httpx.Client):
         "future (more than 1 year from now)",
     }
     for (start, end), message in errors.items():
-        params = {k: v for k, v in (("startDate", start), ("endDate", end)) if v is not None}
+        params = {k: str(v) for k, v in (("startDate", start), ("endDate", end)) if v is not None}
         r = admin.get(f"/api/analytics/{key['id']}", params=params)
         assert (r.status_code, r.json()) == (400, {"success": False, "message": message})
     bad = admin.get("/api/analytics/not-a-key")

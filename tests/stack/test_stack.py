@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import socket
@@ -93,19 +92,16 @@ def test_openai_sdk_async(stack, key):
     assert results == ["a0 a1 a2 a3 a4 ", "b0 b1 b2 b3 b4 "] * 5
 
 
-def test_streaming_is_not_buffered_anywhere(stack, key):
-    """The slow upstream sends a chunk every 200 ms: the first must arrive long before the last."""
+def test_streaming_is_not_buffered_anywhere(stack, fleet, key):
+    """The slow upstream sends a chunk every 200 ms: the first reaches the client through nginx
+    and the proxy while the upstream is still streaming (anything buffering would hold it until
+    the end)."""
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0)
-    t0 = time.monotonic()
-    arrivals = [
-        time.monotonic() - t0
-        for _ in client.chat.completions.create(model="slow-model", messages=[], stream=True)
-    ]
-    assert len(arrivals) == 10
-    assert arrivals[0] < 0.3
-    assert arrivals[-1] > 1.7
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.1  # chunks arrive spread out, not in bursts
+    streaming = []
+    for _ in client.chat.completions.create(model="slow-model", messages=[], stream=True):
+        streaming.append(fleet["slow"].active)
+    assert len(streaming) == 10
+    assert streaming[0] == 1  # the upstream had not finished when the first chunk arrived
 
 
 def test_client_disconnect_through_nginx_closes_upstream_and_is_recorded(stack, fleet, key):
@@ -123,9 +119,8 @@ def test_client_disconnect_through_nginx_closes_upstream_and_is_recorded(stack, 
         )
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(0.5)
-    left = time.monotonic()
-    eventually(lambda: len(slow.stream_closed) > closed_before, timeout=3)
-    assert slow.stream_closed[-1] - left < 1.0
+    # Left alone, the stream would end well (in 2 s); closed, it shows as a client gone.
+    eventually(lambda: len(slow.stream_closed) > closed_before)
     failed = eventually(
         lambda: rows(
             stack, "key_id = ? AND model = 'slow-model' AND error = 'client disconnected'", key.id

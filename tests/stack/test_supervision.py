@@ -136,7 +136,8 @@ def _kill_each_program(stack: Stack, supervisor: Any) -> None:
         return int(stack.workers()[0]["pid"])
 
     targets: list[tuple[str, Callable[[], int]]] = [
-        (name, lambda name=name: supervisor.getProcessInfo(name)["pid"]) for name in PROGRAMS
+        (name, lambda name=name: supervisor.getProcessInfo(name)["pid"])  # type: ignore[misc]
+        for name in PROGRAMS
     ]
     targets.insert(2, ("proxy worker", proxy_worker))
     targets.append(("nginx-log", lambda: supervisor.getProcessInfo("nginx-log")["pid"]))
@@ -146,7 +147,7 @@ def _kill_each_program(stack: Stack, supervisor: Any) -> None:
         for name, find in targets:
             served, created = traffic.completions, len(traffic.created)
             eventually(
-                lambda served=served, created=created: (
+                lambda served=served, created=created: (  # type: ignore[misc]  # a lambda with default arguments
                     traffic.completions > served and len(traffic.created) > created
                 ),
                 timeout=10,
@@ -159,12 +160,12 @@ def _kill_each_program(stack: Stack, supervisor: Any) -> None:
             killed = time.monotonic()
             if name == "proxy worker":  # uvicorn replaces it: a new worker beats
                 eventually(
-                    lambda pid=pid: len({w["pid"] for w in stack.workers()} - {pid}) == 2,
+                    lambda pid=pid: len({w["pid"] for w in stack.workers()} - {pid}) == 2,  # type: ignore[misc]  # a lambda with default arguments
                     timeout=RECOVERY_SECONDS,
                 )
             else:
                 eventually(
-                    lambda program=program, pid=pid: (
+                    lambda program=program, pid=pid: (  # type: ignore[misc]  # a lambda with default arguments
                         (info := supervisor.getProcessInfo(program))["statename"] == "RUNNING"
                         and info["pid"] != pid
                     ),

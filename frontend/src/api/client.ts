@@ -183,6 +183,10 @@ export function createApi(options: ClientOptions = {}) {
       const body = email ? { domains, email } : { domains }
       return (await request<{ message: string }>('POST', '/nginx/certificates/obtain', body)).message
     },
+    /** Forgets a certificate that was asked for and never issued. */
+    async removeCertificate(name: string): Promise<string> {
+      return (await request<{ message: string }>('DELETE', `/nginx/certificates/${encodeURIComponent(name)}`)).message
+    },
     async renewCertificates(): Promise<string> {
       return (await request<{ message: string }>('GET', '/nginx/certificates/renew')).message
     },

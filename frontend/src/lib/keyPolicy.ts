@@ -61,11 +61,16 @@ function limitError(text: string): string | undefined {
   return undefined
 }
 
-/** What the api would refuse in the form, by field; an empty object when it is fine. */
-export function policyErrors(form: PolicyForm): PolicyErrors {
+/** What the api would refuse in the form, by field; an empty object when it is fine. An
+ * expiry must be in the future, unless it is the one `key` has (then it is not sent). */
+export function policyErrors(form: PolicyForm, key?: ApiKey, now: number = Date.now()): PolicyErrors {
   const errors: PolicyErrors = {}
-  if (form.expires.trim() && fromLocalInput(form.expires.trim()) === null) {
+  const expires = form.expires.trim()
+  const moment = expires ? fromLocalInput(expires) : null
+  if (expires && moment === null) {
     errors.expires = 'A date and time (empty: never expires).'
+  } else if (moment !== null && moment <= now && (!key || expires !== policyForm(key).expires)) {
+    errors.expires = 'That time has passed: pick one in the future (empty: never expires).'
   }
   const patterns = splitList(form.models)
   const long = patterns.find((p) => p.length > MAX_PATTERN_LENGTH)

@@ -1,4 +1,5 @@
-"""`/api/analytics`: a key's records (the original's route), summaries for charts, CSV export.
+"""`/api/analytics`: a key's records (the original's route), summaries for charts, CSV export,
+breakdowns by key, model and upstream, spend and prices, and the request log (docs/analytics.md).
 
 Dates are epoch milliseconds, read like the original (`parseInt`, so `123abc` is 123) and held
 within a year of *now* (the original used its start time). Either bound alone works: a start
@@ -11,14 +12,19 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from services.api import reports
+from services.api import reports, request_log
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
+from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
+from shared.key_validation import BodyError
 from shared.keyfile import KeyFile
+from shared.prices import Prices, PricesError, read_prices, write_prices
+from shared.rollups import OUTCOMES
 
 router = APIRouter(prefix="/api/analytics")
 
@@ -92,12 +98,164 @@ def summary(
     start_date: StartDate = None,
     end_date: EndDate = None,
     bucket: str = "hour",
-) -> dict[str, Any]:
+) -> JSONResponse:
     if bucket not in reports.BUCKETS:
         raise Failure(400, "bucket must be hour or day")
     key_id = key_id_of(key, keyfile) if key else None
     span = window(start_date, end_date)
-    return {"success": True, **reports.summary(settings.analytics_db, key_id, span, bucket)}
+    return JSONResponse(
+        {"success": True, **reports.summary(settings.analytics_db, key_id, span, bucket)}
+    )
+
+
+def _prices(settings: SettingsDep) -> Prices:
+    try:
+        return read_prices(settings.prices_file)
+    except PricesError as exc:
+        raise Failure(500, "The prices file is unreadable") from exc
+
+
+def _text(name: str, value: str | None, most: int = 512) -> str | None:
+    """A filter's exact value: printable, at most `most` characters."""
+    if value is None:
+        return None
+    if not value or len(value) > most or not value.isprintable():
+        raise Failure(400, f'"{name}" must be 1 to {most} printable characters')
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...] | dict[str, Any]) -> str:
+    if value not in allowed:
+        raise Failure(400, f'"{name}" must be one of [{", ".join(allowed)}]')
+    return value
+
+
+KeyFilter = Annotated[str | None, Query(alias="keyId", description="a key id, or the key")]
+Model = Annotated[str | None, Query(description="exact model name")]
+Upstream = Annotated[str | None, Query(description="exact upstream URL")]
+
+
+@router.get("/breakdown")
+def breakdown(
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    by: str = "key",
+    key: KeyFilter = None,
+    model: Model = None,
+    upstream: Upstream = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+) -> JSONResponse:
+    _choice("by", by, reports.BREAKDOWNS)
+    filters = {
+        name: value
+        for name, value in (
+            ("key_id", key_id_of(key, keyfile) if key else None),
+            ("model", _text("model", model)),
+            ("upstream", _text("upstream", upstream)),
+        )
+        if value is not None
+    }
+    span = window(start_date, end_date)
+    rows = reports.breakdown(settings.analytics_db, by, span, filters, _prices(settings))
+    return JSONResponse(
+        {"success": True, "by": by, "startDate": span.start, "endDate": span.end, "rows": rows}
+    )
+
+
+@router.get("/spend")
+def spend(
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    by: str = "key",
+    period: str = "day",
+    key: KeyFilter = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+) -> JSONResponse:
+    _choice("by", by, reports.SPEND_BY)
+    _choice("period", period, reports.PERIODS)
+    key_id = key_id_of(key, keyfile) if key else None
+    span = window(start_date, end_date)
+    answer = reports.spend(settings.analytics_db, by, period, span, key_id, _prices(settings))
+    return JSONResponse({"success": True, **answer})
+
+
+@router.get("/prices")
+def prices(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    return {"success": True, **_prices(settings).to_json()}
+
+
+@router.put("/prices")
+async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    try:
+        fields = await read_fields(request)
+        new = Prices.from_json(fields)
+    except (BodyError, ValueError) as exc:
+        raise Failure(400, str(exc)) from exc
+    try:
+        await run_in_threadpool(write_prices, settings.prices_file, new)
+    except OSError as exc:
+        raise Failure(500, "Failed to save prices") from exc
+    return {"success": True, "message": "Prices saved", **new.to_json()}
+
+
+@router.get("/requests")
+def request_page(
+    admin: Admin,
+    settings: SettingsDep,
+    keyfile: KeyFileDep,
+    key: KeyFilter = None,
+    model: Model = None,
+    upstream: Upstream = None,
+    status: Annotated[int | None, Query(ge=0, le=599)] = None,
+    outcome: Annotated[str | None, Query(description=" | ".join(OUTCOMES))] = None,
+    stream: bool | None = None,
+    path: Annotated[str | None, Query(description="exact path, like /v1/chat/completions")] = None,
+    request_id: Annotated[str | None, Query(alias="requestId")] = None,
+    start_date: StartDate = None,
+    end_date: EndDate = None,
+    order: str = "desc",
+    limit: Annotated[int, Query(ge=1, le=request_log.MAX_LIMIT)] = 50,
+    cursor: str | None = None,
+) -> JSONResponse:
+    _choice("order", order, request_log.ORDERS)
+    if outcome is not None:
+        _choice("outcome", outcome, OUTCOMES)
+    filters = request_log.Filters(
+        key_id=key_id_of(key, keyfile) if key else None,
+        model=_text("model", model),
+        upstream=_text("upstream", upstream),
+        status=status,
+        outcome=outcome,
+        stream=stream,
+        path=_text("path", path),
+        request_id=_text("requestId", request_id, 64),
+    )
+    span = window(start_date, end_date)
+    try:
+        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor)
+    except request_log.CursorError as exc:
+        raise Failure(400, str(exc)) from exc
+    return JSONResponse(
+        {
+            "success": True,
+            "startDate": span.start,
+            "endDate": span.end,
+            "requests": found.entries,
+            "nextCursor": found.next_cursor,
+        }
+    )
+
+
+@router.get("/requests/{request_id}")
+def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    found = request_log.find(settings.analytics_db, _text("requestId", request_id, 64) or "")
+    if found is None:
+        raise Failure(404, "Request not found")
+    return {"success": True, "request": found}
 
 
 @router.get("/{key}/csv")
@@ -108,15 +266,12 @@ def export(
     keyfile: KeyFileDep,
     start_date: StartDate = None,
     end_date: EndDate = None,
-) -> Response:
-    rows = reports.records(
-        settings.analytics_db,
-        key_id_of(key, keyfile),
-        window(start_date, end_date),
-        limit=1_000_000,
+) -> StreamingResponse:
+    chunks = reports.export_csv(
+        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date)
     )
-    return Response(
-        reports.csv_text(rows),
+    return StreamingResponse(
+        chunks,
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="analytics.csv"'},
     )
@@ -131,8 +286,8 @@ def records(
     start_date: StartDate = None,
     end_date: EndDate = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> dict[str, Any]:
+) -> JSONResponse:
     rows = reports.records(
         settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date), limit
     )
-    return {"success": True, "records": rows}
+    return JSONResponse({"success": True, "records": rows})

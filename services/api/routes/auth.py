@@ -20,7 +20,8 @@ from services.api import sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
 from services.api.throttle import Throttle
-from services.api.validation import BodyError, login_errors, valid_fields
+from services.api.validation import login_errors, valid_fields
+from shared.key_validation import BodyError
 from shared.settings import Settings
 
 log = logging.getLogger("api.auth")

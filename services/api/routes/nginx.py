@@ -21,8 +21,10 @@ from fastapi import APIRouter, Request
 
 from services.api.deps import Admin, AdminAction, SettingsDep
 from services.api.errors import Failure
-from services.api.validation import BodyError, read_fields
+from services.api.validation import read_fields
+from shared.custom_config import check_custom_config
 from shared.heartbeat import read_heartbeats
+from shared.key_validation import BodyError
 from shared.settings import Settings
 from shared.site import (
     CertdStatus,
@@ -33,7 +35,6 @@ from shared.site import (
     read_status,
     update_site,
     valid_cidrs,
-    valid_custom_config,
     valid_domain,
     valid_domains,
     valid_email,
@@ -115,9 +116,42 @@ async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> dict[
     name = certificate_name(domains)
     state = next((c for c in status["certificates"] if c["name"] == name), None)
     if state is None or state["lastError"] or set(state["domains"]) != set(domains):
-        message = state["lastError"] if state and state["lastError"] else None
-        raise Failure(500, message or f"No certificate for {', '.join(domains)}")
+        why = f": {state['lastError']}" if state and state["lastError"] else ""
+        raise Failure(500, f"No certificate for {', '.join(domains)}{why}")
     return {"success": True, "message": "Certificates obtained successfully."}
+
+
+@router.delete("/certificates/{name}")
+async def remove_certificate(name: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+    """Forget a certificate that was asked for and never issued (certd stops trying). One that
+    was issued stays, and so does the one the site's domain needs."""
+    status = read_status(settings.certd_status_file)
+    state = next((c for c in status["certificates"] if c["name"] == name), None) if status else None
+    if state is not None and state["notAfter"] is not None:
+        raise Failure(409, f"{name} has been issued; only a certificate never issued is removed")
+    site = await asyncio.to_thread(_read_site, settings)
+    if not any(c.name == name for c in site.certificates):
+        raise Failure(404, f"No certificate {name} was asked for")
+    remaining = replace(site, certificates=tuple(c for c in site.certificates if c.name != name))
+    if any(c.name == name for c in remaining.wanted_certificates()):
+        raise Failure(409, f"The site's domain needs {name}; change the domain first")
+
+    def change(current: Site) -> Site:
+        return replace(
+            current, certificates=tuple(c for c in current.certificates if c.name != name)
+        )
+
+    site = await _change(settings, change)
+    log.info("certificate request removed", extra={"fields": {"name": name}})
+    await _wait(settings, _applied(site.generation))
+    return {"success": True, "message": f"Removed {name}."}
+
+
+def _read_site(settings: Settings) -> Site:
+    try:
+        return read_site(settings.site_file)
+    except SiteError as exc:
+        raise Failure(500, f"The site file is unreadable: {exc}") from exc
 
 
 async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
@@ -132,8 +166,22 @@ async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
 
 @router.get("/certificates/renew")
 async def renew(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
-    """Renew the certificates certbot says are due, then reload nginx."""
+    """Renew the certificates certbot says are due, then reload nginx. A certificate never
+    issued is not renewed, and the answer says so rather than claim success for it."""
     await _ask(settings, "renew")
+    status = read_status(settings.certd_status_file)
+    certificates = status["certificates"] if status else []
+    missing = [c["name"] for c in certificates if c["notAfter"] is None]
+    if missing and len(missing) == len(certificates):
+        raise Failure(
+            409, f"Nothing to renew: {', '.join(missing)} has never been issued (obtain it first)"
+        )
+    if missing:
+        return {
+            "success": True,
+            "message": "Certificates renewed successfully, but for "
+            f"{', '.join(missing)}, never issued (obtain it first).",
+        }
     return {"success": True, "message": "Certificates renewed successfully."}
 
 
@@ -177,14 +225,15 @@ async def write_default(request: Request, admin: Admin, settings: SettingsDep) -
 
 @router.post("/config/update")
 async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
-    """Body `{"config": "<server.conf>"}`: the admin's own server configuration; if nginx
-    refuses it, the answer is nginx's message and the previous configuration stays."""
+    """Body `{"config": "<server.conf>"}`: the admin's own server configuration, within the
+    allowlist of `shared.custom_config` (a 400 saying what is not allowed); if nginx refuses
+    it, the answer is nginx's message and the previous configuration stays."""
     fields = await _fields(request)
     config = fields.get("config")
     if not isinstance(config, str):
         raise Failure(400, INVALID)
     try:
-        valid_custom_config(config)
+        check_custom_config(config, settings.letsencrypt_dir)
     except SiteError as exc:
         raise Failure(400, str(exc)) from exc
     previous: list[str | None] = []

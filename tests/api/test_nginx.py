@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from services.api import sessions
 from services.api.app import create_app
-from shared.site import CertdStatus, no_outcome, read_site, write_status
+from shared.site import CertdStatus, no_outcome, read_site, update_site, write_status
 from tests.conftest import make_settings
 
 SECRET = "s" * 40
@@ -109,7 +110,7 @@ def test_answers_follow_certds_outcome(api):
                 "domains": ["b.example"],
                 "notAfter": None,
                 "lastRenewal": None,
-                "lastError": "Command failed: certbot ...\nNo TXT records found",
+                "lastError": "No TXT records found",
             }
         ],
     )
@@ -117,5 +118,68 @@ def test_answers_follow_certds_outcome(api):
     assert r.status_code == 500
     assert r.json() == {
         "success": False,
-        "message": "Command failed: certbot ...\nNo TXT records found",
+        "message": "No certificate for b.example: No TXT records found",
     }
+
+
+def _cert(name: str, issued: bool) -> dict[str, object]:
+    return {
+        "name": name,
+        "domains": [name],
+        "notAfter": "2099-01-01T00:00:00+00:00" if issued else None,
+        "lastRenewal": None,
+        "lastError": None if issued else "No TXT records found",
+    }
+
+
+def test_renew_does_not_claim_a_certificate_never_issued(api):
+    client, settings = api
+    renewed = {**no_outcome(), "handled": 1}
+    certd_answers(settings, 1, renew=renewed, certificates=[_cert("never.example", False)])
+    r = client.get("/nginx/certificates/renew")
+    assert (r.status_code, r.json()) == (
+        409,
+        {
+            "success": False,
+            "message": "Nothing to renew: never.example has never been issued (obtain it first)",
+        },
+    )
+    both = [_cert("good.example", True), _cert("never.example", False)]
+    certd_answers(settings, 2, renew={**no_outcome(), "handled": 2}, certificates=both)
+    r = client.get("/nginx/certificates/renew")
+    assert r.json() == {
+        "success": True,
+        "message": "Certificates renewed successfully, but for never.example, "
+        "never issued (obtain it first).",
+    }
+
+
+def test_a_certificate_never_issued_can_be_removed(api):
+    client, settings = api
+    update_site(settings.site_file, lambda s: s.with_certificate(["never.example"]))
+    update_site(settings.site_file, lambda s: s.with_certificate(["good.example"]))
+    certd_answers(
+        settings, 2, certificates=[_cert("good.example", True), _cert("never.example", False)]
+    )
+    r = client.delete("/nginx/certificates/good.example")
+    assert r.status_code == 409 and "has been issued" in r.json()["message"]
+    certd_answers(settings, 3, certificates=[_cert("good.example", True)])
+    r = client.delete("/nginx/certificates/never.example")
+    assert r.json() == {"success": True, "message": "Removed never.example."}
+    assert [c.name for c in read_site(settings.site_file).certificates] == ["good.example"]
+    r = client.delete("/nginx/certificates/never.example")
+    assert r.status_code == 404
+
+
+def test_the_sites_own_certificate_is_not_removed(api):
+    client, settings = api
+    update_site(
+        settings.site_file,
+        lambda s: replace(s.with_certificate(["a.example"]), domains=("a.example",)),
+    )
+    certd_answers(settings, 2, certificates=[_cert("a.example", False)])
+    r = client.delete("/nginx/certificates/a.example")
+    assert (r.status_code, r.json()["message"]) == (
+        409,
+        "The site's domain needs a.example; change the domain first",
+    )

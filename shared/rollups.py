@@ -1,0 +1,446 @@
+"""Rollups of `requests`: what the analytics read instead of the rows, kept as the rows are written.
+
+One table, `rollups`, holds sums per period (`grain`: an hour or a UTC day, `period_ms` its start)
+at five levels of detail, so that a question reads a few rows per period whatever the traffic:
+
+| level | dimensions | answers |
+|---|---|---|
+| 0 `DETAIL` | key, model, upstream, outcome | a key by upstream or outcome |
+| 1 `MODELS` | model, upstream | every key by model or upstream |
+| 2 `KEYS` | key | one key's totals, every key side by side |
+| 3 `TOTAL` | (none) | every key together |
+| 4 `KEY_MODELS` | key, model | a key by model, spend (cost is per model) by key |
+
+A dimension a level does not have holds '' (as does a request without a model or upstream). Each
+row holds counts, failures, token sums, the completion tokens and generation time of streamed
+answers (tokens per second), the last request's start, and two histograms (latency of completed
+requests, time to first byte) over fixed log-spaced buckets (`EDGES`), from which `percentile`
+reads. Everything is a sum, so rows merge by adding: a batch of new rows is added with one
+`INSERT ... ON CONFLICT DO UPDATE` (the recorder runs it in the transaction that inserts the rows),
+and a window is read by adding the periods it covers (`cover`), with its ragged edges computed from
+the rows themselves by the same SQL (`RAW_MEASURES`).
+
+This module is the one place that knows the rollup columns. Its queries use only what SQLite and
+PostgreSQL share (CTEs, UNION ALL, CASE, ON CONFLICT, `%` on integers); only the DDL and the
+connection are SQLite's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+HOUR = 3600_000
+DAY = 86400_000
+GRAINS = (HOUR, DAY)
+
+DETAIL, MODELS, KEYS, TOTAL, KEY_MODELS = 0, 1, 2, 3, 4
+LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
+    DETAIL: ("key_id", "model", "upstream", "outcome"),
+    MODELS: ("model", "upstream"),
+    KEYS: ("key_id",),
+    TOTAL: (),
+    KEY_MODELS: ("key_id", "model"),
+}
+DIMENSIONS = ("key_id", "model", "upstream", "outcome")
+
+# Histogram bucket i >= 1 holds EDGES[i-1] <= v < EDGES[i] milliseconds; bucket 0 is below 1 ms
+# and the last is 2**20 ms (17.5 minutes) and above. Neighbouring edges are sqrt(2) apart, so a
+# percentile read from them is within 19% of the exact one.
+EDGES: tuple[float, ...] = tuple(2 ** (i / 2) for i in range(41))
+BUCKETS = len(EDGES) + 1
+LATENCY = tuple(f"lat_{i:02d}" for i in range(BUCKETS))
+TTFB = tuple(f"ttfb_{i:02d}" for i in range(BUCKETS))
+
+# Plain sums, in table order; `last_ms` merges by maximum.
+SUMS = (
+    "requests",
+    "failures",
+    "streams",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttfb_ms",
+    "gen_tokens",
+    "gen_ms",
+    *LATENCY,
+    *TTFB,
+)
+MEASURES = (*SUMS, "last_ms")
+
+OUTCOMES = ("ok", "rate_limited", "client_error", "server_error", "incomplete")
+
+# A row's outcome: completed, or why not. One definition for the rollups and the request log.
+OUTCOME_SQL = (
+    "CASE WHEN end_ms IS NOT NULL THEN 'ok' WHEN status = 429 THEN 'rate_limited' "
+    "WHEN status >= 500 THEN 'server_error' WHEN status >= 400 THEN 'client_error' "
+    "ELSE 'incomplete' END"
+)
+
+
+def outcome_of(end_ms: int | None, status: int) -> str:
+    """`OUTCOME_SQL` in Python."""
+    if end_ms is not None:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return "client_error" if status >= 400 else "incomplete"
+
+
+def bucket_of(value: float) -> int:
+    return bisect.bisect_right(EDGES, value)
+
+
+def _bucket_sql(value: str) -> str:
+    """`bucket_of(value)` in SQL: a binary search, six comparisons."""
+
+    def search(low: int, high: int) -> str:  # the bucket is in low..high
+        if low == high:
+            return str(low)
+        middle = (low + high) // 2
+        return (
+            f"CASE WHEN {value} < {EDGES[middle]!r} THEN {search(low, middle)} "
+            f"ELSE {search(middle + 1, high)} END"
+        )
+
+    return f"CASE WHEN {value} IS NULL THEN NULL ELSE {search(0, len(EDGES))} END"
+
+
+_LATENCY_VALUE = "(end_ms - start_ms)"
+_GEN_MS = f"({_LATENCY_VALUE} - ttfb_ms)"
+_GENERATING = (
+    f"end_ms IS NOT NULL AND stream = 1 AND completion_tokens > 0 AND ttfb_ms IS NOT NULL "
+    f"AND {_GEN_MS} > 0"
+)
+# The rows of `requests` with their histogram buckets, for RAW_MEASURES. Always in a
+# MATERIALIZED common table expression: a plain subquery would be flattened into its reader,
+# which would then compute the buckets once per histogram column instead of once per row.
+_BUCKETED = (
+    f"SELECT requests.*, {_bucket_sql(_LATENCY_VALUE)} AS lat_bucket, "
+    f"{_bucket_sql('ttfb_ms')} AS ttfb_bucket FROM requests"
+)
+
+# Aggregates over `requests` rows (bucketed) giving MEASURES, in order.
+RAW_MEASURES = (
+    "COUNT(*)",
+    "SUM(CASE WHEN end_ms IS NULL THEN 1 ELSE 0 END)",
+    "SUM(stream)",
+    "COALESCE(SUM(prompt_tokens), 0)",
+    "COALESCE(SUM(completion_tokens), 0)",
+    f"COALESCE(SUM({_LATENCY_VALUE}), 0)",
+    "COALESCE(SUM(ttfb_ms), 0)",
+    f"SUM(CASE WHEN {_GENERATING} THEN completion_tokens ELSE 0 END)",
+    f"SUM(CASE WHEN {_GENERATING} THEN {_GEN_MS} ELSE 0 END)",
+    *(f"SUM(CASE WHEN lat_bucket = {i} THEN 1 ELSE 0 END)" for i in range(BUCKETS)),
+    *(f"SUM(CASE WHEN ttfb_bucket = {i} THEN 1 ELSE 0 END)" for i in range(BUCKETS)),
+    "MAX(start_ms)",
+)
+_RAW_DIMENSIONS = {
+    "key_id": "key_id",
+    "model": "COALESCE(model, '')",
+    "upstream": "COALESCE(upstream, '')",
+    "outcome": OUTCOME_SQL,
+}
+
+
+def _type(name: str) -> str:
+    return "REAL" if name.endswith("_ms") else "INTEGER"
+
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS rollups (
+    grain INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    period_ms INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    username TEXT NOT NULL,
+    {", ".join(f"{name} {_type(name)} NOT NULL" for name in SUMS)},
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (grain, level, period_ms, key_id, model, upstream, outcome)
+);
+CREATE INDEX IF NOT EXISTS rollups_key ON rollups (grain, level, key_id, period_ms);
+CREATE TABLE IF NOT EXISTS rollup_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_COLUMNS = ("grain", "level", "period_ms", *DIMENSIONS, "username", *MEASURES)
+_MERGE = ", ".join(
+    [f"{n} = rollups.{n} + excluded.{n}" for n in SUMS]
+    + [
+        "last_ms = CASE WHEN excluded.last_ms > rollups.last_ms "
+        "THEN excluded.last_ms ELSE rollups.last_ms END",
+        "username = excluded.username",
+    ]
+)
+
+
+def _add_rows_sql() -> str:
+    """One statement adding the rows `first <= id <= last` to every grain and level: the rows
+    are read once, into hourly detail, which every other row is summed from."""
+    dims = ", ".join(f"{sql} AS {name}" for name, sql in _RAW_DIMENSIONS.items())
+    measures = ", ".join(
+        f"{sql} AS {name}" for sql, name in zip(RAW_MEASURES, MEASURES, strict=True)
+    )
+    group = ", ".join(["hour", *_RAW_DIMENSIONS.values()])
+    base = (
+        f"SELECT start_ms - start_ms % {HOUR} AS hour, {dims}, MAX(username) AS username, "
+        f"{measures} FROM bucketed GROUP BY {group}"
+    )
+    parts = []
+    summed = ", ".join(f"SUM({n})" for n in SUMS) + ", MAX(last_ms)"
+    for grain in GRAINS:
+        period = "hour" if grain == HOUR else f"hour - hour % {DAY}"
+        for level, kept in LEVEL_DIMENSIONS.items():
+            keys = [period, *kept]
+            dims_out = ", ".join(d if d in kept else "''" for d in DIMENSIONS)
+            username = "MAX(username)" if "key_id" in kept else "''"
+            parts.append(
+                f"SELECT {grain}, {level}, {period}, {dims_out}, {username}, {summed} "
+                f"FROM base GROUP BY {', '.join(keys)}"
+            )
+    return (
+        f"WITH bucketed AS MATERIALIZED ({_BUCKETED} WHERE id BETWEEN ? AND ?), "
+        f"base AS MATERIALIZED ({base}) INSERT INTO rollups ({', '.join(_COLUMNS)}) "
+        f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS added WHERE 1 = 1 "
+        f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
+    )
+
+
+ADD_ROWS = _add_rows_sql()
+
+
+def add_rows(db: sqlite3.Connection, first_id: int, last_id: int) -> None:
+    """Add the rows with ids `first_id..last_id` to the rollups (inside the caller's
+    transaction, which also inserted them)."""
+    if last_id >= first_id:
+        db.execute(ADD_ROWS, (first_id, last_id))
+
+
+# Upgrade: rows written before the rollups existed are added in batches, oldest first.
+# `backfill_upto` (the last id then) is set when the table is made, in the same transaction;
+# `backfill_done` is the last id added so far, moved in the transaction that adds a batch.
+BACKFILL_BATCH = 50_000
+
+
+def create(db: sqlite3.Connection) -> None:
+    """Create the tables; a database that has rows but no rollups yet gets its backfill marker.
+    Runs inside the caller's write transaction."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(
+        "INSERT INTO rollup_state (name, value) SELECT 'backfill_upto', COALESCE(MAX(id), 0) "
+        "FROM requests WHERE 1 = 1 ON CONFLICT (name) DO NOTHING"
+    )
+    db.execute(
+        "INSERT INTO rollup_state (name, value) VALUES ('backfill_done', 0) "
+        "ON CONFLICT (name) DO NOTHING"
+    )
+
+
+def _state(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM rollup_state WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def backfill_range(db: sqlite3.Connection) -> tuple[int, int]:
+    """(done, upto): the ids `done < id <= upto` are not in the rollups yet."""
+    return _state(db, "backfill_done"), _state(db, "backfill_upto")
+
+
+def backfill_left(db: sqlite3.Connection) -> int:
+    """How many ids are still to be added (0 once done)."""
+    done, upto = backfill_range(db)
+    return max(0, upto - done)
+
+
+def backfill_step(db: sqlite3.Connection, batch: int = BACKFILL_BATCH) -> int:
+    """Add the next batch of old rows in its own transaction; returns the ids left after it.
+    Idempotent and resumable: the batch and the marker move together."""
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        upto, done = _state(db, "backfill_upto"), _state(db, "backfill_done")
+        if done >= upto:
+            return 0
+        last = min(upto, done + batch)
+        add_rows(db, done + 1, last)
+        db.execute("UPDATE rollup_state SET value = ? WHERE name = 'backfill_done'", (last,))
+        return upto - last
+
+
+def prune(db: sqlite3.Connection, before_ms: int) -> int:
+    """Delete the periods that started before `before_ms`; returns how many rows."""
+    with db:
+        return db.execute("DELETE FROM rollups WHERE period_ms < ?", (before_ms,)).rowcount
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of a window read from one source: `grain` rows (HOUR or DAY), or the raw rows when
+    `grain` is 0, whose start is in `start <= t <= end`."""
+
+    grain: int
+    start: int
+    end: int
+
+
+def cover(start: int, end: int, slot: int) -> list[Segment]:
+    """The window `start <= t <= end` as raw edges, whole hours and whole days (days only where
+    series slots are at least a day, or there are none, so that no period straddles two
+    slots)."""
+    segments: list[Segment] = []
+    first_hour = -(-start // HOUR) * HOUR
+    after_last_hour = (end + 1) // HOUR * HOUR
+    if first_hour >= after_last_hour:
+        return [Segment(0, start, end)]
+    if start < first_hour:
+        segments.append(Segment(0, start, first_hour - 1))
+    if slot == 0 or slot >= DAY:
+        first_day = -(-first_hour // DAY) * DAY
+        after_last_day = after_last_hour // DAY * DAY
+        if first_day < after_last_day:
+            if first_hour < first_day:
+                segments.append(Segment(HOUR, first_hour, first_day - 1))
+            segments.append(Segment(DAY, first_day, after_last_day - 1))
+            if after_last_day < after_last_hour:
+                segments.append(Segment(HOUR, after_last_day, after_last_hour - 1))
+        else:
+            segments.append(Segment(HOUR, first_hour, after_last_hour - 1))
+    else:
+        segments.append(Segment(HOUR, first_hour, after_last_hour - 1))
+    if after_last_hour <= end:
+        segments.append(Segment(0, after_last_hour, end))
+    return segments
+
+
+def level_for(dimensions: Iterable[str]) -> int:
+    """The least detailed level that has every dimension named (grouped by or filtered on)."""
+    wanted = set(dimensions)
+    for level in (TOTAL, KEYS, MODELS, KEY_MODELS, DETAIL):
+        if wanted <= set(LEVEL_DIMENSIONS[level]):
+            return level
+    return DETAIL
+
+
+@dataclass(frozen=True)
+class Query:
+    """Sums over a window, grouped by series slot (`slot` ms, 0 for none) and `group` dimensions,
+    with equality `filters` on dimensions; `measures` are the MEASURES wanted."""
+
+    start: int
+    end: int
+    group: tuple[str, ...] = ()
+    filters: tuple[tuple[str, str], ...] = ()
+    slot: int = 0
+    measures: tuple[str, ...] = MEASURES
+
+    def __post_init__(self) -> None:
+        if "requests" not in self.measures:  # an empty group is left out by its count
+            object.__setattr__(self, "measures", ("requests", *self.measures))
+
+    def sql(self) -> tuple[str, list[Any]]:
+        level = level_for([*self.group, *(name for name, _ in self.filters)])
+        parts: list[str] = []
+        args: list[Any] = []
+        edges: list[str] = []
+        edge_args: list[Any] = []
+        for segment in cover(self.start, self.end, self.slot):
+            if segment.grain == 0:
+                time, slot = "start_ms", self._slot("start_ms")
+                dims = [f"{_RAW_DIMENSIONS[d]} AS {d}" for d in self.group]
+                where = [f"{_RAW_DIMENSIONS[name]} = ?" for name, _ in self.filters]
+                measures = [f"{RAW_MEASURES[MEASURES.index(m)]} AS {m}" for m in self.measures]
+                source = "requests"
+                if _needs_buckets(self.measures):
+                    source = f"edge{len(edges)}"
+                    edges.append(
+                        f"{source} AS MATERIALIZED ({_BUCKETED} WHERE start_ms BETWEEN ? AND ?)"
+                    )
+                    edge_args += [segment.start, segment.end]
+                username = ["MAX(username) AS username"] if "key_id" in self.group else []
+            else:
+                time, slot = "period_ms", self._slot("period_ms")
+                dims = list(self.group)
+                where = ["grain = ?", "level = ?"] + [f"{name} = ?" for name, _ in self.filters]
+                measures = [
+                    f"{'MAX' if m == 'last_ms' else 'SUM'}({m}) AS {m}" for m in self.measures
+                ]
+                source = "rollups"
+                username = ["MAX(username) AS username"] if "key_id" in self.group else []
+                args += [segment.grain, level]
+            args += [value for _, value in self.filters] + [segment.start, segment.end]
+            where.append(f"{time} BETWEEN ? AND ?")
+            group = [_RAW_DIMENSIONS[d] if segment.grain == 0 else d for d in self.group]
+            if self.slot:
+                group.insert(0, slot)
+            parts.append(
+                f"SELECT {', '.join([slot + ' AS slot', *dims, *username, *measures])} "
+                f"FROM {source} WHERE {' AND '.join(where)}"
+                + (f" GROUP BY {', '.join(group)}" if group else "")
+            )
+        outer = [f"{'MAX' if m == 'last_ms' else 'SUM'}({m}) AS {m}" for m in self.measures]
+        names = ", ".join(["slot", *self.group])
+        username = ["MAX(username) AS username"] if "key_id" in self.group else []
+        sql = (
+            (f"WITH {', '.join(edges)} " if edges else "")
+            + f"SELECT {', '.join(['slot', *self.group, *username, *outer])} "
+            f"FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY {names} "
+            f"HAVING SUM(requests) > 0 ORDER BY {names}"
+        )
+        return sql, edge_args + args
+
+    def _slot(self, column: str) -> str:
+        return f"({column} - {column} % {self.slot})" if self.slot else "0"
+
+    def run(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
+        """The groups, each a dict of `slot`, the group's dimensions (and `username` with
+        key_id) and the measures."""
+        sql, args = self.sql()
+        cursor = db.execute(sql, args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _needs_buckets(measures: Sequence[str]) -> bool:
+    return any(m in LATENCY or m in TTFB for m in measures)
+
+
+# Measures a question names: the counters, and a histogram by its name.
+COUNTS = ("requests", "failures", "prompt_tokens", "completion_tokens", "last_ms")
+SPEED = ("streams", "gen_tokens", "gen_ms", "latency_ms", "ttfb_ms")
+
+
+def percentile(counts: Sequence[int], fraction: float) -> float | None:
+    """The value below which `fraction` of a histogram's values lie, interpolated within its
+    bucket on the log scale (None for an empty histogram). The rank is the one an exact
+    percentile of the sorted values would take (`values[int(fraction * n)]`)."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = min(total - 1, int(fraction * total))
+    seen = 0
+    for index, count in enumerate(counts):
+        if rank < seen + count:
+            position = (rank - seen + 0.5) / count
+            if index == 0:
+                return round(position * EDGES[0], 1)
+            low = EDGES[index - 1]
+            high = EDGES[index] if index < len(EDGES) else low * math.sqrt(2)
+            return round(low * math.pow(high / low, position), 1)
+        seen += count
+    return None  # pragma: no cover - the rank is always inside
+
+
+def histogram(row: dict[str, Any], names: Sequence[str]) -> list[int]:
+    return [int(row.get(name) or 0) for name in names]

@@ -1,0 +1,53 @@
+"""The Makefile and scripts/: what `make run` and `make test` set up on a fresh machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dry_run(*goals: str) -> str:
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *goals],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_run_test_and_bench_install_their_debian_packages():
+    assert "scripts/system-deps run\n" in _dry_run("run")
+    assert "scripts/system-deps test\n" in _dry_run("test")
+    assert "scripts/system-deps bench\n" in _dry_run("system-deps-bench")
+    assert "scripts/system-deps test\n" in _dry_run("soak")
+
+
+def test_the_ui_is_built_with_scripts_npm():
+    for goal in ("ui", "ui-test"):
+        commands = [line for line in _dry_run("-B", goal).splitlines() if "npm" in line]
+        assert commands, goal
+        assert all("/scripts/npm " in line for line in commands), commands
+
+
+def test_npm_brings_node_24_when_the_machines_node_is_too_old(tmp_path: Path):
+    # Debian 12's node (18) in the first folder of PATH: scripts/npm must not use it.
+    old = tmp_path / "old-node"
+    old.mkdir()
+    for name in ("node", "npm"):
+        (old / name).write_text('#!/bin/sh\n[ "$1" = --version ] && echo v18.19.0\nexit 1\n')
+        (old / name).chmod(0o755)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "npm"), "exec", "--", "node", "--version"],
+        env={**os.environ, "PATH": f"{old}:{os.environ['PATH']}", "VENV": str(ROOT / ".venv")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("v24."), done.stdout
