@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,17 @@ log = logging.getLogger("files")
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 RESERVE_SIZE = 1024 * 1024
+STALE_AFTER = 60.0  # seconds: a temporary file older than this is no writer's any more
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data`; the new file gets `mode` (0600 by default: secrets)."""
+    """Replace `path` with `data`; the new file gets `mode` (0600 by default: secrets).
+
+    Temporary files of `path` that a writer killed midway left behind (they may hold a whole
+    key set, revoked keys included) are removed first, once STALE_AFTER old (a younger one may
+    be another writer's, still at work)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -40,6 +49,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove_stale(path: Path) -> None:
+    cutoff = time.time() - STALE_AFTER
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if tmp.lstat().st_mtime < cutoff and stat.S_ISREG(tmp.lstat().st_mode):
+                tmp.unlink()
+                log.warning("stale temporary file removed", extra={"fields": {"path": str(tmp)}})
 
 
 def write_json_atomic(path: Path, value: Any, mode: int = 0o600) -> None:

@@ -10,6 +10,8 @@ closed under a write still running in its thread crashes the process), then writ
 left.
 
 Each batch is added to the rollups (shared/rollups.py) in the transaction that inserts it.
+Before each use, the database file is checked to be the one opened (its inode): one deleted or
+replaced under the recorder is opened again, and said in the log.
 
 The recorder also keeps the database: at start it imports the original llm-proxy's CSV files
 once and adds the rows of a database from before the rollups to them (a batch at a time, each in
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -61,6 +64,7 @@ class Recorder:
         self._pending: list[RequestRow] = []
         self._pending_bytes = 0
         self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None  # the database file's, as opened
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -161,8 +165,18 @@ class Recorder:
                 self.last_error = None
 
     def _connection(self) -> sqlite3.Connection:
+        """The open database, opened again if `analytics.db` was deleted or replaced under it
+        (rows written to a deleted file are lost to every reader)."""
+        if self._db is not None and self._inode != _inode(self.path):
+            log.error(
+                "analytics.db was deleted or replaced; opening it again",
+                extra={"fields": {"path": str(self.path)}},
+            )
+            self._db.close()
+            self._db = None
         if self._db is None:
             self._db = analytics.connect(self.path)
+            self._inode = _inode(self.path)
         return self._db
 
     def _write(self, rows: list[RequestRow]) -> None:
@@ -178,6 +192,13 @@ class Recorder:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _capped(text: str | None) -> str | None:

@@ -1,6 +1,7 @@
 """The login throttle: per client network, for the account, kept on disk."""
 
 import multiprocessing
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from tests.conftest import make_settings
 @pytest.fixture
 def clock(monkeypatch):
     now = [1_000_000.0]
-    monkeypatch.setattr("time.time", lambda: now[0])
+    monkeypatch.setattr(time, "time", lambda: now[0])
     return now
 
 

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -102,8 +103,8 @@ def limited(i: int, **limits: int) -> Policy:
 
 def test_key_churn_beyond_the_slot_count_reuses_idle_slots(tmp_path, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("time.time", clock)  # the board reads the wall clock
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=16), clock=clock)
+    monkeypatch.setattr(time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=16), clock)
     busy = limited(0, maxConcurrent=1)
     held = limiter.admit(busy)  # in flight through the whole churn: its slot is kept
     assert held is not None
@@ -123,8 +124,8 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
     tmp_path, monkeypatch
 ):
     clock = Clock()
-    monkeypatch.setattr("time.time", clock)  # the board reads the wall clock
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=4), clock=clock)
+    monkeypatch.setattr(time, "time", clock)
+    limiter = Limiter(Board(tmp_path / "limits.board", slots=4), clock)
     policies = [limited(i, tokensPerMinute=600) for i in range(3)]
     for policy in policies:
         admission = limiter.admit(policy)
@@ -140,7 +141,7 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
 
 def test_a_worker_whose_slot_was_given_to_another_name_looks_again(tmp_path, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("time.time", clock)  # the board reads the wall clock
+    monkeypatch.setattr(time, "time", clock)
     path = tmp_path / "limits.board"
     one, other = Board(path, slots=2), Board(path, slots=2)  # two workers, one slot
     bucket = Bucket(0, 60, 60.0)

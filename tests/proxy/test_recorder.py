@@ -106,6 +106,26 @@ def test_pending_rows_are_bounded_by_bytes_oldest_dropped(tmp_path, monkeypatch)
     assert rec.pending_bytes <= 100_000 and rec._pending[-1].request_id == newest
 
 
+def test_a_database_deleted_under_the_recorder_is_opened_again_and_said(tmp_path, caplog):
+    path = tmp_path / "analytics.db"
+
+    async def scenario() -> None:
+        rec = Recorder(path, 90, list)
+        rec.record(row(1))
+        await rec.flush()
+        for name in ("analytics.db", "analytics.db-wal", "analytics.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        rec.record(row(2))
+        await rec.flush()
+        await rec.close()
+
+    asyncio.run(scenario())
+    db = sqlite3.connect(path)
+    assert [r[0] for r in db.execute("SELECT request_id FROM requests")] == ["r2"]
+    db.close()
+    assert "analytics.db was deleted or replaced" in caplog.text
+
+
 NOW = int(time.time() * 1000)
 
 

@@ -1,6 +1,9 @@
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -78,3 +81,26 @@ def test_apikey_updated_merges_limits_and_refuses_what_the_file_could_not_hold()
         key.updated({"limits": {"tokensPerDay": 0}})
     with pytest.raises(ValueError, match="models"):
         key.updated({"models": ("",)})
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_at_the_next_write(tmp_path):
+    path = tmp_path / "apikeys.json"
+    code = (
+        "import os, sys, tempfile\n"
+        "fd, tmp = tempfile.mkstemp(dir=sys.argv[1], prefix='.apikeys.json.', suffix='.tmp')\n"
+        "os.write(fd, b'{\"keys\": [...every key...]}')\n"
+        "os.kill(os.getpid(), 9)\n"  # killed midway, as write_atomic would be
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=30)
+    (left,) = tmp_path.glob(".apikeys.json.*.tmp")
+    old = time.time() - 120
+    os.utime(left, (old, old))
+    young = tmp_path / ".apikeys.json.writing.tmp"  # another writer's, at work now
+    young.write_bytes(b"{}")
+    other = tmp_path / ".site.json.x.tmp"
+    other.write_bytes(b"{}")
+    os.utime(other, (old, old))
+    write_atomic(path, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["apikeys.json", young.name, other.name]
+    )
