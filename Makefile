@@ -54,7 +54,7 @@ test: system-deps-test $(STAMP) $(UI) ui-test
 
 # The folders of `stack` tests (tests/conftest.py) are left out here so they are not even
 # imported; the marker leaves out the slow tests of the other folders.
-FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared
+FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared tests/test_filename_matching.py
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not stack and not slow and not container" $(FAST_TESTS)
 

@@ -33,7 +33,8 @@ MAX_SAFE_INTEGER = 2**53 - 1  # Joi's number() refuses what JavaScript cannot ho
 
 
 class BodyError(ValueError):
-    """The body is not JSON (or urlencoded) describing an object."""
+    """Fields that break these rules (or a request body that is not an object of fields): the
+    message is the original's, every problem joined."""
 
 
 def string_errors(

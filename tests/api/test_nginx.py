@@ -33,7 +33,7 @@ def certd_answers(settings, generation: int, **changes) -> threading.Thread:
     """Answer `generation` the way certd would, with `changes` to the status."""
 
     def run() -> None:
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 30  # the api writes the site at once; a loaded machine
         while time.monotonic() < deadline:
             site = read_site(settings.site_file)
             if site.generation >= generation:

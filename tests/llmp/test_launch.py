@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from llmp import launch
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 # A program whose child shares its listening socket, like nginx's or uvicorn's workers. The
 # child's graceful stop closes the socket at once and lingers (finishing requests).
@@ -28,7 +28,7 @@ child = os.fork()
 if child == 0:
     def stop(*_):
         s.close()
-        time.sleep(0.5)
+        time.sleep(60)  # the test kills it once it has seen it linger
         os._exit(0)
     signal.signal(signal.SIGTERM, stop if graceful else signal.SIG_IGN)
     while True:
@@ -67,21 +67,16 @@ def test_leftovers_are_found_and_retired_gracefully():
     group, started, port, child = _killed_leader("graceful")
     assert launch.leftovers(group, started) == [child]
     assert not _bindable(port)  # what made the restarted program fail
-    t0 = time.monotonic()
     launch.retire([child], signal.SIGTERM)
-    assert time.monotonic() - t0 < 0.4  # returns once the socket is closed, not at the exit
     assert _bindable(port)
-    assert launch._stat(child) is not None  # still finishing its requests
+    assert launch._stat(child) is not None  # returned once the socket closed, not at the exit
     os.kill(child, signal.SIGKILL)
 
 
 def test_a_leftover_that_keeps_listening_is_killed():
     group, started, port, _ = _killed_leader("stubborn")
     launch.retire(launch.leftovers(group, started), signal.SIGTERM, timeout=0.3)
-    deadline = time.monotonic() + 2
-    while not _bindable(port) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _bindable(port)
+    eventually(lambda: _bindable(port), interval=0.01)
 
 
 def test_a_reused_group_id_is_not_mistaken_for_the_old_group():
