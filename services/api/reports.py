@@ -264,17 +264,21 @@ def spend(
     """Tokens and cost per key or model, per day, week or month (UTC)."""
     dimension = SPEND_BY[by]
     group = (dimension,) if dimension == "model" else (dimension, "model")
-    found = _run(
-        path,
-        Query(
-            window.start,
-            window.end,
-            group,
-            _filters(key_id),
-            rollups.DAY,
-            ("prompt_tokens", "completion_tokens", "requests"),
-        ),
-    )
+    measures = ("prompt_tokens", "completion_tokens", "requests")
+    if period == "day":
+        found = _run(
+            path, Query(window.start, window.end, group, _filters(key_id), rollups.DAY, measures)
+        )
+    else:  # a query per week or month: the database sums the days, not Python
+        found = []
+        start = window.start
+        while start <= window.end:
+            first = period_start(start, period)
+            following = period_start(first + (7 if period == "week" else 32) * rollups.DAY, period)
+            end = min(window.end, following - 1)
+            for row in _run(path, Query(start, end, group, _filters(key_id), 0, measures)):
+                found.append({**row, "slot": first})
+            start = following
     periods: dict[int, dict[str, dict[str, Any]]] = {}
     unpriced: set[str] = set()
     for row in found:
