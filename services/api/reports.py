@@ -81,15 +81,15 @@ def _record(names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[str, Any]]:
-    """The key's newest `limit` records in the window, in the order they completed (the
-    original's file order)."""
+    """The key's newest `limit` records in the window, oldest first (in the order of the index
+    of key and start: nothing to sort)."""
     select = ", ".join(RECORD_COLUMNS.values())
     with reading(path) as db:
         if db is None:
             return []
         rows = db.execute(
             f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY id DESC LIMIT ?",
+            "ORDER BY start_ms DESC, id DESC LIMIT ?",
             (key_id, window.start, window.end, limit),
         ).fetchall()[::-1]
     names = list(RECORD_COLUMNS)
@@ -104,28 +104,24 @@ def _cell(value: Any) -> Any:
 
 
 def export_csv(path: Path, key_id: str, window: Window) -> Iterator[str]:
-    """The key's records in the window as CSV, oldest first, a page of rows at a time (the
-    connection stays open while the answer is sent)."""
+    """The key's records in the window as CSV, oldest first, a page of rows at a time from one
+    query in the index's order (the connection stays open while the answer is sent)."""
     yield ",".join(RECORD_COLUMNS) + "\n"
     select = ", ".join(RECORD_COLUMNS.values())
     with reading(path) as db:
         if db is None:
             return
-        after = -1
-        while True:
-            rows = db.execute(
-                f"SELECT id, {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-                "AND id > ? ORDER BY id LIMIT ?",
-                (key_id, window.start, window.end, after, EXPORT_PAGE),
-            ).fetchall()
-            if not rows:
-                return
+        cursor = db.execute(
+            f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
+            "ORDER BY start_ms, id",
+            (key_id, window.start, window.end),
+        )
+        while rows := cursor.fetchmany(EXPORT_PAGE):
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
             for row in rows:
-                writer.writerow(_cell(v) for v in row[1:])
+                writer.writerow(_cell(v) for v in row)
             yield out.getvalue()
-            after = rows[-1][0]
 
 
 # Sums from the rollups ----------------------------------------------------------------------
@@ -265,17 +261,21 @@ def spend(
     """Tokens and cost per key or model, per day, week or month (UTC)."""
     dimension = SPEND_BY[by]
     group = (dimension,) if dimension == "model" else (dimension, "model")
-    found = _run(
-        path,
-        Query(
-            window.start,
-            window.end,
-            group,
-            _filters(key_id),
-            rollups.DAY,
-            ("prompt_tokens", "completion_tokens", "requests"),
-        ),
-    )
+    measures = ("prompt_tokens", "completion_tokens", "requests")
+    if period == "day":
+        found = _run(
+            path, Query(window.start, window.end, group, _filters(key_id), rollups.DAY, measures)
+        )
+    else:  # a query per week or month: the database sums the days, not Python
+        found = []
+        start = window.start
+        while start <= window.end:
+            first = period_start(start, period)
+            following = period_start(first + (7 if period == "week" else 32) * rollups.DAY, period)
+            end = min(window.end, following - 1)
+            for row in _run(path, Query(start, end, group, _filters(key_id), 0, measures)):
+                found.append({**row, "slot": first})
+            start = following
     periods: dict[int, dict[str, dict[str, Any]]] = {}
     unpriced: set[str] = set()
     for row in found:

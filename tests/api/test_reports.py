@@ -131,6 +131,11 @@ def test_spend_prices_tokens_per_model_and_period(api, rows, keys, now):
             by_key[row["username"]] = by_key.get(row["username"], 0) + row["cost"]
     assert by_key["alice"] == pytest.approx(expected)
     assert by_key["bob"] == 0
+    for period in ("day", "week"):
+        other = api.get(
+            "/api/analytics/spend", params={"period": period, "startDate": now - 86400_000 * 3}
+        ).json()
+        assert other["total"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
