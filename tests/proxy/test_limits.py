@@ -10,11 +10,11 @@ import socket
 import struct
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from services.proxy.board import IDLE_AT, NAME, SLOT, SLOTS
 from shared.apikeys import ApiKey, Limits, format_time, write_keys
@@ -90,7 +90,7 @@ def test_a_key_limited_to_models_cannot_name_another_one_the_upstream_reads(
     running = proxy(allowed, forbidden)
     with_policy(running, api_key, models=("allowed",))
     sdk = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
-    hello: Any = [{"role": "user", "content": "hi"}]
+    hello: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     eventually(lambda: forbidden_refused(sdk))
     assert sdk.chat.completions.create(model="allowed", messages=hello).model == "allowed"
     with pytest.raises(openai.BadRequestError) as caught:

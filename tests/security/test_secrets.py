@@ -178,10 +178,13 @@ def _drive(d: Drive) -> None:
     time.sleep(0.5)  # lines below WARNING are written at most 0.2 s late
 
 
+KEY_FILES = ("apikeys.json", "apikeys.json.last-good")  # must hold the keys; 0600
+
+
 def _written_files(home: Path) -> Iterator[Path]:
-    """Everything the stack wrote but the key file (which must hold the keys) and `env`."""
+    """Everything the stack wrote but the key file and its last good copy, and `env`."""
     for path in sorted(home.rglob("*")):
-        if path.is_file() and path.name not in ("apikeys.json", "env"):
+        if path.is_file() and path.name not in (*KEY_FILES, "env"):
             yield path
 
 
@@ -200,6 +203,8 @@ def test_no_secret_in_any_log_line(driven: Drive):
 def test_no_secret_in_any_file_written(driven: Drive):
     files = list(_written_files(driven.stack.home))
     assert any(p.name == "analytics.db" for p in files)
+    for name in KEY_FILES:
+        assert (driven.stack.data / name).stat().st_mode & 0o077 == 0
     for path in files:
         content = path.read_bytes().decode("latin-1")
         for name, secret in driven.secrets.all().items():
