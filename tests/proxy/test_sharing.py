@@ -165,7 +165,7 @@ def test_requests_per_minute_hold_exactly_across_workers_and_processes(upstreams
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(headers["retry-after"]) <= 2
     assert {h["x-ratelimit-limit-requests"] for _, h, _ in ok} == {"30"}
-    assert len(worker_ids(running.rows())) == 2  # both workers counted on the same board
+    eventually(lambda: len(worker_ids(running.rows())) == 2)  # both counted on one board
     time.sleep(int(headers["retry-after-ms"]) / 1000 + 0.1)
     [(status, _, _)] = fire(running.url, key.key, 0, 1, 1)
     assert status == 200  # lifted when the window has passed
@@ -187,7 +187,7 @@ def test_tokens_per_minute_hold_across_workers_and_processes(upstreams, workers)
     # the bucket fills (tokens are known only at the end); 1000 tokens drain per minute.
     assert 99 <= ok <= 99 + 9 + elapsed * 1000 / 60 / 10 + 1, (ok, elapsed)
     assert statuses.count(429) == 180 - ok
-    assert len(worker_ids(running.rows())) == 2
+    eventually(lambda: len(worker_ids(running.rows())) == 2)  # rows come in batches
 
 
 def test_concurrent_requests_hold_exactly_across_workers(upstreams, workers):
@@ -207,7 +207,7 @@ def test_concurrent_requests_hold_exactly_across_workers(upstreams, workers):
     assert in_flight == 3 and statuses == {200: 3, 429: 9} and a.peak == 3
     refused = next(f.result() for f in answers if f.result().status_code == 429)
     assert refused.headers["retry-after"] == "1"
-    assert len(worker_ids(running.rows())) == 2
+    eventually(lambda: len(worker_ids(running.rows())) == 2)  # rows come in batches
     assert chat(running.url, key.key).status_code == 200  # the slots were given back
 
 
