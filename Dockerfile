@@ -36,14 +36,6 @@ RUN VENV=/ui/.venv ../scripts/npm run build
 
 FROM ${BASE}
 
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="llmp" \
-      org.opencontainers.image.description="Self-hosted gateway for OpenAI-compatible LLM servers: one /v1 endpoint, per-user keys, analytics, managed nginx and TLS. A drop-in replacement for llm-proxy." \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.licenses="MIT"
-
 # Debian's Python in a virtual environment (/opt/venv, first on PATH) that holds llmp's
 # dependencies.
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -101,3 +93,12 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "llmp.health"]
 
 CMD ["python", "-m", "llmp", "run"]
+
+# Last, so that a new revision does not rebuild the layers above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="llmp" \
+      org.opencontainers.image.description="Self-hosted gateway for OpenAI-compatible LLM servers: one /v1 endpoint, per-user keys, analytics, managed nginx and TLS. A drop-in replacement for llm-proxy." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="MIT"

@@ -2,7 +2,9 @@
 
 Healthy means nginx answers HTTP on PORT and the api's `/healthz` says every program is up. The
 api is asked on its own loopback port rather than through nginx: the admin's CIDR groups may
-leave loopback out, and a health check must not turn red because of them.
+leave loopback out, and a health check must not turn red because of them. nginx is asked for
+a path it answers itself (404, or the redirect to HTTPS), never one it passes to the api: while
+the api starts, that would put an error line in nginx's log at every check.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from shared.settings import Settings, load_settings
 
 TIMEOUT = 4.0
+NGINX_PROBE = "/.llmp-health"  # nginx's own `location /`: never proxied
 
 
 def _status(host: str, port: int, path: str) -> int:
@@ -29,7 +32,7 @@ def check(settings: Settings) -> str | None:
     nginx_host = settings.bind_address if settings.bind_address not in ("", "0.0.0.0") else ""
     nginx_host = "::1" if nginx_host == "::" else nginx_host or "127.0.0.1"
     try:
-        _status(nginx_host, settings.port, "/")  # any answer: nginx is up
+        _status(nginx_host, settings.port, NGINX_PROBE)  # any answer: nginx is up
     except OSError as exc:
         return f"nginx does not answer on port {settings.port}: {exc}"
     try:
