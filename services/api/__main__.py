@@ -1,9 +1,22 @@
 """Run the api on 127.0.0.1:API_PORT."""
 
+from typing import Any
+
 import uvicorn
 
 from shared.logs import setup_logging
 from shared.settings import get_settings
+
+# How uvicorn serves the api. Its idle connections outlive nginx's (UPSTREAM_KEEPALIVE, 60 s in
+# services/certd/nginx_conf.py): closed first by uvicorn (5 s by default), a kept-alive connection
+# could be closed under a request nginx was sending on it, and a POST then failed.
+SERVER_OPTIONS: dict[str, Any] = {
+    "proxy_headers": False,
+    "access_log": False,
+    "log_config": None,
+    "timeout_keep_alive": 75,
+    "timeout_graceful_shutdown": 10,
+}
 
 
 def main() -> None:
@@ -14,12 +27,9 @@ def main() -> None:
         factory=True,
         host="127.0.0.1",
         port=settings.api_port,
-        # The client address is nginx's X-Real-IP, believed only with nginx's proof (see
-        # shared/forwarding.py): any local process could send X-Forwarded-For.
-        proxy_headers=False,
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+        # proxy_headers off: the client address is nginx's X-Real-IP, believed only with
+        # nginx's proof (see shared/forwarding.py): any local process could send X-Forwarded-For.
+        **SERVER_OPTIONS,
     )
 
 

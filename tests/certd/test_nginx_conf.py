@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -10,8 +11,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.certd import certs, nginx
+from services.api import __main__ as api_main
+from services.certd import certs, nginx, nginx_conf
 from services.certd.nginx_conf import render_site, tls_servers
+from services.proxy import __main__ as proxy_main
 from shared.site import Site
 from tests.conftest import make_settings
 
@@ -100,3 +103,14 @@ def test_renewal_time_follows_certbot(tmp_path):
     assert short.renewal_time() - short.not_before == datetime.timedelta(days=3)
     assert long.renewal_time() - long.not_before == datetime.timedelta(days=60)
     assert long.renewed_at is None
+
+
+def test_nginx_lets_idle_upstream_connections_go_before_the_api_and_the_proxy_do(tmp_path):
+    # Closed first by uvicorn, a kept-alive connection could be closed under a request nginx
+    # was sending on it (a POST then failed with "Server disconnected").
+    text = nginx_conf.render_server(make_settings(tmp_path), admin_cidrs=[])
+    upstreams = re.findall(r"upstream (\w+) \{[^}]*keepalive_timeout (\d+)s;", text)
+    assert upstreams == [("llmp_proxy", "60"), ("llmp_api", "60")]
+    assert nginx_conf.UPSTREAM_KEEPALIVE == 60
+    for options in (api_main.SERVER_OPTIONS, proxy_main.SERVER_OPTIONS):
+        assert options["timeout_keep_alive"] > nginx_conf.UPSTREAM_KEEPALIVE
