@@ -8,8 +8,11 @@ import type {
   Bucket,
   HttpMode,
   KeyUpdate,
+  LoggedRequest,
   NginxStatus,
   Range,
+  RequestFilters,
+  RequestPage,
   RequestRecord,
   Summary,
   Upstream,
@@ -166,6 +169,16 @@ export function createApi(options: ClientOptions = {}) {
     },
     async summary(keyId: string | null, r: Range, bucket: Bucket): Promise<Summary> {
       return request<Summary>('GET', `/api/analytics/summary${query({ keyId, ...range(r), bucket })}`)
+    },
+    /** One page of the request log, filtered and sorted by the api; `cursor` continues one. */
+    async requestLog(filters: RequestFilters, r: Range, cursor: string | null = null, limit = 50): Promise<RequestPage> {
+      const params = { ...filters, ...range(r), cursor, limit }
+      const page = await request<RequestPage>('GET', `/api/analytics/requests${query(params)}`)
+      return { requests: page.requests, nextCursor: page.nextCursor }
+    },
+    /** One request by the id its client saw. */
+    async requestById(requestId: string): Promise<LoggedRequest> {
+      return (await request<{ request: LoggedRequest }>('GET', `/api/analytics/requests/${encodeURIComponent(requestId)}`)).request
     },
     async recordsCsv(keyId: string, r: Range): Promise<Blob> {
       return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)

@@ -135,3 +135,52 @@ export interface Range {
   start: number
   end: number
 }
+
+/** How a request ended (docs/analytics.md); everything but `ok` is a failure. */
+export type Outcome = 'ok' | 'rate_limited' | 'client_error' | 'server_error' | 'incomplete'
+
+/** One request of the request log (`GET /api/analytics/requests`). */
+export interface LoggedRequest {
+  id: number
+  /** the `x-request-id` its client saw */
+  requestId: string
+  keyId: string
+  username: string | null
+  startTime: number
+  endTime: number | null
+  durationMs: number | null
+  status: number | null
+  outcome: Outcome
+  method: string | null
+  path: string | null
+  model: string | null
+  upstream: string | null
+  stream: boolean
+  ttfbMs: number | null
+  queueMs: number | null
+  promptTokens: number | null
+  completionTokens: number | null
+  usageEstimated: boolean
+  bytesIn: number | null
+  bytesOut: number | null
+  error: string | null
+}
+
+/** The request log's server-side filters; empty ones are left out. */
+export interface RequestFilters {
+  keyId?: string
+  model?: string
+  upstream?: string
+  status?: string
+  outcome?: Outcome | ''
+  stream?: 'true' | 'false' | ''
+  path?: string
+  requestId?: string
+  order?: 'desc' | 'asc'
+}
+
+export interface RequestPage {
+  requests: LoggedRequest[]
+  /** null on the last page */
+  nextCursor: string | null
+}
