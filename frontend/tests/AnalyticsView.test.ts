@@ -69,7 +69,7 @@ afterEach(() => {
 
 describe('AnalyticsView', () => {
   it('shows all keys for the last 7 days by default, deleted keys included', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([]) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     expect(api.summary).toHaveBeenCalledWith(null, { start: NOW - 7 * DAY, end: NOW }, 'hour')
     expect(api.records).not.toHaveBeenCalled() // the log is paged by the api, not loaded whole
@@ -83,6 +83,7 @@ describe('AnalyticsView', () => {
 
   it("loads a key's requests, and follows the key in the address", async () => {
     const api = fakeApi({
+      breakdown: async () => [],
       listKeys: async () => [alice],
       summary: async () => summary(),
       requestLog: async () => page([logged(1, { endTime: null, status: 502, outcome: 'server_error', error: 'upstream unreachable' }), logged(2)]),
@@ -101,7 +102,7 @@ describe('AnalyticsView', () => {
   })
 
   it('asks for days over a month, and checks a custom range before asking', async () => {
-    const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Last 30 days')!.trigger('click')
     await flushPromises()
@@ -126,7 +127,7 @@ describe('AnalyticsView', () => {
   })
 
   it('puts the period in the address and shows what the address says', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api, { key: alice.id, period: '30d' })
     expect(api.summary).toHaveBeenCalledWith(alice.id, { start: NOW - 30 * DAY, end: NOW }, 'day')
     expect(view.find('button[aria-pressed="true"]').text()).toBe('Last 30 days')
@@ -151,7 +152,7 @@ describe('AnalyticsView', () => {
   })
 
   it('names each request cell by its column, for the phone layout that hides the header', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([logged(1)]) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([logged(1)]) })
     const view = await mountAnalytics(api, { key: alice.id })
     const table = view.find('[aria-label="Requests"] table')
     const headers = table.findAll('thead th').map((th) => th.text())
@@ -160,7 +161,7 @@ describe('AnalyticsView', () => {
   })
 
   it('shows errors in the page', async () => {
-    const api = fakeApi({ listKeys: async () => [], requestLog: async () => page([]), summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], requestLog: async () => page([]), summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
     const view = await mountAnalytics(api)
     expect(view.find('[role="alert"]').text()).toBe('Invalid start date: Timestamp must be positive')
   })
@@ -172,7 +173,7 @@ describe('AnalyticsView', () => {
       return 'blob:x'
     })
     vi.spyOn(URL, 'revokeObjectURL').mockImplementation(() => {})
-    const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ series: [] }), requestLog: async () => page([]) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], summary: async () => summary({ series: [] }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Export CSV')!.trigger('click')
     await flushPromises()
@@ -245,6 +246,7 @@ describe('RequestLog', () => {
 
   it('shows the time queued, and estimated tokens with a ~ and why', async () => {
     const api = fakeApi({
+      breakdown: async () => [],
       requestLog: async () =>
         page([logged(0, { queueMs: 1500, usageEstimated: true, promptTokens: 1200, completionTokens: 30 }), logged(1, { queueMs: null })]),
     })

@@ -200,6 +200,12 @@ def test_request_log_filters_on_the_server_and_finds_a_request_by_its_id(
     log = page.get_by_role("region", name="Requests")
     expect(page.get_by_test_id("total-requests")).to_have_text("4")
     expect(log.locator("tbody tr")).to_have_count(4)  # the totals and the table agree
+    by_model = page.get_by_role("region", name="Breakdown by model")
+    expect(by_model.locator("tbody tr")).to_have_count(3)
+    expect(by_model.locator("tbody tr", has_text="llama-e2e")).to_contain_text("2")
+    expect(by_model.locator("tbody tr", has_text="no-such-model")).to_contain_text("100 %")
+    page.get_by_role("button", name="By upstream").click()
+    expect(page.get_by_role("region", name="Breakdown by upstream")).to_be_visible()
 
     page.get_by_label("Result").select_option("client_error")
     page.get_by_role("button", name="Apply filters").click()

@@ -5,6 +5,8 @@
 
 import type {
   ApiKey,
+  BreakdownBy,
+  BreakdownRow,
   Bucket,
   HttpMode,
   KeyUpdate,
@@ -175,6 +177,10 @@ export function createApi(options: ClientOptions = {}) {
       const params = { ...filters, ...range(r), cursor, limit }
       const page = await request<RequestPage>('GET', `/api/analytics/requests${query(params)}`)
       return { requests: page.requests, nextCursor: page.nextCursor }
+    },
+    /** Requests, failures, tokens, latency and speed per key, model or upstream, busiest first. */
+    async breakdown(by: BreakdownBy, keyId: string | null, r: Range): Promise<BreakdownRow[]> {
+      return (await request<{ rows: BreakdownRow[] }>('GET', `/api/analytics/breakdown${query({ by, keyId, ...range(r) })}`)).rows
     },
     /** One request by the id its client saw. */
     async requestById(requestId: string): Promise<LoggedRequest> {

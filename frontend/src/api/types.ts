@@ -184,3 +184,28 @@ export interface RequestPage {
   /** null on the last page */
   nextCursor: string | null
 }
+
+export type BreakdownBy = 'key' | 'model' | 'upstream'
+
+/** One row of `GET /api/analytics/breakdown`: a key, model or upstream URL (`value`). */
+export interface BreakdownRow {
+  value: string
+  /** with `by=key` */
+  username?: string | null
+  requests: number
+  failures: number
+  errorRate: number
+  promptTokens: number
+  completionTokens: number
+  streams: number
+  latencyP50: number | null
+  latencyP95: number | null
+  latencyP99: number | null
+  ttfbP50: number | null
+  ttfbP95: number | null
+  /** completion tokens a second of completed streamed answers */
+  tokensPerSecond: number | null
+  /** null when no prices are set */
+  cost: number | null
+  lastUsed: number | null
+}
