@@ -9,6 +9,7 @@ import type {
   BreakdownRow,
   Bucket,
   HttpMode,
+  KeyActivity,
   KeyUpdate,
   LoggedRequest,
   NginxStatus,
@@ -151,8 +152,10 @@ export function createApi(options: ClientOptions = {}) {
       return data.username
     },
 
+    /** Every key, each with what it has used (`usage`) when the api says. */
     async listKeys(): Promise<ApiKey[]> {
-      return (await request<{ keys: ApiKey[] }>('GET', '/api/keys')).keys
+      const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', '/api/keys')
+      return data.keys.map((key) => (data.usage?.[key.id] ? { ...key, usage: data.usage[key.id] } : key))
     },
     async createKey(username: string): Promise<ApiKey> {
       return (await request<{ key: ApiKey }>('POST', '/api/keys', { username })).key

@@ -24,6 +24,27 @@ export interface ApiKey {
   /** glob patterns; default every model */
   models?: string[]
   limits?: Limits
+  /** what the key has used (`usage` of `GET /api/keys`, put on the key by the client) */
+  usage?: KeyActivity
+}
+
+/** A key's budget in its current period, what it used and what is left (`GET /api/keys`). */
+export interface BudgetUse {
+  period: 'day' | 'week' | 'month'
+  resetsAt: number
+  tokens?: number | null
+  usedTokens?: number | null
+  remainingTokens?: number | null
+  cost?: number | null
+  usedCost?: number | null
+  remainingCost?: number | null
+}
+
+export interface KeyActivity {
+  lastUsed: number | null
+  requestsToday: number
+  tokensToday: number
+  budget: BudgetUse | null
 }
 
 /** The body of `PATCH /api/keys/{id}`: only what changes. null clears (no expiry, every
