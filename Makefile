@@ -3,12 +3,14 @@
 # make check: lint and type-check.  make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
+# make bench-analytics: every analytics route against a generated database of BENCH_ROWS
+# requests (10 million; built once into var/bench-analytics/, which takes a while).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak check bench ui ui-test system-deps-run system-deps-test clean
+.PHONY: run test soak check bench bench-analytics ui ui-test system-deps-run system-deps-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -55,6 +57,10 @@ soak: system-deps-test $(STAMP) $(UI)
 
 bench: system-deps-bench $(STAMP)
 	$(PY) -m bench
+
+BENCH_ROWS ?= 10000000
+bench-analytics: $(STAMP)
+	$(PY) -m bench.analytics --rows $(BENCH_ROWS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache frontend/dist frontend/node_modules

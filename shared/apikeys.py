@@ -77,6 +77,27 @@ class Limits:
 BUDGET_PERIODS = ("day", "week", "month")
 
 
+def period_bounds(period: str, now: float) -> tuple[int, float, float]:
+    """The period's number and its start and end (epoch seconds, UTC)."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start = day
+        end = start.timestamp() + 86400
+        return int(start.timestamp() // 86400), start.timestamp(), end
+    if period == "week":
+        start_s = day.timestamp() - day.weekday() * 86400
+        return int(start_s // (7 * 86400)) + 1, start_s, start_s + 7 * 86400
+    first = day.replace(day=1)
+    following = (
+        first.replace(year=first.year + 1, month=1)
+        if first.month == 12
+        else first.replace(month=first.month + 1)
+    )
+    number = (first.year - 1970) * 12 + first.month
+    return number, first.timestamp(), following.timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """What a key may use per calendar period (UTC): tokens, cost (in the currency of

@@ -1,14 +1,15 @@
 """Rollups of `requests`: what the analytics read instead of the rows, kept as the rows are written.
 
 One table, `rollups`, holds sums per period (`grain`: an hour or a UTC day, `period_ms` its start)
-at four levels of detail, so that a question reads a few rows per period whatever the traffic:
+at five levels of detail, so that a question reads a few rows per period whatever the traffic:
 
 | level | dimensions | answers |
 |---|---|---|
-| 0 `DETAIL` | key, model, upstream, outcome | a key by model or upstream, spend by key |
+| 0 `DETAIL` | key, model, upstream, outcome | a key by upstream or outcome |
 | 1 `MODELS` | model, upstream | every key by model or upstream |
 | 2 `KEYS` | key | one key's totals, every key side by side |
 | 3 `TOTAL` | (none) | every key together |
+| 4 `KEY_MODELS` | key, model | a key by model, spend (cost is per model) by key |
 
 A dimension a level does not have holds '' (as does a request without a model or upstream). Each
 row holds counts, failures, token sums, the completion tokens and generation time of streamed
@@ -37,12 +38,13 @@ HOUR = 3600_000
 DAY = 86400_000
 GRAINS = (HOUR, DAY)
 
-DETAIL, MODELS, KEYS, TOTAL = 0, 1, 2, 3
+DETAIL, MODELS, KEYS, TOTAL, KEY_MODELS = 0, 1, 2, 3, 4
 LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
     DETAIL: ("key_id", "model", "upstream", "outcome"),
     MODELS: ("model", "upstream"),
     KEYS: ("key_id",),
     TOTAL: (),
+    KEY_MODELS: ("key_id", "model"),
 }
 DIMENSIONS = ("key_id", "model", "upstream", "outcome")
 
@@ -295,7 +297,8 @@ class Segment:
 
 def cover(start: int, end: int, slot: int) -> list[Segment]:
     """The window `start <= t <= end` as raw edges, whole hours and whole days (days only where
-    series slots are at least a day, so that no period straddles two slots)."""
+    series slots are at least a day, or there are none, so that no period straddles two
+    slots)."""
     segments: list[Segment] = []
     first_hour = -(-start // HOUR) * HOUR
     after_last_hour = (end + 1) // HOUR * HOUR
@@ -303,7 +306,7 @@ def cover(start: int, end: int, slot: int) -> list[Segment]:
         return [Segment(0, start, end)]
     if start < first_hour:
         segments.append(Segment(0, start, first_hour - 1))
-    if slot >= DAY:
+    if slot == 0 or slot >= DAY:
         first_day = -(-first_hour // DAY) * DAY
         after_last_day = after_last_hour // DAY * DAY
         if first_day < after_last_day:
@@ -324,7 +327,7 @@ def cover(start: int, end: int, slot: int) -> list[Segment]:
 def level_for(dimensions: Iterable[str]) -> int:
     """The least detailed level that has every dimension named (grouped by or filtered on)."""
     wanted = set(dimensions)
-    for level in (TOTAL, KEYS, MODELS, DETAIL):
+    for level in (TOTAL, KEYS, MODELS, KEY_MODELS, DETAIL):
         if wanted <= set(LEVEL_DIMENSIONS[level]):
             return level
     return DETAIL

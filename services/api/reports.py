@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import rollups
+from shared.apikeys import ApiKey, period_bounds
 from shared.prices import Prices
 from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
 
@@ -79,15 +80,15 @@ def _record(names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[str, Any]]:
-    """The key's newest `limit` records in the window, in the order they completed (the
-    original's file order)."""
+    """The key's newest `limit` records in the window, oldest first (in the order of the index
+    of key and start: nothing to sort)."""
     select = ", ".join(RECORD_COLUMNS.values())
     with reading(path) as db:
         if db is None:
             return []
         rows = db.execute(
             f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY id DESC LIMIT ?",
+            "ORDER BY start_ms DESC, id DESC LIMIT ?",
             (key_id, window.start, window.end, limit),
         ).fetchall()[::-1]
     names = list(RECORD_COLUMNS)
@@ -102,28 +103,24 @@ def _cell(value: Any) -> Any:
 
 
 def export_csv(path: Path, key_id: str, window: Window) -> Iterator[str]:
-    """The key's records in the window as CSV, oldest first, a page of rows at a time (the
-    connection stays open while the answer is sent)."""
+    """The key's records in the window as CSV, oldest first, a page of rows at a time from one
+    query in the index's order (the connection stays open while the answer is sent)."""
     yield ",".join(RECORD_COLUMNS) + "\n"
     select = ", ".join(RECORD_COLUMNS.values())
     with reading(path) as db:
         if db is None:
             return
-        after = -1
-        while True:
-            rows = db.execute(
-                f"SELECT id, {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-                "AND id > ? ORDER BY id LIMIT ?",
-                (key_id, window.start, window.end, after, EXPORT_PAGE),
-            ).fetchall()
-            if not rows:
-                return
+        cursor = db.execute(
+            f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
+            "ORDER BY start_ms, id",
+            (key_id, window.start, window.end),
+        )
+        while rows := cursor.fetchmany(EXPORT_PAGE):
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
             for row in rows:
-                writer.writerow(_cell(v) for v in row[1:])
+                writer.writerow(_cell(v) for v in row)
             yield out.getvalue()
-            after = rows[-1][0]
 
 
 # Sums from the rollups ----------------------------------------------------------------------
@@ -263,17 +260,21 @@ def spend(
     """Tokens and cost per key or model, per day, week or month (UTC)."""
     dimension = SPEND_BY[by]
     group = (dimension,) if dimension == "model" else (dimension, "model")
-    found = _run(
-        path,
-        Query(
-            window.start,
-            window.end,
-            group,
-            _filters(key_id),
-            rollups.DAY,
-            ("prompt_tokens", "completion_tokens", "requests"),
-        ),
-    )
+    measures = ("prompt_tokens", "completion_tokens", "requests")
+    if period == "day":
+        found = _run(
+            path, Query(window.start, window.end, group, _filters(key_id), rollups.DAY, measures)
+        )
+    else:  # a query per week or month: the database sums the days, not Python
+        found = []
+        start = window.start
+        while start <= window.end:
+            first = period_start(start, period)
+            following = period_start(first + (7 if period == "week" else 32) * rollups.DAY, period)
+            end = min(window.end, following - 1)
+            for row in _run(path, Query(start, end, group, _filters(key_id), 0, measures)):
+                found.append({**row, "slot": first})
+            start = following
     periods: dict[int, dict[str, dict[str, Any]]] = {}
     unpriced: set[str] = set()
     for row in found:
@@ -317,11 +318,15 @@ def spend(
     }
 
 
-def key_usage(path: Path, key_ids: list[str], now_ms: int) -> dict[str, dict[str, Any]]:
-    """Each key's last use and its requests and tokens today (UTC), from the rollups."""
+def key_usage(
+    path: Path, keys: list[ApiKey], prices: Prices, now_ms: int
+) -> dict[str, dict[str, Any]]:
+    """Each key's last use, its requests and tokens today (UTC), and its budget's use in the
+    current period, from the rollups."""
     day = now_ms - now_ms % rollups.DAY
+    key_ids = [k.id for k in keys]
     usage: dict[str, dict[str, Any]] = {
-        k: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0} for k in key_ids
+        k.id: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0, "budget": None} for k in keys
     }
     with reading(path) as db:
         if db is None:
@@ -341,4 +346,43 @@ def key_usage(path: Path, key_ids: list[str], now_ms: int) -> dict[str, dict[str
                 (rollups.DAY, rollups.KEYS, key_id),
             ).fetchone()
             usage[key_id]["lastUsed"] = row[0] if row else None
+        for key in keys:
+            if key.budget is not None:
+                usage[key.id]["budget"] = _budget_use(db, key, prices, now_ms)
+    for key in keys:  # a database with nothing yet: budgets are all still there
+        if key.budget is not None and usage[key.id]["budget"] is None:
+            usage[key.id]["budget"] = _budget_use(None, key, prices, now_ms)
     return usage
+
+
+def _budget_use(
+    db: sqlite3.Connection | None, key: ApiKey, prices: Prices, now_ms: int
+) -> dict[str, Any]:
+    budget = key.budget
+    assert budget is not None
+    _, start, end = period_bounds(budget.period, now_ms / 1000)
+    rows = (
+        []
+        if db is None
+        else db.execute(
+            "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
+            "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
+            (rollups.DAY, rollups.KEY_MODELS, key.id, int(start * 1000)),
+        ).fetchall()
+    )
+    out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}
+    if budget.tokens is not None:
+        used = sum(p + c for _, p, c in rows)
+        out |= {
+            "tokens": budget.tokens,
+            "usedTokens": used,
+            "remainingTokens": max(0, budget.tokens - used),
+        }
+    if budget.cost is not None:
+        cost = round(sum(prices.cost(m, p, c) or 0.0 for m, p, c in rows), 6)
+        out |= {
+            "cost": budget.cost,
+            "usedCost": cost,
+            "remainingCost": round(max(0.0, budget.cost - cost), 6),
+        }
+    return out

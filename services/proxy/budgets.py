@@ -20,7 +20,6 @@ import logging
 import math
 import sqlite3
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from services.proxy.board import Board, Slot
@@ -28,7 +27,7 @@ from services.proxy.errors import ProxyError
 from services.proxy.limits import duration
 from shared import rollups
 from shared.analytics import RequestRow
-from shared.apikeys import ApiKey, Budget
+from shared.apikeys import ApiKey, Budget, period_bounds
 from shared.prices import Prices, PricesError, read_prices
 
 log = logging.getLogger("proxy.budgets")
@@ -38,27 +37,6 @@ USED_MAX = (1 << USED_BITS) - 1
 MICRO = 1_000_000  # cost is counted in millionths
 PRICES_CHECK = 1.0  # seconds between looks at prices.json
 SEED_TIMEOUT = 0.5
-
-
-def period_bounds(period: str, now: float) -> tuple[int, float, float]:
-    """The period's number and its start and end (epoch seconds, UTC)."""
-    moment = datetime.fromtimestamp(now, UTC)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        start = day
-        end = start.timestamp() + 86400
-        return int(start.timestamp() // 86400), start.timestamp(), end
-    if period == "week":
-        start_s = day.timestamp() - day.weekday() * 86400
-        return int(start_s // (7 * 86400)) + 1, start_s, start_s + 7 * 86400
-    first = day.replace(day=1)
-    following = (
-        first.replace(year=first.year + 1, month=1)
-        if first.month == 12
-        else first.replace(month=first.month + 1)
-    )
-    number = (first.year - 1970) * 12 + first.month
-    return number, first.timestamp(), following.timestamp()
 
 
 class PriceBook:
@@ -172,7 +150,7 @@ class Budgets:
                     "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
                     "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? "
                     "GROUP BY model",
-                    (rollups.DAY, rollups.DETAIL, key.id, first_day),
+                    (rollups.DAY, rollups.KEY_MODELS, key.id, first_day),
                 ).fetchall()
         except sqlite3.Error as exc:
             log.warning("budget use not read", extra={"fields": {"key": key.id, "error": exc}})

@@ -7,12 +7,15 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import Admin, KeyFileDep
+from services.api import reports
+from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import (
     LIMIT_FIELDS,
@@ -24,8 +27,9 @@ from services.api.validation import (
     key_update,
     read_fields,
 )
-from shared.apikeys import KeyFileError
+from shared.apikeys import ApiKey, KeyFileError
 from shared.keyfile import DuplicateUsername
+from shared.prices import Prices, PricesError, read_prices
 
 log = logging.getLogger("api.keys")
 
@@ -104,14 +108,62 @@ UPDATE_BODY = _body(
 )
 
 
+KEY_STATES = ("all", "active", "disabled", "expired")
+KEY_SORTS = ("createdAt", "username", "lastUsed", "tokensToday")
+
+
+def _state(key: ApiKey, now: datetime) -> str:
+    if not key.enabled:
+        return "disabled"
+    return "expired" if key.expired(now) else "active"
+
+
 @router.get("")
-def list_keys(admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+def list_keys(
+    admin: Admin,
+    keyfile: KeyFileDep,
+    settings: SettingsDep,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    state: str = "all",
+    sort: str = "createdAt",
+    order: str = "asc",
+) -> JSONResponse:
+    """The keys (the original's answer), with `usage` by key id: last use, today's requests and
+    tokens, and the budget's use. Searched, filtered by state and sorted on the server."""
+    for name, value, allowed in (
+        ("state", state, KEY_STATES),
+        ("sort", sort, KEY_SORTS),
+        ("order", order, ("asc", "desc")),
+    ):
+        if value not in allowed:
+            raise Failure(400, f'"{name}" must be one of [{", ".join(allowed)}]')
     try:
         keys = keyfile.list()
     except KeyFileError as exc:
         log.error("keys unreadable", extra={"fields": {"error": exc}})
         raise Failure(500, "Failed to list API keys") from exc
-    return {"success": True, "keys": [k.to_json() for k in keys]}
+    now = datetime.now(UTC)
+    if search:
+        needle = search.strip().lower()
+        keys = [k for k in keys if needle in k.username.lower() or needle in k.id]
+    if state != "all":
+        keys = [k for k in keys if _state(k, now) == state]
+    try:
+        prices = read_prices(settings.prices_file)
+    except PricesError:
+        prices = Prices()  # the reports say the file is unreadable; the list still works
+    usage = reports.key_usage(settings.analytics_db, keys, prices, int(now.timestamp() * 1000))
+    if sort != "createdAt" or order != "asc":
+
+        def by(key: ApiKey) -> Any:
+            if sort == "username":
+                return key.username.lower()
+            if sort == "createdAt":
+                return key.createdAt
+            return usage[key.id][sort] or 0
+
+        keys = sorted(keys, key=by, reverse=order == "desc")
+    return JSONResponse({"success": True, "keys": [k.to_json() for k in keys], "usage": usage})
 
 
 @router.post("", openapi_extra=CREATE_BODY)
