@@ -1,8 +1,8 @@
 import { flushPromises } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { ApiError } from '../src/api/client'
-import type { ApiKey, RequestRecord, Summary } from '../src/api/types'
-import RequestTable from '../src/components/RequestTable.vue'
+import type { ApiKey, LoggedRequest, RequestPage, Summary } from '../src/api/types'
+import RequestLog from '../src/components/RequestLog.vue'
 import { clearNotices, useNotices } from '../src/composables/notices'
 import { DAY, HOUR } from '../src/lib/analytics'
 import { cleanQuery } from '../src/composables/route'
@@ -27,14 +27,17 @@ function summary(over: Partial<Summary> = {}): Summary {
   }
 }
 
-function record(i: number, over: Partial<RequestRecord> = {}): RequestRecord {
+function logged(i: number, over: Partial<LoggedRequest> = {}): LoggedRequest {
   return {
-    startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, status: 200, model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1',
-    path: '/v1/chat/completions', stream: false, ttfbMs: 40, promptTokens: 5, completionTokens: 2, bytesIn: 1, bytesOut: 2, error: null,
-    queueMs: null, usageEstimated: false,
+    id: 1000 - i, requestId: `req${String(i).padStart(13, '0')}`, keyId: alice.id, username: 'alice',
+    startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, durationMs: 300, status: 200, outcome: 'ok', method: 'POST',
+    path: '/v1/chat/completions', model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1', stream: false, ttfbMs: 40,
+    queueMs: null, promptTokens: 5, completionTokens: 2, usageEstimated: false, bytesIn: 1, bytesOut: 2, error: null,
     ...over,
   }
 }
+
+const page = (requests: LoggedRequest[], nextCursor: string | null = null): RequestPage => ({ requests, nextCursor })
 
 const stubs = { AnalyticsCharts: { props: ['summary'], template: '<div class="charts-stub" />' } }
 
@@ -66,30 +69,32 @@ afterEach(() => {
 
 describe('AnalyticsView', () => {
   it('shows all keys for the last 7 days by default, deleted keys included', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary() })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     expect(api.summary).toHaveBeenCalledWith(null, { start: NOW - 7 * DAY, end: NOW }, 'hour')
-    expect(api.records).not.toHaveBeenCalled()
+    expect(api.records).not.toHaveBeenCalled() // the log is paged by the api, not loaded whole
+    expect(api.requestLog).toHaveBeenCalledWith({ order: 'desc' }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
     expect(view.find('[data-testid="total-requests"]').text()).toBe('3')
     expect(view.find('[data-testid="total-failures"]').text()).toBe('1 33.3 %')
-    expect(view.findAll('option').map((o) => o.text())).toEqual(['All keys', 'alice', 'dave (deleted)'])
-    expect(view.findAll('tbody tr').map((r) => r.find('td').text())).toEqual(['alice', 'dave (deleted)'])
+    expect(view.findAll('#analytics-key option').map((o) => o.text())).toEqual(['All keys', 'alice', 'dave (deleted)'])
+    expect(view.find('[aria-label="Usage per key"]').findAll('tbody tr').map((r) => r.find('td').text())).toEqual(['alice', 'dave (deleted)'])
     expect(view.find('.charts-stub').exists()).toBe(true)
   })
 
   it("loads a key's requests, and follows the key in the address", async () => {
     const api = fakeApi({
+      breakdown: async () => [],
       listKeys: async () => [alice],
       summary: async () => summary(),
-      records: async () => [record(2), record(1, { endTime: null, status: 502, error: 'upstream unreachable' })],
+      requestLog: async () => page([logged(1, { endTime: null, status: 502, outcome: 'server_error', error: 'upstream unreachable' }), logged(2)]),
     })
     const view = await mountAnalytics(api)
     await view.find('#analytics-key').setValue(alice.id)
     await flushPromises()
     expect(view.asked).toEqual([{ key: alice.id }])
     expect(api.summary).toHaveBeenLastCalledWith(alice.id, { start: NOW - 7 * DAY, end: NOW }, 'hour')
-    expect(api.records).toHaveBeenCalledWith(alice.id, { start: NOW - 7 * DAY, end: NOW }, 10_000)
-    const rows = view.findAll('tbody tr')
+    expect(api.requestLog).toHaveBeenLastCalledWith({ order: 'desc', keyId: alice.id }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
+    const rows = view.find('[aria-label="Requests"]').findAll('tbody tr')
     expect(rows[0]!.text()).toContain('Failed')
     expect(rows[0]!.text()).toContain('upstream unreachable')
     expect(rows[1]!.text()).toContain('Success')
@@ -97,7 +102,7 @@ describe('AnalyticsView', () => {
   })
 
   it('asks for days over a month, and checks a custom range before asking', async () => {
-    const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ bucket: 'day' }) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Last 30 days')!.trigger('click')
     await flushPromises()
@@ -122,7 +127,7 @@ describe('AnalyticsView', () => {
   })
 
   it('puts the period in the address and shows what the address says', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary({ bucket: 'day' }), records: async () => [] })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary({ bucket: 'day' }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api, { key: alice.id, period: '30d' })
     expect(api.summary).toHaveBeenCalledWith(alice.id, { start: NOW - 30 * DAY, end: NOW }, 'day')
     expect(view.find('button[aria-pressed="true"]').text()).toBe('Last 30 days')
@@ -147,7 +152,7 @@ describe('AnalyticsView', () => {
   })
 
   it('names each request cell by its column, for the phone layout that hides the header', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], summary: async () => summary(), records: async () => [record(1)] })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [alice], summary: async () => summary(), requestLog: async () => page([logged(1)]) })
     const view = await mountAnalytics(api, { key: alice.id })
     const table = view.find('[aria-label="Requests"] table')
     const headers = table.findAll('thead th').map((th) => th.text())
@@ -156,7 +161,7 @@ describe('AnalyticsView', () => {
   })
 
   it('shows errors in the page', async () => {
-    const api = fakeApi({ listKeys: async () => [], summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], requestLog: async () => page([]), summary: async () => Promise.reject(new ApiError(400, 'Invalid start date: Timestamp must be positive')) })
     const view = await mountAnalytics(api)
     expect(view.find('[role="alert"]').text()).toBe('Invalid start date: Timestamp must be positive')
   })
@@ -168,7 +173,7 @@ describe('AnalyticsView', () => {
       return 'blob:x'
     })
     vi.spyOn(URL, 'revokeObjectURL').mockImplementation(() => {})
-    const api = fakeApi({ listKeys: async () => [], summary: async () => summary({ series: [] }) })
+    const api = fakeApi({ breakdown: async () => [], listKeys: async () => [], summary: async () => summary({ series: [] }), requestLog: async () => page([]) })
     const view = await mountAnalytics(api)
     await view.findAll('button').find((b) => b.text() === 'Export CSV')!.trigger('click')
     await flushPromises()
@@ -180,26 +185,72 @@ describe('AnalyticsView', () => {
   })
 })
 
-describe('RequestTable', () => {
-  it('pages newest first and filters failures', async () => {
-    const records = Array.from({ length: 120 }, (_, i) => record(i, i % 10 === 0 ? { endTime: null, status: 504 } : {}))
-    const table = await mountWithApi(RequestTable, fakeApi(), { props: { records: [...records].reverse(), truncated: false } })
-    expect(table.findAll('tbody tr')).toHaveLength(50)
-    expect(table.find('tbody tr').text()).toContain('model-0')
-    expect(table.find('[role="status"]').text()).toContain('50 of 120 requests')
-    await table.find('input[type="checkbox"]').setValue(true)
-    expect(table.findAll('tbody tr')).toHaveLength(12)
-    await table.find('input[type="checkbox"]').setValue(false)
-    await table.findAll('button').find((b) => b.text().startsWith('Show more'))!.trigger('click')
-    expect(table.findAll('tbody tr')).toHaveLength(120)
+describe('RequestLog', () => {
+  const range = { start: NOW - DAY, end: NOW }
+  const mountLog = (api: ReturnType<typeof fakeApi>, keyId = alice.id) =>
+    mountWithApi(RequestLog, api, { props: { keyId, range, reload: 0 } })
+
+  it('pages with the api cursor, never loading more than a page', async () => {
+    const first = Array.from({ length: 50 }, (_, i) => logged(i))
+    const second = Array.from({ length: 20 }, (_, i) => logged(50 + i))
+    const api = fakeApi({ requestLog: vi.fn().mockResolvedValueOnce(page(first, 'c1')).mockResolvedValueOnce(page(second)) })
+    const log = await mountLog(api)
+    expect(log.findAll('tbody tr')).toHaveLength(50)
+    expect(log.find('[role="status"]').text()).toBe('50 requests shown, more to load, newest first')
+    await log.findAll('button').find((b) => b.text() === 'Show 50 more')!.trigger('click')
+    await flushPromises()
+    expect(api.requestLog).toHaveBeenLastCalledWith({ order: 'desc', keyId: alice.id }, range, 'c1', 50)
+    expect(log.findAll('tbody tr')).toHaveLength(70)
+    expect(log.findAll('button').some((b) => b.text() === 'Show 50 more')).toBe(false)
+  })
+
+  it('filters and sorts on the server, and checks the status first', async () => {
+    const api = fakeApi({ requestLog: async () => page([logged(1, { outcome: 'server_error', status: 504, endTime: null })]) })
+    const log = await mountLog(api, '')
+    await log.find('#log-status').setValue('five')
+    await log.find('form').trigger('submit')
+    expect(log.find('#log-status-error').text()).toContain('A status is a number')
+    expect(api.requestLog).toHaveBeenCalledTimes(1)
+    await log.find('#log-status').setValue('504')
+    await log.find('#log-outcome').setValue('server_error')
+    await log.find('#log-stream').setValue('false')
+    await log.find('#log-model').setValue(' llama3:8b ')
+    await log.find('#log-order').setValue('asc')
+    await log.find('form').trigger('submit')
+    await flushPromises()
+    expect(api.requestLog).toHaveBeenLastCalledWith(
+      { outcome: 'server_error', status: '504', stream: 'false', model: 'llama3:8b', order: 'asc' },
+      range,
+      null,
+      50,
+    )
+    const row = log.find('tbody tr')
+    expect(row.text()).toContain('Failed')
+    expect(row.text()).toContain('server error (5xx)')
+    expect(row.find('[data-label="Key"]').text()).toBe('alice') // every key: the key is a column
+    expect(log.find('[role="status"]').text()).toBe('1 request shown, oldest first, filtered')
+  })
+
+  it("shows one request's details with the id its client saw", async () => {
+    const api = fakeApi({ requestLog: async () => page([logged(3, { stream: true, error: null })]) })
+    const log = await mountLog(api)
+    const button = log.find('tbody button')
+    expect(button.text()).toBe('Details of request req0000000000003')
+    await button.trigger('click')
+    expect(button.attributes('aria-expanded')).toBe('true')
+    const facts = log.find('dl[aria-label="Request req0000000000003"]')
+    expect(facts.text()).toContain('Request idreq0000000000003')
+    expect(facts.text()).toContain('RequestPOST /v1/chat/completions')
+    expect(facts.text()).toContain('Streamedyes')
   })
 
   it('shows the time queued, and estimated tokens with a ~ and why', async () => {
-    const records = [
-      record(0, { queueMs: 1500, usageEstimated: true, promptTokens: 1200, completionTokens: 30 }),
-      record(1, { queueMs: null }),
-    ]
-    const table = await mountWithApi(RequestTable, fakeApi(), { props: { records, truncated: false } })
+    const api = fakeApi({
+      breakdown: async () => [],
+      requestLog: async () =>
+        page([logged(0, { queueMs: 1500, usageEstimated: true, promptTokens: 1200, completionTokens: 30 }), logged(1, { queueMs: null })]),
+    })
+    const table = await mountLog(api)
     const headers = table.findAll('th').map((h) => h.text())
     const cell = (row: number, header: string) => table.findAll('tbody tr')[row]!.findAll('td')[headers.indexOf(header)]!
     expect(cell(0, 'Queued').text()).toBe('1.50 s')

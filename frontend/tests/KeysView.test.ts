@@ -31,6 +31,27 @@ describe('KeysView', () => {
     expect(view.text()).toContain(alice.key)
   })
 
+  it("shows each key's last use, today's usage and budget, and filters and sorts a long list", async () => {
+    const budget = { period: 'month' as const, resetsAt: 0, tokens: 1000, usedTokens: 250, remainingTokens: 750 }
+    const many: ApiKey[] = Array.from({ length: 6 }, (_, i) => ({
+      ...bob, id: String(i).repeat(32), username: `user${i}`, createdAt: `2026-11-0${i + 1}T10:00:00.000Z`,
+      enabled: i !== 3,
+      usage: { lastUsed: i === 2 ? Date.now() - 120_000 : null, requestsToday: i, tokensToday: 100 * i, budget: i === 2 ? budget : null },
+    }))
+    const view = await mountWithApi(KeysView, fakeApi({ listKeys: async () => many }))
+    const item = (name: string) => view.findAll('.key-item').find((i) => i.attributes('data-username') === name)!
+    expect(item('user2').find('[data-testid="key-usage"]').text()).toMatch(/^Last used 2 minutes ago · today\s+2 requests,\s+200 tokens$/)
+    expect(item('user2').find('[data-testid="key-budget"]').text()).toBe('Budget this month: 250 of 1,000 tokens used (750 left)')
+    expect(item('user0').find('[data-testid="key-usage"]').text()).toContain('Never used')
+    await view.find('#key-sort').setValue('tokensToday')
+    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user5', 'user4', 'user3', 'user2', 'user1', 'user0'])
+    await view.find('#key-state').setValue('disabled')
+    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user3'])
+    await view.find('#key-state').setValue('')
+    await view.find('#key-filter').setValue('4444')
+    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user4'])
+  })
+
   it('says so when there are no keys, and when they cannot be read', async () => {
     const empty = await mountWithApi(KeysView, fakeApi({ listKeys: async () => [] }))
     expect(empty.text()).toContain('No API keys yet')

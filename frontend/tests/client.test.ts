@@ -24,6 +24,22 @@ describe('api client', () => {
     expect(init?.headers).toEqual({ 'Content-Type': 'application/json' })
   })
 
+  it("puts each key's usage on the key, and asks the request log with only the filters given", async () => {
+    const alice = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', createdAt: '2026-11-01T00:00:00Z' }
+    const bob = { ...alice, id: 'b'.repeat(32), username: 'bob' }
+    const usage = { lastUsed: 5, requestsToday: 2, tokensToday: 30, budget: null }
+    const { api, fetch } = apiAnswering(
+      jsonResponse(200, { success: true, keys: [alice, bob], usage: { [alice.id]: usage } }),
+      jsonResponse(200, { success: true, requests: [], nextCursor: null, startDate: 1, endDate: 2 }),
+    )
+    await expect(api.listKeys()).resolves.toEqual([{ ...alice, usage }, bob])
+    await expect(api.requestLog({ keyId: alice.id, outcome: 'server_error', order: 'asc' }, { start: 1, end: 2 }, 'c1')).resolves.toEqual({
+      requests: [],
+      nextCursor: null,
+    })
+    expect(fetch.mock.calls[1]![0]).toBe(`/api/analytics/requests?keyId=${alice.id}&outcome=server_error&order=asc&startDate=1&endDate=2&cursor=c1&limit=50`)
+  })
+
   it('updates a key with PATCH and only the fields given', async () => {
     const key = { id: 'a'.repeat(32), username: 'alice', key: 'sk-' + 'b'.repeat(64), createdAt: '2026-11-01T00:00:00Z', enabled: false }
     const { api, fetch } = apiAnswering(

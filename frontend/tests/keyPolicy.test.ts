@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import type { ApiKey } from '../src/api/types'
 import { toLocalInput } from '../src/lib/format'
-import { keyState, limitsText, policyChange, policyErrors, policyForm, type PolicyForm } from '../src/lib/keyPolicy'
+import { budgetText, keyState, limitsText, policyChange, policyErrors, policyForm, sortKeys, type PolicyForm } from '../src/lib/keyPolicy'
 
 const NOW = Date.UTC(2026, 10, 29, 12, 30)
 const plain: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', createdAt: '2026-11-01T10:00:00.000Z' }
@@ -100,5 +100,30 @@ describe('the policy form', () => {
       models: ['llama3*', 'qwen*'],
       limits: { tokensPerMinute: 1000 },
     })
+  })
+})
+
+describe('the key list', () => {
+  const key = (username: string, createdAt: string, usage?: ApiKey['usage']): ApiKey => ({
+    id: username.padEnd(32, '0'), username, key: 'sk-x', createdAt, usage,
+  })
+  const used = (lastUsed: number | null, tokensToday: number) => ({ lastUsed, requestsToday: 1, tokensToday, budget: null })
+
+  it('sorts by name, last use and tokens today, ties newest first', () => {
+    const a = key('carol', '2026-11-01T00:00:00Z', used(5, 10))
+    const b = key('alice', '2026-11-03T00:00:00Z', used(9, 10))
+    const c = key('bob', '2026-11-02T00:00:00Z')
+    expect(sortKeys([a, b, c], 'newest').map((k) => k.username)).toEqual(['alice', 'bob', 'carol'])
+    expect(sortKeys([a, b, c], 'username').map((k) => k.username)).toEqual(['alice', 'bob', 'carol'])
+    expect(sortKeys([a, b, c], 'lastUsed').map((k) => k.username)).toEqual(['alice', 'carol', 'bob'])
+    expect(sortKeys([a, b, c], 'tokensToday').map((k) => k.username)).toEqual(['alice', 'carol', 'bob'])
+  })
+
+  it('says what a budget has used and has left', () => {
+    const budget = { period: 'month' as const, resetsAt: 0, tokens: 1_000_000, usedTokens: 250_000, remainingTokens: 750_000 }
+    expect(budgetText(budget)).toBe('Budget this month: 250,000 of 1,000,000 tokens used (750,000 left)')
+    expect(budgetText({ period: 'day', resetsAt: 0, cost: 20, usedCost: 4.2, remainingCost: 15.8 })).toBe(
+      'Budget this day: 4.20 of 20.00 spent (15.80 left)',
+    )
   })
 })

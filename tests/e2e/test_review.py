@@ -175,3 +175,51 @@ def test_a_failed_certificate_says_why_and_can_be_retried_renewed_and_removed(
     )
     expect(row).to_have_count(0)
     shot(page, artifacts, "35-tls-certificate-removed")
+
+
+def test_request_log_filters_on_the_server_and_finds_a_request_by_its_id(
+    admin_page: Page, ui_stack: Stack, artifacts: Path
+) -> None:
+    page = admin_page
+    with ui_stack.admin() as api:
+        key = api.post("/api/keys", json={"username": "ivan"}).json()["key"]
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    ids = []
+    for model in ("llama-e2e", "llama-e2e", "qwen-e2e", "no-such-model"):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(ui_stack.url + "/v1/chat/completions", json=body, headers=headers)
+        ids.append(r.headers["x-request-id"])
+
+    def recorded() -> bool:
+        with ui_stack.admin() as api:
+            summary = api.get("/api/analytics/summary", params={"keyId": key["id"]}).json()
+        return bool(summary["totals"]["requests"] == 4)
+
+    eventually(recorded, timeout=15, interval=0.3)
+    page.goto(f"/admin/analytics?key={key['id']}&period=24h")
+    log = page.get_by_role("region", name="Requests")
+    expect(page.get_by_test_id("total-requests")).to_have_text("4")
+    expect(log.locator("tbody tr")).to_have_count(4)  # the totals and the table agree
+    by_model = page.get_by_role("region", name="Breakdown by model")
+    expect(by_model.locator("tbody tr")).to_have_count(3)
+    expect(by_model.locator("tbody tr", has_text="llama-e2e")).to_contain_text("2")
+    expect(by_model.locator("tbody tr", has_text="no-such-model")).to_contain_text("100 %")
+    page.get_by_role("button", name="By upstream").click()
+    expect(page.get_by_role("region", name="Breakdown by upstream")).to_be_visible()
+
+    page.get_by_label("Result").select_option("client_error")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(log.locator("tbody tr")).to_have_count(1)
+    expect(log.locator("tbody tr")).to_contain_text("no-such-model")
+    page.get_by_role("button", name="Clear").click()
+    expect(log.locator("tbody tr")).to_have_count(4)
+
+    wanted = ids[2]
+    page.get_by_label("Request id").fill(wanted)
+    page.get_by_role("button", name="Apply filters").click()
+    expect(log.locator("tbody tr")).to_have_count(1)
+    page.get_by_role("button", name=f"Details of request {wanted}").click()
+    details = page.get_by_label(f"Request {wanted}")
+    expect(details).to_contain_text("qwen-e2e")
+    expect(details).to_contain_text(wanted)
+    shot(page, artifacts, "36-request-log-details")

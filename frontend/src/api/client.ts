@@ -5,11 +5,17 @@
 
 import type {
   ApiKey,
+  BreakdownBy,
+  BreakdownRow,
   Bucket,
   HttpMode,
+  KeyActivity,
   KeyUpdate,
+  LoggedRequest,
   NginxStatus,
   Range,
+  RequestFilters,
+  RequestPage,
   RequestRecord,
   Summary,
   Upstream,
@@ -146,8 +152,10 @@ export function createApi(options: ClientOptions = {}) {
       return data.username
     },
 
+    /** Every key, each with what it has used (`usage`) when the api says. */
     async listKeys(): Promise<ApiKey[]> {
-      return (await request<{ keys: ApiKey[] }>('GET', '/api/keys')).keys
+      const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', '/api/keys')
+      return data.keys.map((key) => (data.usage?.[key.id] ? { ...key, usage: data.usage[key.id] } : key))
     },
     async createKey(username: string): Promise<ApiKey> {
       return (await request<{ key: ApiKey }>('POST', '/api/keys', { username })).key
@@ -166,6 +174,20 @@ export function createApi(options: ClientOptions = {}) {
     },
     async summary(keyId: string | null, r: Range, bucket: Bucket): Promise<Summary> {
       return request<Summary>('GET', `/api/analytics/summary${query({ keyId, ...range(r), bucket })}`)
+    },
+    /** One page of the request log, filtered and sorted by the api; `cursor` continues one. */
+    async requestLog(filters: RequestFilters, r: Range, cursor: string | null = null, limit = 50): Promise<RequestPage> {
+      const params = { ...filters, ...range(r), cursor, limit }
+      const page = await request<RequestPage>('GET', `/api/analytics/requests${query(params)}`)
+      return { requests: page.requests, nextCursor: page.nextCursor }
+    },
+    /** Requests, failures, tokens, latency and speed per key, model or upstream, busiest first. */
+    async breakdown(by: BreakdownBy, keyId: string | null, r: Range): Promise<BreakdownRow[]> {
+      return (await request<{ rows: BreakdownRow[] }>('GET', `/api/analytics/breakdown${query({ by, keyId, ...range(r) })}`)).rows
+    },
+    /** One request by the id its client saw. */
+    async requestById(requestId: string): Promise<LoggedRequest> {
+      return (await request<{ request: LoggedRequest }>('GET', `/api/analytics/requests/${encodeURIComponent(requestId)}`)).request
     },
     async recordsCsv(keyId: string, r: Range): Promise<Blob> {
       return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)

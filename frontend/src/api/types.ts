@@ -24,6 +24,27 @@ export interface ApiKey {
   /** glob patterns; default every model */
   models?: string[]
   limits?: Limits
+  /** what the key has used (`usage` of `GET /api/keys`, put on the key by the client) */
+  usage?: KeyActivity
+}
+
+/** A key's budget in its current period, what it used and what is left (`GET /api/keys`). */
+export interface BudgetUse {
+  period: 'day' | 'week' | 'month'
+  resetsAt: number
+  tokens?: number | null
+  usedTokens?: number | null
+  remainingTokens?: number | null
+  cost?: number | null
+  usedCost?: number | null
+  remainingCost?: number | null
+}
+
+export interface KeyActivity {
+  lastUsed: number | null
+  requestsToday: number
+  tokensToday: number
+  budget: BudgetUse | null
 }
 
 /** The body of `PATCH /api/keys/{id}`: only what changes. null clears (no expiry, every
@@ -134,4 +155,78 @@ export interface NginxStatus {
 export interface Range {
   start: number
   end: number
+}
+
+/** How a request ended (docs/analytics.md); everything but `ok` is a failure. */
+export type Outcome = 'ok' | 'rate_limited' | 'client_error' | 'server_error' | 'incomplete'
+
+/** One request of the request log (`GET /api/analytics/requests`). */
+export interface LoggedRequest {
+  id: number
+  /** the `x-request-id` its client saw */
+  requestId: string
+  keyId: string
+  username: string | null
+  startTime: number
+  endTime: number | null
+  durationMs: number | null
+  status: number | null
+  outcome: Outcome
+  method: string | null
+  path: string | null
+  model: string | null
+  upstream: string | null
+  stream: boolean
+  ttfbMs: number | null
+  queueMs: number | null
+  promptTokens: number | null
+  completionTokens: number | null
+  usageEstimated: boolean
+  bytesIn: number | null
+  bytesOut: number | null
+  error: string | null
+}
+
+/** The request log's server-side filters; empty ones are left out. */
+export interface RequestFilters {
+  keyId?: string
+  model?: string
+  upstream?: string
+  status?: string
+  outcome?: Outcome | ''
+  stream?: 'true' | 'false' | ''
+  path?: string
+  requestId?: string
+  order?: 'desc' | 'asc'
+}
+
+export interface RequestPage {
+  requests: LoggedRequest[]
+  /** null on the last page */
+  nextCursor: string | null
+}
+
+export type BreakdownBy = 'key' | 'model' | 'upstream'
+
+/** One row of `GET /api/analytics/breakdown`: a key, model or upstream URL (`value`). */
+export interface BreakdownRow {
+  value: string
+  /** with `by=key` */
+  username?: string | null
+  requests: number
+  failures: number
+  errorRate: number
+  promptTokens: number
+  completionTokens: number
+  streams: number
+  latencyP50: number | null
+  latencyP95: number | null
+  latencyP99: number | null
+  ttfbP50: number | null
+  ttfbP95: number | null
+  /** completion tokens a second of completed streamed answers */
+  tokensPerSecond: number | null
+  /** null when no prices are set */
+  cost: number | null
+  lastUsed: number | null
 }

@@ -1,7 +1,7 @@
 // A key's policy (services/api/validation.py): its state, how to show it, and the edit form,
 // checked here by the api's rules before it is sent. Pure functions.
 
-import type { ApiKey, KeyUpdate, LimitName } from '../api/types'
+import type { ApiKey, BudgetUse, KeyUpdate, LimitName } from '../api/types'
 import { count, fromLocalInput, toLocalInput } from './format'
 import { splitList } from './validation'
 
@@ -100,4 +100,37 @@ export function policyChange(form: PolicyForm, key: ApiKey): KeyUpdate {
     if (value !== before.limits[name]) (change.limits ??= {})[name] = value ? Number(value) : null
   }
   return change
+}
+
+export type KeySort = 'newest' | 'username' | 'lastUsed' | 'tokensToday'
+
+export const KEY_SORTS: { value: KeySort; label: string }[] = [
+  { value: 'newest', label: 'Newest first' },
+  { value: 'username', label: 'Username' },
+  { value: 'lastUsed', label: 'Last used' },
+  { value: 'tokensToday', label: 'Most tokens today' },
+]
+
+/** The keys in the order asked for; ties (and keys never used) newest first. */
+export function sortKeys(keys: readonly ApiKey[], by: KeySort): ApiKey[] {
+  const newest = (a: ApiKey, b: ApiKey) => b.createdAt.localeCompare(a.createdAt)
+  const compare: Record<KeySort, (a: ApiKey, b: ApiKey) => number> = {
+    newest,
+    username: (a, b) => a.username.localeCompare(b.username),
+    lastUsed: (a, b) => (b.usage?.lastUsed ?? -1) - (a.usage?.lastUsed ?? -1),
+    tokensToday: (a, b) => (b.usage?.tokensToday ?? 0) - (a.usage?.tokensToday ?? 0),
+  }
+  return [...keys].sort((a, b) => compare[by](a, b) || newest(a, b))
+}
+
+/** `Budget this month: 250,000 of 1,000,000 tokens used (750,000 left); 4.20 of 20.00 spent`. */
+export function budgetText(budget: BudgetUse): string {
+  const parts: string[] = []
+  if (budget.tokens != null) {
+    parts.push(`${count(budget.usedTokens ?? 0)} of ${count(budget.tokens)} tokens used (${count(budget.remainingTokens ?? 0)} left)`)
+  }
+  if (budget.cost != null) {
+    parts.push(`${(budget.usedCost ?? 0).toFixed(2)} of ${budget.cost.toFixed(2)} spent (${(budget.remainingCost ?? 0).toFixed(2)} left)`)
+  }
+  return `Budget this ${budget.period}: ${parts.join('; ')}`
 }

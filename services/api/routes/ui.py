@@ -3,8 +3,9 @@ by its index.html so the app's own routes survive a reload.
 
 GET and HEAD both answer. The build writes a brotli (`.br`) and a gzip (`.gz`) copy beside each
 file worth compressing (frontend/vite.config.ts); a browser that takes one of them gets it as it
-is on disk, with `Content-Encoding`, so nothing is compressed per request. Every answer varies by
-`Accept-Encoding`.
+is on disk, with `Content-Encoding`, so nothing is compressed per request. Such an answer says it
+varies by `Accept-Encoding`; a plain one gets that from the api's GZip middleware
+(services/api/app.py), which may compress it on the fly.
 """
 
 from __future__ import annotations
@@ -46,15 +47,18 @@ def accepted(header: str) -> set[str]:
 
 
 def _file(path: Path, request: Request, cache: str) -> FileResponse:
-    headers = {"Cache-Control": cache, "Vary": "Accept-Encoding"}
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     taken = accepted(request.headers.get("accept-encoding", ""))
     for coding, suffix in ENCODINGS:
         copy = path.with_name(path.name + suffix)
         if coding in taken and copy.is_file():
-            headers["Content-Encoding"] = coding
+            headers = {
+                "Cache-Control": cache,
+                "Vary": "Accept-Encoding",
+                "Content-Encoding": coding,
+            }
             return FileResponse(copy, media_type=media_type, headers=headers)
-    return FileResponse(path, media_type=media_type, headers=headers)
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": cache})
 
 
 @router.api_route("/admin", methods=METHODS)
