@@ -1,27 +1,10 @@
-"""Pure ASGI middleware of the api: the body size limit, and gzip for what is not precompressed."""
+"""Pure ASGI middleware of the api: the body size limit."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class Compress:
-    """Gzip answers over `minimum_size` for clients that take it (analytics JSON shrinks to a
-    fifth or less), except under `/admin/`: the admin app's files are sent precompressed by
-    routes/ui.py, with their own `Vary` (gzip would add a second one to every file)."""
-
-    def __init__(self, app: ASGIApp, minimum_size: int) -> None:
-        self.app = app
-        self.gzip = GZipMiddleware(app, minimum_size=minimum_size)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/admin"):
-            await self.gzip(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
 
 
 class BodyLimit:
