@@ -11,7 +11,6 @@ the `upstream` family here and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
@@ -28,6 +27,7 @@ from services.proxy.upstream import (
     Headers,
     ReadTimeout,
     UpstreamError,
+    fetch_whole,
 )
 
 # Headers aiohttp would add on its own: the client's pass through instead, or none.
@@ -158,18 +158,7 @@ class AiohttpClient:
         headers: Sequence[tuple[bytes, bytes]],
         seconds: float,
     ) -> tuple[int, bytes]:
-        try:
-            async with asyncio.timeout(seconds):
-                answer = await self.request(endpoint, "GET", target, headers, b"")
-                done = False
-                try:
-                    body = b"".join([chunk async for chunk in answer.chunks()])
-                    done = True
-                finally:
-                    answer.release() if done else answer.close()
-        except TimeoutError as exc:
-            raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
-        return answer.status, body
+        return await fetch_whole(self, endpoint, target, headers, seconds)
 
     async def close(self) -> None:
         await self.session.close()

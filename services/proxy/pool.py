@@ -45,6 +45,7 @@ from services.proxy.upstream import (
     Headers,
     ReadTimeout,
     UpstreamError,
+    fetch_whole,
 )
 
 READ_BUFFER = 256 * 1024
@@ -436,18 +437,7 @@ class Pool:
         headers: Sequence[tuple[bytes, bytes]],
         seconds: float,
     ) -> tuple[int, bytes]:
-        try:
-            async with asyncio.timeout(seconds):
-                answer = await self.request(endpoint, "GET", target, headers, b"")
-                done = False
-                try:
-                    body = b"".join([chunk async for chunk in answer.chunks()])
-                    done = True
-                finally:
-                    answer.release() if done else answer.close()
-        except TimeoutError as exc:
-            raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
-        return answer.status, body
+        return await fetch_whole(self, endpoint, target, headers, seconds)
 
     async def _connection(self, origin: Origin, fresh: bool) -> Connection:
         idle = origin.idle
