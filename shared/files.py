@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import json
 import logging
 import os
 import stat
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,27 @@ log = logging.getLogger("files")
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 RESERVE_SIZE = 1024 * 1024
 STALE_AFTER = 60.0  # seconds: a temporary file older than this is no writer's any more
+
+
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold `path` still while its reader-writers change it: an exclusive flock on `<path>.lock`,
+    for other processes, and a lock per path for this process's threads (flock is per open
+    file, so two threads of one process would not exclude each other through it)."""
+    with _locks_guard:
+        lock = _locks.setdefault(path.absolute(), threading.Lock())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lock:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -11,14 +11,12 @@ again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hmac
 import logging
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
+from shared import files
 from shared.apikeys import (
     ApiKey,
     KeyFileError,
@@ -42,21 +40,10 @@ class KeyFile:
         self.path = path
         # space kept for writing the key file on a full disk: a key can always be revoked
         self.reserve = Reserve(path.with_name(f".{path.name}.reserve"))
-        self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the file still: no change from this or another process meanwhile."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        return files.locked(self.path)
 
     def _keys(self) -> list[ApiKey]:
         keys, problem = load_keys(self.path)

@@ -22,18 +22,15 @@ into a command line.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
 import json
-import os
 import re
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
+from shared import files
 from shared.files import write_json_atomic
 
 HTTP_MODES = ("redirect", "serve")
@@ -237,30 +234,12 @@ def write_site(path: Path, site: Site) -> None:
     write_json_atomic(path, site.to_json(), mode=0o600)
 
 
-_locks: dict[Path, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with _locks_guard:
-        lock = _locks.setdefault(path.absolute(), threading.Lock())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with lock:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-
 def update_site(path: Path, change: Callable[[Site], Site]) -> Site:
     """Read, change and write the site under a lock, with the next generation; returns it.
 
     `change` may raise (SiteError) to write nothing.
     """
-    with _locked(path):
+    with files.locked(path):
         current = read_site(path)
         updated = replace(change(current), generation=current.generation + 1)
         write_site(path, updated)

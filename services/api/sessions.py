@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 
 from services.api.errors import AuthError
+from shared import files
 from shared.files import write_json_atomic
 from shared.settings import Settings
 
@@ -58,7 +56,6 @@ class Revoked:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
         self._signature: tuple[int, int, int] | None = None
         self._revoked: dict[str, int] = {}
         self._error: str | None = None
@@ -99,18 +96,8 @@ class Revoked:
     def __contains__(self, sid: str) -> bool:
         return sid in self._read()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return files.locked(self.path)
 
     def add(self, sid: str, expires: int, now: float) -> None:
         with self._locked():
