@@ -187,7 +187,7 @@ def test_corrupt_keys_file_keeps_last_good_keys(stack, key):
     for _ in range(10):
         r = httpx.get(stack.url + "/v1/models", headers={"Authorization": f"Bearer {key.key}"})
         assert r.status_code == 200
-    assert "keeping the last good keys" in stack.output()
+    assert "serving the last good keys" in stack.output()
     stack.keys(key)
     eventually(
         lambda: not httpx.get(stack.url + "/healthz").json()["programs"]["proxy"].get("last_error"),

@@ -110,6 +110,12 @@ class Scripted:
         return f"http://127.0.0.1:{self.port}"
 
 
+def node() -> str:
+    """The machine's node, else the one scripts/npm installed into the venv (a fresh Debian 12
+    has none, and its own is too old to build the UI)."""
+    return shutil.which("node") or str(Path(sys.prefix) / "node" / "bin" / "node")
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -220,7 +226,7 @@ def server_of(kind: str, tmp: Path) -> Iterator[str]:
     elif kind == "node":
         script = tmp / "server.js"
         script.write_text(NODE_SERVER)
-        argv = ["node", str(script), str(port)]
+        argv = [node(), str(script), str(port)]
     elif kind == "nginx":
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, port=port))
         argv = [shutil.which("nginx") or "nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")]
