@@ -196,18 +196,31 @@ def test_concurrent_requests_hold_exactly_across_workers(upstreams, workers):
     key = dataclasses.replace(ApiKey.new("conc"), limits=Limits(maxConcurrent=3))
     running.keys(key)
     eventually(lambda: models(running.url, key.key) == 200)
-    with ThreadPoolExecutor(12) as pool:
-        answers = [pool.submit(chat, running.url, key.key) for _ in range(12)]
-        # The upstream holds what reaches it: every request is either there or answered.
-        eventually(lambda: a.active + sum(f.done() for f in answers) == 12, timeout=60)
-        in_flight = a.active
-        a.held = False
-        a.release(in_flight)
-        statuses = Counter(f.result().status_code for f in answers)
-    assert in_flight == 3 and statuses == {200: 3, 429: 9} and a.peak == 3
-    refused = next(f.result() for f in answers if f.result().status_code == 429)
-    assert refused.headers["retry-after"] == "1"
-    eventually(lambda: len(worker_ids(running.rows())) == 2)  # rows come in batches
+
+    def burst() -> set[str]:
+        """Twelve requests at once: exactly three reach the upstream, nine are refused.
+        Returns the workers that answered (which takes them is the kernel's choice)."""
+        a.peak = 0
+        with ThreadPoolExecutor(12) as pool:
+            answers = [pool.submit(chat, running.url, key.key) for _ in range(12)]
+            # The upstream holds what reaches it: every request is either there or answered.
+            eventually(lambda: a.active + sum(f.done() for f in answers) == 12, timeout=60)
+            in_flight = a.active
+            a.release(in_flight)
+            results = [f.result() for f in answers]
+        statuses = Counter(r.status_code for r in results)
+        assert in_flight == 3 and statuses == {200: 3, 429: 9} and a.peak == 3
+        refused = next(r for r in results if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1"
+        return {r.headers["x-request-id"][:10] for r in results}  # a prefix per worker
+
+    # Exact in every burst; the test wants one in which both workers took part, and a busy
+    # machine may give a burst to one worker alone.
+    answered_by = [burst()]
+    while len(answered_by[-1]) < 2 and len(answered_by) < 8:
+        answered_by.append(burst())
+    assert len(answered_by[-1]) == 2, answered_by
+    a.release()
     assert chat(running.url, key.key).status_code == 200  # the slots were given back
 
 
