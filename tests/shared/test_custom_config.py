@@ -12,53 +12,15 @@ from services.certd.nginx_conf import TlsServer, render_server
 from shared.custom_config import CustomConfigError, certificate_files, check_custom_config
 from shared.site import SiteError
 from tests.conftest import make_settings
+from tests.original import server_conf
 
 LE = Path("/etc/letsencrypt")
 DATA = "/app/data"
 
-# The original's template (src/static/nginx-server-template.conf), as its users edited it.
-ORIGINAL_TEMPLATE = """
-server {
-    listen 443 ssl;
-    add_header 'Access-Control-Allow-Origin' '*';
-    add_header 'Add-Control-Allow-Methods' 'GET, POST, OPTIONS';
-    server_name llm.example.com;
-    server_tokens off;
-    real_ip_header X-Forwarded-For;
-    client_max_body_size 50M;
-    ssl_certificate /etc/letsencrypt/live/llm.example.com/fullchain.pem;
-    ssl_certificate_key /etc/letsencrypt/live/llm.example.com/privkey.pem;
-
-    location ~ ^/v1/(.*) {
-        proxy_pass http://localhost:8080;
-        proxy_pass_header Authorization;
-        proxy_redirect off;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_http_version 1.1;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection 'upgrade';
-        proxy_set_header Host $host;
-        proxy_cache_bypass $http_upgrade;
-        proxy_buffering off;
-        client_max_body_size 0;
-        proxy_read_timeout 36000s;
-    }
-    location ~ /(auth|nginx)/(.*) {
-        allow 192.168.1.0/24;
-        deny all;
-        proxy_pass http://localhost:8080;
-    }
-    location ~ (.*) {
-        return 404;
-    }
-}
-server {
-    listen 443 ssl;
-    server_name 203.0.113.7;
-    return 444;
-}
-"""
+# The original's template (src/static/nginx-server-template.conf) as its write-default fills
+# it in; its second server's `${public_ip}` is left for the admin to replace.
+ORIGINAL_TEMPLATE = server_conf("llm.example.com", ["192.168.1.0/24"])
+EDITED_TEMPLATE = ORIGINAL_TEMPLATE.replace("${public_ip}", "203.0.113.7")
 
 
 def check(text: str) -> str:
@@ -71,8 +33,9 @@ def refused(text: str) -> str:
     return str(error.value)
 
 
-def test_the_originals_template_passes():
-    assert check(ORIGINAL_TEMPLATE) == ORIGINAL_TEMPLATE
+def test_the_originals_template_passes_once_its_placeholder_is_filled_in():
+    assert check(EDITED_TEMPLATE) == EDITED_TEMPLATE
+    assert "'${' is not allowed" in refused(ORIGINAL_TEMPLATE)
 
 
 @pytest.mark.parametrize("http_mode", ["redirect", "serve"])
