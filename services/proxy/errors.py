@@ -73,56 +73,38 @@ def no_upstream() -> ProxyError:
 
 def bad_gateway(upstream: str) -> ProxyError:
     """`upstream` is its label ("upstream 2"): internal host names stay in the logs."""
-    return ProxyError(
-        502,
-        f"The {upstream} could not be reached",
-        "upstream_unreachable",
-        type="server_error",
-    )
+    return _failed(f"The {upstream} could not be reached", "upstream_unreachable")
 
 
 def certificate_refused(upstream: str) -> ProxyError:
-    return ProxyError(
-        502,
+    return _failed(
         f"The {upstream} could not be reached: its TLS certificate was refused",
         "upstream_certificate_refused",
-        type="server_error",
     )
 
 
 def upstream_dropped(upstream: str) -> ProxyError:
-    return ProxyError(
-        502,
+    return _failed(
         f"The {upstream} closed the connection without answering (the request was not sent"
         " again: it may have run)",
         "upstream_dropped",
-        type="server_error",
     )
 
 
 def bad_answer(upstream: str, detail: str) -> ProxyError:
-    return ProxyError(
-        502,
-        f"The {upstream} sent a malformed answer: {detail}",
-        "upstream_bad_answer",
-        type="server_error",
-    )
+    return _failed(f"The {upstream} sent a malformed answer: {detail}", "upstream_bad_answer")
 
 
 def models_unknown(model: str, reasons: list[str]) -> ProxyError:
-    return ProxyError(
-        502,
+    return _failed(
         f"No reachable upstream serves the model '{model}', and the models of some could not"
         f" be read: {'; '.join(reasons)}",
         "upstream_unreachable",
-        type="server_error",
     )
 
 
 def gateway_timeout(upstream: str) -> ProxyError:
-    return ProxyError(
-        504, f"The {upstream} did not answer in time", "upstream_timeout", type="server_error"
-    )
+    return _failed(f"The {upstream} did not answer in time", "upstream_timeout", 504)
 
 
 def internal_error() -> ProxyError:
@@ -145,6 +127,11 @@ def model_required() -> ProxyError:
 
 def model_not_allowed(model: str) -> ProxyError:
     return ProxyError(403, f"This API key may not use the model '{model}'", "model_not_allowed")
+
+
+def _failed(message: str, code: str, status: int = 502) -> ProxyError:
+    """An upstream that failed this request (502, or 504 for a timeout): not the client's fault."""
+    return ProxyError(status, message, code, type="server_error")
 
 
 def _busy(message: str, code: str) -> ProxyError:
