@@ -58,7 +58,7 @@ class Upstream:
     @property
     def label(self) -> str:
         """How answers to clients name it: internal host names stay in the logs."""
-        return f"upstream {self.index}" if self.index else "the upstream"
+        return f"upstream {self.index}" if self.index else "upstream"
 
     def __repr__(self) -> str:  # never print the key or the credentials
         cap = f", concurrency={self.concurrency}" if self.concurrency else ""

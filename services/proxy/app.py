@@ -201,6 +201,7 @@ class ProxyApp:
                     state.upstream.concurrency,
                     s.queue_limit,
                     s.queue_timeout,
+                    label=state.upstream.label,
                 )
         await self.keys.start()
         await self.recorder.start()

@@ -33,18 +33,13 @@ class ProxyError(Exception):
 
 
 def missing_key() -> ProxyError:
-    return ProxyError(
-        401,
-        "Missing API key. Send it as 'Authorization: Bearer <key>'.",
-        "missing_api_key",
-        headers=((b"www-authenticate", b"Bearer"),),
+    return key_refused(
+        "Missing API key. Send it as 'Authorization: Bearer <key>'.", "missing_api_key"
     )
 
 
 def invalid_key() -> ProxyError:
-    return ProxyError(
-        401, "Invalid API key", "invalid_api_key", headers=((b"www-authenticate", b"Bearer"),)
-    )
+    return key_refused("Invalid API key", "invalid_api_key")
 
 
 def not_found(path: str) -> ProxyError:
@@ -144,12 +139,12 @@ def upstream_busy(upstream: str) -> ProxyError:
 
 
 def queue_full(upstream: str) -> ProxyError:
-    return _busy(f"Upstream {upstream} is busy and its queue is full", "upstream_queue_full")
+    return _busy(f"The {upstream} is busy and its queue is full", "upstream_queue_full")
 
 
 def queue_timeout(upstream: str, seconds: float) -> ProxyError:
     return _busy(
-        f"Upstream {upstream} stayed busy: no turn came within {seconds:g} s",
+        f"The {upstream} stayed busy: no turn came within {seconds:g} s",
         "upstream_queue_timeout",
     )
 

@@ -41,8 +41,10 @@ class Gate:
         queue_limit: int,
         timeout: float,
         clock: Callable[[], float] = time.perf_counter,
+        label: str = "upstream",
     ) -> None:
         self.board = board
+        self.label = label  # how answers name the upstream; `name` (its URL) stays in the board
         self.clock = clock
         self.name = name
         self.concurrency = concurrency
@@ -65,7 +67,7 @@ class Gate:
                 if slot.try_enter(self.concurrency):
                     return 0.0
         if len(self._line) >= self.queue_limit:
-            raise errors.queue_full(self.name)
+            raise errors.queue_full(self.label)
         turn = asyncio.get_running_loop().create_future()
         with (
             self.board.holding(self._slot) as slot,
@@ -88,7 +90,7 @@ class Gate:
                 turn.cancel()
                 self._forget(turn)
             if isinstance(exc, TimeoutError):
-                raise errors.queue_timeout(self.name, self.timeout) from None
+                raise errors.queue_timeout(self.label, self.timeout) from None
             raise
         return self.clock() - started
 

@@ -76,7 +76,7 @@ def refused_credentials(upstream: str, has_key: bool) -> ProxyError:
     configured = "" if has_key else " (TARGET_URLS gives it no key)"
     return ProxyError(
         502,
-        f"Upstream {upstream} refused the gateway's credentials{configured}; "
+        f"The {upstream} refused the gateway's credentials{configured}; "
         "your API key was accepted. The gateway's administrator must fix its key for that "
         "upstream.",
         "upstream_auth_failed",

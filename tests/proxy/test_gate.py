@@ -56,7 +56,9 @@ def test_turns_go_round_the_keys_not_first_come(tmp_path):
 
 def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
     async def scenario():
-        gate = Gate(Board(tmp_path / "b"), "u", concurrency=1, queue_limit=1, timeout=0.2)
+        gate = Gate(
+            Board(tmp_path / "b"), "http://gpu.internal:8000/v1", 1, 1, 0.2, label="upstream 2"
+        )
         await gate.enter("a")
         waiting = asyncio.create_task(gate.enter("b"))
         await until(lambda: gate.queued == 1)
@@ -72,6 +74,9 @@ def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
     assert (full.status, full.code) == (503, "upstream_queue_full")
     assert (late.status, late.code) == (503, "upstream_queue_timeout")
     assert (b"retry-after", b"1") in late.headers
+    # Named as answers name an upstream: its URL (an internal host name) stays in the logs.
+    assert full.message == "The upstream 2 is busy and its queue is full"
+    assert "gpu.internal" not in late.message and "upstream 2" in late.message
 
 
 def test_a_request_that_gives_up_in_line_frees_its_place_and_its_turn(tmp_path):
