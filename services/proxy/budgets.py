@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sqlite3
 import time
 from pathlib import Path
 
 from services.proxy.board import Board, Slot
 from services.proxy.errors import ProxyError
-from services.proxy.limits import duration
+from services.proxy.limits import duration, level_headers, retry_headers
 from shared import rollups
 from shared.analytics import RequestRow
 from shared.apikeys import ApiKey, Budget, period_bounds
@@ -168,19 +167,15 @@ def _pack(number: int, used: int) -> int:
 def _refusal(budget: Budget, unit: str, limit: int, wait: float, currency: str) -> ProxyError:
     if unit == "tokens":
         amount = f"{limit} tokens"
-        headers: tuple[tuple[bytes, bytes], ...] = (
-            (b"x-ratelimit-limit-tokens", str(limit).encode()),
-            (b"x-ratelimit-remaining-tokens", b"0"),
-            (b"x-ratelimit-reset-tokens", duration(wait).encode()),
-        )
+        headers = level_headers("tokens", limit, 0, wait)
     else:
         amount = f"{limit / MICRO:g} {currency}"
-        headers = ()
+        headers = []
     return ProxyError(
         429,
         f"This key has used its budget of {amount} for this {budget.period}. "
         f"It renews in {duration(wait)}.",
         "insufficient_quota",
         type="insufficient_quota",
-        headers=((b"retry-after", str(max(1, math.ceil(wait))).encode()), *headers),
+        headers=(*retry_headers(wait), *headers),
     )

@@ -173,12 +173,17 @@ def _refusal(kind: str, limit: str, wait: float, headers: Headers) -> ProxyError
         f"Rate limit reached for {kind}: this key may use {limit}. Try again in {duration(wait)}.",
         "rate_limit_exceeded",
         type=kind,
-        headers=(
-            (b"retry-after", str(max(1, math.ceil(wait))).encode()),
-            (b"retry-after-ms", str(math.ceil(wait * 1000)).encode()),
-            *headers,
-        ),
+        headers=(*retry_headers(wait), *headers),
     )
+
+
+def retry_headers(wait: float) -> Headers:
+    """When to try again: `retry-after` in whole seconds, and `retry-after-ms`, which the
+    openai SDKs prefer."""
+    return [
+        (b"retry-after", str(max(1, math.ceil(wait))).encode()),
+        (b"retry-after-ms", str(math.ceil(wait * 1000)).encode()),
+    ]
 
 
 def _headers(requests: Level | None, tokens: list[Level]) -> Headers:
@@ -191,8 +196,13 @@ def _headers(requests: Level | None, tokens: list[Level]) -> Headers:
 
 
 def _level_headers(kind: str, level: Level) -> Headers:
+    return level_headers(kind, level.capacity, level.remaining, level.reset)
+
+
+def level_headers(kind: str, limit: int, remaining: int, reset: float) -> Headers:
+    """OpenAI's `x-ratelimit-*` headers for `kind` ("requests" or "tokens")."""
     return [
-        (f"x-ratelimit-limit-{kind}".encode(), str(level.capacity).encode()),
-        (f"x-ratelimit-remaining-{kind}".encode(), str(level.remaining).encode()),
-        (f"x-ratelimit-reset-{kind}".encode(), duration(level.reset).encode()),
+        (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+        (f"x-ratelimit-remaining-{kind}".encode(), str(remaining).encode()),
+        (f"x-ratelimit-reset-{kind}".encode(), duration(reset).encode()),
     ]

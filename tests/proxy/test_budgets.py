@@ -63,6 +63,7 @@ def test_a_token_budget_admits_until_used_then_refuses_until_the_next_period(bud
     assert headers[b"x-ratelimit-limit-tokens"] == b"100"
     assert headers[b"x-ratelimit-remaining-tokens"] == b"0"
     assert headers[b"retry-after"] == str(12 * 3600).encode()  # to midnight UTC
+    assert headers[b"retry-after-ms"] == str(12 * 3600 * 1000).encode()  # as the limits say it
     assert budgets.used(key, NOON) == {"tokens": 120}
     budgets.admit(key, NOON + 12 * 3600)  # the next day starts from nothing
     assert budgets.used(key, NOON + 12 * 3600) == {"tokens": 0}
