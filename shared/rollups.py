@@ -227,6 +227,18 @@ def add_rows(db: sqlite3.Connection, first_id: int, last_id: int) -> None:
 # Upgrade: rows written before the rollups existed are added in batches, oldest first.
 # `backfill_upto` (the last id then) is set when the table is made, in the same transaction;
 # `backfill_done` is the last id added so far, moved in the transaction that adds a batch.
+def key_tokens_by_model(
+    db: sqlite3.Connection, key_id: str, since_ms: int
+) -> list[tuple[str, int, int]]:
+    """(model, prompt tokens, completion tokens) of a key since `since_ms`, the first
+    millisecond of a UTC day, from the daily rollups: what budgets count."""
+    return db.execute(
+        "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
+        "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
+        (DAY, KEY_MODELS, key_id, since_ms),
+    ).fetchall()
+
+
 BACKFILL_BATCH = 50_000
 
 

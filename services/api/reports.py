@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import io
 import sqlite3
 from collections.abc import Iterator
@@ -244,15 +243,9 @@ SPEND_BY = {"key": "key_id", "model": "model"}
 
 
 def period_start(ms: int, period: str) -> int:
-    """The UTC day, week (from Monday) or month that `ms` falls in, as its first millisecond."""
-    day = ms - ms % rollups.DAY
-    if period == "day":
-        return day
-    days = day // rollups.DAY
-    if period == "week":
-        return (days - (days + 3) % 7) * rollups.DAY  # 1970-01-01 was a Thursday
-    date = dt.datetime.fromtimestamp(day / 1000, dt.UTC)
-    return int(date.replace(day=1).timestamp() * 1000)
+    """The UTC day, week (from Monday) or month that `ms` falls in, as its first millisecond:
+    the periods of budgets."""
+    return int(period_bounds(period, ms / 1000)[1] * 1000)
 
 
 def spend(
@@ -362,15 +355,7 @@ def _budget_use(
     budget = key.budget
     assert budget is not None
     _, start, end = period_bounds(budget.period, now_ms / 1000)
-    rows = (
-        []
-        if db is None
-        else db.execute(
-            "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
-            "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? GROUP BY model",
-            (rollups.DAY, rollups.KEY_MODELS, key.id, int(start * 1000)),
-        ).fetchall()
-    )
+    rows = [] if db is None else rollups.key_tokens_by_model(db, key.id, int(start * 1000))
     out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}
     if budget.tokens is not None:
         used = sum(p + c for _, p, c in rows)

@@ -145,12 +145,7 @@ class Budgets:
             return 0
         try:
             with contextlib.closing(db):
-                rows = db.execute(
-                    "SELECT model, SUM(prompt_tokens), SUM(completion_tokens) FROM rollups "
-                    "WHERE grain = ? AND level = ? AND key_id = ? AND period_ms >= ? "
-                    "GROUP BY model",
-                    (rollups.DAY, rollups.KEY_MODELS, key.id, first_day),
-                ).fetchall()
+                rows = rollups.key_tokens_by_model(db, key.id, first_day)
         except sqlite3.Error as exc:
             log.warning("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
             return 0
