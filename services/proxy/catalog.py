@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
@@ -34,13 +33,10 @@ DOWN_RETRY_SECONDS = 1.0
 DOWN_RETRY_MAX = 16.0
 
 
-_UNSET = Endpoint("http", "", 0)
-
-
 @dataclass(eq=False)
 class UpstreamState:
     upstream: Upstream
-    endpoint: Endpoint = _UNSET  # unset: the upstream's origin with default TLS, no proxy
+    endpoint: Endpoint  # where and how to connect (shared.targets + services.proxy.endpoints)
     auth: tuple[tuple[bytes, bytes], ...] = ()  # the header with its credentials
     models: list[dict[str, Any]] = field(default_factory=list)
     model_ids: frozenset[str] = frozenset()
@@ -50,13 +46,6 @@ class UpstreamState:
     in_flight: int = 0  # in this worker, queued included
     gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
     refusal: str | None = None  # why its models are unknown, when that is worth telling clients
-
-    def __post_init__(self) -> None:
-        if self.endpoint is _UNSET:
-            parts = urlsplit(self.upstream.origin)
-            secure = parts.scheme == "https"
-            port = parts.port or (443 if secure else 80)
-            self.endpoint = Endpoint(parts.scheme, parts.hostname or "", port)
 
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued

@@ -44,13 +44,6 @@ _PARAMETER = re.compile(r";\s*([^\s=;]+)\s*=")
 MAX_MODEL_FIELD = 1024  # bytes of a multipart `model` field; a longer one is refused
 
 
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise invalid_json(str(exc)) from exc
-
-
 class _Members(list[tuple[str, Any]]):
     """A JSON object's members in order, duplicates kept (json's `object_pairs_hook`)."""
 

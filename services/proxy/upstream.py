@@ -178,10 +178,3 @@ async def fetch_whole(
     except TimeoutError as exc:
         raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
     return answer.status, body
-
-
-def header_value(headers: Headers, name: bytes) -> bytes:
-    for key, value in headers:
-        if key == name:
-            return value
-    return b""

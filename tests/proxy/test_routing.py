@@ -3,11 +3,12 @@ import pytest
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.routing import rank, rank_any, request_model
+from services.proxy.upstream import Endpoint
 from shared.targets import Upstream
 
 
 def states(*names):
-    return [UpstreamState(Upstream(f"http://{n}", "/v1")) for n in names]
+    return [UpstreamState(Upstream(f"http://{n}", "/v1"), Endpoint("http", n, 80)) for n in names]
 
 
 def test_request_model_from_json():
