@@ -27,7 +27,7 @@ from llmp import privileges, upgrade
 from llmp.envfile import EnvFileError, create_env_file
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
-from shared.apikeys import write_keys
+from shared.apikeys import last_good_path, write_keys
 from shared.settings import Settings, load_settings
 
 HOME = Path(__file__).resolve().parent.parent
@@ -56,6 +56,14 @@ def socket_path(folder: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"llmp-{digest}.sock"
 
 
+def ensure_key_file(path: Path) -> None:
+    """A fresh install has no keys yet, not a missing key file (which the proxy reports). A
+    file deleted after keys were made stays missing: its last good copy keeps them in force,
+    and revocable (shared/apikeys.load_keys); an empty file would have replaced the copy too."""
+    if not path.exists() and not last_good_path(path).exists():
+        write_keys(path, [])
+
+
 def prepare(settings: Settings) -> dict[str, str]:
     """Make folders and the nginx config; return the environment for supervisord."""
     if shutil.which(settings.nginx_bin) is None:
@@ -67,9 +75,7 @@ def prepare(settings: Settings) -> dict[str, str]:
         folder.mkdir(parents=True, exist_ok=True)
     for stale in settings.run_dir.glob("*.json"):
         stale.unlink()
-    # A fresh install has no keys yet, not a missing key file (which the proxy reports).
-    if not settings.apikeys_file.exists():
-        write_keys(settings.apikeys_file, [])
+    ensure_key_file(settings.apikeys_file)
     # The proxy workers' Prometheus counters, summed by the api; a new run counts from zero.
     metrics = settings.state_dir / "metrics"
     shutil.rmtree(metrics, ignore_errors=True)
