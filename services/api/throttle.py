@@ -16,15 +16,14 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared import files
 from shared.files import write_json_atomic
 
 log = logging.getLogger("api.throttle")
@@ -56,12 +55,10 @@ class Throttle:
 
     @contextlib.contextmanager
     def _failures(self, write: bool) -> Iterator[dict[str, list[float]]]:
-        """The failures still in the window, by client (and ACCOUNT), under the file's lock;
-        saved after the block if `write`."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
+        """The failures still in the window, by client (and ACCOUNT); with `write`, under the
+        file's lock and saved after the block (a read needs no lock: writes replace the file
+        whole)."""
+        with files.locked(self.path) if write else contextlib.nullcontext():
             now = time.time()
             failures = {
                 who: kept
@@ -71,8 +68,6 @@ class Throttle:
             yield failures
             if write:
                 write_json_atomic(self.path, {"failures": failures}, mode=0o600)
-        finally:
-            os.close(fd)
 
     def _read(self) -> dict[str, list[float]]:
         try:
