@@ -179,14 +179,15 @@ def test_the_heartbeat_is_written_off_the_event_loop(proxy, api_key, upstreams):
 
     def slow_beat() -> None:  # a disk that takes its time with the fsync
         entered.set()
-        release.wait(10)
+        release.wait(120)  # until the test lets it go
 
     running.app.heartbeat.beat = slow_beat
     try:
-        assert entered.wait(10)
+        assert entered.wait(30)
         with running.client(api_key) as client:  # served while the write is stuck
             r = client.post("/v1/chat/completions", json={"model": "model-a", "messages": []})
         assert r.status_code == 200
+        assert not release.is_set() and entered.is_set()  # answered with the beat still stuck
     finally:
         release.set()
     asyncio.run_coroutine_threadsafe(asyncio.sleep(0), running.server_loop()).result(5)
