@@ -3,6 +3,7 @@
 import base64
 import json
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -52,44 +53,60 @@ def _signed(**claims) -> str:
     base = {
         "username": "admin",
         "iat": now,
-        "exp": now + 60,
+        "exp": now + 3600,
         "sid": "x" * 22,
         "cred": sessions.fingerprint(SECRET, "admin", PASSWORD),
     }
     return jwt.encode({k: v for k, v in {**base, **claims}.items() if v is not None}, SECRET)
 
 
-@pytest.mark.parametrize(
-    "token",
-    [
-        _signed(iat=int(time.time()) - 25 * 3600, exp=int(time.time()) - 3600),  # expired
-        _signed(iat=int(time.time()) - 25 * 3600, exp=int(time.time()) + 3600),  # too old
-        _signed(iat=int(time.time()) + 3600, exp=int(time.time()) + 7200),  # from the future
-        jwt.encode(  # a token as issued before sessions were bound to the credentials
-            {"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60}, SECRET
-        ),
-        _signed(sid=None),
-        _signed(cred=None),
-        _signed(username="someone-else"),
-        _signed(username=5),
-        _signed(cred=sessions.fingerprint(SECRET, "admin", "the-old-password")),
-        sessions.Sessions("another-secret-" + "x" * 40, "admin", PASSWORD, None).issue("admin"),  # type: ignore[arg-type]
-        jwt.encode(
-            {"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60},
-            SECRET,
-            algorithm="HS512",
-        ),
-        _b64({"alg": "none", "typ": "JWT"})
-        + "."
-        + _b64({"username": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60})
-        + ".",
-        "not-a-jwt",
-        "",
-        "a.b.c",
-    ],
-)
-def test_bad_tokens_are_refused(admin_sessions, token):
-    assert refused(admin_sessions, token)
+def _unbound(algorithm: str = "HS256") -> str:
+    """A token as issued before sessions were bound to the credentials."""
+    now = int(time.time())
+    return jwt.encode({"username": "admin", "iat": now, "exp": now + 3600}, SECRET, algorithm)
+
+
+def _unsigned() -> str:
+    now = int(time.time())
+    claims = {"username": "admin", "iat": now, "exp": now + 3600}
+    return _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(claims) + "."
+
+
+# Each made when its test runs (made at import, every token would expire in a long run and be
+# refused for that alone); `_signed()` itself is accepted (the first test below).
+BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "expired": lambda: _signed(iat=int(time.time()) - 25 * 3600, exp=int(time.time()) - 3600),
+    "too old": lambda: _signed(iat=int(time.time()) - 25 * 3600),
+    "from the future": lambda: _signed(iat=int(time.time()) + 3600, exp=int(time.time()) + 7200),
+    "unbound": _unbound,
+    "no session id": lambda: _signed(sid=None),
+    "no credentials": lambda: _signed(cred=None),
+    "another user": lambda: _signed(username="someone-else"),
+    "a number for a name": lambda: _signed(username=5),
+    "the old password": lambda: _signed(
+        cred=sessions.fingerprint(SECRET, "admin", "the-old-password")
+    ),
+    "another secret": lambda: sessions.Sessions(
+        "another-secret-" + "x" * 40,
+        "admin",
+        PASSWORD,
+        None,  # type: ignore[arg-type]
+    ).issue("admin"),
+    "HS512": lambda: _unbound("HS512"),
+    "alg none": _unsigned,
+    "not a JWT": lambda: "not-a-jwt",
+    "empty": lambda: "",
+    "three dots": lambda: "a.b.c",
+}
+
+
+def test_a_token_made_as_the_bad_ones_are_but_right_is_accepted(admin_sessions):
+    assert admin_sessions.verify(_signed()) == "admin"
+
+
+@pytest.mark.parametrize("make", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_bad_tokens_are_refused(admin_sessions, make):
+    assert refused(admin_sessions, make())
 
 
 def test_a_change_of_password_or_username_ends_every_session(revoked):
