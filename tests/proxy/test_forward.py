@@ -5,6 +5,7 @@ with both upstream clients."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -215,3 +216,28 @@ def test_a_body_cut_short_aborts_the_answer_without_a_traceback(
             row = eventually(lambda: next(iter(running.rows()), None))
     assert row["error"].startswith("upstream cut")
     assert not [r for r in caplog.records if r.exc_info is not None]
+
+
+def test_each_upstream_gets_its_own_credentials_as_configured_never_the_clients(
+    proxy, api_key, upstreams, client_kind
+):
+    bearer, azure, basic = (upstreams(n, [f"model-{n}"]) for n in ("bearer", "azure", "basic"))
+    running = proxy(
+        f"{bearer.url}|bearer-key",
+        f"{azure.url}|azure-key|auth=api-key",  # Azure OpenAI's header
+        basic.url.replace("://", "://alice:p%40ss@"),  # user:pass@ in the URL: Basic auth
+        upstream_client=client_kind,
+    )
+    with running.client(api_key) as client:
+        for name in ("bearer", "azure", "basic"):
+            r = client.post("/v1/chat/completions", json={"model": f"model-{name}", "messages": []})
+            assert r.status_code == 200, r.text
+    sent = {
+        name: {k.lower(): v for k, v in up.seen[-1].headers.items()}
+        for name, up in (("bearer", bearer), ("azure", azure), ("basic", basic))
+    }
+    assert sent["bearer"]["authorization"] == "Bearer bearer-key"
+    assert sent["azure"]["api-key"] == "azure-key" and "authorization" not in sent["azure"]
+    assert sent["basic"]["authorization"] == "Basic " + base64.b64encode(b"alice:p@ss").decode()
+    for headers in sent.values():  # the client's own key never goes on
+        assert api_key.key not in json.dumps(headers)
