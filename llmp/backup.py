@@ -2,7 +2,8 @@
 
 A backup is a gzipped tar of: `analytics.db` (through SQLite's online backup, so rows written
 meanwhile never tear it), `apikeys.json` (read under the key file's lock), `site.json`,
-`certd/status.json` and the original llm-proxy's `analytics/*.csv` if any. Heartbeats are not
+`prices.json` (what budgets in money count by), `certd/status.json` and the original
+llm-proxy's `analytics/*.csv` if any. Heartbeats are not
 kept. Restoring needs the stack stopped, and puts every file in place atomically.
 """
 
@@ -19,7 +20,7 @@ from shared.files import write_atomic
 from shared.heartbeat import read_heartbeats
 from shared.keyfile import KeyFile
 
-PLAIN_FILES = ("site.json", "certd/status.json")
+PLAIN_FILES = ("site.json", "prices.json", "certd/status.json")
 SECRET_FILES = frozenset({"apikeys.json", "analytics.db"})
 
 

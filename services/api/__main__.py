@@ -7,7 +7,7 @@ import uvicorn
 from shared.logs import setup_logging
 from shared.settings import get_settings
 
-# How uvicorn serves the api. Its idle connections outlive nginx's (UPSTREAM_KEEPALIVE, 60 s in
+# How uvicorn serves the api. Its idle connections outlive nginx's (BACKEND_KEEPALIVE, 60 s in
 # services/certd/nginx_conf.py): closed first by uvicorn (5 s by default), a kept-alive connection
 # could be closed under a request nginx was sending on it, and a POST then failed.
 SERVER_OPTIONS: dict[str, Any] = {

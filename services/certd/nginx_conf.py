@@ -75,11 +75,11 @@ def server_conf_path(settings: Settings) -> Path:
 EMPTY_ROOT = "empty"  # the folder under the prefix that nginx's `root` names: always empty
 
 
-# Slow clients: a request's whole header must arrive within HEADER_TIMEOUT, and a body may
-# pause at most BODY_TIMEOUT between two reads (uploads over a slow link keep going).
 # How long nginx keeps an idle connection to the api and the proxy: less than their own
 # (uvicorn's timeout_keep_alive, 75 s), so that nginx never sends on one they are closing.
-UPSTREAM_KEEPALIVE = 60
+BACKEND_KEEPALIVE = 60
+# Slow clients: a request's whole header must arrive within HEADER_TIMEOUT, and a body may
+# pause at most BODY_TIMEOUT between two reads (uploads over a slow link keep going).
 HEADER_TIMEOUT = "10s"
 BODY_TIMEOUT = "30s"
 # Connections of all workers together when sized to the machine: what one address can open to
@@ -305,13 +305,13 @@ def render_server(
     text = f"""{HEADER}upstream llmp_proxy {{
     server 127.0.0.1:{settings.proxy_port};
     keepalive 256;
-    keepalive_timeout {UPSTREAM_KEEPALIVE}s;
+    keepalive_timeout {BACKEND_KEEPALIVE}s;
 }}
 
 upstream llmp_api {{
     server 127.0.0.1:{settings.api_port};
     keepalive 16;
-    keepalive_timeout {UPSTREAM_KEEPALIVE}s;
+    keepalive_timeout {BACKEND_KEEPALIVE}s;
 }}
 """
     if not names:

@@ -111,6 +111,6 @@ def test_nginx_lets_idle_upstream_connections_go_before_the_api_and_the_proxy_do
     text = nginx_conf.render_server(make_settings(tmp_path), admin_cidrs=[])
     upstreams = re.findall(r"upstream (\w+) \{[^}]*keepalive_timeout (\d+)s;", text)
     assert upstreams == [("llmp_proxy", "60"), ("llmp_api", "60")]
-    assert nginx_conf.UPSTREAM_KEEPALIVE == 60
+    assert nginx_conf.BACKEND_KEEPALIVE == 60
     for options in (api_main.SERVER_OPTIONS, proxy_main.SERVER_OPTIONS):
-        assert options["timeout_keep_alive"] > nginx_conf.UPSTREAM_KEEPALIVE
+        assert options["timeout_keep_alive"] > nginx_conf.BACKEND_KEEPALIVE

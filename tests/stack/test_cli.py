@@ -54,6 +54,8 @@ def test_status_says_what_is_down(tmp_path):
 def test_backup_under_writes_restores_whole(tmp_path):
     data = tmp_path / "data"
     llmp(tmp_path, "keys", "create", "alice")
+    prices = b'{"currency": "USD", "models": {"m": {"prompt": 1.0, "completion": 2.0}}}'
+    (data / "prices.json").write_bytes(prices)  # what budgets in money count by
     db = analytics.connect(data / "analytics.db")
     stop = threading.Event()
 
@@ -74,14 +76,16 @@ def test_backup_under_writes_restores_whole(tmp_path):
         stop.set()
         thread.join()
     with tarfile.open(target) as tar:
-        assert {"apikeys.json", "analytics.db"} <= set(tar.getnames())
+        assert {"apikeys.json", "analytics.db", "prices.json"} <= set(tar.getnames())
     keys = read_keys(data / "apikeys.json")
     (data / "apikeys.json").unlink()
+    (data / "prices.json").unlink()
     db.close()
     for path in data.glob("analytics.db*"):
         path.unlink()
     assert llmp(tmp_path, "restore", str(target)).returncode == 0
     assert read_keys(data / "apikeys.json") == keys
+    assert (data / "prices.json").read_bytes() == prices
     restored = sqlite3.connect(data / "analytics.db")
     assert restored.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert restored.execute("SELECT COUNT(*) FROM requests").fetchone()[0] % 50 == 0
