@@ -3,8 +3,8 @@
 A backup is a gzipped tar of: `analytics.db` (through SQLite's online backup, so rows written
 meanwhile never tear it), `apikeys.json` (read under the key file's lock), `site.json`,
 `prices.json` (what budgets in money count by), `certd/status.json` and the original
-llm-proxy's `analytics/*.csv` if any. Heartbeats are not
-kept. Restoring needs the stack stopped, and puts every file in place atomically.
+llm-proxy's `analytics/*.csv` if any. Heartbeats are not kept. Restoring needs the stack
+stopped, and puts every file in place atomically.
 """
 
 from __future__ import annotations
