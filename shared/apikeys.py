@@ -87,6 +87,7 @@ class Limits:
 
 
 BUDGET_PERIODS = ("day", "week", "month")
+MAX_BUDGET_COST = 1e12  # a budget in money is below this
 
 
 def period_bounds(period: str, now: float) -> tuple[int, float, float]:
@@ -140,7 +141,9 @@ class Budget:
         ):
             raise ValueError("budget.tokens must be a positive integer")
         if cost is not None and (
-            not isinstance(cost, int | float) or isinstance(cost, bool) or not 0 < cost < 1e12
+            not isinstance(cost, int | float)
+            or isinstance(cost, bool)
+            or not 0 < cost < MAX_BUDGET_COST
         ):
             raise ValueError("budget.cost must be a positive number")
         if tokens is None and cost is None:

@@ -19,13 +19,20 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.apikeys import BUDGET_PERIODS, Budget, Limits, PolicyChange, format_time, parse_time
+from shared.apikeys import (
+    BUDGET_PERIODS,
+    MAX_BUDGET_COST,
+    Budget,
+    Limits,
+    PolicyChange,
+    format_time,
+    parse_time,
+)
 
 _ALPHANUM = re.compile(r"[A-Za-z0-9]*")
 
 POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget")
 BUDGET_FIELDS = ("period", "tokens", "cost")
-MAX_BUDGET_COST = 1e12
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 MAX_PATTERNS = 100
 MAX_PATTERN_LENGTH = 200

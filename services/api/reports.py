@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import rollups
-from shared.apikeys import ApiKey, period_bounds
+from shared.apikeys import BUDGET_PERIODS, ApiKey, period_bounds
 from shared.prices import Prices
 from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
 
@@ -238,7 +238,7 @@ def breakdown(
     return sorted(out, key=lambda r: (-r["requests"], r["value"]))
 
 
-PERIODS = ("day", "week", "month")
+PERIODS = BUDGET_PERIODS  # spend is reported by the periods budgets count in
 SPEND_BY = {"key": "key_id", "model": "model"}
 
 

@@ -24,11 +24,10 @@ from shared.apikeys import KeyFileError
 from shared.key_validation import BodyError
 from shared.keyfile import KeyFile
 from shared.prices import Prices, PricesError, read_prices, write_prices
-from shared.rollups import OUTCOMES
+from shared.rollups import DAY, OUTCOMES
 
 router = APIRouter(prefix="/api/analytics")
 
-DAY = 86400_000
 YEAR = 365 * DAY
 WEEK = 7 * DAY
 _INTEGER = re.compile(r"\s*([+-]?\d+)")

@@ -18,7 +18,7 @@ from services.api import reports
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
-from shared.apikeys import ApiKey, KeyFileError
+from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError
 from shared.key_validation import (
     LIMIT_FIELDS,
     MAX_PATTERN_LENGTH,
@@ -77,9 +77,9 @@ POLICY_SCHEMA: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["period"],
         "properties": {
-            "period": {"enum": ["day", "week", "month"]},
+            "period": {"enum": list(BUDGET_PERIODS)},
             "tokens": {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
-            "cost": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e12},
+            "cost": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": MAX_BUDGET_COST},
         },
         "anyOf": [{"required": ["tokens"]}, {"required": ["cost"]}],
         "description": "per calendar period (UTC); cost in the currency of the prices; null: none",
