@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -69,6 +70,8 @@ def test_a_second_answer_in_the_same_read_is_not_merged_into_the_first(kind):
 def test_unread_bytes_on_an_idle_connection_keep_it_from_being_reused(kind, request):
     aiohttp_misses(request, kind, "aiohttp 3.14 reuses it and reads the unread bytes as the answer")
 
+    junk_sent = threading.Event()
+
     async def chatty(server: Scripted, reader, writer) -> None:
         while request := await server.read(reader):
             writer.write(OK)
@@ -76,12 +79,13 @@ def test_unread_bytes_on_an_idle_connection_keep_it_from_being_reused(kind, requ
             if b"first" in request:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk")  # unasked
                 await writer.drain()
+                junk_sent.set()
 
     with Scripted(chatty) as server:
 
         async def scenario(client):
             await call(client, server.url, body=b"first")
-            await asyncio.sleep(0.05)  # the junk arrives while the connection is idle
+            await until(junk_sent.is_set)  # the junk is there while the connection is idle
             return await call(client, server.url, body=b"second")
 
         status, _, body = drive(kind, scenario)
