@@ -58,7 +58,10 @@ class Stack:
             "AUTH_PASSWORD": ADMIN[1],
             "JWT_SECRET": "test-secret-" + "x" * 40,
             "LOGIN_MAX_FAILURES": "3",
-            "LOGIN_WINDOW_SECONDS": "2",
+            # Long enough that a test's failures stay counted however slow the machine is;
+            # tests forget them with `forget_failed_logins` (the window's end is tested with
+            # an injected clock in tests/api/test_throttle.py).
+            "LOGIN_WINDOW_SECONDS": "600",
             "LLMP_SUPERVISOR_PASSWORD": SUPERVISOR_PASSWORD,
             "TARGET_URLS": ",".join(u.url + (f"|{u.key}" if u.key else "") for u in upstreams),
             **(env or {}),  # extra settings for one test's stack
@@ -112,6 +115,10 @@ class Stack:
 
     def keys(self, *keys: ApiKey) -> None:
         write_keys(self.data / "apikeys.json", list(keys))
+
+    def forget_failed_logins(self) -> None:
+        """What the login throttle counted (it reads its file on every login)."""
+        (self.data / "login-failures.json").unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def admin(self, source: str = "127.0.0.1") -> Iterator[httpx.Client]:

@@ -36,15 +36,15 @@ def test_login_errors_in_the_original_shape(stack: Stack):
         ({"username": "admin", "password": "wrong-password"}, 401, "Invalid credentials"),
         ({"username": "nobody", "password": ADMIN[1]}, 401, "Invalid credentials"),
     ]
+    stack.forget_failed_logins()  # three failures below: no earlier one may count
     with httpx.Client(base_url=stack.url) as client:
         form = client.post("/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]})
         assert form.status_code == 200  # urlencoded works too, as in the original
         for body, status, message in cases:
             r = client.post("/auth/login", json=body)
             assert (r.status_code, r.json()) == (status, {"error": message})
-    # Loopback is one client to the throttle (LOGIN_MAX_FAILURES=3): let these failures leave
-    # the window (LOGIN_WINDOW_SECONDS=2) before the next test logs in.
-    time.sleep(2.1)
+    # Loopback is one client to the throttle (LOGIN_MAX_FAILURES=3): the next test starts afresh.
+    stack.forget_failed_logins()
 
 
 def test_legacy_token_works_as_bearer(stack: Stack):
@@ -59,7 +59,7 @@ def test_legacy_token_works_as_bearer(stack: Stack):
 
 def test_throttle_engages_and_releases(stack: Stack):
     wrong = {"username": ADMIN[0], "password": "wrong-password"}
-    time.sleep(2.1)  # LOGIN_WINDOW_SECONDS=2 in the stack: earlier failures are forgotten
+    stack.forget_failed_logins()
     with (
         stack.admin() as logged_in,
         httpx.Client(
@@ -76,7 +76,7 @@ def test_throttle_engages_and_releases(stack: Stack):
         ) as alias:
             assert alias.post("/auth/login", json=wrong).status_code == 429
         assert logged_in.get("/api/me").status_code == 200
-        time.sleep(2.1)
+        stack.forget_failed_logins()  # as the window's end does (tests/api/test_throttle.py)
         ok = client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
         assert ok.status_code == 200
     assert "login failed" in stack.output()
