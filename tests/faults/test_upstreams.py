@@ -401,7 +401,12 @@ def test_upstream_errors_pass_through_with_their_own_bodies(upstreams, proxy, ap
             assert running.app.catalog.states[0].healthy is True
 
 
-def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, proxy, api_key):
+RESTARTS = 4
+
+
+def test_flapping_upstream_drops_only_requests_racing_a_restart_and_its_health_follows(
+    upstreams, proxy, api_key
+):
     """An upstream restarting again and again: every request is answered, by either upstream,
     or (when a restart closes a kept-alive connection just as a POST goes out on it, a race no
     client can tell from a crash mid-request) refused with a 502 saying it was not sent again."""
@@ -429,7 +434,7 @@ def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, pr
                 served = len(results)
                 eventually(lambda: len(results) >= served + 8)
 
-            for _ in range(4):
+            for _ in range(RESTARTS):
                 more_served()
                 f.down(graceful=True)
                 eventually(lambda: state.healthy is False)
@@ -444,7 +449,9 @@ def test_flapping_upstream_loses_no_request_and_its_health_follows(upstreams, pr
     assert len(results) > 40
     failed = [result for result in results if result[0] != 200]
     assert {(status, code) for status, _, code in failed} <= {(502, "upstream_dropped")}
-    assert len(failed) <= len(results) // 20, f"{len(failed)} of {len(results)} failed"
+    # A restart closes each client's kept-alive connection once: at most the one request going
+    # out on it races the close.
+    assert len(failed) <= RESTARTS * len(threads), f"{len(failed)} of {len(results)} failed"
     ours = {request_id for _, request_id, _ in results}
     rows = eventually(
         lambda: (rows := running.rows()) and ours <= {r["request_id"] for r in rows} and rows
