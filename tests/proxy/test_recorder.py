@@ -64,11 +64,13 @@ def test_upkeep_runs_at_start_on_a_machine_up_for_seconds_then_every_interval(tm
             rec.record(RequestRow("r1", alice.id, "alice", old, old + 1, 200))
             await _until(lambda: _count(db, f"start_ms = {old}") == 1)
             clock.now += PRUNE_INTERVAL - 1  # not yet an hour: kept
-            await asyncio.sleep(1.2)
+            for marker in ("m1", "m2"):  # two flushes: a whole pass of the loop saw the clock
+                rec.record(RequestRow(marker, alice.id, "alice", now_ms, now_ms + 1, 200))
+                await _until(lambda m=marker: _count(db, f"request_id = '{m}'") == 1)
             assert _count(db, f"start_ms = {old}") == 1
             clock.now += 1  # an hour after the last upkeep: pruned
             await _until(lambda: _count(db, f"start_ms = {old}") == 0)
-            assert _count(db) == 1
+            assert _count(db) == 3  # the imported row and the two markers
         finally:
             await rec.close()
 
