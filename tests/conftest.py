@@ -75,6 +75,20 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
     return load_settings(str(env), **{**base, **overrides})
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_proxy_from_the_environment() -> Iterator[None]:
+    """llmp honours the proxy variables (shared/settings.py), and so do httpx and the openai
+    SDK: a developer's own would send the tests' loopback traffic through their proxy."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in PROXY_VARIABLES:
+            patch.delenv(name, raising=False)
+            patch.delenv(name.lower(), raising=False)
+        yield
+
+
 @pytest.fixture
 def upstreams() -> Iterator[Callable[..., FakeUpstream]]:
     """Start fake upstreams: `upstreams("a", ["model-a"], key="k")`."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.proxy.endpoints import endpoint_for
-from services.proxy.upstream import CertificateRefused, Proxy, UpstreamError
+from services.proxy.upstream import Busy, CertificateRefused, Proxy, ReadTimeout, UpstreamError
 from shared.settings import Settings
 from shared.targets import parse_target_urls
 from tests.proxy.conformance.conftest import drive, whole
@@ -56,8 +56,9 @@ def test_a_client_certificate_is_presented_when_asked_for(kind, certs):
             kind, f"{url}|ca={certs.ca}|cert={certs.client}|cert-key={certs.client_key}"
         )
         assert status == 200 and b"s_server" in body
-        with pytest.raises(UpstreamError):  # without: refused in or right after the handshake
+        with pytest.raises(UpstreamError) as refused:  # without: refused in or after the handshake
             reach(kind, f"{url}|ca={certs.ca}")
+        assert not isinstance(refused.value, ReadTimeout | Busy)  # refused, not silent or busy
 
 
 class ForwardProxy:
