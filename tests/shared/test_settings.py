@@ -56,3 +56,18 @@ def test_parse_size_like_the_bytes_library(text, size):
 def test_parse_size_refuses_junk(text):
     with pytest.raises(ValueError, match="not a size"):
         parse_size(text)
+
+
+def test_the_proxy_variables_are_read_from_the_environment_as_tools_spell_them(
+    tmp_path, monkeypatch
+):
+    env = tmp_path / ".env"
+    env.write_text("")
+    monkeypatch.setenv("https_proxy", "http://gw.internal:3128")  # curl's spelling
+    monkeypatch.setenv("NO_PROXY", "localhost,.lan")
+    s = load_settings(str(env))
+    assert (s.https_proxy, s.no_proxy, s.http_proxy) == (
+        "http://gw.internal:3128",
+        "localhost,.lan",
+        "",
+    )
