@@ -6,26 +6,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api import sessions
-from services.api.app import create_app
 from shared.apikeys import ApiKey, Limits, last_good_path, read_keys, write_keys
 from shared.keyfile import KeyFile
-from tests.conftest import eventually, make_settings
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, log_level="ERROR", jwt_secret="k" * 40)
-    token = sessions.for_settings(settings).issue("admin")
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
+from tests.conftest import eventually
 
 
 @pytest.fixture

@@ -5,30 +5,17 @@ list searched and sorted with each key's usage, and large answers gzipped."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from services.api import sessions
-from services.api.app import create_app
 from services.api.reports import RECORD_COLUMNS
 from shared import analytics
 from shared.analytics import COLUMNS, RequestRow
 from shared.apikeys import ApiKey, write_keys
-from tests.conftest import make_settings
 
 HOUR = 3600_000
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, log_level="ERROR", jwt_secret="k" * 40)
-    token = sessions.for_settings(settings).issue("admin")
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
-        yield client
 
 
 @pytest.fixture
