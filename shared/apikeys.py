@@ -14,7 +14,8 @@
                                                         # or both
 
 A key without policy is written exactly as the original writes it, so the file stays readable by
-llm-proxy. The api service is the only writer; the proxy reads it. A file that cannot be read or
+llm-proxy. It is written under its lock (`shared.keyfile`) by the api and the `llmp` command;
+the proxy reads it. A file that cannot be read or
 parsed, or holds a policy field of the wrong type, is an error (`KeyFileError`), never an empty
 key set: the caller keeps what it had.
 
@@ -312,6 +313,12 @@ def write_keys(path: Path, keys: list[ApiKey], reserve: Reserve | None = None) -
         write_atomic(path, data, mode=0o600)
     else:
         reserve.write(path, data, mode=0o600)
+    save_last_good(path, data)
+
+
+def save_last_good(path: Path, data: bytes) -> bool:
+    """Make `data` the last good copy of the key file at `path`; True if written. A copy that
+    cannot be written is deleted: a stale one could bring back a revoked key."""
     copy = last_good_path(path)
     try:
         write_atomic(copy, data, mode=0o600)
@@ -319,3 +326,5 @@ def write_keys(path: Path, keys: list[ApiKey], reserve: Reserve | None = None) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(copy)
         log.error("last good key file not written; removed", extra={"fields": {"error": exc}})
+        return False
+    return True

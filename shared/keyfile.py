@@ -24,9 +24,10 @@ from shared.apikeys import (
     last_good_path,
     load_keys,
     read_keys,
+    save_last_good,
     write_keys,
 )
-from shared.files import Reserve, write_atomic
+from shared.files import Reserve
 
 log = logging.getLogger("keyfile")
 
@@ -81,8 +82,7 @@ class KeyFile:
                     return False
             except FileNotFoundError:
                 pass
-            write_atomic(copy, data, mode=0o600)
-            return True
+            return save_last_good(self.path, data)
 
     def create(self, username: str, policy: PolicyChange | None = None) -> ApiKey:
         with self.locked():
