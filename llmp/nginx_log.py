@@ -23,6 +23,8 @@ import time
 from typing import BinaryIO, TextIO
 from urllib.parse import unquote
 
+from shared.logs import stamp
+
 _NGINX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (.*)$")
 _OURS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ")  # shared/logs.py
 _STARTUP = re.compile(r"^nginx: \[(\w+)\] (.*)$")  # before nginx has read its configuration
@@ -56,10 +58,9 @@ def format_line(program: str, line: str, now: float | None = None) -> str:
     if _OURS.match(line):
         return line  # llmp.launch's own lines, before it execs nginx
     now = time.time() if now is None else now
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     match = _NGINX.match(line) or _STARTUP.match(line)
     level, message = (_LEVELS.get(match[1], "INFO"), match[2]) if match else ("INFO", line)
-    return f"{stamp} {level} {program} {redact(message)}"
+    return f"{stamp(now)} {level} {program} {redact(message)}"
 
 
 def redact(message: str) -> str:

@@ -28,6 +28,7 @@ from llmp.envfile import EnvFileError, create_env_file
 from services.certd import nginx
 from services.certd.nginx_conf import main_conf_path
 from shared.apikeys import last_good_path, write_keys
+from shared.logs import stamp
 from shared.settings import Settings, load_settings
 
 HOME = Path(__file__).resolve().parent.parent
@@ -41,9 +42,7 @@ def fail(message: str) -> NoReturn:
 
 def say(level: str, message: str) -> None:
     """A line on stdout in the programs' format (shared/logs.py): `time LEVEL llmp message`."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-    print(f"{stamp}.{int(now % 1 * 1000):03d}Z {level} llmp {message}", flush=True)
+    print(f"{stamp(time.time())} {level} llmp {message}", flush=True)
 
 
 def socket_path(folder: Path) -> Path:

@@ -15,6 +15,8 @@ from typing import Any
 
 from supervisor import loggers, supervisord  # no stubs: mypy ignores supervisor.* (pyproject)
 
+from shared.logs import stamp
+
 # supervisord's level names, as Python's logging names them.
 LEVELS = {
     "CRIT": "CRITICAL",
@@ -30,8 +32,6 @@ FORMAT = "%(asctime)s %(levelname)s supervisord %(message)s\n"
 
 def _asdict(record: Any) -> dict[str, str]:
     if record.dictrepr is None:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         message = loggers.as_string(record.msg)
         if record.kw:
             message = message % record.kw
@@ -39,7 +39,7 @@ def _asdict(record: Any) -> dict[str, str]:
         record.dictrepr = {
             "message": message.rstrip("\n"),
             "levelname": LEVELS.get(name, name),
-            "asctime": f"{stamp}.{int(now % 1 * 1000):03d}Z",
+            "asctime": stamp(time.time()),
         }
     return record.dictrepr  # type: ignore[no-any-return]
 

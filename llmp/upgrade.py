@@ -26,12 +26,13 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.certd import certs
 from services.certd.nginx_conf import HEADER, PRIVATE_RANGES, server_conf_path
+from shared.logs import stamp
 from shared.settings import Settings
 from shared.site import (
     CertificateRequest,
@@ -66,7 +67,8 @@ def protect_secrets(settings: Settings, env_file: Path) -> list[tuple[Path, int]
             try:
                 os.chmod(path, mode & SECRET_MODE)
             except OSError as exc:
-                print(f"llmp: {path} stays mode {mode:04o}: {exc}", file=sys.stderr)
+                line = f"WARNING llmp {path} stays mode {mode:04o}: {exc}"
+                print(f"{stamp(time.time())} {line}", flush=True)  # as llmp.run.say writes
                 continue
             changed.append((path, mode))
     return changed

@@ -21,6 +21,11 @@ FLUSH_SECONDS = 0.2
 BATCH_LINES = 256
 
 
+def stamp(now: float) -> str:
+    """The time of a line in llmp's format: `2026-12-03T16:43:50.123Z` (UTC, milliseconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, program: str) -> None:
         super().__init__()
