@@ -149,3 +149,26 @@ def test_an_idle_connection_the_upstream_closed_is_not_used(kind, request):
 
         assert drive(kind, scenario)[2] == b"ok"
     assert len(server.requests) == 2
+
+
+def test_a_post_whose_body_could_not_be_written_is_sent_again_once(kind, request):
+    aiohttp_misses(request, kind, "aiohttp 3.14 does not send again when its write fails")
+    body = b"x" * (8 << 20)  # more than the sockets hold: the write is still going when cut
+
+    async def refuses_the_first(server: Scripted, reader, writer) -> None:
+        if server.connections == 1:  # reads the head only, then resets: the body never arrived
+            await reader.readuntil(b"\r\n\r\n")
+            writer.transport.abort()
+            return
+        while await server.read(reader):
+            writer.write(OK)
+            await writer.drain()
+
+    with Scripted(refuses_the_first) as server:
+
+        async def scenario(client):
+            return await call(client, server.url, body=body)
+
+        status, _, answer = drive(kind, scenario)
+    assert (status, answer) == (200, b"ok")
+    assert server.connections == 2 and len(server.requests) == 1  # run once, whole
