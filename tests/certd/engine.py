@@ -1,6 +1,7 @@
 """A shared library that says who loaded it: what `ssl_certificate_key engine:<path>:<key>`
 makes OpenSSL load while nginx tests a configuration. Its constructor writes, into a file of a
-world-writable folder, the uid it runs as and whether it could open a secret file."""
+world-writable folder, the uid it runs as, whether it could open a secret file, and whether it
+could create a file beside it (in llmp's data folder)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ __attribute__((constructor)) static void loaded(void) {
     FILE *report = fopen(REPORT, "w");
     if (!report) return;
     int secret = open(SECRET, O_RDONLY);
-    fprintf(report, "uid=%d secret=%s\n", (int)getuid(), secret >= 0 ? "read" : "refused");
+    int probe = open(PROBE, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    fprintf(report, "uid=%d secret=%s write=%s\n", (int)getuid(),
+            secret >= 0 ? "read" : "refused", probe >= 0 ? "done" : "refused");
     fclose(report);
 }
 """
@@ -29,7 +32,8 @@ class Engine:
     report: Path
 
     def loaded_by(self) -> str | None:
-        """`uid=<n> secret=read|refused` once the library was loaded, None before."""
+        """`uid=<n> secret=read|refused write=done|refused` once the library was loaded, None
+        before."""
         return self.report.read_text().strip() if self.report.exists() else None
 
 
@@ -47,6 +51,7 @@ def build_engine(folder: Path, secret: Path) -> Engine:
             "-fPIC",
             f'-DREPORT="{report}"',
             f'-DSECRET="{secret}"',
+            f'-DPROBE="{secret.parent / "written-by-the-engine"}"',
             "-o",
             str(library),
             str(source),

@@ -143,7 +143,7 @@ def test_nginx_t_runs_as_an_unprivileged_user_that_cannot_read_secrets(echo_sett
     with pytest.raises(nginx.NginxError, match="ENGINE") as refused:
         nginx.test(settings, _engine_server(settings, engine))
     nobody = pwd.getpwnam(settings.nginx_test_user).pw_uid
-    assert engine.loaded_by() == f"uid={nobody} secret=refused"
+    assert engine.loaded_by() == f"uid={nobody} secret=refused write=refused"
     # nginx's message names the files as the admin knows them, not their private copies.
     assert "llmp-nginx-test" not in str(refused.value)
 
