@@ -1,4 +1,5 @@
 """Changing `data/apikeys.json`: the api does it, and the `llmp` tool when an operator asks.
+The embedded `shared.keystore.KeyAdmin`.
 
 Every change is read-modify-write under an exclusive lock (a thread lock within the process and
 `flock` on `apikeys.json.lock` across processes), and the write is atomic. A file that cannot be
@@ -28,12 +29,11 @@ from shared.apikeys import (
     write_keys,
 )
 from shared.files import Reserve
+from shared.keystore import DuplicateUsername
+
+__all__ = ["DuplicateUsername", "KeyFile"]
 
 log = logging.getLogger("keyfile")
-
-
-class DuplicateUsername(Exception):
-    pass
 
 
 class KeyFile:
@@ -45,6 +45,10 @@ class KeyFile:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the file still: no change from this or another process meanwhile."""
         return files.locked(self.path)
+
+    def prepare(self) -> None:
+        """Keep room on the disk to write the key file: a key can always be revoked."""
+        self.reserve.ensure()
 
     def _keys(self) -> list[ApiKey]:
         keys, problem = load_keys(self.path)

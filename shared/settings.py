@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # How long the api's /nginx routes wait for certd to report the outcome of a change.
     certd_wait_seconds: float = Field(default=240.0, gt=0)
 
+    # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
+    # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
+    database_url: str = ""
+
     log_level: str = "INFO"
 
     @property

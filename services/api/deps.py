@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from services.api import sessions
 from services.api.errors import AuthError
 from shared import forwarding
-from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin
 from shared.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -21,8 +21,8 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _keyfile(request: Request) -> KeyFile:
-    keyfile: KeyFile = request.app.state.keyfile
+def _keyfile(request: Request) -> KeyAdmin:
+    keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
 
 
@@ -85,6 +85,6 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-KeyFileDep = Annotated[KeyFile, Depends(_keyfile)]
+KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

@@ -37,11 +37,13 @@ from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import ask_for_usage, tokens_used
+from shared import storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
+from shared.usagelog import UsageLog
 
 log = logging.getLogger("proxy")
 
@@ -144,11 +146,11 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.apikeys_file)
+        self.keys = KeyStore(storage.key_feed(settings))
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
         self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder = Recorder(
+        self.recorder: UsageLog = Recorder(
             settings.analytics_db,
             settings.analytics_retention_days,
             self.keys.keys,
@@ -237,6 +239,8 @@ class ProxyApp:
                 "keys": len(self.keys),
                 "last_error": self.keys.last_error or self.recorder.last_error,
                 "keys_error": self.keys.last_error,
+                "keys_version": self.keys.version,
+                "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],

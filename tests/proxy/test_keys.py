@@ -5,6 +5,7 @@ import os
 from services.proxy.keys import KeyStore
 from shared import status
 from shared.apikeys import ApiKey, write_keys
+from shared.keyfile_feed import FileKeyFeed
 from tests.conftest import eventually
 
 
@@ -55,9 +56,10 @@ def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
     write_keys(path, [])
 
     async def scenario():
-        store = KeyStore(path)
+        feed = FileKeyFeed(path)
+        store = KeyStore(feed)
         await store.start()
-        store._observer.stop()  # as on a bind mount where inotify sees nothing
+        feed._observer.stop()  # as on a bind mount where inotify sees nothing
         try:
             write_keys(path, [alice])
             for _ in range(100):

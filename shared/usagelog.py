@@ -1,0 +1,37 @@
+"""The usage log's writing side, as every implementation offers it: one row per request.
+
+`record()` is called on the proxy's hot path: it never blocks and never fails; rows are written
+in batches by a background task (`start()`), and `close()` writes what is left. What could not be
+written yet is counted in `pending`, what had to be given up in `dropped`, and the last failure
+is `last_error` (None once writing works again).
+
+The embedded implementation is `data/analytics.db` (the proxy's `Recorder`); with DATABASE_URL,
+PostgreSQL (`shared.pg.usage`). `shared.storage` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shared.analytics import RequestRow
+
+
+class UsageLog(Protocol):
+    @property
+    def last_error(self) -> str | None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    def record(self, row: RequestRow) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def flush(self) -> None:
+        """Write what is pending now (what cannot be written stays pending)."""
+
+    async def close(self) -> None:
+        """Write what is left and let go of the store."""
