@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.keyfile import KeyFile
 from shared.keystore import KeyAdmin, KeyFeed
 from shared.settings import Settings
+from shared.usagelog import UsageLog
 
 
 def key_admin(settings: Settings) -> KeyAdmin:
@@ -30,3 +31,15 @@ def key_feed(settings: Settings) -> KeyFeed:
     from shared.keyfile_feed import FileKeyFeed
 
     return FileKeyFeed(settings.apikeys_file)
+
+
+def usage_log(settings: Settings) -> UsageLog | None:
+    """The usage log in the database; None when it is embedded (the proxy's own `Recorder`,
+    which keeps `data/analytics.db` and its rollups)."""
+    if not settings.database_url:
+        return None
+    from shared.pg.usage import PgUsageLog
+
+    return PgUsageLog(
+        settings.database_url, settings.data_dir / "outbox", settings.analytics_retention_days
+    )

@@ -150,7 +150,7 @@ class ProxyApp:
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
         self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder: UsageLog = Recorder(
+        self.recorder: UsageLog = storage.usage_log(settings) or Recorder(
             settings.analytics_db,
             settings.analytics_retention_days,
             self.keys.keys,
