@@ -276,7 +276,7 @@ class PgKeyFeed:
 
     async def _lost(self, exc: Exception) -> None:
         """Keep the last keys; say why; drop the connection (the next loop connects again)."""
-        error = f"key database: {exc}".strip()
+        error = str(exc) if isinstance(exc, KeyStoreUnavailable) else f"key database: {exc}"
         if error != self.last_error:
             log.error(
                 "key database unusable; serving the last keys loaded",
