@@ -32,7 +32,7 @@ log = logging.getLogger("api")
 async def _beat(beat: Heartbeat) -> None:
     while True:
         try:
-            beat.beat()
+            await asyncio.to_thread(beat.beat)  # its fsync must not hold the event loop
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
         await asyncio.sleep(INTERVAL)
