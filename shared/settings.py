@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         return self.data_dir / "apikeys.json"
 
     @property
+    def fleet_file(self) -> Path:
+        """The upstreams and aliases managed at runtime (shared/fleet.py); TARGET_URLS until
+        it exists."""
+        return self.data_dir / "upstreams.json"
+
+    @property
     def analytics_db(self) -> Path:
         return self.data_dir / "analytics.db"
 

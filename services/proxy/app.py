@@ -28,8 +28,8 @@ from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
 from services.proxy.errors import ProxyError
+from services.proxy.fleet import FleetWatch
 from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
-from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
 from services.proxy.metrics import ProxyMetrics
@@ -147,6 +147,7 @@ class ProxyApp:
         self.keys = KeyStore(settings.apikeys_file)
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
+        self.fleet = FleetWatch(settings.fleet_file, settings.target_urls)
         self.metrics = ProxyMetrics(CollectorRegistry())
         self.recorder = Recorder(
             settings.analytics_db,
@@ -189,20 +190,11 @@ class ProxyApp:
         s = self.settings
         self.loop = asyncio.get_running_loop()
         self.client = create_client(s)
-        self.catalog = Catalog(s, self.client)
         board = Board(s.board_file)
+        self.catalog = Catalog(s, self.client, board)
         self.limiter = Limiter(board)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
-        for state in self.catalog.states:
-            if state.upstream.concurrency:
-                state.gate = Gate(
-                    board,
-                    state.upstream.url,
-                    state.upstream.concurrency,
-                    s.queue_limit,
-                    s.queue_timeout,
-                    label=state.upstream.label,
-                )
+        await self.fleet.start(self.catalog)
         await self.keys.start()
         await self.recorder.start()
         self.heartbeat = Heartbeat(s.run_dir, "proxy", f"proxy-{os.getpid()}")
@@ -211,8 +203,6 @@ class ProxyApp:
             asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
             asyncio.create_task(self._beat(), name="proxy-heartbeat"),
         ]
-        if not s.target_urls:
-            log.error("no upstreams: set TARGET_URLS")
         # Everything allocated so far lives as long as the worker: keep it out of the cyclic
         # collector's way, so that its full collections stay short.
         gc.freeze()
@@ -222,6 +212,7 @@ class ProxyApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.keys.stop()
+        await self.fleet.stop()
         await self.recorder.close()
         if self.client is not None:
             await self.client.close()
@@ -235,8 +226,11 @@ class ProxyApp:
         while True:
             self.heartbeat.state = {
                 "keys": len(self.keys),
-                "last_error": self.keys.last_error or self.recorder.last_error,
+                "last_error": self.keys.last_error
+                or self.fleet.last_error
+                or self.recorder.last_error,
                 "keys_error": self.keys.last_error,
+                "fleet_error": self.fleet.last_error,
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],

@@ -1,11 +1,11 @@
 """The proxy's view of `data/apikeys.json`, kept current within a second.
 
-Changes arrive through watchdog (inotify) and, as a safety net where inotify does not reach
-(some bind mounts), a cheap `stat()` poll. A file that goes missing or stops parsing leaves the
-last good keys in force: those of `apikeys.json.last-good` (the newest valid key file, so a
-worker started meanwhile serves the same keys as the others), else those in memory. The error
-is logged and reported in the heartbeat (`keys_error`, which /healthz shows). A valid file that
-differs from the last good copy is copied there.
+Changes arrive as services/proxy/watch.py notices them (inotify, and a `stat()` poll). A file
+that goes missing or stops parsing leaves the last good keys in force: those of
+`apikeys.json.last-good` (the newest valid key file, so a worker started meanwhile serves the
+same keys as the others), else those in memory. The error is logged and reported in the
+heartbeat (`keys_error`, which /healthz shows). A valid file that differs from the last good
+copy is copied there.
 
 Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about how
 much of a guessed key was right. Each key's policy is compiled when the file is read.
@@ -16,20 +16,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from services.proxy.limits import Policy
+from services.proxy.watch import FileWatch, signature
 from shared.apikeys import ApiKey, KeyFileError, last_good_path, read_keys
 from shared.keyfile import KeyFile
 
 log = logging.getLogger("proxy.keys")
-
-POLL_INTERVAL = 0.5
 
 
 def _digest(key: str) -> bytes:
@@ -43,8 +38,7 @@ class KeyStore:
         self._by_digest: dict[bytes, Policy] = {}
         self._signature: tuple[int, int, int] | None = (-1, -1, -1)  # never read
         self._copy_signature: tuple[int, int, int] | None = None
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._poller: asyncio.Task[None] | None = None
+        self._watch = FileWatch(path, self.reload, "keys-poll")
         self.on_change: Callable[[], None] | None = None  # called after each new set of keys
         self._remembering: asyncio.Future[None] | None = None
 
@@ -63,11 +57,11 @@ class KeyStore:
 
     def reload(self) -> None:
         """Re-read the file if it changed since the last look."""
-        signature = _signature(self.path)
-        if signature == self._signature and (signature is not None or self.last_error is None):
+        now = signature(self.path)
+        if now == self._signature and (now is not None or self.last_error is None):
             return
-        self._signature = signature
-        if signature is None:
+        self._signature = now
+        if now is None:
             if last_good_path(self.path).exists() or self._by_digest:
                 self._fall_back(f"{self.path} is missing")
             return  # no file and no copy: a new install, no keys yet
@@ -92,11 +86,11 @@ class KeyStore:
     def _fall_back(self, error: str) -> None:
         """Serve the last good copy's keys (if it changed since last read), else keep ours."""
         copy = last_good_path(self.path)
-        signature = _signature(copy)
-        if signature is not None and signature != self._copy_signature:
+        copied = signature(copy)
+        if copied is not None and copied != self._copy_signature:
             try:
                 self._use(read_keys(copy))
-                self._copy_signature = signature
+                self._copy_signature = copied
             except KeyFileError as exc:
                 error += f"; the last good copy too: {exc}"
         if error != self.last_error:
@@ -119,44 +113,12 @@ class KeyStore:
 
     async def start(self) -> None:
         self.reload()
-        loop = asyncio.get_running_loop()
-        store = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = (event.src_path, getattr(event, "dest_path", ""))
-                if any(os.fsdecode(p).endswith(store.path.name) for p in paths if p):
-                    loop.call_soon_threadsafe(store.reload)
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.start()
-        self._observer = observer
-        self._poller = asyncio.create_task(self._poll(), name="keys-poll")
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL)
-            self.reload()
+        await self._watch.start()
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        await self._watch.stop()
         if self._remembering is not None:
             await asyncio.wait([self._remembering], timeout=5)
-        if self._observer is not None:
-            self._observer.stop()
-            await asyncio.to_thread(self._observer.join, 5)
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _remember(path: Path) -> None:

@@ -57,7 +57,7 @@ def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
     async def scenario():
         store = KeyStore(path)
         await store.start()
-        store._observer.stop()  # as on a bind mount where inotify sees nothing
+        store._watch._observer.stop()  # as on a bind mount where inotify sees nothing
         try:
             write_keys(path, [alice])
             for _ in range(100):
