@@ -8,7 +8,9 @@ heartbeat (`keys_error`, which /healthz shows). A valid file that differs from t
 copy is copied there.
 
 Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about how
-much of a guessed key was right. Each key's policy is compiled when the file is read.
+much of a guessed key was right. Each key's policy is compiled when the file is read. A rotated
+key's previous secrets are looked up the same way, with a policy that refuses them once their
+overlap has passed (`Policy.check_key`); a key's current secret wins over another's previous one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class KeyStore:
         self.path = path
         self.last_error: str | None = None
         self._by_digest: dict[bytes, Policy] = {}
+        self._secrets: dict[str, Policy] = {}  # the same policies by secret, for revocation
         self._signature: tuple[int, int, int] | None = (-1, -1, -1)  # never read
         self._copy_signature: tuple[int, int, int] | None = None
         self._watch = FileWatch(path, self.reload, "keys-poll")
@@ -43,14 +47,19 @@ class KeyStore:
         self._remembering: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._by_digest)
+        return len(self.keys())
 
     def keys(self) -> list[ApiKey]:
-        return [policy.key for policy in self._by_digest.values()]
+        return [policy.key for policy in self._by_digest.values() if policy.retired is None]
 
     def usable(self) -> list[str]:
-        """The keys (secrets) that are present and enabled."""
-        return [p.key.key for p in self._by_digest.values() if p.key.enabled]
+        """The keys (secrets) that are present and enabled, previous ones still accepted too."""
+        now = time.time()
+        return [
+            p.key.key if p.retired is None else secret
+            for secret, p in self._secrets.items()
+            if p.key.enabled and (p.retired is None or p.retired > now)
+        ]
 
     def lookup(self, key: str) -> Policy | None:
         return self._by_digest.get(_digest(key))
@@ -78,7 +87,15 @@ class KeyStore:
         self._remember()
 
     def _use(self, keys: list[ApiKey]) -> None:
-        self._by_digest = {_digest(k.key): Policy.of(k) for k in keys}
+        policies = [Policy.of(key) for key in keys]
+        secrets: dict[str, Policy] = {}
+        for policy in policies:
+            for previous in policy.key.previousKeys:
+                secrets[previous.key] = policy.previous(previous.until)
+        for policy in policies:  # a current secret is never shadowed by a previous one
+            secrets[policy.key.key] = policy
+        self._secrets = secrets
+        self._by_digest = {_digest(secret): policy for secret, policy in secrets.items()}
         log.info("keys loaded", extra={"fields": {"count": len(keys)}})
         if self.on_change is not None:
             self.on_change()

@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.proxy import errors
 from services.proxy.board import Board, BoardFull, Bucket, Level, Slot
@@ -52,6 +52,7 @@ class Policy:
     requests: Bucket | None
     tokens: tuple[Bucket, ...]
     max_concurrent: int | None
+    retired: float | None = None  # a previous secret's: refused from then on (epoch seconds)
 
     @classmethod
     def of(cls, key: ApiKey) -> Policy:
@@ -80,8 +81,17 @@ class Policy:
     def limited(self) -> bool:
         return self.requests is not None or bool(self.tokens) or self.max_concurrent is not None
 
+    def previous(self, until: str) -> Policy:
+        """This policy for a previous secret of the key, accepted before `until`."""
+        return replace(self, retired=parse_time(until).timestamp())
+
     def check_key(self) -> None:
-        """Raises ProxyError for a disabled or expired key."""
+        """Raises ProxyError for a disabled or expired key, or a replaced secret past its
+        overlap."""
+        if self.retired is not None and self.retired <= time.time():
+            raise errors.key_refused(
+                "This API key was rotated: use its new secret", "api_key_rotated"
+            )
         if not self.key.enabled:
             raise errors.key_refused("This API key is disabled", "api_key_disabled")
         if self.expires is not None and self.expires <= time.time():

@@ -1,5 +1,6 @@
 """`/api/keys`: list, create, delete and validate API keys (the original's answers), and change
-a key's policy (enabled, expiry, allowed models, limits), which the original does not have."""
+a key's policy (enabled, expiry, allowed models, limits), name, owner and note, or rotate its
+secret with an overlap, which the original does not have."""
 
 from __future__ import annotations
 
@@ -12,20 +13,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
-from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError
+from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError, format_time
 from shared.key_validation import (
     LIMIT_FIELDS,
+    MAX_OVERLAP_DAYS,
     MAX_PATTERN_LENGTH,
     MAX_PATTERNS,
     MAX_SAFE_INTEGER,
+    TEXT_LENGTHS,
     BodyError,
     key_create,
+    key_rotation,
     key_update,
 )
 from shared.keyfile import DuplicateUsername
@@ -84,6 +89,14 @@ POLICY_SCHEMA: dict[str, Any] = {
         "anyOf": [{"required": ["tokens"]}, {"required": ["cost"]}],
         "description": "per calendar period (UTC); cost in the currency of the prices; null: none",
     },
+    "name": {
+        "type": ["string", "null"],
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        "maxLength": TEXT_LENGTHS["name"],
+        "description": "tells a user's keys apart (unique per username); null: none",
+    },
+    "owner": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["owner"]},
+    "note": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["note"]},
 }
 
 
@@ -96,6 +109,20 @@ CREATE_BODY = _body(
         "type": "object",
         "required": ["username"],
         "properties": {"username": {"type": "string"}, **POLICY_SCHEMA},
+    }
+)
+ROTATE_BODY = _body(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "until": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the current secret is accepted until then (at most "
+                f"{MAX_OVERLAP_DAYS} days ahead); absent or null: refused at once",
+            }
+        },
     }
 )
 UPDATE_BODY = _body(
@@ -129,7 +156,8 @@ def list_keys(
     order: str = "asc",
 ) -> JSONResponse:
     """The keys (the original's answer), with `usage` by key id: last use, today's requests and
-    tokens, and the budget's use. Searched, filtered by state and sorted on the server."""
+    tokens, and the budget's use. Searched (username, name, owner or id), filtered by state and
+    sorted on the server."""
     for name, value, allowed in (
         ("state", state, KEY_STATES),
         ("sort", sort, KEY_SORTS),
@@ -145,7 +173,12 @@ def list_keys(
     now = datetime.now(UTC)
     if search:
         needle = search.strip().lower()
-        keys = [k for k in keys if needle in k.username.lower() or needle in k.id]
+        keys = [
+            k
+            for k in keys
+            if needle in k.id
+            or any(needle in (text or "").lower() for text in (k.username, k.name, k.owner))
+        ]
     if state != "all":
         keys = [k for k in keys if _state(k, now) == state]
     try:
@@ -176,7 +209,7 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
         with changing("create", "Failed to save API key"):
             key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
     except DuplicateUsername as exc:
-        raise Failure(400, "API key already exists for this username") from exc
+        raise Failure(400, exc.message) from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
@@ -189,12 +222,69 @@ async def update_key(
         change = key_update(await read_fields(request))
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
-    with changing("update", "Failed to update API key"):
-        key = await run_in_threadpool(keyfile.update, key_id, change)
+    try:
+        with changing("update", "Failed to update API key"):
+            key = await run_in_threadpool(keyfile.update, key_id, change)
+    except DuplicateUsername as exc:
+        raise Failure(400, exc.message) from exc
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key updated", extra={"fields": {"key": key.id, "changed": ",".join(change)}})
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
+
+
+class PreviousKeyPublic(BaseModel):
+    key: str
+    until: str
+
+
+class ApiKeyPublic(BaseModel):
+    """A key as the file holds it: the original's four fields, then what is set of the rest."""
+
+    id: str
+    username: str
+    key: str
+    createdAt: str
+    enabled: bool | None = None
+    expiresAt: str | None = None
+    models: list[str] | None = None
+    limits: dict[str, int] | None = None
+    budget: dict[str, Any] | None = None
+    name: str | None = None
+    owner: str | None = None
+    note: str | None = None
+    previousKeys: list[PreviousKeyPublic] | None = None
+
+
+class KeyRotated(BaseModel):
+    success: bool
+    message: str
+    key: ApiKeyPublic
+
+
+@router.post(
+    "/{key_id}/rotate",
+    openapi_extra=ROTATE_BODY,
+    response_model=KeyRotated,
+    response_model_exclude_unset=True,
+)
+async def rotate_key(
+    key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
+) -> KeyRotated:
+    """A new secret for the key; the current one stays accepted until `until`, then is refused
+    by the proxy and every route that takes a secret."""
+    try:
+        until = key_rotation(await read_fields(request))
+    except BodyError as exc:
+        raise Failure(400, str(exc)) from exc
+    with changing("rotate", "Failed to rotate API key"):
+        key = await run_in_threadpool(keyfile.rotate, key_id, until)
+    if key is None:
+        raise Failure(404, "API key not found")
+    log.info("key rotated", extra={"fields": {"key": key.id, "until": format_time(until)}})
+    return KeyRotated.model_validate(
+        {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
+    )
 
 
 @router.delete("/{key_id}")
