@@ -58,7 +58,7 @@ def test_a_ca_given_as_pem_text_replaces_the_global_bundle(kind, certs, tmp_path
     with openssl_server(certs) as url:
         [upstream] = parse_target_urls(url)
         own = replace(upstream, ca_data=certs.ca.read_text())
-        settings = Settings(upstream_ca_bundle=str(elsewhere.ca))  # type: ignore[call-arg]
+        settings = Settings(upstream_ca_bundle=str(elsewhere.ca))
 
         async def scenario(client):
             answer = await client.request(endpoint_for(own, settings), "GET", b"/", [], b"")
