@@ -42,6 +42,9 @@ class RequestRow:
     queue_ms: float | None = None
     usage_estimated: bool = False
     end_user: str | None = None  # the OpenAI `user` field of the request
+    # The model name the upstream was asked for: `model` itself, or what the alias `model`
+    # stood for (shared/fleet.py).
+    upstream_model: str | None = None
 
 
 COLUMNS = tuple(f.name for f in fields(RequestRow))
@@ -71,7 +74,8 @@ CREATE TABLE IF NOT EXISTS requests (
     error TEXT,
     queue_ms REAL,
     usage_estimated INTEGER NOT NULL DEFAULT 0,
-    end_user TEXT
+    end_user TEXT,
+    upstream_model TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_key_start ON requests (key_id, start_ms);
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ms);
@@ -112,6 +116,7 @@ _ADDED_COLUMNS = (
     ("queue_ms", "REAL"),
     ("usage_estimated", "INTEGER NOT NULL DEFAULT 0"),
     ("end_user", "TEXT"),
+    ("upstream_model", "TEXT"),
 )
 
 

@@ -17,10 +17,11 @@ from starlette.middleware.gzip import GZipMiddleware
 from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
-from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
+from services.api.routes import analytics, auth, fleet, health, keys, metrics, nginx, ui
 from services.api.security import weak_secrets
 from services.api.throttle import Throttle
 from shared.cors import cors_options
+from shared.fleet import FleetFile
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.keyfile import KeyFile
 from shared.logs import setup_logging
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keyfile = KeyFile(settings.apikeys_file)
+    app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
     app.state.throttle = Throttle(
         settings.data_dir / "login-failures.json",
         settings.login_max_failures,
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
-    for module in (health, auth, keys, analytics, ui, nginx, metrics):
+    for module in (health, auth, keys, analytics, fleet, ui, nginx, metrics):
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import attribution, errors, routing
+from services.proxy import aliases, attribution, errors, routing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -352,7 +352,11 @@ class ProxyApp:
         model = routing.request_model(content_type, body)
         row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
-        plan = await self.plan(catalog, model)
+        resolved = aliases.resolve(catalog, model, content_type, body)  # a public name?
+        if resolved is None:
+            plan, row.upstream_model = await self.plan(catalog, model), model
+        else:
+            plan, body, row.upstream_model = resolved
         asked = ask_for_usage(path, body) if self.settings.stream_usage else None
         budgets.admit(policy.key)
         admission = limiter.admit(policy)
