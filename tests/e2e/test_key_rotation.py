@@ -83,4 +83,3 @@ def test_a_users_named_key_rotated_in_the_ui_overlaps_then_refuses_the_old_secre
             assert eventually(lambda old=old: answer(ui_stack, old) == "invalid_api_key" or None)
     expect(item.get_by_test_id("key-previous")).to_have_count(0)
     assert answer(ui_stack, first) == "ok"  # the user's other key is untouched
-
