@@ -178,7 +178,7 @@ def test_a_rotated_secret_is_refused_on_v1_from_its_chosen_time_and_the_new_one_
     for _ in range(6):  # every worker, whatever it read when
         with pytest.raises(openai.AuthenticationError) as refused:
             old_client.models.list()
-        assert refused.value.body["code"] == "api_key_rotated"  # type: ignore[index]
+        assert refused.value.body["code"] == "api_key_rotated"
         assert serves(new_client)
     assert admin.get(f"/api/keys/validate/{key['key']}").json() == {"success": True, "valid": False}
 
