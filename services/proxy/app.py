@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import aliases, attribution, errors, routing
+from services.proxy import alerts, aliases, attribution, errors, routing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -42,6 +42,7 @@ from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
+from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
 
@@ -160,6 +161,7 @@ class ProxyApp:
         self.catalog: Catalog | None = None
         self.limiter: Limiter | None = None
         self.budgets: Budgets | None = None
+        self.webhooks: Webhooks | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -194,6 +196,7 @@ class ProxyApp:
         self.catalog = Catalog(s, self.client, board)
         self.limiter = Limiter(board)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
+        self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
         await self.fleet.start(self.catalog)
         await self.keys.start()
         await self.recorder.start()
@@ -214,6 +217,8 @@ class ProxyApp:
         await self.keys.stop()
         await self.fleet.stop()
         await self.recorder.close()
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.close)
         if self.client is not None:
             await self.client.close()
         if self.limiter is not None:

@@ -125,6 +125,8 @@ class Limiter:
     def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
         self.board = board
         self.clock = clock
+        # Told of each refusal: the key and the limit it reached, in words.
+        self.on_refused: Callable[[ApiKey, str], None] | None = None
 
     def admit(self, policy: Policy) -> Admission | None:
         """Count the request against its key's limits, or raise a 429 ProxyError."""
@@ -137,15 +139,18 @@ class Limiter:
             tokens = [slot.level(bucket, now) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
                 limit = f"{requests.capacity} requests per minute"
+                self._refused(policy, limit)
                 raise _refusal("requests", limit, wait, _headers(requests, tokens))
             for bucket, level in zip(policy.tokens, tokens, strict=True):
                 if level.remaining <= 0:
                     limit = (
                         f"{bucket.capacity} tokens per {'minute' if bucket.period == 60 else 'day'}"
                     )
+                    self._refused(policy, limit)
                     raise _refusal("tokens", limit, level.wait(1), _headers(requests, tokens))
             most = policy.max_concurrent
             if most is not None and not slot.try_enter(most):
+                self._refused(policy, f"{most} requests at a time")
                 raise ProxyError(
                     429,
                     f"Too many requests in flight for this key: the limit is {most} at a time",
@@ -156,6 +161,10 @@ class Limiter:
             if policy.requests is not None and requests is not None:
                 slot.add(policy.requests, 1, requests)
         return Admission(policy, _headers(requests, tokens), most is not None)
+
+    def _refused(self, policy: Policy, limit: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(policy.key, limit)
 
     def release(self, admission: Admission, tokens: int | None) -> None:
         """The request ended, having used `tokens` (None: not known)."""
