@@ -8,12 +8,13 @@ alone runs to now, an end alone covers the 7 days before it; no bounds is the la
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports, request_log
@@ -216,10 +217,12 @@ def request_page(
     request_id: Annotated[str | None, Query(alias="requestId")] = None,
     start_date: StartDate = None,
     end_date: EndDate = None,
+    sort: Annotated[str, Query(description=" | ".join(request_log.SORTS))] = "time",
     order: str = "desc",
     limit: Annotated[int, Query(ge=1, le=request_log.MAX_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> JSONResponse:
+    _choice("sort", sort, request_log.SORTS)
     _choice("order", order, request_log.ORDERS)
     if outcome is not None:
         _choice("outcome", outcome, OUTCOMES)
@@ -235,7 +238,7 @@ def request_page(
     )
     span = window(start_date, end_date)
     try:
-        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor)
+        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor, sort)
     except request_log.CursorError as exc:
         raise Failure(400, str(exc)) from exc
     return JSONResponse(
@@ -284,9 +287,20 @@ def records(
     keyfile: KeyFileDep,
     start_date: StartDate = None,
     end_date: EndDate = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> JSONResponse:
-    rows = reports.records(
-        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date), limit
-    )
-    return JSONResponse({"success": True, "records": rows})
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_RECORDS)] = reports.MAX_RECORDS,
+    cursor: Annotated[str | None, Query(description="nextCursor: the older records")] = None,
+) -> Response:
+    try:
+        found = reports.records(
+            settings.analytics_db,
+            key_id_of(key, keyfile),
+            window(start_date, end_date),
+            limit,
+            cursor,
+        )
+    except reports.CursorError as exc:
+        raise Failure(400, str(exc)) from exc
+    # The records are JSON made by SQLite: the answer is put together, not encoded again.
+    records = ",".join(found.json)
+    body = f'{{"success":true,"records":[{records}],"nextCursor":{json.dumps(found.next_cursor)}}}'
+    return Response(body, media_type="application/json")
