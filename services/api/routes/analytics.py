@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api import reports, request_log
+from services.api import reports, request_log, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
@@ -27,7 +27,7 @@ from shared.keyfile import KeyFile
 from shared.prices import Prices, PricesError, read_prices, write_prices
 from shared.rollups import DAY, OUTCOMES
 
-router = APIRouter(prefix="/api/analytics")
+router = APIRouter(prefix="/api/analytics", responses=schemas.FAILURES)
 
 YEAR = 365 * DAY
 WEEK = 7 * DAY
@@ -89,7 +89,7 @@ def key_id_of(value: str, keyfile: KeyFile) -> str:
     return key.id if key else ""
 
 
-@router.get("/summary")
+@router.get("/summary", response_model=schemas.Summary)
 def summary(
     admin: Admin,
     settings: SettingsDep,
@@ -135,7 +135,7 @@ Model = Annotated[str | None, Query(description="exact model name")]
 Upstream = Annotated[str | None, Query(description="exact upstream URL")]
 
 
-@router.get("/breakdown")
+@router.get("/breakdown", response_model=schemas.Breakdown)
 def breakdown(
     admin: Admin,
     settings: SettingsDep,
@@ -164,7 +164,7 @@ def breakdown(
     )
 
 
-@router.get("/spend")
+@router.get("/spend", response_model=schemas.Spend)
 def spend(
     admin: Admin,
     settings: SettingsDep,
@@ -183,12 +183,12 @@ def spend(
     return JSONResponse({"success": True, **answer})
 
 
-@router.get("/prices")
+@router.get("/prices", response_model=schemas.PriceList)
 def prices(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     return {"success": True, **_prices(settings).to_json()}
 
 
-@router.put("/prices")
+@router.put("/prices", response_model=schemas.PricesSaved)
 async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     try:
         fields = await read_fields(request)
@@ -202,7 +202,7 @@ async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> d
     return {"success": True, "message": "Prices saved", **new.to_json()}
 
 
-@router.get("/requests")
+@router.get("/requests", response_model=schemas.RequestPage)
 def request_page(
     admin: Admin,
     settings: SettingsDep,
@@ -252,7 +252,7 @@ def request_page(
     )
 
 
-@router.get("/requests/{request_id}")
+@router.get("/requests/{request_id}", response_model=schemas.RequestFound)
 def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     found = request_log.find(settings.analytics_db, _text("requestId", request_id, 64) or "")
     if found is None:
@@ -260,7 +260,11 @@ def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict
     return {"success": True, "request": found}
 
 
-@router.get("/{key}/csv")
+@router.get(
+    "/{key}/csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def export(
     key: str,
     admin: Admin,
@@ -279,7 +283,7 @@ def export(
     )
 
 
-@router.get("/{key}")
+@router.get("/{key}", response_model=schemas.Records)
 def records(
     key: str,
     admin: Admin,

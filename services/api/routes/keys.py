@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from services.api import reports
+from services.api import reports, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
@@ -38,7 +38,7 @@ from shared.prices import Prices, PricesError, read_prices
 
 log = logging.getLogger("api.keys")
 
-router = APIRouter(prefix="/api/keys")
+router = APIRouter(prefix="/api/keys", responses=schemas.FAILURES)
 
 
 @contextlib.contextmanager
@@ -145,7 +145,7 @@ def _state(key: ApiKey, now: datetime) -> str:
     return "expired" if key.expired(now) else "active"
 
 
-@router.get("")
+@router.get("", response_model=schemas.KeyList)
 def list_keys(
     admin: Admin,
     keyfile: KeyFileDep,
@@ -199,7 +199,7 @@ def list_keys(
     return JSONResponse({"success": True, "keys": [k.to_json() for k in keys], "usage": usage})
 
 
-@router.post("", openapi_extra=CREATE_BODY)
+@router.post("", response_model=schemas.KeySaved, openapi_extra=CREATE_BODY)
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
         username, policy = key_create(await read_fields(request))
@@ -214,7 +214,7 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
 
-@router.patch("/{key_id}", openapi_extra=UPDATE_BODY)
+@router.patch("/{key_id}", response_model=schemas.KeySaved, openapi_extra=UPDATE_BODY)
 async def update_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
 ) -> dict[str, Any]:
@@ -287,8 +287,8 @@ async def rotate_key(
     )
 
 
-@router.delete("/{key_id}")
-def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.delete("/{key_id}", response_model=schemas.Message)
+def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> schemas.Message:
     with changing("delete", "Failed to delete API key"):
         deleted = keyfile.delete(key_id)
     if not deleted:
@@ -297,8 +297,8 @@ def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]
     return {"success": True, "message": "API key deleted successfully"}
 
 
-@router.get("/validate/{key}")
-def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.get("/validate/{key}", response_model=schemas.KeyValidity)
+def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> schemas.KeyValidity:
     if not KEY_FORMAT.fullmatch(key):
         raise Failure(400, "Invalid API key format")
     try:
