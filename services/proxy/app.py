@@ -37,11 +37,13 @@ from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import ask_for_usage, tokens_used
+from shared import storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
+from shared.usagelog import UsageLog
 from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
@@ -145,12 +147,12 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.apikeys_file)
+        self.keys = KeyStore(storage.key_feed(settings))
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
         self.fleet = FleetWatch(settings.fleet_file, settings.target_urls)
         self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder = Recorder(
+        self.recorder: UsageLog = storage.usage_log(settings) or Recorder(
             settings.analytics_db,
             settings.analytics_retention_days,
             self.keys.keys,
@@ -236,6 +238,8 @@ class ProxyApp:
                 or self.recorder.last_error,
                 "keys_error": self.keys.last_error,
                 "fleet_error": self.fleet.last_error,
+                "keys_version": self.keys.version,
+                "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],

@@ -23,7 +23,7 @@ from services.api.errors import Failure
 from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
 from shared.key_validation import BodyError
-from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin
 from shared.prices import Prices, PricesError, read_prices, write_prices
 from shared.rollups import DAY, OUTCOMES
 
@@ -76,7 +76,7 @@ def window(start_date: str | None, end_date: str | None) -> reports.Window:
     return reports.Window(now - WEEK, now)
 
 
-def key_id_of(value: str, keyfile: KeyFile) -> str:
+def key_id_of(value: str, keyfile: KeyAdmin) -> str:
     """The key id for a key id or a key (`sk-` + 64 hex, or the 64 hex alone)."""
     if _KEY_ID.fullmatch(value):
         return value  # also the ids of deleted keys, whose history stays
