@@ -106,6 +106,14 @@ class Budget(TypedDict):
 
 
 @answer
+class PreviousKey(TypedDict):
+    """A secret replaced by a rotation, accepted until `until`."""
+
+    key: str
+    until: str
+
+
+@answer
 class ApiKey(TypedDict):
     """A key as the key file holds it: the original's four fields, then the policy fields that
     are not their default (enabled, never expires, every model, no limit, no budget)."""
@@ -119,6 +127,10 @@ class ApiKey(TypedDict):
     models: NotRequired[list[str]]
     limits: NotRequired[Limits]
     budget: NotRequired[Budget]
+    name: NotRequired[str]
+    owner: NotRequired[str]
+    note: NotRequired[str]
+    previousKeys: NotRequired[list[PreviousKey]]
 
 
 @answer
@@ -195,6 +207,7 @@ class RequestRecord(TypedDict):
 class Records(TypedDict):
     success: Literal[True]
     records: list[RequestRecord]
+    nextCursor: str | None  # null: no older records in the window
 
 
 @answer
@@ -468,3 +481,88 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": Refusal, "description": "refused"},
     "5XX": {"model": Refusal, "description": "failed"},
 }
+
+
+# /api/fleet (services/api/routes/fleet.py) ----------------------------------------------------
+
+
+@answer
+class FleetUpstream(TypedDict):
+    """An upstream as configured; its key only as a hint, an egress proxy's password as ***."""
+
+    id: str
+    name: str
+    url: str
+    auth: str
+    keyHint: str | None  # None: no credentials
+    concurrency: int | None
+    verify: bool | None
+    caPem: str | None
+    proxy: str | None
+    keepalive: Number | None
+    models: list[str] | None
+    caFile: str | None
+    certFile: str | None
+    certKeyFile: str | None
+
+
+@answer
+class Deployment(TypedDict):
+    upstream: str
+    model: str
+    weight: int
+    priority: int
+
+
+@answer
+class AliasEntry(TypedDict):
+    name: str
+    deployments: list[Deployment]
+
+
+@answer
+class FleetList(TypedDict):
+    success: Literal[True]
+    source: Literal["file", "TARGET_URLS"]
+    upstreams: list[FleetUpstream]
+    aliases: list[AliasEntry]
+
+
+@answer
+class UpstreamSaved(TypedDict):
+    success: Literal[True]
+    message: str
+    upstream: FleetUpstream
+
+
+@answer
+class AliasSaved(TypedDict):
+    success: Literal[True]
+    message: str
+    alias: AliasEntry
+
+
+@answer
+class ModelsStep(TypedDict):
+    ok: bool
+    ms: Number | None
+    status: int | None
+    models: list[str]
+    error: str | None
+
+
+@answer
+class RequestStep(TypedDict):
+    ok: bool
+    model: str
+    ms: Number | None
+    status: int | None
+    error: str | None
+
+
+@answer
+class Probe(TypedDict):
+    success: Literal[True]
+    ok: bool  # both steps went well
+    models: ModelsStep
+    request: RequestStep | None  # None: no model to ask

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from services.api import sessions
 from services.api.app import create_app
 from shared import analytics
 from shared.analytics import RequestRow
-from shared.apikeys import ApiKey, Budget, Limits, write_keys
+from shared.apikeys import ApiKey, Budget, Limits, format_time, write_keys
 from shared.files import write_json_atomic
+from shared.fleet import Alias, Deployment, Fleet, FleetFile, UpstreamEntry
 from shared.prices import Price, Prices, write_prices
 from shared.settings import Settings
 from shared.site import CertdStatus, Site, no_outcome, read_site, update_site, write_status
@@ -117,6 +119,26 @@ def _heartbeats(settings: Settings) -> None:
     )
 
 
+def _fleet(fleet: Fleet) -> Fleet:
+    """Two upstreams (one nothing listens on, one with every setting) and an alias."""
+    fleet.upstreams = [
+        UpstreamEntry(id="gpu-1", url="http://127.0.0.1:9", name="GPU 1", key="sk-upstream-1234"),
+        UpstreamEntry(
+            id="gpu-2",
+            url="https://gpu-2.example:8443",
+            auth="basic",
+            key="llmp:secret",
+            concurrency=4,
+            verify=False,
+            proxy="http://egress:secret@proxy.example:3128",
+            keepalive=30,
+            models=["llama*"],
+        ),
+    ]
+    fleet.aliases = [Alias(name="chat", deployments=[Deployment(upstream="gpu-1", model="m")])]
+    return fleet
+
+
 def _rows(alice: ApiKey, bob: ApiKey, now: int) -> list[RequestRow]:
     rows = []
     for i in range(40):
@@ -172,6 +194,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     db.close()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _heartbeats(settings)
+    FleetFile(settings.fleet_file, ()).change(_fleet)
     certd = Certd(settings)
     certd.thread.start()
     token = sessions.for_settings(settings).issue("admin")
@@ -250,6 +273,13 @@ CASES = [
     Case("PATCH", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.bob.id}", body=POLICY),
     Case("PATCH", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.alice.id}", body={"limits": {}}),
     Case("PATCH", "/api/keys/{key_id}", "/api/keys/nobody", 404, body={"enabled": True}),
+    Case(
+        "POST",
+        "/api/keys/{key_id}/rotate",
+        lambda w: f"/api/keys/{w.bob.id}/rotate",
+        body=lambda w: {"until": format_time(datetime.now(UTC) + timedelta(days=1))},
+    ),
+    Case("POST", "/api/keys/{key_id}/rotate", "/api/keys/nobody/rotate", 404, body={}),
     Case("DELETE", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.alice.id}"),
     Case("DELETE", "/api/keys/{key_id}", "/api/keys/nobody", 404),
     Case("GET", "/api/keys/validate/{key}", lambda w: f"/api/keys/validate/{w.alice.key}"),
@@ -284,6 +314,38 @@ CASES = [
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.alice.id}"),
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.bob.key}"),
     Case("GET", "/api/analytics/{key}/csv", lambda w: f"/api/analytics/{w.alice.id}/csv"),
+    Case("GET", "/api/fleet", "/api/fleet"),
+    Case(
+        "POST",
+        "/api/fleet/upstreams",
+        "/api/fleet/upstreams",
+        body={"url": "http://gpu-3.example:8000", "key": "sk-upstream-5678"},
+    ),
+    Case("POST", "/api/fleet/upstreams", "/api/fleet/upstreams", 400, body={"url": "ftp://x"}),
+    Case(
+        "PATCH",
+        "/api/fleet/upstreams/{upstream_id}",
+        "/api/fleet/upstreams/gpu-2",
+        body={"concurrency": 8},
+    ),
+    Case(
+        "PATCH",
+        "/api/fleet/upstreams/{upstream_id}",
+        "/api/fleet/upstreams/none",
+        404,
+        body={"concurrency": 8},
+    ),
+    Case("POST", "/api/fleet/upstreams/{upstream_id}/test", "/api/fleet/upstreams/gpu-1/test"),
+    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/gpu-2"),
+    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/gpu-1", 400),
+    Case(
+        "PUT",
+        "/api/fleet/aliases/{name}",
+        "/api/fleet/aliases/fast",
+        body={"deployments": [{"upstream": "gpu-1", "model": "small", "weight": 2}]},
+    ),
+    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/chat"),
+    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/none", 404),
     Case("GET", "/nginx/status", "/nginx/status"),
     Case(
         "POST",

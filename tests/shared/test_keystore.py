@@ -61,7 +61,7 @@ def test_a_user_has_named_keys_and_a_rotated_secret_is_found_until_its_time(stor
     ci = admin.create("alice", {"name": "ci", "owner": "platform", "note": "the build"})
     with pytest.raises(DuplicateUsername) as taken:
         admin.create("alice", {"name": "ci"})
-    assert "named \"ci\"" in taken.value.message
+    assert 'named "ci"' in taken.value.message
     with pytest.raises(DuplicateUsername):
         admin.update(first.id, {"name": "ci"})
     assert admin.list() == [first, ci]

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports, schemas
@@ -233,44 +232,10 @@ async def update_key(
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
 
 
-class PreviousKeyPublic(BaseModel):
-    key: str
-    until: str
-
-
-class ApiKeyPublic(BaseModel):
-    """A key as the file holds it: the original's four fields, then what is set of the rest."""
-
-    id: str
-    username: str
-    key: str
-    createdAt: str
-    enabled: bool | None = None
-    expiresAt: str | None = None
-    models: list[str] | None = None
-    limits: dict[str, int] | None = None
-    budget: dict[str, Any] | None = None
-    name: str | None = None
-    owner: str | None = None
-    note: str | None = None
-    previousKeys: list[PreviousKeyPublic] | None = None
-
-
-class KeyRotated(BaseModel):
-    success: bool
-    message: str
-    key: ApiKeyPublic
-
-
-@router.post(
-    "/{key_id}/rotate",
-    openapi_extra=ROTATE_BODY,
-    response_model=KeyRotated,
-    response_model_exclude_unset=True,
-)
+@router.post("/{key_id}/rotate", response_model=schemas.KeySaved, openapi_extra=ROTATE_BODY)
 async def rotate_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
-) -> KeyRotated:
+) -> dict[str, Any]:
     """A new secret for the key; the current one stays accepted until `until`, then is refused
     by the proxy and every route that takes a secret."""
     try:
@@ -282,9 +247,7 @@ async def rotate_key(
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key rotated", extra={"fields": {"key": key.id, "until": format_time(until)}})
-    return KeyRotated.model_validate(
-        {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
-    )
+    return {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
 
 
 @router.delete("/{key_id}", response_model=schemas.Message)
