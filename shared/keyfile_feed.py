@@ -1,32 +1,26 @@
 """`data/apikeys.json` as a proxy worker's key feed (`shared.keystore.KeyFeed`), current within a
 second.
 
-Changes arrive through watchdog (inotify) and, as a safety net where inotify does not reach
-(some bind mounts), a cheap `stat()` poll. A file that goes missing or stops parsing leaves the
-last good keys in force: those of `apikeys.json.last-good` (the newest valid key file, so a
-worker started meanwhile serves the same keys as the others), else those in memory. The error
-is logged and kept in `last_error` (the proxy's heartbeat reports it, /healthz shows it). A valid
-file that differs from the last good copy is copied there.
+Changes arrive as shared/watch.py notices them (inotify, and a `stat()` poll). A file that goes
+missing or stops parsing leaves the last good keys in force: those of `apikeys.json.last-good`
+(the newest valid key file, so a worker started meanwhile serves the same keys as the others),
+else those in memory. The error is logged and kept in `last_error` (the proxy's heartbeat reports
+it, /healthz shows it). A valid file that differs from the last good copy is copied there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from shared.apikeys import ApiKey, KeyFileError, last_good_path, read_keys
 from shared.keyfile import KeyFile
 from shared.keystore import KeysArrived
+from shared.watch import FileWatch, signature
 
 log = logging.getLogger("proxy.keys")
-
-POLL_INTERVAL = 0.5
 
 
 class FileKeyFeed:
@@ -39,8 +33,7 @@ class FileKeyFeed:
         self._have_keys = False
         self._signature: tuple[int, int, int] | None = (-1, -1, -1)  # never read
         self._copy_signature: tuple[int, int, int] | None = None
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._poller: asyncio.Task[None] | None = None
+        self._watch = FileWatch(path, self.reload, "keys-poll")
         self._remembering: asyncio.Future[None] | None = None
 
     def staleness(self) -> float:
@@ -48,13 +41,13 @@ class FileKeyFeed:
 
     def reload(self) -> None:
         """Re-read the file if it changed since the last look."""
-        signature = _signature(self.path)
-        if signature == self._signature and (signature is not None or self.last_error is None):
+        now = signature(self.path)
+        if now == self._signature and (now is not None or self.last_error is None):
             if self.last_error is None:
                 self._confirmed = time.monotonic()
             return
-        self._signature = signature
-        if signature is None:
+        self._signature = now
+        if now is None:
             if last_good_path(self.path).exists() or self._have_keys:
                 self._fall_back(f"{self.path} is missing")
             return  # no file and no copy: a new install, no keys yet
@@ -80,11 +73,11 @@ class FileKeyFeed:
     def _fall_back(self, error: str) -> None:
         """Serve the last good copy's keys (if it changed since last read), else keep ours."""
         copy = last_good_path(self.path)
-        signature = _signature(copy)
-        if signature is not None and signature != self._copy_signature:
+        copied = signature(copy)
+        if copied is not None and copied != self._copy_signature:
             try:
                 self._use(read_keys(copy))
-                self._copy_signature = signature
+                self._copy_signature = copied
             except KeyFileError as exc:
                 error += f"; the last good copy too: {exc}"
         if error != self.last_error:
@@ -107,44 +100,12 @@ class FileKeyFeed:
     async def start(self, arrived: KeysArrived) -> None:
         self._arrived = arrived
         self.reload()
-        loop = asyncio.get_running_loop()
-        feed = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = (event.src_path, getattr(event, "dest_path", ""))
-                if any(os.fsdecode(p).endswith(feed.path.name) for p in paths if p):
-                    loop.call_soon_threadsafe(feed.reload)
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.start()
-        self._observer = observer
-        self._poller = asyncio.create_task(self._poll(), name="keys-poll")
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL)
-            self.reload()
+        await self._watch.start()
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        await self._watch.stop()
         if self._remembering is not None:
             await asyncio.wait([self._remembering], timeout=5)
-        if self._observer is not None:
-            self._observer.stop()
-            await asyncio.to_thread(self._observer.join, 5)
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _remember(path: Path) -> None:

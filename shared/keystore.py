@@ -17,13 +17,31 @@ The embedded implementation is `data/apikeys.json` (`shared.keyfile.KeyFile`,
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 from shared.apikeys import ApiKey, PolicyChange
 
 
 class DuplicateUsername(Exception):
-    """A key for this username exists already."""
+    """The user already has a key of that name (or, for a key without a name, one without)."""
+
+    def __init__(self, username: str, name: str | None = None) -> None:
+        super().__init__(username, name)
+        self.username, self.name = username, name
+
+    @property
+    def message(self) -> str:
+        if self.name is None:
+            return "API key already exists for this username"  # the original's words
+        return f'An API key named "{self.name}" already exists for this username'
+
+
+def check_unique(keys: list[ApiKey], key: ApiKey) -> None:
+    """Raises DuplicateUsername if another of `keys` has `key`'s username and name."""
+    for other in keys:
+        if other.id != key.id and (other.username, other.name) == (key.username, key.name):
+            raise DuplicateUsername(key.username, key.name)
 
 
 class KeyAdmin(Protocol):
@@ -37,16 +55,22 @@ class KeyAdmin(Protocol):
         """A new key for `username`. Raises DuplicateUsername."""
 
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
-        """The key with `change` applied and saved; None if there is no key `key_id`."""
+        """The key with `change` applied and saved; None if there is no key `key_id`. Raises
+        DuplicateUsername if its new name is another key's of the same user."""
+
+    def rotate(self, key_id: str, until: datetime) -> ApiKey | None:
+        """Give the key a new secret; its current one is accepted until `until`. None if
+        there is no key `key_id`."""
 
     def delete(self, key_id: str) -> bool:
         """False if there was no key `key_id`."""
 
     def find(self, secret: str) -> ApiKey | None:
-        """The key whose secret is `secret`, compared in constant time."""
+        """The key whose secret is `secret` (or a previous secret still accepted), compared in
+        constant time."""
 
     def by_id_or_secret(self, value: str) -> ApiKey | None:
-        """The key whose id or secret is `value`."""
+        """The key whose id or secret (current or previous) is `value`."""
 
 
 KeysArrived = Callable[[list[ApiKey]], None]

@@ -17,12 +17,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
-from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
+from services.api.routes import analytics, auth, fleet, health, keys, metrics, nginx, ui
 from services.api.security import weak_secrets
 from services.api.throttle import Throttle
 from shared import storage
 from shared.apikeys import KeyFileError
 from shared.cors import cors_options
+from shared.fleet import FleetFile
 from shared.heartbeat import INTERVAL, Heartbeat
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
@@ -33,7 +34,7 @@ log = logging.getLogger("api")
 async def _beat(beat: Heartbeat) -> None:
     while True:
         try:
-            beat.beat()
+            await asyncio.to_thread(beat.beat)  # its fsync must not hold the event loop
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
         await asyncio.sleep(INTERVAL)
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
     app.state.keyfile = storage.key_admin(settings)
     app.state.throttle = Throttle(
         settings.data_dir / "login-failures.json",
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
-    for module in (health, auth, keys, analytics, ui, nginx, metrics):
+    for module in (health, auth, keys, analytics, fleet, ui, nginx, metrics):
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

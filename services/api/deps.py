@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from services.api import sessions
 from services.api.errors import AuthError
 from shared import forwarding
+from shared.fleet import FleetFile
 from shared.keystore import KeyAdmin
 from shared.settings import Settings
 
@@ -24,6 +25,11 @@ def _settings(request: Request) -> Settings:
 def _keyfile(request: Request) -> KeyAdmin:
     keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
+
+
+def _fleet_file(request: Request) -> FleetFile:
+    fleet_file: FleetFile = request.app.state.fleet_file
+    return fleet_file
 
 
 def client_address(request: Request) -> str:
@@ -85,6 +91,7 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
+FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
 KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

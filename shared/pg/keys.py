@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.apikeys import ApiKey, KeyFileError, PolicyChange
-from shared.keystore import DuplicateUsername, KeysArrived
+from shared.keystore import KeysArrived, check_unique
 from shared.pg import snapshot
 from shared.pg.schema import KEYS_CHANNEL, LOCK_KEYS, migrate
 
@@ -86,11 +86,7 @@ class PgKeyAdmin:
         key = ApiKey.new(username).updated(policy or {})
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS,))
-            taken = conn.execute(
-                "SELECT 1 FROM llmp_keys WHERE username = %s", (username,)
-            ).fetchone()
-            if taken:
-                raise DuplicateUsername(username)
+            check_unique(_users_keys(conn, username), key)
             conn.execute(
                 "INSERT INTO llmp_keys (id, username, digest, doc) VALUES (%s, %s, %s, %s)",
                 (key.id, key.username, digest(key.key), Jsonb(key.to_json())),
@@ -98,16 +94,24 @@ class PgKeyAdmin:
         return key
 
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
+        return self._change(key_id, lambda key: key.updated(change))
+
+    def rotate(self, key_id: str, until: datetime) -> ApiKey | None:
+        return self._change(key_id, lambda key: key.rotated(until))
+
+    def _change(self, key_id: str, change: Callable[[ApiKey], ApiKey]) -> ApiKey | None:
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS,))
             row = conn.execute("SELECT doc FROM llmp_keys WHERE id = %s", (key_id,)).fetchone()
             if row is None:
                 return None
-            updated = _keys([row])[0].updated(change)
+            changed = change(_keys([row])[0])
+            check_unique(_users_keys(conn, changed.username), changed)
             conn.execute(
-                "UPDATE llmp_keys SET doc = %s WHERE id = %s", (Jsonb(updated.to_json()), key_id)
+                "UPDATE llmp_keys SET doc = %s, digest = %s WHERE id = %s",
+                (Jsonb(changed.to_json()), digest(changed.key), key_id),
             )
-        return updated
+        return changed
 
     def delete(self, key_id: str) -> bool:
         with self._transaction() as conn:
@@ -116,22 +120,20 @@ class PgKeyAdmin:
             return gone.fetchone() is not None
 
     def find(self, secret: str) -> ApiKey | None:
+        now = datetime.now(UTC)
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT doc FROM llmp_keys WHERE digest = %s", (digest(secret),)
-            ).fetchone()
-        if row is None:
-            return None
-        key = _keys([row])[0]
-        return key if hmac.compare_digest(key.key.encode(), secret.encode()) else None
+            holding = _holding(conn, secret)
+        return next((k for k in holding if k.accepts(secret, now)), None)
 
     def by_id_or_secret(self, value: str) -> ApiKey | None:
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT doc FROM llmp_keys WHERE id = %s OR digest = %s ORDER BY position LIMIT 1",
-                (value, digest(value)),
+                "SELECT doc FROM llmp_keys WHERE id = %s ORDER BY position LIMIT 1", (value,)
             ).fetchone()
-        return None if row is None else _keys([row])[0]
+            holding = [] if row is not None else _holding(conn, value)
+        if row is not None:
+            return _keys([row])[0]
+        return next((k for k in holding if k.accepts(value)), None)
 
     def replace_all(self, keys: Sequence[ApiKey]) -> None:
         """Make `keys` the whole key set, in one transaction (moving an install in)."""
@@ -143,6 +145,22 @@ class PgKeyAdmin:
                     "INSERT INTO llmp_keys (id, username, digest, doc) VALUES (%s, %s, %s, %s)",
                     [(k.id, k.username, digest(k.key), Jsonb(k.to_json())) for k in keys],
                 )
+
+
+def _holding(conn: psycopg.Connection[Any], secret: str) -> list[ApiKey]:
+    """The key whose current secret has `secret`'s digest, then every key with previous secrets
+    (few: a rotation's overlap is short), for `ApiKey.accepts` to compare."""
+    rows = conn.execute(
+        "SELECT doc FROM llmp_keys WHERE digest = %s OR doc ? 'previousKeys'"
+        " ORDER BY digest = %s DESC, position",
+        (digest(secret), digest(secret)),
+    ).fetchall()
+    return _keys(rows)
+
+
+def _users_keys(conn: psycopg.Connection[Any], username: str) -> list[ApiKey]:
+    rows = conn.execute("SELECT doc FROM llmp_keys WHERE username = %s", (username,)).fetchall()
+    return _keys(rows)
 
 
 def _keys(rows: list[tuple[Any, ...]]) -> list[ApiKey]:

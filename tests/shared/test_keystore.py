@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -51,6 +52,29 @@ def test_keys_are_created_listed_found_changed_and_deleted(store):
 
     assert admin.delete(bob.id) and not admin.delete(bob.id)
     assert admin.list() == [changed] and admin.find(bob.key) is None
+
+
+def test_a_user_has_named_keys_and_a_rotated_secret_is_found_until_its_time(store):
+    admin: KeyAdmin = store[0]
+    admin.prepare()
+    first = admin.create("alice")
+    ci = admin.create("alice", {"name": "ci", "owner": "platform", "note": "the build"})
+    with pytest.raises(DuplicateUsername) as taken:
+        admin.create("alice", {"name": "ci"})
+    assert 'named "ci"' in taken.value.message
+    with pytest.raises(DuplicateUsername):
+        admin.update(first.id, {"name": "ci"})
+    assert admin.list() == [first, ci]
+
+    rotated = admin.rotate(ci.id, datetime.now(UTC) + timedelta(hours=1))
+    assert rotated is not None and rotated.key != ci.key and rotated.id == ci.id
+    assert admin.find(rotated.key) == rotated == admin.find(ci.key)  # the overlap
+    assert admin.by_id_or_secret(ci.key) == rotated
+    again = admin.rotate(ci.id, datetime.now(UTC) - timedelta(seconds=1))  # after a leak
+    assert again is not None
+    assert admin.find(again.key) == again
+    assert admin.find(ci.key) is None and admin.find(rotated.key) is None
+    assert admin.rotate("no-such-id", datetime.now(UTC)) is None
 
 
 def test_changes_from_several_writers_at_once_are_all_kept(store):
