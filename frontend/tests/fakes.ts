@@ -11,6 +11,7 @@ export type FakeApi = { [K in keyof Api]: ReturnType<typeof vi.fn> }
 export function fakeApi(overrides: Partial<Record<keyof Api, (...args: never[]) => unknown>> = {}): FakeApi {
   const methods = [
     'login', 'logout', 'me', 'listKeys', 'createKey', 'updateKey', 'deleteKey', 'records', 'summary', 'recordsCsv', 'requestLog', 'requestById', 'breakdown',
+    'spend', 'prices', 'setPrices',
     'upstreams', 'nginxStatus', 'obtainCertificates', 'removeCertificate', 'renewCertificates', 'writeDefaultConfig',
     'getConfig', 'updateConfig', 'reloadNginx',
   ] as const
