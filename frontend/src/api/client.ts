@@ -174,7 +174,7 @@ export function createApi(options: ClientOptions = {}) {
       await request('DELETE', `/api/keys/${encodeURIComponent(id)}`)
     },
 
-    async records(keyId: string, r: Range, limit = 10_000): Promise<RequestRecord[]> {
+    async records(keyId: string, r: Range, limit = 5_000): Promise<RequestRecord[]> {
       const path = `/api/analytics/${encodeURIComponent(keyId)}${query({ ...range(r), limit })}`
       return (await request<{ records: RequestRecord[] }>('GET', path)).records
     },
