@@ -297,9 +297,7 @@ def routes(admin: Admin, now: int) -> dict[str, Callable[[], tuple[float, bytes]
         ),
         "request by id": lambda: admin.get(f"{a}/requests/{request_id}"),
         "records of a key (original route, 5,000)": lambda: admin.get(f"{a}/{one}"),
-        "records of a key, next 5,000": lambda: admin.get(
-            f"{a}/{one}", {"cursor": records_cursor}
-        ),
+        "records of a key, next 5,000": lambda: admin.get(f"{a}/{one}", {"cursor": records_cursor}),
         "CSV of a key, 7 days: first byte": lambda: admin.first_byte(f"{a}/{one}/csv"),
         "CSV of a key, 7 days: whole": lambda: admin.get(f"{a}/{one}/csv"),
         "key list": lambda: admin.get("/api/keys"),
