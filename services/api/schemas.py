@@ -244,7 +244,7 @@ class Summary(TypedDict):
 class BreakdownRow(TypedDict):
     """A key, model or upstream URL (`value`) over the window."""
 
-    value: str | None
+    value: str  # "" for requests without one
     username: NotRequired[str]  # by key
     requests: int
     failures: int
@@ -273,7 +273,7 @@ class Breakdown(TypedDict):
 
 @answer
 class SpendRow(TypedDict):
-    value: str | None
+    value: str
     username: NotRequired[str]  # by key
     requests: int
     promptTokens: int
@@ -297,7 +297,7 @@ class Spend(TypedDict):
     endDate: int
     currency: str
     total: Number
-    unpricedModels: list[str | None]
+    unpricedModels: list[str]
     series: list[SpendPoint]
 
 
