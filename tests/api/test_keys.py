@@ -231,3 +231,15 @@ def test_a_deleted_or_broken_key_file_leaves_keys_listed_and_revocable(
         if damage == "break":
             assert path.with_name("apikeys.json.broken").read_text() == '{"keys": ['
         eventually(lambda: chat().status_code == 401)
+
+
+def test_a_budget_of_null_tokens_or_cost_is_refused_as_joi_does(api, path, alice):
+    """`number()` refuses null: a budget whose tokens or cost is null is a 400 that says so, and
+    the key stays as it was (it was taken for no budget field at all, and then failed)."""
+    for name in ("tokens", "cost"):
+        r = patch(api, alice.id, {"budget": {"period": "day", name: None}})
+        assert (r.status_code, r.json()) == (
+            400,
+            {"success": False, "message": f'"budget.{name}" must be a number'},
+        )
+    assert read_keys(path)[0] == alice

@@ -1483,24 +1483,20 @@ export interface operations {
                 "application/json": {
                     username: string;
                     enabled?: boolean;
-                    /** Format: date-time */
                     expiresAt?: string | null;
-                    /** @description glob patterns (`llama3*`); null: every model */
                     models?: string[] | null;
-                    /** @description the limits given change, null removes one, the others stay */
                     limits?: {
                         requestsPerMinute?: number | null;
                         tokensPerMinute?: number | null;
                         tokensPerDay?: number | null;
                         maxConcurrent?: number | null;
                     };
-                    /** @description per calendar period (UTC); cost in the currency of the prices; null: none */
-                    budget?: (({
-                        /** @enum {unknown} */
+                    budget?: {
+                        /** @enum {string} */
                         period: "day" | "week" | "month";
                         tokens?: number;
                         cost?: number;
-                    } | unknown | unknown) | null) | unknown | unknown;
+                    } | null;
                 };
             };
         };
@@ -1587,24 +1583,20 @@ export interface operations {
             content: {
                 "application/json": {
                     enabled?: boolean;
-                    /** Format: date-time */
                     expiresAt?: string | null;
-                    /** @description glob patterns (`llama3*`); null: every model */
                     models?: string[] | null;
-                    /** @description the limits given change, null removes one, the others stay */
                     limits?: {
                         requestsPerMinute?: number | null;
                         tokensPerMinute?: number | null;
                         tokensPerDay?: number | null;
                         maxConcurrent?: number | null;
                     };
-                    /** @description per calendar period (UTC); cost in the currency of the prices; null: none */
-                    budget?: (({
-                        /** @enum {unknown} */
+                    budget?: {
+                        /** @enum {string} */
                         period: "day" | "week" | "month";
                         tokens?: number;
                         cost?: number;
-                    } | unknown | unknown) | null) | unknown | unknown;
+                    } | null;
                 };
             };
         };
