@@ -10,7 +10,10 @@ way, in Joi's default messages, as if by `Joi.object({enabled: boolean(), expire
 date().iso().allow(null), models: array().items(string().trim().min(1).max(200)).min(1).max(100)
 .unique().allow(null), limits: object({<each>: number().integer().positive().allow(null)}),
 budget: object({period: string().valid('day', 'week', 'month').required(), tokens:
-number().integer().positive(), cost: number().positive()}).or('tokens', 'cost').allow(null)})`.
+number().integer().positive(), cost: number().positive()}).or('tokens', 'cost').allow(null),
+name: string().trim().pattern(/^[A-Za-z0-9][A-Za-z0-9._-]*$/).max(50).allow(null), owner:
+string().trim().max(200).allow(null), note: string().trim().max(500).allow(null)})` (owner and
+note: printable characters only).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from shared.apikeys import (
     parse_time,
 )
 
-POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget")
+POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget", "name", "owner", "note")
+KEY_NAME = "[A-Za-z0-9][A-Za-z0-9._-]*"
+TEXT_LENGTHS = {"name": 50, "owner": 200, "note": 500}
 BUDGET_FIELDS = ("period", "tokens", "cost")
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 MAX_PATTERNS = 100
@@ -202,6 +207,43 @@ class Patterns(Rule):
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Label(Rule):
+    """`string().trim().max(max_length)`: a key's name (which must match `pattern`) or its owner
+    or note (printable characters only), trimmed."""
+
+    max_length: int
+    pattern: str | None = None
+    pattern_message: str = ""
+
+    def check(self, label: str, value: Any, now: datetime) -> tuple[str | None, list[str]]:
+        if not isinstance(value, str):
+            return None, [f'"{label}" must be a string']
+        text = value.strip()
+        if not text:
+            return None, [f'"{label}" is not allowed to be empty']
+        errors = []
+        if len(text) > self.max_length:
+            errors.append(
+                f'"{label}" length must be less than or equal to {self.max_length} characters long'
+            )
+        if self.pattern is not None:
+            if not re.fullmatch(self.pattern, text):
+                errors.append(f'"{label}" {self.pattern_message}')
+        elif not text.isprintable():
+            errors.append(f'"{label}" must hold printable characters only')
+        return text, errors
+
+    def schema(self) -> Schema:
+        pattern = r"\S" if self.pattern is None else rf"^\s*(?:{self.pattern})\s*$"
+        return {
+            "type": "string",
+            "pattern": pattern,
+            "maxLength": self.max_length,
+            "description": "trimmed" + ("" if self.pattern else "; printable characters only"),
+        }
+
+
 def _number_errors(label: str, value: Any) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return [f'"{label}" must be a number']
@@ -346,6 +388,15 @@ POLICY: Mapping[str, Rule] = {
     "models": Nullable(Patterns(MAX_PATTERNS, MAX_PATTERN_LENGTH)),
     "limits": LIMITS,
     "budget": Nullable(BUDGET),
+    "name": Nullable(
+        Label(
+            TEXT_LENGTHS["name"],
+            KEY_NAME,
+            'must start with a letter or digit and hold only letters, digits, ".", "_" and "-"',
+        )
+    ),
+    "owner": Nullable(Label(TEXT_LENGTHS["owner"])),
+    "note": Nullable(Label(TEXT_LENGTHS["note"])),
 }
 assert tuple(POLICY) == POLICY_FIELDS and tuple(BUDGET.fields.rules) == BUDGET_FIELDS
 
@@ -395,6 +446,48 @@ def key_update(fields: Mapping[str, Any]) -> PolicyChange:
     if errors:
         raise BodyError(joined(errors))
     return change
+
+
+MAX_OVERLAP_DAYS = 365
+
+
+def key_rotation(fields: Mapping[str, Any], now: datetime | None = None) -> datetime:
+    """`POST /api/keys/{id}/rotate`: `until`, when the current secret stops being accepted (an
+    ISO 8601 time at most MAX_OVERLAP_DAYS ahead; absent, null or past: at once). Raises
+    BodyError."""
+    now = now or datetime.now(UTC)
+    errors = [f'"{name}" is not allowed' for name in fields if name != "until"]
+    until = now
+    if fields.get("until") is not None:
+        value = fields["until"]
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            until = parse_time(value.strip())
+            format_time(until)
+        except (ValueError, OverflowError):
+            errors.append('"until" must be in ISO 8601 date format')
+        else:
+            if (until - now).total_seconds() > MAX_OVERLAP_DAYS * 86400:
+                errors.append(f'"until" must be at most {MAX_OVERLAP_DAYS} days from now')
+    if errors:
+        raise BodyError(joined(errors))
+    return max(until, now)
+
+
+def rotation_schema() -> Schema:
+    """`POST /api/keys/{id}/rotate`'s body in JSON Schema (`key_rotation` checks it)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "until": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "ISO 8601: the current secret is accepted until then (at most "
+                f"{MAX_OVERLAP_DAYS} days ahead); absent, null or past: refused at once",
+            }
+        },
+    }
 
 
 def joined(errors: list[str]) -> str:

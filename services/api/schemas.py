@@ -106,9 +106,18 @@ class Budget(TypedDict):
 
 
 @answer
+class PreviousKey(TypedDict):
+    """A secret of the key before its rotation, still accepted until then."""
+
+    key: str
+    until: str
+
+
+@answer
 class ApiKey(TypedDict):
     """A key as the key file holds it: the original's four fields, then the policy fields that
-    are not their default (enabled, never expires, every model, no limit, no budget)."""
+    are not their default (enabled, never expires, every model, no limit, no budget, no name,
+    owner or note, no previous secret)."""
 
     id: str
     username: str
@@ -119,6 +128,10 @@ class ApiKey(TypedDict):
     models: NotRequired[list[str]]
     limits: NotRequired[Limits]
     budget: NotRequired[Budget]
+    name: NotRequired[str]  # tells a user's keys apart
+    owner: NotRequired[str]
+    note: NotRequired[str]
+    previousKeys: NotRequired[list[PreviousKey]]
 
 
 @answer
@@ -194,7 +207,8 @@ class RequestRecord(TypedDict):
 @answer
 class Records(TypedDict):
     success: Literal[True]
-    records: list[RequestRecord]
+    records: list[RequestRecord]  # oldest first
+    nextCursor: str | None  # the older records; null: none
 
 
 @answer
@@ -418,6 +432,7 @@ class NginxStatus(TypedDict):
 class Upstream(TypedDict):
     """An upstream as the proxy's workers report it (requests summed over them)."""
 
+    id: str  # in the fleet (GET /api/fleet)
     url: str
     healthy: bool
     models: list[str]

@@ -10,10 +10,12 @@ real one is in tests/stack/test_tls.py).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ from shared.files import write_json_atomic
 from shared.prices import Price, Prices, write_prices
 from shared.settings import Settings
 from shared.site import CertdStatus, Site, no_outcome, read_site, update_site, write_status
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
+from tests.upstream import FakeUpstream
 
 ISSUED = "llm.example.com"  # the certificate certd reports as issued; others never are
 
@@ -43,6 +46,7 @@ class World:
     alice: ApiKey  # every policy field set
     bob: ApiKey  # none
     carol: ApiKey  # never used
+    made: dict[str, str] = dataclasses.field(default_factory=dict)  # ids made by a case's `before`
 
 
 class Certd:
@@ -88,6 +92,7 @@ class Certd:
 def _heartbeats(settings: Settings) -> None:
     now = time.time()
     upstream = {
+        "id": "gpu-1",
         "url": "http://gpu-1:11434",
         "healthy": False,
         "models": ["llama3:8b", "qwen2.5:7b"],
@@ -97,7 +102,13 @@ def _heartbeats(settings: Settings) -> None:
         "last_ok": now - 30,
         "last_error": "connection refused",
     }
-    idle = {**upstream, "url": "http://gpu-2:8000", "concurrency": None, "last_ok": None}
+    idle = {
+        **upstream,
+        "id": "gpu-2",
+        "url": "http://gpu-2:8000",
+        "concurrency": None,
+        "last_ok": None,
+    }
     proxy = {"program": "proxy", "pid": 1, "started": now, "updated": now}
     write_json_atomic(
         settings.run_dir / "proxy-1.json",
@@ -150,10 +161,21 @@ def _rows(alice: ApiKey, bob: ApiKey, now: int) -> list[RequestRow]:
     return rows
 
 
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    running = FakeUpstream("a", ["llama-a", "qwen-a"], key="sk-upstream-0123456789").start()
+    yield running
+    running.stop()
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, upstream: FakeUpstream) -> Iterator[World]:
     settings = make_settings(
-        tmp_path, log_level="ERROR", jwt_secret="k" * 40, certd_wait_seconds=60.0
+        tmp_path,
+        log_level="ERROR",
+        jwt_secret="k" * 40,
+        certd_wait_seconds=60.0,
+        target_urls=f"{upstream.url}|sk-upstream-0123456789|concurrency=2",
     )
     alice = ApiKey.new("alice").updated(
         {
@@ -229,6 +251,22 @@ POLICY = {
     "budget": {"period": "week", "tokens": 5000, "cost": 2},
 }
 
+
+def _soon(world: World) -> dict[str, str]:
+    return {"until": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+
+
+def _alias(world: World) -> None:
+    deployments = [{"upstream": "target-1", "model": "llama-a"}]
+    assert world.api.put("/api/fleet/aliases/chat", json={"deployments": deployments}).is_success
+
+
+def _down(world: World) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    added = world.api.post("/api/fleet/upstreams", json={"url": url, "name": "down"})
+    world.made["down"] = added.json()["upstream"]["id"]
+
+
 CASES = [
     Case("GET", "/healthz", "/healthz", 503),
     Case("GET", "/healthz", "/healthz", before=_healthy),
@@ -252,6 +290,9 @@ CASES = [
     Case("PATCH", "/api/keys/{key_id}", "/api/keys/nobody", 404, body={"enabled": True}),
     Case("DELETE", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.alice.id}"),
     Case("DELETE", "/api/keys/{key_id}", "/api/keys/nobody", 404),
+    Case("POST", "/api/keys/{key_id}/rotate", lambda w: f"/api/keys/{w.bob.id}/rotate", body=_soon),
+    Case("POST", "/api/keys/{key_id}/rotate", lambda w: f"/api/keys/{w.bob.id}/rotate", body={}),
+    Case("POST", "/api/keys/{key_id}/rotate", "/api/keys/nobody/rotate", 404, body={}),
     Case("GET", "/api/keys/validate/{key}", lambda w: f"/api/keys/validate/{w.alice.key}"),
     Case("GET", "/api/keys/validate/{key}", "/api/keys/validate/" + "0" * 64),
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.carol.id}"),
@@ -284,6 +325,40 @@ CASES = [
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.alice.id}"),
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.bob.key}"),
     Case("GET", "/api/analytics/{key}/csv", lambda w: f"/api/analytics/{w.alice.id}/csv"),
+    Case("GET", "/api/fleet", "/api/fleet"),
+    Case("GET", "/api/fleet", "/api/fleet", before=_alias),
+    Case(
+        "POST",
+        "/api/fleet/upstreams",
+        "/api/fleet/upstreams",
+        body={"url": "http://b:8000", "key": "user:secret", "auth": "basic", "models": ["b*"]},
+    ),
+    Case("POST", "/api/fleet/upstreams", "/api/fleet/upstreams", 400, body={"url": "ftp://b"}),
+    Case(
+        "PATCH",
+        "/api/fleet/upstreams/{upstream_id}",
+        "/api/fleet/upstreams/target-1",
+        body={"concurrency": 3, "verify": False},
+    ),
+    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/target-1"),
+    Case("POST", "/api/fleet/upstreams/{upstream_id}/test", "/api/fleet/upstreams/target-1/test"),
+    Case(
+        "POST",
+        "/api/fleet/upstreams/{upstream_id}/test",
+        lambda w: f"/api/fleet/upstreams/{w.made['down']}/test",
+        before=_down,
+    ),
+    Case(
+        "PUT",
+        "/api/fleet/aliases/{name}",
+        "/api/fleet/aliases/chat",
+        before=_alias,
+        body={
+            "deployments": [{"upstream": "target-1", "model": "qwen-a", "weight": 2, "priority": 1}]
+        },
+    ),
+    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/chat", before=_alias),
+    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/none", 404),
     Case("GET", "/nginx/status", "/nginx/status"),
     Case(
         "POST",

@@ -6,12 +6,15 @@
 import type {
   Answer,
   ApiKey,
+  KeyDetails,
   BreakdownBy,
   BreakdownRow,
   Bucket,
+  Fleet,
   HttpMode,
   KeyUpdate,
   LoggedRequest,
+  ModelAlias,
   NginxStatus,
   Range,
   RequestFilters,
@@ -19,6 +22,9 @@ import type {
   RequestRecord,
   Summary,
   Upstream,
+  UpstreamChange,
+  UpstreamConfig,
+  UpstreamTest,
 } from './types'
 
 export class ApiError extends Error {
@@ -160,8 +166,14 @@ export function createApi(options: ClientOptions = {}) {
         return usage ? { ...key, usage } : key
       })
     },
-    async createKey(username: string): Promise<ApiKey> {
-      return (await request<Answer<'/api/keys', 'post'>>('POST', '/api/keys', { username })).key
+    async createKey(username: string, details: KeyDetails = {}): Promise<ApiKey> {
+      return (await request<Answer<'/api/keys', 'post'>>('POST', '/api/keys', { username, ...details })).key
+    },
+    /** A new secret for the key; the current one is accepted until `until` (ISO 8601), or
+     * refused at once when it is null. Answers with the key as saved. */
+    async rotateKey(id: string, until: string | null): Promise<ApiKey> {
+      const path = `/api/keys/${encodeURIComponent(id)}/rotate`
+      return (await request<Answer<'/api/keys/{key_id}/rotate', 'post'>>('POST', path, until === null ? {} : { until })).key
     },
     /** Changes a key's policy; answers with the key as saved. */
     async updateKey(id: string, change: KeyUpdate): Promise<ApiKey> {
@@ -200,6 +212,29 @@ export function createApi(options: ClientOptions = {}) {
       return (await request<Answer<'/api/upstreams', 'get'>>('GET', '/api/upstreams')).upstreams
     },
 
+    async fleet(): Promise<Fleet> {
+      return request<Fleet>('GET', '/api/fleet')
+    },
+    async addUpstream(change: UpstreamChange): Promise<UpstreamConfig> {
+      return (await request<{ upstream: UpstreamConfig }>('POST', '/api/fleet/upstreams', { ...change })).upstream
+    },
+    async changeUpstream(id: string, change: UpstreamChange): Promise<UpstreamConfig> {
+      const path = `/api/fleet/upstreams/${encodeURIComponent(id)}`
+      return (await request<{ upstream: UpstreamConfig }>('PATCH', path, { ...change })).upstream
+    },
+    async removeUpstream(id: string): Promise<void> {
+      await request('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
+    },
+    async testUpstream(id: string): Promise<UpstreamTest> {
+      return request<UpstreamTest>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
+    },
+    async saveAlias(alias: ModelAlias): Promise<ModelAlias> {
+      const path = `/api/fleet/aliases/${encodeURIComponent(alias.name)}`
+      return (await request<{ alias: ModelAlias }>('PUT', path, { deployments: alias.deployments })).alias
+    },
+    async removeAlias(name: string): Promise<void> {
+      await request('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
+    },
     async nginxStatus(): Promise<NginxStatus> {
       return request<Answer<'/nginx/status', 'get'>>('GET', '/nginx/status')
     },

@@ -123,7 +123,8 @@ export interface paths {
         /**
          * List Keys
          * @description The keys (the original's answer), with `usage` by key id: last use, today's requests and
-         *     tokens, and the budget's use. Searched, filtered by state and sorted on the server.
+         *     tokens, and the budget's use. Searched (username, name, owner or id), filtered by state and
+         *     sorted on the server.
          */
         get: operations["list_keys_api_keys_get"];
         put?: never;
@@ -151,6 +152,27 @@ export interface paths {
         head?: never;
         /** Update Key */
         patch: operations["update_key_api_keys__key_id__patch"];
+        trace?: never;
+    };
+    "/api/keys/{key_id}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate Key
+         * @description A new secret for the key; the current one stays accepted until `until`, then is refused
+         *     by the proxy and every route that takes a secret.
+         */
+        post: operations["rotate_key_api_keys__key_id__rotate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/keys/validate/{key}": {
@@ -302,6 +324,104 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/fleet": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Fleet
+         * @description The upstreams and aliases in force: data/upstreams.json's, or TARGET_URLS's until the
+         *     first change writes that file.
+         */
+        get: operations["get_fleet_api_fleet_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/fleet/upstreams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Add Upstream */
+        post: operations["add_upstream_api_fleet_upstreams_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/fleet/upstreams/{upstream_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove Upstream */
+        delete: operations["remove_upstream_api_fleet_upstreams__upstream_id__delete"];
+        options?: never;
+        head?: never;
+        /** Change Upstream */
+        patch: operations["change_upstream_api_fleet_upstreams__upstream_id__patch"];
+        trace?: never;
+    };
+    "/api/fleet/upstreams/{upstream_id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Test Upstream
+         * @description Ask the upstream for its models, then time a one-token chat completion (to `model`, or
+         *     the first model it lists).
+         */
+        post: operations["test_upstream_api_fleet_upstreams__upstream_id__test_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/fleet/aliases/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Put Alias
+         * @description Create or replace the alias `name` (a public model name) with its deployments.
+         */
+        put: operations["put_alias_api_fleet_aliases__name__put"];
+        post?: never;
+        /** Remove Alias */
+        delete: operations["remove_alias_api_fleet_aliases__name__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -498,10 +618,29 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AliasAnswer */
+        AliasAnswer: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Message */
+            message: string;
+            alias: components["schemas"]["AliasPublic"];
+        };
+        /** AliasPublic */
+        AliasPublic: {
+            /** Name */
+            name: string;
+            /** Deployments */
+            deployments: components["schemas"]["Deployment"][];
+        };
         /**
          * ApiKey
          * @description A key as the key file holds it: the original's four fields, then the policy fields that
-         *     are not their default (enabled, never expires, every model, no limit, no budget).
+         *     are not their default (enabled, never expires, every model, no limit, no budget, no name,
+         *     owner or note, no previous secret).
          */
         ApiKey: {
             /** Id */
@@ -520,6 +659,14 @@ export interface components {
             models?: string[];
             limits?: components["schemas"]["Limits"];
             budget?: components["schemas"]["Budget"];
+            /** Name */
+            name?: string;
+            /** Owner */
+            owner?: string;
+            /** Note */
+            note?: string;
+            /** Previouskeys */
+            previousKeys?: components["schemas"]["PreviousKey"][];
         };
         /** Breakdown */
         Breakdown: {
@@ -654,6 +801,36 @@ export interface components {
             config: string;
         };
         /**
+         * Deployment
+         * @description One way to serve an alias: this upstream, asked for this model.
+         */
+        Deployment: {
+            /** Upstream */
+            upstream: string;
+            /** Model */
+            model: string;
+            /**
+             * Weight
+             * @default 1
+             */
+            weight: number;
+            /**
+             * Priority
+             * @default 0
+             */
+            priority: number;
+        };
+        /** Done */
+        Done: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Message */
+            message: string;
+        };
+        /**
          * Failure
          * @description The error of the keys, analytics and nginx routes.
          */
@@ -667,6 +844,23 @@ export interface components {
             message: string;
             /** Config */
             config?: string;
+        };
+        /** FleetPublic */
+        FleetPublic: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "file" | "TARGET_URLS";
+            /** Upstreams */
+            upstreams: components["schemas"]["UpstreamPublic"][];
+            /** Aliases */
+            aliases: components["schemas"]["AliasPublic"][];
         };
         /** Health */
         Health: {
@@ -857,6 +1051,19 @@ export interface components {
             /** Completion */
             completion: number;
         };
+        /** ModelsStep */
+        ModelsStep: {
+            /** Ok */
+            ok: boolean;
+            /** Ms */
+            ms: number | null;
+            /** Status */
+            status: number | null;
+            /** Models */
+            models: string[];
+            /** Error */
+            error: string | null;
+        };
         /** NginxState */
         NginxState: {
             /** Ok */
@@ -881,6 +1088,16 @@ export interface components {
             /** Certificates */
             certificates: components["schemas"]["Certificate"][];
             site: components["schemas"]["Site"];
+        };
+        /**
+         * PreviousKey
+         * @description A secret of the key before its rotation, still accepted until then.
+         */
+        PreviousKey: {
+            /** Key */
+            key: string;
+            /** Until */
+            until: string;
         };
         /** PriceList */
         PriceList: {
@@ -912,6 +1129,18 @@ export interface components {
                 [key: string]: components["schemas"]["ModelPrice"];
             };
         };
+        /** ProbeAnswer */
+        ProbeAnswer: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Ok */
+            ok: boolean;
+            models: components["schemas"]["ModelsStep"];
+            request: components["schemas"]["RequestStep"] | null;
+        };
         /** ProgramHealth */
         ProgramHealth: {
             /** Ok */
@@ -935,6 +1164,8 @@ export interface components {
             success: true;
             /** Records */
             records: components["schemas"]["RequestRecord"][];
+            /** Nextcursor */
+            nextCursor: string | null;
         };
         /**
          * Refusal
@@ -1006,6 +1237,19 @@ export interface components {
             usageEstimated: boolean;
             /** Enduser */
             endUser: string | null;
+        };
+        /** RequestStep */
+        RequestStep: {
+            /** Ok */
+            ok: boolean;
+            /** Model */
+            model: string;
+            /** Ms */
+            ms: number | null;
+            /** Status */
+            status: number | null;
+            /** Error */
+            error: string | null;
         };
         /** SeriesPoint */
         SeriesPoint: {
@@ -1141,6 +1385,8 @@ export interface components {
          * @description An upstream as the proxy's workers report it (requests summed over them).
          */
         Upstream: {
+            /** Id */
+            id: string;
             /** Url */
             url: string;
             /** Healthy */
@@ -1157,6 +1403,51 @@ export interface components {
             last_ok: number | null;
             /** Last Error */
             last_error: string | null;
+        };
+        /** UpstreamAnswer */
+        UpstreamAnswer: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Message */
+            message: string;
+            upstream: components["schemas"]["UpstreamPublic"];
+        };
+        /** UpstreamPublic */
+        UpstreamPublic: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Url */
+            url: string;
+            /**
+             * Auth
+             * @enum {string}
+             */
+            auth: "bearer" | "api-key" | "basic";
+            /** Keyhint */
+            keyHint: string | null;
+            /** Concurrency */
+            concurrency: number | null;
+            /** Verify */
+            verify: boolean | null;
+            /** Capem */
+            caPem: string | null;
+            /** Proxy */
+            proxy: string | null;
+            /** Keepalive */
+            keepalive: number | null;
+            /** Models */
+            models: string[] | null;
+            /** Cafile */
+            caFile: string | null;
+            /** Certfile */
+            certFile: string | null;
+            /** Certkeyfile */
+            certKeyFile: string | null;
         };
         /** Upstreams */
         Upstreams: {
@@ -1497,6 +1788,9 @@ export interface operations {
                         tokens?: number;
                         cost?: number;
                     } | null;
+                    name?: string | null;
+                    owner?: string | null;
+                    note?: string | null;
                 };
             };
         };
@@ -1597,6 +1891,56 @@ export interface operations {
                         tokens?: number;
                         cost?: number;
                     } | null;
+                    name?: string | null;
+                    owner?: string | null;
+                    note?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeySaved"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    rotate_key_api_keys__key_id__rotate_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description ISO 8601: the current secret is accepted until then (at most 365 days ahead); absent, null or past: refused at once */
+                    until?: string | null;
                 };
             };
         };
@@ -1908,6 +2252,8 @@ export interface operations {
                 startDate?: string | null;
                 /** @description epoch milliseconds */
                 endDate?: string | null;
+                /** @description time | latency | ttfb | tokens | status */
+                sort?: string;
                 order?: string;
                 limit?: number;
                 cursor?: string | null;
@@ -2040,6 +2386,8 @@ export interface operations {
                 /** @description epoch milliseconds */
                 endDate?: string | null;
                 limit?: number;
+                /** @description nextCursor: the older records */
+                cursor?: string | null;
             };
             header?: never;
             path: {
@@ -2056,6 +2404,284 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Records"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    get_fleet_api_fleet_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetPublic"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    add_upstream_api_fleet_upstreams_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpstreamAnswer"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    remove_upstream_api_fleet_upstreams__upstream_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                upstream_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Done"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    change_upstream_api_fleet_upstreams__upstream_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                upstream_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpstreamAnswer"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    test_upstream_api_fleet_upstreams__upstream_id__test_post: {
+        parameters: {
+            query?: {
+                model?: string | null;
+            };
+            header?: never;
+            path: {
+                upstream_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProbeAnswer"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    put_alias_api_fleet_aliases__name__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AliasAnswer"];
+                };
+            };
+            /** @description refused (the admin check: `Refusal`) */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"] | components["schemas"]["Refusal"];
+                };
+            };
+            /** @description failed; nothing half done */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Failure"];
+                };
+            };
+        };
+    };
+    remove_alias_api_fleet_aliases__name__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Done"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */

@@ -35,10 +35,15 @@ export type KeyActivity = Schemas['KeyActivity']
 /** A key; the policy fields are left out when they hold their default. `usage` is what the key
  * has used (`usage` of `GET /api/keys`, put on the key by the client). */
 export type ApiKey = Schemas['ApiKey'] & { usage?: KeyActivity }
+/** A secret replaced by a rotation, accepted until its time (ISO 8601). */
+export type PreviousKey = Schemas['PreviousKey']
 
 /** The body of `PATCH /api/keys/{id}`: only what changes. null clears (no expiry, every
- * model, no such limit, no budget); a limit left out of `limits` stays as it is. */
+ * model, no such limit, no budget, no name, owner or note); a limit left out of `limits` stays
+ * as it is. */
 export type KeyUpdate = BodyOf<'/api/keys/{key_id}', 'patch'>
+/** A key's name, owner and note: given at creation, changed by `PATCH /api/keys/{id}`. */
+export type KeyDetails = Pick<KeyUpdate, 'name' | 'owner' | 'note'>
 
 export type RequestRecord = Schemas['RequestRecord']
 export type Summary = Schemas['Summary']
@@ -63,6 +68,31 @@ export type RequestPage = Pick<Schemas['RequestPage'], 'requests' | 'nextCursor'
 /** One row of `GET /api/analytics/breakdown`: a key, model or upstream URL (`value`). */
 export type BreakdownRow = Schemas['BreakdownRow']
 export type BreakdownBy = Schemas['Breakdown']['by']
+
+/** How llmp sends an upstream's credentials: `Authorization: Bearer`, Azure's `api-key`
+ * header, or HTTP Basic (`key` is then `user:password`). */
+export type UpstreamAuth = UpstreamConfig['auth']
+/** An upstream as configured (`GET /api/fleet`); its key only as a hint. */
+export type UpstreamConfig = Schemas['UpstreamPublic']
+export type Deployment = Schemas['Deployment']
+export type ModelAlias = Schemas['AliasPublic']
+export type Fleet = Schemas['FleetPublic']
+/** `POST /api/fleet/upstreams/{id}/test`: its models, then a one-token completion, timed. */
+export type UpstreamTest = Schemas['ProbeAnswer']
+
+/** The body of `POST /api/fleet/upstreams` and `PATCH .../{id}` (only what changes; a key
+ * left out stays as it is, null resets a setting to its default). Written here: the api reads
+ * these bodies itself and its document does not describe them yet. */
+export interface UpstreamChange {
+  name?: string
+  url?: string
+  auth?: UpstreamAuth
+  key?: string
+  concurrency?: number | null
+  verify?: boolean | null
+  caPem?: string | null
+  models?: string[] | null
+}
 
 export interface Range {
   start: number

@@ -8,12 +8,13 @@ alone runs to now, an end alone covers the 7 days before it; no bounds is the la
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports, request_log, schemas
@@ -22,7 +23,7 @@ from services.api.errors import Failure
 from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
 from shared.key_validation import BodyError
-from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin
 from shared.prices import Prices, PricesError, read_prices, write_prices
 from shared.rollups import DAY, OUTCOMES
 
@@ -75,7 +76,7 @@ def window(start_date: str | None, end_date: str | None) -> reports.Window:
     return reports.Window(now - WEEK, now)
 
 
-def key_id_of(value: str, keyfile: KeyFile) -> str:
+def key_id_of(value: str, keyfile: KeyAdmin) -> str:
     """The key id for a key id or a key (`sk-` + 64 hex, or the 64 hex alone)."""
     if _KEY_ID.fullmatch(value):
         return value  # also the ids of deleted keys, whose history stays
@@ -216,10 +217,12 @@ def request_page(
     request_id: Annotated[str | None, Query(alias="requestId")] = None,
     start_date: StartDate = None,
     end_date: EndDate = None,
+    sort: Annotated[str, Query(description=" | ".join(request_log.SORTS))] = "time",
     order: str = "desc",
     limit: Annotated[int, Query(ge=1, le=request_log.MAX_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> JSONResponse:
+    _choice("sort", sort, request_log.SORTS)
     _choice("order", order, request_log.ORDERS)
     if outcome is not None:
         _choice("outcome", outcome, OUTCOMES)
@@ -235,7 +238,7 @@ def request_page(
     )
     span = window(start_date, end_date)
     try:
-        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor)
+        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor, sort)
     except request_log.CursorError as exc:
         raise Failure(400, str(exc)) from exc
     return JSONResponse(
@@ -288,9 +291,20 @@ def records(
     keyfile: KeyFileDep,
     start_date: StartDate = None,
     end_date: EndDate = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> JSONResponse:
-    rows = reports.records(
-        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date), limit
-    )
-    return JSONResponse({"success": True, "records": rows})
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_RECORDS)] = reports.MAX_RECORDS,
+    cursor: Annotated[str | None, Query(description="nextCursor: the older records")] = None,
+) -> Response:
+    try:
+        found = reports.records(
+            settings.analytics_db,
+            key_id_of(key, keyfile),
+            window(start_date, end_date),
+            limit,
+            cursor,
+        )
+    except reports.CursorError as exc:
+        raise Failure(400, str(exc)) from exc
+    # The records are JSON made by SQLite: the answer is put together, not encoded again.
+    records = ",".join(found.json)
+    body = f'{{"success":true,"records":[{records}],"nextCursor":{json.dumps(found.next_cursor)}}}'
+    return Response(body, media_type="application/json")

@@ -1,5 +1,6 @@
 """`/api/keys`: list, create, delete and validate API keys (the original's answers), and change
-a key's policy (enabled, expiry, allowed models, limits), which the original does not have."""
+a key's policy (enabled, expiry, allowed models, limits), name, owner and note, or rotate its
+secret with an overlap, which the original does not have."""
 
 from __future__ import annotations
 
@@ -18,8 +19,16 @@ from services.api import reports, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields, request_body
-from shared.apikeys import ApiKey, KeyFileError
-from shared.key_validation import BodyError, create_schema, key_create, key_update, update_schema
+from shared.apikeys import ApiKey, KeyFileError, format_time
+from shared.key_validation import (
+    BodyError,
+    create_schema,
+    key_create,
+    key_rotation,
+    key_update,
+    rotation_schema,
+    update_schema,
+)
 from shared.keyfile import DuplicateUsername
 from shared.prices import Prices, PricesError, read_prices
 
@@ -65,7 +74,8 @@ def list_keys(
     order: str = "asc",
 ) -> JSONResponse:
     """The keys (the original's answer), with `usage` by key id: last use, today's requests and
-    tokens, and the budget's use. Searched, filtered by state and sorted on the server."""
+    tokens, and the budget's use. Searched (username, name, owner or id), filtered by state and
+    sorted on the server."""
     for name, value, allowed in (
         ("state", state, KEY_STATES),
         ("sort", sort, KEY_SORTS),
@@ -81,7 +91,12 @@ def list_keys(
     now = datetime.now(UTC)
     if search:
         needle = search.strip().lower()
-        keys = [k for k in keys if needle in k.username.lower() or needle in k.id]
+        keys = [
+            k
+            for k in keys
+            if needle in k.id
+            or any(needle in (text or "").lower() for text in (k.username, k.name, k.owner))
+        ]
     if state != "all":
         keys = [k for k in keys if _state(k, now) == state]
     try:
@@ -112,7 +127,7 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
         with changing("create", "Failed to save API key"):
             key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
     except DuplicateUsername as exc:
-        raise Failure(400, "API key already exists for this username") from exc
+        raise Failure(400, exc.message) from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
@@ -127,12 +142,37 @@ async def update_key(
         change = key_update(await read_fields(request))
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
-    with changing("update", "Failed to update API key"):
-        key = await run_in_threadpool(keyfile.update, key_id, change)
+    try:
+        with changing("update", "Failed to update API key"):
+            key = await run_in_threadpool(keyfile.update, key_id, change)
+    except DuplicateUsername as exc:
+        raise Failure(400, exc.message) from exc
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key updated", extra={"fields": {"key": key.id, "changed": ",".join(change)}})
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
+
+
+@router.post(
+    "/{key_id}/rotate",
+    response_model=schemas.KeySaved,
+    openapi_extra=request_body(rotation_schema()),
+)
+async def rotate_key(
+    key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
+) -> dict[str, Any]:
+    """A new secret for the key; the current one stays accepted until `until`, then is refused
+    by the proxy and every route that takes a secret."""
+    try:
+        until = key_rotation(await read_fields(request))
+    except BodyError as exc:
+        raise Failure(400, str(exc)) from exc
+    with changing("rotate", "Failed to rotate API key"):
+        key = await run_in_threadpool(keyfile.rotate, key_id, until)
+    if key is None:
+        raise Failure(404, "API key not found")
+    log.info("key rotated", extra={"fields": {"key": key.id, "until": format_time(until)}})
+    return {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
 
 
 @router.delete("/{key_id}", response_model=schemas.Message)
