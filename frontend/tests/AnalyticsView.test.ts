@@ -14,6 +14,7 @@ const alice: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', crea
 
 function summary(over: Partial<Summary> = {}): Summary {
   return {
+    success: true,
     bucket: 'hour',
     startDate: NOW - 7 * DAY,
     endDate: NOW,
@@ -33,6 +34,7 @@ function logged(i: number, over: Partial<LoggedRequest> = {}): LoggedRequest {
     startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, durationMs: 300, status: 200, outcome: 'ok', method: 'POST',
     path: '/v1/chat/completions', model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1', stream: false, ttfbMs: 40,
     queueMs: null, promptTokens: 5, completionTokens: 2, usageEstimated: false, bytesIn: 1, bytesOut: 2, error: null,
+    endUser: null,
     ...over,
   }
 }

@@ -46,10 +46,10 @@ describe('spend', () => {
 
   it('shows cost per period and key, asks again for another period, and names unpriced models', async () => {
     const answer = (period: 'day' | 'month'): Spend => ({
-      by: 'key', period, startDate: 0, endDate: 1, currency: 'USD', total: 3.5, unpricedModels: ['mystery'],
+      success: true, by: 'key', period, startDate: 0, endDate: 1, currency: 'USD', total: 3.5, unpricedModels: ['mystery'],
       series: [{ time: Date.UTC(2026, 11, 1), cost: 3.5, rows: [
         { value: 'a'.repeat(32), username: 'alice', requests: 3, promptTokens: 1000, completionTokens: 2000, cost: 3 },
-        { value: 'b'.repeat(32), username: null, requests: 1, promptTokens: 10, completionTokens: 20, cost: 0.5 },
+        { value: 'b'.repeat(32), requests: 1, promptTokens: 10, completionTokens: 20, cost: 0.5 },
       ] }],
     })
     const api = fakeApi({ spend: async (_by: string, period: 'day' | 'month') => answer(period) })
