@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import aliases, attribution, errors, routing
+from services.proxy import aliases, attribution, errors, fallbacks, routing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -36,7 +36,7 @@ from services.proxy.metrics import ProxyMetrics
 from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
-from services.proxy.usage import ask_for_usage, tokens_used
+from services.proxy.usage import Meter, ask_for_usage, tokens_used
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
@@ -352,20 +352,27 @@ class ProxyApp:
         model = routing.request_model(content_type, body)
         row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
-        resolved = aliases.resolve(catalog, model, content_type, body)  # a public name?
-        if resolved is None:
-            plan, row.upstream_model = await self.plan(catalog, model), model
-        else:
-            plan, body, row.upstream_model = resolved
-        asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        deployments = aliases.resolve(catalog, model, content_type, body)  # a public name?
+        plan = await self.plan(catalog, model) if deployments is None else []
+        row.upstream_model = model
+        usage = self.settings.stream_usage
         budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
-        meter = None
-        try:
-            meter = await exchange(
+
+        async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> Meter | None:
+            asked = ask_for_usage(path, body) if usage else None
+            assert self.client is not None and catalog is not None
+            return await exchange(
                 self.client, catalog, plan, scope, body, asked, row, send, started, extra
             )
+
+        meter = None
+        try:
+            if deployments is None:
+                meter = await attempt(plan, body, send)
+            else:
+                meter = await fallbacks.forward(deployments, attempt, row, send)
         finally:
             if admission is not None or policy.key.budget is not None:
                 tokens = tokens_used(row, meter)
