@@ -17,9 +17,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import storage
 from shared.apikeys import ApiKey
 from shared.key_validation import BodyError, key_update, username_errors
-from shared.keyfile import DuplicateUsername, KeyFile
+from shared.keystore import DuplicateUsername, KeyAdmin
 from shared.settings import Settings
 
 # The options of `set` for the limits, and what each is called in the file and the api.
@@ -103,7 +104,7 @@ def describe(key: ApiKey, now: datetime | None = None) -> str:
     return f"{state}  models: {models}  limits: {limits or 'none'}"
 
 
-def _find(keyfile: KeyFile, value: str) -> ApiKey | None:
+def _find(keyfile: KeyAdmin, value: str) -> ApiKey | None:
     found = keyfile.by_id_or_secret(value)
     return found or next((k for k in keyfile.list() if k.username == value), None)
 
@@ -114,7 +115,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    keyfile = KeyFile(settings.apikeys_file)
+    keyfile = storage.key_admin(settings)
     if args.action == "list":
         now = datetime.now(UTC)
         for key in keyfile.list():

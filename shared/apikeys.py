@@ -10,8 +10,17 @@
                           "maxConcurrent": 4},
                "budget": {"period": "month",           # optional: day, week or month (UTC)
                           "tokens": 5000000,            # ... and a positive integer,
-                          "cost": 20.0}}]}              # a positive amount (data/prices.json),
+                          "cost": 20.0},                # a positive amount (data/prices.json),
                                                         # or both
+               "name": "ci",                            # optional: tells a user's keys apart
+               "owner": "ops@example.com",              # optional: who answers for the key
+               "note": "nightly evals",                 # optional free text
+               "previousKeys": [{"key": "sk-<64 hex>",  # optional: secrets replaced by a
+                                 "until": "<ISO>"}]}]}  # rotation, accepted until `until`
+
+A user may hold several keys, told apart by their `name` (unique per username; the original's
+one key per username is the key without a name). Rotating a key gives it a new secret and keeps
+the old one in `previousKeys`, accepted until its `until` and refused from then on, everywhere.
 
 A key without policy is written exactly as the original writes it, so the file stays readable by
 llm-proxy. It is written under its lock (`shared.keyfile`) by the api and the `llmp` command;
@@ -30,6 +39,7 @@ is no copy either (a new install); to remove every key, delete them, do not dele
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -162,6 +172,42 @@ class PolicyChange(TypedDict, total=False):
     models: tuple[str, ...] | None
     limits: dict[str, int | None]
     budget: Budget | None
+    name: str | None
+    owner: str | None
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousKey:
+    """A secret replaced by a rotation, still accepted before `until` (ISO 8601)."""
+
+    key: str
+    until: str
+
+    def accepted(self, now: datetime | None = None) -> bool:
+        return parse_time(self.until) > (now or datetime.now(UTC))
+
+    def to_json(self) -> dict[str, str]:
+        return {"key": self.key, "until": self.until}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PreviousKey:
+        """Raises ValueError naming the bad field."""
+        if not isinstance(raw, dict) or set(raw) != {"key", "until"}:
+            raise ValueError("previousKeys items must be objects of key and until")
+        if not isinstance(raw["key"], str) or not raw["key"]:
+            raise ValueError("previousKeys[].key must be a non-empty string")
+        if not isinstance(raw["until"], str):
+            raise ValueError("previousKeys[].until must be an ISO 8601 time")
+        parse_time(raw["until"])
+        return cls(raw["key"], raw["until"])
+
+
+def _text(item: dict[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{name} must be a non-empty string or null")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +221,10 @@ class ApiKey:
     models: tuple[str, ...] | None = None
     limits: Limits = field(default_factory=Limits)
     budget: Budget | None = None
+    name: str | None = None
+    owner: str | None = None
+    note: str | None = None
+    previousKeys: tuple[PreviousKey, ...] = ()
 
     @classmethod
     def new(cls, username: str) -> ApiKey:
@@ -200,8 +250,35 @@ class ApiKey:
             models=change.get("models", self.models),
             limits=replace(self.limits, **change.get("limits", {})),
             budget=change.get("budget", self.budget),
+            name=change.get("name", self.name),
+            owner=change.get("owner", self.owner),
+            note=change.get("note", self.note),
         )
         return ApiKey.from_json(key.to_json())
+
+    def rotated(self, until: datetime, now: datetime | None = None) -> ApiKey:
+        """This key with a new secret; the current one stays accepted before `until` (not at
+        all if that has passed), and so do earlier ones at the latest (a rotation after a leak
+        ends them all). Previous secrets no longer accepted are dropped."""
+        now = now or datetime.now(UTC)
+        kept = [
+            PreviousKey(p.key, min(p.until, format_time(until), key=parse_time))
+            for p in (*self.previousKeys, PreviousKey(self.key, format_time(until)))
+        ]
+        return replace(
+            self,
+            key="sk-" + secrets.token_hex(32),
+            previousKeys=tuple(p for p in kept if p.accepted(now)),
+        )
+
+    def accepts(self, secret: str, now: datetime | None = None) -> bool:
+        """Whether `secret` is this key's, or a previous one still accepted; compared in
+        constant time."""
+        found = hmac.compare_digest(self.key.encode(), secret.encode())
+        for previous in self.previousKeys:
+            if hmac.compare_digest(previous.key.encode(), secret.encode()):
+                found = found or previous.accepted(now)
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """The file's (and the api's) form: the original's four fields, then any policy."""
@@ -221,6 +298,11 @@ class ApiKey:
             out["limits"] = limits
         if self.budget is not None:
             out["budget"] = self.budget.to_json()
+        for name in ("name", "owner", "note"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
+        if self.previousKeys:
+            out["previousKeys"] = [p.to_json() for p in self.previousKeys]
         return out
 
     @classmethod
@@ -248,6 +330,9 @@ class ApiKey:
             models = tuple(models)
         limits = Limits.from_json(item.get("limits") or {})
         budget = None if item.get("budget") is None else Budget.from_json(item["budget"])
+        previous = item.get("previousKeys") or []
+        if not isinstance(previous, list):
+            raise ValueError("previousKeys must be a list")
         return cls(
             **base,  # type: ignore[arg-type]
             enabled=enabled,
@@ -255,6 +340,10 @@ class ApiKey:
             models=models,
             limits=limits,
             budget=budget,
+            name=_text(item, "name"),
+            owner=_text(item, "owner"),
+            note=_text(item, "note"),
+            previousKeys=tuple(PreviousKey.from_json(p) for p in previous),
         )
 
 

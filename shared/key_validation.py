@@ -7,7 +7,10 @@ way, in Joi's default messages, as if by `Joi.object({enabled: boolean(), expire
 date().iso().allow(null), models: array().items(string().trim().min(1).max(200)).min(1).max(100)
 .unique().allow(null), limits: object({<each>: number().integer().positive().allow(null)}),
 budget: object({period: string().valid('day', 'week', 'month').required(), tokens:
-number().integer().positive(), cost: number().positive()}).or('tokens', 'cost').allow(null)})`.
+number().integer().positive(), cost: number().positive()}).or('tokens', 'cost').allow(null),
+name: string().trim().pattern(/^[A-Za-z0-9][A-Za-z0-9._-]*$/).max(50).allow(null), owner:
+string().trim().max(200).allow(null), note: string().trim().max(500).allow(null)})` (owner and
+note: printable characters only).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from shared.apikeys import (
 
 _ALPHANUM = re.compile(r"[A-Za-z0-9]*")
 
-POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget")
+POLICY_FIELDS = ("enabled", "expiresAt", "models", "limits", "budget", "name", "owner", "note")
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TEXT_LENGTHS = {"name": 50, "owner": 200, "note": 500}
 BUDGET_FIELDS = ("period", "tokens", "cost")
 LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 MAX_PATTERNS = 100
@@ -203,6 +208,31 @@ def _budget(value: Any) -> tuple[Budget | None, list[str]]:
     return Budget(str(period), tokens, None if cost is None else float(cost)), []
 
 
+def _text(name: str, value: Any) -> tuple[str | None, list[str]]:
+    """A key's name, owner or note, trimmed; None: none."""
+    if value is None:
+        return None, []
+    label = f'"{name}"'
+    if not isinstance(value, str):
+        return None, [f"{label} must be a string"]
+    text = value.strip()
+    if not text:
+        return None, [f"{label} is not allowed to be empty"]
+    errors = []
+    if len(text) > TEXT_LENGTHS[name]:
+        errors.append(
+            f"{label} length must be less than or equal to {TEXT_LENGTHS[name]} characters long"
+        )
+    if name == "name" and not _KEY_NAME.fullmatch(text):
+        errors.append(
+            f"{label} must start with a letter or digit and hold only letters, digits, "
+            '".", "_" and "-"'
+        )
+    elif not text.isprintable():
+        errors.append(f"{label} must hold printable characters only")
+    return text, errors
+
+
 def key_policy(
     fields: Mapping[str, Any], now: datetime | None = None
 ) -> tuple[PolicyChange, list[str]]:
@@ -227,6 +257,10 @@ def key_policy(
     if "budget" in fields:
         change["budget"], problems = _budget(fields["budget"])
         errors += problems
+    for name in ("name", "owner", "note"):
+        if name in fields:
+            change[name], problems = _text(name, fields[name])
+            errors += problems
     return change, errors
 
 
@@ -249,6 +283,33 @@ def key_update(fields: Mapping[str, Any]) -> PolicyChange:
     if errors:
         raise BodyError(joined(errors))
     return change
+
+
+MAX_OVERLAP_DAYS = 365
+
+
+def key_rotation(fields: Mapping[str, Any], now: datetime | None = None) -> datetime:
+    """`POST /api/keys/{id}/rotate`: `until`, when the current secret stops being accepted (an
+    ISO 8601 time at most MAX_OVERLAP_DAYS ahead; absent, null or past: at once). Raises
+    BodyError."""
+    now = now or datetime.now(UTC)
+    errors = [f'"{name}" is not allowed' for name in fields if name != "until"]
+    until = now
+    if fields.get("until") is not None:
+        value = fields["until"]
+        try:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            until = parse_time(value.strip())
+            format_time(until)
+        except (ValueError, OverflowError):
+            errors.append('"until" must be in ISO 8601 date format')
+        else:
+            if (until - now).total_seconds() > MAX_OVERLAP_DAYS * 86400:
+                errors.append(f'"until" must be at most {MAX_OVERLAP_DAYS} days from now')
+    if errors:
+        raise BodyError(joined(errors))
+    return max(until, now)
 
 
 def joined(errors: list[str]) -> str:

@@ -1,4 +1,5 @@
 """Changing `data/apikeys.json`: the api does it, and the `llmp` tool when an operator asks.
+The embedded `shared.keystore.KeyAdmin`.
 
 Every change is read-modify-write under an exclusive lock (a thread lock within the process and
 `flock` on `apikeys.json.lock` across processes), and the write is atomic. A file that cannot be
@@ -11,9 +12,10 @@ again.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from shared import files
@@ -28,12 +30,11 @@ from shared.apikeys import (
     write_keys,
 )
 from shared.files import Reserve
+from shared.keystore import DuplicateUsername, check_unique
+
+__all__ = ["DuplicateUsername", "KeyFile"]
 
 log = logging.getLogger("keyfile")
-
-
-class DuplicateUsername(Exception):
-    pass
 
 
 class KeyFile:
@@ -45,6 +46,10 @@ class KeyFile:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the file still: no change from this or another process meanwhile."""
         return files.locked(self.path)
+
+    def prepare(self) -> None:
+        """Keep room on the disk to write the key file: a key can always be revoked."""
+        self.reserve.ensure()
 
     def _keys(self) -> list[ApiKey]:
         keys, problem = load_keys(self.path)
@@ -87,21 +92,30 @@ class KeyFile:
     def create(self, username: str, policy: PolicyChange | None = None) -> ApiKey:
         with self.locked():
             keys = self._keys()
-            if any(k.username == username for k in keys):
-                raise DuplicateUsername(username)
             key = ApiKey.new(username).updated(policy or {})
+            check_unique(keys, key)
             self._write([*keys, key])
             return key
 
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
-        """The key with `change` applied and saved; None if there is no key `key_id`."""
+        """The key with `change` applied and saved; None if there is no key `key_id`. Raises
+        DuplicateUsername if its new name is another key's of the same user."""
+        return self._change(key_id, lambda key: key.updated(change))
+
+    def rotate(self, key_id: str, until: datetime) -> ApiKey | None:
+        """Give the key a new secret; its current one is accepted until `until`. None if
+        there is no key `key_id`."""
+        return self._change(key_id, lambda key: key.rotated(until))
+
+    def _change(self, key_id: str, change: Callable[[ApiKey], ApiKey]) -> ApiKey | None:
         with self.locked():
             keys = self._keys()
             for position, key in enumerate(keys):
                 if key.id == key_id:
-                    keys[position] = updated = key.updated(change)
+                    keys[position] = changed = change(key)
+                    check_unique(keys, changed)
                     self._write(keys)
-                    return updated
+                    return changed
             return None
 
     def delete(self, key_id: str) -> bool:
@@ -114,15 +128,17 @@ class KeyFile:
             return True
 
     def find(self, secret: str) -> ApiKey | None:
-        """The key whose secret is `secret`, compared in constant time."""
+        """The key whose secret is `secret` (or a previous secret still accepted), compared in
+        constant time."""
         found = None
+        now = datetime.now(UTC)
         for key in self._keys():
-            if hmac.compare_digest(key.key.encode(), secret.encode()):
+            if key.accepts(secret, now) and found is None:
                 found = key
         return found
 
     def by_id_or_secret(self, value: str) -> ApiKey | None:
         for key in self._keys():
-            if key.id == value or hmac.compare_digest(key.key.encode(), value.encode()):
+            if key.id == value or key.accepts(value):
                 return key
         return None

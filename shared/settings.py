@@ -15,10 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.targets import Upstream, parse_target_urls
+from shared.webhooks import parse_webhook_urls
 
 _UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb)?\s*$", re.IGNORECASE)
@@ -137,7 +138,31 @@ class Settings(BaseSettings):
     # How long the api's /nginx routes wait for certd to report the outcome of a change.
     certd_wait_seconds: float = Field(default=240.0, gt=0)
 
+    # Webhooks (shared/webhooks.py): where the events an admin must hear about are POSTed,
+    # signed with WEBHOOK_SECRET (required with URLs); a bounded queue per process, retried
+    # with exponential backoff from WEBHOOK_BACKOFF_SECONDS.
+    webhook_urls: Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_webhook_urls)] = ()
+    webhook_secret: str = ""
+    webhook_queue_limit: int = Field(default=100, ge=1)
+    webhook_retries: int = Field(default=5, ge=0, le=20)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=1.0, gt=0)
+    # A certificate this close to its end (days) is announced (`certificate.expiring`).
+    cert_expiry_warning_days: float = Field(default=14.0, gt=0)
+    # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
+    # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
+    database_url: str = ""
+
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_urls and len(self.webhook_secret) < 16:
+            raise ValueError(
+                "WEBHOOK_URLS needs WEBHOOK_SECRET (16 characters or more) to sign the events: "
+                'make one with `python3 -c "import secrets; print(secrets.token_hex(32))"`'
+            )
+        return self
 
     @property
     def production(self) -> bool:
@@ -161,6 +186,11 @@ class Settings(BaseSettings):
         """The upstreams and aliases managed at runtime (shared/fleet.py); TARGET_URLS until
         it exists."""
         return self.data_dir / "upstreams.json"
+
+    @property
+    def webhooks_ledger(self) -> Path:
+        """The last event sent per subject, shared by every process (shared/webhooks.py)."""
+        return self.data_dir / "webhooks.json"
 
     @property
     def analytics_db(self) -> Path:

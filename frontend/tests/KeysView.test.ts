@@ -91,7 +91,7 @@ describe('KeysView', () => {
     await view.find('#new-username').setValue(' bob ')
     await view.find('form').trigger('submit')
     await flushPromises()
-    expect(api.createKey).toHaveBeenCalledWith('bob')
+    expect(api.createKey).toHaveBeenCalledWith('bob', {})
     expect(view.find('[data-testid="new-key"]').text()).toBe(bob.key)
     expect((view.find('#new-username').element as HTMLInputElement).value).toBe('')
     expect(view.findAll('.key-item')).toHaveLength(2)
@@ -116,7 +116,7 @@ describe('KeysView', () => {
     const view = await mountWithApi(KeysView, api)
     const deleteOf = (name: string) =>
       view.findAll('.key-item').find((i) => i.attributes('data-username') === name)!.findAll('button').find((b) => b.text().startsWith('Delete'))!
-    const dialog = view.find('dialog')
+    const dialog = view.findAll('dialog').find((d) => d.text().includes('Delete this API key?'))!
 
     await deleteOf('alice').trigger('click')
     await flushPromises()
@@ -134,6 +134,87 @@ describe('KeysView', () => {
     expect(api.deleteKey).toHaveBeenCalledWith(alice.id)
     expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['bob'])
     expect(texts()).toContain('Deleted the key of alice')
+  })
+
+  it('creates a further named key for a user with an owner and a note, checked first', async () => {
+    const ci: ApiKey = { ...bob, id: 'c'.repeat(32), username: 'alice', name: 'ci', owner: 'ops', note: 'nightly evals' }
+    const api = fakeApi({ listKeys: async () => [alice], createKey: async () => ci })
+    const view = await mountWithApi(KeysView, api)
+    await view.find('#new-username').setValue('alice')
+    await view.find('#new-key-name').setValue('has space')
+    await view.find('form').trigger('submit')
+    expect(view.find('#new-username-error').text()).toContain('starting with a letter or digit')
+    expect(api.createKey).not.toHaveBeenCalled()
+    await view.find('#new-key-name').setValue(' ci ')
+    await view.find('#new-key-owner').setValue('ops')
+    await view.find('#new-key-note').setValue('nightly evals')
+    await view.find('form').trigger('submit')
+    await flushPromises()
+    expect(api.createKey).toHaveBeenCalledWith('alice', { name: 'ci', owner: 'ops', note: 'nightly evals' })
+    expect(view.find('#created-title').text()).toBe('New key for alice (ci)')
+    const item = view.findAll('.key-item').find((i) => i.find('[data-testid="key-name"]').exists())!
+    expect(item.find('[data-testid="key-name"]').text()).toBe('ci')
+    expect(item.find('[data-testid="key-owner"]').text()).toBe('Owner: ops')
+    expect(item.find('[data-testid="key-note"]').text()).toBe('nightly evals')
+  })
+
+  it('rotates a key with the chosen overlap and shows the new secret and the old one\'s end', async () => {
+    const until = new Date(Date.now() + 86_400_000).toISOString()
+    const rotated: ApiKey = { ...alice, key: 'sk-' + '9'.repeat(60) + '9999', previousKeys: [{ key: alice.key, until }] }
+    const api = fakeApi({ listKeys: async () => [alice], rotateKey: async () => rotated })
+    const view = await mountWithApi(KeysView, api)
+    await view.findAll('.key-actions button').find((b) => b.text().startsWith('Rotate'))!.trigger('click')
+    await flushPromises()
+    const dialog = view.findAll('dialog').find((d) => d.text().includes('Rotate this API key?'))!
+    expect(dialog.attributes('open')).toBeDefined()
+    await dialog.find('#rotate-overlap').setValue('3600')
+    const before = Date.now()
+    await dialog.findAll('button').find((b) => b.text() === 'Rotate key')!.trigger('click')
+    await flushPromises()
+    const [id, asked] = api.rotateKey.mock.calls[0]! as [string, string]
+    expect(id).toBe(alice.id)
+    expect(Date.parse(asked) - before).toBeGreaterThanOrEqual(3_600_000)
+    expect(Date.parse(asked) - Date.now()).toBeLessThanOrEqual(3_600_000)
+    expect(view.find('#created-title').text()).toBe('New secret for alice')
+    expect(view.find('[data-testid="new-key"]').text()).toBe(rotated.key)
+    expect(view.find('[data-testid="key-previous"]').text()).toContain('old secret sk-1111…aaaa works until')
+    expect(texts()).toContain('Rotated the key of alice: give its clients the new secret')
+  })
+
+  it('rotates at once when asked to, sending no overlap', async () => {
+    const api = fakeApi({ listKeys: async () => [alice], rotateKey: async () => ({ ...alice, key: 'sk-new' }) })
+    const view = await mountWithApi(KeysView, api)
+    await view.findAll('.key-actions button').find((b) => b.text().startsWith('Rotate'))!.trigger('click')
+    const dialog = view.findAll('dialog').find((d) => d.text().includes('Rotate this API key?'))!
+    await dialog.find('#rotate-overlap').setValue('0')
+    await dialog.findAll('button').find((b) => b.text() === 'Rotate key')!.trigger('click')
+    await flushPromises()
+    expect(api.rotateKey).toHaveBeenCalledWith(alice.id, null)
+    expect(view.find('[data-testid="key-previous"]').exists()).toBe(false)
+  })
+
+  it("edits a key's details, sending only what changed, and shows the server's refusal", async () => {
+    const named: ApiKey = { ...alice, name: 'ci', owner: 'ops' }
+    const api = fakeApi({
+      listKeys: async () => [named],
+      updateKey: vi.fn()
+        .mockRejectedValueOnce(new ApiError(400, 'An API key named "prod" already exists for this username'))
+        .mockResolvedValueOnce({ ...named, name: 'prod', owner: undefined }),
+    })
+    const view = await mountWithApi(KeysView, api)
+    await view.findAll('.key-actions button').find((b) => b.text().startsWith('Details'))!.trigger('click')
+    const form = view.find('form[aria-label="Details of alice (ci)"]')
+    const inputs = form.findAll('input')
+    await inputs[0]!.setValue('prod')
+    await inputs[1]!.setValue('')
+    await form.trigger('submit')
+    await flushPromises()
+    expect(api.updateKey).toHaveBeenCalledWith(alice.id, { name: 'prod', owner: null })
+    expect(form.find('[role="alert"]').text()).toContain('already exists')
+    await form.trigger('submit')
+    await flushPromises()
+    expect(view.find('[data-testid="key-name"]').text()).toBe('prod')
+    expect(texts()).toContain('Saved the details of alice (prod)')
   })
 
   it('asks for analytics of a key', async () => {

@@ -10,7 +10,7 @@ export type FakeApi = { [K in keyof Api]: ReturnType<typeof vi.fn> }
 /** An Api whose every method is a vi.fn(); `overrides` give the answers a test needs. */
 export function fakeApi(overrides: Partial<Record<keyof Api, (...args: never[]) => unknown>> = {}): FakeApi {
   const methods = [
-    'login', 'logout', 'me', 'listKeys', 'createKey', 'updateKey', 'deleteKey', 'records', 'summary', 'recordsCsv', 'requestLog', 'requestById', 'breakdown',
+    'login', 'logout', 'me', 'listKeys', 'createKey', 'updateKey', 'rotateKey', 'deleteKey', 'records', 'summary', 'recordsCsv', 'requestLog', 'requestById', 'breakdown',
     'upstreams', 'fleet', 'addUpstream', 'changeUpstream', 'removeUpstream', 'testUpstream', 'saveAlias', 'removeAlias',
     'nginxStatus', 'obtainCertificates', 'removeCertificate', 'renewCertificates', 'writeDefaultConfig',
     'getConfig', 'updateConfig', 'reloadNginx',

@@ -20,10 +20,10 @@ from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, fleet, health, keys, metrics, nginx, ui
 from services.api.security import weak_secrets
 from services.api.throttle import Throttle
+from shared import storage
 from shared.cors import cors_options
 from shared.fleet import FleetFile
 from shared.heartbeat import INTERVAL, Heartbeat
-from shared.keyfile import KeyFile
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
 
@@ -33,7 +33,7 @@ log = logging.getLogger("api")
 async def _beat(beat: Heartbeat) -> None:
     while True:
         try:
-            beat.beat()
+            await asyncio.to_thread(beat.beat)  # its fsync must not hold the event loop
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
         await asyncio.sleep(INTERVAL)
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         beat = Heartbeat(settings.run_dir, "api")
-        await asyncio.to_thread(app.state.keyfile.reserve.ensure)  # room to revoke a key later
+        await asyncio.to_thread(app.state.keyfile.prepare)  # e.g. room to revoke a key later
         task = asyncio.create_task(_beat(beat), name="api-heartbeat")
         try:
             yield
@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
-    app.state.keyfile = KeyFile(settings.apikeys_file)
     app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
+    app.state.keyfile = storage.key_admin(settings)
     app.state.throttle = Throttle(
         settings.data_dir / "login-failures.json",
         settings.login_max_failures,

@@ -11,7 +11,7 @@ from services.api import sessions
 from services.api.errors import AuthError
 from shared import forwarding
 from shared.fleet import FleetFile
-from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin
 from shared.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -22,8 +22,8 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _keyfile(request: Request) -> KeyFile:
-    keyfile: KeyFile = request.app.state.keyfile
+def _keyfile(request: Request) -> KeyAdmin:
+    keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
 
 
@@ -91,7 +91,7 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-KeyFileDep = Annotated[KeyFile, Depends(_keyfile)]
 FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
+KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import aliases, attribution, errors, fallbacks, routing
+from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -37,11 +37,14 @@ from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import Meter, ask_for_usage, tokens_used
+from shared import storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
+from shared.usagelog import UsageLog
+from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
 
@@ -144,12 +147,12 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.apikeys_file)
+        self.keys = KeyStore(storage.key_feed(settings))
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
         self.fleet = FleetWatch(settings.fleet_file, settings.target_urls)
         self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder = Recorder(
+        self.recorder: UsageLog = storage.usage_log(settings) or Recorder(
             settings.analytics_db,
             settings.analytics_retention_days,
             self.keys.keys,
@@ -160,6 +163,7 @@ class ProxyApp:
         self.catalog: Catalog | None = None
         self.limiter: Limiter | None = None
         self.budgets: Budgets | None = None
+        self.webhooks: Webhooks | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -194,6 +198,7 @@ class ProxyApp:
         self.catalog = Catalog(s, self.client, board)
         self.limiter = Limiter(board)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
+        self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
         await self.fleet.start(self.catalog)
         await self.keys.start()
         await self.recorder.start()
@@ -214,6 +219,8 @@ class ProxyApp:
         await self.keys.stop()
         await self.fleet.stop()
         await self.recorder.close()
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.close)
         if self.client is not None:
             await self.client.close()
         if self.limiter is not None:
@@ -231,6 +238,8 @@ class ProxyApp:
                 or self.recorder.last_error,
                 "keys_error": self.keys.last_error,
                 "fleet_error": self.fleet.last_error,
+                "keys_version": self.keys.version,
+                "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],

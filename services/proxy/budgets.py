@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.proxy.board import Board, Slot
@@ -71,6 +72,8 @@ class Budgets:
         self.board = board
         self.analytics_db = analytics_db
         self.prices = prices
+        # Told of each refusal: the key, the unit spent (tokens or cost) and the period's number.
+        self.on_spent: Callable[[ApiKey, str, int], None] | None = None
 
     def admit(self, key: ApiKey, now: float | None = None) -> None:
         """Raises a 429 ProxyError when the key has used its budget for this period."""
@@ -83,6 +86,8 @@ class Budgets:
             with self.board.holding(f"budget-{unit}:{key.id}") as slot:
                 used = self._used(slot, key, unit, number, start)
             if used >= limit:
+                if self.on_spent is not None:
+                    self.on_spent(key, unit, number)
                 raise _refusal(budget, unit, limit, end - now, self.prices.current().currency)
 
     def charge(self, key: ApiKey, row: RequestRow, tokens: int, now: float | None = None) -> None:

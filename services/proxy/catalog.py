@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,8 @@ class Catalog:
         self.board = board  # where the fair queues of capped upstreams count (none: no cap)
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
+        # Told of each change of an upstream's health: its state and the error, if down.
+        self.on_health: Callable[[UpstreamState, str | None], None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = -MIN_REFRESH_INTERVAL
         self._newcomers: set[asyncio.Task[None]] = set()
@@ -183,17 +186,22 @@ class Catalog:
     # Health from traffic -------------------------------------------------------------------
 
     def mark_down(self, state: UpstreamState, error: str) -> None:
-        if state.healthy:
+        was_healthy = state.healthy
+        if was_healthy:
             log.warning(
                 "upstream down", extra={"fields": {"upstream": state.upstream.url, "error": error}}
             )
         state.healthy = False
         state.last_error = error
+        if was_healthy and self.on_health is not None:
+            self.on_health(state, error)
 
     def mark_up(self, state: UpstreamState) -> None:
         if not state.healthy:
             log.info("upstream up", extra={"fields": {"upstream": state.upstream.url}})
             state.healthy = True
+            if self.on_health is not None:
+                self.on_health(state, None)
 
     # Refreshing --------------------------------------------------------------------------
 

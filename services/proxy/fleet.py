@@ -1,6 +1,6 @@
 """The proxy's view of `data/upstreams.json`: which upstreams and aliases it serves, kept
 current within a second without a restart (the file watched as `apikeys.json` is, see
-services/proxy/watch.py).
+shared/watch.py).
 
 While there is no file, TARGET_URLS says what the upstreams are (ids `target-1`...) and there
 are no aliases. A file that stops parsing, or names a TLS file that cannot be read, leaves what
@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.proxy.catalog import Catalog
-from services.proxy.watch import FileWatch, signature
 from shared.fleet import Alias, FleetError, read_fleet
 from shared.targets import Upstream
+from shared.watch import FileWatch, signature
 
 log = logging.getLogger("proxy.fleet")
 

@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.proxy import errors
 from services.proxy.board import Board, BoardFull, Bucket, Level, Slot
@@ -52,6 +52,7 @@ class Policy:
     requests: Bucket | None
     tokens: tuple[Bucket, ...]
     max_concurrent: int | None
+    retired: float | None = None  # a previous secret's: refused from then on (epoch seconds)
 
     @classmethod
     def of(cls, key: ApiKey) -> Policy:
@@ -80,8 +81,17 @@ class Policy:
     def limited(self) -> bool:
         return self.requests is not None or bool(self.tokens) or self.max_concurrent is not None
 
+    def previous(self, until: str) -> Policy:
+        """This policy for a previous secret of the key, accepted before `until`."""
+        return replace(self, retired=parse_time(until).timestamp())
+
     def check_key(self) -> None:
-        """Raises ProxyError for a disabled or expired key."""
+        """Raises ProxyError for a disabled or expired key, or a replaced secret past its
+        overlap."""
+        if self.retired is not None and self.retired <= time.time():
+            raise errors.key_refused(
+                "This API key was rotated: use its new secret", "api_key_rotated"
+            )
         if not self.key.enabled:
             raise errors.key_refused("This API key is disabled", "api_key_disabled")
         if self.expires is not None and self.expires <= time.time():
@@ -115,6 +125,8 @@ class Limiter:
     def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
         self.board = board
         self.clock = clock
+        # Told of each refusal: the key and the limit it reached, in words.
+        self.on_refused: Callable[[ApiKey, str], None] | None = None
 
     def admit(self, policy: Policy) -> Admission | None:
         """Count the request against its key's limits, or raise a 429 ProxyError."""
@@ -127,15 +139,18 @@ class Limiter:
             tokens = [slot.level(bucket, now) for bucket in policy.tokens]
             if requests is not None and (wait := requests.wait(1)) > 0:
                 limit = f"{requests.capacity} requests per minute"
+                self._refused(policy, limit)
                 raise _refusal("requests", limit, wait, _headers(requests, tokens))
             for bucket, level in zip(policy.tokens, tokens, strict=True):
                 if level.remaining <= 0:
                     limit = (
                         f"{bucket.capacity} tokens per {'minute' if bucket.period == 60 else 'day'}"
                     )
+                    self._refused(policy, limit)
                     raise _refusal("tokens", limit, level.wait(1), _headers(requests, tokens))
             most = policy.max_concurrent
             if most is not None and not slot.try_enter(most):
+                self._refused(policy, f"{most} requests at a time")
                 raise ProxyError(
                     429,
                     f"Too many requests in flight for this key: the limit is {most} at a time",
@@ -146,6 +161,10 @@ class Limiter:
             if policy.requests is not None and requests is not None:
                 slot.add(policy.requests, 1, requests)
         return Admission(policy, _headers(requests, tokens), most is not None)
+
+    def _refused(self, policy: Policy, limit: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(policy.key, limit)
 
     def release(self, admission: Admission, tokens: int | None) -> None:
         """The request ended, having used `tokens` (None: not known)."""

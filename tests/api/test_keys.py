@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 import os
 import threading
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.apikeys import ApiKey, Limits, last_good_path, read_keys, write_keys
+from shared.apikeys import (
+    ApiKey,
+    Limits,
+    format_time,
+    last_good_path,
+    read_keys,
+    write_keys,
+)
 from shared.keyfile import KeyFile
 from tests.conftest import eventually
 
@@ -231,3 +239,98 @@ def test_a_deleted_or_broken_key_file_leaves_keys_listed_and_revocable(
         if damage == "break":
             assert path.with_name("apikeys.json.broken").read_text() == '{"keys": ['
         eventually(lambda: chat().status_code == 401)
+
+
+def test_a_user_gets_several_named_keys_with_owner_and_note(api, path, alice):
+    r = api.post(
+        "/api/keys",
+        json={"username": "alice", "name": "ci", "owner": " ops@example.com ", "note": "evals"},
+    )
+    assert r.status_code == 200
+    key = r.json()["key"]
+    assert list(key) == ["id", "username", "key", "createdAt", "name", "owner", "note"]
+    assert (key["name"], key["owner"], key["note"]) == ("ci", "ops@example.com", "evals")
+    again = api.post("/api/keys", json={"username": "alice", "name": "ci"})
+    assert again.status_code == 400
+    assert again.json() == {
+        "success": False,
+        "message": 'An API key named "ci" already exists for this username',
+    }
+    unnamed = api.post("/api/keys", json={"username": "alice"})  # the original's one key each
+    assert unnamed.json() == {
+        "success": False,
+        "message": "API key already exists for this username",
+    }
+    assert [k["username"] for k in api.get("/api/keys").json()["keys"]] == ["alice", "bob", "alice"]
+    assert [k["id"] for k in api.get("/api/keys?search=OPS@").json()["keys"]] == [key["id"]]
+    r = patch(api, key["id"], {"note": None, "owner": "team-ml"})
+    assert "note" not in r.json()["key"] and r.json()["key"]["owner"] == "team-ml"
+    clash = patch(api, alice.id, {"name": "ci"})
+    assert clash.status_code == 400 and "already exists" in clash.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "has space"}, '"name" must start with a letter or digit'),
+        ({"name": "-x"}, '"name" must start with a letter or digit'),
+        ({"name": "x" * 51}, '"name" length must be less than or equal to 50'),
+        ({"owner": ""}, '"owner" is not allowed to be empty'),
+        ({"note": "a\nb"}, '"note" must hold printable characters only'),
+        ({"note": "n" * 501}, '"note" length must be less than or equal to 500'),
+        ({"owner": 5}, '"owner" must be a string'),
+    ],
+)
+def test_name_owner_and_note_are_checked(api, path, alice, body, message):
+    before = path.read_bytes()
+    r = patch(api, alice.id, body)
+    assert r.status_code == 400 and r.json()["message"].startswith(message)
+    assert path.read_bytes() == before
+
+
+def test_rotate_answers_the_new_secret_and_keeps_the_old_one_until_asked(api, path, alice):
+    until = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    zoned = until.astimezone(timezone(timedelta(hours=1))).isoformat()
+    r = api.post(f"/api/keys/{alice.id}/rotate", json={"until": zoned})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["success"] is True and body["message"] == "API key rotated successfully"
+    key = body["key"]
+    assert list(key) == ["id", "username", "key", "createdAt", "previousKeys"]
+    assert key["id"] == alice.id and key["key"] != alice.key
+    assert key["previousKeys"] == [{"key": alice.key, "until": format_time(until)}]  # in UTC
+    assert read_keys(path)[0].to_json() == key
+    valid = api.get(f"/api/keys/validate/{alice.key}").json()
+    assert valid == {"success": True, "valid": True, "username": "alice"}  # still accepted
+
+
+def test_rotate_without_until_refuses_the_old_secret_at_once(api, path, alice):
+    r = api.post(f"/api/keys/{alice.id}/rotate")
+    assert r.status_code == 200
+    assert "previousKeys" not in r.json()["key"]
+    assert api.get(f"/api/keys/validate/{alice.key}").json() == {"success": True, "valid": False}
+    new = r.json()["key"]["key"]
+    assert api.get(f"/api/keys/validate/{new}").json()["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"until": "tomorrow"}, '"until" must be in ISO 8601 date format'),
+        ({"until": 5}, '"until" must be in ISO 8601 date format'),
+        ({"until": "2999-01-01T00:00:00Z"}, '"until" must be at most 365 days from now'),
+        ({"overlap": 5}, '"overlap" is not allowed'),
+    ],
+)
+def test_rotate_refuses_a_bad_body_and_writes_nothing(api, path, alice, body, message):
+    before = path.read_bytes()
+    r = api.post(f"/api/keys/{alice.id}/rotate", json=body)
+    assert r.status_code == 400
+    assert r.json() == {"success": False, "message": message}
+    assert path.read_bytes() == before
+
+
+def test_rotate_of_an_unknown_key_is_404(api, path, alice):
+    r = api.post(f"/api/keys/{'0' * 32}/rotate")
+    assert r.status_code == 404
+    assert r.json() == {"success": False, "message": "API key not found"}

@@ -103,7 +103,7 @@ def test_an_unchanged_upstream_keeps_its_state_and_a_filter_hides_models(proxy, 
 
 
 def _sig(running):
-    from services.proxy.watch import signature
+    from shared.watch import signature
 
     return signature(running.settings.fleet_file)
 

@@ -6,9 +6,11 @@ import concurrent.futures
 import json
 import stat
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
+import pytest
 
 from shared.apikeys import read_keys
 from tests.conftest import eventually
@@ -158,6 +160,27 @@ def test_key_deleted_through_the_api_is_refused_on_v1_within_a_second(
             break
         assert time.monotonic() - deleted < 1.0
         time.sleep(0.02)
+
+
+def test_a_rotated_secret_is_refused_on_v1_from_its_chosen_time_and_the_new_one_works(
+    stack: Stack, admin: httpx.Client
+):
+    key = admin.post("/api/keys", json={"username": "erin", "name": "batch"}).json()["key"]
+    until = datetime.now(UTC) + timedelta(seconds=3)
+    r = admin.post(f"/api/keys/{key['id']}/rotate", json={"until": until.isoformat()})
+    assert r.status_code == 200, r.text
+    new = r.json()["key"]["key"]
+    old_client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key["key"], max_retries=0)
+    new_client = openai.OpenAI(base_url=stack.url + "/v1", api_key=new, max_retries=0)
+    eventually(lambda: serves(new_client), timeout=5)
+    while datetime.now(UTC) <= until:  # only what is sure is asserted: the time has passed
+        time.sleep(0.05)
+    for _ in range(6):  # every worker, whatever it read when
+        with pytest.raises(openai.AuthenticationError) as refused:
+            old_client.models.list()
+        assert refused.value.body["code"] == "api_key_rotated"
+        assert serves(new_client)
+    assert admin.get(f"/api/keys/validate/{key['key']}").json() == {"success": True, "valid": False}
 
 
 def test_a_corrupt_key_file_is_read_from_its_last_good_copy_and_kept_aside(

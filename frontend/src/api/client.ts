@@ -5,6 +5,7 @@
 
 import type {
   ApiKey,
+  KeyDetails,
   BreakdownBy,
   BreakdownRow,
   Bucket,
@@ -162,8 +163,14 @@ export function createApi(options: ClientOptions = {}) {
       const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', '/api/keys')
       return data.keys.map((key) => (data.usage?.[key.id] ? { ...key, usage: data.usage[key.id] } : key))
     },
-    async createKey(username: string): Promise<ApiKey> {
-      return (await request<{ key: ApiKey }>('POST', '/api/keys', { username })).key
+    async createKey(username: string, details: KeyDetails = {}): Promise<ApiKey> {
+      return (await request<{ key: ApiKey }>('POST', '/api/keys', { username, ...details })).key
+    },
+    /** A new secret for the key; the current one is accepted until `until` (ISO 8601), or
+     * refused at once when it is null. Answers with the key as saved. */
+    async rotateKey(id: string, until: string | null): Promise<ApiKey> {
+      const path = `/api/keys/${encodeURIComponent(id)}/rotate`
+      return (await request<{ key: ApiKey }>('POST', path, until === null ? {} : { until })).key
     },
     /** Changes a key's policy; answers with the key as saved. */
     async updateKey(id: string, change: KeyUpdate): Promise<ApiKey> {

@@ -24,8 +24,28 @@ export interface ApiKey {
   /** glob patterns; default every model */
   models?: string[]
   limits?: Limits
+  /** tells a user's keys apart (unique per username) */
+  name?: string
+  /** who answers for the key */
+  owner?: string
+  note?: string
+  /** secrets replaced by a rotation, each accepted until its time (ISO 8601) */
+  previousKeys?: PreviousKey[]
   /** what the key has used (`usage` of `GET /api/keys`, put on the key by the client) */
   usage?: KeyActivity
+}
+
+export interface PreviousKey {
+  key: string
+  until: string
+}
+
+/** A key's name, owner and note: given at creation, changed by `PATCH /api/keys/{id}` (null
+ * clears one). */
+export interface KeyDetails {
+  name?: string | null
+  owner?: string | null
+  note?: string | null
 }
 
 /** A key's budget in its current period, what it used and what is left (`GET /api/keys`). */
@@ -49,7 +69,7 @@ export interface KeyActivity {
 
 /** The body of `PATCH /api/keys/{id}`: only what changes. null clears (no expiry, every
  * model, no such limit); a limit left out of `limits` stays as it is. */
-export interface KeyUpdate {
+export interface KeyUpdate extends KeyDetails {
   enabled?: boolean
   expiresAt?: string | null
   models?: string[] | null

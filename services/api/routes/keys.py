@@ -1,5 +1,6 @@
 """`/api/keys`: list, create, delete and validate API keys (the original's answers), and change
-a key's policy (enabled, expiry, allowed models, limits), which the original does not have."""
+a key's policy (enabled, expiry, allowed models, limits), name, owner and note, or rotate its
+secret with an overlap, which the original does not have."""
 
 from __future__ import annotations
 
@@ -14,18 +15,21 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api import reports
+from services.api import reports, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
-from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError
+from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError, format_time
 from shared.key_validation import (
     LIMIT_FIELDS,
+    MAX_OVERLAP_DAYS,
     MAX_PATTERN_LENGTH,
     MAX_PATTERNS,
     MAX_SAFE_INTEGER,
+    TEXT_LENGTHS,
     BodyError,
     key_create,
+    key_rotation,
     key_update,
 )
 from shared.keyfile import DuplicateUsername
@@ -33,7 +37,7 @@ from shared.prices import Prices, PricesError, read_prices
 
 log = logging.getLogger("api.keys")
 
-router = APIRouter(prefix="/api/keys")
+router = APIRouter(prefix="/api/keys", responses=schemas.FAILURES)
 
 
 @contextlib.contextmanager
@@ -84,6 +88,14 @@ POLICY_SCHEMA: dict[str, Any] = {
         "anyOf": [{"required": ["tokens"]}, {"required": ["cost"]}],
         "description": "per calendar period (UTC); cost in the currency of the prices; null: none",
     },
+    "name": {
+        "type": ["string", "null"],
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        "maxLength": TEXT_LENGTHS["name"],
+        "description": "tells a user's keys apart (unique per username); null: none",
+    },
+    "owner": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["owner"]},
+    "note": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["note"]},
 }
 
 
@@ -96,6 +108,20 @@ CREATE_BODY = _body(
         "type": "object",
         "required": ["username"],
         "properties": {"username": {"type": "string"}, **POLICY_SCHEMA},
+    }
+)
+ROTATE_BODY = _body(
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "until": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the current secret is accepted until then (at most "
+                f"{MAX_OVERLAP_DAYS} days ahead); absent or null: refused at once",
+            }
+        },
     }
 )
 UPDATE_BODY = _body(
@@ -118,7 +144,7 @@ def _state(key: ApiKey, now: datetime) -> str:
     return "expired" if key.expired(now) else "active"
 
 
-@router.get("")
+@router.get("", response_model=schemas.KeyList)
 def list_keys(
     admin: Admin,
     keyfile: KeyFileDep,
@@ -129,7 +155,8 @@ def list_keys(
     order: str = "asc",
 ) -> JSONResponse:
     """The keys (the original's answer), with `usage` by key id: last use, today's requests and
-    tokens, and the budget's use. Searched, filtered by state and sorted on the server."""
+    tokens, and the budget's use. Searched (username, name, owner or id), filtered by state and
+    sorted on the server."""
     for name, value, allowed in (
         ("state", state, KEY_STATES),
         ("sort", sort, KEY_SORTS),
@@ -145,7 +172,12 @@ def list_keys(
     now = datetime.now(UTC)
     if search:
         needle = search.strip().lower()
-        keys = [k for k in keys if needle in k.username.lower() or needle in k.id]
+        keys = [
+            k
+            for k in keys
+            if needle in k.id
+            or any(needle in (text or "").lower() for text in (k.username, k.name, k.owner))
+        ]
     if state != "all":
         keys = [k for k in keys if _state(k, now) == state]
     try:
@@ -166,7 +198,7 @@ def list_keys(
     return JSONResponse({"success": True, "keys": [k.to_json() for k in keys], "usage": usage})
 
 
-@router.post("", openapi_extra=CREATE_BODY)
+@router.post("", response_model=schemas.KeySaved, openapi_extra=CREATE_BODY)
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
         username, policy = key_create(await read_fields(request))
@@ -176,12 +208,12 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
         with changing("create", "Failed to save API key"):
             key = await run_in_threadpool(keyfile.create, username, policy)  # waits for the lock
     except DuplicateUsername as exc:
-        raise Failure(400, "API key already exists for this username") from exc
+        raise Failure(400, exc.message) from exc
     log.info("key created", extra={"fields": {"key": key.id, "username": key.username}})
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
 
-@router.patch("/{key_id}", openapi_extra=UPDATE_BODY)
+@router.patch("/{key_id}", response_model=schemas.KeySaved, openapi_extra=UPDATE_BODY)
 async def update_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
 ) -> dict[str, Any]:
@@ -189,16 +221,37 @@ async def update_key(
         change = key_update(await read_fields(request))
     except BodyError as exc:
         raise Failure(400, str(exc)) from exc
-    with changing("update", "Failed to update API key"):
-        key = await run_in_threadpool(keyfile.update, key_id, change)
+    try:
+        with changing("update", "Failed to update API key"):
+            key = await run_in_threadpool(keyfile.update, key_id, change)
+    except DuplicateUsername as exc:
+        raise Failure(400, exc.message) from exc
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key updated", extra={"fields": {"key": key.id, "changed": ",".join(change)}})
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
 
 
-@router.delete("/{key_id}")
-def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.post("/{key_id}/rotate", response_model=schemas.KeySaved, openapi_extra=ROTATE_BODY)
+async def rotate_key(
+    key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
+) -> dict[str, Any]:
+    """A new secret for the key; the current one stays accepted until `until`, then is refused
+    by the proxy and every route that takes a secret."""
+    try:
+        until = key_rotation(await read_fields(request))
+    except BodyError as exc:
+        raise Failure(400, str(exc)) from exc
+    with changing("rotate", "Failed to rotate API key"):
+        key = await run_in_threadpool(keyfile.rotate, key_id, until)
+    if key is None:
+        raise Failure(404, "API key not found")
+    log.info("key rotated", extra={"fields": {"key": key.id, "until": format_time(until)}})
+    return {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
+
+
+@router.delete("/{key_id}", response_model=schemas.Message)
+def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> schemas.Message:
     with changing("delete", "Failed to delete API key"):
         deleted = keyfile.delete(key_id)
     if not deleted:
@@ -207,8 +260,8 @@ def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]
     return {"success": True, "message": "API key deleted successfully"}
 
 
-@router.get("/validate/{key}")
-def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.get("/validate/{key}", response_model=schemas.KeyValidity)
+def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> schemas.KeyValidity:
     if not KEY_FORMAT.fullmatch(key):
         raise Failure(400, "Invalid API key format")
     try:

@@ -1,10 +1,10 @@
-"""Noticing a file's changes (services/proxy/watch.py)."""
+"""Noticing a file's changes (shared/watch.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from services.proxy.watch import FileWatch, signature
+from shared.watch import FileWatch, signature
 
 
 def test_signature_changes_with_each_replacement_and_is_none_without_a_file(tmp_path):
