@@ -431,6 +431,7 @@ class NginxStatus(TypedDict):
 class Upstream(TypedDict):
     """An upstream as the proxy's workers report it (requests summed over them)."""
 
+    id: str  # its id in the fleet (`GET /api/fleet`): `target-N` while TARGET_URLS is the list
     url: str
     healthy: bool
     models: list[str]

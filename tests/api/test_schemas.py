@@ -89,7 +89,8 @@ class Certd:
 
 def _heartbeats(settings: Settings) -> None:
     now = time.time()
-    upstream = {
+    upstream = {  # as services/proxy/catalog.py's UpstreamState.report() writes it
+        "id": "target-1",
         "url": "http://gpu-1:11434",
         "healthy": False,
         "models": ["llama3:8b", "qwen2.5:7b"],
@@ -99,7 +100,13 @@ def _heartbeats(settings: Settings) -> None:
         "last_ok": now - 30,
         "last_error": "connection refused",
     }
-    idle = {**upstream, "url": "http://gpu-2:8000", "concurrency": None, "last_ok": None}
+    idle = {
+        **upstream,
+        "id": "3f9a0c1d",
+        "url": "http://gpu-2:8000",
+        "concurrency": None,
+        "last_ok": None,
+    }
     proxy = {"program": "proxy", "pid": 1, "started": now, "updated": now}
     write_json_atomic(
         settings.run_dir / "proxy-1.json",
