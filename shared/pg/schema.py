@@ -81,8 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     ) PARTITION BY RANGE (start_ms);
     CREATE INDEX llmp_requests_key_start ON llmp_requests (key_id, start_ms);
     """,
-    # The model name the upstream was asked for (an alias's deployment, shared/fleet.py).
-    "ALTER TABLE llmp_requests ADD COLUMN upstream_model text;",
+    # The model name the upstream was asked for, when an alias chose it (shared.analytics).
+    "ALTER TABLE llmp_requests ADD COLUMN upstream_model text",
 )
 
 
