@@ -490,7 +490,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp | CORSMiddleware:
     cors = cors_options(
         settings.cors_origin,
         methods=["*"],
-        expose=["x-request-id"],
+        expose=["x-request-id", "x-llmp-attempts"],
         headers=["Authorization", "Content-Type", "api-key", "x-api-key"],
     )
     return app if cors is None else CORSMiddleware(app, **cors)  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ def within_a_second(check: Callable[[], bool], since: float) -> None:
     while True:
         looked = time.monotonic()
         if check():
+            print(f"every worker followed within {looked - since:.2f} s")
             return
         assert looked - since < 1.0, "not every worker followed within a second"
 
