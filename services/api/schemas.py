@@ -364,6 +364,7 @@ class LoggedRequest(TypedDict):
     bytesOut: int | None
     error: str | None
     endUser: str | None
+    upstreamModel: str | None  # the model the upstream was asked for (an alias's deployment)
 
 
 @answer

@@ -207,6 +207,8 @@ export interface LoggedRequest {
   bytesIn: number | null
   bytesOut: number | null
   error: string | null
+  /** the model the upstream was asked for (where `model` is an alias, its deployment's) */
+  upstreamModel?: string | null
 }
 
 /** The request log's server-side filters; empty ones are left out. */
