@@ -7,7 +7,8 @@ answers with something else than a 429 or a 503, or one fails in a way that may 
   client (at most HELD_LIMIT bytes of it), and the request goes to the next deployment; the
   upstream's Retry-After cools that deployment down (the next requests try it last). When every
   deployment left is cooling, the request waits for the first to come back if that is within
-  WAIT_LIMIT seconds; otherwise the last answer held goes to the client as it came.
+  WAIT_LIMIT seconds; otherwise the last answer held goes to the client as it came (a request
+  that found every deployment cooling still asks the first: a cooldown orders, never refuses).
 - A failure before anything was sent (no connection, every connection in use, its queue full
   or too slow) moves on to the next deployment too. Any other failure (the connection closed
   after the request went out, a timeout, a malformed answer) ends there: the upstream may have
@@ -131,12 +132,16 @@ async def forward(
     for number in range(1, MAX_ATTEMPTS + 1):
         now = clock()
         ready = [a for a in left if a.state.cool_until <= now]
-        if not ready:
-            soonest = min((a.state.cool_until for a in left), default=None)
-            if soonest is None or soonest - now > WAIT_LIMIT:
+        if not ready and left:
+            soonest = min(a.state.cool_until for a in left)
+            if soonest - now <= WAIT_LIMIT:
+                await sleep(soonest - now)
+            elif held is not None or failure is not None:
                 break
-            await sleep(soonest - now)
+            # Not yet asked at all: a cooldown is a preference, not a refusal.
             ready = [a for a in left if a.state.cool_until <= clock()] or [left[0]]
+        if not ready:
+            break
         attempt = ready[0]
         row.upstream_model = attempt.model
         step = Held(send, number, may_hold=number < MAX_ATTEMPTS)

@@ -175,3 +175,10 @@ def test_retry_after_as_seconds_or_a_date():
     assert retry_after([(b"retry-after", date)], 90.0) == 10.0
     assert retry_after([(b"retry-after", b"soon")], 0.0) is None
     assert retry_after([], 0.0) is None
+
+
+def test_a_deployment_cooling_for_long_is_still_asked_when_it_is_the_only_one():
+    only = Upstream(200)
+    only.cool_until = 100.0 + 3600  # an earlier request's Retry-After: prefer others, if any
+    sent, now = drive([attempt(b"only", only)], {b"only": only})
+    assert only.asked == 1 and now == 100.0 and sent[0]["status"] == 200
