@@ -67,7 +67,7 @@ describe('App', () => {
       if (!loggedIn) return jsonResponse(401, { error: 'Authentication required' })
       if (path === '/api/me') return jsonResponse(200, { username: 'admin' })
       if (path === '/api/keys') return jsonResponse(200, { success: true, keys: [] })
-      if (path === '/api/fleet') return jsonResponse(200, { success: true, source: 'file', upstreams: [], aliases: [] })
+      if (path === '/api/fleet') return jsonResponse(200, { success: true, source: 'TARGET_URLS', upstreams: [], aliases: [] })
       return jsonResponse(200, { success: true, upstreams: [] })
     }
     const api = createApi({ fetch: fetch as typeof globalThis.fetch, onUnauthorized: () => session.expire() })

@@ -10,16 +10,21 @@ import type {
   BreakdownRow,
   Bucket,
   Fleet,
+  BudgetPeriod,
   HttpMode,
   KeyActivity,
+  KeyQuery,
   KeyUpdate,
   LoggedRequest,
   ModelAlias,
   NginxStatus,
+  Prices,
   Range,
   RequestFilters,
   RequestPage,
   RequestRecord,
+  Spend,
+  SpendBy,
   Summary,
   Upstream,
   UpstreamChange,
@@ -158,9 +163,10 @@ export function createApi(options: ClientOptions = {}) {
       return data.username
     },
 
-    /** Every key, each with what it has used (`usage`) when the api says. */
-    async listKeys(): Promise<ApiKey[]> {
-      const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', '/api/keys')
+    /** The keys (every one, or those `q` asks for: searched, filtered and sorted by the api),
+     * each with what it has used (`usage`) when the api says. */
+    async listKeys(q: KeyQuery = {}): Promise<ApiKey[]> {
+      const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', `/api/keys${query({ ...q })}`)
       return data.keys.map((key) => (data.usage?.[key.id] ? { ...key, usage: data.usage[key.id] } : key))
     },
     async createKey(username: string, details: KeyDetails = {}): Promise<ApiKey> {
@@ -180,7 +186,7 @@ export function createApi(options: ClientOptions = {}) {
       await request('DELETE', `/api/keys/${encodeURIComponent(id)}`)
     },
 
-    async records(keyId: string, r: Range, limit = 10_000): Promise<RequestRecord[]> {
+    async records(keyId: string, r: Range, limit = 5_000): Promise<RequestRecord[]> {
       const path = `/api/analytics/${encodeURIComponent(keyId)}${query({ ...range(r), limit })}`
       return (await request<{ records: RequestRecord[] }>('GET', path)).records
     },
@@ -203,6 +209,19 @@ export function createApi(options: ClientOptions = {}) {
     },
     async recordsCsv(keyId: string, r: Range): Promise<Blob> {
       return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)
+    },
+    /** Tokens and cost per key or model and per UTC day, week or month, at the prices set. */
+    async spend(by: SpendBy, period: BudgetPeriod, keyId: string | null, r: Range): Promise<Spend> {
+      return request<Spend>('GET', `/api/analytics/spend${query({ by, period, keyId, ...range(r) })}`)
+    },
+    async prices(): Promise<Prices> {
+      const data = await request<Prices>('GET', '/api/analytics/prices')
+      return { currency: data.currency, models: data.models }
+    },
+    /** Replaces every price; answers with the prices as saved. */
+    async setPrices(prices: Prices): Promise<Prices> {
+      const data = await request<Prices>('PUT', '/api/analytics/prices', { currency: prices.currency, models: prices.models })
+      return { currency: data.currency, models: data.models }
     },
 
     async upstreams(): Promise<Upstream[]> {

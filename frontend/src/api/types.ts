@@ -31,6 +31,8 @@ export interface ApiKey {
   note?: string
   /** secrets replaced by a rotation, each accepted until its time (ISO 8601) */
   previousKeys?: PreviousKey[]
+  /** tokens and/or money per UTC day, week or month; default none */
+  budget?: Budget
   /** what the key has used (`usage` of `GET /api/keys`, put on the key by the client) */
   usage?: KeyActivity
 }
@@ -46,6 +48,15 @@ export interface KeyDetails {
   name?: string | null
   owner?: string | null
   note?: string | null
+}
+
+export type BudgetPeriod = 'day' | 'week' | 'month'
+
+/** A key's budget (shared/apikeys.py `Budget`): `tokens`, `cost` (in the prices' currency) or both. */
+export interface Budget {
+  period: BudgetPeriod
+  tokens?: number
+  cost?: number
 }
 
 /** A key's budget in its current period, what it used and what is left (`GET /api/keys`). */
@@ -74,6 +85,8 @@ export interface KeyUpdate extends KeyDetails {
   expiresAt?: string | null
   models?: string[] | null
   limits?: { [name in LimitName]?: number | null }
+  /** null: no budget */
+  budget?: Budget | null
 }
 
 export interface RequestRecord {
@@ -221,8 +234,12 @@ export interface RequestFilters {
   stream?: 'true' | 'false' | ''
   path?: string
   requestId?: string
+  sort?: RequestSort
   order?: 'desc' | 'asc'
 }
+
+/** The request log's orders: `latency` is `durationMs`, `tokens` prompt + completion. */
+export type RequestSort = 'time' | 'latency' | 'ttfb' | 'tokens' | 'status'
 
 export interface RequestPage {
   requests: LoggedRequest[]
@@ -319,4 +336,56 @@ export interface UpstreamTest {
   ok: boolean
   models: { ok: boolean; ms: number | null; status: number | null; models: string[]; error: string | null }
   request: { ok: boolean; model: string; ms: number | null; status: number | null; error: string | null } | null
+}
+
+/** The key list's server-side search, state filter and order (`GET /api/keys`). */
+export interface KeyQuery {
+  search?: string
+  state?: 'all' | 'active' | 'disabled' | 'expired'
+  sort?: 'createdAt' | 'username' | 'lastUsed' | 'tokensToday'
+  order?: 'asc' | 'desc'
+}
+
+export type SpendBy = 'key' | 'model'
+
+/** One key or model in one period of `GET /api/analytics/spend`. */
+export interface SpendRow {
+  value: string
+  /** with `by=key` */
+  username?: string | null
+  requests: number
+  promptTokens: number
+  completionTokens: number
+  cost: number
+}
+
+export interface SpendPeriod {
+  /** the period's first millisecond (UTC) */
+  time: number
+  cost: number
+  rows: SpendRow[]
+}
+
+export interface Spend {
+  by: SpendBy
+  period: BudgetPeriod
+  startDate: number
+  endDate: number
+  currency: string
+  total: number
+  /** models that used tokens and have no price: their use costs nothing here */
+  unpricedModels: string[]
+  series: SpendPeriod[]
+}
+
+/** Per million tokens. */
+export interface Price {
+  prompt: number
+  completion: number
+}
+
+/** `data/prices.json`: prices per model (`GET`/`PUT /api/analytics/prices`). */
+export interface Prices {
+  currency: string
+  models: Record<string, Price>
 }
