@@ -365,6 +365,7 @@ class LoggedRequest(TypedDict):
     bytesOut: int | None
     error: str | None
     endUser: str | None
+    upstreamModel: str | None  # the model the upstream was asked for (an alias's deployment)
 
 
 @answer
@@ -432,7 +433,7 @@ class NginxStatus(TypedDict):
 class Upstream(TypedDict):
     """An upstream as the proxy's workers report it (requests summed over them)."""
 
-    id: str  # in the fleet (GET /api/fleet)
+    id: str  # its id in the fleet (`GET /api/fleet`): `target-N` while TARGET_URLS is the list
     url: str
     healthy: bool
     models: list[str]

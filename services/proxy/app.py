@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import alerts, aliases, attribution, errors, routing
+from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -36,7 +36,7 @@ from services.proxy.metrics import ProxyMetrics
 from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
-from services.proxy.usage import ask_for_usage, tokens_used
+from services.proxy.usage import Meter, ask_for_usage, tokens_used
 from shared import storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
@@ -361,20 +361,27 @@ class ProxyApp:
         model = routing.request_model(content_type, body)
         row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
-        resolved = aliases.resolve(catalog, model, content_type, body)  # a public name?
-        if resolved is None:
-            plan, row.upstream_model = await self.plan(catalog, model), model
-        else:
-            plan, body, row.upstream_model = resolved
-        asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        deployments = aliases.resolve(catalog, model, content_type, body)  # a public name?
+        plan = await self.plan(catalog, model) if deployments is None else []
+        row.upstream_model = model
+        usage = self.settings.stream_usage
         budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
-        meter = None
-        try:
-            meter = await exchange(
+
+        async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> Meter | None:
+            asked = ask_for_usage(path, body) if usage else None
+            assert self.client is not None and catalog is not None
+            return await exchange(
                 self.client, catalog, plan, scope, body, asked, row, send, started, extra
             )
+
+        meter = None
+        try:
+            if deployments is None:
+                meter = await attempt(plan, body, send)
+            else:
+                meter = await fallbacks.forward(deployments, attempt, row, send)
         finally:
             if admission is not None or policy.key.budget is not None:
                 tokens = tokens_used(row, meter)
@@ -483,7 +490,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp | CORSMiddleware:
     cors = cors_options(
         settings.cors_origin,
         methods=["*"],
-        expose=["x-request-id"],
+        expose=["x-request-id", "x-llmp-attempts"],
         headers=["Authorization", "Content-Type", "api-key", "x-api-key"],
     )
     return app if cors is None else CORSMiddleware(app, **cors)  # type: ignore[arg-type]

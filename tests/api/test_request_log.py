@@ -80,6 +80,16 @@ def test_a_request_is_found_by_the_id_its_client_saw(tmp_path):
     assert request_log.find(path, "r99") is None
 
 
+def test_a_request_shows_the_model_its_upstream_was_asked_for(tmp_path):
+    path = tmp_path / "analytics.db"
+    db = analytics.connect(path)
+    row = RequestRow("aliased", "k1", "alice", T, model="chat", upstream_model="llama-3-70b")
+    analytics.insert(db, [row])
+    found = request_log.find(path, "aliased")
+    assert found is not None
+    assert (found["model"], found["upstreamModel"]) == ("chat", "llama-3-70b")
+
+
 def _measured(count: int, seed: int) -> list[RequestRow]:
     """Rows whose every measure has many ties and some NULLs, and starts that tie too."""
     rng = random.Random(seed)

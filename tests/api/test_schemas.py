@@ -91,8 +91,8 @@ class Certd:
 
 def _heartbeats(settings: Settings) -> None:
     now = time.time()
-    upstream = {
-        "id": "gpu-1",
+    upstream = {  # as services/proxy/catalog.py's UpstreamState.report() writes it
+        "id": "target-1",
         "url": "http://gpu-1:11434",
         "healthy": False,
         "models": ["llama3:8b", "qwen2.5:7b"],
@@ -104,7 +104,7 @@ def _heartbeats(settings: Settings) -> None:
     }
     idle = {
         **upstream,
-        "id": "gpu-2",
+        "id": "3f9a0c1d",
         "url": "http://gpu-2:8000",
         "concurrency": None,
         "last_ok": None,

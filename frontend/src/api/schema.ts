@@ -1025,6 +1025,8 @@ export interface components {
             error: string | null;
             /** Enduser */
             endUser: string | null;
+            /** Upstreammodel */
+            upstreamModel: string | null;
         };
         /** Me */
         Me: {
