@@ -232,7 +232,7 @@ describe('RequestLog', () => {
   })
 
   it("shows one request's details with the id its client saw", async () => {
-    const api = fakeApi({ requestLog: async () => page([logged(3, { stream: true, error: null })]) })
+    const api = fakeApi({ requestLog: async () => page([logged(3, { stream: true, error: null, endUser: 'u-42' })]) })
     const log = await mountLog(api)
     const button = log.find('tbody button')
     expect(button.text()).toBe('Details of request req0000000000003')
@@ -242,6 +242,7 @@ describe('RequestLog', () => {
     expect(facts.text()).toContain('Request idreq0000000000003')
     expect(facts.text()).toContain('RequestPOST /v1/chat/completions')
     expect(facts.text()).toContain('Streamedyes')
+    expect(facts.text()).toContain('End useru-42') // the OpenAI `user` field
   })
 
   it('shows the time queued, and estimated tokens with a ~ and why', async () => {

@@ -205,6 +205,8 @@ export interface LoggedRequest {
   bytesIn: number | null
   bytesOut: number | null
   error: string | null
+  /** the OpenAI `user` field the request named */
+  endUser?: string | null
 }
 
 /** The request log's server-side filters; empty ones are left out. */
