@@ -114,3 +114,29 @@ def test_enable_and_disable_together_are_refused(llmp, path, alice):
     code, _, err = llmp("keys", "set", "alice", "--enable", "--disable")
     assert code == 2 and "not allowed with argument" in err
     assert read_keys(path)[0].enabled is True
+
+
+def test_a_users_further_key_is_created_with_a_name_and_a_username_of_several_is_ambiguous(
+    llmp, path, alice
+):
+    assert llmp("keys", "create", "alice") == (
+        1,
+        "",
+        "llmp: alice already has a key: give --name\n",
+    )
+    code, out, _ = llmp("keys", "create", "alice", "--name", "ci")
+    assert code == 0 and out.startswith("sk-")
+    ci = read_keys(path)[-1]
+    assert (ci.username, ci.name, ci.key) == ("alice", "ci", out.strip())
+    code, _, err = llmp("keys", "create", "alice", "--name", "bad name")
+    assert code == 2 and '"name" must start with a letter or digit' in err
+    assert f"{ci.id}  {ci.createdAt}  alice (ci)  " in llmp("keys", "list")[1]
+    before = path.read_bytes()
+    assert llmp("keys", "set", "alice", "--disable") == (
+        2,
+        "",
+        "llmp: alice has 2 keys: give the key's id\n",
+    )
+    assert path.read_bytes() == before
+    assert llmp("keys", "set", ci.id, "--disable")[0] == 0
+    assert [k.enabled for k in read_keys(path)] == [True, True, False]
