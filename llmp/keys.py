@@ -5,6 +5,8 @@
                               further keys need a name of their own
   llmp keys set KEY OPTIONS   change a key's policy (KEY: its id, secret, or username if that
                               user has one key)
+  llmp keys rotate KEY [--until ISO]   a new secret (printed once); the old one is accepted
+                              until ISO, or refused at once without it
   llmp keys revoke KEY        delete a key
 
 The proxy applies every change within a second, as for the api's. `set` checks its options
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.apikeys import ApiKey
-from shared.key_validation import BodyError, key_create, key_update
+from shared.key_validation import BodyError, key_create, key_rotation, key_update
 from shared.keyfile import DuplicateUsername, KeyFile
 from shared.settings import Settings
 
@@ -64,6 +66,11 @@ def add_parser(commands: Any) -> None:
         change.add_argument(
             f"--{flag}", metavar="N", help=f"at most N {UNITS[name]}; 0 or none: no limit"
         )
+    rotate = actions.add_parser("rotate", help="a new secret, printed once")
+    rotate.add_argument("key", help="the key's id, username or secret")
+    rotate.add_argument(
+        "--until", metavar="ISO", help="the old secret works until then (default: refused now)"
+    )
     actions.add_parser("revoke", help="delete a key").add_argument(
         "key", help="the key's id, username or secret"
     )
@@ -167,6 +174,16 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
         if updated is None:
             return _fail(f"no key {args.key!r}", 1)
         print(f"updated {updated.id} ({updated.username}): {describe(updated)}")
+        return 0
+    if args.action == "rotate":
+        try:
+            until = key_rotation({} if args.until is None else {"until": args.until})
+        except BodyError as exc:
+            return _fail(str(exc), 2)
+        rotated = keyfile.rotate(found.id, until) if found else None
+        if rotated is None:
+            return _fail(f"no key {args.key!r}", 1)
+        print(rotated.key)
         return 0
     if found is None or not keyfile.delete(found.id):
         return _fail(f"no key {args.key!r}", 1)

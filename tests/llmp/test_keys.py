@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,20 @@ def test_a_users_further_key_is_created_with_a_name_and_a_username_of_several_is
     assert path.read_bytes() == before
     assert llmp("keys", "set", ci.id, "--disable")[0] == 0
     assert [k.enabled for k in read_keys(path)] == [True, True, False]
+
+
+def test_rotate_prints_the_new_secret_and_keeps_the_old_one_only_until_asked(llmp, path, alice):
+    code, out, _ = llmp("keys", "rotate", alice.id, "--until", "2026-01-01T00:00:00Z")
+    rotated = read_keys(path)[0]
+    assert code == 0 and out.strip() == rotated.key != alice.key
+    assert rotated.previousKeys == ()  # its time had passed: refused at once
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    code, out, _ = llmp("keys", "rotate", "alice", "--until", later)
+    again = read_keys(path)[0]
+    assert code == 0 and [p.key for p in again.previousKeys] == [rotated.key]
+    assert llmp("keys", "rotate", "alice", "--until", "soon") == (
+        2,
+        "",
+        'llmp: "until" must be in ISO 8601 date format\n',
+    )
+    assert llmp("keys", "rotate", "carol")[0] == 1
