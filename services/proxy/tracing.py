@@ -21,6 +21,7 @@ an answer. The SDK's batch processor exports from a thread of its own, and the s
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ from shared.analytics import RequestRow
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
+
+log = logging.getLogger("proxy.tracing")
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -99,7 +102,14 @@ class Tracing:
         return TracedClient(client)
 
     def record(self, row: RequestRow, started: float) -> None:
-        """The request's spans, now that it has ended (`started`: its perf_counter start)."""
+        """The request's spans, now that it has ended (`started`: its perf_counter start).
+        Tracing never fails a request: a failure here is logged and the trace is lost."""
+        try:
+            self._record(row, started)
+        except Exception:
+            log.exception("trace not recorded", extra={"fields": {"id": row.request_id}})
+
+    def _record(self, row: RequestRow, started: float) -> None:
         trace = self._trace
         end = time.time_ns()
         start = end - int((time.perf_counter() - started) * 1e9)

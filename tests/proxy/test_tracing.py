@@ -152,3 +152,15 @@ def test_an_upstreams_address_is_named_without_its_credentials():
     assert _address("https://user:pass@gpu.lan:8443/v1") == "https://gpu.lan:8443/v1"
     assert _address("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
     assert _address(None) is None
+
+
+def test_a_failure_to_trace_never_fails_the_request(collector, upstreams, proxy, api_key, caplog):
+    running = proxy(upstreams("a", ["m"]))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter gone")
+
+    running.app.tracing.tracer.start_span = broken
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    assert client.chat.completions.create(model="m", messages=[]).choices
+    assert eventually(lambda: "trace not recorded" in caplog.text)
