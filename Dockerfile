@@ -64,11 +64,11 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# The dependencies first (certbot and its Cloudflare plugin among them), cached until
-# pyproject.toml changes.
+# The dependencies first (certbot and its Cloudflare plugin among them, and the otel extra, so
+# that OTEL_EXPORTER_OTLP_ENDPOINT works in the image), cached until pyproject.toml changes.
 ARG PIP_CERT
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; t = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(t['project']['dependencies'] + t['project']['optional-dependencies']['otel']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

@@ -1,8 +1,12 @@
 """`llmp keys`: the API keys by hand, with the api's own rules and messages.
 
   llmp keys list              every key with its state, allowed models and limits
-  llmp keys create USERNAME   a new key for USERNAME (printed once)
-  llmp keys set KEY OPTIONS   change a key's policy (KEY: its id, username or secret)
+  llmp keys create USERNAME [--name NAME]   a new key for USERNAME (printed once); a user's
+                              further keys need a name of their own
+  llmp keys set KEY OPTIONS   change a key's policy (KEY: its id, secret, or username if that
+                              user has one key)
+  llmp keys rotate KEY [--until ISO]   a new secret (printed once); the old one is accepted
+                              until ISO, or refused at once without it
   llmp keys revoke KEY        delete a key
 
 The proxy applies every change within a second, as for the api's. `set` checks its options
@@ -19,7 +23,7 @@ from typing import Any
 
 from shared import storage
 from shared.apikeys import ApiKey
-from shared.key_validation import BodyError, key_update, username_errors
+from shared.key_validation import BodyError, key_create, key_rotation, key_update
 from shared.keystore import DuplicateUsername, KeyAdmin
 from shared.settings import Settings
 
@@ -47,7 +51,9 @@ def add_parser(commands: Any) -> None:
     keys = commands.add_parser("keys", help="list, create, change or revoke API keys")
     actions = keys.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="every key with its policy (never the secret)")
-    actions.add_parser("create", help="a new key, printed once").add_argument("username")
+    create = actions.add_parser("create", help="a new key, printed once")
+    create.add_argument("username")
+    create.add_argument("--name", help="tells this user's keys apart (needed past the first)")
     change = actions.add_parser("set", help="change a key's policy")
     change.add_argument("key", help="the key's id, username or secret")
     state = change.add_mutually_exclusive_group()
@@ -61,6 +67,11 @@ def add_parser(commands: Any) -> None:
         change.add_argument(
             f"--{flag}", metavar="N", help=f"at most N {UNITS[name]}; 0 or none: no limit"
         )
+    rotate = actions.add_parser("rotate", help="a new secret, printed once")
+    rotate.add_argument("key", help="the key's id, username or secret")
+    rotate.add_argument(
+        "--until", metavar="ISO", help="the old secret works until then (default: refused now)"
+    )
     actions.add_parser("revoke", help="delete a key").add_argument(
         "key", help="the key's id, username or secret"
     )
@@ -104,9 +115,19 @@ def describe(key: ApiKey, now: datetime | None = None) -> str:
     return f"{state}  models: {models}  limits: {limits or 'none'}"
 
 
+class Ambiguous(Exception):
+    """A username that holds several keys: which one is meant is not said."""
+
+
 def _find(keyfile: KeyAdmin, value: str) -> ApiKey | None:
+    """The key by id or secret, or by username when that user holds exactly one."""
     found = keyfile.by_id_or_secret(value)
-    return found or next((k for k in keyfile.list() if k.username == value), None)
+    if found is not None:
+        return found
+    held = [k for k in keyfile.list() if k.username == value]
+    if len(held) > 1:
+        raise Ambiguous(f"{value} has {len(held)} keys: give the key's id")
+    return held[0] if held else None
 
 
 def _fail(message: str, code: int) -> int:
@@ -119,19 +140,29 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "list":
         now = datetime.now(UTC)
         for key in keyfile.list():
-            print(f"{key.id}  {key.createdAt}  {key.username}  {describe(key, now)}")
+            label = f"{key.username} ({key.name})" if key.name else key.username
+            print(f"{key.id}  {key.createdAt}  {label}  {describe(key, now)}")
         return 0
     if args.action == "create":
-        errors = username_errors({"username": args.username})  # the api's own rules and messages
-        if errors:
-            return _fail(", ".join(errors), 2)
+        fields = {"username": args.username}
+        if args.name is not None:
+            fields["name"] = args.name
+        try:  # the api's own rules and messages
+            username, details = key_create(fields)
+        except BodyError as exc:
+            return _fail(str(exc), 2)
         try:
-            key = keyfile.create(args.username)
-        except DuplicateUsername:
-            return _fail(f"{args.username} already has a key", 1)
+            key = keyfile.create(username, details)
+        except DuplicateUsername as exc:
+            if exc.name is None:
+                return _fail(f"{args.username} already has a key: give --name", 1)
+            return _fail(f"{args.username} already has a key named {exc.name}", 1)
         print(key.key)
         return 0
-    found = _find(keyfile, args.key)
+    try:
+        found = _find(keyfile, args.key)
+    except Ambiguous as exc:
+        return _fail(str(exc), 2)
     if args.action == "set":
         fields = update_fields(args)
         if not fields:
@@ -144,6 +175,16 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
         if updated is None:
             return _fail(f"no key {args.key!r}", 1)
         print(f"updated {updated.id} ({updated.username}): {describe(updated)}")
+        return 0
+    if args.action == "rotate":
+        try:
+            until = key_rotation({} if args.until is None else {"until": args.until})
+        except BodyError as exc:
+            return _fail(str(exc), 2)
+        rotated = keyfile.rotate(found.id, until) if found else None
+        if rotated is None:
+            return _fail(f"no key {args.key!r}", 1)
+        print(rotated.key)
         return 0
     if found is None or not keyfile.delete(found.id):
         return _fail(f"no key {args.key!r}", 1)

@@ -100,20 +100,26 @@ class KeyFile:
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
         """The key with `change` applied and saved; None if there is no key `key_id`. Raises
         DuplicateUsername if its new name is another key's of the same user."""
-        return self._change(key_id, lambda key: key.updated(change))
+        return self._change(key_id, lambda key: key.updated(change), renamed="name" in change)
 
     def rotate(self, key_id: str, until: datetime) -> ApiKey | None:
         """Give the key a new secret; its current one is accepted until `until`. None if
         there is no key `key_id`."""
         return self._change(key_id, lambda key: key.rotated(until))
 
-    def _change(self, key_id: str, change: Callable[[ApiKey], ApiKey]) -> ApiKey | None:
+    def _change(
+        self, key_id: str, change: Callable[[ApiKey], ApiKey], renamed: bool = False
+    ) -> ApiKey | None:
+        """Apply `change` to the key `key_id` and save. A key's name is checked against its
+        user's other keys only when it changes: a file edited by hand that holds two keys of
+        one name still lets either be disabled, rotated or deleted."""
         with self.locked():
             keys = self._keys()
             for position, key in enumerate(keys):
                 if key.id == key_id:
                     keys[position] = changed = change(key)
-                    check_unique(keys, changed)
+                    if renamed:
+                        check_unique(keys, changed)
                     self._write(keys)
                     return changed
             return None

@@ -34,7 +34,7 @@ function logged(i: number, over: Partial<LoggedRequest> = {}): LoggedRequest {
     startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, durationMs: 300, status: 200, outcome: 'ok', method: 'POST',
     path: '/v1/chat/completions', model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1', stream: false, ttfbMs: 40,
     queueMs: null, promptTokens: 5, completionTokens: 2, usageEstimated: false, bytesIn: 1, bytesOut: 2, error: null,
-    endUser: null,
+    endUser: null, upstreamModel: null,
     ...over,
   }
 }
@@ -236,7 +236,7 @@ describe('RequestLog', () => {
   })
 
   it("shows one request's details with the id its client saw", async () => {
-    const api = fakeApi({ requestLog: async () => page([logged(3, { stream: true, error: null })]) })
+    const api = fakeApi({ requestLog: async () => page([logged(3, { stream: true, error: null, endUser: 'u-42' })]) })
     const log = await mountLog(api)
     const button = log.find('tbody button')
     expect(button.text()).toBe('Details of request req0000000000003')
@@ -246,6 +246,7 @@ describe('RequestLog', () => {
     expect(facts.text()).toContain('Request idreq0000000000003')
     expect(facts.text()).toContain('RequestPOST /v1/chat/completions')
     expect(facts.text()).toContain('Streamedyes')
+    expect(facts.text()).toContain('End useru-42') // the OpenAI `user` field
   })
 
   it('shows the time queued, and estimated tokens with a ~ and why', async () => {

@@ -87,6 +87,7 @@ def main() -> None:
         observer.stop()
         observer.join(5)
         beater.join(INTERVAL + 1)
+        certd.webhooks.close()
         beat.remove()
         log.info("stopped")
 

@@ -24,7 +24,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.certd import certs, nginx
+from services.certd import alerts, certs, nginx
 from services.certd.certbot import Certbot, CertbotError
 from services.certd.certs import Lineage
 from services.certd.nginx_conf import main_conf_path, render_site, server_conf_path, tls_servers
@@ -42,6 +42,7 @@ from shared.site import (
     read_status,
     write_status,
 )
+from shared.webhooks import webhooks_for
 
 log = logging.getLogger("certd")
 
@@ -85,6 +86,7 @@ class Certd:
             if isinstance(attempt, float | int):
                 self.attempts[cert["name"]] = float(attempt)
         self.next_check = 0.0  # check renewals at start
+        self.webhooks = webhooks_for(settings)
 
     # The loop's entry points ----------------------------------------------------------------
 
@@ -350,11 +352,13 @@ class Certd:
         return render_site(self.settings, replace(self.site, custom_config=None), lineages)
 
     def save(self) -> None:
+        certificates = self.certificates()
+        alerts.announce(self.webhooks, certificates, self.settings.cert_expiry_warning_days)
         status: CertdStatus = {
             "appliedGeneration": self.applied_generation,
             "applied": self.applied,
             "nginx": self.nginx,
-            "certificates": self.certificates(),
+            "certificates": certificates,
             "reload": self.reload,
             "renew": self.renew,
             "defaultConfig": self.default_config(),

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing
+from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing, tracing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
@@ -164,6 +164,7 @@ class ProxyApp:
         self.limiter: Limiter | None = None
         self.budgets: Budgets | None = None
         self.webhooks: Webhooks | None = None
+        self.tracing = tracing.from_environment()  # None unless OTLP is configured
         self._tasks: list[asyncio.Task[None]] = []
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
@@ -194,6 +195,8 @@ class ProxyApp:
         s = self.settings
         self.loop = asyncio.get_running_loop()
         self.client = create_client(s)
+        if self.tracing is not None:
+            self.client = self.tracing.wrap(self.client)
         board = Board(s.board_file)
         self.catalog = Catalog(s, self.client, board)
         self.limiter = Limiter(board)
@@ -221,6 +224,8 @@ class ProxyApp:
         await self.recorder.close()
         if self.webhooks is not None:
             await asyncio.to_thread(self.webhooks.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         if self.client is not None:
             await self.client.close()
         if self.limiter is not None:
@@ -433,6 +438,8 @@ class ProxyApp:
             row.end_ms = row.start_ms + round(elapsed_ms)
         self.recorder.record(row)
         self.metrics.observe(row, elapsed_ms / 1000)
+        if self.tracing is not None:
+            self.tracing.record(row, started)
         log.info(
             "request",
             extra={

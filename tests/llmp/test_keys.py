@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,46 @@ def test_enable_and_disable_together_are_refused(llmp, path, alice):
     code, _, err = llmp("keys", "set", "alice", "--enable", "--disable")
     assert code == 2 and "not allowed with argument" in err
     assert read_keys(path)[0].enabled is True
+
+
+def test_a_users_further_key_is_created_with_a_name_and_a_username_of_several_is_ambiguous(
+    llmp, path, alice
+):
+    assert llmp("keys", "create", "alice") == (
+        1,
+        "",
+        "llmp: alice already has a key: give --name\n",
+    )
+    code, out, _ = llmp("keys", "create", "alice", "--name", "ci")
+    assert code == 0 and out.startswith("sk-")
+    ci = read_keys(path)[-1]
+    assert (ci.username, ci.name, ci.key) == ("alice", "ci", out.strip())
+    code, _, err = llmp("keys", "create", "alice", "--name", "bad name")
+    assert code == 2 and '"name" must start with a letter or digit' in err
+    assert f"{ci.id}  {ci.createdAt}  alice (ci)  " in llmp("keys", "list")[1]
+    before = path.read_bytes()
+    assert llmp("keys", "set", "alice", "--disable") == (
+        2,
+        "",
+        "llmp: alice has 2 keys: give the key's id\n",
+    )
+    assert path.read_bytes() == before
+    assert llmp("keys", "set", ci.id, "--disable")[0] == 0
+    assert [k.enabled for k in read_keys(path)] == [True, True, False]
+
+
+def test_rotate_prints_the_new_secret_and_keeps_the_old_one_only_until_asked(llmp, path, alice):
+    code, out, _ = llmp("keys", "rotate", alice.id, "--until", "2026-01-01T00:00:00Z")
+    rotated = read_keys(path)[0]
+    assert code == 0 and out.strip() == rotated.key != alice.key
+    assert rotated.previousKeys == ()  # its time had passed: refused at once
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    code, out, _ = llmp("keys", "rotate", "alice", "--until", later)
+    again = read_keys(path)[0]
+    assert code == 0 and [p.key for p in again.previousKeys] == [rotated.key]
+    assert llmp("keys", "rotate", "alice", "--until", "soon") == (
+        2,
+        "",
+        'llmp: "until" must be in ISO 8601 date format\n',
+    )
+    assert llmp("keys", "rotate", "carol")[0] == 1

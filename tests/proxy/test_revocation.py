@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
@@ -83,3 +84,23 @@ def test_other_keys_requests_and_changes_that_revoke_nothing_leave_streams_alone
     eventually(lambda: len(running.app.keys) == 2)  # the worker has the new keys...
     assert a.active == 1  # ...while the stream is still being answered
     assert [first, *stream][-1].choices[0].delta.content == "a99 "
+
+
+def test_a_stream_open_with_a_secret_rotated_with_an_overlap_goes_on_and_at_once_ends(
+    upstreams, proxy, api_key
+):
+    a = upstreams("a", ["m"], pace=0.05, chunks=300)  # 15 s unless cut
+    running = proxy(a)
+    path = running.settings.apikeys_file
+    stream = sdk(running, api_key).chat.completions.create(model="m", messages=[], stream=True)
+    received = [next(stream), next(stream)]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    overlapping = api_key.rotated(later)
+    write_keys(path, [overlapping])
+    eventually(lambda: running.app.keys.lookup(overlapping.key) is not None)
+    received.extend(next(stream) for _ in range(5))  # still flowing after the reload
+    write_keys(path, [overlapping.rotated(datetime.now(UTC))])  # after a leak: none kept
+    with pytest.raises(openai.APIError) as ended:
+        received.extend(stream)
+    assert ended.value.body["code"] == "api_key_revoked"
+    assert 7 <= len(received) < 300

@@ -63,3 +63,15 @@ def test_rotation_is_saved_and_find_accepts_the_old_secret_only_during_the_overl
     assert keyfile.find(key.key) is None and keyfile.find(rotated.key) is None
     assert keyfile.by_id_or_secret(rotated.key) is None
     assert keyfile.rotate("0" * 32, datetime.now(UTC)) is None
+
+
+def test_a_hand_edited_file_with_two_unnamed_keys_of_a_user_can_still_change_either(tmp_path):
+    path = tmp_path / "apikeys.json"
+    first, second = ApiKey.new("alice"), ApiKey.new("alice")
+    write_keys(path, [first, second])
+    keyfile = KeyFile(path)
+    assert keyfile.update(second.id, {"enabled": False}) is not None
+    assert keyfile.rotate(first.id, datetime.now(UTC)) is not None
+    with pytest.raises(DuplicateUsername):
+        keyfile.update(second.id, {"name": None})  # naming it so is still refused
+    assert keyfile.update(second.id, {"name": "old"}) is not None

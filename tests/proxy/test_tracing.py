@@ -1,0 +1,166 @@
+"""OpenTelemetry traces through a real proxy, the openai SDK as the client and a local OTLP/HTTP
+receiver whose requests are decoded with opentelemetry-proto: the spans' names, parents, times
+and attributes, and no prompt text anywhere; without an endpoint nothing is loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import openai
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from services.proxy.tracing import _address
+from tests.conftest import eventually
+from tests.webhook_receiver import Receiver
+
+PROMPT = "the secret prompt text"
+
+
+@pytest.fixture
+def collector(monkeypatch):
+    with Receiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.removesuffix("/hook"))
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "llmp-test")
+        yield receiver
+
+
+def spans(receiver: Receiver) -> list[tuple[dict[str, Any], Span]]:
+    """Every span received, with its resource's attributes."""
+    found: list[tuple[dict[str, Any], Span]] = []
+    for received in list(receiver.received):
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(received.body)
+        for resource_spans in export.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope in resource_spans.scope_spans:
+                found.extend((resource, span) for span in scope.spans)
+    return found
+
+
+def attributes(span: Span) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attribute in span.attributes:
+        value = attribute.value
+        out[attribute.key] = getattr(value, value.WhichOneof("value"))
+    return out
+
+
+def test_each_request_is_traced_gateway_queue_upstream_first_token(
+    collector, upstreams, proxy, api_key
+):
+    a = upstreams("a", ["m"], pace=0.05, chunks=4)
+    running = proxy(f"{a.url}|concurrency=1")
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+
+    def ask() -> None:
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": PROMPT}], stream=True, user="u-1"
+        )
+        assert len(list(stream)) >= 4
+
+    second = threading.Thread(target=ask)
+    first = threading.Thread(target=ask)
+    first.start()
+    eventually(lambda: a.active == 1)
+    second.start()  # waits in the upstream's queue for the first
+    first.join(30)
+    second.join(30)
+    assert eventually(
+        lambda: len([s for _, s in spans(collector) if s.name == "llmp.request"]) == 2
+    )
+    running.app.tracing.close()
+    got = spans(collector)
+    assert {resource["service.name"] for resource, _ in got} == {"llmp-test"}
+    by_trace: dict[bytes, dict[str, list[Span]]] = {}
+    for _, span in got:
+        by_trace.setdefault(span.trace_id, {}).setdefault(span.name, []).append(span)
+    assert len(by_trace) == 2
+    queued = 0
+    for names in by_trace.values():
+        [root] = names["llmp.request"]
+        [upstream] = names["llmp.upstream"]
+        assert root.parent_span_id == b"" and root.kind == Span.SPAN_KIND_SERVER
+        assert upstream.parent_span_id == root.span_id and upstream.kind == Span.SPAN_KIND_CLIENT
+        assert root.start_time_unix_nano <= upstream.start_time_unix_nano
+        assert upstream.end_time_unix_nano <= root.end_time_unix_nano
+        [first_token] = upstream.events
+        assert first_token.name == "first_token"
+        assert (
+            upstream.start_time_unix_nano <= first_token.time_unix_nano <= root.end_time_unix_nano
+        )
+        found = attributes(root)
+        assert found["http.request.method"] == "POST"
+        assert found["url.path"] == "/v1/chat/completions"
+        assert found["http.response.status_code"] == 200
+        assert found["gen_ai.request.model"] == "m"
+        assert found["llmp.key_id"] == api_key.id and found["llmp.stream"] is True
+        assert found["llmp.upstream"] == a.url + "/v1"
+        assert found["gen_ai.usage.output_tokens"] == 4
+        assert "error.type" not in found
+        for span in names.get("llmp.queue", []):
+            queued += 1
+            assert span.parent_span_id == root.span_id
+            assert span.end_time_unix_nano == upstream.start_time_unix_nano
+            assert span.start_time_unix_nano >= root.start_time_unix_nano
+    assert queued == 1  # the second request waited for the first
+    for received in collector.received:
+        assert PROMPT.encode() not in received.body and api_key.key.encode() not in received.body
+        assert b"u-1" not in received.body  # nor the end user the request named
+
+
+def test_a_refused_request_is_an_error_span(collector, upstreams, proxy, api_key):
+    a = upstreams("a", ["m"])
+    running = proxy(a, "http://127.0.0.1:9")  # the second refuses connections
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="nowhere", messages=[])
+    eventually(lambda: any(s.name == "llmp.request" for _, s in spans(collector)))
+    running.app.tracing.close()
+    [root] = [s for _, s in spans(collector) if s.name == "llmp.request"]
+    assert root.status.code == root.status.STATUS_CODE_ERROR
+    found = attributes(root)
+    assert found["error.type"] == refused.value.body["code"]
+    assert found["http.response.status_code"] == refused.value.status_code == 502
+    assert not [s for _, s in spans(collector) if s.name == "llmp.upstream"]  # none was asked
+
+
+def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded(tmp_path):
+    code = (
+        "import sys\n"
+        "from services.proxy.app import ProxyApp\n"
+        "from tests.conftest import make_settings\n"
+        "import pathlib\n"
+        f"app = ProxyApp(make_settings(pathlib.Path({str(tmp_path)!r})))\n"
+        "assert app.tracing is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_an_upstreams_address_is_named_without_its_credentials():
+    assert _address("https://user:pass@gpu.lan:8443/v1") == "https://gpu.lan:8443/v1"
+    assert _address("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
+    assert _address(None) is None
+
+
+def test_a_failure_to_trace_never_fails_the_request(collector, upstreams, proxy, api_key, caplog):
+    running = proxy(upstreams("a", ["m"]))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter gone")
+
+    running.app.tracing.tracer.start_span = broken
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    assert client.chat.completions.create(model="m", messages=[]).choices
+    assert eventually(lambda: "trace not recorded" in caplog.text)
