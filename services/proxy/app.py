@@ -32,7 +32,7 @@ from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, 
 from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
-from services.proxy.metrics import ProxyMetrics
+from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
 from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
@@ -210,6 +210,7 @@ class ProxyApp:
         self._tasks = [
             asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
             asyncio.create_task(self._beat(), name="proxy-heartbeat"),
+            asyncio.create_task(self._flush_metrics(), name="metrics-flush"),
         ]
         if not s.target_urls:
             log.error("no upstreams: set TARGET_URLS")
@@ -221,6 +222,7 @@ class ProxyApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.flush()
         await self.keys.stop()
         await self.recorder.close()
         if self.client is not None:
@@ -252,6 +254,11 @@ class ProxyApp:
                     log.info("heartbeat written again")
                 failing = None
             await asyncio.sleep(INTERVAL)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.metrics.flush()
 
     # Requests ----------------------------------------------------------------------------
 
