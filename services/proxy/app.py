@@ -37,6 +37,7 @@ from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import ask_for_usage, tokens_used
+from shared import logs
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
@@ -426,23 +427,22 @@ class ProxyApp:
             row.end_ms = row.start_ms + round(elapsed_ms)
         self.recorder.record(row)
         self.metrics.observe(row, elapsed_ms / 1000)
-        log.info(
+        logs.event(
+            log,
             "request",
-            extra={
-                "fields": {
-                    "id": row.request_id,
-                    "key": row.key_id,
-                    "method": row.method,
-                    "path": row.path,
-                    "model": row.model,
-                    "upstream": row.upstream,
-                    "status": row.status,
-                    "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
-                    "ms": round(elapsed_ms, 1),
-                    "prompt_tokens": row.prompt_tokens,
-                    "completion_tokens": row.completion_tokens,
-                    "error": row.error,
-                }
+            {
+                "id": row.request_id,
+                "key": row.key_id,
+                "method": row.method,
+                "path": row.path,
+                "model": row.model,
+                "upstream": row.upstream,
+                "status": row.status,
+                "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
+                "ms": round(elapsed_ms, 1),
+                "prompt_tokens": row.prompt_tokens,
+                "completion_tokens": row.completion_tokens,
+                "error": row.error,
             },
         )
 
