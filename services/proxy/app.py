@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import attribution, errors, routing
 from services.proxy.board import Board
+from services.proxy.body import RequestBody
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
@@ -363,11 +364,12 @@ class ProxyApp:
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self.answer_models(path, policy, row, send)
             return
-        model = routing.request_model(content_type, body)
-        row.model, row.end_user = model, attribution.end_user(content_type, body)
+        parsed = RequestBody(body)  # parsed once, for the model, the user and the usage
+        model = routing.request_model(content_type, parsed)
+        row.model, row.end_user = model, attribution.end_user(content_type, parsed)
         policy.check_model(model)
         plan = await self.plan(catalog, model)
-        asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        asked = ask_for_usage(path, parsed) if self.settings.stream_usage else None
         budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
