@@ -27,7 +27,7 @@ def key_feed(settings: Settings) -> KeyFeed:
     if settings.database_url:
         from shared.pg.keys import PgKeyFeed
 
-        return PgKeyFeed(settings.database_url)
+        return PgKeyFeed(settings.database_url, settings.data_dir / "apikeys.pg-snapshot.json")
     from shared.keyfile_feed import FileKeyFeed
 
     return FileKeyFeed(settings.apikeys_file)

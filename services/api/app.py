@@ -21,6 +21,7 @@ from services.api.routes import analytics, auth, fleet, health, keys, metrics, n
 from services.api.security import weak_secrets
 from services.api.throttle import Throttle
 from shared import storage
+from shared.apikeys import KeyFileError
 from shared.cors import cors_options
 from shared.fleet import FleetFile
 from shared.heartbeat import INTERVAL, Heartbeat
@@ -55,7 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         beat = Heartbeat(settings.run_dir, "api")
-        await asyncio.to_thread(app.state.keyfile.prepare)  # e.g. room to revoke a key later
+        try:  # e.g. room to revoke a key later, or the database's tables
+            await asyncio.to_thread(app.state.keyfile.prepare)
+        except KeyFileError as exc:  # the database away: key routes say so until it is back
+            log.error("key store not ready", extra={"fields": {"error": exc}})
         task = asyncio.create_task(_beat(beat), name="api-heartbeat")
         try:
             yield

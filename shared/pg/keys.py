@@ -12,7 +12,9 @@ CHECK_INTERVAL seconds without a notification it compares versions, in case one 
 When the connection breaks (the database restarted, the backend was terminated), it connects
 again at once, then backs off up to MAX_BACKOFF, loading the whole set on each new connection.
 Meanwhile the last set loaded stays in force, `last_error` says why, and `staleness()` grows.
-A request never waits for the database.
+A worker started while the database is away serves the replica's last good copy
+(`shared.pg.snapshot`), which every worker refreshes when it loads a newer version. A request
+never waits for the database.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,6 +34,7 @@ from psycopg.types.json import Jsonb
 
 from shared.apikeys import ApiKey, KeyFileError, PolicyChange
 from shared.keystore import KeysArrived, check_unique
+from shared.pg import snapshot
 from shared.pg.schema import KEYS_CHANNEL, LOCK_KEYS, migrate
 
 log = logging.getLogger("keys.pg")
@@ -173,8 +177,11 @@ def _keys(rows: list[tuple[Any, ...]]) -> list[ApiKey]:
 
 
 class PgKeyFeed:
-    def __init__(self, url: str, check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self, url: str, copy: Path | None = None, check_interval: float = CHECK_INTERVAL
+    ) -> None:
         self.url = url
+        self.copy = copy  # the replica's last good copy (shared.pg.snapshot), if it keeps one
         self.check_interval = check_interval
         self.last_error: str | None = None
         self.version = 0
@@ -193,7 +200,34 @@ class PgKeyFeed:
             await self._connect()
         except (psycopg.Error, KeyStoreUnavailable) as exc:
             await self._lost(exc)
+            await self._from_copy()
         self._task = asyncio.create_task(self._run(), name="keys-listen")
+
+    async def _from_copy(self) -> None:
+        """Serve the replica's last good copy, if there is one, until the database is back."""
+        if self.copy is None:
+            return
+        try:
+            version, keys = await asyncio.to_thread(snapshot.load, self.copy)
+        except KeyFileError as exc:
+            log.error("no copy of the keys to serve", extra={"fields": {"error": str(exc)}})
+            return
+        age = max(0.0, time.time() - self.copy.stat().st_mtime)
+        self._confirmed = time.monotonic() - age
+        self.version = version
+        log.warning(
+            "serving the last good copy of the keys", extra={"fields": {"version": version}}
+        )
+        if self._arrived is not None:
+            self._arrived(keys)
+
+    async def _keep(self, version: int, keys: list[ApiKey]) -> None:
+        if self.copy is None:
+            return
+        try:
+            await asyncio.to_thread(snapshot.save, self.copy, version, keys)
+        except OSError as exc:  # a full or read-only disk: the copy stays as it was
+            log.warning("copy of the keys not written", extra={"fields": {"error": exc}})
 
     async def _connect(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
@@ -222,6 +256,7 @@ class PgKeyFeed:
             self.version = version
             if self._arrived is not None:
                 self._arrived(keys)
+            await self._keep(version, keys)
         self._confirmed = time.monotonic()
         if self.last_error is not None:
             log.info("key database reachable again", extra={"fields": {"version": version}})
@@ -259,7 +294,7 @@ class PgKeyFeed:
 
     async def _lost(self, exc: Exception) -> None:
         """Keep the last keys; say why; drop the connection (the next loop connects again)."""
-        error = f"key database: {exc}".strip()
+        error = str(exc) if isinstance(exc, KeyStoreUnavailable) else f"key database: {exc}"
         if error != self.last_error:
             log.error(
                 "key database unusable; serving the last keys loaded",

@@ -81,6 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     ) PARTITION BY RANGE (start_ms);
     CREATE INDEX llmp_requests_key_start ON llmp_requests (key_id, start_ms);
     """,
+    # The model name the upstream was asked for, when an alias chose it (shared.analytics).
+    "ALTER TABLE llmp_requests ADD COLUMN upstream_model text",
 )
 
 

@@ -51,6 +51,45 @@ def partition_name(day: int) -> str:
     return PARTITION_PREFIX + datetime.fromtimestamp(day * 86400, UTC).strftime("%Y%m%d")
 
 
+def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[int]) -> int:
+    """Add `rows` to the log in one transaction, those already there left out; how many were
+    added. `days` are the days whose partition is known to exist (updated)."""
+    with conn.transaction():
+        for day in sorted({row.start_ms // DAY_MS for row in rows} - days):
+            _partition(conn, day)
+            days.add(day)
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in"
+            " (LIKE llmp_requests) ON COMMIT DELETE ROWS"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY llmp_requests_in ({}) FROM STDIN").format(_COLUMNS)) as copy,
+        ):
+            for row in rows:
+                copy.write_row([getattr(row, name) for name in COLUMNS])
+        added = conn.execute(
+            sql.SQL(
+                "INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
+                " ON CONFLICT DO NOTHING"
+            ).format(_COLUMNS)
+        )
+        return added.rowcount
+
+
+def _partition(conn: psycopg.Connection[Any], day: int) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF llmp_requests FOR VALUES FROM ({}) TO ({})"
+        ).format(
+            sql.Identifier(partition_name(day)),
+            sql.Literal(day * DAY_MS),
+            sql.Literal((day + 1) * DAY_MS),
+        )
+    )
+
+
 class PgUsageLog:
     def __init__(
         self,
@@ -161,44 +200,9 @@ class PgUsageLog:
         """`rows`, then what the outboxes hold (in a worker thread)."""
         conn = self._connection()
         if rows:
-            self._write(conn, rows)
+            write_rows(conn, rows, self._days)
         for batch, _ in self.outbox.batches(DRAIN_BATCH):
-            self._write(conn, batch)
-
-    def _write(self, conn: psycopg.Connection[Any], rows: list[RequestRow]) -> None:
-        with conn.transaction():
-            for day in {row.start_ms // DAY_MS for row in rows} - self._days:
-                self._partition(conn, day)
-            conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in"
-                " (LIKE llmp_requests) ON COMMIT DELETE ROWS"
-            )
-            with (
-                conn.cursor() as cur,
-                cur.copy(sql.SQL("COPY llmp_requests_in ({}) FROM STDIN").format(_COLUMNS)) as copy,
-            ):
-                for row in rows:
-                    copy.write_row([getattr(row, name) for name in COLUMNS])
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
-                    " ON CONFLICT DO NOTHING"
-                ).format(_COLUMNS)
-            )
-
-    def _partition(self, conn: psycopg.Connection[Any], day: int) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} PARTITION OF llmp_requests"
-                " FOR VALUES FROM ({}) TO ({})"
-            ).format(
-                sql.Identifier(partition_name(day)),
-                sql.Literal(day * DAY_MS),
-                sql.Literal((day + 1) * DAY_MS),
-            )
-        )
-        self._days.add(day)
+            write_rows(conn, batch, self._days)
 
     def _retention(self) -> None:
         """See `keep` (in a worker thread)."""

@@ -29,7 +29,7 @@ def test_a_feed_serves_its_last_keys_while_the_database_is_down_then_catches_up(
     alice = admin.create("alice")
 
     async def scenario() -> None:
-        feed = PgKeyFeed(url, check_interval=0.5)
+        feed = PgKeyFeed(url, None, check_interval=0.5)
         sets: list[list[ApiKey]] = []
         await feed.start(sets.append)
         try:
@@ -55,7 +55,7 @@ def test_a_worker_started_while_the_database_is_down_serves_keys_once_it_is_back
     own_cluster.stop()
 
     async def scenario() -> None:
-        feed = PgKeyFeed(url, check_interval=0.5)
+        feed = PgKeyFeed(url, None, check_interval=0.5)
         sets: list[list[ApiKey]] = []
         await feed.start(sets.append)  # does not wait for the database
         try:
@@ -68,13 +68,44 @@ def test_a_worker_started_while_the_database_is_down_serves_keys_once_it_is_back
     asyncio.run(scenario())
 
 
+def test_a_worker_started_while_the_database_is_down_serves_the_replicas_copy(
+    own_cluster, tmp_path
+):
+    url = own_cluster.new_database()
+    admin = PgKeyAdmin(url)
+    alice, bob = admin.create("alice"), admin.create("bob")
+    copy = tmp_path / "apikeys.pg-snapshot.json"
+
+    async def run_feed(then) -> list[list[ApiKey]]:
+        feed = PgKeyFeed(url, copy, check_interval=0.5)
+        sets: list[list[ApiKey]] = []
+        await feed.start(sets.append)
+        try:
+            await then(feed, sets)
+        finally:
+            await feed.stop()
+        return sets
+
+    async def delete_bob(feed, sets) -> None:
+        await asyncio.to_thread(admin.delete, bob.id)
+        await until(lambda: sets[-1] == [alice])
+
+    async def check_copy(feed, sets) -> None:
+        assert sets == [[alice]] and feed.last_error is not None
+        assert feed.staleness() > 0
+
+    asyncio.run(run_feed(delete_bob))
+    own_cluster.stop()
+    asyncio.run(run_feed(check_copy))
+
+
 def test_a_feed_whose_connection_was_killed_connects_again_and_misses_no_change(postgres):
     url = postgres.new_database()
     admin = PgKeyAdmin(url)
     alice = admin.create("alice")
 
     async def scenario() -> None:
-        feed = PgKeyFeed(url, check_interval=60)  # the version check cannot stand in
+        feed = PgKeyFeed(url, None, check_interval=60)  # the version check cannot stand in
         sets: list[list[ApiKey]] = []
         await feed.start(sets.append)
         try:
@@ -92,7 +123,7 @@ def test_a_key_broken_by_hand_in_the_database_leaves_the_last_keys_in_force(data
     alice = admin.create("alice")
 
     async def scenario() -> None:
-        feed = PgKeyFeed(database_url, check_interval=0.5)
+        feed = PgKeyFeed(database_url, None, check_interval=0.5)
         sets: list[list[ApiKey]] = []
         await feed.start(sets.append)
         try:

@@ -24,7 +24,7 @@ def store(request, tmp_path):
     from shared.pg.keys import PgKeyAdmin, PgKeyFeed
 
     url = request.getfixturevalue("database_url")
-    return PgKeyAdmin(url), lambda: PgKeyFeed(url, check_interval=0.5)
+    return PgKeyAdmin(url), lambda: PgKeyFeed(url, tmp_path / "copy.json", check_interval=0.5)
 
 
 def test_keys_are_created_listed_found_changed_and_deleted(store):

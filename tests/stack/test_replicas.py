@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psycopg
 import pytest
 
 from shared.pg.keys import FEED_NAME, PgKeyAdmin
 from tests.conftest import free_port
+from tests.postgres import Cluster
 from tests.proxy.test_sharing import Workers
 
 pytestmark = pytest.mark.slow
@@ -103,3 +106,60 @@ async def measure(postgres, admin, keys, urls) -> list[float]:
             assert len(took) == len(urls)
             latencies.append(time.monotonic() - started)
         return latencies
+
+
+@pytest.mark.timeout(300)  # a cluster, four replica starts, an outage: a minute when loaded
+def test_one_usage_row_per_request_through_an_outage_and_a_graceful_stop(tmp_path, upstreams):
+    """Two replicas under load; the database stops; one replica is stopped (its rows go to its
+    outbox) and started again (it serves its copy of the keys); the database comes back: every
+    answered request is in the database once, whichever replica answered it."""
+    cluster = Cluster()
+    replicas: list[Workers] = []
+    try:
+        cluster.start()
+        url = cluster.new_database()
+        key = PgKeyAdmin(url).create("alice").key
+        target = upstreams("a", ["model-a"]).url
+        folders = [tmp_path / "0", tmp_path / "1"]
+        for folder in folders:
+            folder.mkdir()
+            replicas.append(Workers(folder, target, DATABASE_URL=url, LOG_LEVEL="ERROR"))
+        answered: list[str] = []
+        fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection for every request
+        with ThreadPoolExecutor(4) as pool, httpx.Client(limits=fresh, timeout=30) as client:
+
+            def phase() -> None:
+                started = time.monotonic()
+                answered.extend(pool.map(lambda n: ask(client, replicas, n, key), range(200)))
+                print(f"phase: {time.monotonic() - started:.1f} s")
+
+            phase()
+            cluster.stop("immediate")
+            phase()
+            replicas[0].stop()  # gracefully, the database away
+            replicas[0] = Workers(folders[0], target, DATABASE_URL=url, LOG_LEVEL="ERROR")
+            phase()
+            cluster.start()
+            phase()
+        while replicas:
+            replicas.pop().stop()
+        assert len(answered) == 800
+        with psycopg.connect(url) as conn:
+            written = [r for (r,) in conn.execute("SELECT request_id FROM llmp_requests")]
+        assert sorted(written) == sorted(answered)
+        assert not list(tmp_path.glob("*/data/outbox/*.jsonl"))
+    finally:
+        for replica in replicas:
+            replica.stop()
+        cluster.remove()
+
+
+def ask(client: httpx.Client, replicas: list[Workers], n: int, key: str) -> str:
+    """A chat request to one replica or the other: its request id."""
+    r = client.post(
+        replicas[n % len(replicas)].url + "/v1/chat/completions",
+        json={"model": "model-a", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200, r.text
+    return r.headers["x-request-id"]

@@ -618,23 +618,23 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** AliasAnswer */
-        AliasAnswer: {
-            /**
-             * Success
-             * @default true
-             */
-            success: boolean;
-            /** Message */
-            message: string;
-            alias: components["schemas"]["AliasPublic"];
-        };
-        /** AliasPublic */
-        AliasPublic: {
+        /** AliasEntry */
+        AliasEntry: {
             /** Name */
             name: string;
             /** Deployments */
             deployments: components["schemas"]["Deployment"][];
+        };
+        /** AliasSaved */
+        AliasSaved: {
+            /**
+             * Success
+             * @constant
+             */
+            success: true;
+            /** Message */
+            message: string;
+            alias: components["schemas"]["AliasEntry"];
         };
         /**
          * ApiKey
@@ -800,35 +800,16 @@ export interface components {
             /** Config */
             config: string;
         };
-        /**
-         * Deployment
-         * @description One way to serve an alias: this upstream, asked for this model.
-         */
+        /** Deployment */
         Deployment: {
             /** Upstream */
             upstream: string;
             /** Model */
             model: string;
-            /**
-             * Weight
-             * @default 1
-             */
+            /** Weight */
             weight: number;
-            /**
-             * Priority
-             * @default 0
-             */
+            /** Priority */
             priority: number;
-        };
-        /** Done */
-        Done: {
-            /**
-             * Success
-             * @default true
-             */
-            success: boolean;
-            /** Message */
-            message: string;
         };
         /**
          * Failure
@@ -845,22 +826,59 @@ export interface components {
             /** Config */
             config?: string;
         };
-        /** FleetPublic */
-        FleetPublic: {
+        /** FleetList */
+        FleetList: {
             /**
              * Success
-             * @default true
+             * @constant
              */
-            success: boolean;
+            success: true;
             /**
              * Source
              * @enum {string}
              */
             source: "file" | "TARGET_URLS";
             /** Upstreams */
-            upstreams: components["schemas"]["UpstreamPublic"][];
+            upstreams: components["schemas"]["FleetUpstream"][];
             /** Aliases */
-            aliases: components["schemas"]["AliasPublic"][];
+            aliases: components["schemas"]["AliasEntry"][];
+        };
+        /**
+         * FleetUpstream
+         * @description An upstream as configured; its key only as a hint, an egress proxy's password as ***.
+         */
+        FleetUpstream: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Url */
+            url: string;
+            /**
+             * Auth
+             * @enum {string}
+             */
+            auth: "bearer" | "api-key" | "basic";
+            /** Keyhint */
+            keyHint: string | null;
+            /** Concurrency */
+            concurrency: number | null;
+            /** Verify */
+            verify: boolean | null;
+            /** Capem */
+            caPem: string | null;
+            /** Proxy */
+            proxy: string | null;
+            /** Keepalive */
+            keepalive: number | null;
+            /** Models */
+            models: string[] | null;
+            /** Cafile */
+            caFile: string | null;
+            /** Certfile */
+            certFile: string | null;
+            /** Certkeyfile */
+            certKeyFile: string | null;
         };
         /** Health */
         Health: {
@@ -1129,13 +1147,13 @@ export interface components {
                 [key: string]: components["schemas"]["ModelPrice"];
             };
         };
-        /** ProbeAnswer */
-        ProbeAnswer: {
+        /** Probe */
+        Probe: {
             /**
              * Success
-             * @default true
+             * @constant
              */
-            success: boolean;
+            success: true;
             /** Ok */
             ok: boolean;
             models: components["schemas"]["ModelsStep"];
@@ -1404,50 +1422,16 @@ export interface components {
             /** Last Error */
             last_error: string | null;
         };
-        /** UpstreamAnswer */
-        UpstreamAnswer: {
+        /** UpstreamSaved */
+        UpstreamSaved: {
             /**
              * Success
-             * @default true
+             * @constant
              */
-            success: boolean;
+            success: true;
             /** Message */
             message: string;
-            upstream: components["schemas"]["UpstreamPublic"];
-        };
-        /** UpstreamPublic */
-        UpstreamPublic: {
-            /** Id */
-            id: string;
-            /** Name */
-            name: string;
-            /** Url */
-            url: string;
-            /**
-             * Auth
-             * @enum {string}
-             */
-            auth: "bearer" | "api-key" | "basic";
-            /** Keyhint */
-            keyHint: string | null;
-            /** Concurrency */
-            concurrency: number | null;
-            /** Verify */
-            verify: boolean | null;
-            /** Capem */
-            caPem: string | null;
-            /** Proxy */
-            proxy: string | null;
-            /** Keepalive */
-            keepalive: number | null;
-            /** Models */
-            models: string[] | null;
-            /** Cafile */
-            caFile: string | null;
-            /** Certfile */
-            certFile: string | null;
-            /** Certkeyfile */
-            certKeyFile: string | null;
+            upstream: components["schemas"]["FleetUpstream"];
         };
         /** Upstreams */
         Upstreams: {
@@ -2441,7 +2425,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["FleetPublic"];
+                    "application/json": components["schemas"]["FleetList"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2479,7 +2463,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UpstreamAnswer"];
+                    "application/json": components["schemas"]["UpstreamSaved"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2519,7 +2503,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Done"];
+                    "application/json": components["schemas"]["Message"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2559,7 +2543,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UpstreamAnswer"];
+                    "application/json": components["schemas"]["UpstreamSaved"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2601,7 +2585,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ProbeAnswer"];
+                    "application/json": components["schemas"]["Probe"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2641,7 +2625,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["AliasAnswer"];
+                    "application/json": components["schemas"]["AliasSaved"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2681,7 +2665,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Done"];
+                    "application/json": components["schemas"]["Message"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */

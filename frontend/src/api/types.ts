@@ -73,12 +73,12 @@ export type BreakdownBy = Schemas['Breakdown']['by']
  * header, or HTTP Basic (`key` is then `user:password`). */
 export type UpstreamAuth = UpstreamConfig['auth']
 /** An upstream as configured (`GET /api/fleet`); its key only as a hint. */
-export type UpstreamConfig = Schemas['UpstreamPublic']
+export type UpstreamConfig = Schemas['FleetUpstream']
 export type Deployment = Schemas['Deployment']
-export type ModelAlias = Schemas['AliasPublic']
-export type Fleet = Schemas['FleetPublic']
+export type ModelAlias = Schemas['AliasEntry']
+export type Fleet = Schemas['FleetList']
 /** `POST /api/fleet/upstreams/{id}/test`: its models, then a one-token completion, timed. */
-export type UpstreamTest = Schemas['ProbeAnswer']
+export type UpstreamTest = Schemas['Probe']
 
 /** The body of `POST /api/fleet/upstreams` and `PATCH .../{id}` (only what changes; a key
  * left out stays as it is, null resets a setting to its default). Written here: the api reads
