@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import ConfigDict, WithJsonSchema, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python 3.11
 
-from shared.fleet import Auth
 from shared.site import HttpMode
 
 Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
@@ -484,88 +483,3 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": Refusal, "description": "refused"},
     "5XX": {"model": Refusal, "description": "failed"},
 }
-
-
-# /api/fleet (services/api/routes/fleet.py) ----------------------------------------------------
-
-
-@answer
-class FleetUpstream(TypedDict):
-    """An upstream as configured; its key only as a hint, an egress proxy's password as ***."""
-
-    id: str
-    name: str
-    url: str
-    auth: Auth
-    keyHint: str | None  # None: no credentials
-    concurrency: int | None
-    verify: bool | None
-    caPem: str | None
-    proxy: str | None
-    keepalive: Number | None
-    models: list[str] | None
-    caFile: str | None
-    certFile: str | None
-    certKeyFile: str | None
-
-
-@answer
-class Deployment(TypedDict):
-    upstream: str
-    model: str
-    weight: int
-    priority: int
-
-
-@answer
-class AliasEntry(TypedDict):
-    name: str
-    deployments: list[Deployment]
-
-
-@answer
-class FleetList(TypedDict):
-    success: Literal[True]
-    source: Literal["file", "TARGET_URLS"]
-    upstreams: list[FleetUpstream]
-    aliases: list[AliasEntry]
-
-
-@answer
-class UpstreamSaved(TypedDict):
-    success: Literal[True]
-    message: str
-    upstream: FleetUpstream
-
-
-@answer
-class AliasSaved(TypedDict):
-    success: Literal[True]
-    message: str
-    alias: AliasEntry
-
-
-@answer
-class ModelsStep(TypedDict):
-    ok: bool
-    ms: Number | None
-    status: int | None
-    models: list[str]
-    error: str | None
-
-
-@answer
-class RequestStep(TypedDict):
-    ok: bool
-    model: str
-    ms: Number | None
-    status: int | None
-    error: str | None
-
-
-@answer
-class Probe(TypedDict):
-    success: Literal[True]
-    ok: bool  # both steps went well
-    models: ModelsStep
-    request: RequestStep | None  # None: no model to ask

@@ -11,15 +11,20 @@ import type {
   BreakdownRow,
   Bucket,
   Fleet,
+  BudgetPeriod,
   HttpMode,
+  KeyQuery,
   KeyUpdate,
   LoggedRequest,
   ModelAlias,
   NginxStatus,
+  Prices,
   Range,
   RequestFilters,
   RequestPage,
   RequestRecord,
+  Spend,
+  SpendBy,
   Summary,
   Upstream,
   UpstreamChange,
@@ -158,9 +163,10 @@ export function createApi(options: ClientOptions = {}) {
       return data.username
     },
 
-    /** Every key, each with what it has used (`usage`) when the api says. */
-    async listKeys(): Promise<ApiKey[]> {
-      const data = await request<Answer<'/api/keys', 'get'>>('GET', '/api/keys')
+    /** The keys (every one, or those `q` asks for: searched, filtered and sorted by the api),
+     * each with what it has used (`usage`) when the api says. */
+    async listKeys(q: KeyQuery = {}): Promise<ApiKey[]> {
+      const data = await request<Answer<'/api/keys', 'get'>>('GET', `/api/keys${query({ ...q })}`)
       return data.keys.map((key) => {
         const usage = data.usage[key.id]
         return usage ? { ...key, usage } : key
@@ -183,7 +189,7 @@ export function createApi(options: ClientOptions = {}) {
       await request<Answer<'/api/keys/{key_id}', 'delete'>>('DELETE', `/api/keys/${encodeURIComponent(id)}`)
     },
 
-    async records(keyId: string, r: Range, limit = 10_000): Promise<RequestRecord[]> {
+    async records(keyId: string, r: Range, limit = 5_000): Promise<RequestRecord[]> {
       const path = `/api/analytics/${encodeURIComponent(keyId)}${query({ ...range(r), limit })}`
       return (await request<Answer<'/api/analytics/{key}', 'get'>>('GET', path)).records
     },
@@ -206,6 +212,19 @@ export function createApi(options: ClientOptions = {}) {
     },
     async recordsCsv(keyId: string, r: Range): Promise<Blob> {
       return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)
+    },
+    /** Tokens and cost per key or model and per UTC day, week or month, at the prices set. */
+    async spend(by: SpendBy, period: BudgetPeriod, keyId: string | null, r: Range): Promise<Spend> {
+      return request<Answer<'/api/analytics/spend', 'get'>>('GET', `/api/analytics/spend${query({ by, period, keyId, ...range(r) })}`)
+    },
+    async prices(): Promise<Prices> {
+      const data = await request<Answer<'/api/analytics/prices', 'get'>>('GET', '/api/analytics/prices')
+      return { currency: data.currency, models: data.models }
+    },
+    /** Replaces every price; answers with the prices as saved. */
+    async setPrices(prices: Prices): Promise<Prices> {
+      const data = await request<Answer<'/api/analytics/prices', 'put'>>('PUT', '/api/analytics/prices', { currency: prices.currency, models: prices.models })
+      return { currency: data.currency, models: data.models }
     },
 
     async upstreams(): Promise<Upstream[]> {

@@ -618,23 +618,23 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        /** AliasEntry */
-        AliasEntry: {
+        /** AliasAnswer */
+        AliasAnswer: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Message */
+            message: string;
+            alias: components["schemas"]["AliasPublic"];
+        };
+        /** AliasPublic */
+        AliasPublic: {
             /** Name */
             name: string;
             /** Deployments */
             deployments: components["schemas"]["Deployment"][];
-        };
-        /** AliasSaved */
-        AliasSaved: {
-            /**
-             * Success
-             * @constant
-             */
-            success: true;
-            /** Message */
-            message: string;
-            alias: components["schemas"]["AliasEntry"];
         };
         /**
          * ApiKey
@@ -800,16 +800,35 @@ export interface components {
             /** Config */
             config: string;
         };
-        /** Deployment */
+        /**
+         * Deployment
+         * @description One way to serve an alias: this upstream, asked for this model.
+         */
         Deployment: {
             /** Upstream */
             upstream: string;
             /** Model */
             model: string;
-            /** Weight */
+            /**
+             * Weight
+             * @default 1
+             */
             weight: number;
-            /** Priority */
+            /**
+             * Priority
+             * @default 0
+             */
             priority: number;
+        };
+        /** Done */
+        Done: {
+            /**
+             * Success
+             * @default true
+             */
+            success: boolean;
+            /** Message */
+            message: string;
         };
         /**
          * Failure
@@ -826,59 +845,22 @@ export interface components {
             /** Config */
             config?: string;
         };
-        /** FleetList */
-        FleetList: {
+        /** FleetPublic */
+        FleetPublic: {
             /**
              * Success
-             * @constant
+             * @default true
              */
-            success: true;
+            success: boolean;
             /**
              * Source
              * @enum {string}
              */
             source: "file" | "TARGET_URLS";
             /** Upstreams */
-            upstreams: components["schemas"]["FleetUpstream"][];
+            upstreams: components["schemas"]["UpstreamPublic"][];
             /** Aliases */
-            aliases: components["schemas"]["AliasEntry"][];
-        };
-        /**
-         * FleetUpstream
-         * @description An upstream as configured; its key only as a hint, an egress proxy's password as ***.
-         */
-        FleetUpstream: {
-            /** Id */
-            id: string;
-            /** Name */
-            name: string;
-            /** Url */
-            url: string;
-            /**
-             * Auth
-             * @enum {string}
-             */
-            auth: "bearer" | "api-key" | "basic";
-            /** Keyhint */
-            keyHint: string | null;
-            /** Concurrency */
-            concurrency: number | null;
-            /** Verify */
-            verify: boolean | null;
-            /** Capem */
-            caPem: string | null;
-            /** Proxy */
-            proxy: string | null;
-            /** Keepalive */
-            keepalive: number | null;
-            /** Models */
-            models: string[] | null;
-            /** Cafile */
-            caFile: string | null;
-            /** Certfile */
-            certFile: string | null;
-            /** Certkeyfile */
-            certKeyFile: string | null;
+            aliases: components["schemas"]["AliasPublic"][];
         };
         /** Health */
         Health: {
@@ -1147,13 +1129,13 @@ export interface components {
                 [key: string]: components["schemas"]["ModelPrice"];
             };
         };
-        /** Probe */
-        Probe: {
+        /** ProbeAnswer */
+        ProbeAnswer: {
             /**
              * Success
-             * @constant
+             * @default true
              */
-            success: true;
+            success: boolean;
             /** Ok */
             ok: boolean;
             models: components["schemas"]["ModelsStep"];
@@ -1422,16 +1404,50 @@ export interface components {
             /** Last Error */
             last_error: string | null;
         };
-        /** UpstreamSaved */
-        UpstreamSaved: {
+        /** UpstreamAnswer */
+        UpstreamAnswer: {
             /**
              * Success
-             * @constant
+             * @default true
              */
-            success: true;
+            success: boolean;
             /** Message */
             message: string;
-            upstream: components["schemas"]["FleetUpstream"];
+            upstream: components["schemas"]["UpstreamPublic"];
+        };
+        /** UpstreamPublic */
+        UpstreamPublic: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Url */
+            url: string;
+            /**
+             * Auth
+             * @enum {string}
+             */
+            auth: "bearer" | "api-key" | "basic";
+            /** Keyhint */
+            keyHint: string | null;
+            /** Concurrency */
+            concurrency: number | null;
+            /** Verify */
+            verify: boolean | null;
+            /** Capem */
+            caPem: string | null;
+            /** Proxy */
+            proxy: string | null;
+            /** Keepalive */
+            keepalive: number | null;
+            /** Models */
+            models: string[] | null;
+            /** Cafile */
+            caFile: string | null;
+            /** Certfile */
+            certFile: string | null;
+            /** Certkeyfile */
+            certKeyFile: string | null;
         };
         /** Upstreams */
         Upstreams: {
@@ -2425,7 +2441,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["FleetList"];
+                    "application/json": components["schemas"]["FleetPublic"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2463,7 +2479,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UpstreamSaved"];
+                    "application/json": components["schemas"]["UpstreamAnswer"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2503,7 +2519,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Message"];
+                    "application/json": components["schemas"]["Done"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2543,7 +2559,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["UpstreamSaved"];
+                    "application/json": components["schemas"]["UpstreamAnswer"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2585,7 +2601,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Probe"];
+                    "application/json": components["schemas"]["ProbeAnswer"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2625,7 +2641,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["AliasSaved"];
+                    "application/json": components["schemas"]["AliasAnswer"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */
@@ -2665,7 +2681,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Message"];
+                    "application/json": components["schemas"]["Done"];
                 };
             };
             /** @description refused (the admin check: `Refusal`) */

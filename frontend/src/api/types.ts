@@ -28,6 +28,9 @@ export type BodyOf<P extends keyof paths, M extends keyof paths[P]> = paths[P][M
 export type Limits = Schemas['Limits']
 export type LimitName = keyof Limits
 
+/** A key's budget: `tokens`, `cost` (in the prices' currency) or both, per UTC period. */
+export type Budget = Schemas['Budget']
+export type BudgetPeriod = Budget['period']
 /** A key's budget in its current period, what it used and what is left (`GET /api/keys`). */
 export type BudgetUse = Schemas['BudgetUse']
 export type KeyActivity = Schemas['KeyActivity']
@@ -73,12 +76,12 @@ export type BreakdownBy = Schemas['Breakdown']['by']
  * header, or HTTP Basic (`key` is then `user:password`). */
 export type UpstreamAuth = UpstreamConfig['auth']
 /** An upstream as configured (`GET /api/fleet`); its key only as a hint. */
-export type UpstreamConfig = Schemas['FleetUpstream']
+export type UpstreamConfig = Schemas['UpstreamPublic']
 export type Deployment = Schemas['Deployment']
-export type ModelAlias = Schemas['AliasEntry']
-export type Fleet = Schemas['FleetList']
+export type ModelAlias = Schemas['AliasPublic']
+export type Fleet = Schemas['FleetPublic']
 /** `POST /api/fleet/upstreams/{id}/test`: its models, then a one-token completion, timed. */
-export type UpstreamTest = Schemas['Probe']
+export type UpstreamTest = Schemas['ProbeAnswer']
 
 /** The body of `POST /api/fleet/upstreams` and `PATCH .../{id}` (only what changes; a key
  * left out stays as it is, null resets a setting to its default). Written here: the api reads
@@ -109,5 +112,27 @@ export interface RequestFilters {
   stream?: 'true' | 'false' | ''
   path?: string
   requestId?: string
+  sort?: RequestSort
   order?: 'desc' | 'asc'
 }
+
+/** What the request log is sorted by (ties by start time, then id). */
+export type RequestSort = 'time' | 'latency' | 'ttfb' | 'tokens' | 'status'
+
+/** The key list's server-side search, state filter and order (`GET /api/keys`). */
+export interface KeyQuery {
+  search?: string
+  state?: 'all' | 'active' | 'disabled' | 'expired'
+  sort?: 'createdAt' | 'username' | 'lastUsed' | 'tokensToday'
+  order?: 'asc' | 'desc'
+}
+
+/** Tokens and cost per key or model and per period (`GET /api/analytics/spend`). */
+export type Spend = Schemas['Spend']
+export type SpendBy = Spend['by']
+export type SpendPeriod = Schemas['SpendPoint']
+export type SpendRow = Schemas['SpendRow']
+/** Per million tokens. */
+export type Price = Schemas['ModelPrice']
+/** `data/prices.json`: prices per model (`GET`/`PUT /api/analytics/prices`). */
+export type Prices = Pick<Schemas['PriceList'], 'currency' | 'models'>
