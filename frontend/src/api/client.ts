@@ -232,27 +232,27 @@ export function createApi(options: ClientOptions = {}) {
     },
 
     async fleet(): Promise<Fleet> {
-      return request<Fleet>('GET', '/api/fleet')
+      return request<Answer<'/api/fleet', 'get'>>('GET', '/api/fleet')
     },
     async addUpstream(change: UpstreamChange): Promise<UpstreamConfig> {
-      return (await request<{ upstream: UpstreamConfig }>('POST', '/api/fleet/upstreams', { ...change })).upstream
+      return (await request<Answer<'/api/fleet/upstreams', 'post'>>('POST', '/api/fleet/upstreams', { ...change })).upstream
     },
     async changeUpstream(id: string, change: UpstreamChange): Promise<UpstreamConfig> {
       const path = `/api/fleet/upstreams/${encodeURIComponent(id)}`
-      return (await request<{ upstream: UpstreamConfig }>('PATCH', path, { ...change })).upstream
+      return (await request<Answer<'/api/fleet/upstreams/{upstream_id}', 'patch'>>('PATCH', path, { ...change })).upstream
     },
     async removeUpstream(id: string): Promise<void> {
-      await request('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
+      await request<Answer<'/api/fleet/upstreams/{upstream_id}', 'delete'>>('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
     },
     async testUpstream(id: string): Promise<UpstreamTest> {
-      return request<UpstreamTest>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
+      return request<Answer<'/api/fleet/upstreams/{upstream_id}/test', 'post'>>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
     },
     async saveAlias(alias: ModelAlias): Promise<ModelAlias> {
       const path = `/api/fleet/aliases/${encodeURIComponent(alias.name)}`
-      return (await request<{ alias: ModelAlias }>('PUT', path, { deployments: alias.deployments })).alias
+      return (await request<Answer<'/api/fleet/aliases/{name}', 'put'>>('PUT', path, { deployments: alias.deployments })).alias
     },
     async removeAlias(name: string): Promise<void> {
-      await request('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
+      await request<Answer<'/api/fleet/aliases/{name}', 'delete'>>('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
     },
     async nginxStatus(): Promise<NginxStatus> {
       return request<Answer<'/nginx/status', 'get'>>('GET', '/nginx/status')
