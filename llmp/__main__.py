@@ -9,6 +9,7 @@
   llmp keys revoke KEY          delete a key; the proxy refuses it within a second
                                 (KEY: the key's id, username or secret)
   llmp status                   each program, upstream and certificate, from data/
+  llmp database import|export   move keys and history from data/ into DATABASE_URL, or back
   llmp backup FILE              a consistent copy of data/, taken while llmp runs
   llmp restore FILE             put a backup back (with llmp stopped)
 
@@ -23,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmp import backup, keys, privileges
+from llmp import backup, database, keys, privileges
 from llmp.run import run
 from shared.apikeys import KeyFileError
 from shared.settings import load_settings
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="prepare and run every program under supervisord")
     keys.add_parser(commands)
+    database.add_parser(commands)
     commands.add_parser("status", help="each program, upstream and certificate")
     commands.add_parser("backup").add_argument("file", type=Path)
     commands.add_parser("restore").add_argument("file", type=Path)
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "keys":
             code = keys.keys_command(settings, args)
+        elif args.command == "database":
+            code = database.database_command(settings, args)
         elif args.command == "status":
             report = status_report(settings)
             print(json.dumps(report, indent=2))

@@ -1,7 +1,8 @@
 """`llmp backup` and `llmp restore`: a consistent copy of `data/`, taken while llmp runs.
 
 A backup is a gzipped tar of: `analytics.db` (through SQLite's online backup, so rows written
-meanwhile never tear it), `apikeys.json` (read under the key file's lock), `site.json`,
+meanwhile never tear it), `apikeys.json` (read under the key file's lock), `upstreams.json`
+(under its own), `site.json`,
 `prices.json` (what budgets in money count by), `certd/status.json` and the original
 llm-proxy's `analytics/*.csv` if any. Heartbeats are not kept. Restoring needs the stack
 stopped, and puts every file in place atomically.
@@ -16,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared import files
 from shared.files import write_atomic
 from shared.heartbeat import read_heartbeats
 from shared.keyfile import KeyFile
 
 PLAIN_FILES = ("site.json", "prices.json", "certd/status.json")
-SECRET_FILES = frozenset({"apikeys.json", "analytics.db"})
+SECRET_FILES = frozenset({"apikeys.json", "upstreams.json", "analytics.db"})
 
 
 class RestoreRefused(Exception):
@@ -35,6 +37,10 @@ def backup(data_dir: Path, target: Path) -> list[str]:
         keys = data_dir / "apikeys.json"
         if keys.exists():
             members["apikeys.json"] = keys.read_bytes()
+    fleet = data_dir / "upstreams.json"
+    with files.locked(fleet):  # the api changes it under this lock (shared/fleet.py)
+        if fleet.exists():
+            members["upstreams.json"] = fleet.read_bytes()
     if (data_dir / "analytics.db").exists():
         members["analytics.db"] = _sqlite_snapshot(data_dir / "analytics.db")
     for name in PLAIN_FILES:

@@ -21,9 +21,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import storage
 from shared.apikeys import ApiKey
 from shared.key_validation import BodyError, key_create, key_rotation, key_update
-from shared.keyfile import DuplicateUsername, KeyFile
+from shared.keystore import DuplicateUsername, KeyAdmin
 from shared.settings import Settings
 
 # The options of `set` for the limits, and what each is called in the file and the api.
@@ -118,7 +119,7 @@ class Ambiguous(Exception):
     """A username that holds several keys: which one is meant is not said."""
 
 
-def _find(keyfile: KeyFile, value: str) -> ApiKey | None:
+def _find(keyfile: KeyAdmin, value: str) -> ApiKey | None:
     """The key by id or secret, or by username when that user holds exactly one."""
     found = keyfile.by_id_or_secret(value)
     if found is not None:
@@ -135,7 +136,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    keyfile = KeyFile(settings.apikeys_file)
+    keyfile = storage.key_admin(settings)
     if args.action == "list":
         now = datetime.now(UTC)
         for key in keyfile.list():

@@ -42,6 +42,9 @@ class RequestRow:
     queue_ms: float | None = None
     usage_estimated: bool = False
     end_user: str | None = None  # the OpenAI `user` field of the request
+    # The model name the upstream was asked for: `model` itself, or what the alias `model`
+    # stood for (shared/fleet.py).
+    upstream_model: str | None = None
 
 
 COLUMNS = tuple(f.name for f in fields(RequestRow))
@@ -71,19 +74,35 @@ CREATE TABLE IF NOT EXISTS requests (
     error TEXT,
     queue_ms REAL,
     usage_estimated INTEGER NOT NULL DEFAULT 0,
-    end_user TEXT
+    end_user TEXT,
+    upstream_model TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_key_start ON requests (key_id, start_ms);
 CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ms);
 """
 
-# Indexes of the request log (services/api/request_log.py), made after the migrations: a request
-# by the id its client saw, by model, and the failures (a few percent of the rows) on their own.
+# The request log's orders (services/api/request_log.py): the SQL of each one's value, never NULL
+# (a row without the measure sorts below every value). Ties are broken by the start, then the id.
+SORT_KEYS = {
+    "time": "start_ms",
+    "latency": "COALESCE(end_ms - start_ms, -1)",
+    "ttfb": "COALESCE(ttfb_ms, -1)",
+    "tokens": "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)",
+    "status": "status",
+}
+
+# Indexes of the request log, made after the migrations: a request by the id its client saw, by
+# model, the failures (a few percent of the rows) on their own, and one per order but time (its
+# value, then the start: a page reads the window's rows in order from the index alone).
 _LOG_INDEXES = """
 CREATE INDEX IF NOT EXISTS requests_request_id ON requests (request_id);
 CREATE INDEX IF NOT EXISTS requests_model_start ON requests (model, start_ms);
 CREATE INDEX IF NOT EXISTS requests_failed_start ON requests (start_ms) WHERE end_ms IS NULL;
-"""
+""" + "".join(
+    f"CREATE INDEX IF NOT EXISTS requests_{name}_start ON requests ({sql}, start_ms);\n"
+    for name, sql in SORT_KEYS.items()
+    if name != "time"
+)
 
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -112,6 +131,7 @@ _ADDED_COLUMNS = (
     ("queue_ms", "REAL"),
     ("usage_estimated", "INTEGER NOT NULL DEFAULT 0"),
     ("end_user", "TEXT"),
+    ("upstream_model", "TEXT"),
 )
 
 

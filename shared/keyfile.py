@@ -1,4 +1,5 @@
 """Changing `data/apikeys.json`: the api does it, and the `llmp` tool when an operator asks.
+The embedded `shared.keystore.KeyAdmin`.
 
 Every change is read-modify-write under an exclusive lock (a thread lock within the process and
 `flock` on `apikeys.json.lock` across processes), and the write is atomic. A file that cannot be
@@ -29,29 +30,11 @@ from shared.apikeys import (
     write_keys,
 )
 from shared.files import Reserve
+from shared.keystore import DuplicateUsername, check_unique
+
+__all__ = ["DuplicateUsername", "KeyFile"]
 
 log = logging.getLogger("keyfile")
-
-
-class DuplicateUsername(Exception):
-    """The user already has a key of that name (or, for a key without a name, one without)."""
-
-    def __init__(self, username: str, name: str | None = None) -> None:
-        super().__init__(username, name)
-        self.username, self.name = username, name
-
-    @property
-    def message(self) -> str:
-        if self.name is None:
-            return "API key already exists for this username"  # the original's words
-        return f'An API key named "{self.name}" already exists for this username'
-
-
-def _check_unique(keys: list[ApiKey], key: ApiKey) -> None:
-    """Raises DuplicateUsername if another key has `key`'s username and name."""
-    for other in keys:
-        if other.id != key.id and (other.username, other.name) == (key.username, key.name):
-            raise DuplicateUsername(key.username, key.name)
 
 
 class KeyFile:
@@ -63,6 +46,10 @@ class KeyFile:
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold the file still: no change from this or another process meanwhile."""
         return files.locked(self.path)
+
+    def prepare(self) -> None:
+        """Keep room on the disk to write the key file: a key can always be revoked."""
+        self.reserve.ensure()
 
     def _keys(self) -> list[ApiKey]:
         keys, problem = load_keys(self.path)
@@ -106,7 +93,7 @@ class KeyFile:
         with self.locked():
             keys = self._keys()
             key = ApiKey.new(username).updated(policy or {})
-            _check_unique(keys, key)
+            check_unique(keys, key)
             self._write([*keys, key])
             return key
 
@@ -132,7 +119,7 @@ class KeyFile:
                 if key.id == key_id:
                     keys[position] = changed = change(key)
                     if renamed:
-                        _check_unique(keys, changed)
+                        check_unique(keys, changed)
                     self._write(keys)
                     return changed
             return None

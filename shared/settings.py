@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=1.0, gt=0)
     # A certificate this close to its end (days) is announced (`certificate.expiring`).
     cert_expiry_warning_days: float = Field(default=14.0, gt=0)
+    # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
+    # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
+    database_url: str = ""
 
     log_level: str = "INFO"
 
@@ -177,6 +180,12 @@ class Settings(BaseSettings):
     @property
     def apikeys_file(self) -> Path:
         return self.data_dir / "apikeys.json"
+
+    @property
+    def fleet_file(self) -> Path:
+        """The upstreams and aliases managed at runtime (shared/fleet.py); TARGET_URLS until
+        it exists."""
+        return self.data_dir / "upstreams.json"
 
     @property
     def webhooks_ledger(self) -> Path:

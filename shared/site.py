@@ -28,12 +28,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 from shared import files
 from shared.files import write_json_atomic
 
-HTTP_MODES = ("redirect", "serve")
+HttpMode = Literal["redirect", "serve"]
+HTTP_MODES: tuple[HttpMode, ...] = get_args(HttpMode)
 MAX_DOMAINS = 100  # Let's Encrypt's limit of names per certificate
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -103,10 +104,11 @@ def valid_email(value: object) -> str:
     return value
 
 
-def valid_http_mode(value: object) -> str:
-    if value not in HTTP_MODES:
-        raise SiteError(f"Invalid httpMode: {value!r} (use one of {', '.join(HTTP_MODES)})")
-    return str(value)
+def valid_http_mode(value: object) -> HttpMode:
+    for mode in HTTP_MODES:
+        if value == mode:
+            return mode
+    raise SiteError(f"Invalid httpMode: {value!r} (use one of {', '.join(HTTP_MODES)})")
 
 
 def certificate_name(domains: Sequence[str]) -> str:
@@ -143,7 +145,7 @@ class Site:
     domains: tuple[str, ...] = ()
     cidr_groups: tuple[str, ...] = ()
     acme_email: str = ""
-    http_mode: str = "redirect"
+    http_mode: HttpMode = "redirect"
     custom_config: str | None = None
     certificates: tuple[CertificateRequest, ...] = field(default=())
     reload_requested: int = 0

@@ -47,7 +47,10 @@ class Upstream:
     cert: str = ""  # a client certificate (PEM), with its key unless `cert_key`
     cert_key: str = ""
     keepalive: float | None = None  # None: the global UPSTREAM_KEEPALIVE
-    index: int = field(default=0, compare=False)  # its position in TARGET_URLS, from 1
+    ca_data: str = ""  # CA certificates (PEM text) to trust instead of the global bundle
+    models: tuple[str, ...] | None = None  # glob patterns of its models to serve; None: all
+    index: int = field(default=0, compare=False)  # its position in the list, from 1
+    id: str = field(default="", compare=False)  # its id in data/upstreams.json
 
     @property
     def url(self) -> str:

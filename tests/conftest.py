@@ -173,3 +173,24 @@ def proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     yield start
     for instance in running:
         instance.__exit__()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests/postgres.py), started by the
+    first test that asks for it: tests without DATABASE_URL never start one."""
+    from tests.postgres import Cluster
+
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def database_url(postgres: Any) -> str:
+    """A new empty database in the session's cluster."""
+    url: str = postgres.new_database()
+    return url

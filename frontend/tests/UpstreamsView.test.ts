@@ -1,10 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import type { Upstream } from '../src/api/types'
+import { flushPromises } from '@vue/test-utils'
+import type { Fleet, Upstream, UpstreamConfig } from '../src/api/types'
 import UpstreamsView from '../src/views/UpstreamsView.vue'
 import { fakeApi, mountWithApi } from './fakes'
 
 function upstream(over: Partial<Upstream> = {}): Upstream {
   return {
+    id: 'target-1',
     url: 'http://gpu:8000/v1',
     healthy: true,
     models: ['llama3'],
@@ -17,17 +19,80 @@ function upstream(over: Partial<Upstream> = {}): Upstream {
   }
 }
 
+function config(over: Partial<UpstreamConfig> = {}): UpstreamConfig {
+  return {
+    id: 'target-1',
+    name: '',
+    url: 'http://gpu:8000/v1',
+    auth: 'bearer',
+    keyHint: '…6789',
+    concurrency: 2,
+    verify: null,
+    caPem: null,
+    proxy: null,
+    keepalive: null,
+    models: null,
+    caFile: null,
+    certFile: null,
+    certKeyFile: null,
+    ...over,
+  }
+}
+
+function fleet(upstreams: UpstreamConfig[]): Fleet {
+  return { source: 'TARGET_URLS', upstreams, aliases: [] }
+}
+
 afterEach(() => document.body.replaceChildren())
 
 describe('UpstreamsView', () => {
   it('shows a capped upstream\'s requests at once and its queue', async () => {
-    const api = fakeApi({ upstreams: async () => [upstream(), upstream({ url: 'http://cpu:11434/v1', concurrency: null, queued: 0, in_flight: 1 })] })
+    const api = fakeApi({
+      upstreams: async () => [upstream(), upstream({ id: 'target-2', url: 'http://cpu:11434/v1', concurrency: null, queued: 0, in_flight: 1 })],
+      fleet: async () => fleet([config(), config({ id: 'target-2', url: 'http://cpu:11434/v1', concurrency: null })]),
+    })
     const view = await mountWithApi(UpstreamsView, api)
-    const [capped, open] = view.findAll('li.card')
+    const [capped, open] = view.findAll('ul.upstreams > li.card')
     expect(capped!.text()).toContain('2 requests of 2 at a time')
     expect(capped!.text()).toContain('Waiting5 requests')
+    expect(capped!.text()).toContain('bearer …6789')
     expect(open!.text()).toContain('1 request')
     expect(open!.text()).not.toContain('Waiting')
     expect(open!.text()).not.toContain('at a time')
+  })
+
+  it('changes an upstream without sending its key unless one is typed', async () => {
+    const api = fakeApi({
+      upstreams: async () => [upstream()],
+      fleet: async () => fleet([config()]),
+      changeUpstream: async () => config({ name: 'gpu box' }),
+    })
+    const view = await mountWithApi(UpstreamsView, api)
+    await view.findAll('button').find((b) => b.text() === 'Edit')!.trigger('click')
+    await view.find('input[type="text"][maxlength="100"]').setValue('gpu box')
+    await view.find('form').trigger('submit')
+    await flushPromises()
+    const [id, change] = api.changeUpstream.mock.calls[0]!
+    expect(id).toBe('target-1')
+    expect(change).toMatchObject({ name: 'gpu box', concurrency: 2, verify: null, models: null })
+    expect(change).not.toHaveProperty('key')
+  })
+
+  it('shows what the test found', async () => {
+    const api = fakeApi({
+      upstreams: async () => [upstream()],
+      fleet: async () => fleet([config()]),
+      testUpstream: async () => ({
+        ok: true,
+        models: { ok: true, ms: 12.3, status: 200, models: ['llama3', 'qwen'], error: null },
+        request: { ok: true, model: 'llama3', ms: 45.6, status: 200, error: null },
+      }),
+    })
+    const view = await mountWithApi(UpstreamsView, api)
+    await view.findAll('button').find((b) => b.text() === 'Test')!.trigger('click')
+    await flushPromises()
+    const result = view.find('.test-result')
+    expect(result.text()).toContain('Lists 2 models (12 ms): llama3, qwen')
+    expect(result.text()).toContain('llama3 answered a one-token request in 46 ms')
   })
 })

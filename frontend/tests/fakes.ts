@@ -11,7 +11,8 @@ export type FakeApi = { [K in keyof Api]: ReturnType<typeof vi.fn> }
 export function fakeApi(overrides: Partial<Record<keyof Api, (...args: never[]) => unknown>> = {}): FakeApi {
   const methods = [
     'login', 'logout', 'me', 'listKeys', 'createKey', 'updateKey', 'rotateKey', 'deleteKey', 'records', 'summary', 'recordsCsv', 'requestLog', 'requestById', 'breakdown',
-    'upstreams', 'nginxStatus', 'obtainCertificates', 'removeCertificate', 'renewCertificates', 'writeDefaultConfig',
+    'upstreams', 'fleet', 'addUpstream', 'changeUpstream', 'removeUpstream', 'testUpstream', 'saveAlias', 'removeAlias',
+    'nginxStatus', 'obtainCertificates', 'removeCertificate', 'renewCertificates', 'writeDefaultConfig',
     'getConfig', 'updateConfig', 'reloadNginx',
   ] as const
   const api = {} as FakeApi

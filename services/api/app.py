@@ -17,12 +17,14 @@ from starlette.middleware.gzip import GZipMiddleware
 from services.api import errors, sessions
 from services.api.deps import Admin
 from services.api.middleware import BodyLimit
-from services.api.routes import analytics, auth, health, keys, metrics, nginx, ui
+from services.api.routes import analytics, auth, fleet, health, keys, metrics, nginx, ui
 from services.api.security import weak_secrets
 from services.api.throttle import Throttle
+from shared import storage
+from shared.apikeys import KeyFileError
 from shared.cors import cors_options
+from shared.fleet import FleetFile
 from shared.heartbeat import INTERVAL, Heartbeat
-from shared.keyfile import KeyFile
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
 
@@ -32,7 +34,7 @@ log = logging.getLogger("api")
 async def _beat(beat: Heartbeat) -> None:
     while True:
         try:
-            beat.beat()
+            await asyncio.to_thread(beat.beat)  # its fsync must not hold the event loop
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
         await asyncio.sleep(INTERVAL)
@@ -50,7 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         beat = Heartbeat(settings.run_dir, "api")
-        await asyncio.to_thread(app.state.keyfile.reserve.ensure)  # room to revoke a key later
+        try:  # e.g. room to revoke a key later, or the database's tables
+            await asyncio.to_thread(app.state.keyfile.prepare)
+        except KeyFileError as exc:  # the database away: key routes say so until it is back
+            log.error("key store not ready", extra={"fields": {"error": exc}})
         task = asyncio.create_task(_beat(beat), name="api-heartbeat")
         try:
             yield
@@ -68,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
-    app.state.keyfile = KeyFile(settings.apikeys_file)
+    app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
+    app.state.keyfile = storage.key_admin(settings)
     app.state.throttle = Throttle(
         settings.data_dir / "login-failures.json",
         settings.login_max_failures,
@@ -76,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
-    for module in (health, auth, keys, analytics, ui, nginx, metrics):
+    for module in (health, auth, keys, analytics, fleet, ui, nginx, metrics):
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 from services.api import sessions
 from services.api.errors import AuthError
 from shared import forwarding
-from shared.keyfile import KeyFile
+from shared.fleet import FleetFile
+from shared.keystore import KeyAdmin
 from shared.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -21,9 +22,14 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _keyfile(request: Request) -> KeyFile:
-    keyfile: KeyFile = request.app.state.keyfile
+def _keyfile(request: Request) -> KeyAdmin:
+    keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
+
+
+def _fleet_file(request: Request) -> FleetFile:
+    fleet_file: FleetFile = request.app.state.fleet_file
+    return fleet_file
 
 
 def client_address(request: Request) -> str:
@@ -85,6 +91,7 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-KeyFileDep = Annotated[KeyFile, Depends(_keyfile)]
+FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
+KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

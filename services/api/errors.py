@@ -1,6 +1,6 @@
 """The api's error answers, in the original's two shapes, and nothing else.
 
-- `Failure`: `{"success": false, "message": ...}` (keys, analytics, nginx routes);
+- `Failure`: `{"success": false, "message": ...}` (keys, analytics, fleet, nginx routes);
 - `AuthError`: `{"error": ...}` (auth routes and the admin token check).
 Anything unexpected is a 500 in the shape of the route's family, without a stack trace.
 """
@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger("api")
 
-_FAILURE_PREFIXES = ("/api/keys", "/api/analytics", "/nginx")
+_FAILURE_PREFIXES = ("/api/keys", "/api/analytics", "/api/fleet", "/nginx")
 
 
 class Failure(Exception):

@@ -2,8 +2,10 @@
 (shared/rollups.py), a key's records and their CSV export from the rows.
 
 Read-only: the proxy is the database's writer. A database that does not exist yet is empty. No
-answer holds a window's rows in memory: sums come from the rollups (a few rows per period), and
-the export streams its rows in pages.
+answer holds a window's rows in memory: sums come from the rollups (a few rows per period), a
+key's records come at most MAX_RECORDS at a time (a cursor names the older ones), and the export
+streams its rows in keyset pages, each read by a query of its own, so a slow download holds
+neither a connection nor a read transaction (which would keep the WAL from being checkpointed).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.api.request_fields import RECORD
 from shared import rollups
 from shared.apikeys import BUDGET_PERIODS, ApiKey, period_bounds
 from shared.prices import Prices
@@ -24,27 +28,13 @@ from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
 
 BUCKETS = {"hour": rollups.HOUR, "day": rollups.DAY}
 
-# Record fields: the original's two, then ours.
-RECORD_COLUMNS = {
-    "startTime": "start_ms",
-    "endTime": "end_ms",
-    "status": "status",
-    "model": "model",
-    "upstream": "upstream",
-    "path": "path",
-    "stream": "stream",
-    "ttfbMs": "ttfb_ms",
-    "promptTokens": "prompt_tokens",
-    "completionTokens": "completion_tokens",
-    "bytesIn": "bytes_in",
-    "bytesOut": "bytes_out",
-    "error": "error",
-    "queueMs": "queue_ms",
-    "usageEstimated": "usage_estimated",
-    "endUser": "end_user",
-}
-_BOOLEANS = ("stream", "usageEstimated")
+MAX_RECORDS = 10_000  # per answer of the records route: about 3 MB of JSON, 100-150 ms
 EXPORT_PAGE = 2000
+_RECORDS_CURSOR = re.compile(r"(\d{1,15}):(\d{1,19})")
+
+
+class CursorError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -72,27 +62,57 @@ def reading(path: Path) -> Iterator[sqlite3.Connection | None]:
         db.close()
 
 
-def _record(names: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
-    record = dict(zip(names, row, strict=True))
-    for name in _BOOLEANS:
-        record[name] = bool(record[name])
-    return record
-
-
-def records(path: Path, key_id: str, window: Window, limit: int) -> list[dict[str, Any]]:
-    """The key's newest `limit` records in the window, oldest first (in the order of the index
-    of key and start: nothing to sort)."""
-    select = ", ".join(RECORD_COLUMNS.values())
+def _key_rows(
+    path: Path,
+    select: str,
+    key_id: str,
+    window: Window,
+    after: tuple[int, int] | None,
+    descending: bool,
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    """`select` of the key's rows in the window after `after` (start, id) in the order of the
+    index of key and start (nothing to sort), then each row's start and id."""
+    op, direction = ("<", "DESC") if descending else (">", "ASC")
+    where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
+    if after is not None:
+        where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
+        args += [after[0], after[0], after[1]]
     with reading(path) as db:
         if db is None:
             return []
-        rows = db.execute(
-            f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY start_ms DESC, id DESC LIMIT ?",
-            (key_id, window.start, window.end, limit),
-        ).fetchall()[::-1]
-    names = list(RECORD_COLUMNS)
-    return [_record(names, row) for row in rows]
+        return db.execute(
+            f"SELECT {select}, start_ms, id FROM requests WHERE {where} "
+            f"ORDER BY start_ms {direction}, id {direction} LIMIT ?",
+            [*args, limit],
+        ).fetchall()
+
+
+@dataclass(frozen=True)
+class Records:
+    """A key's records, oldest first, each as its JSON object; `next_cursor` names the records
+    before them in the window (None: there are none)."""
+
+    json: list[str]
+    next_cursor: str | None
+
+
+def records(
+    path: Path, key_id: str, window: Window, limit: int, cursor: str | None = None
+) -> Records:
+    """The key's newest `limit` records in the window (before `cursor`), oldest first."""
+    after = None
+    if cursor is not None:
+        match = _RECORDS_CURSOR.fullmatch(cursor)
+        if match is None:
+            raise CursorError("cursor must be one returned as nextCursor")
+        after = (int(match.group(1)), int(match.group(2)))
+    rows = _key_rows(path, RECORD.select_json, key_id, window, after, True, limit + 1)
+    shown = rows[:limit]
+    more = len(rows) > limit
+    return Records(
+        [row[0] for row in reversed(shown)], f"{shown[-1][1]}:{shown[-1][2]}" if more else None
+    )
 
 
 def _cell(value: Any) -> Any:
@@ -102,25 +122,20 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def export_csv(path: Path, key_id: str, window: Window) -> Iterator[str]:
-    """The key's records in the window as CSV, oldest first, a page of rows at a time from one
-    query in the index's order (the connection stays open while the answer is sent)."""
-    yield ",".join(RECORD_COLUMNS) + "\n"
-    select = ", ".join(RECORD_COLUMNS.values())
-    with reading(path) as db:
-        if db is None:
+def export_csv(path: Path, key_id: str, window: Window, page: int = EXPORT_PAGE) -> Iterator[str]:
+    """The key's records in the window as CSV, oldest first: the header at once, then a page of
+    rows at a time, each page a query of its own after the last row sent."""
+    yield ",".join(RECORD.names) + "\n"
+    after = None
+    while rows := _key_rows(path, RECORD.select, key_id, window, after, False, page):
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for row in rows:
+            writer.writerow(_cell(v) for v in row[:-2])
+        yield out.getvalue()
+        if len(rows) < page:
             return
-        cursor = db.execute(
-            f"SELECT {select} FROM requests WHERE key_id = ? AND start_ms BETWEEN ? AND ? "
-            "ORDER BY start_ms, id",
-            (key_id, window.start, window.end),
-        )
-        while rows := cursor.fetchmany(EXPORT_PAGE):
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\n")
-            for row in rows:
-                writer.writerow(_cell(v) for v in row)
-            yield out.getvalue()
+        after = rows[-1][-2], rows[-1][-1]
 
 
 # Sums from the rollups ----------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The request log: the rows of `data/analytics.db`, filtered, in time order, a page at a time.
+"""The request log: the rows of `data/analytics.db`, filtered, sorted, a page at a time.
 
-Pages are keyset pages: a cursor names the last row shown (its start and id), and the next page
-starts after it, so a page costs the same at the end of ten million rows as at the start, and
-rows written meanwhile neither shift nor repeat it. Every filter is an exact match the indexes
-of shared/analytics.py serve: the key (key, start), the model (model, start), failures (start,
-of the failed rows only), the time (start); the others narrow what those find.
+Pages are keyset pages: a cursor names the last row shown (its sort value, start and id), and the
+next page starts after it, so a page costs the same at the end of ten million rows as at the
+start, and rows written meanwhile neither shift nor repeat it. Rows are sorted by time (start,
+then id) or by a measure (shared.analytics.SORT_KEYS: latency, time to first byte, tokens,
+status; ties by start, then id), each served by an index in that order. Every filter is an exact
+match the indexes of shared/analytics.py serve: the key (key, start), the model (model, start),
+failures (start, of the failed rows only), the time (start); the others narrow what those find.
 """
 
 from __future__ import annotations
@@ -15,39 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from services.api.reports import Window, reading
+from services.api.request_fields import LOG
+from shared.analytics import SORT_KEYS
 from shared.rollups import OUTCOME_SQL, OUTCOMES
 
-# Log entry fields: (name in the answer, column or SQL).
-_FIELDS = (
-    ("id", "id"),
-    ("requestId", "request_id"),
-    ("keyId", "key_id"),
-    ("username", "username"),
-    ("startTime", "start_ms"),
-    ("endTime", "end_ms"),
-    ("durationMs", "end_ms - start_ms"),
-    ("status", "status"),
-    ("outcome", OUTCOME_SQL),
-    ("method", "method"),
-    ("path", "path"),
-    ("model", "model"),
-    ("upstream", "upstream"),
-    ("stream", "stream"),
-    ("ttfbMs", "ttfb_ms"),
-    ("queueMs", "queue_ms"),
-    ("promptTokens", "prompt_tokens"),
-    ("completionTokens", "completion_tokens"),
-    ("usageEstimated", "usage_estimated"),
-    ("bytesIn", "bytes_in"),
-    ("bytesOut", "bytes_out"),
-    ("error", "error"),
-    ("endUser", "end_user"),
-)
-_SELECT = ", ".join(sql for _, sql in _FIELDS)
-_NAMES = [name for name, _ in _FIELDS]
-_CURSOR = re.compile(r"(\d{1,15})\.(\d{1,19})")
+SORTS = tuple(SORT_KEYS)
 ORDERS = ("desc", "asc")
 MAX_LIMIT = 500
+_NUMBER = r"-?\d{1,19}(?:\.\d{1,20})?(?:e[+-]?\d{1,3})?"
+_CURSOR = re.compile(rf"({'|'.join(SORTS)}):(?:({_NUMBER}):)?(\d{{1,15}}):(\d{{1,19}})")
 
 
 class CursorError(ValueError):
@@ -103,18 +81,48 @@ class Page:
     next_cursor: str | None = None
 
 
-def parse_cursor(text: str) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Cursor:
+    """The last row shown: its sort value (none for time), start and id."""
+
+    sort: str
+    value: int | float | None
+    start: int
+    row_id: int
+
+    def __str__(self) -> str:
+        value = "" if self.value is None else f"{self.value!r}:"
+        return f"{self.sort}:{value}{self.start}:{self.row_id}"
+
+    def keys(self) -> list[tuple[str, int | float]]:
+        """(SQL, value) of each key of the order, most significant first."""
+        first = [] if self.value is None else [(SORT_KEYS[self.sort], self.value)]
+        return [*first, ("start_ms", self.start), ("id", self.row_id)]
+
+
+def parse_cursor(text: str, sort: str) -> Cursor:
     match = _CURSOR.fullmatch(text)
-    if match is None:
-        raise CursorError("cursor must be one returned as nextCursor")
-    return int(match.group(1)), int(match.group(2))
+    if match is None or match.group(1) != sort or (match.group(2) is None) != (sort == "time"):
+        raise CursorError(f"cursor must be one returned as nextCursor for sort={sort}")
+    raw = match.group(2)
+    value = None if raw is None else float(raw) if any(c in raw for c in ".e") else int(raw)
+    return Cursor(sort, value, int(match.group(3)), int(match.group(4)))
 
 
-def _entry(row: tuple[Any, ...]) -> dict[str, Any]:
-    entry = dict(zip(_NAMES, row, strict=True))
-    entry["stream"] = bool(entry["stream"])
-    entry["usageEstimated"] = bool(entry["usageEstimated"])
-    return entry
+def _after(keys: list[tuple[str, int | float]], op: str) -> tuple[str, list[Any]]:
+    """Rows after the keys' values in the order (`op` `<`: descending): lexicographic, with the
+    first key also as a bound alone, so the index is read from the cursor on."""
+
+    def rest(keys: list[tuple[str, int | float]]) -> tuple[str, list[Any]]:
+        (sql, value), tail = keys[0], keys[1:]
+        if not tail:
+            return f"{sql} {op} ?", [value]
+        inner, args = rest(tail)
+        return f"({sql} {op} ? OR ({sql} = ? AND {inner}))", [value, value, *args]
+
+    sql, value = keys[0]
+    condition, args = rest(keys)
+    return f"{sql} {op}= ? AND {condition}", [value, *args]
 
 
 def page(
@@ -124,32 +132,35 @@ def page(
     order: str = "desc",
     limit: int = 50,
     cursor: str | None = None,
+    sort: str = "time",
 ) -> Page:
-    """The entries after `cursor` (or the first), newest first with order `desc`."""
+    """The entries after `cursor` (or the first), sorted by `sort`, greatest first with order
+    `desc` (for time: newest first)."""
     where, args = filters.where()
     where.insert(0, "start_ms BETWEEN ? AND ?")
     args[:0] = [window.start, window.end]
     if cursor is not None:
-        start, row_id = parse_cursor(cursor)
-        # The first condition bounds the index range; the second steps past the cursor's row.
-        if order == "desc":
-            where.append("start_ms <= ? AND (start_ms < ? OR id < ?)")
-        else:
-            where.append("start_ms >= ? AND (start_ms > ? OR id > ?)")
-        args += [start, start, row_id]
+        condition, after = _after(
+            parse_cursor(cursor, sort).keys(), "<" if order == "desc" else ">"
+        )
+        where.append(condition)
+        args += after
     direction = "DESC" if order == "desc" else "ASC"
+    keys = ([] if sort == "time" else [SORT_KEYS[sort]]) + ["start_ms", "id"]
     sql = (
-        f"SELECT {_SELECT} FROM requests WHERE {' AND '.join(where)} "
-        f"ORDER BY start_ms {direction}, id {direction} LIMIT ?"
+        f"SELECT {LOG.select}, {SORT_KEYS[sort]} FROM requests WHERE {' AND '.join(where)} "
+        f"ORDER BY {', '.join(f'{key} {direction}' for key in keys)} LIMIT ?"
     )
     with reading(path) as db:
         if db is None:
             return Page()
         rows = db.execute(sql, [*args, limit + 1]).fetchall()
-    entries = [_entry(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    last = entries[-1] if entries else None
-    return Page(entries, f"{last['startTime']}.{last['id']}" if more and last else None)
+    entries = [LOG.entry(row[:-1]) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return Page(entries)
+    last, value = entries[-1], rows[limit - 1][-1]
+    next_cursor = Cursor(sort, None if sort == "time" else value, last["startTime"], last["id"])
+    return Page(entries, str(next_cursor))
 
 
 def find(path: Path, request_id: str) -> dict[str, Any] | None:
@@ -158,7 +169,7 @@ def find(path: Path, request_id: str) -> dict[str, Any] | None:
         if db is None:
             return None
         row = db.execute(
-            f"SELECT {_SELECT} FROM requests WHERE request_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {LOG.select} FROM requests WHERE request_id = ? ORDER BY id DESC LIMIT 1",
             (request_id,),
         ).fetchone()
-    return None if row is None else _entry(row)
+    return None if row is None else LOG.entry(row)

@@ -22,14 +22,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import alerts, attribution, errors, routing, tracing
+from services.proxy import alerts, aliases, attribution, errors, routing, tracing
 from services.proxy.board import Board
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
 from services.proxy.errors import ProxyError
+from services.proxy.fleet import FleetWatch
 from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
-from services.proxy.gate import Gate
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
 from services.proxy.metrics import ProxyMetrics
@@ -37,11 +37,13 @@ from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
 from services.proxy.usage import ask_for_usage, tokens_used
+from shared import storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
+from shared.usagelog import UsageLog
 from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
@@ -145,11 +147,12 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 class ProxyApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.apikeys_file)
+        self.keys = KeyStore(storage.key_feed(settings))
         self.open = OpenRequests()
         self.keys.on_change = self._revoke_open
+        self.fleet = FleetWatch(settings.fleet_file, settings.target_urls)
         self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder = Recorder(
+        self.recorder: UsageLog = storage.usage_log(settings) or Recorder(
             settings.analytics_db,
             settings.analytics_retention_days,
             self.keys.keys,
@@ -194,21 +197,12 @@ class ProxyApp:
         self.client = create_client(s)
         if self.tracing is not None:
             self.client = self.tracing.wrap(self.client)
-        self.catalog = Catalog(s, self.client)
         board = Board(s.board_file)
+        self.catalog = Catalog(s, self.client, board)
         self.limiter = Limiter(board)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
         self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
-        for state in self.catalog.states:
-            if state.upstream.concurrency:
-                state.gate = Gate(
-                    board,
-                    state.upstream.url,
-                    state.upstream.concurrency,
-                    s.queue_limit,
-                    s.queue_timeout,
-                    label=state.upstream.label,
-                )
+        await self.fleet.start(self.catalog)
         await self.keys.start()
         await self.recorder.start()
         self.heartbeat = Heartbeat(s.run_dir, "proxy", f"proxy-{os.getpid()}")
@@ -217,8 +211,6 @@ class ProxyApp:
             asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
             asyncio.create_task(self._beat(), name="proxy-heartbeat"),
         ]
-        if not s.target_urls:
-            log.error("no upstreams: set TARGET_URLS")
         # Everything allocated so far lives as long as the worker: keep it out of the cyclic
         # collector's way, so that its full collections stay short.
         gc.freeze()
@@ -228,6 +220,7 @@ class ProxyApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.keys.stop()
+        await self.fleet.stop()
         await self.recorder.close()
         if self.webhooks is not None:
             await asyncio.to_thread(self.webhooks.close)
@@ -245,8 +238,13 @@ class ProxyApp:
         while True:
             self.heartbeat.state = {
                 "keys": len(self.keys),
-                "last_error": self.keys.last_error or self.recorder.last_error,
+                "last_error": self.keys.last_error
+                or self.fleet.last_error
+                or self.recorder.last_error,
                 "keys_error": self.keys.last_error,
+                "fleet_error": self.fleet.last_error,
+                "keys_version": self.keys.version,
+                "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,
                 "analytics_dropped": self.recorder.dropped,
                 "upstreams": [s.report() for s in self.catalog.states],
@@ -368,7 +366,11 @@ class ProxyApp:
         model = routing.request_model(content_type, body)
         row.model, row.end_user = model, attribution.end_user(content_type, body)
         policy.check_model(model)
-        plan = await self.plan(catalog, model)
+        resolved = aliases.resolve(catalog, model, content_type, body)  # a public name?
+        if resolved is None:
+            plan, row.upstream_model = await self.plan(catalog, model), model
+        else:
+            plan, body, row.upstream_model = resolved
         asked = ask_for_usage(path, body) if self.settings.stream_usage else None
         budgets.admit(policy.key)
         admission = limiter.admit(policy)

@@ -5,21 +5,33 @@ timeout, so a hanging upstream never holds up the others or a request. An upstre
 refresh is marked unhealthy but keeps its last known models for `MODELS_STALE_SECONDS`; after
 that it serves nothing until it answers again. Health also follows real traffic: a refused
 connection marks an upstream unhealthy at once, a good answer marks it healthy.
+
+The list of upstreams and the aliases change at runtime (`apply`, from data/upstreams.json, see
+services/proxy/fleet.py): an upstream whose settings did not change keeps its state (models,
+health, queue); a new or changed one is asked for its models at once, and one at the same URL
+keeps the models it had until then. A request already on its way keeps the state it was given,
+so one sent to a removed upstream finishes there.
+
+An upstream with a `models` filter lists, and is chosen for, only the models it matches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.proxy.board import Board
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
 from services.proxy.upstream import CertificateRefused, Endpoint, UpstreamClient, UpstreamError
+from shared.fleet import Alias
 from shared.settings import Settings
 from shared.targets import Upstream
 
@@ -47,10 +59,21 @@ class UpstreamState:
     in_flight: int = 0  # in this worker, queued included
     gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
     refusal: str | None = None  # why its models are unknown, when that is worth telling clients
+    listed: list[dict[str, Any]] = field(default_factory=list)  # before its `models` filter
+
+    def use(self, listed: list[dict[str, Any]]) -> None:
+        """Take the models it lists, as far as its `models` filter lets them through."""
+        self.listed = listed
+        patterns = self.upstream.models
+        if patterns is not None:
+            allowed = re.compile("|".join(fnmatch.translate(p) for p in patterns))
+            listed = [m for m in listed if allowed.fullmatch(m["id"])]
+        self.models, self.model_ids = listed, frozenset(m["id"] for m in listed)
 
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued
         return {
+            "id": self.upstream.id,
             "url": self.upstream.url,
             "healthy": self.healthy,
             "models": sorted(self.model_ids),
@@ -63,18 +86,74 @@ class UpstreamState:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+    def __init__(
+        self, settings: Settings, client: UpstreamClient, board: Board | None = None
+    ) -> None:
         self.settings = settings
         self.client = client
-        self.states = [
-            UpstreamState(u, endpoint_for(u, settings), credentials(u))
-            for u in settings.target_urls
-        ]
+        self.board = board  # where the fair queues of capped upstreams count (none: no cap)
+        self.states = [self._state(u) for u in settings.target_urls]
+        self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
         self.on_health: Callable[[UpstreamState, str | None], None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = -MIN_REFRESH_INTERVAL
+        self._newcomers: set[asyncio.Task[None]] = set()
         self.refreshed = False  # True once every upstream has been asked at least once
+
+    def _state(self, upstream: Upstream) -> UpstreamState:
+        """A new upstream's state. Raises ValueError for TLS files that cannot be read."""
+        endpoint = endpoint_for(upstream, self.settings)
+        state = UpstreamState(upstream, endpoint, credentials(upstream))
+        if upstream.concurrency and self.board is not None:
+            s = self.settings
+            state.gate = Gate(
+                self.board,
+                upstream.url,
+                upstream.concurrency,
+                s.queue_limit,
+                s.queue_timeout,
+                label=upstream.label,
+            )
+        return state
+
+    # Changes -----------------------------------------------------------------------------
+
+    def apply(self, upstreams: tuple[Upstream, ...], aliases: list[Alias]) -> None:
+        """Serve these upstreams and aliases from now on. Raises ValueError (nothing changed)
+        for an upstream whose TLS files cannot be read."""
+        kept = {state.upstream: state for state in self.states}  # equal: the same settings
+        by_url = {state.upstream.url: state for state in self.states}
+        states, new = [], []
+        for upstream in upstreams:
+            state = kept.pop(upstream, None)
+            if state is None:
+                state = self._state(upstream)
+                if (before := by_url.get(upstream.url)) is not None:
+                    state.use(before.listed)
+                    state.healthy, state.last_ok = before.healthy, before.last_ok
+                new.append(state)
+            else:
+                state.upstream = upstream  # its position and id may have changed
+                if state.gate is not None:
+                    state.gate.label = upstream.label
+            states.append(state)
+        self.states = states
+        self.aliases = {alias.name: alias for alias in aliases}
+        if new:
+            task = asyncio.create_task(self._refresh_some(new), name="models-refresh-new")
+            self._newcomers.add(task)
+            task.add_done_callback(self._newcomers.discard)
+        if not states:
+            log.error("no upstreams: set TARGET_URLS or add one in the admin UI")
+
+    async def _refresh_some(self, states: list[UpstreamState]) -> None:
+        await asyncio.gather(*(self._refresh_one(state) for state in states))
+
+    async def settled(self) -> None:
+        """Wait until the upstreams added by `apply` have been asked for their models."""
+        while self._newcomers:
+            await asyncio.gather(*self._newcomers, return_exceptions=True)
 
     # Lookups -----------------------------------------------------------------------------
 
@@ -86,15 +165,17 @@ class Catalog:
         return [s for s in self.states if not s.model_ids and s.last_error is not None]
 
     def models(self) -> list[dict[str, Any]]:
-        """The union of every upstream's models, in order of first appearance; where several
-        upstreams list one id, the first one's object is shown."""
-        seen: dict[str, dict[str, Any]] = {}
+        """The aliases, then the union of every upstream's models, in order of first
+        appearance; where several upstreams list one id, the first one's object is shown."""
+        seen: dict[str, dict[str, Any]] = {name: alias_object(name) for name in self.aliases}
         for state in self.states:
             for model in state.models:
                 seen.setdefault(model["id"], model)
         return list(seen.values())
 
     def find(self, model_id: str) -> dict[str, Any] | None:
+        if model_id in self.aliases:
+            return alias_object(model_id)
         for state in self.states:
             for model in state.models:
                 if model["id"] == model_id:
@@ -143,7 +224,9 @@ class Catalog:
         await asyncio.shield(self._refreshing)
 
     async def refresh_soon(self) -> None:
-        """Refresh unless one ran in the last MIN_REFRESH_INTERVAL seconds."""
+        """Refresh unless one ran in the last MIN_REFRESH_INTERVAL seconds (after the
+        upstreams just added have answered, which may have been all it took)."""
+        await self.settled()
         running = self._refreshing is not None and not self._refreshing.done()
         if running or time.monotonic() - self._last_refresh >= MIN_REFRESH_INTERVAL:
             await self.refresh()
@@ -175,7 +258,7 @@ class Catalog:
                 state.refusal = "its TLS certificate was refused"
             self._refresh_failed(state, f"models: {type(exc).__name__} {exc}".strip())
             return
-        state.models, state.model_ids = models, frozenset(m["id"] for m in models)
+        state.use(models)
         state.last_ok, state.last_error, state.refusal = time.time(), None, None
         self.mark_up(state)
 
@@ -184,9 +267,14 @@ class Catalog:
         stale = state.last_ok is None or (
             time.time() - state.last_ok > self.settings.models_stale_seconds
         )
-        if stale and state.models:
+        if stale and state.listed:
             log.warning(
                 "upstream models dropped",
                 extra={"fields": {"upstream": state.upstream.url, "models": len(state.models)}},
             )
-            state.models, state.model_ids = [], frozenset()
+            state.use([])
+
+
+def alias_object(name: str) -> dict[str, Any]:
+    """An alias as `/v1/models` shows it."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llmp"}

@@ -1,38 +1,30 @@
-"""The proxy's view of `data/apikeys.json`, kept current within a second.
+"""The proxy's keys: the keys in force, in memory, looked up per request without a round trip.
 
-Changes arrive through watchdog (inotify) and, as a safety net where inotify does not reach
-(some bind mounts), a cheap `stat()` poll. A file that goes missing or stops parsing leaves the
-last good keys in force: those of `apikeys.json.last-good` (the newest valid key file, so a
-worker started meanwhile serves the same keys as the others), else those in memory. The error
-is logged and reported in the heartbeat (`keys_error`, which /healthz shows). A valid file that
-differs from the last good copy is copied there.
+They come from a key feed (`shared.keystore.KeyFeed`): `data/apikeys.json` by default
+(`shared.keyfile_feed`), PostgreSQL with DATABASE_URL. Whatever the feed, each new set replaces
+the whole index at once, and a feed that cannot reach its store leaves the last good set in
+force (its error is reported in the heartbeat as `keys_error`, which /healthz shows).
 
 Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about how
-much of a guessed key was right. Each key's policy is compiled when the file is read. A rotated
+much of a guessed key was right. Each key's policy is compiled when its set arrives. A rotated
 key's previous secrets are looked up the same way, with a policy that refuses them once their
 overlap has passed (`Policy.check_key`); a key's current secret wins over another's previous one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from services.proxy.limits import Policy
-from shared.apikeys import ApiKey, KeyFileError, last_good_path, read_keys
-from shared.keyfile import KeyFile
+from shared.apikeys import ApiKey
+from shared.keyfile_feed import FileKeyFeed
+from shared.keystore import KeyFeed
 
 log = logging.getLogger("proxy.keys")
-
-POLL_INTERVAL = 0.5
 
 
 def _digest(key: str) -> bytes:
@@ -40,17 +32,22 @@ def _digest(key: str) -> bytes:
 
 
 class KeyStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.last_error: str | None = None
+    def __init__(self, source: Path | KeyFeed) -> None:
+        self.feed: KeyFeed = FileKeyFeed(source) if isinstance(source, Path) else source
         self._by_digest: dict[bytes, Policy] = {}
         self._secrets: dict[str, Policy] = {}  # the same policies by secret, for revocation
-        self._signature: tuple[int, int, int] | None = (-1, -1, -1)  # never read
-        self._copy_signature: tuple[int, int, int] | None = None
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._poller: asyncio.Task[None] | None = None
         self.on_change: Callable[[], None] | None = None  # called after each new set of keys
-        self._remembering: asyncio.Future[None] | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        return self.feed.last_error
+
+    @property
+    def version(self) -> int:
+        return self.feed.version
+
+    def staleness(self) -> float:
+        return self.feed.staleness()
 
     def __len__(self) -> int:
         return len(self.keys())
@@ -70,29 +67,8 @@ class KeyStore:
     def lookup(self, key: str) -> Policy | None:
         return self._by_digest.get(_digest(key))
 
-    def reload(self) -> None:
-        """Re-read the file if it changed since the last look."""
-        signature = _signature(self.path)
-        if signature == self._signature and (signature is not None or self.last_error is None):
-            return
-        self._signature = signature
-        if signature is None:
-            if last_good_path(self.path).exists() or self._by_digest:
-                self._fall_back(f"{self.path} is missing")
-            return  # no file and no copy: a new install, no keys yet
-        try:
-            keys = read_keys(self.path)
-        except KeyFileError as exc:
-            self._fall_back(str(exc))
-            return
-        self._use(keys)
-        if self.last_error is not None:
-            log.info("key file readable again")
-        self.last_error = None
-        self._copy_signature = None
-        self._remember()
-
-    def _use(self, keys: list[ApiKey]) -> None:
+    def use(self, keys: list[ApiKey]) -> None:
+        """Put `keys` in force (the feed calls this with each new set)."""
         policies = [Policy.of(key) for key in keys]
         secrets: dict[str, Policy] = {}
         for policy in policies:
@@ -102,82 +78,14 @@ class KeyStore:
             secrets[policy.key.key] = policy
         self._secrets = secrets
         self._by_digest = {_digest(secret): policy for secret, policy in secrets.items()}
-        log.info("keys loaded", extra={"fields": {"count": len(keys)}})
+        log.info(
+            "keys loaded", extra={"fields": {"count": len(keys), "version": self.feed.version}}
+        )
         if self.on_change is not None:
             self.on_change()
 
-    def _fall_back(self, error: str) -> None:
-        """Serve the last good copy's keys (if it changed since last read), else keep ours."""
-        copy = last_good_path(self.path)
-        signature = _signature(copy)
-        if signature is not None and signature != self._copy_signature:
-            try:
-                self._use(read_keys(copy))
-                self._copy_signature = signature
-            except KeyFileError as exc:
-                error += f"; the last good copy too: {exc}"
-        if error != self.last_error:
-            log.error(
-                "key file unusable; serving the last good keys",
-                extra={"fields": {"error": error, "count": len(self._by_digest)}},
-            )
-        self.last_error = error
-
-    def _remember(self) -> None:
-        """Update the last good copy from the file, off the event loop."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            _remember(self.path)
-        elif self._remembering is None or self._remembering.done():
-            self._remembering = loop.run_in_executor(None, _remember, self.path)
-
     async def start(self) -> None:
-        self.reload()
-        loop = asyncio.get_running_loop()
-        store = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                paths = (event.src_path, getattr(event, "dest_path", ""))
-                if any(os.fsdecode(p).endswith(store.path.name) for p in paths if p):
-                    loop.call_soon_threadsafe(store.reload)
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        observer.start()
-        self._observer = observer
-        self._poller = asyncio.create_task(self._poll(), name="keys-poll")
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL)
-            self.reload()
+        await self.feed.start(self.use)
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-        if self._remembering is not None:
-            await asyncio.wait([self._remembering], timeout=5)
-        if self._observer is not None:
-            self._observer.stop()
-            await asyncio.to_thread(self._observer.join, 5)
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _remember(path: Path) -> None:
-    try:
-        KeyFile(path).remember()
-    except OSError as exc:  # a full or read-only disk: the copy stays as it was
-        log.warning("last good key file not updated", extra={"fields": {"error": exc}})
+        await self.feed.stop()

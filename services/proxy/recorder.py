@@ -1,4 +1,5 @@
-"""Analytics rows, written to `data/analytics.db` in small batches off the hot path.
+"""Analytics rows, written to `data/analytics.db` in small batches off the hot path: the embedded
+`shared.usagelog.UsageLog`.
 
 `record()` caps the text a client chose (model, path, method) and the error at MAX_TEXT bytes
 each, so a row's size is bounded, and appends it to a list. A background task writes the list
@@ -35,11 +36,12 @@ from pathlib import Path
 from shared import analytics, rollups
 from shared.analytics import RequestRow
 from shared.apikeys import ApiKey
+from shared.usagelog import MAX_TEXT as MAX_TEXT  # named here as before
+from shared.usagelog import cap
 
 log = logging.getLogger("proxy.recorder")
 
 FLUSH_INTERVAL = 0.5
-MAX_TEXT = 512  # bytes of each text a client chose that a row keeps
 MAX_PENDING_BYTES = 32 * 1024 * 1024
 ROW_BYTES = 600  # what a pending row costs besides its text (the object, numbers, ids)
 PRUNE_INTERVAL = 3600.0
@@ -71,8 +73,7 @@ class Recorder:
 
     def record(self, row: RequestRow) -> None:
         """Queue `row` for the next write (its long texts cut to MAX_TEXT bytes, in place)."""
-        row.model, row.error = _capped(row.model), _capped(row.error)
-        row.path, row.method = _capped(row.path) or "", _capped(row.method) or ""
+        cap(row)
         self._pending.append(row)
         self._pending_bytes += _size(row)
         if self._pending_bytes > MAX_PENDING_BYTES:
@@ -199,16 +200,6 @@ def _inode(path: Path) -> int | None:
         return os.stat(path).st_ino
     except FileNotFoundError:
         return None
-
-
-def _capped(text: str | None) -> str | None:
-    """`text` cut to at most MAX_TEXT bytes of UTF-8 (on a character boundary)."""
-    if text is None or len(text) <= MAX_TEXT // 4:
-        return text
-    encoded = text.encode(errors="replace")
-    if len(encoded) <= MAX_TEXT:
-        return text
-    return encoded[:MAX_TEXT].decode(errors="ignore")
 
 
 def _size(row: RequestRow) -> int:

@@ -45,3 +45,33 @@ def test_cors_origin_values():
     assert listed is not None
     assert listed["allow_origins"] == ["https://a.example", "https://b.example"]
     assert listed["allow_credentials"] is True
+
+
+def _admin_client(settings):
+    from fastapi.testclient import TestClient
+
+    from services.api import sessions
+
+    token = sessions.for_settings(settings).issue("admin")
+    return TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"})
+
+
+def test_with_database_url_the_keys_are_the_databases(tmp_path, database_url):
+    from shared.pg.keys import PgKeyAdmin
+
+    settings = make_settings(tmp_path, jwt_secret="k" * 40, database_url=database_url)
+    with _admin_client(settings) as api:
+        made = api.post("/api/keys", json={"username": "alice"})
+        assert made.status_code in (200, 201), made.text
+        listed = api.get("/api/keys").json()["keys"]
+    assert [k.to_json() for k in PgKeyAdmin(database_url).list()] == listed
+    assert listed[0]["username"] == "alice"
+    assert not (tmp_path / "data" / "apikeys.json").exists()
+
+
+def test_the_api_starts_while_the_database_is_away_and_says_so_on_key_routes(tmp_path, caplog):
+    away = f"postgresql://llmp@/llmp?host={tmp_path / 'no-server-here'}"
+    settings = make_settings(tmp_path, jwt_secret="k" * 40, database_url=away)
+    with _admin_client(settings) as api:
+        assert api.get("/api/keys").status_code == 500
+    assert "key store not ready" in caplog.text

@@ -52,7 +52,7 @@ def test_the_user_field_is_recorded_for_each_api(upstreams, proxy, api_key):
     assert [r["end_user"] for r in rows] == ["alice@example.com", "bob", "carol", None]
     # The admin sees it in a key's records (and so its CSV) and in the request log.
     db, everything = running.settings.analytics_db, reports.Window(0, 2**62)
-    records = reports.records(db, api_key.id, everything, 10)
+    records = [json.loads(r) for r in reports.records(db, api_key.id, everything, 10).json]
     assert [r["endUser"] for r in records] == ["alice@example.com", "bob", "carol", None]
     logged = request_log.find(db, rows[0]["request_id"])
     assert logged is not None and logged["endUser"] == "alice@example.com"

@@ -9,7 +9,8 @@ import pytest
 from services.proxy.errors import ProxyError
 from services.proxy.keys import KeyStore
 from shared import status
-from shared.apikeys import ApiKey, PreviousKey, format_time, write_keys
+from shared.apikeys import ApiKey, PreviousKey, format_time, read_keys, write_keys
+from shared.keyfile_feed import FileKeyFeed
 from tests.conftest import eventually
 
 
@@ -60,9 +61,10 @@ def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
     write_keys(path, [])
 
     async def scenario():
-        store = KeyStore(path)
+        feed = FileKeyFeed(path)
+        store = KeyStore(feed)
         await store.start()
-        store._observer.stop()  # as on a bind mount where inotify sees nothing
+        feed._watch._observer.stop()  # as on a bind mount where inotify sees nothing
         try:
             write_keys(path, [alice])
             for _ in range(100):
@@ -147,14 +149,14 @@ def test_a_rotated_keys_previous_secret_is_looked_up_until_its_time_then_refused
     )
     store = KeyStore(path)
     write_keys(path, [overlapping])
-    store.reload()
+    store.use(read_keys(path))
     old, new = store.lookup(alice.key), store.lookup(overlapping.key)
     assert old is not None and new is not None and old.key == new.key == overlapping
     old.check_key()  # accepted during the overlap, with the key's policy and limits
     assert len(store) == 1 and store.keys() == [overlapping]
     assert sorted(store.usable()) == sorted([alice.key, overlapping.key])  # not revoked
     write_keys(path, [past])
-    store.reload()
+    store.use(read_keys(path))
     refused = store.lookup(alice.key)
     assert refused is not None
     with pytest.raises(ProxyError) as exc:
@@ -170,6 +172,6 @@ def test_a_current_secret_wins_over_a_previous_one_of_another_key(tmp_path):
     bob = dataclasses.replace(bob, previousKeys=(PreviousKey(alice.key, format_time(later)),))
     write_keys(path, [alice, bob])
     store = KeyStore(path)
-    store.reload()
+    store.use(read_keys(path))
     found = store.lookup(alice.key)
     assert found is not None and found.key == alice and found.retired is None

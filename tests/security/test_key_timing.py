@@ -93,7 +93,7 @@ def store(tmp_path: Path) -> Iterator[tuple[KeyStore, list[ApiKey]]]:
     path = tmp_path / "apikeys.json"
     write_keys(path, keys)
     store = KeyStore(path)
-    store.reload()
+    store.use(keys)
     assert len(store) == 50
     yield store, keys
 

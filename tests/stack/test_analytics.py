@@ -1,5 +1,5 @@
-"""Analytics through the whole stack: the request log's filters and pages, a request found by the
-id its client saw, and a budget held across two proxy workers under concurrent load."""
+"""Analytics through the whole stack: the request log's filters, sorts and pages, a request found
+by the id its client saw, and a budget held across two proxy workers under concurrent load."""
 
 from __future__ import annotations
 
@@ -21,6 +21,23 @@ def _log(admin: httpx.Client, **params: Any) -> list[dict]:
     assert r.status_code == 200, r.text
     assert r.json()["nextCursor"] is None
     return r.json()["requests"]
+
+
+def _page(admin: httpx.Client, **params: Any) -> tuple[list[dict], str | None]:
+    r = admin.get("/api/analytics/requests", params={"limit": 2, **params})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["requests"]) <= 2
+    return r.json()["requests"], r.json()["nextCursor"]
+
+
+def _walk(admin: httpx.Client, **params: Any) -> list[dict]:
+    """Every page of two, following the cursors."""
+    walked, cursor = [], None
+    while True:
+        entries, cursor = _page(admin, **params, **({"cursor": cursor} if cursor else {}))
+        walked += entries
+        if cursor is None:
+            return walked
 
 
 def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
@@ -49,18 +66,29 @@ def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
 
     # Pages of two, newest first, then oldest first: together, exactly the log.
     for order, expected in (("desc", entries), ("asc", entries[::-1])):
-        walked, cursor = [], None
-        while True:
-            params: dict[str, Any] = {**chats, "keyId": key.key, "limit": 2, "order": order}
-            page = admin.get(
-                "/api/analytics/requests", params=params | ({"cursor": cursor} if cursor else {})
-            ).json()
-            assert len(page["requests"]) <= 2
-            walked += page["requests"]
-            cursor = page["nextCursor"]
-            if cursor is None:
-                break
+        walked = _walk(admin, **(chats | {"keyId": key.key}), order=order)
         assert [e["id"] for e in walked] == [e["id"] for e in expected]
+
+    # Sorted by each measure: the same rows in the documented order, a row without the measure
+    # below every value, ties (the fake upstream's answers all have 7 + 3 tokens) broken by the
+    # start, then the id.
+    measures = {
+        "latency": lambda e: -1 if e["durationMs"] is None else e["durationMs"],
+        "ttfb": lambda e: -1 if e["ttfbMs"] is None else e["ttfbMs"],
+        "tokens": lambda e: (e["promptTokens"] or 0) + (e["completionTokens"] or 0),
+        "status": lambda e: e["status"],
+    }
+    for sort, value in measures.items():
+        ascending = sorted(entries, key=lambda e: (value(e), e["startTime"], e["id"]))
+        for order, expected in (("asc", ascending), ("desc", ascending[::-1])):
+            walked = _walk(admin, **chats, sort=sort, order=order)
+            assert [e["id"] for e in walked] == [e["id"] for e in expected], (sort, order)
+    assert len({measures["tokens"](e) for e in entries}) < len(entries)  # there were ties
+    mixed = admin.get(
+        "/api/analytics/requests",
+        params={**chats, "limit": 2, "sort": "tokens", "cursor": _page(admin, **chats)[1]},
+    )
+    assert (mixed.status_code, mixed.json()["success"]) == (400, False)
 
     assert len(_log(admin, keyId=key.id, model="model-b")) == 2
     b_url = next(e["upstream"] for e in entries if e["model"] == "model-b")

@@ -56,6 +56,8 @@ def test_backup_under_writes_restores_whole(tmp_path):
     llmp(tmp_path, "keys", "create", "alice")
     prices = b'{"currency": "USD", "models": {"m": {"prompt": 1.0, "completion": 2.0}}}'
     (data / "prices.json").write_bytes(prices)  # what budgets in money count by
+    fleet = b'{"version": 1, "upstreams": [{"id": "x", "url": "http://h/v1", "key": "k"}]}'
+    (data / "upstreams.json").write_bytes(fleet)  # the upstreams managed at runtime
     db = analytics.connect(data / "analytics.db")
     stop = threading.Event()
 
@@ -76,16 +78,20 @@ def test_backup_under_writes_restores_whole(tmp_path):
         stop.set()
         thread.join()
     with tarfile.open(target) as tar:
-        assert {"apikeys.json", "analytics.db", "prices.json"} <= set(tar.getnames())
+        names = {"apikeys.json", "analytics.db", "prices.json", "upstreams.json"}
+        assert names <= set(tar.getnames())
+        assert tar.getmember("upstreams.json").mode == 0o600  # it holds upstream keys
     keys = read_keys(data / "apikeys.json")
     (data / "apikeys.json").unlink()
     (data / "prices.json").unlink()
+    (data / "upstreams.json").unlink()
     db.close()
     for path in data.glob("analytics.db*"):
         path.unlink()
     assert llmp(tmp_path, "restore", str(target)).returncode == 0
     assert read_keys(data / "apikeys.json") == keys
     assert (data / "prices.json").read_bytes() == prices
+    assert (data / "upstreams.json").read_bytes() == fleet
     restored = sqlite3.connect(data / "analytics.db")
     assert restored.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert restored.execute("SELECT COUNT(*) FROM requests").fetchone()[0] % 50 == 0

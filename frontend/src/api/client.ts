@@ -9,10 +9,12 @@ import type {
   BreakdownBy,
   BreakdownRow,
   Bucket,
+  Fleet,
   HttpMode,
   KeyActivity,
   KeyUpdate,
   LoggedRequest,
+  ModelAlias,
   NginxStatus,
   Range,
   RequestFilters,
@@ -20,6 +22,9 @@ import type {
   RequestRecord,
   Summary,
   Upstream,
+  UpstreamChange,
+  UpstreamConfig,
+  UpstreamTest,
 } from './types'
 
 export class ApiError extends Error {
@@ -204,6 +209,29 @@ export function createApi(options: ClientOptions = {}) {
       return (await request<{ upstreams: Upstream[] }>('GET', '/api/upstreams')).upstreams
     },
 
+    async fleet(): Promise<Fleet> {
+      return request<Fleet>('GET', '/api/fleet')
+    },
+    async addUpstream(change: UpstreamChange): Promise<UpstreamConfig> {
+      return (await request<{ upstream: UpstreamConfig }>('POST', '/api/fleet/upstreams', { ...change })).upstream
+    },
+    async changeUpstream(id: string, change: UpstreamChange): Promise<UpstreamConfig> {
+      const path = `/api/fleet/upstreams/${encodeURIComponent(id)}`
+      return (await request<{ upstream: UpstreamConfig }>('PATCH', path, { ...change })).upstream
+    },
+    async removeUpstream(id: string): Promise<void> {
+      await request('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
+    },
+    async testUpstream(id: string): Promise<UpstreamTest> {
+      return request<UpstreamTest>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
+    },
+    async saveAlias(alias: ModelAlias): Promise<ModelAlias> {
+      const path = `/api/fleet/aliases/${encodeURIComponent(alias.name)}`
+      return (await request<{ alias: ModelAlias }>('PUT', path, { deployments: alias.deployments })).alias
+    },
+    async removeAlias(name: string): Promise<void> {
+      await request('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
+    },
     async nginxStatus(): Promise<NginxStatus> {
       return request<NginxStatus>('GET', '/nginx/status')
     },

@@ -133,6 +133,8 @@ export interface Summary {
 }
 
 export interface Upstream {
+  /** its id in the fleet (`GET /api/fleet`) */
+  id?: string
   url: string
   healthy: boolean
   models: string[]
@@ -251,4 +253,70 @@ export interface BreakdownRow {
   /** null when no prices are set */
   cost: number | null
   lastUsed: number | null
+}
+
+/** How llmp sends an upstream's credentials: `Authorization: Bearer`, Azure's `api-key`
+ * header, or HTTP Basic (`key` is then `user:password`). */
+export type UpstreamAuth = 'bearer' | 'api-key' | 'basic'
+
+/** An upstream as configured (`GET /api/fleet`); its key only as a hint. */
+export interface UpstreamConfig {
+  id: string
+  name: string
+  url: string
+  auth: UpstreamAuth
+  /** the key's last characters, or the user of a basic pair; null: no credentials */
+  keyHint: string | null
+  concurrency: number | null
+  /** TLS verification; null: the global setting */
+  verify: boolean | null
+  caPem: string | null
+  /** "none", an http:// proxy (password masked), null: the environment's */
+  proxy: string | null
+  keepalive: number | null
+  /** glob patterns of the models it serves; null: all */
+  models: string[] | null
+  caFile: string | null
+  certFile: string | null
+  certKeyFile: string | null
+}
+
+/** The body of `POST /api/fleet/upstreams` and `PATCH .../{id}` (only what changes; a key
+ * left out stays as it is, null resets a setting to its default). */
+export interface UpstreamChange {
+  name?: string
+  url?: string
+  auth?: UpstreamAuth
+  key?: string
+  concurrency?: number | null
+  verify?: boolean | null
+  caPem?: string | null
+  models?: string[] | null
+}
+
+export interface Deployment {
+  upstream: string
+  model: string
+  weight: number
+  /** the lowest is tried first */
+  priority: number
+}
+
+export interface ModelAlias {
+  name: string
+  deployments: Deployment[]
+}
+
+export interface Fleet {
+  /** where the list comes from: data/upstreams.json, or TARGET_URLS until the first change */
+  source: 'file' | 'TARGET_URLS'
+  upstreams: UpstreamConfig[]
+  aliases: ModelAlias[]
+}
+
+/** `POST /api/fleet/upstreams/{id}/test`: its models, then a one-token completion, timed. */
+export interface UpstreamTest {
+  ok: boolean
+  models: { ok: boolean; ms: number | null; status: number | null; models: string[]; error: string | null }
+  request: { ok: boolean; model: string; ms: number | null; status: number | null; error: string | null } | null
 }

@@ -8,25 +8,26 @@ alone runs to now, an end alone covers the 7 days before it; no bounds is the la
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api import reports, request_log
+from services.api import reports, request_log, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
 from shared.key_validation import BodyError
-from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin
 from shared.prices import Prices, PricesError, read_prices, write_prices
 from shared.rollups import DAY, OUTCOMES
 
-router = APIRouter(prefix="/api/analytics")
+router = APIRouter(prefix="/api/analytics", responses=schemas.FAILURES)
 
 YEAR = 365 * DAY
 WEEK = 7 * DAY
@@ -75,7 +76,7 @@ def window(start_date: str | None, end_date: str | None) -> reports.Window:
     return reports.Window(now - WEEK, now)
 
 
-def key_id_of(value: str, keyfile: KeyFile) -> str:
+def key_id_of(value: str, keyfile: KeyAdmin) -> str:
     """The key id for a key id or a key (`sk-` + 64 hex, or the 64 hex alone)."""
     if _KEY_ID.fullmatch(value):
         return value  # also the ids of deleted keys, whose history stays
@@ -88,7 +89,7 @@ def key_id_of(value: str, keyfile: KeyFile) -> str:
     return key.id if key else ""
 
 
-@router.get("/summary")
+@router.get("/summary", response_model=schemas.Summary)
 def summary(
     admin: Admin,
     settings: SettingsDep,
@@ -134,7 +135,7 @@ Model = Annotated[str | None, Query(description="exact model name")]
 Upstream = Annotated[str | None, Query(description="exact upstream URL")]
 
 
-@router.get("/breakdown")
+@router.get("/breakdown", response_model=schemas.Breakdown)
 def breakdown(
     admin: Admin,
     settings: SettingsDep,
@@ -163,7 +164,7 @@ def breakdown(
     )
 
 
-@router.get("/spend")
+@router.get("/spend", response_model=schemas.Spend)
 def spend(
     admin: Admin,
     settings: SettingsDep,
@@ -182,12 +183,12 @@ def spend(
     return JSONResponse({"success": True, **answer})
 
 
-@router.get("/prices")
+@router.get("/prices", response_model=schemas.PriceList)
 def prices(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     return {"success": True, **_prices(settings).to_json()}
 
 
-@router.put("/prices")
+@router.put("/prices", response_model=schemas.PricesSaved)
 async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     try:
         fields = await read_fields(request)
@@ -201,7 +202,7 @@ async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> d
     return {"success": True, "message": "Prices saved", **new.to_json()}
 
 
-@router.get("/requests")
+@router.get("/requests", response_model=schemas.RequestPage)
 def request_page(
     admin: Admin,
     settings: SettingsDep,
@@ -216,10 +217,12 @@ def request_page(
     request_id: Annotated[str | None, Query(alias="requestId")] = None,
     start_date: StartDate = None,
     end_date: EndDate = None,
+    sort: Annotated[str, Query(description=" | ".join(request_log.SORTS))] = "time",
     order: str = "desc",
     limit: Annotated[int, Query(ge=1, le=request_log.MAX_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> JSONResponse:
+    _choice("sort", sort, request_log.SORTS)
     _choice("order", order, request_log.ORDERS)
     if outcome is not None:
         _choice("outcome", outcome, OUTCOMES)
@@ -235,7 +238,7 @@ def request_page(
     )
     span = window(start_date, end_date)
     try:
-        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor)
+        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor, sort)
     except request_log.CursorError as exc:
         raise Failure(400, str(exc)) from exc
     return JSONResponse(
@@ -249,7 +252,7 @@ def request_page(
     )
 
 
-@router.get("/requests/{request_id}")
+@router.get("/requests/{request_id}", response_model=schemas.RequestFound)
 def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     found = request_log.find(settings.analytics_db, _text("requestId", request_id, 64) or "")
     if found is None:
@@ -257,7 +260,11 @@ def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict
     return {"success": True, "request": found}
 
 
-@router.get("/{key}/csv")
+@router.get(
+    "/{key}/csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 def export(
     key: str,
     admin: Admin,
@@ -276,7 +283,7 @@ def export(
     )
 
 
-@router.get("/{key}")
+@router.get("/{key}", response_model=schemas.Records)
 def records(
     key: str,
     admin: Admin,
@@ -284,9 +291,20 @@ def records(
     keyfile: KeyFileDep,
     start_date: StartDate = None,
     end_date: EndDate = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> JSONResponse:
-    rows = reports.records(
-        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date), limit
-    )
-    return JSONResponse({"success": True, "records": rows})
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_RECORDS)] = reports.MAX_RECORDS,
+    cursor: Annotated[str | None, Query(description="nextCursor: the older records")] = None,
+) -> Response:
+    try:
+        found = reports.records(
+            settings.analytics_db,
+            key_id_of(key, keyfile),
+            window(start_date, end_date),
+            limit,
+            cursor,
+        )
+    except reports.CursorError as exc:
+        raise Failure(400, str(exc)) from exc
+    # The records are JSON made by SQLite: the answer is put together, not encoded again.
+    records = ",".join(found.json)
+    body = f'{{"success":true,"records":[{records}],"nextCursor":{json.dumps(found.next_cursor)}}}'
+    return Response(body, media_type="application/json")

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.api import sessions
+from services.api import schemas, sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
 from services.api.throttle import Throttle
@@ -26,7 +26,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("api.auth")
 
-router = APIRouter()
+router = APIRouter(responses=schemas.REFUSALS)
 
 LOGIN_BODY: dict[str, Any] = {
     "requestBody": {
@@ -74,7 +74,7 @@ def _sessions(request: Request) -> sessions.Sessions:
     return checker
 
 
-@router.post("/auth/login", openapi_extra=LOGIN_BODY)
+@router.post("/auth/login", response_model=schemas.LoggedIn, openapi_extra=LOGIN_BODY)
 async def login(request: Request, settings: SettingsDep) -> JSONResponse:
     username = await _check_login(request, settings)
     response = JSONResponse({"success": True, "username": username})
@@ -91,13 +91,13 @@ async def login(request: Request, settings: SettingsDep) -> JSONResponse:
     return response
 
 
-@router.post("/auth/token", openapi_extra=LOGIN_BODY)
-async def token(request: Request, settings: SettingsDep) -> dict[str, str]:
+@router.post("/auth/token", response_model=schemas.Token, openapi_extra=LOGIN_BODY)
+async def token(request: Request, settings: SettingsDep) -> schemas.Token:
     username = await _check_login(request, settings)
     return {"token": _sessions(request).issue(username)}
 
 
-@router.post("/auth/logout")
+@router.post("/auth/logout", response_model=schemas.LoggedOut)
 async def logout(request: Request, settings: SettingsDep) -> JSONResponse:
     """End the session server-side (its token, cookie or Bearer, stops working everywhere)
     and clear the cookie."""
@@ -113,6 +113,6 @@ async def logout(request: Request, settings: SettingsDep) -> JSONResponse:
     return response
 
 
-@router.get("/api/me")
-async def me(username: Admin) -> dict[str, str]:
+@router.get("/api/me", response_model=schemas.Me)
+async def me(username: Admin) -> schemas.Me:
     return {"username": username}

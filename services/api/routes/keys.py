@@ -13,10 +13,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from services.api import reports
+from services.api import reports, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
@@ -38,7 +37,7 @@ from shared.prices import Prices, PricesError, read_prices
 
 log = logging.getLogger("api.keys")
 
-router = APIRouter(prefix="/api/keys")
+router = APIRouter(prefix="/api/keys", responses=schemas.FAILURES)
 
 
 @contextlib.contextmanager
@@ -145,7 +144,7 @@ def _state(key: ApiKey, now: datetime) -> str:
     return "expired" if key.expired(now) else "active"
 
 
-@router.get("")
+@router.get("", response_model=schemas.KeyList)
 def list_keys(
     admin: Admin,
     keyfile: KeyFileDep,
@@ -199,7 +198,7 @@ def list_keys(
     return JSONResponse({"success": True, "keys": [k.to_json() for k in keys], "usage": usage})
 
 
-@router.post("", openapi_extra=CREATE_BODY)
+@router.post("", response_model=schemas.KeySaved, openapi_extra=CREATE_BODY)
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
         username, policy = key_create(await read_fields(request))
@@ -214,7 +213,7 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
 
-@router.patch("/{key_id}", openapi_extra=UPDATE_BODY)
+@router.patch("/{key_id}", response_model=schemas.KeySaved, openapi_extra=UPDATE_BODY)
 async def update_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
 ) -> dict[str, Any]:
@@ -233,44 +232,10 @@ async def update_key(
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
 
 
-class PreviousKeyPublic(BaseModel):
-    key: str
-    until: str
-
-
-class ApiKeyPublic(BaseModel):
-    """A key as the file holds it: the original's four fields, then what is set of the rest."""
-
-    id: str
-    username: str
-    key: str
-    createdAt: str
-    enabled: bool | None = None
-    expiresAt: str | None = None
-    models: list[str] | None = None
-    limits: dict[str, int] | None = None
-    budget: dict[str, Any] | None = None
-    name: str | None = None
-    owner: str | None = None
-    note: str | None = None
-    previousKeys: list[PreviousKeyPublic] | None = None
-
-
-class KeyRotated(BaseModel):
-    success: bool
-    message: str
-    key: ApiKeyPublic
-
-
-@router.post(
-    "/{key_id}/rotate",
-    openapi_extra=ROTATE_BODY,
-    response_model=KeyRotated,
-    response_model_exclude_unset=True,
-)
+@router.post("/{key_id}/rotate", response_model=schemas.KeySaved, openapi_extra=ROTATE_BODY)
 async def rotate_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
-) -> KeyRotated:
+) -> dict[str, Any]:
     """A new secret for the key; the current one stays accepted until `until`, then is refused
     by the proxy and every route that takes a secret."""
     try:
@@ -282,13 +247,11 @@ async def rotate_key(
     if key is None:
         raise Failure(404, "API key not found")
     log.info("key rotated", extra={"fields": {"key": key.id, "until": format_time(until)}})
-    return KeyRotated.model_validate(
-        {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
-    )
+    return {"success": True, "message": "API key rotated successfully", "key": key.to_json()}
 
 
-@router.delete("/{key_id}")
-def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.delete("/{key_id}", response_model=schemas.Message)
+def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> schemas.Message:
     with changing("delete", "Failed to delete API key"):
         deleted = keyfile.delete(key_id)
     if not deleted:
@@ -297,8 +260,8 @@ def delete_key(key_id: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]
     return {"success": True, "message": "API key deleted successfully"}
 
 
-@router.get("/validate/{key}")
-def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
+@router.get("/validate/{key}", response_model=schemas.KeyValidity)
+def validate_key(key: str, admin: Admin, keyfile: KeyFileDep) -> schemas.KeyValidity:
     if not KEY_FORMAT.fullmatch(key):
         raise Failure(400, "Invalid API key format")
     try:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 
+from services.api import schemas
 from services.api.deps import Admin, AdminAction, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
@@ -43,7 +44,7 @@ from shared.site import (
 
 log = logging.getLogger("api.nginx")
 
-router = APIRouter(prefix="/nginx")
+router = APIRouter(prefix="/nginx", responses=schemas.FAILURES)
 
 POLL = 0.1
 INVALID = "Invalid request body"
@@ -93,8 +94,8 @@ def _applied(generation: int) -> Callable[[CertdStatus], bool]:
     return lambda status: status["appliedGeneration"] >= generation
 
 
-@router.post("/certificates/obtain")
-async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.post("/certificates/obtain", response_model=schemas.Message)
+async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
     """Body `{"domains": ["llm.example.com", "*.example.com"], "email"?: "you@example.com"}`:
     one certificate for all the domains (named after the first), by Cloudflare DNS-01."""
     fields = await _fields(request)
@@ -121,8 +122,8 @@ async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> dict[
     return {"success": True, "message": "Certificates obtained successfully."}
 
 
-@router.delete("/certificates/{name}")
-async def remove_certificate(name: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.delete("/certificates/{name}", response_model=schemas.Message)
+async def remove_certificate(name: str, admin: Admin, settings: SettingsDep) -> schemas.Message:
     """Forget a certificate that was asked for and never issued (certd stops trying). One that
     was issued stays, and so does the one the site's domain needs."""
     status = read_status(settings.certd_status_file)
@@ -164,8 +165,8 @@ async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
         raise Failure(500, status[action]["message"] or f"{action.capitalize()} failed")
 
 
-@router.get("/certificates/renew")
-async def renew(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/certificates/renew", response_model=schemas.Message)
+async def renew(admin: AdminAction, settings: SettingsDep) -> schemas.Message:
     """Renew the certificates certbot says are due, then reload nginx. A certificate never
     issued is not renewed, and the answer says so rather than claim success for it."""
     await _ask(settings, "renew")
@@ -185,15 +186,15 @@ async def renew(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
     return {"success": True, "message": "Certificates renewed successfully."}
 
 
-@router.get("/reload")
-async def reload(admin: AdminAction, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/reload", response_model=schemas.Message)
+async def reload(admin: AdminAction, settings: SettingsDep) -> schemas.Message:
     """Reload nginx with the configuration in force."""
     await _ask(settings, "reload")
     return {"success": True, "message": "Nginx configuration reloaded successfully."}
 
 
-@router.post("/config/write-default")
-async def write_default(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.post("/config/write-default", response_model=schemas.Message)
+async def write_default(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
     """Body `{"domain": "llm.example.com", "cidrGroups": ["203.0.113.0/24"], "httpMode"?:
     "redirect" | "serve"}`: llmp's own configuration for the site (replacing a custom one);
     a certificate for the domain is obtained if none covers it."""
@@ -223,8 +224,8 @@ async def write_default(request: Request, admin: Admin, settings: SettingsDep) -
     return {"success": True, "message": "Default config written successfully"}
 
 
-@router.post("/config/update")
-async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.post("/config/update", response_model=schemas.Message)
+async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
     """Body `{"config": "<server.conf>"}`: the admin's own server configuration, within the
     allowlist of `shared.custom_config` (a 400 saying what is not allowed); if nginx refuses
     it, the answer is nginx's message and the previous configuration stays."""
@@ -261,8 +262,8 @@ async def update_config(request: Request, admin: Admin, settings: SettingsDep) -
     raise Failure(400, status["nginx"]["error"] or "nginx refused the configuration")
 
 
-@router.get("/config/get")
-def get_config(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/config/get", response_model=schemas.Config)
+def get_config(admin: Admin, settings: SettingsDep) -> schemas.Config:
     """The server configuration nginx runs."""
     path = (settings.nginx_conf_dir / "server.conf").absolute()
     try:
@@ -274,8 +275,8 @@ def get_config(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     return {"success": True, "config": config}
 
 
-@router.get("/config/get-default")
-def get_default(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/config/get-default", response_model=schemas.Config)
+def get_default(admin: Admin, settings: SettingsDep) -> schemas.Config:
     """The configuration write-default makes of the current site (a start for your own)."""
     status = read_status(settings.certd_status_file)
     if status is None or "defaultConfig" not in status:
@@ -283,8 +284,8 @@ def get_default(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
     return {"success": True, "config": status["defaultConfig"]}
 
 
-@router.get("/status")
-def nginx_status(admin: Admin, settings: SettingsDep) -> dict[str, Any]:
+@router.get("/status", response_model=schemas.NginxStatus)
+def nginx_status(admin: Admin, settings: SettingsDep) -> schemas.NginxStatus:
     """Desired and applied generations, nginx's state, every certificate, the site."""
     try:
         site = read_site(settings.site_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,24 @@ def test_a_private_ca_bundle_globally_or_per_upstream_and_verification_off(kind,
         assert reach(kind, url, upstream_ca_bundle=str(certs.ca))[0] == 200
         assert reach(kind, f"{url}|ca={certs.ca}")[0] == 200
         assert reach(kind, f"{url}|verify=false")[0] == 200
+
+
+def test_a_ca_given_as_pem_text_replaces_the_global_bundle(kind, certs, tmp_path):
+    """data/upstreams.json's `caPem`: the upstream's own CA, even where a global bundle that
+    does not hold it is set."""
+    elsewhere = Certificates(tmp_path)  # another CA, the global one here
+    with openssl_server(certs) as url:
+        [upstream] = parse_target_urls(url)
+        own = replace(upstream, ca_data=certs.ca.read_text())
+        settings = Settings(upstream_ca_bundle=str(elsewhere.ca))
+
+        async def scenario(client):
+            answer = await client.request(endpoint_for(own, settings), "GET", b"/", [], b"")
+            return answer.status, await whole(answer)
+
+        assert drive(kind, scenario)[0] == 200
+        with pytest.raises(CertificateRefused):
+            reach(kind, url, upstream_ca_bundle=str(elsewhere.ca))
 
 
 def test_a_client_certificate_is_presented_when_asked_for(kind, certs):

@@ -1,0 +1,132 @@
+"""Model aliases: a public model name served by deployments (shared/fleet.py), resolved per
+request.
+
+- The deployments whose upstream is in the catalog are candidates; healthy ones first (all of
+  them if none is healthy), then the lowest `priority`; within it one is drawn by `weight`.
+- The request goes to that deployment's upstream, then (a connection refused) to the others of
+  its priority that serve the same upstream model, then to those of the next priorities: the
+  body is rewritten once, for one upstream model name.
+- The body gets the upstream's model name through the real parser of its format: JSON is parsed
+  and written again (orjson keeps numbers and strings exact), a multipart form has its `model`
+  field's bytes replaced where python-multipart found them. Nothing else in it changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Callable
+
+import orjson
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from services.proxy.catalog import Catalog, UpstreamState
+from services.proxy.errors import ProxyError, invalid_multipart
+from shared.fleet import Alias, Deployment
+
+Draw = Callable[[list[Deployment]], Deployment]
+
+
+def weighted(deployments: list[Deployment]) -> Deployment:
+    return random.choices(deployments, weights=[d.weight for d in deployments])[0]
+
+
+def resolve(
+    catalog: Catalog, model: str | None, content_type: str, body: bytes, draw: Draw = weighted
+) -> tuple[list[UpstreamState], bytes, str] | None:
+    """For an alias: the upstreams to try in order, the body for them and the upstream model
+    name. None when `model` is no alias. Raises ProxyError when no deployment's upstream is
+    there (503), or the body cannot be rewritten (400)."""
+    alias = catalog.aliases.get(model) if model is not None else None
+    if alias is None:
+        return None
+    plan, upstream_model = choose(catalog, alias, draw)
+    return plan, rewrite_model(content_type, body, upstream_model), upstream_model
+
+
+def choose(catalog: Catalog, alias: Alias, draw: Draw) -> tuple[list[UpstreamState], str]:
+    states = {state.upstream.id: state for state in catalog.states}
+    candidates = [(states[d.upstream], d) for d in alias.deployments if d.upstream in states]
+    if not candidates:
+        raise ProxyError(
+            503,
+            f"No upstream of the model {alias.name!r} is available",
+            "no_upstream",
+            type="server_error",
+        )
+    healthy = [(s, d) for s, d in candidates if s.healthy] or candidates
+    first = min(d.priority for _, d in healthy)
+    picked = draw([d for _, d in healthy if d.priority == first])
+    same = [(s, d) for s, d in healthy if d.model == picked.model and d is not picked]
+    same.sort(key=lambda pair: (pair[1].priority, pair[0].in_flight))
+    plan = [states[picked.upstream]]
+    for state, _ in same:
+        if state not in plan:
+            plan.append(state)
+    return plan, picked.model
+
+
+def rewrite_model(content_type: str, body: bytes, model: str) -> bytes:
+    """`body` asking for `model` instead of what it named (routing.request_model has checked
+    that it names one, unambiguously)."""
+    if content_type.startswith("multipart/form-data"):
+        return _multipart(content_type, body, model)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # What orjson refuses and Python's parser takes (NaN, huge integers, lone surrogates),
+        # as routing reads it: the standard library writes it back the same way.
+        standard = json.loads(body)
+        standard["model"] = model
+        return json.dumps(standard, separators=(",", ":")).encode()
+    document["model"] = model
+    return orjson.dumps(document)
+
+
+def _multipart(content_type: str, body: bytes, model: str) -> bytes:
+    boundary = parse_options_header(content_type)[1][b"boundary"]
+    spans: list[tuple[int, int]] = []
+    elsewhere = [False]  # a piece of the value came from the parser's own buffer
+    current = [b"", b""]
+    in_model = [False]
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        current[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        current[1] += data[start:end]
+
+    def on_header_end() -> None:
+        if current[0].lower() == b"content-disposition":
+            options = parse_options_header(current[1])[1]
+            in_model[0] = options.get(b"name") == b"model"
+        current[:] = [b"", b""]
+
+    def on_part_begin() -> None:
+        in_model[0] = False
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if in_model[0]:
+            if data is body:
+                spans.append((start, end))
+            else:
+                elsewhere[0] = True
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
+    parser.write(body)  # the whole body at once: the offsets are the body's
+    parser.finalize()
+    contiguous = all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    if not spans or elsewhere[0] or not contiguous:
+        raise invalid_multipart("the model field could not be rewritten for the upstream")
+    start, end = spans[0][0], spans[-1][1]
+    return body[:start] + model.encode() + body[end:]

@@ -1,0 +1,242 @@
+"""The usage log in PostgreSQL (`shared.usagelog.UsageLog`): one row per request, from every
+proxy worker of every replica.
+
+`record()` only appends to a list. Every FLUSH_INTERVAL seconds a background task writes the list
+in a worker thread: COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING into
+`llmp_requests` (so a batch sent twice adds nothing), creating the day's partition first if it
+is new, all in one transaction. When the database cannot take the batch, it goes to the worker's
+outbox on its own disk (`shared.pg.outbox`) and `last_error` says why; once a write succeeds
+again, the outbox is drained, its own rows and those of any worker that died with rows waiting.
+Only if the outbox cannot be written either do rows stay in memory, up to MAX_PENDING (the
+oldest dropped beyond it, and counted).
+
+Retention drops whole day partitions older than ANALYTICS_RETENTION_DAYS, at start and then
+hourly, by whichever worker takes the retention lock (the others skip it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shared.analytics import COLUMNS, RequestRow
+from shared.pg.outbox import Outbox
+from shared.pg.schema import LOCK_PARTITIONS, LOCK_RETENTION, migrate
+from shared.usagelog import cap
+
+log = logging.getLogger("usage.pg")
+
+FLUSH_INTERVAL = 0.5
+RETENTION_INTERVAL = 3600.0
+DRAIN_BATCH = 5000
+MAX_PENDING = 200_000  # rows kept in memory when neither the database nor the outbox takes them
+CONNECT_TIMEOUT = 5
+DAY_MS = 86_400_000
+PARTITION_PREFIX = "llmp_requests_"
+
+_COLUMNS = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+
+
+def partition_name(day: int) -> str:
+    """The partition of day `day` (days since the epoch, UTC): llmp_requests_YYYYMMDD."""
+    return PARTITION_PREFIX + datetime.fromtimestamp(day * 86400, UTC).strftime("%Y%m%d")
+
+
+def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[int]) -> int:
+    """Add `rows` to the log in one transaction, those already there left out; how many were
+    added. `days` are the days whose partition is known to exist (updated)."""
+    with conn.transaction():
+        for day in sorted({row.start_ms // DAY_MS for row in rows} - days):
+            _partition(conn, day)
+            days.add(day)
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in"
+            " (LIKE llmp_requests) ON COMMIT DELETE ROWS"
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY llmp_requests_in ({}) FROM STDIN").format(_COLUMNS)) as copy,
+        ):
+            for row in rows:
+                copy.write_row([getattr(row, name) for name in COLUMNS])
+        added = conn.execute(
+            sql.SQL(
+                "INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
+                " ON CONFLICT DO NOTHING"
+            ).format(_COLUMNS)
+        )
+        return added.rowcount
+
+
+def _partition(conn: psycopg.Connection[Any], day: int) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF llmp_requests FOR VALUES FROM ({}) TO ({})"
+        ).format(
+            sql.Identifier(partition_name(day)),
+            sql.Literal(day * DAY_MS),
+            sql.Literal((day + 1) * DAY_MS),
+        )
+    )
+
+
+class PgUsageLog:
+    def __init__(
+        self,
+        url: str,
+        outbox: Path,
+        retention_days: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.retention_days = retention_days
+        self.clock = clock
+        self.outbox = Outbox(outbox)
+        self.last_error: str | None = None
+        self.dropped = 0
+        self._pending: list[RequestRow] = []
+        self._conn: psycopg.Connection[Any] | None = None
+        self._days: set[int] = set()  # days whose partition exists
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Rows not in the database yet: in memory and in the outbox."""
+        return len(self._pending) + self.outbox.rows
+
+    def record(self, row: RequestRow) -> None:
+        cap(row)
+        self._pending.append(row)
+        if len(self._pending) > MAX_PENDING:
+            drop = len(self._pending) - MAX_PENDING
+            del self._pending[:drop]
+            self.dropped += drop
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-flush")
+
+    async def _run(self) -> None:
+        kept_at: float | None = None
+        while not self._stopping.is_set():
+            if kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL:
+                kept_at = self.clock()
+                await self.keep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
+            await self.flush()
+
+    async def keep(self) -> None:
+        """Drop the day partitions wholly older than the retention, if no other worker does it
+        now (the background task calls this at start, then every RETENTION_INTERVAL)."""
+        async with self._lock:
+            await asyncio.to_thread(self._retention)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            rows, self._pending = self._pending, []
+            if not rows and not self.outbox.rows and not self._others_waiting():
+                return
+            try:
+                await asyncio.to_thread(self._write_all, rows)
+            except (psycopg.Error, OSError) as exc:  # OSError: an outbox file unreadable
+                self._failed(exc)
+                try:
+                    await asyncio.to_thread(self.outbox.append, rows)
+                except OSError as disk:
+                    self._pending[:0] = rows
+                    self.record_error(f"{exc}; the outbox too: {disk}")
+            else:
+                if self.last_error is not None:
+                    log.info("usage written to the database again")
+                self.last_error = None
+
+    def _others_waiting(self) -> bool:
+        """Whether another worker's outbox is left (it died with rows waiting), looked for only
+        while the database works: a glob per flush costs little."""
+        return self.last_error is None and self.outbox.others_waiting()
+
+    def _failed(self, exc: Exception) -> None:
+        self._close_connection()
+        self._days.clear()  # a partition may have been dropped meanwhile
+        self.record_error(str(exc).strip() or type(exc).__name__)
+
+    def record_error(self, error: str) -> None:
+        if error != self.last_error:
+            log.error(
+                "usage not written to the database; kept in the outbox",
+                extra={"fields": {"error": error, "pending": self.pending}},
+            )
+        self.last_error = error
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self.url, connect_timeout=CONNECT_TIMEOUT, application_name="llmp-usage"
+            )
+            migrate(conn)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _write_all(self, rows: list[RequestRow]) -> None:
+        """`rows`, then what the outboxes hold (in a worker thread)."""
+        conn = self._connection()
+        if rows:
+            write_rows(conn, rows, self._days)
+        for batch, _ in self.outbox.batches(DRAIN_BATCH):
+            write_rows(conn, batch, self._days)
+
+    def _retention(self) -> None:
+        """See `keep` (in a worker thread)."""
+        cutoff_day = int(time.time() // 86400) - self.retention_days
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                leader = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_RETENTION,))
+                row = leader.fetchone()
+                if not row or not row[0]:
+                    return
+                names = [
+                    name
+                    for (name,) in conn.execute(
+                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                        " WHERE i.inhparent = 'llmp_requests'::regclass"
+                    ).fetchall()
+                ]
+                old = [n for n in names if n < partition_name(cutoff_day)]
+                for name in old:
+                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            self._failed(exc)
+            return
+        if old:
+            self._days.clear()
+            log.info("usage partitions dropped", extra={"fields": {"partitions": len(old)}})
+
+    async def close(self) -> None:
+        """Write what is left (to the outbox if the database is away) and let go."""
+        if self._task is not None:
+            self._stopping.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        async with self._lock:
+            self._close_connection()
+            self.outbox.close()

@@ -1,0 +1,45 @@
+"""Where llmp keeps what its programs share, chosen by one setting: DATABASE_URL.
+
+Unset, everything is embedded in data/ (the key file, SQLite), as on one box; nothing of
+PostgreSQL is even imported. Set, keys and usage live in PostgreSQL (`shared.pg`), shared by
+every replica. Each program asks here for the side of the store it uses.
+"""
+
+from __future__ import annotations
+
+from shared.keyfile import KeyFile
+from shared.keystore import KeyAdmin, KeyFeed
+from shared.settings import Settings
+from shared.usagelog import UsageLog
+
+
+def key_admin(settings: Settings) -> KeyAdmin:
+    """The keys as the api and the `llmp` command change them."""
+    if settings.database_url:
+        from shared.pg.keys import PgKeyAdmin
+
+        return PgKeyAdmin(settings.database_url)
+    return KeyFile(settings.apikeys_file)
+
+
+def key_feed(settings: Settings) -> KeyFeed:
+    """The keys as a proxy worker serves them."""
+    if settings.database_url:
+        from shared.pg.keys import PgKeyFeed
+
+        return PgKeyFeed(settings.database_url, settings.data_dir / "apikeys.pg-snapshot.json")
+    from shared.keyfile_feed import FileKeyFeed
+
+    return FileKeyFeed(settings.apikeys_file)
+
+
+def usage_log(settings: Settings) -> UsageLog | None:
+    """The usage log in the database; None when it is embedded (the proxy's own `Recorder`,
+    which keeps `data/analytics.db` and its rollups)."""
+    if not settings.database_url:
+        return None
+    from shared.pg.usage import PgUsageLog
+
+    return PgUsageLog(
+        settings.database_url, settings.data_dir / "outbox", settings.analytics_retention_days
+    )

@@ -1,0 +1,144 @@
+"""The usage log in PostgreSQL (shared/pg/usage.py): exactly one row per request through a
+database outage, batches written twice, rows left by a dead worker, partitions by day."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from shared.analytics import RequestRow
+from shared.pg.usage import DAY_MS, PgUsageLog, partition_name
+from tests.postgres import Cluster
+from tests.shared.test_keystore import until
+
+
+def row(n: int, start_ms: int | None = None) -> RequestRow:
+    start = start_ms if start_ms is not None else int(time.time() * 1000)
+    return RequestRow(request_id=f"r{n}", key_id="k" * 32, username="alice", start_ms=start)
+
+
+def counts(url: str) -> tuple[int, int]:
+    """(rows, distinct request ids)"""
+    with psycopg.connect(url) as conn:
+        found = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM llmp_requests")
+        return found.fetchone() or (0, 0)
+
+
+@pytest.fixture
+def own_cluster():
+    cluster = Cluster()
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
+def test_one_row_per_request_through_a_database_outage_under_load(own_cluster, tmp_path):
+    url = own_cluster.new_database()
+    usage = PgUsageLog(url, tmp_path / "outbox", 30)
+    recorded = 0
+
+    async def load(until: asyncio.Event) -> None:
+        nonlocal recorded
+        while not until.is_set():
+            for _ in range(20):
+                usage.record(row(recorded))
+                recorded += 1
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        await usage.start()
+        done = asyncio.Event()
+        producer = asyncio.create_task(load(done))
+        await asyncio.sleep(1)
+        await asyncio.to_thread(own_cluster.stop, "immediate")  # as a crash would
+        await until(lambda: usage.outbox.rows >= 1000, within=30)  # spilled, the load going on
+        assert usage.last_error is not None
+        await asyncio.to_thread(own_cluster.start)
+        await until(lambda: usage.outbox.rows == 0, within=30)  # drained, the load going on
+        await asyncio.sleep(0.5)
+        done.set()
+        await producer
+        await usage.close()
+
+    asyncio.run(scenario())
+    assert recorded > 2000
+    assert counts(url) == (recorded, recorded)
+    assert usage.dropped == 0 and usage.pending == 0 and usage.last_error is None
+    assert not list((tmp_path / "outbox").glob("*.jsonl"))
+
+
+def test_a_batch_written_twice_is_kept_once(database_url, tmp_path):
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+    rows = [row(n) for n in range(50)]
+
+    async def scenario() -> None:
+        for r in rows:
+            usage.record(r)
+        await usage.flush()
+        usage.outbox.append(rows)  # as if the commit's answer had been lost
+        usage.record(row(50))
+        await usage.flush()
+        await usage.close()
+
+    asyncio.run(scenario())
+    assert counts(database_url) == (51, 51)
+
+
+def test_the_outbox_of_a_worker_that_died_is_drained_by_another(database_url, tmp_path):
+    folder = tmp_path / "outbox"
+    dead = PgUsageLog(database_url, folder, 30)
+    dead.outbox.path = folder / "usage-999999999.jsonl"  # a pid no worker has
+    dead.outbox.append([row(n) for n in range(10)])
+    dead.outbox._file.close()  # it died: its lock is gone with it
+    alive = PgUsageLog(database_url, folder, 30)
+
+    async def scenario() -> None:
+        alive.record(row(10))
+        await alive.flush()
+        await alive.close()
+
+    asyncio.run(scenario())
+    assert counts(database_url) == (11, 11)
+    assert not list(folder.glob("*.jsonl"))
+
+
+def test_the_outbox_of_a_live_worker_is_left_to_it(database_url, tmp_path):
+    folder = tmp_path / "outbox"
+    live = PgUsageLog(database_url, folder, 30)
+    live.outbox.path = folder / "usage-999999999.jsonl"
+    live.outbox.append([row(n) for n in range(10)])  # held locked while it lives
+    other = PgUsageLog(database_url, folder, 30)
+
+    async def scenario() -> None:
+        other.record(row(10))
+        await other.flush()
+        await other.close()
+        await live.close()  # now it writes its own
+
+    asyncio.run(scenario())
+    assert counts(database_url) == (11, 11)
+
+
+def test_rows_go_to_a_partition_per_day_and_old_days_are_dropped_whole(database_url, tmp_path):
+    today = int(time.time() * 1000) // DAY_MS
+    days = [today - 40, today - 31, today - 29, today]
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+
+    async def scenario() -> None:
+        for n, day in enumerate(days):
+            usage.record(row(n, day * DAY_MS + 1000))
+        await usage.flush()
+        await usage.keep()
+        await usage.close()
+
+    asyncio.run(scenario())
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'llmp_requests'::regclass ORDER BY 1"
+        ).fetchall()
+    assert [name for (name,) in left] == [partition_name(d) for d in days[2:]]
+    assert counts(database_url) == (2, 2)
