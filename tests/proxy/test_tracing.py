@@ -54,7 +54,7 @@ def attributes(span: Span) -> dict[str, Any]:
 def test_each_request_is_traced_gateway_queue_upstream_first_token(
     collector, upstreams, proxy, api_key
 ):
-    a = upstreams("a", ["m"], pace=0.05, chunks=4)
+    a = upstreams("a", ["m"], pace=0.05, chunks=100)  # 5 s: the second waits meanwhile
     running = proxy(f"{a.url}|concurrency=1")
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
 
@@ -62,13 +62,16 @@ def test_each_request_is_traced_gateway_queue_upstream_first_token(
         stream = client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": PROMPT}], stream=True, user="u-1"
         )
-        assert len(list(stream)) >= 4
+        assert len(list(stream)) >= 100
 
     second = threading.Thread(target=ask)
     first = threading.Thread(target=ask)
     first.start()
     eventually(lambda: a.active == 1)
-    second.start()  # waits in the upstream's queue for the first
+    second.start()
+    gate = running.app.catalog.states[0].gate
+    assert gate is not None
+    eventually(lambda: gate.queued == 1)  # the second waits in the upstream's queue
     first.join(30)
     second.join(30)
     assert eventually(
@@ -101,7 +104,7 @@ def test_each_request_is_traced_gateway_queue_upstream_first_token(
         assert found["gen_ai.request.model"] == "m"
         assert found["llmp.key_id"] == api_key.id and found["llmp.stream"] is True
         assert found["llmp.upstream"] == a.url + "/v1"
-        assert found["gen_ai.usage.output_tokens"] == 4
+        assert found["gen_ai.usage.output_tokens"] == 100
         assert "error.type" not in found
         for span in names.get("llmp.queue", []):
             queued += 1
