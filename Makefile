@@ -1,7 +1,9 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
 # make test: install what is missing and run every test.
 # make test-fast: the in-process core (no `stack` or `slow` test), in well under a minute.
-# make check: lint and type-check.  make bench: measure the proxy against nginx alone.
+# make check: lint and type-check, and check that the admin UI's types are the api's.
+# make api-types: generate the admin UI's types from the api (frontend/src/api/schema.ts).
+# make bench: measure the proxy against nginx alone.
 # make soak: the load test of `make test` (20 s there) for SOAK_SECONDS (300 by default).
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
 # make bench-analytics: every analytics route against a generated database of BENCH_ROWS
@@ -15,7 +17,7 @@ STAMP := $(VENV)/.installed
 # for a pattern rule to build a phony target, so `system-deps-%` would never run.
 SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
 
-.PHONY: run test test-fast soak check bench bench-analytics ui ui-test clean $(SYSTEM_DEPS)
+.PHONY: run test test-fast soak check api-types bench bench-analytics ui ui-test clean $(SYSTEM_DEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -58,11 +60,17 @@ FAST_TESTS := tests/api tests/certd tests/llmp tests/proxy tests/shared tests/te
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not stack and not slow and not container" $(FAST_TESTS)
 
-check: $(STAMP)
+check: $(STAMP) $(UI_MODULES)
 	$(VENV)/bin/ruff check shared services llmp tests bench
 	$(VENV)/bin/ruff format --check shared services llmp tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	VENV=$(abspath $(VENV)) scripts/api-types --check
+
+# The UI's types of the api's answers and bodies, from its OpenAPI document: run after changing
+# services/api/schemas.py or a route, and commit the file (make check fails until then).
+api-types: $(STAMP) $(UI_MODULES)
+	VENV=$(abspath $(VENV)) scripts/api-types
 
 SOAK_SECONDS ?= 300
 soak: system-deps-test $(STAMP) $(UI)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +54,40 @@ def test_npm_brings_node_24_when_the_machines_node_is_too_old(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("v24."), done.stdout
+
+
+def _api_types_check(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VENV": str(ROOT / ".venv")}
+    return subprocess.run(
+        [str(tree / "scripts" / "api-types"), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_make_check_fails_when_the_uis_api_types_drift_from_the_api(tmp_path: Path):
+    """`make check` runs scripts/api-types --check: in a copy of the tree, the committed
+    frontend/src/api/schema.ts passes, and fails (saying what to run) once a field of an
+    answer's schema changes."""
+    assert "scripts/api-types --check\n" in _dry_run("check")
+    tree = tmp_path / "tree"
+    for folder in ("scripts", "services", "shared"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "frontend" / "src" / "api").mkdir(parents=True)
+    for name in ("package.json", "src/api/schema.ts"):
+        (tree / "frontend" / name).write_bytes((ROOT / "frontend" / name).read_bytes())
+    (tree / "frontend" / "node_modules").symlink_to(ROOT / "frontend" / "node_modules")
+    assert _api_types_check(tree).returncode == 0
+
+    schemas = tree / "services" / "api" / "schemas.py"
+    text = schemas.read_text()
+    field = "    username: NotRequired[str]  # when valid\n"
+    assert field in text
+    schemas.write_text(text.replace(field, "    username: NotRequired[str | None]\n"))
+    drifted = _api_types_check(tree)
+    assert drifted.returncode == 1
+    assert "+            username?: string | null;" in drifted.stderr
+    assert "run `make api-types` and commit it" in drifted.stderr

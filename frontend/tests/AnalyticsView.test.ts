@@ -14,6 +14,7 @@ const alice: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', crea
 
 function summary(over: Partial<Summary> = {}): Summary {
   return {
+    success: true,
     bucket: 'hour',
     startDate: NOW - 7 * DAY,
     endDate: NOW,
@@ -33,6 +34,7 @@ function logged(i: number, over: Partial<LoggedRequest> = {}): LoggedRequest {
     startTime: NOW - i * HOUR, endTime: NOW - i * HOUR + 300, durationMs: 300, status: 200, outcome: 'ok', method: 'POST',
     path: '/v1/chat/completions', model: `model-${i}`, upstream: 'http://10.0.0.2:8000/v1', stream: false, ttfbMs: 40,
     queueMs: null, promptTokens: 5, completionTokens: 2, usageEstimated: false, bytesIn: 1, bytesOut: 2, error: null,
+    endUser: null, upstreamModel: null,
     ...over,
   }
 }
@@ -73,7 +75,7 @@ describe('AnalyticsView', () => {
     const view = await mountAnalytics(api)
     expect(api.summary).toHaveBeenCalledWith(null, { start: NOW - 7 * DAY, end: NOW }, 'hour')
     expect(api.records).not.toHaveBeenCalled() // the log is paged by the api, not loaded whole
-    expect(api.requestLog).toHaveBeenCalledWith({ order: 'desc' }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
+    expect(api.requestLog).toHaveBeenCalledWith({ sort: 'time', order: 'desc' }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
     expect(view.find('[data-testid="total-requests"]').text()).toBe('3')
     expect(view.find('[data-testid="total-failures"]').text()).toBe('1 33.3 %')
     expect(view.findAll('#analytics-key option').map((o) => o.text())).toEqual(['All keys', 'alice', 'dave (deleted)'])
@@ -93,7 +95,7 @@ describe('AnalyticsView', () => {
     await flushPromises()
     expect(view.asked).toEqual([{ key: alice.id }])
     expect(api.summary).toHaveBeenLastCalledWith(alice.id, { start: NOW - 7 * DAY, end: NOW }, 'hour')
-    expect(api.requestLog).toHaveBeenLastCalledWith({ order: 'desc', keyId: alice.id }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
+    expect(api.requestLog).toHaveBeenLastCalledWith({ sort: 'time', order: 'desc', keyId: alice.id }, { start: NOW - 7 * DAY, end: NOW }, null, 50)
     const rows = view.find('[aria-label="Requests"]').findAll('tbody tr')
     expect(rows[0]!.text()).toContain('Failed')
     expect(rows[0]!.text()).toContain('upstream unreachable')
@@ -199,7 +201,7 @@ describe('RequestLog', () => {
     expect(log.find('[role="status"]').text()).toBe('50 requests shown, more to load, newest first')
     await log.findAll('button').find((b) => b.text() === 'Show 50 more')!.trigger('click')
     await flushPromises()
-    expect(api.requestLog).toHaveBeenLastCalledWith({ order: 'desc', keyId: alice.id }, range, 'c1', 50)
+    expect(api.requestLog).toHaveBeenLastCalledWith({ sort: 'time', order: 'desc', keyId: alice.id }, range, 'c1', 50)
     expect(log.findAll('tbody tr')).toHaveLength(70)
     expect(log.findAll('button').some((b) => b.text() === 'Show 50 more')).toBe(false)
   })
@@ -215,11 +217,13 @@ describe('RequestLog', () => {
     await log.find('#log-outcome').setValue('server_error')
     await log.find('#log-stream').setValue('false')
     await log.find('#log-model').setValue(' llama3:8b ')
+    await log.find('#log-sort').setValue('latency')
+    expect(log.find('#log-order').findAll('option').map((o) => o.text())).toEqual(['Slowest first', 'Fastest first'])
     await log.find('#log-order').setValue('asc')
     await log.find('form').trigger('submit')
     await flushPromises()
     expect(api.requestLog).toHaveBeenLastCalledWith(
-      { outcome: 'server_error', status: '504', stream: 'false', model: 'llama3:8b', order: 'asc' },
+      { outcome: 'server_error', status: '504', stream: 'false', model: 'llama3:8b', sort: 'latency', order: 'asc' },
       range,
       null,
       50,
@@ -228,7 +232,7 @@ describe('RequestLog', () => {
     expect(row.text()).toContain('Failed')
     expect(row.text()).toContain('server error (5xx)')
     expect(row.find('[data-label="Key"]').text()).toBe('alice') // every key: the key is a column
-    expect(log.find('[role="status"]').text()).toBe('1 request shown, oldest first, filtered')
+    expect(log.find('[role="status"]').text()).toBe('1 request shown, fastest first, filtered')
   })
 
   it("shows one request's details with the id its client saw", async () => {

@@ -18,9 +18,10 @@ describe('KeysView', () => {
   beforeEach(() => clearNotices())
   afterEach(() => document.body.replaceChildren())
 
-  it('lists keys newest first, hidden until shown', async () => {
-    const api = fakeApi({ listKeys: async () => [alice, bob] })
+  it('lists keys newest first (as the api sorts them), hidden until shown', async () => {
+    const api = fakeApi({ listKeys: async () => [bob, alice] })
     const view = await mountWithApi(KeysView, api)
+    expect(api.listKeys).toHaveBeenCalledWith({ sort: 'createdAt', order: 'desc' })
     const items = view.findAll('.key-item')
     expect(items.map((i) => i.attributes('data-username'))).toEqual(['bob', 'alice'])
     expect(view.text()).not.toContain(alice.key)
@@ -31,25 +32,46 @@ describe('KeysView', () => {
     expect(view.text()).toContain(alice.key)
   })
 
-  it("shows each key's last use, today's usage and budget, and filters and sorts a long list", async () => {
+  it("shows each key's last use, today's usage and budget, and has the api search, filter and sort", async () => {
     const budget = { period: 'month' as const, resetsAt: 0, tokens: 1000, usedTokens: 250, remainingTokens: 750 }
     const many: ApiKey[] = Array.from({ length: 6 }, (_, i) => ({
       ...bob, id: String(i).repeat(32), username: `user${i}`, createdAt: `2026-11-0${i + 1}T10:00:00.000Z`,
       enabled: i !== 3,
       usage: { lastUsed: i === 2 ? Date.now() - 120_000 : null, requestsToday: i, tokensToday: 100 * i, budget: i === 2 ? budget : null },
     }))
-    const view = await mountWithApi(KeysView, fakeApi({ listKeys: async () => many }))
+    // The fake api answers in the order and with the keys it is asked for.
+    const listKeys = async (q: { search?: string; state?: string; sort?: string } = {}) => {
+      let found = many.filter((k) => !q.search || k.username.includes(q.search) || k.id.includes(q.search))
+      if (q.state === 'disabled') found = found.filter((k) => k.enabled === false)
+      return q.sort === 'tokensToday' ? [...found].reverse() : found
+    }
+    const api = fakeApi({ listKeys })
+    const view = await mountWithApi(KeysView, api)
+    const names = () => view.findAll('.key-item').map((i) => i.attributes('data-username'))
     const item = (name: string) => view.findAll('.key-item').find((i) => i.attributes('data-username') === name)!
+    expect(api.listKeys).toHaveBeenLastCalledWith({ sort: 'createdAt', order: 'desc' })
     expect(item('user2').find('[data-testid="key-usage"]').text()).toMatch(/^Last used 2 minutes ago · today\s+2 requests,\s+200 tokens$/)
     expect(item('user2').find('[data-testid="key-budget"]').text()).toBe('Budget this month: 250 of 1,000 tokens used (750 left)')
     expect(item('user0').find('[data-testid="key-usage"]').text()).toContain('Never used')
     await view.find('#key-sort').setValue('tokensToday')
-    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user5', 'user4', 'user3', 'user2', 'user1', 'user0'])
+    await flushPromises()
+    expect(api.listKeys).toHaveBeenLastCalledWith({ sort: 'tokensToday', order: 'desc' })
+    expect(names()).toEqual(['user5', 'user4', 'user3', 'user2', 'user1', 'user0'])
     await view.find('#key-state').setValue('disabled')
-    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user3'])
+    await flushPromises()
+    expect(api.listKeys).toHaveBeenLastCalledWith({ state: 'disabled', sort: 'tokensToday', order: 'desc' })
+    expect(names()).toEqual(['user3'])
+    expect(view.find('#key-state').exists()).toBe(true) // the tools stay while the list is narrowed
     await view.find('#key-state').setValue('')
     await view.find('#key-filter').setValue('4444')
-    expect(view.findAll('.key-item').map((i) => i.attributes('data-username'))).toEqual(['user4'])
+    await new Promise((resolve) => setTimeout(resolve, 300)) // the search waits for typing to pause
+    await flushPromises()
+    expect(api.listKeys).toHaveBeenLastCalledWith({ search: '4444', sort: 'tokensToday', order: 'desc' })
+    expect(names()).toEqual(['user4'])
+    await view.find('#key-filter').setValue('nobody')
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    await flushPromises()
+    expect(view.text()).toContain('No key matches “nobody”')
   })
 
   it('says so when there are no keys, and when they cannot be read', async () => {
@@ -86,7 +108,8 @@ describe('KeysView', () => {
   })
 
   it('creates a key, shows it once with a copy button, and adds it to the list', async () => {
-    const api = fakeApi({ listKeys: async () => [alice], createKey: async () => bob })
+    const stored = [alice]
+    const api = fakeApi({ listKeys: async () => [...stored], createKey: async () => (stored.push(bob), bob) })
     const view = await mountWithApi(KeysView, api)
     await view.find('#new-username').setValue(' bob ')
     await view.find('form').trigger('submit')
@@ -138,7 +161,14 @@ describe('KeysView', () => {
 
   it('creates a further named key for a user with an owner and a note, checked first', async () => {
     const ci: ApiKey = { ...bob, id: 'c'.repeat(32), username: 'alice', name: 'ci', owner: 'ops', note: 'nightly evals' }
-    const api = fakeApi({ listKeys: async () => [alice], createKey: async () => ci })
+    let listed = [alice]
+    const api = fakeApi({
+      listKeys: async () => listed,
+      createKey: async () => {
+        listed = [alice, ci]
+        return ci
+      },
+    })
     const view = await mountWithApi(KeysView, api)
     await view.find('#new-username').setValue('alice')
     await view.find('#new-key-name').setValue('has space')
@@ -269,7 +299,8 @@ describe('KeysView', () => {
 
     it('saves only what changed and shows the key as saved', async () => {
       const saved = { ...alice, models: ['llama3*'], limits: { tokensPerDay: 5000 } }
-      const api = fakeApi({ listKeys: async () => [alice], updateKey: async () => saved })
+      let stored = alice
+      const api = fakeApi({ listKeys: async () => [stored], updateKey: async () => (stored = saved) })
       const view = await mountWithApi(KeysView, api)
       await button(itemOf(view, 'alice'), 'Limits').trigger('click')
       const form = view.find('form.policy-form')
@@ -312,7 +343,8 @@ describe('KeysView', () => {
     })
 
     it('clears the expiry with Never', async () => {
-      const api = fakeApi({ listKeys: async () => [restricted], updateKey: async () => alice })
+      let stored = restricted
+      const api = fakeApi({ listKeys: async () => [stored], updateKey: async () => (stored = alice) })
       const view = await mountWithApi(KeysView, api)
       await button(itemOf(view, 'alice'), 'Limits').trigger('click')
       const never = view.find('form.policy-form').findAll('button').find((b) => b.text() === 'Never')!

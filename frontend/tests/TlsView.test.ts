@@ -13,6 +13,7 @@ const DAY = 86_400_000
 
 function status(over: Partial<NginxStatus> = {}): NginxStatus {
   return {
+    success: true,
     generation: 3,
     appliedGeneration: 3,
     nginx: { ok: true, error: null, at: 1_795_000_000 },
@@ -87,7 +88,7 @@ describe('TlsView', () => {
   })
 
   it("shows nginx's refusal of the running config", async () => {
-    const refused = status({ nginx: { ok: false, error: 'nginx: [emerg] unknown directive "x"', at: null } })
+    const refused = status({ nginx: { ok: false, error: 'nginx: [emerg] unknown directive "x"', at: 1_795_000_000 } })
     const view = await mountWithApi(TlsView, fakeApi({ nginxStatus: async () => refused, getConfig: async () => '' }))
     expect(view.find('.alert-error pre').text()).toBe('nginx: [emerg] unknown directive "x"')
   })

@@ -40,7 +40,7 @@ function config(over: Partial<UpstreamConfig> = {}): UpstreamConfig {
 }
 
 function fleet(upstreams: UpstreamConfig[]): Fleet {
-  return { source: 'TARGET_URLS', upstreams, aliases: [] }
+  return { success: true, source: 'TARGET_URLS', upstreams, aliases: [] }
 }
 
 afterEach(() => document.body.replaceChildren())

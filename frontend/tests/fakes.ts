@@ -11,6 +11,7 @@ export type FakeApi = { [K in keyof Api]: ReturnType<typeof vi.fn> }
 export function fakeApi(overrides: Partial<Record<keyof Api, (...args: never[]) => unknown>> = {}): FakeApi {
   const methods = [
     'login', 'logout', 'me', 'listKeys', 'createKey', 'updateKey', 'rotateKey', 'deleteKey', 'records', 'summary', 'recordsCsv', 'requestLog', 'requestById', 'breakdown',
+    'spend', 'prices', 'setPrices',
     'upstreams', 'fleet', 'addUpstream', 'changeUpstream', 'removeUpstream', 'testUpstream', 'saveAlias', 'removeAlias',
     'nginxStatus', 'obtainCertificates', 'removeCertificate', 'renewCertificates', 'writeDefaultConfig',
     'getConfig', 'updateConfig', 'reloadNginx',

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import type { ApiKey } from '../src/api/types'
 import { toLocalInput } from '../src/lib/format'
-import { budgetText, keyState, limitsText, policyChange, policyErrors, policyForm, sortKeys, type PolicyForm } from '../src/lib/keyPolicy'
+import { budgetText, keyQuery, keyState, limitsText, policyChange, policyErrors, policyForm, type PolicyForm } from '../src/lib/keyPolicy'
 
 const NOW = Date.UTC(2026, 10, 29, 12, 30)
 const plain: ApiKey = { id: 'a'.repeat(32), username: 'alice', key: 'sk-x', createdAt: '2026-11-01T10:00:00.000Z' }
@@ -40,6 +40,9 @@ describe('the policy form', () => {
       expires: '',
       models: '',
       limits: { requestsPerMinute: '', tokensPerMinute: '', tokensPerDay: '', maxConcurrent: '' },
+      budgetPeriod: '',
+      budgetTokens: '',
+      budgetCost: '',
     })
     const filled = policyForm(limited)
     expect(filled.expires).toBe(toLocalInput(Date.parse('2027-01-31T11:00:00.000Z')))
@@ -107,16 +110,31 @@ describe('the key list', () => {
   const key = (username: string, createdAt: string, usage?: ApiKey['usage']): ApiKey => ({
     id: username.padEnd(32, '0'), username, key: 'sk-x', createdAt, usage,
   })
-  const used = (lastUsed: number | null, tokensToday: number) => ({ lastUsed, requestsToday: 1, tokensToday, budget: null })
 
-  it('sorts by name, last use and tokens today, ties newest first', () => {
-    const a = key('carol', '2026-11-01T00:00:00Z', used(5, 10))
-    const b = key('alice', '2026-11-03T00:00:00Z', used(9, 10))
-    const c = key('bob', '2026-11-02T00:00:00Z')
-    expect(sortKeys([a, b, c], 'newest').map((k) => k.username)).toEqual(['alice', 'bob', 'carol'])
-    expect(sortKeys([a, b, c], 'username').map((k) => k.username)).toEqual(['alice', 'bob', 'carol'])
-    expect(sortKeys([a, b, c], 'lastUsed').map((k) => k.username)).toEqual(['alice', 'carol', 'bob'])
-    expect(sortKeys([a, b, c], 'tokensToday').map((k) => k.username)).toEqual(['alice', 'carol', 'bob'])
+  it('asks the api to search, filter and sort, in its words', () => {
+    expect(keyQuery('', '', 'newest')).toEqual({ sort: 'createdAt', order: 'desc' })
+    expect(keyQuery('  ali ', 'enabled', 'username')).toEqual({ search: 'ali', state: 'active', sort: 'username', order: 'asc' })
+    expect(keyQuery('', 'expired', 'lastUsed')).toEqual({ state: 'expired', sort: 'lastUsed', order: 'desc' })
+    expect(keyQuery('', 'disabled', 'tokensToday')).toEqual({ state: 'disabled', sort: 'tokensToday', order: 'desc' })
+  })
+
+  it('edits a budget: set, changed, checked, removed', () => {
+    const plain = key('alice', '2026-11-01T00:00:00Z')
+    const form = policyForm(plain)
+    expect([form.budgetPeriod, form.budgetTokens, form.budgetCost]).toEqual(['', '', ''])
+    expect(policyChange({ ...form, budgetPeriod: 'month', budgetCost: '12.50' }, plain)).toEqual({ budget: { period: 'month', cost: 12.5 } })
+    expect(policyErrors({ ...form, budgetPeriod: 'day' })).toEqual({ budgetTokens: 'A budget needs tokens, an amount or both (or no period: no budget).' })
+    expect(policyErrors({ ...form, budgetPeriod: 'day', budgetTokens: '1.5', budgetCost: '-3' })).toEqual({
+      budgetTokens: 'A whole number of 1 or more (empty: none).',
+      budgetCost: 'An amount above 0, such as 20 or 12.50 (empty: none).',
+    })
+    expect(policyErrors({ ...form, budgetTokens: 'junk' })).toEqual({}) // no period: nothing is sent
+    const budgeted = { ...plain, budget: { period: 'week' as const, tokens: 1000 } }
+    const again = policyForm(budgeted)
+    expect([again.budgetPeriod, again.budgetTokens]).toEqual(['week', '1000'])
+    expect(policyChange(again, budgeted)).toEqual({})
+    expect(policyChange({ ...again, budgetTokens: '2000' }, budgeted)).toEqual({ budget: { period: 'week', tokens: 2000 } })
+    expect(policyChange({ ...again, budgetPeriod: '' }, budgeted)).toEqual({ budget: null })
   })
 
   it('says what a budget has used and has left', () => {

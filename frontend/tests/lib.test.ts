@@ -35,6 +35,7 @@ function record(over: Partial<RequestRecord> = {}): RequestRecord {
     error: null,
     queueMs: null,
     usageEstimated: false,
+    endUser: null,
     ...over,
   }
 }
@@ -104,6 +105,7 @@ describe('fillSeries', () => {
   })
   it('makes a CSV of the series, gaps included', () => {
     const summary: Summary = {
+      success: true,
       bucket: 'day',
       startDate: Date.UTC(2026, 10, 27),
       endDate: Date.UTC(2026, 10, 28, 12),

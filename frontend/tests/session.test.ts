@@ -66,7 +66,8 @@ describe('App', () => {
       const path = String(input)
       if (!loggedIn) return jsonResponse(401, { error: 'Authentication required' })
       if (path === '/api/me') return jsonResponse(200, { username: 'admin' })
-      if (path === '/api/keys') return jsonResponse(200, { success: true, keys: [] })
+      if (path === '/api/keys') return jsonResponse(200, { success: true, keys: [], usage: {} })
+      if (path === '/api/fleet') return jsonResponse(200, { success: true, source: 'TARGET_URLS', upstreams: [], aliases: [] })
       return jsonResponse(200, { success: true, upstreams: [] })
     }
     const api = createApi({ fetch: fetch as typeof globalThis.fetch, onUnauthorized: () => session.expire() })

@@ -30,6 +30,10 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
 
+TITLE = "llmp admin API"
+VERSION = "1"
+ROUTERS = (health, auth, keys, analytics, fleet, ui, nginx, metrics)
+
 
 async def _beat(beat: Heartbeat) -> None:
     while True:
@@ -64,8 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             beat.remove()
 
     app = FastAPI(
-        title="llmp admin API",
-        version="1",
+        title=TITLE,
+        version=VERSION,
         lifespan=lifespan,
         docs_url=None,
         redirect_slashes=False,
@@ -82,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
-    for module in (health, auth, keys, analytics, fleet, ui, nginx, metrics):
+    for module in ROUTERS:
         app.include_router(module.router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
@@ -95,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False)
     def docs(admin: Admin) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="llmp admin API")
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title=TITLE)
 
     cors = cors_options(
         settings.cors_origin,

@@ -49,6 +49,8 @@ FIELDS = {
         Field("bytesOut", "bytes_out"),
         Field("error", "error"),
         Field("endUser", "end_user"),
+        # The model the upstream was asked for: an alias's deployment (shared/fleet.py).
+        Field("upstreamModel", "upstream_model"),
     )
 }
 

@@ -107,7 +107,7 @@ class Budget(TypedDict):
 
 @answer
 class PreviousKey(TypedDict):
-    """A secret replaced by a rotation, accepted until `until`."""
+    """A secret of the key before its rotation, still accepted until then."""
 
     key: str
     until: str
@@ -116,7 +116,8 @@ class PreviousKey(TypedDict):
 @answer
 class ApiKey(TypedDict):
     """A key as the key file holds it: the original's four fields, then the policy fields that
-    are not their default (enabled, never expires, every model, no limit, no budget)."""
+    are not their default (enabled, never expires, every model, no limit, no budget, no name,
+    owner or note, no previous secret)."""
 
     id: str
     username: str
@@ -127,7 +128,7 @@ class ApiKey(TypedDict):
     models: NotRequired[list[str]]
     limits: NotRequired[Limits]
     budget: NotRequired[Budget]
-    name: NotRequired[str]
+    name: NotRequired[str]  # tells a user's keys apart
     owner: NotRequired[str]
     note: NotRequired[str]
     previousKeys: NotRequired[list[PreviousKey]]
@@ -206,8 +207,8 @@ class RequestRecord(TypedDict):
 @answer
 class Records(TypedDict):
     success: Literal[True]
-    records: list[RequestRecord]
-    nextCursor: str | None  # null: no older records in the window
+    records: list[RequestRecord]  # oldest first
+    nextCursor: str | None  # the older records; null: none
 
 
 @answer
@@ -257,7 +258,7 @@ class Summary(TypedDict):
 class BreakdownRow(TypedDict):
     """A key, model or upstream URL (`value`) over the window."""
 
-    value: str | None
+    value: str  # "" for requests without one
     username: NotRequired[str]  # by key
     requests: int
     failures: int
@@ -286,7 +287,7 @@ class Breakdown(TypedDict):
 
 @answer
 class SpendRow(TypedDict):
-    value: str | None
+    value: str
     username: NotRequired[str]  # by key
     requests: int
     promptTokens: int
@@ -310,7 +311,7 @@ class Spend(TypedDict):
     endDate: int
     currency: str
     total: Number
-    unpricedModels: list[str | None]
+    unpricedModels: list[str]
     series: list[SpendPoint]
 
 
@@ -364,6 +365,7 @@ class LoggedRequest(TypedDict):
     bytesOut: int | None
     error: str | None
     endUser: str | None
+    upstreamModel: str | None  # the model the upstream was asked for (an alias's deployment)
 
 
 @answer
@@ -431,6 +433,7 @@ class NginxStatus(TypedDict):
 class Upstream(TypedDict):
     """An upstream as the proxy's workers report it (requests summed over them)."""
 
+    id: str  # its id in the fleet (`GET /api/fleet`): `target-N` while TARGET_URLS is the list
     url: str
     healthy: bool
     models: list[str]
@@ -481,88 +484,3 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": Refusal, "description": "refused"},
     "5XX": {"model": Refusal, "description": "failed"},
 }
-
-
-# /api/fleet (services/api/routes/fleet.py) ----------------------------------------------------
-
-
-@answer
-class FleetUpstream(TypedDict):
-    """An upstream as configured; its key only as a hint, an egress proxy's password as ***."""
-
-    id: str
-    name: str
-    url: str
-    auth: str
-    keyHint: str | None  # None: no credentials
-    concurrency: int | None
-    verify: bool | None
-    caPem: str | None
-    proxy: str | None
-    keepalive: Number | None
-    models: list[str] | None
-    caFile: str | None
-    certFile: str | None
-    certKeyFile: str | None
-
-
-@answer
-class Deployment(TypedDict):
-    upstream: str
-    model: str
-    weight: int
-    priority: int
-
-
-@answer
-class AliasEntry(TypedDict):
-    name: str
-    deployments: list[Deployment]
-
-
-@answer
-class FleetList(TypedDict):
-    success: Literal[True]
-    source: Literal["file", "TARGET_URLS"]
-    upstreams: list[FleetUpstream]
-    aliases: list[AliasEntry]
-
-
-@answer
-class UpstreamSaved(TypedDict):
-    success: Literal[True]
-    message: str
-    upstream: FleetUpstream
-
-
-@answer
-class AliasSaved(TypedDict):
-    success: Literal[True]
-    message: str
-    alias: AliasEntry
-
-
-@answer
-class ModelsStep(TypedDict):
-    ok: bool
-    ms: Number | None
-    status: int | None
-    models: list[str]
-    error: str | None
-
-
-@answer
-class RequestStep(TypedDict):
-    ok: bool
-    model: str
-    ms: Number | None
-    status: int | None
-    error: str | None
-
-
-@answer
-class Probe(TypedDict):
-    success: Literal[True]
-    ok: bool  # both steps went well
-    models: ModelsStep
-    request: RequestStep | None  # None: no model to ask

@@ -1,6 +1,7 @@
 """Request bodies: JSON or urlencoded, as in the original, read into fields and checked with the
 original's (Joi's) messages word for word. The rules of a key live in shared/key_validation.py
-(`llmp keys` applies them too); the login's are here.
+(`llmp keys` applies them too); the login's are here. The OpenAPI document's request bodies are
+written from the same rules (`request_body`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request
 
-from shared.key_validation import BodyError, joined, string_errors
+from shared.key_validation import BodyError, Schema, Text, joined, string_errors
+
+# The original's rules but its minimum password length: a wrong password of any length is
+# answered `Invalid credentials`, never a hint about the right one's length.
+LOGIN_USERNAME = Text(1, 128)
+PASSWORD = Text(
+    1,
+    128,
+    messages={"required": "Password is required", "max": "Password must not exceed 128 characters"},
+)
 
 
 async def read_fields(request: Request) -> dict[str, Any]:
@@ -46,12 +56,20 @@ async def valid_fields(
 
 
 def login_errors(fields: dict[str, Any]) -> list[str]:
-    """The original's rules but its minimum password length: a wrong password of any length is
-    answered `Invalid credentials`, never a hint about the right one's length."""
-    return string_errors(fields, "username", 1, 128, {}) + string_errors(
-        fields,
-        "password",
-        1,
-        128,
-        {"required": "Password is required", "max": "Password must not exceed 128 characters"},
+    return string_errors(fields, "username", LOGIN_USERNAME) + string_errors(
+        fields, "password", PASSWORD
     )
+
+
+def login_schema() -> Schema:
+    """The login's body in JSON Schema, from the same rules."""
+    return {
+        "type": "object",
+        "required": ["username", "password"],
+        "properties": {"username": LOGIN_USERNAME.schema(), "password": PASSWORD.schema()},
+    }
+
+
+def request_body(schema: Schema) -> dict[str, Any]:
+    """A route's `openapi_extra` for a JSON body of `schema` (the api reads bodies itself)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -1,11 +1,10 @@
 """Model aliases: a public model name served by deployments (shared/fleet.py), resolved per
 request.
 
-- The deployments whose upstream is in the catalog are candidates; healthy ones first (all of
-  them if none is healthy), then the lowest `priority`; within it one is drawn by `weight`.
-- The request goes to that deployment's upstream, then (a connection refused) to the others of
-  its priority that serve the same upstream model, then to those of the next priorities: the
-  body is rewritten once, for one upstream model name.
+- The deployments whose upstream is in the catalog are candidates, in order: healthy ones not
+  cooling down first, then the lowest `priority`; within a priority, drawn by `weight`. The
+  request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
+  allows, each asked for its own model name.
 - The body gets the upstream's model name through the real parser of its format: JSON is parsed
   and written again (orjson keeps numbers and strings exact), a multipart form has its `model`
   field's bytes replaced where python-multipart found them. Nothing else in it changes.
@@ -16,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import time
 from collections.abc import Callable
 
 import orjson
@@ -23,6 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, invalid_multipart
+from services.proxy.fallbacks import Attempt
 from shared.fleet import Alias, Deployment
 
 Draw = Callable[[list[Deployment]], Deployment]
@@ -34,18 +35,27 @@ def weighted(deployments: list[Deployment]) -> Deployment:
 
 def resolve(
     catalog: Catalog, model: str | None, content_type: str, body: bytes, draw: Draw = weighted
-) -> tuple[list[UpstreamState], bytes, str] | None:
-    """For an alias: the upstreams to try in order, the body for them and the upstream model
-    name. None when `model` is no alias. Raises ProxyError when no deployment's upstream is
-    there (503), or the body cannot be rewritten (400)."""
+) -> list[Attempt] | None:
+    """For an alias: its deployments in the order to try them, each with its body. None when
+    `model` is no alias. Raises ProxyError when no deployment's upstream is there (503), or the
+    body cannot be rewritten (400)."""
     alias = catalog.aliases.get(model) if model is not None else None
     if alias is None:
         return None
-    plan, upstream_model = choose(catalog, alias, draw)
-    return plan, rewrite_model(content_type, body, upstream_model), upstream_model
+    bodies: dict[str, bytes] = {}
+    attempts = []
+    for state, deployment in order(catalog, alias, draw):
+        if deployment.model not in bodies:
+            bodies[deployment.model] = rewrite_model(content_type, body, deployment.model)
+        attempts.append(Attempt(state, bodies[deployment.model], deployment.model))
+    return attempts
 
 
-def choose(catalog: Catalog, alias: Alias, draw: Draw) -> tuple[list[UpstreamState], str]:
+def order(
+    catalog: Catalog, alias: Alias, draw: Draw, now: float | None = None
+) -> list[tuple[UpstreamState, Deployment]]:
+    """The deployments whose upstream is in the catalog, best first: healthy and not cooling
+    down, then by priority; within a priority, drawn one after another by weight."""
     states = {state.upstream.id: state for state in catalog.states}
     candidates = [(states[d.upstream], d) for d in alias.deployments if d.upstream in states]
     if not candidates:
@@ -55,16 +65,20 @@ def choose(catalog: Catalog, alias: Alias, draw: Draw) -> tuple[list[UpstreamSta
             "no_upstream",
             type="server_error",
         )
-    healthy = [(s, d) for s, d in candidates if s.healthy] or candidates
-    first = min(d.priority for _, d in healthy)
-    picked = draw([d for _, d in healthy if d.priority == first])
-    same = [(s, d) for s, d in healthy if d.model == picked.model and d is not picked]
-    same.sort(key=lambda pair: (pair[1].priority, pair[0].in_flight))
-    plan = [states[picked.upstream]]
-    for state, _ in same:
-        if state not in plan:
-            plan.append(state)
-    return plan, picked.model
+    now = time.monotonic() if now is None else now
+
+    def rank(pair: tuple[UpstreamState, Deployment]) -> tuple[bool, int]:
+        state, deployment = pair
+        return (not state.healthy or state.cool_until > now, deployment.priority)
+
+    ordered: list[tuple[UpstreamState, Deployment]] = []
+    for _, tier in itertools.groupby(sorted(candidates, key=rank), key=rank):
+        pool = list(tier)
+        while pool:
+            picked = draw([d for _, d in pool])
+            position = next(i for i, (_, d) in enumerate(pool) if d is picked)
+            ordered.append(pool.pop(position))
+    return ordered
 
 
 def rewrite_model(content_type: str, body: bytes, model: str) -> bytes:

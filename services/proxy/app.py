@@ -22,8 +22,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import alerts, aliases, attribution, errors, routing, tracing
+from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing, tracing
 from services.proxy.board import Board
+from services.proxy.body import RequestBody
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
@@ -32,12 +33,12 @@ from services.proxy.fleet import FleetWatch
 from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
-from services.proxy.metrics import ProxyMetrics
+from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
 from services.proxy.recorder import Recorder
 from services.proxy.revocation import OpenRequests
 from services.proxy.upstream import UpstreamClient
-from services.proxy.usage import ask_for_usage, tokens_used
-from shared import storage
+from services.proxy.usage import Meter, ask_for_usage, tokens_used
+from shared import logs, storage
 from shared.analytics import RequestRow
 from shared.cors import cors_options
 from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
@@ -210,6 +211,7 @@ class ProxyApp:
         self._tasks = [
             asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
             asyncio.create_task(self._beat(), name="proxy-heartbeat"),
+            asyncio.create_task(self._flush_metrics(), name="metrics-flush"),
         ]
         # Everything allocated so far lives as long as the worker: keep it out of the cyclic
         # collector's way, so that its full collections stay short.
@@ -219,6 +221,7 @@ class ProxyApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.flush()
         await self.keys.stop()
         await self.fleet.stop()
         await self.recorder.close()
@@ -260,6 +263,11 @@ class ProxyApp:
                     log.info("heartbeat written again")
                 failing = None
             await asyncio.sleep(INTERVAL)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.metrics.flush()
 
     # Requests ----------------------------------------------------------------------------
 
@@ -363,23 +371,32 @@ class ProxyApp:
         if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
             await self.answer_models(path, policy, row, send)
             return
-        model = routing.request_model(content_type, body)
-        row.model, row.end_user = model, attribution.end_user(content_type, body)
+        parsed = RequestBody(body)  # parsed once, for the model, the user and the usage
+        model = routing.request_model(content_type, parsed)
+        row.model, row.end_user = model, attribution.end_user(content_type, parsed)
         policy.check_model(model)
-        resolved = aliases.resolve(catalog, model, content_type, body)  # a public name?
-        if resolved is None:
-            plan, row.upstream_model = await self.plan(catalog, model), model
-        else:
-            plan, body, row.upstream_model = resolved
-        asked = ask_for_usage(path, body) if self.settings.stream_usage else None
+        deployments = aliases.resolve(catalog, model, content_type, body)  # a public name?
+        plan = await self.plan(catalog, model) if deployments is None else []
+        row.upstream_model = model
+        usage = self.settings.stream_usage
         budgets.admit(policy.key)
         admission = limiter.admit(policy)
         extra = () if admission is None else admission.headers
-        meter = None
-        try:
-            meter = await exchange(
+
+        async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> Meter | None:
+            sent = parsed if body is parsed.raw else RequestBody(body)  # an alias's is rewritten
+            asked = ask_for_usage(path, sent) if usage else None
+            assert self.client is not None and catalog is not None
+            return await exchange(
                 self.client, catalog, plan, scope, body, asked, row, send, started, extra
             )
+
+        meter = None
+        try:
+            if deployments is None:
+                meter = await attempt(plan, body, send)
+            else:
+                meter = await fallbacks.forward(deployments, attempt, row, send)
         finally:
             if admission is not None or policy.key.budget is not None:
                 tokens = tokens_used(row, meter)
@@ -433,23 +450,22 @@ class ProxyApp:
         self.metrics.observe(row, elapsed_ms / 1000)
         if self.tracing is not None:
             self.tracing.record(row, started)
-        log.info(
+        logs.event(
+            log,
             "request",
-            extra={
-                "fields": {
-                    "id": row.request_id,
-                    "key": row.key_id,
-                    "method": row.method,
-                    "path": row.path,
-                    "model": row.model,
-                    "upstream": row.upstream,
-                    "status": row.status,
-                    "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
-                    "ms": round(elapsed_ms, 1),
-                    "prompt_tokens": row.prompt_tokens,
-                    "completion_tokens": row.completion_tokens,
-                    "error": row.error,
-                }
+            {
+                "id": row.request_id,
+                "key": row.key_id,
+                "method": row.method,
+                "path": row.path,
+                "model": row.model,
+                "upstream": row.upstream,
+                "status": row.status,
+                "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
+                "ms": round(elapsed_ms, 1),
+                "prompt_tokens": row.prompt_tokens,
+                "completion_tokens": row.completion_tokens,
+                "error": row.error,
             },
         )
 
@@ -490,7 +506,7 @@ def create_app(settings: Settings | None = None) -> ProxyApp | CORSMiddleware:
     cors = cors_options(
         settings.cors_origin,
         methods=["*"],
-        expose=["x-request-id"],
+        expose=["x-request-id", "x-llmp-attempts"],
         headers=["Authorization", "Content-Type", "api-key", "x-api-key"],
     )
     return app if cors is None else CORSMiddleware(app, **cors)  # type: ignore[arg-type]

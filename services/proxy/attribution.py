@@ -5,37 +5,25 @@ Teams put one llmp key in an application and name the application's own user in 
 it beside the key, so that analytics can tell that key's traffic apart; it is never an access
 decision and never logged.
 
-Only the top-level member counts (a `metadata.user` is not the request's user). A body whose
-text holds no string member named "user" costs one search; one that does is parsed with orjson,
-as the routing parses it for its model (the standard parser decides what orjson refuses). At
+Only the top-level member counts (a `metadata.user` is not the request's user). It is read from
+the document the routing parsed for the model (`body.RequestBody`: the body is parsed once). At
 most MAX_USER characters are kept: a field an outsider fills must not grow the database without
 bound.
 """
 
 from __future__ import annotations
 
-import json
-import re
-
-import orjson
+from services.proxy.body import RequestBody
 
 MAX_USER = 256
-_JSON_USER = re.compile(rb'"user"\s*:\s*"')
 
 
-def end_user(content_type: str, body: bytes) -> str | None:
+def end_user(content_type: str, body: RequestBody) -> str | None:
     """The top-level `user` member of a JSON request, if a string (cut to MAX_USER)."""
-    json_body = "json" in content_type or (not content_type and body[:1] == b"{")
-    if not json_body or not _JSON_USER.search(body):
+    if "json" not in content_type and (content_type or body.raw[:1] != b"{"):
         return None
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError):  # the upstream will say what is wrong with it
-            return None
-    user = document.get("user") if isinstance(document, dict) else None
+    members = body.members
+    user = members.get("user") if members is not None else None
     if not isinstance(user, str) or not user:
         return None
     return user[:MAX_USER]

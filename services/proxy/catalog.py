@@ -60,6 +60,7 @@ class UpstreamState:
     gate: Gate | None = None  # the fair queue, for an upstream with a concurrency cap
     refusal: str | None = None  # why its models are unknown, when that is worth telling clients
     listed: list[dict[str, Any]] = field(default_factory=list)  # before its `models` filter
+    cool_until: float = 0.0  # time.monotonic() before which its Retry-After asks for none
 
     def use(self, listed: list[dict[str, Any]]) -> None:
         """Take the models it lists, as far as its `models` filter lets them through."""

@@ -115,6 +115,7 @@ class Connection(asyncio.Protocol):
         self.expires = 0.0  # when IDLE: the loop time after which it is not reused
         self.keepalive = origin.endpoint.keepalive
         self._parser = httptools.HttpResponseParser(self)
+        self._poll: select.poll | None = None  # the socket, for a look before reuse
         self._reset()
 
     def _reset(self) -> None:
@@ -142,8 +143,13 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # resume_writing() then says when the whole request has left this process.
+        # resume_writing() then says when the whole request has left this process. (A write
+        # that completes at once, the usual case, never pauses the protocol.)
         self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def resume_writing(self) -> None:
         self._unsent = False
@@ -171,6 +177,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = State.CLOSED
+        self._poll = None  # its descriptor is closed, and may be another socket's soon
         self.pool.forget(self)
         self._stop_timer()
         if was is not State.ACTIVE:
@@ -325,6 +332,7 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._stop_timer()
+        self._poll = None
         if self.state is not State.CLOSED:
             if self.state is State.ACTIVE and not self._complete:
                 self._fail(Cut("closed"))
@@ -335,26 +343,27 @@ class Connection(asyncio.Protocol):
 
     def readable(self) -> bool:
         """Whether the socket has anything to read (bytes, or the upstream's close) that the
-        event loop has not delivered yet."""
-        assert self.transport is not None
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
+        event loop has not delivered yet: one poll(2) on a descriptor registered once."""
+        if self._poll is None:
             return False
         try:
-            ready, _, _ = select.select([sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
+            return bool(self._poll.poll(0))
+        except OSError:
             return True
-        return bool(ready)
 
 
 class Origin:
     """One endpoint's connections: the idle ones (newest last), how many are open, and the
     requests waiting for one when `max_connections` are."""
 
-    __slots__ = ("connecting", "endpoint", "idle", "open", "waiters")
+    __slots__ = ("absolute", "connecting", "endpoint", "host_header", "idle", "open", "waiters")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
+        # What every request's head repeats, computed once (an IDNA encoding is not cheap).
+        self.host_header = endpoint.host_header
+        plain_proxy = endpoint.proxy is not None and endpoint.scheme == "http"
+        self.absolute = endpoint.origin.encode() if plain_proxy else b""  # to a proxy: absolute
         self.idle: deque[Connection] = deque()
         self.open: set[Connection] = set()
         self.connecting = 0
@@ -401,11 +410,9 @@ class Pool:
         """Send a request, return its answer's head. Raises UpstreamError."""
         origin = self.origin(endpoint)
         proxy = endpoint.proxy
-        if proxy is not None and endpoint.scheme == "http":  # absolute form, to the proxy
-            target = endpoint.origin.encode() + target
-        head = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nhost: "]
-        head.append(endpoint.host_header)
-        if proxy is not None and endpoint.scheme == "http" and proxy.authorization:
+        head = [method.encode("latin-1"), b" ", origin.absolute, target, b" HTTP/1.1\r\nhost: "]
+        head.append(origin.host_header)
+        if origin.absolute and proxy is not None and proxy.authorization:
             head += (b"\r\nproxy-authorization: ", proxy.authorization)
         for name, value in headers:
             head += (b"\r\n", name, b": ", value)
@@ -444,7 +451,7 @@ class Pool:
         now = self.loop.time()
         while idle and not fresh:
             connection = idle.pop()
-            if connection.expires < now or connection.readable():
+            if connection.closed or connection.expires < now or connection.readable():
                 connection.close()
                 continue
             connection.reused = True

@@ -8,10 +8,10 @@
   "Model" or "MODEL" (Go's encoding/json, in Ollama, takes it), two multipart `model` fields
   (Go takes the first, Starlette the last), extended or repeated parameters in a part's
   Content-Disposition, or an encoded `model` part.
-- The JSON body is parsed with orjson (about as fast as the regular expression that used to
-  pick the model out of the raw text, and exact); duplicates are looked for in the raw text
-  only when it could hold two such names (a second literal `"model"` or a `\\u` escape of one
-  of its letters), with the standard parser keeping every member. See docs/performance.md.
+- The JSON body is parsed once (`body.RequestBody`, orjson first); duplicates are looked for in
+  the raw text only when it could hold two such names (a second literal `"model"` or a `\\u`
+  escape of one of its letters), with the standard parser keeping every member. See
+  docs/performance.md.
 - Upstreams that list the model are candidates; healthy ones first, then the fewest requests in
   flight, ties broken by a stable hash of the model (so one model's traffic sticks to one
   upstream while load is even, which keeps its KV cache warm).
@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from services.proxy.body import RequestBody
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ambiguous_model, invalid_json, invalid_multipart
 
@@ -60,29 +60,31 @@ def inside_v1(path: str) -> bool:
     return "\\" not in path and ("." not in path or _DOT_SEGMENT.search(path) is None)
 
 
-def request_model(content_type: str, body: bytes) -> str | None:
+def request_model(content_type: str, body: RequestBody) -> str | None:
     """The model a request asks for, if any: the body's top-level `model` member as the
     upstream will read it (None if there is none, or it is not a string).
 
     Raises ProxyError (400) for a body that does not parse, when it had to be parsed, and for
     one that names its model ambiguously.
     """
-    if not body:
+    raw = body.raw
+    if not raw:
         return None
-    if "json" in content_type or (not content_type and body[:1] == b"{"):
+    if "json" in content_type or (not content_type and raw[:1] == b"{"):
         return _json_model(body)
     if content_type.startswith("multipart/form-data"):
-        return _multipart_model(content_type, body)
+        return _multipart_model(content_type, raw)
     return None
 
 
-def _json_model(body: bytes) -> str | None:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # Also what orjson refuses and Python's parser takes (NaN, lone surrogates, huge
-        # integers): the standard parser decides, as a Python upstream would.
-        return _model_member(_members(body))
+def _json_model(body: RequestBody) -> str | None:
+    document, raw = body.document, body.raw
+    if body.error is not None:
+        raise invalid_json(body.error)
+    if not body.strict:
+        # What orjson refuses and Python's parser takes (NaN, lone surrogates, huge integers):
+        # the standard parser decides, as a Python upstream would.
+        return _model_member(_members(raw))
     if not isinstance(document, dict):
         return None
     named = [name for name in document if name.lower() == "model"]
@@ -90,8 +92,8 @@ def _json_model(body: bytes) -> str | None:
         return None
     if named != ["model"]:
         raise ambiguous_model(named)
-    if body.count(b'"model"') > 1 or (b"\\u00" in body and _MODEL_LETTER_ESCAPE.search(body)):
-        return _model_member(_members(body))  # the text may hold the member twice
+    if raw.count(b'"model"') > 1 or (b"\\u00" in raw and _MODEL_LETTER_ESCAPE.search(raw)):
+        return _model_member(_members(raw))  # the text may hold the member twice
     value = document["model"]
     return value if isinstance(value, str) else None
 

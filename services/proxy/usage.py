@@ -26,6 +26,7 @@ import re
 import zlib
 from typing import Any, Protocol
 
+from services.proxy.body import RequestBody
 from services.proxy.json_members import Member, appended, members, without
 from shared.analytics import RequestRow
 
@@ -181,25 +182,22 @@ def meter_for(content_type: str, content_encoding: str) -> Meter | None:
     return None
 
 
-def ask_for_usage(path: str, body: bytes) -> bytes | None:
-    """`body` with `stream_options.include_usage` set, for a streamed completion that did not
-    ask for usage; None for anything else."""
-    if path not in USAGE_PATHS or not _STREAM_TRUE.search(body):
+def ask_for_usage(path: str, body: RequestBody) -> bytes | None:
+    """The body with `stream_options.include_usage` set, for a streamed completion that did
+    not ask for usage; None for anything else."""
+    raw = body.raw
+    if path not in USAGE_PATHS or not _STREAM_TRUE.search(raw):
         return None
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, or nested too deep: the upstream says so
-        return None
-    if not isinstance(document, dict) or document.get("stream") is not True:
+    document = body.members  # not JSON, or nested too deep: the upstream says so
+    if document is None or document.get("stream") is not True:
         return None
     options = document.get("stream_options")
     if options is None:  # the common case: insert the member, leave every other byte alone
-        start = body.index(b"{") + 1
-        return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+        start = raw.index(b"{") + 1
+        return raw[:start] + b'"stream_options":{"include_usage":true},' + raw[start:]
     if not isinstance(options, dict) or options.get("include_usage") is True:
         return None
-    document["stream_options"] = {**options, "include_usage": True}
-    return json.dumps(document).encode()
+    return json.dumps({**document, "stream_options": {**options, "include_usage": True}}).encode()
 
 
 # The members of a chat or text completion chunk that every chunk of a stream carries: they are

@@ -94,19 +94,22 @@ class PgKeyAdmin:
         return key
 
     def update(self, key_id: str, change: PolicyChange) -> ApiKey | None:
-        return self._change(key_id, lambda key: key.updated(change))
+        return self._change(key_id, lambda key: key.updated(change), renamed="name" in change)
 
     def rotate(self, key_id: str, until: datetime) -> ApiKey | None:
         return self._change(key_id, lambda key: key.rotated(until))
 
-    def _change(self, key_id: str, change: Callable[[ApiKey], ApiKey]) -> ApiKey | None:
+    def _change(
+        self, key_id: str, change: Callable[[ApiKey], ApiKey], renamed: bool = False
+    ) -> ApiKey | None:
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEYS,))
             row = conn.execute("SELECT doc FROM llmp_keys WHERE id = %s", (key_id,)).fetchone()
             if row is None:
                 return None
             changed = change(_keys([row])[0])
-            check_unique(_users_keys(conn, changed.username), changed)
+            if renamed:
+                check_unique(_users_keys(conn, changed.username), changed)
             conn.execute(
                 "UPDATE llmp_keys SET doc = %s, digest = %s WHERE id = %s",
                 (Jsonb(changed.to_json()), digest(changed.key), key_id),

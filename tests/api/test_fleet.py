@@ -177,3 +177,14 @@ def test_every_route_needs_the_admin(api):
         ("DELETE", "/api/fleet/aliases/chat"),
     ]:
         assert anonymous.request(method, path, json={}).status_code == 401, path
+
+
+def test_a_proxy_password_is_masked_and_kept(api):
+    proxy = "http://me:proxy-secret@egress:3128"
+    answer = api.post("/api/fleet/upstreams", json={"url": "http://b", "proxy": proxy})
+    assert answer.json()["upstream"]["proxy"] == "http://me:***@egress:3128"
+    assert "proxy-secret" not in api.get("/api/fleet").text
+    upstream_id = answer.json()["upstream"]["id"]
+    api.patch(f"/api/fleet/upstreams/{upstream_id}", json={"name": "renamed"})
+    saved = json.loads(api.fleet_file.read_text())["upstreams"][1]
+    assert saved["proxy"] == proxy and saved["name"] == "renamed"

@@ -334,3 +334,15 @@ def test_rotate_of_an_unknown_key_is_404(api, path, alice):
     r = api.post(f"/api/keys/{'0' * 32}/rotate")
     assert r.status_code == 404
     assert r.json() == {"success": False, "message": "API key not found"}
+
+
+def test_a_budget_of_null_tokens_or_cost_is_refused_as_joi_does(api, path, alice):
+    """`number()` refuses null: a budget whose tokens or cost is null is a 400 that says so, and
+    the key stays as it was (it was taken for no budget field at all, and then failed)."""
+    for name in ("tokens", "cost"):
+        r = patch(api, alice.id, {"budget": {"period": "day", name: None}})
+        assert (r.status_code, r.json()) == (
+            400,
+            {"success": False, "message": f'"budget.{name}" must be a number'},
+        )
+    assert read_keys(path)[0] == alice

@@ -80,6 +80,16 @@ def test_a_request_is_found_by_the_id_its_client_saw(tmp_path):
     assert request_log.find(path, "r99") is None
 
 
+def test_a_request_shows_the_model_its_upstream_was_asked_for(tmp_path):
+    path = tmp_path / "analytics.db"
+    db = analytics.connect(path)
+    row = RequestRow("aliased", "k1", "alice", T, model="chat", upstream_model="llama-3-70b")
+    analytics.insert(db, [row])
+    found = request_log.find(path, "aliased")
+    assert found is not None
+    assert (found["model"], found["upstreamModel"]) == ("chat", "llama-3-70b")
+
+
 def _measured(count: int, seed: int) -> list[RequestRow]:
     """Rows whose every measure has many ties and some NULLs, and starts that tie too."""
     rng = random.Random(seed)
@@ -129,8 +139,17 @@ def test_every_sort_pages_every_row_once_in_order_through_ties(tmp_path, sort):
     for limit in (1, 7, 500):
         assert _walk(path, "asc", limit, sort=sort) == expected
         assert _walk(path, "desc", limit, sort=sort) == expected[::-1]
-    k2 = [r for r in expected if next(x for x in rows if x.request_id == r).key_id == "k2"]
+    by_id = {r.request_id: r for r in rows}
+    k2 = [r for r in expected if by_id[r].key_id == "k2"]
+    # A filter's index or the sort's, whichever reads fewer rows (a small page: the sort's; a
+    # page of them all: the filter's): the same rows in the same order.
     assert _walk(path, "desc", 3, sort=sort, key_id="k2") == k2[::-1]
+    assert _walk(path, "asc", 500, sort=sort, key_id="k2") == k2
+    limited = [r for r in expected if by_id[r].status == 429]
+    assert _walk(path, "desc", 2, sort=sort, outcome="rate_limited") == limited[::-1]
+    assert _walk(path, "asc", 3, sort=sort, status=429, key_id="k2") == [
+        r for r in limited if by_id[r].key_id == "k2"
+    ]
 
 
 def test_a_cursor_is_refused_for_another_sort_or_when_made_up(tmp_path):

@@ -10,6 +10,7 @@ real one is in tests/stack/test_tls.py).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,13 +28,13 @@ from services.api import sessions
 from services.api.app import create_app
 from shared import analytics
 from shared.analytics import RequestRow
-from shared.apikeys import ApiKey, Budget, Limits, format_time, write_keys
+from shared.apikeys import ApiKey, Budget, Limits, write_keys
 from shared.files import write_json_atomic
-from shared.fleet import Alias, Deployment, Fleet, FleetFile, UpstreamEntry
 from shared.prices import Price, Prices, write_prices
 from shared.settings import Settings
 from shared.site import CertdStatus, Site, no_outcome, read_site, update_site, write_status
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
+from tests.upstream import FakeUpstream
 
 ISSUED = "llm.example.com"  # the certificate certd reports as issued; others never are
 
@@ -45,6 +46,7 @@ class World:
     alice: ApiKey  # every policy field set
     bob: ApiKey  # none
     carol: ApiKey  # never used
+    made: dict[str, str] = dataclasses.field(default_factory=dict)  # ids made by a case's `before`
 
 
 class Certd:
@@ -89,7 +91,8 @@ class Certd:
 
 def _heartbeats(settings: Settings) -> None:
     now = time.time()
-    upstream = {
+    upstream = {  # as services/proxy/catalog.py's UpstreamState.report() writes it
+        "id": "target-1",
         "url": "http://gpu-1:11434",
         "healthy": False,
         "models": ["llama3:8b", "qwen2.5:7b"],
@@ -99,7 +102,13 @@ def _heartbeats(settings: Settings) -> None:
         "last_ok": now - 30,
         "last_error": "connection refused",
     }
-    idle = {**upstream, "url": "http://gpu-2:8000", "concurrency": None, "last_ok": None}
+    idle = {
+        **upstream,
+        "id": "3f9a0c1d",
+        "url": "http://gpu-2:8000",
+        "concurrency": None,
+        "last_ok": None,
+    }
     proxy = {"program": "proxy", "pid": 1, "started": now, "updated": now}
     write_json_atomic(
         settings.run_dir / "proxy-1.json",
@@ -117,26 +126,6 @@ def _heartbeats(settings: Settings) -> None:
             "nginx": {"ok": False, "error": "nginx -t failed", "at": now},
         },
     )
-
-
-def _fleet(fleet: Fleet) -> Fleet:
-    """Two upstreams (one nothing listens on, one with every setting) and an alias."""
-    fleet.upstreams = [
-        UpstreamEntry(id="gpu-1", url="http://127.0.0.1:9", name="GPU 1", key="sk-upstream-1234"),
-        UpstreamEntry(
-            id="gpu-2",
-            url="https://gpu-2.example:8443",
-            auth="basic",
-            key="llmp:secret",
-            concurrency=4,
-            verify=False,
-            proxy="http://egress:secret@proxy.example:3128",
-            keepalive=30,
-            models=["llama*"],
-        ),
-    ]
-    fleet.aliases = [Alias(name="chat", deployments=[Deployment(upstream="gpu-1", model="m")])]
-    return fleet
 
 
 def _rows(alice: ApiKey, bob: ApiKey, now: int) -> list[RequestRow]:
@@ -172,10 +161,21 @@ def _rows(alice: ApiKey, bob: ApiKey, now: int) -> list[RequestRow]:
     return rows
 
 
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    running = FakeUpstream("a", ["llama-a", "qwen-a"], key="sk-upstream-0123456789").start()
+    yield running
+    running.stop()
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, upstream: FakeUpstream) -> Iterator[World]:
     settings = make_settings(
-        tmp_path, log_level="ERROR", jwt_secret="k" * 40, certd_wait_seconds=60.0
+        tmp_path,
+        log_level="ERROR",
+        jwt_secret="k" * 40,
+        certd_wait_seconds=60.0,
+        target_urls=f"{upstream.url}|sk-upstream-0123456789|concurrency=2",
     )
     alice = ApiKey.new("alice").updated(
         {
@@ -194,7 +194,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     db.close()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     _heartbeats(settings)
-    FleetFile(settings.fleet_file, ()).change(_fleet)
     certd = Certd(settings)
     certd.thread.start()
     token = sessions.for_settings(settings).issue("admin")
@@ -252,6 +251,22 @@ POLICY = {
     "budget": {"period": "week", "tokens": 5000, "cost": 2},
 }
 
+
+def _soon(world: World) -> dict[str, str]:
+    return {"until": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+
+
+def _alias(world: World) -> None:
+    deployments = [{"upstream": "target-1", "model": "llama-a"}]
+    assert world.api.put("/api/fleet/aliases/chat", json={"deployments": deployments}).is_success
+
+
+def _down(world: World) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    added = world.api.post("/api/fleet/upstreams", json={"url": url, "name": "down"})
+    world.made["down"] = added.json()["upstream"]["id"]
+
+
 CASES = [
     Case("GET", "/healthz", "/healthz", 503),
     Case("GET", "/healthz", "/healthz", before=_healthy),
@@ -273,15 +288,11 @@ CASES = [
     Case("PATCH", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.bob.id}", body=POLICY),
     Case("PATCH", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.alice.id}", body={"limits": {}}),
     Case("PATCH", "/api/keys/{key_id}", "/api/keys/nobody", 404, body={"enabled": True}),
-    Case(
-        "POST",
-        "/api/keys/{key_id}/rotate",
-        lambda w: f"/api/keys/{w.bob.id}/rotate",
-        body=lambda w: {"until": format_time(datetime.now(UTC) + timedelta(days=1))},
-    ),
-    Case("POST", "/api/keys/{key_id}/rotate", "/api/keys/nobody/rotate", 404, body={}),
     Case("DELETE", "/api/keys/{key_id}", lambda w: f"/api/keys/{w.alice.id}"),
     Case("DELETE", "/api/keys/{key_id}", "/api/keys/nobody", 404),
+    Case("POST", "/api/keys/{key_id}/rotate", lambda w: f"/api/keys/{w.bob.id}/rotate", body=_soon),
+    Case("POST", "/api/keys/{key_id}/rotate", lambda w: f"/api/keys/{w.bob.id}/rotate", body={}),
+    Case("POST", "/api/keys/{key_id}/rotate", "/api/keys/nobody/rotate", 404, body={}),
     Case("GET", "/api/keys/validate/{key}", lambda w: f"/api/keys/validate/{w.alice.key}"),
     Case("GET", "/api/keys/validate/{key}", "/api/keys/validate/" + "0" * 64),
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.carol.id}"),
@@ -315,36 +326,38 @@ CASES = [
     Case("GET", "/api/analytics/{key}", lambda w: f"/api/analytics/{w.bob.key}"),
     Case("GET", "/api/analytics/{key}/csv", lambda w: f"/api/analytics/{w.alice.id}/csv"),
     Case("GET", "/api/fleet", "/api/fleet"),
+    Case("GET", "/api/fleet", "/api/fleet", before=_alias),
     Case(
         "POST",
         "/api/fleet/upstreams",
         "/api/fleet/upstreams",
-        body={"url": "http://gpu-3.example:8000", "key": "sk-upstream-5678"},
+        body={"url": "http://b:8000", "key": "user:secret", "auth": "basic", "models": ["b*"]},
     ),
-    Case("POST", "/api/fleet/upstreams", "/api/fleet/upstreams", 400, body={"url": "ftp://x"}),
+    Case("POST", "/api/fleet/upstreams", "/api/fleet/upstreams", 400, body={"url": "ftp://b"}),
     Case(
         "PATCH",
         "/api/fleet/upstreams/{upstream_id}",
-        "/api/fleet/upstreams/gpu-2",
-        body={"concurrency": 8},
+        "/api/fleet/upstreams/target-1",
+        body={"concurrency": 3, "verify": False},
     ),
+    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/target-1"),
+    Case("POST", "/api/fleet/upstreams/{upstream_id}/test", "/api/fleet/upstreams/target-1/test"),
     Case(
-        "PATCH",
-        "/api/fleet/upstreams/{upstream_id}",
-        "/api/fleet/upstreams/none",
-        404,
-        body={"concurrency": 8},
+        "POST",
+        "/api/fleet/upstreams/{upstream_id}/test",
+        lambda w: f"/api/fleet/upstreams/{w.made['down']}/test",
+        before=_down,
     ),
-    Case("POST", "/api/fleet/upstreams/{upstream_id}/test", "/api/fleet/upstreams/gpu-1/test"),
-    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/gpu-2"),
-    Case("DELETE", "/api/fleet/upstreams/{upstream_id}", "/api/fleet/upstreams/gpu-1", 400),
     Case(
         "PUT",
         "/api/fleet/aliases/{name}",
-        "/api/fleet/aliases/fast",
-        body={"deployments": [{"upstream": "gpu-1", "model": "small", "weight": 2}]},
+        "/api/fleet/aliases/chat",
+        before=_alias,
+        body={
+            "deployments": [{"upstream": "target-1", "model": "qwen-a", "weight": 2, "priority": 1}]
+        },
     ),
-    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/chat"),
+    Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/chat", before=_alias),
     Case("DELETE", "/api/fleet/aliases/{name}", "/api/fleet/aliases/none", 404),
     Case("GET", "/nginx/status", "/nginx/status"),
     Case(

@@ -2,9 +2,10 @@
 
 from datetime import UTC, datetime
 
+import jsonschema_rs
 import pytest
 
-from services.api.validation import login_errors
+from services.api.validation import login_errors, login_schema
 from shared.key_validation import (
     BodyError,
     joined,
@@ -143,3 +144,24 @@ def test_an_expiry_must_be_after_now():
     )
     for past in ("2030-06-01T12:00:00Z", "2030-06-01T13:59:00+02:00", "2030-05-31"):
         assert key_policy({"expiresAt": past}, now)[1] == ['"expiresAt" must be greater than "now"']
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "admin", "password": "x"},
+        {"username": "admin", "password": "x" * 128},
+        {"username": "admin", "password": "x" * 129},
+        {"username": "a" * 129, "password": "x"},
+        {"username": "", "password": "x"},
+        {"username": "admin", "password": 1},
+        {"username": "admin"},
+        {"password": "x"},
+    ],
+)
+def test_the_login_schema_accepts_what_the_check_does(body):
+    """The document's login body is written from these rules (tests/shared/test_key_validation.py
+    holds the keys' to theirs the same way)."""
+    assert jsonschema_rs.Draft202012Validator(login_schema()).is_valid(body) == (
+        login_errors(body) == []
+    )

@@ -9,7 +9,7 @@ from typing import cast
 import openai
 import pytest
 
-from services.proxy.aliases import choose, rewrite_model, weighted
+from services.proxy.aliases import order, resolve, rewrite_model, weighted
 from services.proxy.catalog import Catalog
 from services.proxy.errors import ProxyError
 from services.proxy.upstream import UpstreamClient
@@ -64,24 +64,46 @@ def first(deployments: list[Deployment]) -> Deployment:
     return deployments[0]
 
 
-def test_the_lowest_priority_of_the_healthy_deployments_is_chosen(tmp_path):
+def models_of(pairs) -> list[str]:
+    return [deployment.model for _, deployment in pairs]
+
+
+def test_healthy_deployments_come_first_then_by_priority(tmp_path):
     catalog = catalog_of(tmp_path, 3)
     alias = Alias(
         name="chat",
         deployments=[
-            Deployment(upstream="u1", model="big", priority=0),
-            Deployment(upstream="u2", model="small", priority=1),
-            Deployment(upstream="u3", model="big", priority=2),
+            Deployment(upstream="u3", model="c", priority=2),
+            Deployment(upstream="u1", model="a", priority=0),
+            Deployment(upstream="u2", model="b", priority=1),
         ],
     )
-    plan, model = choose(catalog, alias, first)
-    assert model == "big" and [s.upstream.id for s in plan] == ["u1", "u3"]
+    assert models_of(order(catalog, alias, first, now=0.0)) == ["a", "b", "c"]
     catalog.states[0].healthy = False
-    plan, model = choose(catalog, alias, first)
-    assert model == "small" and [s.upstream.id for s in plan] == ["u2"]
-    for state in catalog.states:
-        state.healthy = False  # none healthy: all of them are candidates again
-    assert choose(catalog, alias, first)[1] == "big"
+    assert models_of(order(catalog, alias, first, now=0.0)) == ["b", "c", "a"]
+    catalog.states[1].cool_until = 10.0  # its Retry-After runs until then
+    assert models_of(order(catalog, alias, first, now=5.0)) == ["c", "a", "b"]
+    assert models_of(order(catalog, alias, first, now=10.0)) == ["b", "c", "a"]
+
+
+def test_resolve_gives_each_deployment_its_own_body(tmp_path):
+    catalog = catalog_of(tmp_path, 2)
+    catalog.aliases = {
+        "chat": Alias(
+            name="chat",
+            deployments=[
+                Deployment(upstream="u1", model="big"),
+                Deployment(upstream="u2", model="small", priority=1),
+            ],
+        )
+    }
+    attempts = resolve(catalog, "chat", "application/json", b'{"model":"chat","n":1}', first)
+    assert attempts is not None
+    assert [(a.state.upstream.id, a.model, json.loads(a.body)) for a in attempts] == [
+        ("u1", "big", {"model": "big", "n": 1}),
+        ("u2", "small", {"model": "small", "n": 1}),
+    ]
+    assert resolve(catalog, "big", "application/json", b'{"model":"big"}', first) is None
 
 
 def test_weights_spread_the_draws_within_a_priority(tmp_path):
@@ -93,7 +115,7 @@ def test_weights_spread_the_draws_within_a_priority(tmp_path):
             Deployment(upstream="u2", model="b", weight=1),
         ],
     )
-    drawn = [choose(catalog, alias, weighted)[1] for _ in range(2000)]
+    drawn = [models_of(order(catalog, alias, weighted))[0] for _ in range(2000)]
     assert 0.68 < drawn.count("a") / len(drawn) < 0.82
 
 
@@ -101,7 +123,7 @@ def test_an_alias_without_an_upstream_in_the_catalog_is_a_503(tmp_path):
     catalog = catalog_of(tmp_path, 1)
     alias = Alias(name="chat", deployments=[Deployment(upstream="gone", model="m")])
     with pytest.raises(ProxyError) as caught:
-        choose(catalog, alias, first)
+        order(catalog, alias, first)
     assert caught.value.status == 503
 
 

@@ -364,6 +364,7 @@ def test_cors_for_browser_clients_when_configured(upstreams, proxy, api_key):
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
     assert "x-request-id" in allowed.headers["access-control-expose-headers"]
+    assert "x-llmp-attempts" in allowed.headers["access-control-expose-headers"]  # aliases
     assert "access-control-allow-origin" not in other.headers
 
 

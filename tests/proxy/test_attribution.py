@@ -10,6 +10,7 @@ import pytest
 
 from services.api import reports, request_log
 from services.proxy.attribution import MAX_USER, end_user
+from services.proxy.body import RequestBody
 from tests.conftest import eventually
 
 JSON = "application/json"
@@ -31,13 +32,15 @@ JSON = "application/json"
     ],
 )
 def test_end_user_is_the_top_level_user_member(body, user):
-    assert end_user(JSON, json.dumps(body).encode()) == user
+    assert end_user(JSON, RequestBody(json.dumps(body).encode())) == user
 
 
 def test_end_user_of_what_is_not_json_is_none():
-    assert end_user("multipart/form-data; boundary=x", b'{"user": "a"}') is None
-    assert end_user(JSON, b'{"user": [1], "user": [') is None  # broken: not ours to judge
-    assert end_user("", b'{"user": "a"}') == "a"
+    assert end_user("multipart/form-data; boundary=x", RequestBody(b'{"user": "a"}')) is None
+    assert (
+        end_user(JSON, RequestBody(b'{"user": [1], "user": [')) is None
+    )  # broken: not ours to judge
+    assert end_user("", RequestBody(b'{"user": "a"}')) == "a"
 
 
 def test_the_user_field_is_recorded_for_each_api(upstreams, proxy, api_key):

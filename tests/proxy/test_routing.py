@@ -1,5 +1,6 @@
 import pytest
 
+from services.proxy.body import RequestBody
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.routing import rank, rank_any, request_model
@@ -12,12 +13,12 @@ def states(*names):
 
 
 def test_request_model_from_json():
-    assert request_model("application/json", b'{"model": "m", "stream": true}') == "m"
-    assert request_model("application/json; charset=utf-8", b'{"model" :"m"}') == "m"
-    assert request_model("", b'{"model": "m"}') == "m"
-    assert request_model("application/json", b'{"model": 3}') is None
-    assert request_model("application/json", b"[1]") is None
-    assert request_model("application/json", b"") is None
+    assert request_model("application/json", RequestBody(b'{"model": "m", "stream": true}')) == "m"
+    assert request_model("application/json; charset=utf-8", RequestBody(b'{"model" :"m"}')) == "m"
+    assert request_model("", RequestBody(b'{"model": "m"}')) == "m"
+    assert request_model("application/json", RequestBody(b'{"model": 3}')) is None
+    assert request_model("application/json", RequestBody(b"[1]")) is None
+    assert request_model("application/json", RequestBody(b"")) is None
 
 
 def test_request_model_nested_model_members_fall_back_to_a_full_parse():
@@ -25,9 +26,9 @@ def test_request_model_nested_model_members_fall_back_to_a_full_parse():
         b'{"metadata": {"model": "inner"}, '
         b'"messages": [{"content": "say \\"model\\": \\"x\\""}], "model": "outer"}'
     )
-    assert request_model("application/json", body) == "outer"
+    assert request_model("application/json", RequestBody(body)) == "outer"
     escaped = b'{"model": "we\\"ird", "x": 1}'
-    assert request_model("application/json", escaped) == 'we"ird'
+    assert request_model("application/json", RequestBody(escaped)) == 'we"ird'
 
 
 def test_request_model_from_multipart_form():
@@ -36,12 +37,12 @@ def test_request_model_from_multipart_form():
         b"Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
         b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b--\r\n'
     )
-    assert request_model("multipart/form-data; boundary=b", body) == "whisper-1"
+    assert request_model("multipart/form-data; boundary=b", RequestBody(body)) == "whisper-1"
 
 
 def test_request_model_invalid_json_is_400():
     with pytest.raises(ProxyError) as caught:
-        request_model("application/json", b'{"model": ')
+        request_model("application/json", RequestBody(b'{"model": '))
     assert caught.value.status == 400 and caught.value.code == "invalid_json"
 
 
@@ -68,7 +69,7 @@ def test_rank_any_keeps_order_with_healthy_first():
 
 def ambiguous(content_type: str, body: bytes) -> ProxyError:
     with pytest.raises(ProxyError) as caught:
-        request_model(content_type, body)
+        request_model(content_type, RequestBody(body))
     assert caught.value.status == 400
     return caught.value
 
@@ -76,13 +77,16 @@ def ambiguous(content_type: str, body: bytes) -> ProxyError:
 def test_request_model_is_the_member_the_upstream_reads():
     # an escaped name is the top-level member; a nested "model" is not
     body = b'{"\\u006dodel": "forbidden", "messages": [], "metadata": {"model": "allowed"}}'
-    assert request_model("application/json", body) == "forbidden"
-    assert request_model("application/json", b'{"metadata": {"model": "allowed"}}') is None
-    assert request_model("application/json", b'[{"model": "allowed"}]') is None
+    assert request_model("application/json", RequestBody(body)) == "forbidden"
+    assert (
+        request_model("application/json", RequestBody(b'{"metadata": {"model": "allowed"}}'))
+        is None
+    )
+    assert request_model("application/json", RequestBody(b'[{"model": "allowed"}]')) is None
     # what orjson refuses and Python's parser takes is read by Python's parser
-    assert request_model("application/json", b'{"model": "m", "t": NaN}') == "m"
+    assert request_model("application/json", RequestBody(b'{"model": "m", "t": NaN}')) == "m"
     # a value with escapes
-    assert request_model("application/json", b'{"model": "a\\u0062c"}') == "abc"
+    assert request_model("application/json", RequestBody(b'{"model": "a\\u0062c"}')) == "abc"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,7 @@ def test_request_model_refuses_a_model_named_twice_or_in_another_case(body):
 
 def test_request_model_duplicates_below_the_top_level_are_not_ambiguous():
     body = b'{"model": "m", "metadata": {"model": "x", "model": "y"}, "tools": [{"model": 1}]}'
-    assert request_model("application/json", body) == "m"
+    assert request_model("application/json", RequestBody(body)) == "m"
 
 
 def form(*parts: bytes) -> bytes:
@@ -120,9 +124,15 @@ FILE_PART = (
 def test_request_model_from_a_multipart_form_is_read_by_a_real_parser():
     multipart = "multipart/form-data; boundary=b"
     # text that looks like a part inside a file is file content
-    assert request_model(multipart, form(FILE_PART, MODEL_PART + b"whisper-1")) == "whisper-1"
-    assert request_model(multipart, form(FILE_PART)) is None
-    assert request_model('multipart/form-data; boundary="b"', form(MODEL_PART + b"m")) == "m"
+    assert (
+        request_model(multipart, RequestBody(form(FILE_PART, MODEL_PART + b"whisper-1")))
+        == "whisper-1"
+    )
+    assert request_model(multipart, RequestBody(form(FILE_PART))) is None
+    assert (
+        request_model('multipart/form-data; boundary="b"', RequestBody(form(MODEL_PART + b"m")))
+        == "m"
+    )
 
 
 @pytest.mark.parametrize(

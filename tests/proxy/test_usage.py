@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from services.proxy.body import RequestBody
 from services.proxy.usage import UsageStripper, ask_for_usage, meter_for
 from shared.apikeys import ApiKey, Limits, write_keys
 from tests.conftest import eventually
@@ -111,24 +112,28 @@ def test_stripping_leaves_other_lines_and_usage_in_content_alone():
 
 def test_usage_is_asked_only_for_streamed_completions_that_did_not_ask():
     body = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-    asked = ask_for_usage("/v1/chat/completions", body)
+    asked = ask_for_usage("/v1/chat/completions", RequestBody(body))
     assert asked is not None
     assert json.loads(asked) == {**json.loads(body), "stream_options": {"include_usage": True}}
     assert asked.endswith(body[1:])  # every byte of the client's body is still there
-    assert ask_for_usage("/v1/completions", body) is not None
-    assert ask_for_usage("/v1/embeddings", body) is None
+    assert ask_for_usage("/v1/completions", RequestBody(body)) is not None
+    assert ask_for_usage("/v1/embeddings", RequestBody(body)) is None
     not_streamed = b'{"model": "m", "messages": [{"content": "\\"stream\\": true"}]}'
-    assert ask_for_usage("/v1/chat/completions", not_streamed) is None
+    assert ask_for_usage("/v1/chat/completions", RequestBody(not_streamed)) is None
     already = b'{"stream": true, "stream_options": {"include_usage": true}}'
-    assert ask_for_usage("/v1/chat/completions", already) is None
+    assert ask_for_usage("/v1/chat/completions", RequestBody(already)) is None
     declined = b'{"stream": true, "stream_options": {"include_usage": false, "x": 1}}'
-    assert json.loads(ask_for_usage("/v1/chat/completions", declined) or b"")["stream_options"] == {
+    assert json.loads(ask_for_usage("/v1/chat/completions", RequestBody(declined)) or b"")[
+        "stream_options"
+    ] == {
         "include_usage": True,
         "x": 1,
     }
-    assert ask_for_usage("/v1/chat/completions", b'{"stream": true') is None  # not JSON
+    assert (
+        ask_for_usage("/v1/chat/completions", RequestBody(b'{"stream": true')) is None
+    )  # not JSON
     deep = b'{"stream": true, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    assert ask_for_usage("/v1/chat/completions", deep) is None
+    assert ask_for_usage("/v1/chat/completions", RequestBody(deep)) is None
 
 
 def test_pieces_count_the_text_deltas_streamed():

@@ -3,6 +3,7 @@ second, without a restart (the whole stack, three proxy workers)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -64,6 +65,7 @@ def within_a_second(check: Callable[[], bool], since: float) -> None:
     while True:
         looked = time.monotonic()
         if check():
+            print(f"every worker followed within {looked - since:.2f} s")
             return
         assert looked - since < 1.0, "not every worker followed within a second"
 
@@ -113,6 +115,22 @@ def test_changes_through_the_api_reach_every_worker_within_a_second(stack, upstr
         within_a_second(
             lambda: sampled(stack, key, models) == {frozenset({"model-a", "model-c"})}, answered
         )
+
+        # An alias: listed by every worker within a second, served under c's own name.
+        saved = admin.put(
+            "/api/fleet/aliases/team-chat",
+            json={"deployments": [{"upstream": c_id, "model": "model-c2"}]},
+        )
+        answered = time.monotonic()
+        assert saved.status_code == 200, saved.text
+        within_a_second(
+            lambda: sampled(stack, key, models) == {frozenset({"team-chat", "model-a", "model-c"})},
+            answered,
+        )
+        reply = client.chat.completions.create(model="team-chat", messages=[])
+        assert reply.choices[0].message.content == "hello from c"
+        assert json.loads(c.seen[-1].body)["model"] == "model-c2"
+        assert admin.delete("/api/fleet/aliases/team-chat").status_code == 200
 
         # The seeded upstream removed: a is asked no more, by any worker.
         removed = admin.delete("/api/fleet/upstreams/target-1")

@@ -4,22 +4,27 @@
 // A 401 from anything but the login itself means the session is gone: `onUnauthorized` runs.
 
 import type {
+  Answer,
   ApiKey,
   KeyDetails,
   BreakdownBy,
   BreakdownRow,
   Bucket,
   Fleet,
+  BudgetPeriod,
   HttpMode,
-  KeyActivity,
+  KeyQuery,
   KeyUpdate,
   LoggedRequest,
   ModelAlias,
   NginxStatus,
+  Prices,
   Range,
   RequestFilters,
   RequestPage,
   RequestRecord,
+  Spend,
+  SpendBy,
   Summary,
   Upstream,
   UpstreamChange,
@@ -143,123 +148,140 @@ export function createApi(options: ClientOptions = {}) {
 
   return {
     async login(username: string, password: string): Promise<string> {
-      const data = await request<{ username: string }>('POST', '/auth/login', { username, password })
+      const data = await request<Answer<'/auth/login', 'post'>>('POST', '/auth/login', { username, password })
       return data.username
     },
     async logout(): Promise<void> {
-      await request('POST', '/auth/logout')
+      await request<Answer<'/auth/logout', 'post'>>('POST', '/auth/logout')
     },
     /** The logged-in admin's name, or null when there is no valid session. */
     async me(): Promise<string | null> {
       const response = await send('GET', '/api/me')
       if (response.status === 401) return null
       if (!response.ok) throw new ApiError(response.status, fallbackMessage(response))
-      const data = (await response.json()) as { username: string }
+      const data = (await response.json()) as Answer<'/api/me', 'get'>
       return data.username
     },
 
-    /** Every key, each with what it has used (`usage`) when the api says. */
-    async listKeys(): Promise<ApiKey[]> {
-      const data = await request<{ keys: ApiKey[]; usage?: Record<string, KeyActivity> }>('GET', '/api/keys')
-      return data.keys.map((key) => (data.usage?.[key.id] ? { ...key, usage: data.usage[key.id] } : key))
+    /** The keys (every one, or those `q` asks for: searched, filtered and sorted by the api),
+     * each with what it has used (`usage`) when the api says. */
+    async listKeys(q: KeyQuery = {}): Promise<ApiKey[]> {
+      const data = await request<Answer<'/api/keys', 'get'>>('GET', `/api/keys${query({ ...q })}`)
+      return data.keys.map((key) => {
+        const usage = data.usage[key.id]
+        return usage ? { ...key, usage } : key
+      })
     },
     async createKey(username: string, details: KeyDetails = {}): Promise<ApiKey> {
-      return (await request<{ key: ApiKey }>('POST', '/api/keys', { username, ...details })).key
+      return (await request<Answer<'/api/keys', 'post'>>('POST', '/api/keys', { username, ...details })).key
     },
     /** A new secret for the key; the current one is accepted until `until` (ISO 8601), or
      * refused at once when it is null. Answers with the key as saved. */
     async rotateKey(id: string, until: string | null): Promise<ApiKey> {
       const path = `/api/keys/${encodeURIComponent(id)}/rotate`
-      return (await request<{ key: ApiKey }>('POST', path, until === null ? {} : { until })).key
+      return (await request<Answer<'/api/keys/{key_id}/rotate', 'post'>>('POST', path, until === null ? {} : { until })).key
     },
     /** Changes a key's policy; answers with the key as saved. */
     async updateKey(id: string, change: KeyUpdate): Promise<ApiKey> {
-      return (await request<{ key: ApiKey }>('PATCH', `/api/keys/${encodeURIComponent(id)}`, { ...change })).key
+      return (await request<Answer<'/api/keys/{key_id}', 'patch'>>('PATCH', `/api/keys/${encodeURIComponent(id)}`, { ...change })).key
     },
     async deleteKey(id: string): Promise<void> {
-      await request('DELETE', `/api/keys/${encodeURIComponent(id)}`)
+      await request<Answer<'/api/keys/{key_id}', 'delete'>>('DELETE', `/api/keys/${encodeURIComponent(id)}`)
     },
 
-    async records(keyId: string, r: Range, limit = 10_000): Promise<RequestRecord[]> {
+    async records(keyId: string, r: Range, limit = 5_000): Promise<RequestRecord[]> {
       const path = `/api/analytics/${encodeURIComponent(keyId)}${query({ ...range(r), limit })}`
-      return (await request<{ records: RequestRecord[] }>('GET', path)).records
+      return (await request<Answer<'/api/analytics/{key}', 'get'>>('GET', path)).records
     },
     async summary(keyId: string | null, r: Range, bucket: Bucket): Promise<Summary> {
-      return request<Summary>('GET', `/api/analytics/summary${query({ keyId, ...range(r), bucket })}`)
+      return request<Answer<'/api/analytics/summary', 'get'>>('GET', `/api/analytics/summary${query({ keyId, ...range(r), bucket })}`)
     },
     /** One page of the request log, filtered and sorted by the api; `cursor` continues one. */
     async requestLog(filters: RequestFilters, r: Range, cursor: string | null = null, limit = 50): Promise<RequestPage> {
       const params = { ...filters, ...range(r), cursor, limit }
-      const page = await request<RequestPage>('GET', `/api/analytics/requests${query(params)}`)
+      const page = await request<Answer<'/api/analytics/requests', 'get'>>('GET', `/api/analytics/requests${query(params)}`)
       return { requests: page.requests, nextCursor: page.nextCursor }
     },
     /** Requests, failures, tokens, latency and speed per key, model or upstream, busiest first. */
     async breakdown(by: BreakdownBy, keyId: string | null, r: Range): Promise<BreakdownRow[]> {
-      return (await request<{ rows: BreakdownRow[] }>('GET', `/api/analytics/breakdown${query({ by, keyId, ...range(r) })}`)).rows
+      return (await request<Answer<'/api/analytics/breakdown', 'get'>>('GET', `/api/analytics/breakdown${query({ by, keyId, ...range(r) })}`)).rows
     },
     /** One request by the id its client saw. */
     async requestById(requestId: string): Promise<LoggedRequest> {
-      return (await request<{ request: LoggedRequest }>('GET', `/api/analytics/requests/${encodeURIComponent(requestId)}`)).request
+      return (await request<Answer<'/api/analytics/requests/{request_id}', 'get'>>('GET', `/api/analytics/requests/${encodeURIComponent(requestId)}`)).request
     },
     async recordsCsv(keyId: string, r: Range): Promise<Blob> {
       return download(`/api/analytics/${encodeURIComponent(keyId)}/csv${query(range(r))}`)
     },
+    /** Tokens and cost per key or model and per UTC day, week or month, at the prices set. */
+    async spend(by: SpendBy, period: BudgetPeriod, keyId: string | null, r: Range): Promise<Spend> {
+      return request<Answer<'/api/analytics/spend', 'get'>>('GET', `/api/analytics/spend${query({ by, period, keyId, ...range(r) })}`)
+    },
+    async prices(): Promise<Prices> {
+      const data = await request<Answer<'/api/analytics/prices', 'get'>>('GET', '/api/analytics/prices')
+      return { currency: data.currency, models: data.models }
+    },
+    /** Replaces every price; answers with the prices as saved. */
+    async setPrices(prices: Prices): Promise<Prices> {
+      const data = await request<Answer<'/api/analytics/prices', 'put'>>('PUT', '/api/analytics/prices', { currency: prices.currency, models: prices.models })
+      return { currency: data.currency, models: data.models }
+    },
 
     async upstreams(): Promise<Upstream[]> {
-      return (await request<{ upstreams: Upstream[] }>('GET', '/api/upstreams')).upstreams
+      return (await request<Answer<'/api/upstreams', 'get'>>('GET', '/api/upstreams')).upstreams
     },
 
     async fleet(): Promise<Fleet> {
-      return request<Fleet>('GET', '/api/fleet')
+      return request<Answer<'/api/fleet', 'get'>>('GET', '/api/fleet')
     },
     async addUpstream(change: UpstreamChange): Promise<UpstreamConfig> {
-      return (await request<{ upstream: UpstreamConfig }>('POST', '/api/fleet/upstreams', { ...change })).upstream
+      return (await request<Answer<'/api/fleet/upstreams', 'post'>>('POST', '/api/fleet/upstreams', { ...change })).upstream
     },
     async changeUpstream(id: string, change: UpstreamChange): Promise<UpstreamConfig> {
       const path = `/api/fleet/upstreams/${encodeURIComponent(id)}`
-      return (await request<{ upstream: UpstreamConfig }>('PATCH', path, { ...change })).upstream
+      return (await request<Answer<'/api/fleet/upstreams/{upstream_id}', 'patch'>>('PATCH', path, { ...change })).upstream
     },
     async removeUpstream(id: string): Promise<void> {
-      await request('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
+      await request<Answer<'/api/fleet/upstreams/{upstream_id}', 'delete'>>('DELETE', `/api/fleet/upstreams/${encodeURIComponent(id)}`)
     },
     async testUpstream(id: string): Promise<UpstreamTest> {
-      return request<UpstreamTest>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
+      return request<Answer<'/api/fleet/upstreams/{upstream_id}/test', 'post'>>('POST', `/api/fleet/upstreams/${encodeURIComponent(id)}/test`)
     },
     async saveAlias(alias: ModelAlias): Promise<ModelAlias> {
       const path = `/api/fleet/aliases/${encodeURIComponent(alias.name)}`
-      return (await request<{ alias: ModelAlias }>('PUT', path, { deployments: alias.deployments })).alias
+      return (await request<Answer<'/api/fleet/aliases/{name}', 'put'>>('PUT', path, { deployments: alias.deployments })).alias
     },
     async removeAlias(name: string): Promise<void> {
-      await request('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
+      await request<Answer<'/api/fleet/aliases/{name}', 'delete'>>('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)
     },
     async nginxStatus(): Promise<NginxStatus> {
-      return request<NginxStatus>('GET', '/nginx/status')
+      return request<Answer<'/nginx/status', 'get'>>('GET', '/nginx/status')
     },
     /** `email`, if given, becomes the ACME account's address. */
     async obtainCertificates(domains: string[], email?: string): Promise<string> {
       const body = email ? { domains, email } : { domains }
-      return (await request<{ message: string }>('POST', '/nginx/certificates/obtain', body)).message
+      return (await request<Answer<'/nginx/certificates/obtain', 'post'>>('POST', '/nginx/certificates/obtain', body)).message
     },
     /** Forgets a certificate that was asked for and never issued. */
     async removeCertificate(name: string): Promise<string> {
-      return (await request<{ message: string }>('DELETE', `/nginx/certificates/${encodeURIComponent(name)}`)).message
+      return (await request<Answer<'/nginx/certificates/{name}', 'delete'>>('DELETE', `/nginx/certificates/${encodeURIComponent(name)}`)).message
     },
     async renewCertificates(): Promise<string> {
-      return (await request<{ message: string }>('GET', '/nginx/certificates/renew')).message
+      return (await request<Answer<'/nginx/certificates/renew', 'get'>>('GET', '/nginx/certificates/renew')).message
     },
     /** nginx's generated config for `domain`, admin paths open to `cidrGroups`. */
     async writeDefaultConfig(domain: string, cidrGroups: string[], httpMode?: HttpMode): Promise<string> {
       const body = httpMode ? { domain, cidrGroups, httpMode } : { domain, cidrGroups }
-      return (await request<{ message: string }>('POST', '/nginx/config/write-default', body)).message
+      return (await request<Answer<'/nginx/config/write-default', 'post'>>('POST', '/nginx/config/write-default', body)).message
     },
     async getConfig(): Promise<string> {
-      return (await request<{ config: string }>('GET', '/nginx/config/get')).config
+      return (await request<Answer<'/nginx/config/get', 'get'>>('GET', '/nginx/config/get')).config
     },
     async updateConfig(config: string): Promise<string> {
-      return (await request<{ message: string }>('POST', '/nginx/config/update', { config })).message
+      return (await request<Answer<'/nginx/config/update', 'post'>>('POST', '/nginx/config/update', { config })).message
     },
     async reloadNginx(): Promise<string> {
-      return (await request<{ message: string }>('GET', '/nginx/reload')).message
+      return (await request<Answer<'/nginx/reload', 'get'>>('GET', '/nginx/reload')).message
     },
   }
 }

@@ -1,7 +1,7 @@
 // A key's policy (services/api/validation.py): its state, how to show it, and the edit form,
 // checked here by the api's rules before it is sent. Pure functions.
 
-import type { ApiKey, BudgetUse, KeyUpdate, LimitName } from '../api/types'
+import type { ApiKey, Budget, BudgetPeriod, BudgetUse, KeyQuery, KeyUpdate, LimitName } from '../api/types'
 import { count, fromLocalInput, toLocalInput } from './format'
 import { splitList } from './validation'
 
@@ -32,16 +32,29 @@ export function limitsText(key: ApiKey): string[] {
   )
 }
 
-/** The edit form's text fields; empty means no expiry, every model, no limit. */
+// The api's bound on a budget in money (shared/apikeys.py MAX_BUDGET_COST).
+export const MAX_BUDGET_COST = 1e12
+
+export const BUDGET_PERIODS: { value: BudgetPeriod; label: string }[] = [
+  { value: 'day', label: 'Per day' },
+  { value: 'week', label: 'Per week (from Monday)' },
+  { value: 'month', label: 'Per month' },
+]
+
+/** The edit form's text fields; empty means no expiry, every model, no limit, no budget. */
 export interface PolicyForm {
   /** an `<input type="datetime-local">` value, local time */
   expires: string
   /** patterns separated by commas, spaces or lines */
   models: string
   limits: Record<LimitName, string>
+  /** '' : no budget */
+  budgetPeriod: BudgetPeriod | ''
+  budgetTokens: string
+  budgetCost: string
 }
 
-export type PolicyErrors = Partial<Record<'expires' | 'models' | LimitName, string>>
+export type PolicyErrors = Partial<Record<'expires' | 'models' | LimitName | 'budgetTokens' | 'budgetCost', string>>
 
 export function policyForm(key: ApiKey): PolicyForm {
   const limits = {} as Record<LimitName, string>
@@ -50,7 +63,27 @@ export function policyForm(key: ApiKey): PolicyForm {
     expires: key.expiresAt ? toLocalInput(Date.parse(key.expiresAt)) : '',
     models: (key.models ?? []).join(', '),
     limits,
+    budgetPeriod: key.budget?.period ?? '',
+    budgetTokens: key.budget?.tokens?.toString() ?? '',
+    budgetCost: key.budget?.cost?.toString() ?? '',
   }
+}
+
+function budgetCostError(text: string): string | undefined {
+  const value = text.trim()
+  if (!value) return undefined
+  if (!/^\d+(\.\d+)?$/.test(value) || Number(value) <= 0) return 'An amount above 0, such as 20 or 12.50 (empty: none).'
+  if (Number(value) >= MAX_BUDGET_COST) return 'Too large.'
+  return undefined
+}
+
+/** The budget the form describes, or null for none. */
+function formBudget(form: PolicyForm): Budget | null {
+  if (!form.budgetPeriod) return null
+  const budget: Budget = { period: form.budgetPeriod }
+  if (form.budgetTokens.trim()) budget.tokens = Number(form.budgetTokens.trim())
+  if (form.budgetCost.trim()) budget.cost = Number(form.budgetCost.trim())
+  return budget
 }
 
 function limitError(text: string): string | undefined {
@@ -82,6 +115,15 @@ export function policyErrors(form: PolicyForm, key?: ApiKey, now: number = Date.
     const error = limitError(form.limits[name])
     if (error) errors[name] = error
   }
+  if (form.budgetPeriod) {
+    const tokens = limitError(form.budgetTokens)
+    const cost = budgetCostError(form.budgetCost)
+    if (tokens) errors.budgetTokens = tokens.replace('no limit', 'none')
+    if (cost) errors.budgetCost = cost
+    if (!tokens && !cost && !form.budgetTokens.trim() && !form.budgetCost.trim()) {
+      errors.budgetTokens = 'A budget needs tokens, an amount or both (or no period: no budget).'
+    }
+  }
   return errors
 }
 
@@ -99,28 +141,29 @@ export function policyChange(form: PolicyForm, key: ApiKey): KeyUpdate {
     const value = form.limits[name].trim()
     if (value !== before.limits[name]) (change.limits ??= {})[name] = value ? Number(value) : null
   }
+  const budget = formBudget(form)
+  if (JSON.stringify(budget) !== JSON.stringify(formBudget(before))) change.budget = budget
   return change
 }
 
 export type KeySort = 'newest' | 'username' | 'lastUsed' | 'tokensToday'
 
-export const KEY_SORTS: { value: KeySort; label: string }[] = [
-  { value: 'newest', label: 'Newest first' },
-  { value: 'username', label: 'Username' },
-  { value: 'lastUsed', label: 'Last used' },
-  { value: 'tokensToday', label: 'Most tokens today' },
+/** Each order of the key list, as the api sorts it (`GET /api/keys?sort=&order=`). */
+export const KEY_SORTS: { value: KeySort; label: string; query: Pick<KeyQuery, 'sort' | 'order'> }[] = [
+  { value: 'newest', label: 'Newest first', query: { sort: 'createdAt', order: 'desc' } },
+  { value: 'username', label: 'Username', query: { sort: 'username', order: 'asc' } },
+  { value: 'lastUsed', label: 'Last used', query: { sort: 'lastUsed', order: 'desc' } },
+  { value: 'tokensToday', label: 'Most tokens today', query: { sort: 'tokensToday', order: 'desc' } },
 ]
 
-/** The keys in the order asked for; ties (and keys never used) newest first. */
-export function sortKeys(keys: readonly ApiKey[], by: KeySort): ApiKey[] {
-  const newest = (a: ApiKey, b: ApiKey) => b.createdAt.localeCompare(a.createdAt)
-  const compare: Record<KeySort, (a: ApiKey, b: ApiKey) => number> = {
-    newest,
-    username: (a, b) => a.username.localeCompare(b.username),
-    lastUsed: (a, b) => (b.usage?.lastUsed ?? -1) - (a.usage?.lastUsed ?? -1),
-    tokensToday: (a, b) => (b.usage?.tokensToday ?? 0) - (a.usage?.tokensToday ?? 0),
-  }
-  return [...keys].sort((a, b) => compare[by](a, b) || newest(a, b))
+/** What the key list asks the api for: a search, a state (the api's `active` is `enabled`
+ * here), an order. */
+export function keyQuery(search: string, state: KeyState | '', sort: KeySort): KeyQuery {
+  const q: KeyQuery = { ...KEY_SORTS.find((s) => s.value === sort)!.query }
+  const needle = search.trim()
+  if (needle) q.search = needle
+  if (state) q.state = state === 'enabled' ? 'active' : state
+  return q
 }
 
 /** `Budget this month: 250,000 of 1,000,000 tokens used (750,000 left); 4.20 of 20.00 spent`. */

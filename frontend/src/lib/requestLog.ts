@@ -1,6 +1,6 @@
 // The request log for the page: how an outcome reads, and what a filter form sends. Pure.
 
-import type { LoggedRequest, Outcome, RequestFilters } from '../api/types'
+import type { LoggedRequest, Outcome, RequestFilters, RequestSort } from '../api/types'
 
 export const OUTCOMES: { value: Outcome; label: string }[] = [
   { value: 'ok', label: 'Success' },
@@ -35,4 +35,19 @@ export function tokens(r: Pick<LoggedRequest, 'promptTokens' | 'completionTokens
   if (r.promptTokens === null && r.completionTokens === null) return '—'
   const n = new Intl.NumberFormat('en-US')
   return `${n.format(r.promptTokens ?? 0)} / ${n.format(r.completionTokens ?? 0)}`
+}
+
+/** The api's orders of the log (`sort`), each read in an index of its own. */
+export const SORTS: { value: RequestSort; label: string; most: string; least: string }[] = [
+  { value: 'time', label: 'Time', most: 'Newest first', least: 'Oldest first' },
+  { value: 'latency', label: 'Elapsed time', most: 'Slowest first', least: 'Fastest first' },
+  { value: 'ttfb', label: 'Time to first byte', most: 'Slowest first', least: 'Fastest first' },
+  { value: 'tokens', label: 'Tokens', most: 'Most tokens first', least: 'Fewest tokens first' },
+  { value: 'status', label: 'Status', most: 'Highest status first', least: 'Lowest status first' },
+]
+
+/** `Slowest first` for latency descending, `Oldest first` for time ascending. */
+export function orderLabel(sort: RequestSort | undefined, order: 'asc' | 'desc' | undefined): string {
+  const s = SORTS.find((x) => x.value === (sort ?? 'time')) ?? SORTS[0]!
+  return order === 'asc' ? s.least : s.most
 }

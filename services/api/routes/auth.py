@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -20,7 +19,7 @@ from services.api import schemas, sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
 from services.api.throttle import Throttle
-from services.api.validation import login_errors, valid_fields
+from services.api.validation import login_errors, login_schema, request_body, valid_fields
 from shared.key_validation import BodyError
 from shared.settings import Settings
 
@@ -28,20 +27,7 @@ log = logging.getLogger("api.auth")
 
 router = APIRouter(responses=schemas.REFUSALS)
 
-LOGIN_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
-                }
-            }
-        },
-    }
-}
+LOGIN_BODY = request_body(login_schema())
 
 
 async def _check_login(request: Request, settings: Settings) -> str:

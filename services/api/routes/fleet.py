@@ -11,20 +11,21 @@ change that leaves `key` out keeps the key. Errors are the original's shape
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.api import schemas
 from services.api.deps import Admin, FleetDep, SettingsDep
 from services.api.errors import Failure
-from services.api.probe import probe
+from services.api.probe import ModelsStep, RequestStep, probe
 from services.api.validation import read_fields
 from shared.fleet import (
     Alias,
+    Auth,
     Deployment,
     Fleet,
     FleetError,
@@ -43,17 +44,78 @@ M = TypeVar("M", bound=BaseModel)
 router = APIRouter(prefix="/api/fleet", responses=schemas.FAILURES)
 
 
-# Answers ----------------------------------------------------------------------------------
+# Answers (each names all its fields, as services/api/schemas.py's do) ---------------------
 
 
-def public(entry: UpstreamEntry) -> schemas.FleetUpstream:
-    fields = entry.model_dump(exclude={"key"})
-    fields.update(keyHint=key_hint(entry.auth, entry.key), proxy=_masked_proxy(entry.proxy))
-    return fields  # type: ignore[return-value]
+class Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def _alias(alias: Alias) -> schemas.AliasEntry:
-    return alias.model_dump()  # type: ignore[return-value]
+class UpstreamPublic(Public):
+    id: str
+    name: str
+    url: str
+    auth: Auth
+    keyHint: str | None  # None: no credentials
+    concurrency: int | None
+    verify: bool | None
+    caPem: str | None
+    proxy: str | None
+    keepalive: float | None
+    models: list[str] | None
+    caFile: str | None
+    certFile: str | None
+    certKeyFile: str | None
+
+    @classmethod
+    def of(cls, entry: UpstreamEntry) -> UpstreamPublic:
+        fields = entry.model_dump(exclude={"key"})
+        fields["proxy"] = _masked_proxy(entry.proxy)
+        return cls(keyHint=key_hint(entry.auth, entry.key), **fields)
+
+
+class AliasPublic(Public):
+    name: str
+    deployments: list[Deployment]
+
+
+class FleetPublic(Public):
+    success: bool = True
+    source: Literal["file", "TARGET_URLS"]  # data/upstreams.json, or TARGET_URLS until a change
+    upstreams: list[UpstreamPublic]
+    aliases: list[AliasPublic]
+
+    @classmethod
+    def of(cls, fleet: Fleet, from_file: bool) -> FleetPublic:
+        return cls(
+            source="file" if from_file else "TARGET_URLS",
+            upstreams=[UpstreamPublic.of(u) for u in fleet.upstreams],
+            aliases=[AliasPublic(**a.model_dump()) for a in fleet.aliases],
+        )
+
+
+class UpstreamAnswer(Public):
+    success: bool = True
+    message: str
+    upstream: UpstreamPublic
+
+
+class AliasAnswer(Public):
+    success: bool = True
+    message: str
+    alias: AliasPublic
+
+
+class Done(Public):
+    success: bool = True
+    message: str
+
+
+class ProbeAnswer(Public):
+    success: bool = True
+    ok: bool  # both steps went well
+    models: ModelsStep
+    request: RequestStep | None  # None: no model to ask
 
 
 def key_hint(auth: str, key: str) -> str | None:
@@ -121,22 +183,14 @@ def _read(fleet_file: FleetDep) -> tuple[Fleet, bool]:
 
 
 @router.get("")
-def get_fleet(admin: Admin, fleet_file: FleetDep) -> schemas.FleetList:
+def get_fleet(admin: Admin, fleet_file: FleetDep) -> FleetPublic:
     """The upstreams and aliases in force: data/upstreams.json's, or TARGET_URLS's until the
     first change writes that file."""
-    fleet, from_file = _read(fleet_file)
-    return {
-        "success": True,
-        "source": "file" if from_file else "TARGET_URLS",
-        "upstreams": [public(u) for u in fleet.upstreams],
-        "aliases": [_alias(a) for a in fleet.aliases],
-    }
+    return FleetPublic.of(*_read(fleet_file))
 
 
 @router.post("/upstreams")
-async def add_upstream(
-    request: Request, admin: Admin, fleet_file: FleetDep
-) -> schemas.UpstreamSaved:
+async def add_upstream(request: Request, admin: Admin, fleet_file: FleetDep) -> UpstreamAnswer:
     settings = _checked(UpstreamSettings, await _fields(request))
     entry = UpstreamEntry(id=new_id(), **settings.model_dump())
 
@@ -146,13 +200,13 @@ async def add_upstream(
 
     await _change(fleet_file, add)
     log.info("upstream added", extra={"fields": {"id": entry.id, "url": entry.url}})
-    return {"success": True, "message": "Upstream added", "upstream": public(entry)}
+    return UpstreamAnswer(message="Upstream added", upstream=UpstreamPublic.of(entry))
 
 
 @router.patch("/upstreams/{upstream_id}")
 async def change_upstream(
     upstream_id: str, request: Request, admin: Admin, fleet_file: FleetDep
-) -> schemas.UpstreamSaved:
+) -> UpstreamAnswer:
     change = await _fields(request)
     if not change:
         raise Failure(400, "Nothing to change")
@@ -177,11 +231,11 @@ async def change_upstream(
 
     await _change(fleet_file, edit)
     log.info("upstream changed", extra={"fields": {"id": upstream_id, "changed": ",".join(change)}})
-    return {"success": True, "message": "Upstream updated", "upstream": public(changed[0])}
+    return UpstreamAnswer(message="Upstream updated", upstream=UpstreamPublic.of(changed[0]))
 
 
 @router.delete("/upstreams/{upstream_id}")
-async def remove_upstream(upstream_id: str, admin: Admin, fleet_file: FleetDep) -> schemas.Message:
+async def remove_upstream(upstream_id: str, admin: Admin, fleet_file: FleetDep) -> Done:
     def edit(fleet: Fleet) -> Fleet:
         users = [
             a.name for a in fleet.aliases if any(d.upstream == upstream_id for d in a.deployments)
@@ -196,7 +250,7 @@ async def remove_upstream(upstream_id: str, admin: Admin, fleet_file: FleetDep) 
 
     await _change(fleet_file, edit)
     log.info("upstream removed", extra={"fields": {"id": upstream_id}})
-    return {"success": True, "message": "Upstream removed"}
+    return Done(message="Upstream removed")
 
 
 @router.post("/upstreams/{upstream_id}/test")
@@ -206,7 +260,7 @@ async def test_upstream(
     fleet_file: FleetDep,
     settings: SettingsDep,
     model: Annotated[str | None, Query(max_length=256)] = None,
-) -> schemas.Probe:
+) -> ProbeAnswer:
     """Ask the upstream for its models, then time a one-token chat completion (to `model`, or
     the first model it lists)."""
     fleet, _ = await run_in_threadpool(_read, fleet_file)
@@ -216,12 +270,7 @@ async def test_upstream(
         raise Failure(404, "Upstream not found")
     models, asked = await probe(found, settings, model)
     ok = models.ok and asked is not None and asked.ok
-    return {
-        "success": True,
-        "ok": ok,
-        "models": models.model_dump(),  # type: ignore[typeddict-item]
-        "request": None if asked is None else asked.model_dump(),  # type: ignore[typeddict-item]
-    }
+    return ProbeAnswer(ok=ok, models=models, request=asked)
 
 
 class AliasBody(BaseModel):
@@ -231,9 +280,7 @@ class AliasBody(BaseModel):
 
 
 @router.put("/aliases/{name}")
-async def put_alias(
-    name: str, request: Request, admin: Admin, fleet_file: FleetDep
-) -> schemas.AliasSaved:
+async def put_alias(name: str, request: Request, admin: Admin, fleet_file: FleetDep) -> AliasAnswer:
     """Create or replace the alias `name` (a public model name) with its deployments."""
     body = _checked(AliasBody, await _fields(request))
     alias = _checked(
@@ -246,11 +293,11 @@ async def put_alias(
 
     await _change(fleet_file, edit)
     log.info("alias saved", extra={"fields": {"alias": name}})
-    return {"success": True, "message": "Alias saved", "alias": _alias(alias)}
+    return AliasAnswer(message="Alias saved", alias=AliasPublic(**alias.model_dump()))
 
 
 @router.delete("/aliases/{name}")
-async def remove_alias(name: ModelName, admin: Admin, fleet_file: FleetDep) -> schemas.Message:
+async def remove_alias(name: ModelName, admin: Admin, fleet_file: FleetDep) -> Done:
     def edit(fleet: Fleet) -> Fleet:
         kept = [a for a in fleet.aliases if a.name != name]
         if len(kept) == len(fleet.aliases):
@@ -260,4 +307,4 @@ async def remove_alias(name: ModelName, admin: Admin, fleet_file: FleetDep) -> s
 
     await _change(fleet_file, edit)
     log.info("alias removed", extra={"fields": {"alias": name}})
-    return {"success": True, "message": "Alias removed"}
+    return Done(message="Alias removed")

@@ -18,19 +18,16 @@ from starlette.concurrency import run_in_threadpool
 from services.api import reports, schemas
 from services.api.deps import Admin, KeyFileDep, SettingsDep
 from services.api.errors import Failure
-from services.api.validation import read_fields
-from shared.apikeys import BUDGET_PERIODS, MAX_BUDGET_COST, ApiKey, KeyFileError, format_time
+from services.api.validation import read_fields, request_body
+from shared.apikeys import ApiKey, KeyFileError, format_time
 from shared.key_validation import (
-    LIMIT_FIELDS,
-    MAX_OVERLAP_DAYS,
-    MAX_PATTERN_LENGTH,
-    MAX_PATTERNS,
-    MAX_SAFE_INTEGER,
-    TEXT_LENGTHS,
     BodyError,
+    create_schema,
     key_create,
     key_rotation,
     key_update,
+    rotation_schema,
+    update_schema,
 )
 from shared.keyfile import DuplicateUsername
 from shared.prices import Prices, PricesError, read_prices
@@ -55,84 +52,6 @@ def changing(action: str, not_saved: str) -> Iterator[None]:
 
 
 KEY_FORMAT = re.compile(r"(sk-)?[a-f0-9]{64}")
-
-POLICY_SCHEMA: dict[str, Any] = {
-    "enabled": {"type": "boolean"},
-    "expiresAt": {"type": ["string", "null"], "format": "date-time"},
-    "models": {
-        "type": ["array", "null"],
-        "items": {"type": "string", "minLength": 1, "maxLength": MAX_PATTERN_LENGTH},
-        "minItems": 1,
-        "maxItems": MAX_PATTERNS,
-        "uniqueItems": True,
-        "description": "glob patterns (`llama3*`); null: every model",
-    },
-    "limits": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            name: {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SAFE_INTEGER}
-            for name in LIMIT_FIELDS
-        },
-        "description": "the limits given change, null removes one, the others stay",
-    },
-    "budget": {
-        "type": ["object", "null"],
-        "additionalProperties": False,
-        "required": ["period"],
-        "properties": {
-            "period": {"enum": list(BUDGET_PERIODS)},
-            "tokens": {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INTEGER},
-            "cost": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": MAX_BUDGET_COST},
-        },
-        "anyOf": [{"required": ["tokens"]}, {"required": ["cost"]}],
-        "description": "per calendar period (UTC); cost in the currency of the prices; null: none",
-    },
-    "name": {
-        "type": ["string", "null"],
-        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        "maxLength": TEXT_LENGTHS["name"],
-        "description": "tells a user's keys apart (unique per username); null: none",
-    },
-    "owner": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["owner"]},
-    "note": {"type": ["string", "null"], "minLength": 1, "maxLength": TEXT_LENGTHS["note"]},
-}
-
-
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-CREATE_BODY = _body(
-    {
-        "type": "object",
-        "required": ["username"],
-        "properties": {"username": {"type": "string"}, **POLICY_SCHEMA},
-    }
-)
-ROTATE_BODY = _body(
-    {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "until": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "the current secret is accepted until then (at most "
-                f"{MAX_OVERLAP_DAYS} days ahead); absent or null: refused at once",
-            }
-        },
-    }
-)
-UPDATE_BODY = _body(
-    {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "properties": POLICY_SCHEMA,
-    }
-)
-
 
 KEY_STATES = ("all", "active", "disabled", "expired")
 KEY_SORTS = ("createdAt", "username", "lastUsed", "tokensToday")
@@ -198,7 +117,7 @@ def list_keys(
     return JSONResponse({"success": True, "keys": [k.to_json() for k in keys], "usage": usage})
 
 
-@router.post("", response_model=schemas.KeySaved, openapi_extra=CREATE_BODY)
+@router.post("", response_model=schemas.KeySaved, openapi_extra=request_body(create_schema()))
 async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dict[str, Any]:
     try:
         username, policy = key_create(await read_fields(request))
@@ -213,7 +132,9 @@ async def create_key(request: Request, admin: Admin, keyfile: KeyFileDep) -> dic
     return {"success": True, "message": "API key created successfully", "key": key.to_json()}
 
 
-@router.patch("/{key_id}", response_model=schemas.KeySaved, openapi_extra=UPDATE_BODY)
+@router.patch(
+    "/{key_id}", response_model=schemas.KeySaved, openapi_extra=request_body(update_schema())
+)
 async def update_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
 ) -> dict[str, Any]:
@@ -232,7 +153,11 @@ async def update_key(
     return {"success": True, "message": "API key updated successfully", "key": key.to_json()}
 
 
-@router.post("/{key_id}/rotate", response_model=schemas.KeySaved, openapi_extra=ROTATE_BODY)
+@router.post(
+    "/{key_id}/rotate",
+    response_model=schemas.KeySaved,
+    openapi_extra=request_body(rotation_schema()),
+)
 async def rotate_key(
     key_id: str, request: Request, admin: Admin, keyfile: KeyFileDep
 ) -> dict[str, Any]:

@@ -1,0 +1,185 @@
+"""Retries and fallbacks within an alias's deployments, before the client has a byte.
+
+A request for an alias goes to its deployments in order (services/proxy/aliases.py) until one
+answers with something else than a 429 or a 503, or one fails in a way that may have run it:
+
+- A 429 or 503 answer means the upstream did not run the request. It is held back from the
+  client (at most HELD_LIMIT bytes of it), and the request goes to the next deployment; the
+  upstream's Retry-After cools that deployment down (the next requests try it last). When every
+  deployment left is cooling, the request waits for the first to come back if that is within
+  WAIT_LIMIT seconds; otherwise the last answer held goes to the client as it came (a request
+  that found every deployment cooling still asks the first: a cooldown orders, never refuses).
+- A failure before anything was sent (no connection, every connection in use, its queue full
+  or too slow) moves on to the next deployment too. Any other failure (the connection closed
+  after the request went out, a timeout, a malformed answer) ends there: the upstream may have
+  run it, and a request is never sent to a second upstream once the first may have started.
+- At most MAX_ATTEMPTS attempts. The answer says how many were made: `x-llmp-attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.proxy.catalog import UpstreamState
+from services.proxy.errors import ProxyError
+from services.proxy.usage import Meter
+from shared.analytics import RequestRow
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+# One attempt: these upstreams (connection failover among them), this body, this send.
+Run = Callable[[list[UpstreamState], bytes, Send], Awaitable[Meter | None]]
+
+MAX_ATTEMPTS = 4
+WAIT_LIMIT = 5.0  # seconds the request may wait for a cooling deployment
+HELD_LIMIT = 1024 * 1024
+RETRIED = frozenset({429, 503})
+# Failures raised before the request was written (forward.py, services/proxy/gate.py): another
+# upstream may take it.
+NOT_SENT = frozenset(
+    {
+        "upstream_unreachable",
+        "upstream_certificate_refused",
+        "upstream_busy",
+        "upstream_queue_full",
+        "upstream_queue_timeout",
+    }
+)
+HEADER = b"x-llmp-attempts"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    state: UpstreamState
+    body: bytes  # asking for `model`
+    model: str  # the upstream's name of the model
+
+
+def retry_after(headers: Sequence[tuple[bytes, bytes]], now: float) -> float | None:
+    """Seconds from `now` (epoch) that a Retry-After header asks for (delay or HTTP date)."""
+    value = next((v for n, v in headers if n == b"retry-after"), None)
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Held:
+    """The send of one attempt. A 429 or 503 start is held back (with its body) when another
+    attempt may replace it; anything else goes to the client, with the attempts header."""
+
+    def __init__(self, send: Send, attempt: int, may_hold: bool) -> None:
+        self.send = send
+        self.attempt = attempt
+        self.may_hold = may_hold
+        self.messages: list[dict[str, Any]] = []
+        self.size = 0
+        self.whole = True
+        self.retry_after: float | None = None
+        self.row: tuple[int, float | None, int, bool, str | None] = (0, None, 0, False, None)
+
+    @property
+    def held(self) -> bool:
+        return bool(self.messages)
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message["headers"], (HEADER, str(self.attempt).encode())]
+            message = {**message, "headers": headers}
+            if self.may_hold and message["status"] in RETRIED:
+                self.retry_after = retry_after(headers, time.time())
+                self.messages.append(message)
+                return
+        elif self.held:
+            self.size += len(message.get("body", b""))
+            if self.size <= HELD_LIMIT:
+                self.messages.append(message)
+            else:
+                self.whole = False
+            return
+        await self.send(message)
+
+    async def release(self, send: Send) -> None:
+        """Send what was held, as it came (ended, if more was held than kept)."""
+        for message in self.messages:
+            await send(message)
+        if not self.whole:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def forward(
+    attempts: list[Attempt],
+    run: Run,
+    row: RequestRow,
+    send: Send,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> Meter | None:
+    """Send the request to the deployments in order, as the module docstring says."""
+    left = list(attempts)
+    held: Held | None = None
+    failure: ProxyError | None = None
+    for number in range(1, MAX_ATTEMPTS + 1):
+        now = clock()
+        ready = [a for a in left if a.state.cool_until <= now]
+        if not ready and left:
+            soonest = min(a.state.cool_until for a in left)
+            if soonest - now <= WAIT_LIMIT:
+                await sleep(soonest - now)
+            elif held is not None or failure is not None:
+                break
+            # Not yet asked at all: a cooldown is a preference, not a refusal.
+            ready = [a for a in left if a.state.cool_until <= clock()] or [left[0]]
+        if not ready:
+            break
+        attempt = ready[0]
+        row.upstream_model = attempt.model
+        step = Held(send, number, may_hold=number < MAX_ATTEMPTS)
+        try:
+            meter = await run([attempt.state], attempt.body, step)
+        except ProxyError as exc:
+            if exc.code not in NOT_SENT:
+                raise
+            failure = _with_attempts(exc, number)
+            left.remove(attempt)
+            if not left:
+                break
+            continue
+        if not step.held:
+            return meter
+        held = step
+        step.row = (row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error)
+        wait = step.retry_after if step.retry_after is not None else 0.0
+        attempt.state.cool_until = clock() + wait
+        if wait > WAIT_LIMIT or step.retry_after is None:
+            left.remove(attempt)  # not worth coming back to within this request
+        if not left:
+            break
+        _forget(row)
+    if held is not None:  # the last 429 or 503, rather than a failure of another upstream
+        row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error = held.row
+        await held.release(send)
+        return None
+    assert failure is not None
+    raise failure
+
+
+def _with_attempts(error: ProxyError, number: int) -> ProxyError:
+    error.headers = (*error.headers, (HEADER, str(number).encode()))
+    return error
+
+
+def _forget(row: RequestRow) -> None:
+    """The row as before the attempt whose answer was held back."""
+    row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error = 0, None, 0, False, None
+    row.prompt_tokens = row.completion_tokens = None
