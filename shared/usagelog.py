@@ -3,9 +3,9 @@
 `record()` is called on the proxy's hot path: it never blocks and never fails. It caps the texts
 a client chose (model, the model asked of the upstream, end user, path, method) and the error at
 MAX_TEXT bytes each (`cap`), so that a row's size is bounded, and queues the row; rows are
-written in batches by a background task (`start()`), and `close()` writes what is left. What could not be
-written yet is counted in `pending`, what had to be given up in `dropped`, and the last failure
-is `last_error` (None once writing works again).
+written in batches by a background task (`start()`), and `close()` writes what is left. What
+could not be written yet is counted in `pending`, what had to be given up in `dropped`, and the
+last failure is `last_error` (None once writing works again).
 
 The embedded implementation is `data/analytics.db` (the proxy's `Recorder`); with DATABASE_URL,
 PostgreSQL (`shared.pg.usage`). `shared.storage` picks one.
