@@ -1,8 +1,9 @@
 """Model aliases: a public model name served by deployments (shared/fleet.py), resolved per
 request.
 
-- The deployments whose upstream is in the catalog are candidates, in order: healthy ones not
-  cooling down first, then the lowest `priority`; within a priority, drawn by `weight`. The
+- The deployments whose upstream is in the catalog are candidates, in order: available ones
+  (healthy, not cooling down after failures, services/proxy/cooldown.py) and not asked to wait
+  by a Retry-After first, then the lowest `priority`; within a priority, drawn by `weight`. The
   request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
   allows, each asked for its own model name.
 - The body gets the upstream's model name through the real parser of its format: JSON is parsed
@@ -69,7 +70,7 @@ def order(
 
     def rank(pair: tuple[UpstreamState, Deployment]) -> tuple[bool, int]:
         state, deployment = pair
-        return (not state.healthy or state.cool_until > now, deployment.priority)
+        return (not state.available or state.cool_until > now, deployment.priority)
 
     ordered: list[tuple[UpstreamState, Deployment]] = []
     for _, tier in itertools.groupby(sorted(candidates, key=rank), key=rank):

@@ -1405,6 +1405,17 @@ export interface components {
             last_ok: number | null;
             /** Last Error */
             last_error: string | null;
+            /**
+             * Circuit
+             * @enum {string}
+             */
+            circuit: "serving" | "cooling" | "probing";
+            /** Failures */
+            failures: number;
+            /** Cooling Until */
+            cooling_until: number | null;
+            /** Last Failure */
+            last_failure: string | null;
         };
         /** UpstreamAnswer */
         UpstreamAnswer: {
