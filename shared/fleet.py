@@ -10,7 +10,8 @@
                     "proxy": "none",           # "none", an http:// proxy, null: the environment's
                     "keepalive": 30,           # idle connection seconds; null: UPSTREAM_KEEPALIVE
                     "models": ["llama*"]}],    # glob patterns of its models to serve; null: all
-     "aliases": [{"name": "chat", "deployments": [
+     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy"
+                  "deployments": [
                     {"upstream": "3f9a0c1d", "model": "llama-3-70b", "weight": 3, "priority": 0},
                     {"upstream": "target-2", "model": "qwen2.5:72b", "weight": 1, "priority": 1}]}]}
 
@@ -24,7 +25,8 @@ The api writes the file (under its lock, atomically, mode 0600: it holds credent
 workers watch it. Every field is checked here, with one set of rules for both (a hand-edited file
 that breaks one is refused whole, and the proxy keeps what it had). An alias is a public model
 name served by one or more deployments (an upstream and the model name it knows): the lowest
-`priority` first, spread by `weight` within a priority.
+`priority` first; within a priority, drawn by `weight` (strategy "weighted", the default), or
+the one with the fewest requests in flight first, ties drawn by weight ("least-busy").
 """
 
 from __future__ import annotations
@@ -179,11 +181,15 @@ class Deployment(BaseModel):
     priority: int = Field(default=0, ge=0, le=100)  # the lowest is tried first
 
 
+Strategy = Literal["weighted", "least-busy"]
+
+
 class Alias(BaseModel):
     model_config = _STRICT
 
     name: ModelName
     deployments: list[Deployment] = Field(min_length=1, max_length=MAX_DEPLOYMENTS)
+    strategy: Strategy = "weighted"  # how a priority's deployments are chosen
 
 
 class Fleet(BaseModel):

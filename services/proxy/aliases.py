@@ -3,7 +3,9 @@ request.
 
 - The deployments whose upstream is in the catalog are candidates, in order: available ones
   (healthy, not cooling down after failures, services/proxy/cooldown.py) and not asked to wait
-  by a Retry-After first, then the lowest `priority`; within a priority, drawn by `weight`. The
+  by a Retry-After first, then the lowest `priority`; within a priority, drawn by `weight`
+  (strategy "weighted"), or the fewest requests in flight first, ties drawn by weight
+  ("least-busy": the counts are this worker's, queued requests included). The
   request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
   allows, each asked for its own model name.
 - The body gets the upstream's model name through the real parser of its format: JSON is parsed
@@ -56,7 +58,8 @@ def order(
     catalog: Catalog, alias: Alias, draw: Draw, now: float | None = None
 ) -> list[tuple[UpstreamState, Deployment]]:
     """The deployments whose upstream is in the catalog, best first: healthy and not cooling
-    down, then by priority; within a priority, drawn one after another by weight."""
+    down, then by priority; within a priority, drawn one after another by weight (the least
+    busy first, for the strategy "least-busy")."""
     states = {state.upstream.id: state for state in catalog.states}
     candidates = [(states[d.upstream], d) for d in alias.deployments if d.upstream in states]
     if not candidates:
@@ -74,11 +77,14 @@ def order(
 
     ordered: list[tuple[UpstreamState, Deployment]] = []
     for _, tier in itertools.groupby(sorted(candidates, key=rank), key=rank):
-        pool = list(tier)
+        pool, drawn = list(tier), []
         while pool:
             picked = draw([d for _, d in pool])
             position = next(i for i, (_, d) in enumerate(pool) if d is picked)
-            ordered.append(pool.pop(position))
+            drawn.append(pool.pop(position))
+        if alias.strategy == "least-busy":  # sorted is stable: the draw breaks ties
+            drawn.sort(key=lambda pair: pair[0].in_flight)
+        ordered.extend(drawn)
     return ordered
 
 

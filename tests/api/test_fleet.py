@@ -104,6 +104,13 @@ def test_a_change_keeps_the_key_unless_it_names_one(api):
         ("put", "/api/fleet/aliases/chat", {"deployments": []}, 400, "deployments"),
         (
             "put",
+            "/api/fleet/aliases/chat",
+            {"deployments": [{"upstream": "target-1", "model": "m"}], "strategy": "fastest"},
+            400,
+            "strategy",
+        ),
+        (
+            "put",
             "/api/fleet/aliases/a%20b",
             {"deployments": [{"upstream": "target-1", "model": "m"}]},
             400,
@@ -128,6 +135,11 @@ def test_aliases_are_saved_and_an_upstream_in_use_is_not_removed(api):
     ]
     saved = api.put("/api/fleet/aliases/chat", json={"deployments": deployments})
     assert saved.status_code == 200, saved.text
+    assert saved.json()["alias"]["strategy"] == "weighted"
+    busy = {"deployments": deployments, "strategy": "least-busy"}
+    assert api.put("/api/fleet/aliases/chat", json=busy).json()["alias"]["strategy"] == "least-busy"
+    assert api.get("/api/fleet").json()["aliases"][0]["strategy"] == "least-busy"
+    assert json.loads(api.fleet_file.read_text())["aliases"][0]["strategy"] == "least-busy"
     assert saved.json()["alias"]["deployments"][1] == {
         "upstream": "target-1",
         "model": "qwen-a",

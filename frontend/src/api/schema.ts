@@ -416,7 +416,8 @@ export interface paths {
         get?: never;
         /**
          * Put Alias
-         * @description Create or replace the alias `name` (a public model name) with its deployments.
+         * @description Create or replace the alias `name` (a public model name) with its deployments and how
+         *     to choose among those of one priority (`strategy`).
          */
         put: operations["put_alias_api_fleet_aliases__name__put"];
         post?: never;
@@ -635,6 +636,11 @@ export interface components {
             name: string;
             /** Deployments */
             deployments: components["schemas"]["Deployment"][];
+            /**
+             * Strategy
+             * @enum {string}
+             */
+            strategy: "weighted" | "least-busy";
         };
         /**
          * ApiKey

@@ -30,6 +30,7 @@ from shared.fleet import (
     Fleet,
     FleetError,
     ModelName,
+    Strategy,
     UpstreamEntry,
     UpstreamSettings,
     describe,
@@ -77,6 +78,7 @@ class UpstreamPublic(Public):
 class AliasPublic(Public):
     name: str
     deployments: list[Deployment]
+    strategy: Strategy
 
 
 class FleetPublic(Public):
@@ -277,15 +279,15 @@ class AliasBody(BaseModel):
     model_config = Alias.model_config
 
     deployments: list[Deployment]
+    strategy: Strategy = "weighted"
 
 
 @router.put("/aliases/{name}")
 async def put_alias(name: str, request: Request, admin: Admin, fleet_file: FleetDep) -> AliasAnswer:
-    """Create or replace the alias `name` (a public model name) with its deployments."""
+    """Create or replace the alias `name` (a public model name) with its deployments and how
+    to choose among those of one priority (`strategy`)."""
     body = _checked(AliasBody, await _fields(request))
-    alias = _checked(
-        Alias, {"name": name, "deployments": [d.model_dump() for d in body.deployments]}
-    )
+    alias = _checked(Alias, {"name": name, **body.model_dump()})
 
     def edit(fleet: Fleet) -> Fleet:
         fleet.aliases = [a for a in fleet.aliases if a.name != name] + [alias]
