@@ -7,7 +7,8 @@ request.
   (strategy "weighted"), or the fewest requests in flight first, ties drawn by weight
   ("least-busy": the counts are this worker's, queued requests included). The
   request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
-  allows, each asked for its own model name.
+  allows, each asked for its own model name; then, if the alias names a fallback alias, to its
+  deployments, ordered when they are needed.
 - The body gets the upstream's model name through the real parser of its format: JSON is parsed
   and written again (orjson keeps numbers and strings exact), a multipart form has its `model`
   field's bytes replaced where python-multipart found them. Nothing else in it changes.
@@ -26,7 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, invalid_multipart
-from services.proxy.fallbacks import Attempt
+from services.proxy.fallbacks import Attempt, Route
 from shared.fleet import Alias, Deployment
 
 Draw = Callable[[list[Deployment]], Deployment]
@@ -38,20 +39,44 @@ def weighted(deployments: list[Deployment]) -> Deployment:
 
 def resolve(
     catalog: Catalog, model: str | None, content_type: str, body: bytes, draw: Draw = weighted
-) -> list[Attempt] | None:
-    """For an alias: its deployments in the order to try them, each with its body. None when
-    `model` is no alias. Raises ProxyError when no deployment's upstream is there (503), or the
-    body cannot be rewritten (400)."""
+) -> Route | None:
+    """For an alias: its deployments in the order to try them, each with its body, and its
+    fallback's. None when `model` is no alias. Raises ProxyError when no deployment's upstream
+    is there (503), or the body cannot be rewritten (400)."""
     alias = catalog.aliases.get(model) if model is not None else None
     if alias is None:
         return None
-    bodies: dict[str, bytes] = {}
+    return _route(catalog, alias, content_type, body, draw, {})
+
+
+def _route(
+    catalog: Catalog,
+    alias: Alias,
+    content_type: str,
+    body: bytes,
+    draw: Draw,
+    bodies: dict[str, bytes],  # by model name, over the whole chain
+) -> Route:
     attempts = []
     for state, deployment in order(catalog, alias, draw):
         if deployment.model not in bodies:
             bodies[deployment.model] = rewrite_model(content_type, body, deployment.model)
         attempts.append(Attempt(state, bodies[deployment.model], deployment.model))
-    return attempts
+    name = alias.fallback
+    if name is None:
+        return Route(alias.name, attempts)
+
+    def fallback() -> Route | None:
+        """The fallback's route as things are now; None if it has gone, or has no upstream."""
+        following = catalog.aliases.get(name)
+        if following is None:
+            return None
+        try:
+            return _route(catalog, following, content_type, body, draw, bodies)
+        except ProxyError:
+            return None
+
+    return Route(alias.name, attempts, fallback)
 
 
 def order(

@@ -98,9 +98,9 @@ def test_resolve_gives_each_deployment_its_own_body(tmp_path):
             ],
         )
     }
-    attempts = resolve(catalog, "chat", "application/json", b'{"model":"chat","n":1}', first)
-    assert attempts is not None
-    assert [(a.state.upstream.id, a.model, json.loads(a.body)) for a in attempts] == [
+    route = resolve(catalog, "chat", "application/json", b'{"model":"chat","n":1}', first)
+    assert route is not None and route.fallback is None
+    assert [(a.state.upstream.id, a.model, json.loads(a.body)) for a in route.attempts] == [
         ("u1", "big", {"model": "big", "n": 1}),
         ("u2", "small", {"model": "small", "n": 1}),
     ]

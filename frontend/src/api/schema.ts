@@ -416,8 +416,9 @@ export interface paths {
         get?: never;
         /**
          * Put Alias
-         * @description Create or replace the alias `name` (a public model name) with its deployments and how
-         *     to choose among those of one priority (`strategy`).
+         * @description Create or replace the alias `name` (a public model name) with its deployments, how to
+         *     choose among those of one priority (`strategy`) and the alias to fall back to when they
+         *     refuse or the context is too long (`fallback`).
          */
         put: operations["put_alias_api_fleet_aliases__name__put"];
         post?: never;
@@ -641,6 +642,8 @@ export interface components {
              * @enum {string}
              */
             strategy: "weighted" | "least-busy";
+            /** Fallback */
+            fallback: string | null;
         };
         /**
          * ApiKey
