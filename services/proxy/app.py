@@ -16,13 +16,24 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
 from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing, tracing
+from services.proxy.asgi import (
+    ClientGone,
+    DisconnectWatch,
+    Receive,
+    Response,
+    Send,
+    read_body,
+    request_headers,
+    send_body,
+    send_json,
+    sse_error,
+)
 from services.proxy.board import Board
 from services.proxy.body import RequestBody
 from services.proxy.budgets import Budgets, PriceBook
@@ -30,7 +41,7 @@ from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
 from services.proxy.errors import ProxyError
 from services.proxy.fleet import FleetWatch
-from services.proxy.forward import UpstreamCut, exchange, send_body, send_json, sse_error
+from services.proxy.forward import UpstreamCut, exchange
 from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter, Policy
 from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
@@ -48,101 +59,6 @@ from shared.usagelog import UsageLog
 from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-class Response:
-    """The ASGI `send` of one request, knowing whether the answer has started (so that the
-    error boundary knows whether it can still answer)."""
-
-    __slots__ = ("_send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.started = False
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.started = True
-        await self._send(message)
-
-
-class DisconnectWatch:
-    """Cancels the request's task when the client disconnects before the answer is complete.
-
-    It starts listening only once the request has taken ARM_AFTER seconds: most answers come
-    sooner, and a listening task per request costs more than a timer.
-    """
-
-    ARM_AFTER = 0.05
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self._closed = False
-        self._receive = receive
-        self._task = asyncio.current_task()
-        self._watch: asyncio.Future[dict[str, Any]] | None = None
-        self._timer = asyncio.get_running_loop().call_later(self.ARM_AFTER, self._arm)
-
-    def _arm(self) -> None:
-        self._watch = asyncio.ensure_future(self._receive())
-        self._watch.add_done_callback(self._fired)
-
-    def _fired(self, watch: asyncio.Future[dict[str, Any]]) -> None:
-        if self._closed or watch.cancelled() or watch.exception() is not None:
-            return
-        if watch.result()["type"] != "http.disconnect":
-            self._arm()  # an empty trailing body message; keep listening
-        elif self._task is not None:
-            self.gone = True
-            self._task.cancel()
-
-    def close(self) -> None:
-        self._closed = True
-        self._timer.cancel()
-        if self._watch is not None:
-            self._watch.cancel()
-
-
-def request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str, int | None]:
-    """The API key (Bearer, `api-key` or `x-api-key`), content type and declared length."""
-    key = content_type = length = None
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                key = token.strip()
-        elif name in (b"api-key", b"x-api-key") and key is None:
-            key = value.decode("latin-1").strip() or None
-        elif name == b"content-type":
-            content_type = value.decode("latin-1").lower()
-        elif name == b"content-length":
-            with contextlib.suppress(ValueError):
-                length = int(value)
-    return key, content_type or "", length
-
-
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    if declared is not None and declared > limit:
-        raise errors.payload_too_large(limit)
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise errors.payload_too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class ProxyApp:

@@ -98,6 +98,13 @@ def models_unknown(model: str, reasons: list[str]) -> ProxyError:
     )
 
 
+def upstream_cut() -> ProxyError:
+    """The last event of a stream the upstream stopped sending in the middle."""
+    return ProxyError(
+        502, "The upstream stopped in the middle of the answer", "upstream_cut", type="server_error"
+    )
+
+
 def gateway_timeout(upstream: str) -> ProxyError:
     return _failed(f"The {upstream} did not answer in time", "upstream_timeout", 504)
 

@@ -23,13 +23,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from services.proxy import errors
+from services.proxy.asgi import Send, sse_error
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.upstream import (
@@ -48,8 +48,6 @@ from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
 log = logging.getLogger("proxy.upstream")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 HOP_BY_HOP = frozenset(
     {
@@ -120,10 +118,6 @@ def client_headers(
     out.append((b"x-request-id", request_id))
     out.extend(extra)
     return out
-
-
-def sse_error(error: ProxyError) -> bytes:
-    return b"data: " + error.body() + b"\n\n"
 
 
 async def exchange(
@@ -255,12 +249,7 @@ async def relay(
             row.error = f"upstream cut: {exc}"
             if not row.stream:
                 raise UpstreamCut(row.error) from exc
-            cut = ProxyError(
-                502,
-                "The upstream stopped in the middle of the answer",
-                "upstream_cut",
-                type="server_error",
-            )
+            cut = errors.upstream_cut()
             held = stripper.flush() if stripper is not None else b""  # the upstream's own
             last = (last + held)[-2:]
             # A line cut short is ended first, so that the error is an event of its own.
@@ -279,22 +268,3 @@ async def relay(
             answer.release()
         else:
             answer.close()
-
-
-async def send_body(
-    send: Send, status: int, body: bytes, request_id: str, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> int:
-    """Send a complete JSON answer of our own; returns its size."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-request-id", request_id.encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-    return len(body)
-
-
-async def send_json(send: Send, status: int, document: Any, request_id: str) -> int:
-    return await send_body(send, status, json.dumps(document).encode(), request_id)

@@ -58,8 +58,9 @@ def test_expiry_is_announced_inside_the_warning_only_and_failures_once_a_day(tmp
         hooks = Webhooks((receiver.url,), SECRET, Ledger(tmp_path / "webhooks.json"))
         now = datetime(2026, 6, 1, tzinfo=UTC)
 
-        def cert(days_left: float, error: str | None = None) -> CertificateState:
-            end = (now + timedelta(days=days_left)).isoformat().replace("+00:00", "Z")
+        def cert(ends_in: float, error: str | None = None) -> CertificateState:
+            """A certificate that ends `ends_in` days after `now`."""
+            end = (now + timedelta(days=ends_in)).isoformat().replace("+00:00", "Z")
             return {
                 "name": "a",
                 "domains": ["a.test"],
@@ -71,8 +72,9 @@ def test_expiry_is_announced_inside_the_warning_only_and_failures_once_a_day(tmp
         alerts.announce(hooks, [cert(15)], 14, now)  # not yet
         alerts.announce(hooks, [cert(13, "boom")], 14, now)
         alerts.announce(hooks, [cert(13, "boom")], 14, now + timedelta(hours=1))  # same day
-        alerts.announce(hooks, [cert(12, "boom")], 14, now + timedelta(days=1))  # next day
-        eventually(lambda: len(receiver.received) == 3)
+        alerts.announce(hooks, [cert(13, "boom")], 14, now + timedelta(days=1))  # next day
+        alerts.announce(hooks, [cert(20)], 14, now + timedelta(days=2))  # renewed: quiet
+        eventually(lambda: hooks.pending == 0 and len(receiver.received) >= 3)
         hooks.close()
     types = sorted(e["type"] for e in receiver.events())
     assert types == [
