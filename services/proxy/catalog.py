@@ -238,7 +238,7 @@ class Catalog:
     def answered(self, state: UpstreamState, status: int) -> None:
         """The upstream answered a request with `status` (its start, before the body)."""
         self.mark_up(state)
-        if status >= 500:
+        if status >= 500 and status != 501:  # 501: that route is not the upstream's, it is up
             self._failed(state, f"HTTP {status}")
         elif state.circuit.succeeded():
             log.info("upstream serving again", extra={"fields": {"upstream": state.upstream.url}})

@@ -3,7 +3,8 @@
 Each upstream has a circuit (`Circuit`), in one of three named states:
 
 - SERVING: chosen as usual. Failures in a row are counted: a connection not made, a timeout, a
-  connection closed or an answer malformed before it started, an answer of 5xx (see
+  connection closed or an answer malformed before it started, an answer of 5xx but 501 (Not
+  Implemented says the route is not the upstream's, not that it is failing; see
   `Catalog.answered` and `Catalog.failed`). Any other answer resets the count; a 429 is the
   upstream's rate limit, not a fault (its Retry-After orders the deployments of an alias, see
   services/proxy/fallbacks.py). At UPSTREAM_FAILURES failures in a row it goes COOLING.

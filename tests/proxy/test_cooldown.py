@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import zlib
+from typing import cast
 
+from services.proxy.catalog import Catalog
 from services.proxy.cooldown import Circuit, Phase
+from services.proxy.upstream import Busy, ConnectFailed, ReadTimeout, UpstreamClient
 from shared import files, status
-from tests.conftest import eventually
+from tests.conftest import eventually, make_settings
 
 
 class Clock:
@@ -54,6 +57,26 @@ def test_a_threshold_of_zero_never_cools_down():
     circuit = Circuit(threshold=0, clock=Clock())
     assert not any(circuit.failed("HTTP 500") for _ in range(50))
     assert circuit.admits(in_flight=5)
+
+
+def test_what_the_catalog_counts_as_a_failure(tmp_path):
+    settings = make_settings(tmp_path, target_urls="http://127.0.0.1:9", upstream_failures=2)
+    catalog = Catalog(settings, cast(UpstreamClient, None))
+    catalog.clock = Clock()
+    state = catalog.states[0]
+    for _ in range(5):  # not a fault of the upstream (a 501 is an answer: it is up)
+        catalog.answered(state, 501)
+        catalog.failed(state, Busy("every connection in use"))
+    assert state.circuit.failures == 0 and state.available
+    catalog.answered(state, 500)
+    catalog.answered(state, 429)  # a rate limit: an answer, the count starts again
+    assert state.circuit.failures == 0
+    catalog.answered(state, 502)
+    catalog.failed(state, ReadTimeout("silent"))
+    assert state.circuit.phase is Phase.COOLING and not state.available
+    assert state.healthy  # its models may still answer: cooling is not being down
+    catalog.failed(state, ConnectFailed("refused"))
+    assert not state.healthy and state.last_error == "connect: refused"
 
 
 def use(running, deployments) -> None:
