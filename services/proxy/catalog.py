@@ -6,7 +6,8 @@ refresh is marked unhealthy but keeps its last known models for `MODELS_STALE_SE
 that it serves nothing until it answers again. Health also follows real traffic: a refused
 connection marks an upstream unhealthy at once, a good answer marks it healthy. An upstream that
 keeps failing requests is cooled down and probed back in by its circuit
-(services/proxy/cooldown.py); `available` says whether it is worth choosing now.
+(services/proxy/cooldown.py); `available` says whether it is worth choosing now. `on_health`
+(the webhooks) hears of an upstream going down or cooling down, and of it back.
 
 The list of upstreams and the aliases change at runtime (`apply`, from data/upstreams.json, see
 services/proxy/fleet.py): an upstream whose settings did not change keeps its state (models,
@@ -242,6 +243,8 @@ class Catalog:
             self._failed(state, f"HTTP {status}")
         elif state.circuit.succeeded():
             log.info("upstream serving again", extra={"fields": {"upstream": state.upstream.url}})
+            if self.on_health is not None:
+                self.on_health(state, None)
 
     def failed(self, state: UpstreamState, exc: UpstreamError) -> None:
         """A request to the upstream failed before its answer started. Every connection to it
@@ -257,6 +260,8 @@ class Catalog:
         circuit = state.circuit
         probe = circuit.current() is Phase.PROBING
         if circuit.failed(reason):
+            if not probe and state.healthy and self.on_health is not None:  # else told already
+                self.on_health(state, f"cooling down after {circuit.failures} failures: {reason}")
             log.warning(
                 "upstream probe failed; cooling down" if probe else "upstream cooling down",
                 extra={

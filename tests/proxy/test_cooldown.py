@@ -79,6 +79,24 @@ def test_what_the_catalog_counts_as_a_failure(tmp_path):
     assert not state.healthy and state.last_error == "connect: refused"
 
 
+def test_the_webhooks_hear_of_a_cooldown_and_of_the_upstream_back(tmp_path):
+    settings = make_settings(tmp_path, target_urls="http://127.0.0.1:9", upstream_failures=2)
+    catalog = Catalog(settings, cast(UpstreamClient, None))
+    clock = catalog.clock = Clock()
+    heard: list[str | None] = []
+    catalog.on_health = lambda state, error: heard.append(error)
+    state = catalog.states[0]
+    catalog.answered(state, 500)
+    catalog.answered(state, 503)
+    assert heard == ["cooling down after 2 failures: HTTP 503"]
+    clock.now += settings.upstream_cooldown
+    catalog.answered(state, 500)  # the probe failed: down still, nothing new to say
+    assert len(heard) == 1
+    clock.now += settings.upstream_cooldown_max
+    catalog.answered(state, 200)
+    assert heard == ["cooling down after 2 failures: HTTP 503", None]
+
+
 def use(running, deployments) -> None:
     """An alias `chat` over these upstreams, in this order of priority."""
     upstreams, entries = [], []
