@@ -1,9 +1,9 @@
 """The usage log's writing side, as every implementation offers it: one row per request.
 
 `record()` is called on the proxy's hot path: it never blocks and never fails. It caps the texts
-a client chose (model, path, method) and the error at MAX_TEXT bytes each (`cap`), so that a
-row's size is bounded, and queues the row; rows are written
-in batches by a background task (`start()`), and `close()` writes what is left. What could not be
+a client chose (model, the model asked of the upstream, end user, path, method) and the error at
+MAX_TEXT bytes each (`cap`), so that a row's size is bounded, and queues the row; rows are
+written in batches by a background task (`start()`), and `close()` writes what is left. What could not be
 written yet is counted in `pending`, what had to be given up in `dropped`, and the last failure
 is `last_error` (None once writing works again).
 
@@ -45,6 +45,7 @@ MAX_TEXT = 512  # bytes of each text a client chose that a row keeps
 def cap(row: RequestRow) -> None:
     """Cut `row`'s long texts to MAX_TEXT bytes each, in place."""
     row.model, row.error = _capped(row.model), _capped(row.error)
+    row.upstream_model, row.end_user = _capped(row.upstream_model), _capped(row.end_user)
     row.path, row.method = _capped(row.path) or "", _capped(row.method) or ""
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from services.proxy.recorder import Recorder
 from shared.analytics import RequestRow
-from shared.usagelog import MAX_TEXT, UsageLog
+from shared.usagelog import MAX_TEXT, UsageLog, cap
 
 
 def row(n: int, **fields) -> RequestRow:
@@ -70,3 +70,11 @@ def test_a_long_text_a_client_chose_is_cut(log_and_rows):
     asyncio.run(scenario())
     [(_, model)] = log_and_rows[1]()
     assert model == "é" * (MAX_TEXT // 2)
+
+
+def test_every_text_a_client_chose_is_capped():
+    long = "é" * 5000
+    r = row(1, model=long, upstream_model=long, end_user=long, error=long, path=long, method=long)
+    cap(r)
+    texts = (r.model, r.upstream_model, r.end_user, r.error, r.path, r.method)
+    assert all(t is not None and len(t.encode()) == MAX_TEXT for t in texts)
