@@ -10,7 +10,9 @@
                     "proxy": "none",           # "none", an http:// proxy, null: the environment's
                     "keepalive": 30,           # idle connection seconds; null: UPSTREAM_KEEPALIVE
                     "models": ["llama*"]}],    # glob patterns of its models to serve; null: all
-     "aliases": [{"name": "chat", "deployments": [
+     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy"
+                  "fallback": "chat-long",     # an alias to try when these refuse; optional
+                  "deployments": [
                     {"upstream": "3f9a0c1d", "model": "llama-3-70b", "weight": 3, "priority": 0},
                     {"upstream": "target-2", "model": "qwen2.5:72b", "weight": 1, "priority": 1}]}]}
 
@@ -24,7 +26,11 @@ The api writes the file (under its lock, atomically, mode 0600: it holds credent
 workers watch it. Every field is checked here, with one set of rules for both (a hand-edited file
 that breaks one is refused whole, and the proxy keeps what it had). An alias is a public model
 name served by one or more deployments (an upstream and the model name it knows): the lowest
-`priority` first, spread by `weight` within a priority.
+`priority` first; within a priority, drawn by `weight` (strategy "weighted", the default), or
+the one with the fewest requests in flight first, ties drawn by weight ("least-busy"). An alias
+may name a `fallback` alias, used when every deployment refused or the context was too long
+(services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain, and
+a chain has at most MAX_FALLBACKS of them.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ MAX_ALIASES = 500
 MAX_DEPLOYMENTS = 50
 MAX_PATTERNS = 200
 MAX_CA_PEM = 1024 * 1024
+MAX_FALLBACKS = 3  # aliases a request may fall back to, one after another
 
 # A model name as clients and upstreams write them: `gpt-4o`, `meta-llama/Llama-3-8B`,
 # `qwen2.5:7b`, `org/model@rev`.
@@ -179,11 +186,16 @@ class Deployment(BaseModel):
     priority: int = Field(default=0, ge=0, le=100)  # the lowest is tried first
 
 
+Strategy = Literal["weighted", "least-busy"]
+
+
 class Alias(BaseModel):
     model_config = _STRICT
 
     name: ModelName
     deployments: list[Deployment] = Field(min_length=1, max_length=MAX_DEPLOYMENTS)
+    strategy: Strategy = "weighted"  # how a priority's deployments are chosen
+    fallback: ModelName | None = None  # the alias to try when this one's deployments refused
 
 
 class Fleet(BaseModel):
@@ -208,6 +220,22 @@ class Fleet(BaseModel):
                         f"alias {alias.name!r} names upstream {deployment.upstream!r},"
                         " which does not exist"
                     )
+        by_name = {a.name: a for a in self.aliases}
+        for alias in self.aliases:
+            chain, then = [alias.name], alias.fallback
+            while then is not None:
+                if then not in by_name:
+                    raise ValueError(
+                        f"alias {chain[-1]!r} falls back to {then!r}, which is no alias"
+                    )
+                if then in chain:
+                    raise ValueError(f"alias {alias.name!r} falls back to itself through {then!r}")
+                chain.append(then)
+                then = by_name[then].fallback
+            if len(chain) - 1 > MAX_FALLBACKS:
+                raise ValueError(
+                    f"alias {alias.name!r} has more than {MAX_FALLBACKS} fallbacks in a chain"
+                )
         return self
 
     def targets(self) -> tuple[Upstream, ...]:

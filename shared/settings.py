@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     models_refresh_seconds: float = 60.0
     models_timeout_seconds: float = 5.0
     models_stale_seconds: float = 600.0
+    # An upstream that fails UPSTREAM_FAILURES times in a row (no connection, 5xx, a timeout) is
+    # chosen last for UPSTREAM_COOLDOWN seconds, then probed with one request; each failed probe
+    # doubles the cooldown, up to UPSTREAM_COOLDOWN_MAX (services/proxy/cooldown.py). 0: never.
+    upstream_failures: int = Field(default=3, ge=0, le=1000)
+    upstream_cooldown: float = Field(default=30.0, gt=0, le=86400)
+    upstream_cooldown_max: float = Field(default=300.0, gt=0, le=86400)
     # The upstream client: `own` (services/proxy/pool.py) or `aiohttp` (see docs/performance.md).
     upstream_client: Literal["own", "aiohttp"] = "own"
     # Connections per upstream per proxy worker; more requests wait for one (UPSTREAM_CONNECT_

@@ -19,21 +19,30 @@ def alive(settings: Settings, program: str) -> list[dict[str, Any]]:
     ]
 
 
+# Each worker cools an upstream down on its own (services/proxy/cooldown.py): the report shows
+# the worst of them.
+_CIRCUITS = ("serving", "probing", "cooling")
+
+
 def upstreams(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each upstream as the most recent worker sees it, with requests in flight and waiting in
-    its queue summed over workers."""
+    its queue summed over workers, and the circuit of the worker that trusts it least."""
     if not workers:
         return []
     latest = max(workers, key=lambda b: b["updated"])
     merged = [dict(u) for u in latest.get("upstreams", [])]
     for upstream in merged:
+        views = [u for w in workers for u in w.get("upstreams", []) if u["url"] == upstream["url"]]
         for count in ("in_flight", "queued"):
-            upstream[count] = sum(
-                u.get(count, 0)
-                for w in workers
-                for u in w.get("upstreams", [])
-                if u["url"] == upstream["url"]
-            )
+            upstream[count] = sum(u.get(count, 0) for u in views)
+        worst = max(
+            views,
+            key=lambda u: (_CIRCUITS.index(u.get("circuit", "serving")), u.get("failures", 0)),
+        )
+        upstream["circuit"] = worst.get("circuit", "serving")
+        upstream["failures"] = worst.get("failures", 0)
+        upstream["cooling_until"] = worst.get("cooling_until")
+        upstream["last_failure"] = worst.get("last_failure")
     return merged
 
 

@@ -46,6 +46,7 @@ class FakeUpstream:
     held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     refuse_status: int | None = None  # answer completions with this status (429, 503...)
     retry_after: str | None = None  # ... and this Retry-After header
+    refuse_code: str | None = None  # ... and this OpenAI error code
     drop: bool = False  # close the connection on a completion, without a byte of answer
     usage: bool = True  # honour stream_options.include_usage, as OpenAI and vLLM do
     active: int = 0  # completions being answered now
@@ -164,7 +165,14 @@ class FakeUpstream:
             await asyncio.sleep(3600)  # cancelled by the closed connection
         if self.refuse_status is not None:
             headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
-            error = {"error": {"message": f"{self.name} refused", "type": "rate_limit"}}
+            error = {
+                "error": {
+                    "message": f"{self.name} refused",
+                    "type": "rate_limit",
+                    "param": None,
+                    "code": self.refuse_code,
+                }
+            }
             return web.json_response(error, status=self.refuse_status, headers=headers)
         self.active += 1
         self.peak = max(self.peak, self.active)

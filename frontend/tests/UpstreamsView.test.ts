@@ -15,6 +15,10 @@ function upstream(over: Partial<Upstream> = {}): Upstream {
     concurrency: 2,
     last_ok: null,
     last_error: null,
+    circuit: 'serving',
+    failures: 0,
+    cooling_until: null,
+    last_failure: null,
     ...over,
   }
 }
@@ -59,6 +63,23 @@ describe('UpstreamsView', () => {
     expect(open!.text()).toContain('1 request')
     expect(open!.text()).not.toContain('Waiting')
     expect(open!.text()).not.toContain('at a time')
+  })
+
+  it('says which upstream is cooling down after failures, and why', async () => {
+    const api = fakeApi({
+      upstreams: async () => [
+        upstream({ circuit: 'cooling', failures: 3, cooling_until: Date.now() / 1000 + 120, last_failure: 'HTTP 500' }),
+        upstream({ id: 'target-2', url: 'http://cpu:11434/v1' }),
+      ],
+      fleet: async () => fleet([config(), config({ id: 'target-2', url: 'http://cpu:11434/v1' })]),
+    })
+    const view = await mountWithApi(UpstreamsView, api)
+    const [cooling, serving] = view.findAll('ul.upstreams > li.card')
+    expect(cooling!.text()).toContain('Cooling down')
+    expect(cooling!.text()).toContain('Failures in a row3, the last: HTTP 500')
+    expect(cooling!.text()).toContain('Probed againin 2 minutes')
+    expect(serving!.text()).toContain('Healthy')
+    expect(serving!.text()).not.toContain('Failures')
   })
 
   it('changes an upstream without sending its key unless one is typed', async () => {

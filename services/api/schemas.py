@@ -442,6 +442,12 @@ class Upstream(TypedDict):
     concurrency: int | None  # most requests in flight at once; null: no cap
     last_ok: Number | None  # epoch seconds of the last good model refresh
     last_error: str | None
+    # After failures in a row, an upstream is cooled down, then probed with one request
+    # (services/proxy/cooldown.py); the worker that trusts it least is shown.
+    circuit: Literal["serving", "cooling", "probing"]
+    failures: int  # failures in a row
+    cooling_until: Number | None  # epoch seconds at which its cooldown ends; null: not cooling
+    last_failure: str | None
 
 
 @answer

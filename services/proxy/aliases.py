@@ -1,10 +1,14 @@
 """Model aliases: a public model name served by deployments (shared/fleet.py), resolved per
 request.
 
-- The deployments whose upstream is in the catalog are candidates, in order: healthy ones not
-  cooling down first, then the lowest `priority`; within a priority, drawn by `weight`. The
+- The deployments whose upstream is in the catalog are candidates, in order: available ones
+  (healthy, not cooling down after failures, services/proxy/cooldown.py) and not asked to wait
+  by a Retry-After first, then the lowest `priority`; within a priority, drawn by `weight`
+  (strategy "weighted"), or the fewest requests in flight first, ties drawn by weight
+  ("least-busy": the counts are this worker's, queued requests included). The
   request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
-  allows, each asked for its own model name.
+  allows, each asked for its own model name; then, if the alias names a fallback alias, to its
+  deployments, ordered when they are needed.
 - The body gets the upstream's model name through the real parser of its format: JSON is parsed
   and written again (orjson keeps numbers and strings exact), a multipart form has its `model`
   field's bytes replaced where python-multipart found them. Nothing else in it changes.
@@ -23,7 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.errors import ProxyError, invalid_multipart
-from services.proxy.fallbacks import Attempt
+from services.proxy.fallbacks import Attempt, Route
 from shared.fleet import Alias, Deployment
 
 Draw = Callable[[list[Deployment]], Deployment]
@@ -35,27 +39,52 @@ def weighted(deployments: list[Deployment]) -> Deployment:
 
 def resolve(
     catalog: Catalog, model: str | None, content_type: str, body: bytes, draw: Draw = weighted
-) -> list[Attempt] | None:
-    """For an alias: its deployments in the order to try them, each with its body. None when
-    `model` is no alias. Raises ProxyError when no deployment's upstream is there (503), or the
-    body cannot be rewritten (400)."""
+) -> Route | None:
+    """For an alias: its deployments in the order to try them, each with its body, and its
+    fallback's. None when `model` is no alias. Raises ProxyError when no deployment's upstream
+    is there (503), or the body cannot be rewritten (400)."""
     alias = catalog.aliases.get(model) if model is not None else None
     if alias is None:
         return None
-    bodies: dict[str, bytes] = {}
+    return _route(catalog, alias, content_type, body, draw, {})
+
+
+def _route(
+    catalog: Catalog,
+    alias: Alias,
+    content_type: str,
+    body: bytes,
+    draw: Draw,
+    bodies: dict[str, bytes],  # by model name, over the whole chain
+) -> Route:
     attempts = []
     for state, deployment in order(catalog, alias, draw):
         if deployment.model not in bodies:
             bodies[deployment.model] = rewrite_model(content_type, body, deployment.model)
         attempts.append(Attempt(state, bodies[deployment.model], deployment.model))
-    return attempts
+    name = alias.fallback
+    if name is None:
+        return Route(alias.name, attempts)
+
+    def fallback() -> Route | None:
+        """The fallback's route as things are now; None if it has gone, or has no upstream."""
+        following = catalog.aliases.get(name)
+        if following is None:
+            return None
+        try:
+            return _route(catalog, following, content_type, body, draw, bodies)
+        except ProxyError:
+            return None
+
+    return Route(alias.name, attempts, fallback)
 
 
 def order(
     catalog: Catalog, alias: Alias, draw: Draw, now: float | None = None
 ) -> list[tuple[UpstreamState, Deployment]]:
     """The deployments whose upstream is in the catalog, best first: healthy and not cooling
-    down, then by priority; within a priority, drawn one after another by weight."""
+    down, then by priority; within a priority, drawn one after another by weight (the least
+    busy first, for the strategy "least-busy")."""
     states = {state.upstream.id: state for state in catalog.states}
     candidates = [(states[d.upstream], d) for d in alias.deployments if d.upstream in states]
     if not candidates:
@@ -69,15 +98,18 @@ def order(
 
     def rank(pair: tuple[UpstreamState, Deployment]) -> tuple[bool, int]:
         state, deployment = pair
-        return (not state.healthy or state.cool_until > now, deployment.priority)
+        return (not state.available or state.cool_until > now, deployment.priority)
 
     ordered: list[tuple[UpstreamState, Deployment]] = []
     for _, tier in itertools.groupby(sorted(candidates, key=rank), key=rank):
-        pool = list(tier)
+        pool, drawn = list(tier), []
         while pool:
             picked = draw([d for _, d in pool])
             position = next(i for i, (_, d) in enumerate(pool) if d is picked)
-            ordered.append(pool.pop(position))
+            drawn.append(pool.pop(position))
+        if alias.strategy == "least-busy":  # sorted is stable: the draw breaks ties
+            drawn.sort(key=lambda pair: pair[0].in_flight)
+        ordered.extend(drawn)
     return ordered
 
 

@@ -4,7 +4,10 @@ Each upstream's `/models` is fetched in the background, all upstreams at once, e
 timeout, so a hanging upstream never holds up the others or a request. An upstream that fails a
 refresh is marked unhealthy but keeps its last known models for `MODELS_STALE_SECONDS`; after
 that it serves nothing until it answers again. Health also follows real traffic: a refused
-connection marks an upstream unhealthy at once, a good answer marks it healthy.
+connection marks an upstream unhealthy at once, a good answer marks it healthy. An upstream that
+keeps failing requests is cooled down and probed back in by its circuit
+(services/proxy/cooldown.py); `available` says whether it is worth choosing now. `on_health`
+(the webhooks) hears of an upstream going down or cooling down, and of it back.
 
 The list of upstreams and the aliases change at runtime (`apply`, from data/upstreams.json, see
 services/proxy/fleet.py): an upstream whose settings did not change keeps its state (models,
@@ -28,9 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.proxy.board import Board
+from services.proxy.cooldown import Circuit, Phase
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
-from services.proxy.upstream import CertificateRefused, Endpoint, UpstreamClient, UpstreamError
+from services.proxy.upstream import (
+    Busy,
+    CertificateRefused,
+    ConnectFailed,
+    Endpoint,
+    UpstreamClient,
+    UpstreamError,
+)
 from shared.fleet import Alias
 from shared.settings import Settings
 from shared.targets import Upstream
@@ -61,6 +72,13 @@ class UpstreamState:
     refusal: str | None = None  # why its models are unknown, when that is worth telling clients
     listed: list[dict[str, Any]] = field(default_factory=list)  # before its `models` filter
     cool_until: float = 0.0  # time.monotonic() before which its Retry-After asks for none
+    circuit: Circuit = field(default_factory=Circuit)  # cooled down after failures in a row
+
+    @property
+    def available(self) -> bool:
+        """Worth choosing now: its models answer and it is not cooling down (nor being probed
+        by a request of this worker)."""
+        return self.healthy and self.circuit.admits(self.in_flight)
 
     def use(self, listed: list[dict[str, Any]]) -> None:
         """Take the models it lists, as far as its `models` filter lets them through."""
@@ -73,6 +91,8 @@ class UpstreamState:
 
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued
+        circuit = self.circuit
+        remaining = circuit.remaining()
         return {
             "id": self.upstream.id,
             "url": self.upstream.url,
@@ -83,6 +103,10 @@ class UpstreamState:
             "concurrency": self.upstream.concurrency or None,
             "last_ok": self.last_ok,
             "last_error": self.last_error,
+            "circuit": circuit.current().value,
+            "failures": circuit.failures,
+            "cooling_until": None if remaining is None else round(time.time() + remaining, 3),
+            "last_failure": circuit.last_failure,
         }
 
 
@@ -92,6 +116,7 @@ class Catalog:
     ) -> None:
         self.settings = settings
         self.client = client
+        self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
         self.board = board  # where the fair queues of capped upstreams count (none: no cap)
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
@@ -106,6 +131,10 @@ class Catalog:
         """A new upstream's state. Raises ValueError for TLS files that cannot be read."""
         endpoint = endpoint_for(upstream, self.settings)
         state = UpstreamState(upstream, endpoint, credentials(upstream))
+        s = self.settings
+        state.circuit = Circuit(
+            s.upstream_failures, s.upstream_cooldown, s.upstream_cooldown_max, self._now
+        )
         if upstream.concurrency and self.board is not None:
             s = self.settings
             state.gate = Gate(
@@ -133,6 +162,7 @@ class Catalog:
                 if (before := by_url.get(upstream.url)) is not None:
                     state.use(before.listed)
                     state.healthy, state.last_ok = before.healthy, before.last_ok
+                    state.circuit = before.circuit
                 new.append(state)
             else:
                 state.upstream = upstream  # its position and id may have changed
@@ -202,6 +232,47 @@ class Catalog:
             state.healthy = True
             if self.on_health is not None:
                 self.on_health(state, None)
+
+    def _now(self) -> float:
+        return self.clock()
+
+    def answered(self, state: UpstreamState, status: int) -> None:
+        """The upstream answered a request with `status` (its start, before the body)."""
+        self.mark_up(state)
+        if status >= 500 and status != 501:  # 501: that route is not the upstream's, it is up
+            self._failed(state, f"HTTP {status}")
+        elif state.circuit.succeeded():
+            log.info("upstream serving again", extra={"fields": {"upstream": state.upstream.url}})
+            if self.on_health is not None:
+                self.on_health(state, None)
+
+    def failed(self, state: UpstreamState, exc: UpstreamError) -> None:
+        """A request to the upstream failed before its answer started. Every connection to it
+        in use (`Busy`) is this worker's limit, not the upstream's fault."""
+        if isinstance(exc, Busy):
+            return
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ConnectFailed):
+            self.mark_down(state, f"connect: {exc}")
+        self._failed(state, text)
+
+    def _failed(self, state: UpstreamState, reason: str) -> None:
+        circuit = state.circuit
+        probe = circuit.current() is Phase.PROBING
+        if circuit.failed(reason):
+            if not probe and state.healthy and self.on_health is not None:  # else told already
+                self.on_health(state, f"cooling down after {circuit.failures} failures: {reason}")
+            log.warning(
+                "upstream probe failed; cooling down" if probe else "upstream cooling down",
+                extra={
+                    "fields": {
+                        "upstream": state.upstream.url,
+                        "failures": circuit.failures,
+                        "seconds": circuit.period,
+                        "error": reason,
+                    }
+                },
+            )
 
     # Refreshing --------------------------------------------------------------------------
 

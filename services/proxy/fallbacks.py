@@ -1,4 +1,5 @@
-"""Retries and fallbacks within an alias's deployments, before the client has a byte.
+"""Retries within an alias's deployments, and fallbacks to other aliases, before the client
+has a byte.
 
 A request for an alias goes to its deployments in order (services/proxy/aliases.py) until one
 answers with something else than a 429 or a 503, or one fails in a way that may have run it:
@@ -13,14 +14,26 @@ answers with something else than a 429 or a 503, or one fails in a way that may 
   or too slow) moves on to the next deployment too. Any other failure (the connection closed
   after the request went out, a timeout, a malformed answer) ends there: the upstream may have
   run it, and a request is never sent to a second upstream once the first may have started.
-- At most MAX_ATTEMPTS attempts. The answer says how many were made: `x-llmp-attempts`.
+- At most MAX_ATTEMPTS attempts per alias. The answer says how many were made in all:
+  `x-llmp-attempts`.
+- An alias may name a fallback alias (shared/fleet.py). Its deployments are tried, as above,
+  when every deployment of the first refused (the last one's 429 or 503 held back, or none
+  could be sent the request), or at once when one answers 400 with the OpenAI error code
+  `context_length_exceeded` (its body read, at most HELD_LIMIT bytes, gzip or deflate
+  decoded): the fallback is where the longer contexts go. Such a request does not wait for a
+  cooling deployment: the fallback is there instead. With no fallback left (none named, none of
+  its upstreams there, or MAX_FALLBACKS followed), the last answer held goes to the client as
+  it came. The same rule holds throughout: nothing goes to a second upstream once the first
+  may have started running the request, and nothing held back has reached the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +42,7 @@ from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.usage import Meter
 from shared.analytics import RequestRow
+from shared.fleet import MAX_FALLBACKS
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # One attempt: these upstreams (connection failover among them), this body, this send.
@@ -38,6 +52,8 @@ MAX_ATTEMPTS = 4
 WAIT_LIMIT = 5.0  # seconds the request may wait for a cooling deployment
 HELD_LIMIT = 1024 * 1024
 RETRIED = frozenset({429, 503})
+TOO_LONG = 400  # held back, when there is a fallback, to see whether the context was too long
+CONTEXT_LENGTH = "context_length_exceeded"
 # Failures raised before the request was written (forward.py, services/proxy/gate.py): another
 # upstream may take it.
 NOT_SENT = frozenset(
@@ -59,6 +75,17 @@ class Attempt:
     model: str  # the upstream's name of the model
 
 
+@dataclass(slots=True)
+class Route:
+    """An alias's deployments in the order to try them, and its fallback's route, resolved
+    (services/proxy/aliases.py) only when it is needed; `fallback` None: the alias names none.
+    """
+
+    alias: str
+    attempts: list[Attempt]
+    fallback: Callable[[], Route | None] | None = None
+
+
 def retry_after(headers: Sequence[tuple[bytes, bytes]], now: float) -> float | None:
     """Seconds from `now` (epoch) that a Retry-After header asks for (delay or HTTP date)."""
     value = next((v for n, v in headers if n == b"retry-after"), None)
@@ -75,13 +102,15 @@ def retry_after(headers: Sequence[tuple[bytes, bytes]], now: float) -> float | N
 
 
 class Held:
-    """The send of one attempt. A 429 or 503 start is held back (with its body) when another
-    attempt may replace it; anything else goes to the client, with the attempts header."""
+    """The send of one attempt. A start of one of the statuses `holding` is held back (with
+    its body): another attempt may replace it. Anything else goes to the client, with the
+    attempts header."""
 
-    def __init__(self, send: Send, attempt: int, may_hold: bool) -> None:
+    def __init__(self, send: Send, attempt: int, holding: frozenset[int]) -> None:
         self.send = send
         self.attempt = attempt
-        self.may_hold = may_hold
+        self.holding = holding
+        self.status = 0
         self.messages: list[dict[str, Any]] = []
         self.size = 0
         self.whole = True
@@ -96,7 +125,8 @@ class Held:
         if message["type"] == "http.response.start":
             headers = [*message["headers"], (HEADER, str(self.attempt).encode())]
             message = {**message, "headers": headers}
-            if self.may_hold and message["status"] in RETRIED:
+            if message["status"] in self.holding:
+                self.status = message["status"]
                 self.retry_after = retry_after(headers, time.time())
                 self.messages.append(message)
                 return
@@ -109,6 +139,25 @@ class Held:
             return
         await self.send(message)
 
+    def error_code(self) -> str | None:
+        """The OpenAI error code of the answer held (`{"error": {"code": ...}}`), if its whole
+        body was held and reads as one."""
+        if not self.held or not self.whole:
+            return None
+        body = b"".join(m.get("body", b"") for m in self.messages[1:])
+        headers = self.messages[0]["headers"]
+        encoding = next((v for n, v in headers if n == b"content-encoding"), b"").strip().lower()
+        try:
+            if encoding in (b"gzip", b"deflate"):  # zlib's header, or gzip's: wbits 47 takes both
+                body = zlib.decompressobj(47).decompress(body, HELD_LIMIT)
+            elif encoding not in (b"", b"identity"):
+                return None
+            error = json.loads(body).get("error")
+        except (zlib.error, ValueError, AttributeError):
+            return None
+        code = error.get("code") if isinstance(error, dict) else None
+        return code if isinstance(code, str) else None
+
     async def release(self, send: Send) -> None:
         """Send what was held, as it came (ended, if more was held than kept)."""
         for message in self.messages:
@@ -118,55 +167,73 @@ class Held:
 
 
 async def forward(
-    attempts: list[Attempt],
+    route: Route,
     run: Run,
     row: RequestRow,
     send: Send,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Meter | None:
-    """Send the request to the deployments in order, as the module docstring says."""
-    left = list(attempts)
+    """Send the request to the deployments of the alias in order, then to its fallback's, as
+    the module docstring says."""
+    number = 0  # attempts, over every alias
     held: Held | None = None
     failure: ProxyError | None = None
-    for number in range(1, MAX_ATTEMPTS + 1):
-        now = clock()
-        ready = [a for a in left if a.state.cool_until <= now]
-        if not ready and left:
-            soonest = min(a.state.cool_until for a in left)
-            if soonest - now <= WAIT_LIMIT:
-                await sleep(soonest - now)
-            elif held is not None or failure is not None:
+    for hop in range(MAX_FALLBACKS + 1):
+        fallback = route.fallback if hop < MAX_FALLBACKS else None
+        held = failure = None
+        left = list(route.attempts)
+        for tried in range(1, MAX_ATTEMPTS + 1):
+            now = clock()
+            ready = [a for a in left if a.state.cool_until <= now]
+            if not ready and left:
+                soonest = min(a.state.cool_until for a in left)
+                if soonest - now <= WAIT_LIMIT and fallback is None:
+                    await sleep(soonest - now)
+                elif held is not None or failure is not None:
+                    break
+                # Not yet asked at all: a cooldown is a preference, not a refusal.
+                ready = [a for a in left if a.state.cool_until <= clock()] or [left[0]]
+            if not ready:
                 break
-            # Not yet asked at all: a cooldown is a preference, not a refusal.
-            ready = [a for a in left if a.state.cool_until <= clock()] or [left[0]]
-        if not ready:
-            break
-        attempt = ready[0]
-        row.upstream_model = attempt.model
-        step = Held(send, number, may_hold=number < MAX_ATTEMPTS)
-        try:
-            meter = await run([attempt.state], attempt.body, step)
-        except ProxyError as exc:
-            if exc.code not in NOT_SENT:
-                raise
-            failure = _with_attempts(exc, number)
-            left.remove(attempt)
+            attempt = ready[0]
+            number += 1
+            row.upstream_model = attempt.model
+            holding = RETRIED if tried < MAX_ATTEMPTS or fallback is not None else frozenset()
+            step = Held(send, number, holding | {TOO_LONG} if fallback is not None else holding)
+            try:
+                meter = await run([attempt.state], attempt.body, step)
+            except ProxyError as exc:
+                if exc.code not in NOT_SENT:
+                    raise
+                failure = _with_attempts(exc, number)
+                left.remove(attempt)
+                if not left:
+                    break
+                continue
+            if not step.held:
+                return meter
+            step.row = (row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error)
+            if step.status == TOO_LONG:
+                if step.error_code() != CONTEXT_LENGTH:  # a 400 like any other: the answer
+                    await step.release(send)
+                    return meter
+                held = step
+                break  # the context is too long for this alias: its fallback's turn
+            held = step
+            wait = step.retry_after if step.retry_after is not None else 0.0
+            attempt.state.cool_until = clock() + wait
+            if wait > WAIT_LIMIT or step.retry_after is None:
+                left.remove(attempt)  # not worth coming back to within this request
             if not left:
                 break
-            continue
-        if not step.held:
-            return meter
-        held = step
-        step.row = (row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error)
-        wait = step.retry_after if step.retry_after is not None else 0.0
-        attempt.state.cool_until = clock() + wait
-        if wait > WAIT_LIMIT or step.retry_after is None:
-            left.remove(attempt)  # not worth coming back to within this request
-        if not left:
+            _forget(row)
+        following = fallback() if fallback is not None else None
+        if following is None:
             break
         _forget(row)
-    if held is not None:  # the last 429 or 503, rather than a failure of another upstream
+        route = following
+    if held is not None:  # the last answer held back, rather than a failure of another upstream
         row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error = held.row
         await held.release(send)
         return None

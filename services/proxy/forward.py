@@ -162,14 +162,15 @@ async def exchange(
                 )
             except ConnectFailed as exc:
                 # Nothing was sent: the next candidate may take the request.
-                catalog.mark_down(state, f"connect: {exc}")
+                catalog.failed(state, exc)
                 refused = isinstance(exc, CertificateRefused)
                 maker = errors.certificate_refused if refused else errors.bad_gateway
                 last_error = maker(upstream.label)
                 continue
             except UpstreamError as exc:
+                catalog.failed(state, exc)
                 raise failure(exc, state, row) from exc
-            catalog.mark_up(state)
+            catalog.answered(state, answer.status)
             if answer.status == 401:  # its refusal of our key, never of the client's
                 answer.close()
                 raise refused_credentials(upstream.label, bool(upstream.key))

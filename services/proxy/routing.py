@@ -12,7 +12,8 @@
   the raw text only when it could hold two such names (a second literal `"model"` or a `\\u`
   escape of one of its letters), with the standard parser keeping every member. See
   docs/performance.md.
-- Upstreams that list the model are candidates; healthy ones first, then the fewest requests in
+- Upstreams that list the model are candidates; available ones first (healthy and not cooling
+  down, services/proxy/cooldown.py), then the fewest requests in
   flight, ties broken by a stable hash of the model (so one model's traffic sticks to one
   upstream while load is even, which keeps its KV cache warm).
 - A request without a model may go to any upstream, healthy ones first, in TARGET_URLS order.
@@ -211,11 +212,11 @@ def rank(states: Sequence[UpstreamState], model: str | None) -> list[UpstreamSta
     offset = zlib.crc32(model.encode()) % count if model else 0
     order = sorted(
         range(count),
-        key=lambda i: (not states[i].healthy, states[i].in_flight, (i - offset) % count),
+        key=lambda i: (not states[i].available, states[i].in_flight, (i - offset) % count),
     )
     return [states[i] for i in order]
 
 
 def rank_any(states: Sequence[UpstreamState]) -> list[UpstreamState]:
     """For requests without a model: healthy first, in TARGET_URLS order."""
-    return sorted(states, key=lambda s: not s.healthy)
+    return sorted(states, key=lambda s: not s.available)

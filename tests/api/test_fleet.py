@@ -104,6 +104,20 @@ def test_a_change_keeps_the_key_unless_it_names_one(api):
         ("put", "/api/fleet/aliases/chat", {"deployments": []}, 400, "deployments"),
         (
             "put",
+            "/api/fleet/aliases/chat",
+            {"deployments": [{"upstream": "target-1", "model": "m"}], "strategy": "fastest"},
+            400,
+            "strategy",
+        ),
+        (
+            "put",
+            "/api/fleet/aliases/chat",
+            {"deployments": [{"upstream": "target-1", "model": "m"}], "fallback": "nope"},
+            400,
+            "falls back to 'nope', which is no alias",
+        ),
+        (
+            "put",
             "/api/fleet/aliases/a%20b",
             {"deployments": [{"upstream": "target-1", "model": "m"}]},
             400,
@@ -128,6 +142,19 @@ def test_aliases_are_saved_and_an_upstream_in_use_is_not_removed(api):
     ]
     saved = api.put("/api/fleet/aliases/chat", json={"deployments": deployments})
     assert saved.status_code == 200, saved.text
+    assert saved.json()["alias"]["strategy"] == "weighted"
+    busy = {"deployments": deployments, "strategy": "least-busy"}
+    assert api.put("/api/fleet/aliases/chat", json=busy).json()["alias"]["strategy"] == "least-busy"
+    assert api.get("/api/fleet").json()["aliases"][0]["strategy"] == "least-busy"
+    assert json.loads(api.fleet_file.read_text())["aliases"][0]["strategy"] == "least-busy"
+    long = {"deployments": deployments[:1], "fallback": "chat"}
+    assert api.put("/api/fleet/aliases/long", json=long).json()["alias"]["fallback"] == "chat"
+    loop = {"deployments": deployments, "fallback": "long"}
+    refused = api.put("/api/fleet/aliases/chat", json=loop)
+    assert refused.status_code == 400 and "falls back to itself" in refused.json()["message"]
+    refused = api.delete("/api/fleet/aliases/chat")
+    assert refused.status_code == 400 and "'long' falls back" in refused.json()["message"]
+    assert api.delete("/api/fleet/aliases/long").status_code == 200
     assert saved.json()["alias"]["deployments"][1] == {
         "upstream": "target-1",
         "model": "qwen-a",

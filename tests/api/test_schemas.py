@@ -101,6 +101,10 @@ def _heartbeats(settings: Settings) -> None:
         "concurrency": 4,
         "last_ok": now - 30,
         "last_error": "connection refused",
+        "circuit": "cooling",
+        "failures": 3,
+        "cooling_until": now + 20,
+        "last_failure": "HTTP 503",
     }
     idle = {
         **upstream,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import cast
 
@@ -97,9 +98,9 @@ def test_resolve_gives_each_deployment_its_own_body(tmp_path):
             ],
         )
     }
-    attempts = resolve(catalog, "chat", "application/json", b'{"model":"chat","n":1}', first)
-    assert attempts is not None
-    assert [(a.state.upstream.id, a.model, json.loads(a.body)) for a in attempts] == [
+    route = resolve(catalog, "chat", "application/json", b'{"model":"chat","n":1}', first)
+    assert route is not None and route.fallback is None
+    assert [(a.state.upstream.id, a.model, json.loads(a.body)) for a in route.attempts] == [
         ("u1", "big", {"model": "big", "n": 1}),
         ("u2", "small", {"model": "small", "n": 1}),
     ]
@@ -164,3 +165,63 @@ def test_an_alias_is_listed_served_and_recorded_under_both_names(tmp_path, proxy
         ("chat", "llama-3-70b", 200),
         ("llama-3-70b", None, 403),
     ]
+
+
+def test_least_busy_puts_the_fewest_in_flight_first_within_a_priority(tmp_path):
+    catalog = catalog_of(tmp_path, 3)
+    alias = Alias(
+        name="chat",
+        strategy="least-busy",
+        deployments=[
+            Deployment(upstream="u1", model="a"),
+            Deployment(upstream="u2", model="b"),
+            Deployment(upstream="u3", model="c", priority=1),
+        ],
+    )
+    catalog.states[0].in_flight = 2
+    catalog.states[1].in_flight = 1
+    assert models_of(order(catalog, alias, first, now=0.0)) == ["b", "a", "c"]
+    catalog.states[1].in_flight = 2  # a tie: the draw decides
+    assert models_of(order(catalog, alias, first, now=0.0)) == ["a", "b", "c"]
+    weighted_alias = alias.model_copy(update={"strategy": "weighted"})
+    catalog.states[1].in_flight = 0
+    assert models_of(order(catalog, weighted_alias, first, now=0.0)) == ["a", "b", "c"]
+
+
+def test_least_busy_sends_the_second_request_to_the_idle_deployment(tmp_path, proxy, upstreams):
+    heavy = upstreams("heavy", ["big"], held=True)
+    light = upstreams("light", ["small"], held=True)
+    key = ApiKey.new("busy")
+    write_keys(tmp_path / "data" / "apikeys.json", [key])
+    running = proxy(heavy, light)
+    files.write_json_atomic(
+        running.settings.fleet_file,
+        {
+            "version": 1,
+            "upstreams": [
+                {"id": "h", "url": heavy.url + "/v1"},
+                {"id": "l", "url": light.url + "/v1"},
+            ],
+            "aliases": [
+                {
+                    "name": "chat",
+                    "strategy": "least-busy",
+                    "deployments": [  # by weight alone, nearly every request would go to `heavy`
+                        {"upstream": "h", "model": "big", "weight": 1000},
+                        {"upstream": "l", "model": "small", "weight": 1},
+                    ],
+                }
+            ],
+        },
+    )
+    eventually(lambda: "chat" in running.app.catalog.aliases)
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
+    with ThreadPoolExecutor(2) as pool:
+        first_reply = pool.submit(client.chat.completions.create, model="chat", messages=[])
+        eventually(lambda: heavy.active + light.active == 1)
+        second_reply = pool.submit(client.chat.completions.create, model="chat", messages=[])
+        eventually(lambda: heavy.active == 1 and light.active == 1)  # one each
+        heavy.release()
+        light.release()
+        replies = {first_reply.result(30).model, second_reply.result(30).model}
+    assert replies == {"big", "small"}

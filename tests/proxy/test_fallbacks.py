@@ -1,37 +1,50 @@
-"""Retries and fallbacks within an alias's deployments (services/proxy/fallbacks.py)."""
+"""Retries within an alias's deployments and fallbacks to other aliases
+(services/proxy/fallbacks.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from services.proxy.errors import ProxyError, bad_gateway, upstream_dropped
-from services.proxy.fallbacks import Attempt, forward, retry_after
+from services.proxy.fallbacks import Attempt, Route, forward, retry_after
 from shared import files
 from shared.analytics import RequestRow
 from tests.conftest import eventually
 from tests.upstream import FakeUpstream
 
 
-def use(running, deployments: list[tuple[Any, str]]) -> None:
-    """An alias `chat` over these upstreams (FakeUpstream or a URL), in this order of priority."""
-    upstreams, entries = [], []
-    for position, (upstream, model) in enumerate(deployments):
-        url = upstream if isinstance(upstream, str) else upstream.url
-        upstreams.append({"id": f"u{position}", "url": url + "/v1"})
-        entries.append({"upstream": f"u{position}", "model": model, "priority": position})
-    document = {
-        "version": 1,
-        "upstreams": upstreams,
-        "aliases": [{"name": "chat", "deployments": entries}],
-    }
+def use(
+    running, deployments: list[tuple[Any, str]], fallback: list[tuple[Any, str]] | None = None
+) -> None:
+    """An alias `chat` over these upstreams (FakeUpstream or a URL), in this order of priority;
+    with `fallback`, its fallback alias `chat-long` over those."""
+    upstreams: list[dict[str, str]] = []
+
+    def entries(pairs: list[tuple[Any, str]]) -> list[dict[str, Any]]:
+        listed = []
+        for position, (upstream, model) in enumerate(pairs):
+            url = upstream if isinstance(upstream, str) else upstream.url
+            upstreams.append({"id": f"u{len(upstreams)}", "url": url + "/v1"})
+            listed.append({"upstream": upstreams[-1]["id"], "model": model, "priority": position})
+        return listed
+
+    aliases: list[dict[str, Any]] = [{"name": "chat", "deployments": entries(deployments)}]
+    if fallback is not None:
+        aliases[0]["fallback"] = "chat-long"
+        aliases.append({"name": "chat-long", "deployments": entries(fallback)})
+    document = {"version": 1, "upstreams": upstreams, "aliases": aliases}
     files.write_json_atomic(running.settings.fleet_file, document)
     catalog = running.app.catalog
-    eventually(lambda: "chat" in catalog.aliases and len(catalog.states) == len(upstreams))
+    eventually(
+        lambda: len(catalog.aliases) == len(aliases) and len(catalog.states) == len(upstreams)
+    )
 
 
 def ask(client: httpx.Client) -> httpx.Response:
@@ -102,9 +115,12 @@ def test_the_last_429_reaches_the_client_as_the_upstream_sent_it(proxy, upstream
 
 
 class Upstream:
-    """A stand-in for one deployment's upstream: its answers in order."""
+    """A stand-in for one deployment's upstream: its answers in order (a status, a status and
+    its body, or a failure)."""
 
-    def __init__(self, *answers: int | ProxyError, retry: str | None = None) -> None:
+    def __init__(
+        self, *answers: int | tuple[int, bytes] | ProxyError, retry: str | None = None
+    ) -> None:
         self.answers = list(answers)
         self.retry = retry
         self.cool_until = 0.0
@@ -118,14 +134,17 @@ def run_for(upstreams: dict[bytes, Upstream], sent: list[dict[str, Any]]):
         answer = upstream.answers.pop(0)
         if isinstance(answer, ProxyError):
             raise answer
+        status, content = answer if isinstance(answer, tuple) else (answer, body)
         headers = [(b"retry-after", upstream.retry.encode())] if upstream.retry else []
-        await send({"type": "http.response.start", "status": answer, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if content[:2] == b"\x1f\x8b":
+            headers.append((b"content-encoding", b"gzip"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
 
     return run
 
 
-def drive(attempts: list[Attempt], upstreams, clock_start: float = 100.0):
+def drive(attempts: list[Attempt] | Route, upstreams, clock_start: float = 100.0):
     sent: list[dict[str, Any]] = []
     now = [clock_start]
 
@@ -136,7 +155,8 @@ def drive(attempts: list[Attempt], upstreams, clock_start: float = 100.0):
         sent.append(message)
 
     row = RequestRow("r", "k", "u", 0)
-    asyncio.run(forward(attempts, run_for(upstreams, sent), row, send, lambda: now[0], sleep))
+    route = attempts if isinstance(attempts, Route) else Route("chat", attempts)
+    asyncio.run(forward(route, run_for(upstreams, sent), row, send, lambda: now[0], sleep))
     return sent, now[0]
 
 
@@ -182,3 +202,151 @@ def test_a_deployment_cooling_for_long_is_still_asked_when_it_is_the_only_one():
     only.cool_until = 100.0 + 3600  # an earlier request's Retry-After: prefer others, if any
     sent, now = drive([attempt(b"only", only)], {b"only": only})
     assert only.asked == 1 and now == 100.0 and sent[0]["status"] == 200
+
+
+# Fallback aliases ------------------------------------------------------------------------------
+
+TOO_LONG = json.dumps(
+    {
+        "error": {
+            "message": "too long",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+).encode()
+
+
+def chain(
+    first: list[Attempt], then: list[Attempt] | None, asked: list[str] | None = None
+) -> Route:
+    """`chat` over `first`, falling back to `chat-long` over `then` (None: gone); each time the
+    fallback is resolved, it says so in `asked`."""
+    asked = [] if asked is None else asked
+
+    def fallback() -> Route | None:
+        asked.append("chat-long")
+        return None if then is None else Route("chat-long", then)
+
+    return Route("chat", first, fallback)
+
+
+def test_when_every_deployment_refused_the_fallback_alias_answers():
+    a, b, long = Upstream(429), Upstream(503), Upstream(200)
+    route = chain([attempt(b"a", a), attempt(b"b", b)], [attempt(b"long", long)])
+    sent, _ = drive(route, {b"a": a, b"b": b, b"long": long})
+    assert (a.asked, b.asked, long.asked) == (1, 1, 1)
+    assert [m.get("status") for m in sent] == [200, None]  # the refusals never reached the client
+    assert (b"x-llmp-attempts", b"3") in sent[0]["headers"]
+    assert sent[1]["body"] == b"long"
+
+
+def test_a_fallback_does_not_wait_for_a_cooling_deployment():
+    only, long = Upstream(429, 200, retry="2"), Upstream(200)
+    sent, now = drive(
+        chain([attempt(b"only", only)], [attempt(b"long", long)]), {b"only": only, b"long": long}
+    )
+    assert (only.asked, long.asked, now) == (1, 1, 100.0)
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"long"
+
+
+def test_a_context_too_long_goes_to_the_fallback_at_once():
+    a, b, long = Upstream((400, TOO_LONG)), Upstream(200), Upstream(200)
+    sent, _ = drive(
+        chain([attempt(b"a", a), attempt(b"b", b)], [attempt(b"long", long)]),
+        {b"a": a, b"b": b, b"long": long},
+    )
+    assert (a.asked, b.asked, long.asked) == (1, 0, 1)  # the same alias's others: as short
+    assert sent[0]["status"] == 200 and (b"x-llmp-attempts", b"2") in sent[0]["headers"]
+
+
+def test_a_gzipped_context_error_is_read_too():
+    a, long = Upstream((400, gzip.compress(TOO_LONG))), Upstream(200)
+    sent, _ = drive(chain([attempt(b"a", a)], [attempt(b"long", long)]), {b"a": a, b"long": long})
+    assert long.asked == 1 and sent[0]["status"] == 200
+
+
+def test_any_other_400_is_the_answer():
+    other = json.dumps({"error": {"message": "bad", "code": "invalid_value"}}).encode()
+    a, long = Upstream((400, other)), Upstream(200)
+    resolved: list[str] = []
+    route = chain([attempt(b"a", a)], [attempt(b"long", long)], resolved)
+    sent, _ = drive(route, {b"a": a, b"long": long})
+    assert long.asked == 0 and resolved == []
+    assert sent[0]["status"] == 400 and sent[1]["body"] == other
+    assert (b"x-llmp-attempts", b"1") in sent[0]["headers"]
+
+
+def test_without_a_fallback_left_the_last_answer_held_goes_out_as_it_came():
+    a = Upstream((400, TOO_LONG))
+    resolved: list[str] = []
+    route = chain([attempt(b"a", a)], None, resolved)  # named, but gone (or no upstream there)
+    sent, _ = drive(route, {b"a": a})
+    assert resolved == ["chat-long"]
+    assert sent[0]["status"] == 400 and sent[1]["body"] == TOO_LONG
+
+
+def test_failures_before_sending_fall_back_and_others_never_do():
+    a, long = Upstream(bad_gateway("upstream 1")), Upstream(200)
+    sent, _ = drive(chain([attempt(b"a", a)], [attempt(b"long", long)]), {b"a": a, b"long": long})
+    assert long.asked == 1 and sent[0]["status"] == 200
+    a, long = Upstream(upstream_dropped("upstream 1")), Upstream(200)
+    resolved: list[str] = []
+    route = chain([attempt(b"a", a)], [attempt(b"long", long)], resolved)
+    with pytest.raises(ProxyError) as caught:
+        drive(route, {b"a": a, b"long": long})
+    assert caught.value.code == "upstream_dropped"
+    assert long.asked == 0 and resolved == []
+
+
+def test_the_fallback_alias_serves_a_context_too_long_through_the_proxy(proxy, upstreams, api_key):
+    short = upstreams(
+        "short", ["small-ctx"], refuse_status=400, refuse_code="context_length_exceeded"
+    )
+    spare = upstreams("spare", ["small-ctx-2"])
+    long = upstreams("long", ["big-ctx"])
+    running = proxy(short, spare, long)
+    use(running, [(short, "small-ctx"), (spare, "small-ctx-2")], fallback=[(long, "big-ctx")])
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=[{"role": "user", "content": "a long story"}]
+    )
+    assert raw.headers["x-llmp-attempts"] == "2"
+    assert raw.parse().choices[0].message.content == "hello from long"
+    assert json.loads(long.seen[-1].body)["model"] == "big-ctx"
+    assert not [s for s in spare.seen if s.path == "/v1/chat/completions"]
+    rows = [r for r in running.rows() if r["path"] == "/v1/chat/completions"]
+    assert [(r["model"], r["upstream_model"], r["upstream"], r["status"]) for r in rows] == [
+        ("chat", "big-ctx", long.url + "/v1", 200)
+    ]
+
+
+def test_the_fallback_alias_serves_when_every_deployment_refused(proxy, upstreams, api_key):
+    busy = upstreams("busy", ["a"], refuse_status=503)
+    gone = FakeUpstream("gone", ["b"]).start()  # stopped by the test
+    long = upstreams("long", ["c"])
+    running = proxy(busy, gone, long)
+    use(running, [(busy, "a"), (gone, "b")], fallback=[(long, "c")])
+    gone.stop()
+    with running.client(api_key) as client:
+        answer = ask(client)
+    assert answer.status_code == 200 and answer.headers["x-llmp-attempts"] == "3"
+    assert answer.json()["choices"][0]["message"]["content"] == "hello from long"
+
+
+def test_a_stream_that_started_is_never_sent_to_the_fallback(proxy, upstreams, api_key):
+    cut = upstreams("cut", ["a"], cut_after=1)
+    long = upstreams("long", ["c"])
+    running = proxy(cut, long)
+    use(running, [(cut, "a")], fallback=[(long, "c")])
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    stream = client.chat.completions.create(model="chat", messages=[], stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    dropping = upstreams("dropping", ["d"], drop=True)  # may have run it: not sent again
+    use(running, [(dropping, "d")], fallback=[(long, "c")])
+    with running.client(api_key) as plain:
+        assert ask(plain).json()["error"]["code"] == "upstream_dropped"
+    assert not [s for s in long.seen if s.path == "/v1/chat/completions"]

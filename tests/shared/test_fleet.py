@@ -69,6 +69,22 @@ def test_a_bad_upstream_is_refused_saying_where(upstream, message):
     assert message in str(caught.value)
 
 
+def _alias(name: str, fallback: str | None = None) -> dict[str, object]:
+    alias: dict[str, object] = {"name": name, "deployments": [{"upstream": "x", "model": "m"}]}
+    return alias if fallback is None else {**alias, "fallback": fallback}
+
+
+def test_a_chain_of_fallbacks_is_kept():
+    chain = [_alias("a", "b"), _alias("b", "c"), _alias("c", "d"), _alias("d")]
+    fleet = parse_fleet(fleet_json([{"id": "x", "url": "http://h"}], chain))
+    assert [(a.name, a.fallback, a.strategy) for a in fleet.aliases] == [
+        ("a", "b", "weighted"),
+        ("b", "c", "weighted"),
+        ("c", "d", "weighted"),
+        ("d", None, "weighted"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("aliases", "message"),
     [
@@ -83,6 +99,14 @@ def test_a_bad_upstream_is_refused_saying_where(upstream, message):
             ],
             "same name",
         ),
+        ([_alias("a", "b")], "falls back to 'b', which is no alias"),
+        ([_alias("a", "a")], "falls back to itself"),
+        ([_alias("a", "b"), _alias("b", "c"), _alias("c", "a")], "falls back to itself"),
+        (
+            [_alias("a", "b"), _alias("b", "c"), _alias("c", "d"), _alias("d", "e"), _alias("e")],
+            "more than 3 fallbacks",
+        ),
+        ([{**_alias("a"), "strategy": "fastest"}], "strategy"),
     ],
 )
 def test_a_bad_alias_is_refused_saying_where(aliases, message):

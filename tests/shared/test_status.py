@@ -6,7 +6,7 @@ from tests.conftest import make_settings
 
 
 def test_upstreams_as_the_latest_worker_sees_them_with_counts_summed():
-    def worker(updated, healthy, in_flight, queued):
+    def worker(updated, healthy, in_flight, queued, circuit="serving", failures=0):
         return {
             "updated": updated,
             "upstreams": [
@@ -15,13 +15,39 @@ def test_upstreams_as_the_latest_worker_sees_them_with_counts_summed():
                     "healthy": healthy,
                     "in_flight": in_flight,
                     "queued": queued,
+                    "circuit": circuit,
+                    "failures": failures,
+                    "cooling_until": 50.0 if circuit == "cooling" else None,
+                    "last_failure": "HTTP 500" if failures else None,
                 }
             ],
         }
 
-    merged = upstreams([worker(1.0, False, 2, 5), worker(2.0, True, 1, 0), worker(1.5, True, 0, 3)])
-    assert merged == [{"url": "http://gpu/v1", "healthy": True, "in_flight": 3, "queued": 8}]
+    merged = upstreams(
+        [
+            worker(1.0, False, 2, 5, "cooling", 3),  # one worker cools it down: shown
+            worker(2.0, True, 1, 0, "probing", 4),
+            worker(1.5, True, 0, 3),
+        ]
+    )
+    assert merged == [
+        {
+            "url": "http://gpu/v1",
+            "healthy": True,
+            "in_flight": 3,
+            "queued": 8,
+            "circuit": "cooling",
+            "failures": 3,
+            "cooling_until": 50.0,
+            "last_failure": "HTTP 500",
+        }
+    ]
     assert upstreams([]) == []
+
+
+def test_upstreams_reported_by_a_worker_without_circuits_are_serving():
+    merged = upstreams([{"updated": 1.0, "upstreams": [{"url": "http://gpu/v1", "healthy": True}]}])
+    assert merged[0]["circuit"] == "serving" and merged[0]["failures"] == 0
 
 
 def _beat(run_dir, name, program, **fields):

@@ -249,7 +249,7 @@ export function createApi(options: ClientOptions = {}) {
     },
     async saveAlias(alias: ModelAlias): Promise<ModelAlias> {
       const path = `/api/fleet/aliases/${encodeURIComponent(alias.name)}`
-      return (await request<Answer<'/api/fleet/aliases/{name}', 'put'>>('PUT', path, { deployments: alias.deployments })).alias
+      return (await request<Answer<'/api/fleet/aliases/{name}', 'put'>>('PUT', path, { deployments: alias.deployments, strategy: alias.strategy, fallback: alias.fallback })).alias
     },
     async removeAlias(name: string): Promise<void> {
       await request<Answer<'/api/fleet/aliases/{name}', 'delete'>>('DELETE', `/api/fleet/aliases/${encodeURIComponent(name)}`)

@@ -416,7 +416,9 @@ export interface paths {
         get?: never;
         /**
          * Put Alias
-         * @description Create or replace the alias `name` (a public model name) with its deployments.
+         * @description Create or replace the alias `name` (a public model name) with its deployments, how to
+         *     choose among those of one priority (`strategy`) and the alias to fall back to when they
+         *     refuse or the context is too long (`fallback`).
          */
         put: operations["put_alias_api_fleet_aliases__name__put"];
         post?: never;
@@ -635,6 +637,13 @@ export interface components {
             name: string;
             /** Deployments */
             deployments: components["schemas"]["Deployment"][];
+            /**
+             * Strategy
+             * @enum {string}
+             */
+            strategy: "weighted" | "least-busy";
+            /** Fallback */
+            fallback: string | null;
         };
         /**
          * ApiKey
@@ -1405,6 +1414,17 @@ export interface components {
             last_ok: number | null;
             /** Last Error */
             last_error: string | null;
+            /**
+             * Circuit
+             * @enum {string}
+             */
+            circuit: "serving" | "cooling" | "probing";
+            /** Failures */
+            failures: number;
+            /** Cooling Until */
+            cooling_until: number | null;
+            /** Last Failure */
+            last_failure: string | null;
         };
         /** UpstreamAnswer */
         UpstreamAnswer: {

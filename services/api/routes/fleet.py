@@ -30,6 +30,7 @@ from shared.fleet import (
     Fleet,
     FleetError,
     ModelName,
+    Strategy,
     UpstreamEntry,
     UpstreamSettings,
     describe,
@@ -77,6 +78,8 @@ class UpstreamPublic(Public):
 class AliasPublic(Public):
     name: str
     deployments: list[Deployment]
+    strategy: Strategy
+    fallback: str | None  # the alias tried when this one's deployments refused
 
 
 class FleetPublic(Public):
@@ -277,15 +280,17 @@ class AliasBody(BaseModel):
     model_config = Alias.model_config
 
     deployments: list[Deployment]
+    strategy: Strategy = "weighted"
+    fallback: ModelName | None = None
 
 
 @router.put("/aliases/{name}")
 async def put_alias(name: str, request: Request, admin: Admin, fleet_file: FleetDep) -> AliasAnswer:
-    """Create or replace the alias `name` (a public model name) with its deployments."""
+    """Create or replace the alias `name` (a public model name) with its deployments, how to
+    choose among those of one priority (`strategy`) and the alias to fall back to when they
+    refuse or the context is too long (`fallback`)."""
     body = _checked(AliasBody, await _fields(request))
-    alias = _checked(
-        Alias, {"name": name, "deployments": [d.model_dump() for d in body.deployments]}
-    )
+    alias = _checked(Alias, {"name": name, **body.model_dump()})
 
     def edit(fleet: Fleet) -> Fleet:
         fleet.aliases = [a for a in fleet.aliases if a.name != name] + [alias]
@@ -302,6 +307,9 @@ async def remove_alias(name: ModelName, admin: Admin, fleet_file: FleetDep) -> D
         kept = [a for a in fleet.aliases if a.name != name]
         if len(kept) == len(fleet.aliases):
             raise LookupError("Alias not found")
+        users = [a.name for a in kept if a.fallback == name]
+        if users:
+            raise ValueError(f"Alias {users[0]!r} falls back to this alias: change it first")
         fleet.aliases = kept
         return fleet
 
