@@ -92,13 +92,17 @@ def _same(found: list[dict[str, Any]], expected: dict[tuple[Any, ...], dict[str,
     got = {(r["slot"], *(r[d] for d in q.group)): r for r in found}
     assert set(got) == set(expected)
     for group, sums in expected.items():
-        for name, value in sums.items():
+        for name in q.measures:
+            value = sums[name]
             assert math.isclose(got[group][name], value, rel_tol=1e-9, abs_tol=1e-6), (group, name)
 
 
+# What the reports ask: everything, the counts, or tokens alone (cost, read from an index).
+MEASURE_SETS = [MEASURES, rollups.COUNTS, ("prompt_tokens", "completion_tokens")]
+
 queries = st.builds(
-    lambda a, b, group, key, slot: Query(
-        min(a, b), max(a, b), group, (("key_id", key),) if key else (), slot
+    lambda a, b, group, key, slot, measures: Query(
+        min(a, b), max(a, b), group, (("key_id", key),) if key else (), slot, measures
     ),
     st.integers(BASE - HOUR, BASE + SPAN + HOUR),
     st.integers(BASE - HOUR, BASE + SPAN + HOUR),
@@ -116,6 +120,7 @@ queries = st.builds(
     ),
     st.sampled_from([None, "k1", "k2"]),
     st.sampled_from([0, HOUR, DAY]),
+    st.sampled_from(MEASURE_SETS),
 )
 
 
@@ -210,3 +215,38 @@ def test_cover_splits_a_window_into_edges_hours_and_days():
     assert [p.grain for p in hours] == [0, HOUR, 0]
     assert [p.grain for p in days] == [0, HOUR, DAY, HOUR, 0]
     assert rollups.cover(BASE + 5, BASE + 10, DAY) == [rollups.Segment(0, BASE + 5, BASE + 10)]
+
+
+def test_tokens_by_key_and_model_are_read_from_an_index_alone(tmp_path):
+    """Cost of every key (a breakdown's, spend by key) reads the KEY_MODELS rows' tokens from
+    `rollups_tokens`, never the wide rows of the table."""
+    db = analytics.connect(tmp_path / "analytics.db")
+    tokens = ("prompt_tokens", "completion_tokens")
+    for slot in (0, DAY):
+        query = Query(BASE - 5, BASE + SPAN + HOUR, ("key_id", "model"), (), slot, tokens)
+        sql, args = query.sql()
+        plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args)]
+        rollup_reads = [step for step in plan if " rollups " in step]
+        assert len(rollup_reads) == 2, plan  # the days, then the last hour
+        assert all("COVERING INDEX rollups_tokens" in step for step in rollup_reads), plan
+
+
+def test_a_database_with_rollups_but_not_their_tokens_index_gets_it_on_open(tmp_path):
+    rows = [
+        RequestRow("r", f"k{i % 3}", "u", BASE + i * HOUR, BASE + i * HOUR + 5, 200)
+        for i in range(60)
+    ]
+    for i, row in enumerate(rows):
+        row.model, row.prompt_tokens, row.completion_tokens = f"m{i % 2}", i, 2 * i
+    db = analytics.connect(tmp_path / "analytics.db")
+    analytics.insert(db, rows)
+    db.execute("DROP INDEX rollups_tokens")  # as an older llmp left it
+    db.close()
+    db = analytics.connect(tmp_path / "analytics.db")
+    query = Query(
+        BASE, BASE + SPAN, ("key_id", "model"), (), 0, ("prompt_tokens", "completion_tokens")
+    )
+    sql, args = query.sql()
+    plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+    assert "COVERING INDEX rollups_tokens" in plan
+    _same(query.run(db), _direct(rows, query), query)
