@@ -1,7 +1,9 @@
 """Rollups of `requests`: what the analytics read instead of the rows, kept as the rows are written.
 
-One table, `rollups`, holds sums per period (`grain`: an hour or a UTC day, `period_ms` its start)
-at five levels of detail, so that a question reads a few rows per period whatever the traffic:
+One table, `rollups`, holds sums per period (`grain`: an hour, a UTC day or a week from Monday,
+`period_ms` its start) at five levels of detail, so that a question reads a few rows per period
+whatever the traffic. A window without a series reads its whole weeks as weeks (90 days: 12
+weeks and a few days instead of 90 days, each row summing 90 columns):
 
 | level | dimensions | answers |
 |---|---|---|
@@ -40,7 +42,16 @@ from typing import Any
 
 HOUR = 3600_000
 DAY = 86400_000
-GRAINS = (HOUR, DAY)
+WEEK = 7 * DAY
+# Weeks start on Monday 00:00 UTC (as budgets' and spend's weeks do): 1970-01-05 was a Monday.
+MONDAY = 4 * DAY
+GRAINS = (HOUR, DAY, WEEK)
+
+
+def week_of(ms: int) -> int:
+    """The first millisecond of the week (from Monday, UTC) that `ms` falls in."""
+    return ms - (ms - MONDAY) % WEEK
+
 
 DETAIL, MODELS, KEYS, TOTAL, KEY_MODELS = 0, 1, 2, 3, 4
 LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
@@ -206,6 +217,14 @@ _MERGE = ", ".join(
 )
 
 
+_WEEK_OF_HOUR = f"hour - (hour - {MONDAY}) % {WEEK}"
+# Whether the week starting at {week} is one an upgrade has still to build from the days.
+_WEEK_PENDING = (
+    "{week} >= (SELECT value FROM rollup_state WHERE name = 'weeks_done') "
+    "AND {week} < (SELECT value FROM rollup_state WHERE name = 'weeks_upto')"
+)
+
+
 def _add_rows_sql() -> str:
     """One statement adding the rows `first <= id <= last` to every grain and level: the rows
     are read once, into hourly detail, which every other row is summed from."""
@@ -221,14 +240,16 @@ def _add_rows_sql() -> str:
     parts = []
     summed = ", ".join(f"SUM({n})" for n in SUMS) + ", MAX(last_ms)"
     for grain in GRAINS:
-        period = "hour" if grain == HOUR else f"hour - hour % {DAY}"
+        period = {HOUR: "hour", DAY: f"hour - hour % {DAY}", WEEK: _WEEK_OF_HOUR}[grain]
+        # Weeks an upgrade is still building from the days are left to it (`build_weeks`).
+        where = f"WHERE NOT ({_WEEK_PENDING.format(week=period)})" if grain == WEEK else ""
         for level, kept in LEVEL_DIMENSIONS.items():
             keys = [period, *kept]
             dims_out = ", ".join(d if d in kept else "''" for d in DIMENSIONS)
             username = "MAX(username)" if "key_id" in kept else "''"
             parts.append(
                 f"SELECT {grain}, {level}, {period}, {dims_out}, {username}, {summed} "
-                f"FROM base GROUP BY {', '.join(keys)}"
+                f"FROM base {where} GROUP BY {', '.join(keys)}"
             )
     return (
         f"WITH bucketed AS MATERIALIZED ({_BUCKETED} WHERE id BETWEEN ? AND ?), "
@@ -280,6 +301,16 @@ def create(db: sqlite3.Connection) -> None:
         "INSERT INTO rollup_state (name, value) VALUES ('backfill_done', 0) "
         "ON CONFLICT (name) DO NOTHING"
     )
+    # Rollups from before the weekly grain: their weeks are built from their days by
+    # `backfill_step`, oldest first, from the first week that has a day to the week after the
+    # last one. Meanwhile new rows are added to the other weeks only (ADD_ROWS), and readers
+    # read days (`weeks_ready`). A database without days yet has nothing to build.
+    for name, bound, after in (("weeks_done", "MIN", 0), ("weeks_upto", "MAX", WEEK)):
+        db.execute(
+            f"INSERT INTO rollup_state (name, value) SELECT '{name}', "
+            f"COALESCE({bound}(period_ms) - ({bound}(period_ms) - {MONDAY}) % {WEEK} + {after}, 0) "
+            f"FROM rollups WHERE grain = {DAY} ON CONFLICT (name) DO NOTHING"
+        )
 
 
 def _state(db: sqlite3.Connection, name: str) -> int:
@@ -292,24 +323,53 @@ def backfill_range(db: sqlite3.Connection) -> tuple[int, int]:
     return _state(db, "backfill_done"), _state(db, "backfill_upto")
 
 
+def _weeks_left(db: sqlite3.Connection) -> int:
+    return max(0, _state(db, "weeks_upto") - _state(db, "weeks_done")) // WEEK
+
+
+def weeks_ready(db: sqlite3.Connection) -> bool:
+    """Whether every week holds its days (an upgrade has none until it has built them all)."""
+    return _weeks_left(db) == 0
+
+
 def backfill_left(db: sqlite3.Connection) -> int:
-    """How many ids are still to be added (0 once done)."""
+    """How much an upgrade still has to add (0 once done): the ids, and the weeks to build."""
     done, upto = backfill_range(db)
-    return max(0, upto - done)
+    return max(0, upto - done) + _weeks_left(db)
 
 
-def backfill_step(db: sqlite3.Connection, batch: int = BACKFILL_BATCH) -> int:
-    """Add the next batch of old rows in its own transaction; returns the ids left after it.
-    Idempotent and resumable: the batch and the marker move together."""
+_COLUMN_LIST = ", ".join(_COLUMNS)
+# The weeks `? <= period < ?` built from their days (no row of them exists yet).
+_BUILD_WEEKS = (
+    f"INSERT INTO rollups ({_COLUMN_LIST}) SELECT * FROM ("
+    f"SELECT {WEEK}, level, period_ms - (period_ms - {MONDAY}) % {WEEK} AS week, "
+    f"{', '.join(DIMENSIONS)}, MAX(username), {', '.join(f'SUM({n})' for n in SUMS)}, "
+    f"MAX(last_ms) FROM rollups WHERE grain = {DAY} AND period_ms >= ? AND period_ms < ? "
+    f"GROUP BY level, week, {', '.join(DIMENSIONS)}) AS built WHERE 1 = 1 "
+    f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
+)
+WEEKS_BATCH = 4
+
+
+def backfill_step(
+    db: sqlite3.Connection, batch: int = BACKFILL_BATCH, weeks: int = WEEKS_BATCH
+) -> int:
+    """Do the next piece of an upgrade in its own transaction: build the next `weeks` weeks
+    from their days, or else add the next `batch` old rows. Returns what is left after it
+    (`backfill_left`). Idempotent and resumable: each piece and its marker move together."""
     with db:
         db.execute("BEGIN IMMEDIATE")
+        week_done, week_upto = _state(db, "weeks_done"), _state(db, "weeks_upto")
         upto, done = _state(db, "backfill_upto"), _state(db, "backfill_done")
-        if done >= upto:
-            return 0
-        last = min(upto, done + batch)
-        add_rows(db, done + 1, last)
-        db.execute("UPDATE rollup_state SET value = ? WHERE name = 'backfill_done'", (last,))
-        return upto - last
+        if week_done < week_upto:
+            last = min(week_upto, week_done + weeks * WEEK)
+            db.execute(_BUILD_WEEKS, (week_done, last))
+            db.execute("UPDATE rollup_state SET value = ? WHERE name = 'weeks_done'", (last,))
+        elif done < upto:
+            last = min(upto, done + batch)
+            add_rows(db, done + 1, last)
+            db.execute("UPDATE rollup_state SET value = ? WHERE name = 'backfill_done'", (last,))
+        return backfill_left(db)
 
 
 def prune(db: sqlite3.Connection, before_ms: int) -> int:
@@ -331,10 +391,23 @@ class Segment:
     end: int
 
 
-def cover(start: int, end: int, slot: int) -> list[Segment]:
-    """The window `start <= t <= end` as raw edges, whole hours and whole days (days only where
-    series slots are at least a day, or there are none, so that no period straddles two
-    slots)."""
+def _by_weeks(first_day: int, after_last_day: int) -> list[Segment]:
+    """Whole days `first_day <= t < after_last_day` as days, whole weeks and days."""
+    first_week = first_day + (MONDAY - first_day) % WEEK
+    after_last_week = week_of(after_last_day)
+    if first_week >= after_last_week:
+        return [Segment(DAY, first_day, after_last_day - 1)]
+    segments = [Segment(DAY, first_day, first_week - 1)] if first_day < first_week else []
+    segments.append(Segment(WEEK, first_week, after_last_week - 1))
+    if after_last_week < after_last_day:
+        segments.append(Segment(DAY, after_last_week, after_last_day - 1))
+    return segments
+
+
+def cover(start: int, end: int, slot: int, weeks: bool = True) -> list[Segment]:
+    """The window `start <= t <= end` as raw edges, whole hours, whole days and whole weeks
+    (days only where series slots are at least a day, or there are none, so that no period
+    straddles two slots; weeks only where there are none, and when `weeks` are ready)."""
     segments: list[Segment] = []
     first_hour = -(-start // HOUR) * HOUR
     after_last_hour = (end + 1) // HOUR * HOUR
@@ -348,7 +421,10 @@ def cover(start: int, end: int, slot: int) -> list[Segment]:
         if first_day < after_last_day:
             if first_hour < first_day:
                 segments.append(Segment(HOUR, first_hour, first_day - 1))
-            segments.append(Segment(DAY, first_day, after_last_day - 1))
+            if slot == 0 and weeks:
+                segments += _by_weeks(first_day, after_last_day)
+            else:
+                segments.append(Segment(DAY, first_day, after_last_day - 1))
             if after_last_day < after_last_hour:
                 segments.append(Segment(HOUR, after_last_day, after_last_hour - 1))
         else:
@@ -385,13 +461,14 @@ class Query:
         if "requests" not in self.measures:  # an empty group is left out by its count
             object.__setattr__(self, "measures", ("requests", *self.measures))
 
-    def sql(self) -> tuple[str, list[Any]]:
+    def sql(self, weeks: bool = True) -> tuple[str, list[Any]]:
+        """The query and its arguments; `weeks`: read whole weeks from their rollups."""
         level = level_for([*self.group, *(name for name, _ in self.filters)])
         parts: list[str] = []
         args: list[Any] = []
         edges: list[str] = []
         edge_args: list[Any] = []
-        for segment in cover(self.start, self.end, self.slot):
+        for segment in cover(self.start, self.end, self.slot, weeks):
             if segment.grain == 0:
                 time, slot = "start_ms", self._slot("start_ms")
                 dims = [f"{_RAW_DIMENSIONS[d]} AS {d}" for d in self.group]
@@ -443,7 +520,7 @@ class Query:
     def run(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
         """The groups, each a dict of `slot`, the group's dimensions (and `username` with
         key_id) and the measures."""
-        sql, args = self.sql()
+        sql, args = self.sql(weeks_ready(db))
         cursor = db.execute(sql, args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
