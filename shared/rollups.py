@@ -3,7 +3,8 @@
 One table, `rollups`, holds sums per period (`grain`: an hour, a UTC day or a week from Monday,
 `period_ms` its start) at five levels of detail, so that a question reads a few rows per period
 whatever the traffic. A window without a series reads its whole weeks as weeks (90 days: 12
-weeks and a few days instead of 90 days, each row summing 90 columns):
+weeks and a few days instead of 90 days, each row summing 90 columns); weeks have every level
+but DETAIL (`WEEK_LEVELS`):
 
 | level | dimensions | answers |
 |---|---|---|
@@ -62,6 +63,10 @@ LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
     KEY_MODELS: ("key_id", "model"),
 }
 DIMENSIONS = ("key_id", "model", "upstream", "outcome")
+# The levels kept per week: all but DETAIL, four fifths of the rows of a day (one key's
+# questions by upstream or outcome read its days), so that every batch the proxy writes adds
+# few more rows than it did with hours and days alone.
+WEEK_LEVELS = (MODELS, KEYS, TOTAL, KEY_MODELS)
 
 # Histogram bucket i >= 1 holds EDGES[i-1] <= v < EDGES[i] milliseconds; bucket 0 is below 1 ms
 # and the last is 2**20 ms (17.5 minutes) and above. Neighbouring edges are sqrt(2) apart, so a
@@ -244,6 +249,8 @@ def _add_rows_sql() -> str:
         # Weeks an upgrade is still building from the days are left to it (`build_weeks`).
         where = f"WHERE NOT ({_WEEK_PENDING.format(week=period)})" if grain == WEEK else ""
         for level, kept in LEVEL_DIMENSIONS.items():
+            if grain == WEEK and level not in WEEK_LEVELS:
+                continue
             keys = [period, *kept]
             dims_out = ", ".join(d if d in kept else "''" for d in DIMENSIONS)
             username = "MAX(username)" if "key_id" in kept else "''"
@@ -345,6 +352,7 @@ _BUILD_WEEKS = (
     f"SELECT {WEEK}, level, period_ms - (period_ms - {MONDAY}) % {WEEK} AS week, "
     f"{', '.join(DIMENSIONS)}, MAX(username), {', '.join(f'SUM({n})' for n in SUMS)}, "
     f"MAX(last_ms) FROM rollups WHERE grain = {DAY} AND period_ms >= ? AND period_ms < ? "
+    f"AND level IN ({', '.join(map(str, WEEK_LEVELS))}) "
     f"GROUP BY level, week, {', '.join(DIMENSIONS)}) AS built WHERE 1 = 1 "
     f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
 )
@@ -468,6 +476,7 @@ class Query:
         args: list[Any] = []
         edges: list[str] = []
         edge_args: list[Any] = []
+        weeks = weeks and level in WEEK_LEVELS
         for segment in cover(self.start, self.end, self.slot, weeks):
             if segment.grain == 0:
                 time, slot = "start_ms", self._slot("start_ms")
