@@ -335,8 +335,12 @@ def _weeks_left(db: sqlite3.Connection) -> int:
 
 
 def weeks_ready(db: sqlite3.Connection) -> bool:
-    """Whether every week holds its days (an upgrade has none until it has built them all)."""
-    return _weeks_left(db) == 0
+    """Whether every week holds its days: not while an upgrade builds them, nor before the
+    proxy has opened the database since weeks came (it has no marker of them yet)."""
+    have = db.execute(
+        "SELECT COUNT(*) FROM rollup_state WHERE name IN ('weeks_done', 'weeks_upto')"
+    ).fetchone()[0]
+    return have == 2 and _weeks_left(db) == 0
 
 
 def backfill_left(db: sqlite3.Connection) -> int:

@@ -277,12 +277,14 @@ def test_rollups_without_weeks_get_them_from_their_days_in_resumable_batches(old
         analytics.insert(db, old)
         db.execute(f"DELETE FROM rollups WHERE grain = {WEEK}")
         db.execute("DELETE FROM rollup_state WHERE name IN ('weeks_done', 'weeks_upto')")
+        assert not rollups.weeks_ready(db)  # read before the proxy has opened it: days
+        whole = Query(BASE - HOUR, BASE + SPAN + HOUR, ("key_id",), (), 0)
+        _same(whole.run(db), _direct(old, whole), whole)
         db.close()
         db = analytics.connect(path)
         assert not rollups.weeks_ready(db)
         assert rollups.backfill_left(db) >= 1
         analytics.insert(db, new)  # the proxy writes while the weeks wait
-        whole = Query(BASE - HOUR, BASE + SPAN + HOUR, ("key_id",), (), 0)
         _same(whole.run(db), _direct(old + new, whole), whole)  # from the days meanwhile
         rollups.backfill_step(db, weeks=1)
         db.close()
