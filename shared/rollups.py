@@ -246,7 +246,7 @@ def _add_rows_sql() -> str:
     summed = ", ".join(f"SUM({n})" for n in SUMS) + ", MAX(last_ms)"
     for grain in GRAINS:
         period = {HOUR: "hour", DAY: f"hour - hour % {DAY}", WEEK: _WEEK_OF_HOUR}[grain]
-        # Weeks an upgrade is still building from the days are left to it (`build_weeks`).
+        # Weeks an upgrade is still building from the days are left to it (`backfill_step`).
         where = f"WHERE NOT ({_WEEK_PENDING.format(week=period)})" if grain == WEEK else ""
         for level, kept in LEVEL_DIMENSIONS.items():
             if grain == WEEK and level not in WEEK_LEVELS:
