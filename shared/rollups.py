@@ -1,7 +1,10 @@
 """Rollups of `requests`: what the analytics read instead of the rows, kept as the rows are written.
 
-One table, `rollups`, holds sums per period (`grain`: an hour or a UTC day, `period_ms` its start)
-at five levels of detail, so that a question reads a few rows per period whatever the traffic:
+One table, `rollups`, holds sums per period (`grain`: an hour, a UTC day or a week from Monday,
+`period_ms` its start) at five levels of detail, so that a question reads a few rows per period
+whatever the traffic. A window without a series reads its whole weeks as weeks (90 days: 12
+weeks and a few days instead of 90 days, each row summing 90 columns); weeks have every level
+but DETAIL (`WEEK_LEVELS`):
 
 | level | dimensions | answers |
 |---|---|---|
@@ -10,6 +13,10 @@ at five levels of detail, so that a question reads a few rows per period whateve
 | 2 `KEYS` | key | one key's totals, every key side by side |
 | 3 `TOTAL` | (none) | every key together |
 | 4 `KEY_MODELS` | key, model | a key by model, spend (cost is per model) by key |
+
+Tokens per key and model, what cost is computed from (prices are per model), are also kept in
+an index of the level-4 rows (`rollups_tokens`), so that spend and cost per key read them from
+the index alone instead of a wide row of the table per key, model and period.
 
 A dimension a level does not have holds '' (as does a request without a model or upstream). Each
 row holds counts, failures, token sums, the completion tokens and generation time of streamed
@@ -36,7 +43,16 @@ from typing import Any
 
 HOUR = 3600_000
 DAY = 86400_000
-GRAINS = (HOUR, DAY)
+WEEK = 7 * DAY
+# Weeks start on Monday 00:00 UTC (as budgets' and spend's weeks do): 1970-01-05 was a Monday.
+MONDAY = 4 * DAY
+GRAINS = (HOUR, DAY, WEEK)
+
+
+def week_of(ms: int) -> int:
+    """The first millisecond of the week (from Monday, UTC) that `ms` falls in."""
+    return ms - (ms - MONDAY) % WEEK
+
 
 DETAIL, MODELS, KEYS, TOTAL, KEY_MODELS = 0, 1, 2, 3, 4
 LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
@@ -47,6 +63,10 @@ LEVEL_DIMENSIONS: dict[int, tuple[str, ...]] = {
     KEY_MODELS: ("key_id", "model"),
 }
 DIMENSIONS = ("key_id", "model", "upstream", "outcome")
+# The levels kept per week: all but DETAIL, four fifths of the rows of a day (one key's
+# questions by upstream or outcome read its days), so that every batch the proxy writes adds
+# few more rows than it did with hours and days alone.
+WEEK_LEVELS = (MODELS, KEYS, TOTAL, KEY_MODELS)
 
 # Histogram bucket i >= 1 holds EDGES[i-1] <= v < EDGES[i] milliseconds; bucket 0 is below 1 ms
 # and the last is 2**20 ms (17.5 minutes) and above. Neighbouring edges are sqrt(2) apart, so a
@@ -149,6 +169,24 @@ _RAW_DIMENSIONS = {
 }
 
 
+# What a question of tokens per key and model (cost: spend, a breakdown's cost) reads, as an
+# index of the KEY_MODELS rows: read from the index alone, in period order, instead of one row
+# of the table (wide with histograms, anywhere in it) per key, model and period. A question
+# uses it when it names its grain and level as literals (a partial index is not chosen for a
+# bound parameter) and reads only these columns.
+TOKENS_INDEXED = (
+    "grain",
+    "level",
+    "period_ms",
+    "key_id",
+    "model",
+    "username",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
 def _type(name: str) -> str:
     return "REAL" if name.endswith("_ms") else "INTEGER"
 
@@ -168,6 +206,8 @@ CREATE TABLE IF NOT EXISTS rollups (
     PRIMARY KEY (grain, level, period_ms, key_id, model, upstream, outcome)
 );
 CREATE INDEX IF NOT EXISTS rollups_key ON rollups (grain, level, key_id, period_ms);
+CREATE INDEX IF NOT EXISTS rollups_tokens ON rollups ({", ".join(TOKENS_INDEXED)})
+    WHERE level = {KEY_MODELS};
 CREATE TABLE IF NOT EXISTS rollup_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -179,6 +219,14 @@ _MERGE = ", ".join(
         "THEN excluded.last_ms ELSE rollups.last_ms END",
         "username = excluded.username",
     ]
+)
+
+
+_WEEK_OF_HOUR = f"hour - (hour - {MONDAY}) % {WEEK}"
+# Whether the week starting at {week} is one an upgrade has still to build from the days.
+_WEEK_PENDING = (
+    "{week} >= (SELECT value FROM rollup_state WHERE name = 'weeks_done') "
+    "AND {week} < (SELECT value FROM rollup_state WHERE name = 'weeks_upto')"
 )
 
 
@@ -197,14 +245,18 @@ def _add_rows_sql() -> str:
     parts = []
     summed = ", ".join(f"SUM({n})" for n in SUMS) + ", MAX(last_ms)"
     for grain in GRAINS:
-        period = "hour" if grain == HOUR else f"hour - hour % {DAY}"
+        period = {HOUR: "hour", DAY: f"hour - hour % {DAY}", WEEK: _WEEK_OF_HOUR}[grain]
+        # Weeks an upgrade is still building from the days are left to it (`backfill_step`).
+        where = f"WHERE NOT ({_WEEK_PENDING.format(week=period)})" if grain == WEEK else ""
         for level, kept in LEVEL_DIMENSIONS.items():
+            if grain == WEEK and level not in WEEK_LEVELS:
+                continue
             keys = [period, *kept]
             dims_out = ", ".join(d if d in kept else "''" for d in DIMENSIONS)
             username = "MAX(username)" if "key_id" in kept else "''"
             parts.append(
                 f"SELECT {grain}, {level}, {period}, {dims_out}, {username}, {summed} "
-                f"FROM base GROUP BY {', '.join(keys)}"
+                f"FROM base {where} GROUP BY {', '.join(keys)}"
             )
     return (
         f"WITH bucketed AS MATERIALIZED ({_BUCKETED} WHERE id BETWEEN ? AND ?), "
@@ -256,6 +308,16 @@ def create(db: sqlite3.Connection) -> None:
         "INSERT INTO rollup_state (name, value) VALUES ('backfill_done', 0) "
         "ON CONFLICT (name) DO NOTHING"
     )
+    # Rollups from before the weekly grain: their weeks are built from their days by
+    # `backfill_step`, oldest first, from the first week that has a day to the week after the
+    # last one. Meanwhile new rows are added to the other weeks only (ADD_ROWS), and readers
+    # read days (`weeks_ready`). A database without days yet has nothing to build.
+    for name, bound, after in (("weeks_done", "MIN", 0), ("weeks_upto", "MAX", WEEK)):
+        db.execute(
+            f"INSERT INTO rollup_state (name, value) SELECT '{name}', "
+            f"COALESCE({bound}(period_ms) - ({bound}(period_ms) - {MONDAY}) % {WEEK} + {after}, 0) "
+            f"FROM rollups WHERE grain = {DAY} ON CONFLICT (name) DO NOTHING"
+        )
 
 
 def _state(db: sqlite3.Connection, name: str) -> int:
@@ -268,24 +330,58 @@ def backfill_range(db: sqlite3.Connection) -> tuple[int, int]:
     return _state(db, "backfill_done"), _state(db, "backfill_upto")
 
 
+def _weeks_left(db: sqlite3.Connection) -> int:
+    return max(0, _state(db, "weeks_upto") - _state(db, "weeks_done")) // WEEK
+
+
+def weeks_ready(db: sqlite3.Connection) -> bool:
+    """Whether every week holds its days: not while an upgrade builds them, nor before the
+    proxy has opened the database since weeks came (it has no marker of them yet)."""
+    have = db.execute(
+        "SELECT COUNT(*) FROM rollup_state WHERE name IN ('weeks_done', 'weeks_upto')"
+    ).fetchone()[0]
+    return have == 2 and _weeks_left(db) == 0
+
+
 def backfill_left(db: sqlite3.Connection) -> int:
-    """How many ids are still to be added (0 once done)."""
+    """How much an upgrade still has to add (0 once done): the ids, and the weeks to build."""
     done, upto = backfill_range(db)
-    return max(0, upto - done)
+    return max(0, upto - done) + _weeks_left(db)
 
 
-def backfill_step(db: sqlite3.Connection, batch: int = BACKFILL_BATCH) -> int:
-    """Add the next batch of old rows in its own transaction; returns the ids left after it.
-    Idempotent and resumable: the batch and the marker move together."""
+_COLUMN_LIST = ", ".join(_COLUMNS)
+# The weeks `? <= period < ?` built from their days (no row of them exists yet).
+_BUILD_WEEKS = (
+    f"INSERT INTO rollups ({_COLUMN_LIST}) SELECT * FROM ("
+    f"SELECT {WEEK}, level, period_ms - (period_ms - {MONDAY}) % {WEEK} AS week, "
+    f"{', '.join(DIMENSIONS)}, MAX(username), {', '.join(f'SUM({n})' for n in SUMS)}, "
+    f"MAX(last_ms) FROM rollups WHERE grain = {DAY} AND period_ms >= ? AND period_ms < ? "
+    f"AND level IN ({', '.join(map(str, WEEK_LEVELS))}) "
+    f"GROUP BY level, week, {', '.join(DIMENSIONS)}) AS built WHERE 1 = 1 "
+    f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
+)
+WEEKS_BATCH = 4
+
+
+def backfill_step(
+    db: sqlite3.Connection, batch: int = BACKFILL_BATCH, weeks: int = WEEKS_BATCH
+) -> int:
+    """Do the next piece of an upgrade in its own transaction: build the next `weeks` weeks
+    from their days, or else add the next `batch` old rows. Returns what is left after it
+    (`backfill_left`). Idempotent and resumable: each piece and its marker move together."""
     with db:
         db.execute("BEGIN IMMEDIATE")
+        week_done, week_upto = _state(db, "weeks_done"), _state(db, "weeks_upto")
         upto, done = _state(db, "backfill_upto"), _state(db, "backfill_done")
-        if done >= upto:
-            return 0
-        last = min(upto, done + batch)
-        add_rows(db, done + 1, last)
-        db.execute("UPDATE rollup_state SET value = ? WHERE name = 'backfill_done'", (last,))
-        return upto - last
+        if week_done < week_upto:
+            last = min(week_upto, week_done + weeks * WEEK)
+            db.execute(_BUILD_WEEKS, (week_done, last))
+            db.execute("UPDATE rollup_state SET value = ? WHERE name = 'weeks_done'", (last,))
+        elif done < upto:
+            last = min(upto, done + batch)
+            add_rows(db, done + 1, last)
+            db.execute("UPDATE rollup_state SET value = ? WHERE name = 'backfill_done'", (last,))
+        return backfill_left(db)
 
 
 def prune(db: sqlite3.Connection, before_ms: int) -> int:
@@ -307,10 +403,23 @@ class Segment:
     end: int
 
 
-def cover(start: int, end: int, slot: int) -> list[Segment]:
-    """The window `start <= t <= end` as raw edges, whole hours and whole days (days only where
-    series slots are at least a day, or there are none, so that no period straddles two
-    slots)."""
+def _by_weeks(first_day: int, after_last_day: int) -> list[Segment]:
+    """Whole days `first_day <= t < after_last_day` as days, whole weeks and days."""
+    first_week = first_day + (MONDAY - first_day) % WEEK
+    after_last_week = week_of(after_last_day)
+    if first_week >= after_last_week:
+        return [Segment(DAY, first_day, after_last_day - 1)]
+    segments = [Segment(DAY, first_day, first_week - 1)] if first_day < first_week else []
+    segments.append(Segment(WEEK, first_week, after_last_week - 1))
+    if after_last_week < after_last_day:
+        segments.append(Segment(DAY, after_last_week, after_last_day - 1))
+    return segments
+
+
+def cover(start: int, end: int, slot: int, weeks: bool = True) -> list[Segment]:
+    """The window `start <= t <= end` as raw edges, whole hours, whole days and whole weeks
+    (days only where series slots are at least a day, or there are none, so that no period
+    straddles two slots; weeks only where there are none, and when `weeks` are ready)."""
     segments: list[Segment] = []
     first_hour = -(-start // HOUR) * HOUR
     after_last_hour = (end + 1) // HOUR * HOUR
@@ -324,7 +433,10 @@ def cover(start: int, end: int, slot: int) -> list[Segment]:
         if first_day < after_last_day:
             if first_hour < first_day:
                 segments.append(Segment(HOUR, first_hour, first_day - 1))
-            segments.append(Segment(DAY, first_day, after_last_day - 1))
+            if slot == 0 and weeks:
+                segments += _by_weeks(first_day, after_last_day)
+            else:
+                segments.append(Segment(DAY, first_day, after_last_day - 1))
             if after_last_day < after_last_hour:
                 segments.append(Segment(HOUR, after_last_day, after_last_hour - 1))
         else:
@@ -361,13 +473,15 @@ class Query:
         if "requests" not in self.measures:  # an empty group is left out by its count
             object.__setattr__(self, "measures", ("requests", *self.measures))
 
-    def sql(self) -> tuple[str, list[Any]]:
+    def sql(self, weeks: bool = True) -> tuple[str, list[Any]]:
+        """The query and its arguments; `weeks`: read whole weeks from their rollups."""
         level = level_for([*self.group, *(name for name, _ in self.filters)])
         parts: list[str] = []
         args: list[Any] = []
         edges: list[str] = []
         edge_args: list[Any] = []
-        for segment in cover(self.start, self.end, self.slot):
+        weeks = weeks and level in WEEK_LEVELS
+        for segment in cover(self.start, self.end, self.slot, weeks):
             if segment.grain == 0:
                 time, slot = "start_ms", self._slot("start_ms")
                 dims = [f"{_RAW_DIMENSIONS[d]} AS {d}" for d in self.group]
@@ -384,13 +498,14 @@ class Query:
             else:
                 time, slot = "period_ms", self._slot("period_ms")
                 dims = list(self.group)
-                where = ["grain = ?", "level = ?"] + [f"{name} = ?" for name, _ in self.filters]
+                # Literals (two integers of ours), so that a partial index can be chosen.
+                where = [f"grain = {segment.grain:d}", f"level = {level:d}"]
+                where += [f"{name} = ?" for name, _ in self.filters]
                 measures = [
                     f"{'MAX' if m == 'last_ms' else 'SUM'}({m}) AS {m}" for m in self.measures
                 ]
                 source = "rollups"
                 username = ["MAX(username) AS username"] if "key_id" in self.group else []
-                args += [segment.grain, level]
             args += [value for _, value in self.filters] + [segment.start, segment.end]
             where.append(f"{time} BETWEEN ? AND ?")
             group = [_RAW_DIMENSIONS[d] if segment.grain == 0 else d for d in self.group]
@@ -418,7 +533,7 @@ class Query:
     def run(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
         """The groups, each a dict of `slot`, the group's dimensions (and `username` with
         key_id) and the measures."""
-        sql, args = self.sql()
+        sql, args = self.sql(weeks_ready(db))
         cursor = db.execute(sql, args)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]

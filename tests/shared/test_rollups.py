@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from shared import analytics, rollups
 from shared.analytics import RequestRow
-from shared.rollups import DAY, HOUR, LATENCY, MEASURES, TTFB, Query
+from shared.rollups import DAY, HOUR, LATENCY, MEASURES, TTFB, WEEK, Query
 
 BASE = 1_800_000_000_000 - 1_800_000_000_000 % DAY  # a UTC midnight
-SPAN = 3 * DAY
+SPAN = 17 * DAY  # whole weeks, days and hours
 
 
 @st.composite
@@ -92,13 +92,17 @@ def _same(found: list[dict[str, Any]], expected: dict[tuple[Any, ...], dict[str,
     got = {(r["slot"], *(r[d] for d in q.group)): r for r in found}
     assert set(got) == set(expected)
     for group, sums in expected.items():
-        for name, value in sums.items():
+        for name in q.measures:
+            value = sums[name]
             assert math.isclose(got[group][name], value, rel_tol=1e-9, abs_tol=1e-6), (group, name)
 
 
+# What the reports ask: everything, the counts, or tokens alone (cost, read from an index).
+MEASURE_SETS = [MEASURES, rollups.COUNTS, ("prompt_tokens", "completion_tokens")]
+
 queries = st.builds(
-    lambda a, b, group, key, slot: Query(
-        min(a, b), max(a, b), group, (("key_id", key),) if key else (), slot
+    lambda a, b, group, key, slot, measures: Query(
+        min(a, b), max(a, b), group, (("key_id", key),) if key else (), slot, measures
     ),
     st.integers(BASE - HOUR, BASE + SPAN + HOUR),
     st.integers(BASE - HOUR, BASE + SPAN + HOUR),
@@ -116,6 +120,7 @@ queries = st.builds(
     ),
     st.sampled_from([None, "k1", "k2"]),
     st.sampled_from([0, HOUR, DAY]),
+    st.sampled_from(MEASURE_SETS),
 )
 
 
@@ -210,3 +215,87 @@ def test_cover_splits_a_window_into_edges_hours_and_days():
     assert [p.grain for p in hours] == [0, HOUR, 0]
     assert [p.grain for p in days] == [0, HOUR, DAY, HOUR, 0]
     assert rollups.cover(BASE + 5, BASE + 10, DAY) == [rollups.Segment(0, BASE + 5, BASE + 10)]
+
+
+def test_cover_reads_whole_weeks_from_monday_where_there_is_no_series():
+    monday = rollups.week_of(BASE)
+    assert (monday // DAY + 3) % 7 == 0  # 1970-01-01 was a Thursday
+    start, end = monday - 2 * DAY - 90 * 60_000, monday + 3 * WEEK + DAY + HOUR + 5
+    parts = rollups.cover(start, end, 0)
+    assert parts[0].start == start and parts[-1].end == end
+    assert all(a.end + 1 == b.start for a, b in itertools.pairwise(parts))
+    assert [p.grain for p in parts] == [0, HOUR, DAY, WEEK, DAY, HOUR, 0]
+    assert parts[3] == rollups.Segment(WEEK, monday, monday + 3 * WEEK - 1)
+    assert WEEK not in [p.grain for p in rollups.cover(start, end, DAY)]
+    assert WEEK not in [p.grain for p in rollups.cover(start, end, 0, weeks=False)]
+
+
+def test_tokens_by_key_and_model_are_read_from_an_index_alone(tmp_path):
+    """Cost of every key (a breakdown's, spend by key) reads the KEY_MODELS rows' tokens from
+    `rollups_tokens`, never the wide rows of the table."""
+    db = analytics.connect(tmp_path / "analytics.db")
+    tokens = ("prompt_tokens", "completion_tokens")
+    for slot in (0, DAY):
+        query = Query(BASE - 5, BASE + SPAN + HOUR, ("key_id", "model"), (), slot, tokens)
+        sql, args = query.sql()
+        plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args)]
+        rollup_reads = [step for step in plan if " rollups " in step]
+        assert rollup_reads, plan
+        assert all("COVERING INDEX rollups_tokens" in step for step in rollup_reads), plan
+
+
+def test_a_database_with_rollups_but_not_their_tokens_index_gets_it_on_open(tmp_path):
+    rows = [
+        RequestRow("r", f"k{i % 3}", "u", BASE + i * HOUR, BASE + i * HOUR + 5, 200)
+        for i in range(60)
+    ]
+    for i, row in enumerate(rows):
+        row.model, row.prompt_tokens, row.completion_tokens = f"m{i % 2}", i, 2 * i
+    db = analytics.connect(tmp_path / "analytics.db")
+    analytics.insert(db, rows)
+    db.execute("DROP INDEX rollups_tokens")  # as an older llmp left it
+    db.close()
+    db = analytics.connect(tmp_path / "analytics.db")
+    query = Query(
+        BASE, BASE + SPAN, ("key_id", "model"), (), 0, ("prompt_tokens", "completion_tokens")
+    )
+    sql, args = query.sql()
+    plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+    assert "COVERING INDEX rollups_tokens" in plan
+    _same(query.run(db), _direct(rows, query), query)
+
+
+@settings(max_examples=10, deadline=None)
+@given(old=st.lists(request_rows(), min_size=1, max_size=60), new=st.lists(request_rows()))
+def test_rollups_without_weeks_get_them_from_their_days_in_resumable_batches(old, new):
+    """A database whose rollups an older llmp made (hours and days): its weeks are built from
+    its days, a few weeks at a time, while new rows keep coming; until they are, questions read
+    days."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "analytics.db"
+        db = analytics.connect(path)
+        analytics.insert(db, old)
+        db.execute(f"DELETE FROM rollups WHERE grain = {WEEK}")
+        db.execute("DELETE FROM rollup_state WHERE name IN ('weeks_done', 'weeks_upto')")
+        assert not rollups.weeks_ready(db)  # read before the proxy has opened it: days
+        whole = Query(BASE - HOUR, BASE + SPAN + HOUR, ("key_id",), (), 0)
+        _same(whole.run(db), _direct(old, whole), whole)
+        db.close()
+        db = analytics.connect(path)
+        assert not rollups.weeks_ready(db)
+        assert rollups.backfill_left(db) >= 1
+        analytics.insert(db, new)  # the proxy writes while the weeks wait
+        _same(whole.run(db), _direct(old + new, whole), whole)  # from the days meanwhile
+        rollups.backfill_step(db, weeks=1)
+        db.close()
+        db = analytics.connect(path)  # a restart in between: it carries on where it was
+        while rollups.backfill_step(db, weeks=1):
+            pass
+        assert rollups.weeks_ready(db) and rollups.backfill_left(db) == 0
+        rollups.backfill_step(db)  # once done, nothing is added twice
+
+        fresh = analytics.connect(Path(folder) / "fresh.db")
+        analytics.insert(fresh, old + new)
+        assert _all_rollups(db) == _all_rollups(fresh)
+        assert "grain = 604800000" in whole.sql(True)[0]
+        _same(whole.run(db), _direct(old + new, whole), whole)
