@@ -1,5 +1,6 @@
 # make run: install what is missing and run llmp in the foreground (Ctrl-C stops it).
-# make test: install what is missing and run every test.
+# make test: install what is missing and run every test, in TEST_WORKERS processes (2) side by
+# side, a test file each (pytest-xdist): most tests wait on servers, not on the CPU.
 # make test-fast: the in-process core (no `stack` or `slow` test), in well under a minute.
 # make check: lint and type-check, and check that the admin UI's types are the api's.
 # make api-types: generate the admin UI's types from the api (frontend/src/api/schema.ts).
@@ -10,6 +11,7 @@
 # requests (10 million; built once into var/bench-analytics/, which takes a while).
 
 VENV ?= .venv
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -52,7 +54,7 @@ run: system-deps-run $(STAMP) $(UI)
 	exec $(PY) -m llmp run
 
 test: system-deps-test $(STAMP) $(UI) ui-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The folders of `stack` tests (tests/conftest.py) are left out here so they are not even
 # imported; the marker leaves out the slow tests of the other folders.
