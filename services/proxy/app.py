@@ -28,6 +28,7 @@ from services.proxy.asgi import (
     Receive,
     Response,
     Send,
+    discard_body,
     read_body,
     request_headers,
     send_body,
@@ -199,6 +200,7 @@ class ProxyApp:
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
         task = key_text = None
+        unread = True  # the body: drained before a refusal is answered (see discard_body)
         try:
             if not routing.inside_v1(path):
                 raise errors.not_found(path)
@@ -219,6 +221,7 @@ class ProxyApp:
             )
             policy.check_key()
             task = self.open.enter(key_text)
+            unread = False
             body = await read_body(receive, self.settings.payload_limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
@@ -229,6 +232,8 @@ class ProxyApp:
             else:  # refused before a key was known: no analytics row, but counted
                 self.metrics.refused(exc.status)
             if not response.started:
+                if unread:
+                    await discard_body(receive, self.settings.payload_limit)
                 await send_body(send, exc.status, exc.body(), request_id, exc.headers)
         except ClientGone:
             assert row is not None
@@ -245,6 +250,8 @@ class ProxyApp:
             else:
                 self.metrics.refused(500)
             if not response.started:
+                if unread:
+                    await discard_body(receive, self.settings.payload_limit)
                 error = errors.internal_error()
                 await send_body(send, error.status, error.body(), request_id)
         except asyncio.CancelledError:

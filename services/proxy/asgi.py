@@ -111,6 +111,20 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def discard_body(receive: Receive, limit: int) -> None:
+    """Read and drop the body of a request refused before it was read. nginx streams bodies to
+    the proxy (`proxy_request_buffering off`); answered before it had sent the whole body, it
+    closed the client's kept-alive connection now and then without saying so, and the client's
+    next request on it failed. Stops at the body's end, when the client leaves, or past `limit`
+    (a client still sending that much is not waited for)."""
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
+
+
 def sse_error(error: ProxyError) -> bytes:
     return b"data: " + error.body() + b"\n\n"
 

@@ -21,6 +21,7 @@ from playwright.sync_api import (
     ViewportSize,
     sync_playwright,
 )
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import free_port
 from tests.stack.conftest import ADMIN, Stack
@@ -121,6 +122,18 @@ def context(
 @pytest.fixture
 def page(context: BrowserContext) -> Page:
     return context.new_page()
+
+
+def assert_fits_a_phone(page: Page, what: str) -> None:
+    """No sideways scrolling at PHONE's width, once the layout has settled: a chart follows its
+    box's width through a ResizeObserver, a frame or more after the viewport changed (read at
+    once, the analytics page still had the desktop chart's 1130 px)."""
+    fits = f"document.documentElement.scrollWidth <= {PHONE['width']}"
+    try:
+        page.wait_for_function(fits, timeout=10_000)
+    except PlaywrightTimeout:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        raise AssertionError(f"{what} is {width}px wide on a phone") from None
 
 
 def shot(page: Page, artifacts: Path, name: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import eventually
-from tests.e2e.conftest import PHONE, fill_login, log_in, new_context, shot
+from tests.e2e.conftest import PHONE, assert_fits_a_phone, fill_login, log_in, new_context, shot
 from tests.stack.conftest import Stack
 
 TABS = ["API keys", "Analytics", "Upstreams", "TLS & nginx"]
@@ -188,8 +188,7 @@ def test_tabs_by_keyboard_and_every_page_on_a_phone(
         for number, name in enumerate(TABS, start=8):
             small.get_by_role("tab", name=name).click()
             small.wait_for_load_state("networkidle")
-            width = small.evaluate("document.documentElement.scrollWidth")
-            assert width <= PHONE["width"], f"{name} is {width}px wide on a phone"
+            assert_fits_a_phone(small, name)
             shot(small, artifacts, f"{number:02}-phone-{name.split()[0].lower()}")
     finally:
         phone.close()

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import eventually
-from tests.e2e.conftest import PHONE, shot
+from tests.e2e.conftest import PHONE, assert_fits_a_phone, shot
 from tests.stack.conftest import Stack
 
 
@@ -135,6 +135,5 @@ def test_limits_and_models_edited_in_the_ui_apply_at_once_and_disable_refuses(
     page.set_viewport_size(PHONE)
     page.get_by_role("button", name="Limits of frank").click()
     expect(form.get_by_label("Requests per minute")).to_have_value("60")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the keys page is {width}px wide on a phone"
+    assert_fits_a_phone(page, "the keys page")
     shot(page, artifacts, "24-phone-key-limits")

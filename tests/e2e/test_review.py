@@ -12,7 +12,7 @@ import openai
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import eventually
-from tests.e2e.conftest import PHONE, log_in, new_context, shot
+from tests.e2e.conftest import PHONE, assert_fits_a_phone, log_in, new_context, shot
 from tests.stack.conftest import Stack
 
 
@@ -112,8 +112,7 @@ def test_bars_and_the_request_table_on_a_phone(
             expect(located).to_be_in_viewport()
             box = located.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-        width = small.evaluate("document.documentElement.scrollWidth")
-        assert width <= PHONE["width"]
+        assert_fits_a_phone(small, "the request log")
         small.screenshot(path=artifacts / "33-phone-requests.png")
     finally:
         phone.close()

@@ -11,7 +11,7 @@ import openai
 from playwright.sync_api import Page, expect
 
 from tests.conftest import eventually
-from tests.e2e.conftest import PHONE, shot
+from tests.e2e.conftest import PHONE, assert_fits_a_phone, shot
 from tests.stack.conftest import Stack
 
 
@@ -72,8 +72,7 @@ def test_prices_set_in_the_page_give_the_spend_per_key_and_period(
     shot(page, artifacts, "41-spend-by-model-per-month")
 
     page.set_viewport_size(PHONE)
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the analytics page is {width}px wide on a phone"
+    assert_fits_a_phone(page, "the analytics page")
     spend.scroll_into_view_if_needed()
     page.screenshot(path=artifacts / "42-phone-spend.png")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -394,3 +395,40 @@ def test_failover_from_an_upstream_that_never_completes_the_connection(upstreams
     finally:
         filler.close()
         stuck.close()
+
+
+def test_a_refused_request_has_its_body_read_before_its_answer(upstreams, proxy, api_key):
+    """nginx streams bodies to the proxy; answered before it had sent the whole body, it closed
+    the client's kept-alive connection now and then (tests/stack: the same through nginx)."""
+    running = proxy(upstreams("a", ["model-a"]))
+
+    def events(path: str, headers: list[tuple[bytes, bytes]]) -> list[str]:
+        seen: list[str] = []
+        parts = [b'{"model": "model-a", ', b'"messages": []}']
+
+        async def receive() -> dict[str, Any]:
+            part = parts.pop(0)
+            seen.append("body")
+            return {"type": "http.request", "body": part, "more_body": bool(parts)}
+
+        async def send(message: dict[str, Any]) -> None:
+            seen.append(message["type"])
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+        handled = running.app.handle(scope, receive, send)
+        asyncio.run_coroutine_threadsafe(handled, running.server_loop()).result(10)
+        return seen
+
+    own = [(b"authorization", f"Bearer {api_key.key}".encode())]
+    refused = {
+        "no key": ("/v1/chat/completions", []),
+        "a wrong key": ("/v1/chat/completions", [(b"authorization", b"Bearer sk-wrong")]),
+        "a path outside /v1": ("/v2/chat", own),
+    }
+    for why, (path, headers) in refused.items():
+        assert events(path, headers) == [
+            "body",
+            "body",
+            "http.response.start",
+            "http.response.body",
+        ], why

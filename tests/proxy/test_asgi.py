@@ -13,6 +13,7 @@ from services.proxy.asgi import (
     ClientGone,
     DisconnectWatch,
     Response,
+    discard_body,
     read_body,
     request_headers,
     send_body,
@@ -158,3 +159,17 @@ def test_an_error_in_a_stream_is_one_sse_event():
     event = sse_error(upstream_cut())
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["error"]["code"] == "upstream_cut"
+
+
+def test_discard_body_reads_to_the_end_or_the_limit_or_the_clients_leaving():
+    parts = [{"type": "http.request", "body": b"x" * 6, "more_body": True}] * 3
+    end = {"type": "http.request", "body": b"", "more_body": False}
+    receive, taken = receiving(*parts, end)
+    asyncio.run(discard_body(receive, 100))
+    assert taken[-1] == end
+    receive, taken = receiving(*parts, end)
+    asyncio.run(discard_body(receive, 10))  # past the limit after the second part: not waited for
+    assert len(taken) == 2
+    receive, taken = receiving(parts[0], {"type": "http.disconnect"}, end)
+    asyncio.run(discard_body(receive, 100))
+    assert taken[-1]["type"] == "http.disconnect"
