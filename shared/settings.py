@@ -158,6 +158,13 @@ class Settings(BaseSettings):
     # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
     # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
     database_url: str = ""
+    # Where replicas count their limits, fair queues and login failures together: a Redis or
+    # Valkey URL (redis://host:6379/0, rediss://..., unix:///run/redis.sock). Empty: each
+    # machine counts on its own board. Needs DATABASE_URL (replicas share their keys first).
+    redis_url: str = ""
+    # What limited requests meet while Redis does not answer: `share` (each replica enforces its
+    # share of each limit on its own board), `closed` (refused, 503) or `open` (not counted).
+    redis_failure: Literal["share", "closed", "open"] = "share"
 
     log_level: str = "INFO"
 
@@ -167,6 +174,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WEBHOOK_URLS needs WEBHOOK_SECRET (16 characters or more) to sign the events: "
                 'make one with `python3 -c "import secrets; print(secrets.token_hex(32))"`'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_needs_a_database(self) -> Settings:
+        if self.redis_url and not self.database_url:
+            raise ValueError(
+                "REDIS_URL shares limits between replicas, which share their keys through "
+                "PostgreSQL: set DATABASE_URL too (or unset REDIS_URL on a single machine)"
+            )
+        if self.redis_url and not re.fullmatch(r"(rediss?|unix)://.+", self.redis_url):
+            raise ValueError(
+                "REDIS_URL must be a redis://, rediss:// or unix:// URL "
+                "(redis://host:6379/0, unix:///run/redis/redis.sock)"
             )
         return self
 

@@ -189,6 +189,28 @@ def postgres() -> Iterator[Any]:
         cluster.remove()
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One throwaway Redis for the session (tests/redis_server.py), started by the first test
+    that asks for it."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    url: str = redis_server.url
+    return url
+
+
 @pytest.fixture
 def database_url(postgres: Any) -> str:
     """A new empty database in the session's cluster."""

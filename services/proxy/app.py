@@ -40,6 +40,7 @@ from services.proxy.body import RequestBody
 from services.proxy.budgets import Budgets, PriceBook
 from services.proxy.catalog import Catalog, UpstreamState
 from services.proxy.clients import create_client
+from services.proxy.counters import Counters, open_counters
 from services.proxy.errors import ProxyError
 from services.proxy.fleet import FleetWatch
 from services.proxy.forward import UpstreamCut, exchange
@@ -79,6 +80,7 @@ class ProxyApp:
         self.client: UpstreamClient | None = None  # the upstream client, built in the lifespan
         self.loop: asyncio.AbstractEventLoop | None = None
         self.catalog: Catalog | None = None
+        self.counters: Counters | None = None  # where limits and fair queues count
         self.limiter: Limiter | None = None
         self.budgets: Budgets | None = None
         self.webhooks: Webhooks | None = None
@@ -116,8 +118,9 @@ class ProxyApp:
         if self.tracing is not None:
             self.client = self.tracing.wrap(self.client)
         board = Board(s.board_file)
-        self.catalog = Catalog(s, self.client, board)
-        self.limiter = Limiter(board)
+        self.counters = open_counters(s, board)
+        self.catalog = Catalog(s, self.client, self.counters)
+        self.limiter = Limiter(self.counters)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
         self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
         await self.fleet.start(self.catalog)
@@ -148,8 +151,8 @@ class ProxyApp:
             await asyncio.to_thread(self.tracing.close)
         if self.client is not None:
             await self.client.close()
-        if self.limiter is not None:
-            self.limiter.board.close()
+        if self.counters is not None:
+            await self.counters.aclose()
         self.heartbeat.remove()
 
     async def _beat(self) -> None:
@@ -303,7 +306,7 @@ class ProxyApp:
         row.upstream_model = model
         usage = self.settings.stream_usage
         budgets.admit(policy.key)
-        admission = limiter.admit(policy)
+        admission = await limiter.admit(policy)
         extra = () if admission is None else admission.headers
 
         async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> Meter | None:

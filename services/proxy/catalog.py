@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.proxy.board import Board
 from services.proxy.cooldown import Circuit, Phase
+from services.proxy.counters import Counters
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
 from services.proxy.upstream import (
@@ -112,12 +112,12 @@ class UpstreamState:
 
 class Catalog:
     def __init__(
-        self, settings: Settings, client: UpstreamClient, board: Board | None = None
+        self, settings: Settings, client: UpstreamClient, counters: Counters | None = None
     ) -> None:
         self.settings = settings
         self.client = client
         self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
-        self.board = board  # where the fair queues of capped upstreams count (none: no cap)
+        self.counters = counters  # where capped upstreams' fair queues count (none: no cap)
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
@@ -135,10 +135,10 @@ class Catalog:
         state.circuit = Circuit(
             s.upstream_failures, s.upstream_cooldown, s.upstream_cooldown_max, self._now
         )
-        if upstream.concurrency and self.board is not None:
+        if upstream.concurrency and self.counters is not None:
             s = self.settings
             state.gate = Gate(
-                self.board,
+                self.counters,
                 upstream.url,
                 upstream.concurrency,
                 s.queue_limit,

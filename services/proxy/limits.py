@@ -1,15 +1,15 @@
 """Per-key policy at the proxy: enabled, expiry, allowed models, rate and concurrency limits.
 
 A `Policy` is compiled once per key whenever `apikeys.json` changes, so a request pays only for
-what its key sets: a key without limits never touches the board.
+what its key sets: a key without limits never touches the counter store.
 
-Rates are leaky buckets on the board (exact across workers): a request needs one unit of
+Rates are leaky buckets in the counter store (services/proxy/counters.py: the board, exact
+across the workers of a machine, or Redis, across replicas): a request needs one unit of
 requests-per-minute; a request is admitted while its tokens-per-minute and tokens-per-day
 buckets are not full, and its tokens (from the upstream's usage, or an estimate) are added when
 it ends, so a long answer can overdraw a bucket and hold the next request back until it drains.
-Answers carry OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `Retry-After`. The
-buckets drain by the limiter's `clock` (wall-clock seconds, shared by every worker; injected by
-tests).
+Answers carry OpenAI's `x-ratelimit-*` headers; a refusal is a 429 with `Retry-After`, the same
+whatever the store.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from services.proxy import errors
-from services.proxy.board import Board, BoardFull, Bucket, Level, Slot
+from services.proxy.board import Bucket, Level
+from services.proxy.counters import Counters
 from services.proxy.errors import ProxyError
 from shared.apikeys import ApiKey, parse_time
 
@@ -122,45 +123,41 @@ class Admission:
 
 
 class Limiter:
-    def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
-        self.board = board
-        self.clock = clock
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
         # Told of each refusal: the key and the limit it reached, in words.
         self.on_refused: Callable[[ApiKey, str], None] | None = None
 
-    def admit(self, policy: Policy) -> Admission | None:
+    async def admit(self, policy: Policy) -> Admission | None:
         """Count the request against its key's limits, or raise a 429 ProxyError."""
         if not policy.limited:
             return None
-        now = self.clock()
-        with self.board.holding("key:" + policy.key.id) as slot:
-            slot.keep(now)  # a slot with only a request in flight is kept while it is
-            requests = slot.level(policy.requests, now) if policy.requests else None
-            tokens = [slot.level(bucket, now) for bucket in policy.tokens]
-            if requests is not None and (wait := requests.wait(1)) > 0:
-                limit = f"{requests.capacity} requests per minute"
-                self._refused(policy, limit)
-                raise _refusal("requests", limit, wait, _headers(requests, tokens))
-            for bucket, level in zip(policy.tokens, tokens, strict=True):
-                if level.remaining <= 0:
-                    limit = (
-                        f"{bucket.capacity} tokens per {'minute' if bucket.period == 60 else 'day'}"
-                    )
-                    self._refused(policy, limit)
-                    raise _refusal("tokens", limit, level.wait(1), _headers(requests, tokens))
-            most = policy.max_concurrent
-            if most is not None and not slot.try_enter(most):
-                self._refused(policy, f"{most} requests at a time")
-                raise ProxyError(
-                    429,
-                    f"Too many requests in flight for this key: the limit is {most} at a time",
-                    "concurrency_limit_exceeded",
-                    type="requests",
-                    headers=((b"retry-after", b"1"), *_headers(requests, tokens)),
-                )
-            if policy.requests is not None and requests is not None:
-                slot.add(policy.requests, 1, requests)
-        return Admission(policy, _headers(requests, tokens), most is not None)
+        most = policy.max_concurrent
+        verdict = await self.counters.admit(
+            "key:" + policy.key.id, policy.requests, policy.tokens, most
+        )
+        requests, tokens = verdict.requests, verdict.tokens
+        headers = _headers(requests, tokens)
+        if verdict.refused == "requests":
+            assert requests is not None
+            limit = f"{requests.capacity} requests per minute"
+            self._refused(policy, limit)
+            raise _refusal("requests", limit, requests.wait(1), headers)
+        if verdict.refused == "tokens":
+            bucket, level = policy.tokens[verdict.bucket], tokens[verdict.bucket]
+            limit = f"{bucket.capacity} tokens per {'minute' if bucket.period == 60 else 'day'}"
+            self._refused(policy, limit)
+            raise _refusal("tokens", limit, level.wait(1), headers)
+        if verdict.refused == "concurrency":
+            self._refused(policy, f"{most} requests at a time")
+            raise ProxyError(
+                429,
+                f"Too many requests in flight for this key: the limit is {most} at a time",
+                "concurrency_limit_exceeded",
+                type="requests",
+                headers=((b"retry-after", b"1"), *headers),
+            )
+        return Admission(policy, headers, most is not None)
 
     def _refused(self, policy: Policy, limit: str) -> None:
         if self.on_refused is not None:
@@ -169,21 +166,9 @@ class Limiter:
     def release(self, admission: Admission, tokens: int | None) -> None:
         """The request ended, having used `tokens` (None: not known)."""
         policy = admission.policy
-        if not admission.concurrent and not (tokens and policy.tokens):
-            return
-        try:
-            with self.board.holding("key:" + policy.key.id) as slot:
-                if admission.concurrent:
-                    slot.change_flight(-1)
-                if tokens:
-                    _charge(slot, policy.tokens, tokens, self.clock())
-        except BoardFull as exc:  # the answer is sent already: the charge is lost, said once
-            log.error("tokens not charged", extra={"fields": {"error": exc.detail}})
-
-
-def _charge(slot: Slot, buckets: tuple[Bucket, ...], tokens: int, now: float) -> None:
-    for bucket in buckets:
-        slot.add(bucket, tokens, slot.level(bucket, now))
+        used = tokens or 0
+        if admission.concurrent or (used and policy.tokens):
+            self.counters.release("key:" + policy.key.id, admission.concurrent, policy.tokens, used)
 
 
 def _refusal(kind: str, limit: str, wait: float, headers: Headers) -> ProxyError:

@@ -1,5 +1,6 @@
 """The board: exact counters across processes."""
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -9,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from services.proxy.board import MAGIC, SLOT, SLOTS, Board, BoardFull, Bucket
+from services.proxy.board_counters import BoardCounters
 from services.proxy.errors import ProxyError
 from services.proxy.limits import Limiter, Policy
 from shared.apikeys import ApiKey, Limits
@@ -97,6 +99,10 @@ class Clock:
         return self.now
 
 
+def admit(limiter: Limiter, policy: Policy):
+    return asyncio.run(limiter.admit(policy))
+
+
 def limited(i: int, **limits: int) -> Policy:
     return Policy.of(replace(ApiKey.new(f"user{i}"), limits=Limits(**limits)))
 
@@ -104,18 +110,18 @@ def limited(i: int, **limits: int) -> Policy:
 def test_key_churn_beyond_the_slot_count_reuses_idle_slots(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(time, "time", clock)
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=16), clock)
+    limiter = Limiter(BoardCounters(Board(tmp_path / "limits.board", slots=16), clock))
     busy = limited(0, maxConcurrent=1)
-    held = limiter.admit(busy)  # in flight through the whole churn: its slot is kept
+    held = admit(limiter, busy)  # in flight through the whole churn: its slot is kept
     assert held is not None
     for i in range(1, 200):  # 199 keys through a board of 15 slots
         policy = limited(i, requestsPerMinute=60, tokensPerMinute=600, maxConcurrent=2)
-        admission = limiter.admit(policy)
+        admission = admit(limiter, policy)
         assert admission is not None
         limiter.release(admission, 100)
         clock.now += 61  # drained: the slot holds nothing worth keeping
     with pytest.raises(ProxyError) as caught:
-        limiter.admit(busy)  # still counted: the same slot, never given away
+        admit(limiter, busy)  # still counted: the same slot, never given away
     assert caught.value.code == "concurrency_limit_exceeded"
     limiter.release(held, None)
 
@@ -125,18 +131,18 @@ def test_a_slot_in_use_or_not_drained_is_never_taken_and_a_full_board_is_a_503(
 ):
     clock = Clock()
     monkeypatch.setattr(time, "time", clock)
-    limiter = Limiter(Board(tmp_path / "limits.board", slots=4), clock)
+    limiter = Limiter(BoardCounters(Board(tmp_path / "limits.board", slots=4), clock))
     policies = [limited(i, tokensPerMinute=600) for i in range(3)]
     for policy in policies:
-        admission = limiter.admit(policy)
+        admission = admit(limiter, policy)
         assert admission is not None
         limiter.release(admission, 300)  # half the minute's tokens: 30 s to drain
     with pytest.raises(BoardFull) as caught:
-        limiter.admit(limited(9, tokensPerMinute=600))
+        admit(limiter, limited(9, tokensPerMinute=600))
     assert (caught.value.status, caught.value.code) == (503, "limits_board_full")
     assert json.loads(caught.value.body())["error"]["type"] == "server_error"
     clock.now += 31
-    assert limiter.admit(limited(9, tokensPerMinute=600)) is not None
+    assert admit(limiter, limited(9, tokensPerMinute=600)) is not None
 
 
 def test_a_worker_whose_slot_was_given_to_another_name_looks_again(tmp_path, monkeypatch):

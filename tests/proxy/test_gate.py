@@ -5,8 +5,9 @@ import asyncio
 import pytest
 
 from services.proxy.board import Board
+from services.proxy.board_counters import POLL, BoardCounters
 from services.proxy.errors import ProxyError
-from services.proxy.gate import POLL, Gate
+from services.proxy.gate import Gate
 
 
 def run(scenario):
@@ -21,7 +22,9 @@ async def until(check):
 
 def test_turns_go_round_the_keys_not_first_come(tmp_path):
     async def scenario():
-        gate = Gate(Board(tmp_path / "b"), "u", concurrency=1, queue_limit=100, timeout=60)
+        gate = Gate(
+            BoardCounters(Board(tmp_path / "b")), "u", concurrency=1, queue_limit=100, timeout=60
+        )
         order = ["heavy"]
 
         async def request(key):
@@ -57,7 +60,12 @@ def test_turns_go_round_the_keys_not_first_come(tmp_path):
 def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
     async def scenario():
         gate = Gate(
-            Board(tmp_path / "b"), "http://gpu.internal:8000/v1", 1, 1, 0.2, label="upstream 2"
+            BoardCounters(Board(tmp_path / "b")),
+            "http://gpu.internal:8000/v1",
+            1,
+            1,
+            0.2,
+            label="upstream 2",
         )
         await gate.enter("a")
         waiting = asyncio.create_task(gate.enter("b"))
@@ -82,7 +90,7 @@ def test_a_full_line_and_a_long_wait_are_503s(tmp_path):
 def test_a_request_that_gives_up_in_line_frees_its_place_and_its_turn(tmp_path):
     async def scenario():
         board = Board(tmp_path / "b")
-        gate = Gate(board, "u", concurrency=1, queue_limit=10, timeout=60)
+        gate = Gate(BoardCounters(board), "u", concurrency=1, queue_limit=10, timeout=60)
         await gate.enter("a")
         quitter = asyncio.create_task(gate.enter("b"))
         await until(lambda: gate.queued == 1)
@@ -90,6 +98,7 @@ def test_a_request_that_gives_up_in_line_frees_its_place_and_its_turn(tmp_path):
         await asyncio.gather(quitter, return_exceptions=True)
         assert gate.queued == 0
         gate.leave()
+        await asyncio.sleep(0)  # the turn handed on, to nobody
         with board.holding("upstream:u") as slot:
             return slot.in_flight()
 
@@ -101,8 +110,10 @@ def test_a_turn_freed_in_another_worker_is_noticed(tmp_path):
 
     async def scenario():
         path = tmp_path / "b"
-        other = Gate(Board(path), "u", concurrency=1, queue_limit=10, timeout=60)
-        mine = Gate(Board(path), "u", 1, queue_limit=10, timeout=60, clock=lambda: now[0])
+        other = Gate(BoardCounters(Board(path)), "u", concurrency=1, queue_limit=10, timeout=60)
+        mine = Gate(
+            BoardCounters(Board(path)), "u", 1, queue_limit=10, timeout=60, clock=lambda: now[0]
+        )
         await other.enter("a")
         waiting = asyncio.create_task(mine.enter("b"))
         await until(lambda: mine.queued == 1)

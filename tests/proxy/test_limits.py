@@ -17,6 +17,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from services.proxy.board import IDLE_AT, NAME, SLOT, SLOTS
+from services.proxy.board_counters import BoardCounters
 from shared.apikeys import ApiKey, Limits, format_time, write_keys
 from tests.conftest import eventually
 from tests.proxy.test_app import analytics_for, error_of, raw_chat
@@ -217,8 +218,8 @@ def stopped_clock(running) -> Clock:
     """Stop the running proxy's limiter clock, a minute on: every bucket has drained."""
     clock = Clock()
     clock.now += 60
-    assert running.app.limiter is not None
-    running.app.limiter.clock = clock
+    assert isinstance(running.app.counters, BoardCounters)
+    running.app.counters.clock = clock
     return clock
 
 

@@ -71,3 +71,18 @@ def test_the_proxy_variables_are_read_from_the_environment_as_tools_spell_them(
         "localhost,.lan",
         "",
     )
+
+
+def test_redis_url_without_a_database_is_refused_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ValidationError, match="set DATABASE_URL too"):
+        load_settings(str(tmp_path / "missing.env"))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://llmp@/llmp?host=/run/postgresql")
+    assert load_settings(str(tmp_path / "missing.env")).redis_url == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("REDIS_URL", "http://127.0.0.1:6379")
+    with pytest.raises(ValidationError, match="must be a redis://"):
+        load_settings(str(tmp_path / "missing.env"))
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379")
+    monkeypatch.setenv("REDIS_FAILURE", "sometimes")
+    with pytest.raises(ValidationError, match="redis_failure"):
+        load_settings(str(tmp_path / "missing.env"))

@@ -1,0 +1,178 @@
+"""services/proxy/redis_counters.py: what only the Redis store does (the promises it shares with
+the board are tests/proxy/test_counters.py's): leases of workers that die, wake-ups, and what
+happens while Redis does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.proxy import redis_counters
+from services.proxy.board import Board
+from services.proxy.board_counters import BoardCounters
+from services.proxy.errors import ProxyError
+from services.proxy.gate import Gate
+from services.proxy.limits import Limiter, Policy
+from services.proxy.redis_counters import Failure, RedisCounters
+from shared.apikeys import ApiKey, Limits
+
+Maker = Callable[..., RedisCounters]
+
+
+def run(tmp_path: Path, url: str, scenario: Callable[[Maker], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        made: list[RedisCounters] = []
+
+        def make(replica: str, failure: Failure = "share", **options: Any) -> RedisCounters:
+            board = BoardCounters(Board(tmp_path / f"{replica}.board"))
+            store = RedisCounters(url, board, replica, failure, **options)
+            made.append(store)
+            return store
+
+        try:
+            return await asyncio.wait_for(scenario(make), 60)
+        finally:
+            for store in made:
+                await store.aclose()
+
+    return asyncio.run(main())
+
+
+def policy(**limits: int) -> Policy:
+    return Policy.of(replace(ApiKey.new("user"), limits=Limits(**limits)))
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> float:
+    """Seconds until `check()` holds (failing after `seconds`)."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < seconds, "never happened"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def admitted(limiter: Limiter, limited: Policy) -> bool:
+    try:
+        await limiter.admit(limited)
+    except ProxyError:
+        return False
+    return True
+
+
+async def kill(store: RedisCounters) -> None:
+    """The worker dies: it stops renewing its lease, and gives nothing back."""
+    for task in store._background:
+        task.cancel()
+    await asyncio.gather(*store._background, return_exceptions=True)
+    store._background = [asyncio.create_task(asyncio.sleep(0))]  # never started again
+    await store.redis.aclose()
+
+
+def test_the_places_of_a_worker_that_died_come_back_when_its_lease_runs_out(tmp_path, redis_url):
+    async def scenario(make: Maker) -> float:
+        dying, living = make("a", lease=1.0), make("b", lease=1.0)
+        limited = policy(maxConcurrent=1)
+        assert await Limiter(dying).admit(limited) is not None
+        gate = Gate(dying, "u", concurrency=1, queue_limit=10, timeout=60)
+        assert await gate.enter("k") == 0.0
+        await kill(dying)
+        other = Limiter(living)
+        assert not await admitted(other, limited)  # still counted while its lease runs
+        waited = await until(lambda: admitted(other, limited))
+        assert await Gate(living, "u", 1, 10, 60).enter("k") == 0.0  # the upstream's too
+        return waited
+
+    assert run(tmp_path, redis_url, scenario) < 15
+
+
+def test_a_turn_freed_in_another_replica_is_told_at_once(tmp_path, redis_url, monkeypatch):
+    monkeypatch.setattr(redis_counters, "POLL", 3600.0)  # only a wake-up can hand the turn on
+
+    async def scenario(make: Maker) -> None:
+        one, other = make("a"), make("b")
+        mine = Gate(one, "u", concurrency=1, queue_limit=10, timeout=60)
+        theirs = Gate(other, "u", concurrency=1, queue_limit=10, timeout=60)
+        await theirs.enter("x")
+        waiting = asyncio.create_task(mine.enter("y"))
+        await until(lambda: _true(mine.queued == 1))
+        await until(lambda: listening(one, 2))  # both workers hear the turns
+        assert not waiting.done()
+        theirs.leave()
+        await waiting
+
+    run(tmp_path, redis_url, scenario)
+
+
+def test_while_redis_is_frozen_no_request_waits_for_it_and_each_replica_keeps_its_share(
+    tmp_path, redis_server, redis_url
+):
+    async def scenario(make: Maker) -> tuple[int, int, float, Any]:
+        stores = [make(f"replica-{n}", lease=2.0) for n in range(3)]
+        for store in stores:  # each renews its lease and counts the replicas
+            await store.admit("key:warm", None, (), 1)
+        await until(lambda: _true(all(store.replicas == 3 for store in stores)))
+        limiter = Limiter(stores[0])
+        limited = policy(maxConcurrent=6, requestsPerMinute=600)
+        held = await limiter.admit(limited)
+        redis_server.freeze()
+        try:
+            started = time.monotonic()
+            admissions = [held]
+            for _ in range(100):  # one waits for the timeout, then the circuit is open
+                if await admitted(limiter, limited):
+                    admissions.append(None)
+            frozen_for = time.monotonic() - started
+            assert stores[0].down
+            entered = 0
+            for _ in range(5):  # the fair queue's step: in only while the upstream has room
+                entered += await stores[0].enter("upstream:u", 6, 0, 0)
+        finally:
+            redis_server.thaw()
+        assert held is not None
+        limiter.release(held, 10)  # admitted by Redis, released while it was away: owed
+        await until(lambda: _true(not stores[0].down))
+        in_flight = await stores[0].redis.hget(
+            "llmp:key:key:" + limited.key.id, "f:" + stores[0].worker
+        )
+        return len(admissions) - 1, entered, frozen_for, in_flight
+
+    admitted_while_frozen, entered, frozen_for, in_flight = run(tmp_path, redis_url, scenario)
+    assert admitted_while_frozen == 2 - 1  # 6 // 3 replicas, less the one Redis let in before
+    assert entered == 2  # the upstream's 6 // 3
+    assert frozen_for < 5  # a hundred requests: not a hundred timeouts (0.05 s each)
+    assert in_flight is None  # the release made while frozen was told once Redis was back
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def listening(store: RedisCounters, workers: int) -> bool:
+    heard = await store.redis.pubsub_numsub(redis_counters.TURNS)
+    return bool(heard[0][1] >= workers)
+
+
+@pytest.mark.parametrize("failure", ["closed", "open"])
+def test_fail_closed_refuses_and_fail_open_admits_while_redis_is_away(tmp_path, failure):
+    gone = f"unix://{tmp_path / 'no.sock'}"
+
+    async def scenario(make: Maker) -> Any:
+        store = make("a", failure)
+        limiter = Limiter(store)
+        try:
+            return await limiter.admit(policy(maxConcurrent=1))
+        except ProxyError as exc:
+            return exc
+
+    answer = run(tmp_path, gone, scenario)
+    if failure == "closed":
+        assert isinstance(answer, ProxyError)
+        assert (answer.status, answer.code) == (503, "limits_unavailable")
+    else:
+        assert answer is not None and answer.headers == []
