@@ -16,10 +16,10 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from services.api import errors, sessions
 from services.api.deps import Admin
+from services.api.login_throttle import throttle_for
 from services.api.middleware import BodyLimit
 from services.api.routes import analytics, auth, fleet, health, keys, metrics, nginx, ui
 from services.api.security import weak_secrets
-from services.api.throttle import Throttle
 from shared import storage
 from shared.apikeys import KeyFileError
 from shared.cors import cors_options
@@ -79,11 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
     app.state.keyfile = storage.key_admin(settings)
-    app.state.throttle = Throttle(
-        settings.data_dir / "login-failures.json",
-        settings.login_max_failures,
-        settings.login_window_seconds,
-    )
+    app.state.throttle = throttle_for(settings)
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)
     for module in ROUTERS:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from services.api import schemas, sessions
 from services.api.deps import Admin, SettingsDep, client_address
 from services.api.errors import AuthError
-from services.api.throttle import Throttle
+from services.api.login_throttle import LoginThrottle
 from services.api.validation import login_errors, login_schema, request_body, valid_fields
 from shared.key_validation import BodyError
 from shared.settings import Settings
@@ -32,7 +32,7 @@ LOGIN_BODY = request_body(login_schema())
 
 async def _check_login(request: Request, settings: Settings) -> str:
     """The username if the body holds the right credentials; AuthError otherwise."""
-    throttle: Throttle = request.app.state.throttle
+    throttle: LoginThrottle = request.app.state.throttle
     address = client_address(request)
     wait = await asyncio.to_thread(throttle.retry_after, address)
     if wait:
