@@ -17,8 +17,11 @@ replica that died come back within LEASE seconds.
 listens there and looks at its line at once, and polls every POLL seconds in case a message was
 lost.
 
-**Failures.** Every call has TIMEOUT seconds; a failure opens the circuit for the worker: no
-request waits for Redis until the heartbeat (every second while open) reaches it again. While it
+**Failures.** A call late by TIMEOUT seconds sends a PING from a thread (a busy event loop
+delays the reading of answers, not a thread's): if that PING gets no answer within TIMEOUT
+either, or a call fails, the circuit opens for the worker, and no request waits for Redis until
+the heartbeat (every second while open) reaches it again; if it does, the call is waited for.
+A request waits at most about twice TIMEOUT for a Redis that stopped answering. While it
 is open, `REDIS_FAILURE` says what happens: `share` (the default) counts on the replica's own
 board with each limit and upstream cap divided by the number of replicas that held a lease when
 Redis was last reached (rounded down, so the replicas' shares never add up to more than the
@@ -37,6 +40,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import redis as sync_redis
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
@@ -50,6 +54,7 @@ log = logging.getLogger("proxy.redis")
 Failure = Literal["share", "closed", "open"]
 
 TIMEOUT = 0.05  # seconds a request may wait for Redis before the circuit opens
+PATIENCE = 2.0  # seconds a late call is waited for while a probe finds Redis answering
 LEASE = 10.0  # seconds a worker's requests stay counted after its last word
 BEAT = LEASE / 5  # seconds between lease renewals (1 s while the circuit is open)
 POLL = 0.1  # seconds between looks at a line when no wake-up came
@@ -270,7 +275,10 @@ class RedisCounters:
         lease: float = LEASE,
     ) -> None:
         self.redis: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=max(1.0, timeout), socket_connect_timeout=max(1.0, timeout)
+            url,
+            socket_timeout=max(1.0, timeout),
+            socket_connect_timeout=max(1.0, timeout),
+            driver_info=None,  # no CLIENT SETINFO: a new connection's first command goes at once
         )
         self.fallback = fallback  # the replica's board: its share while Redis is away
         self.replica = replica
@@ -281,6 +289,11 @@ class RedisCounters:
         self.replicas = 1  # replicas with a live lease when Redis last answered
         self.down_since: float | None = None  # the circuit: open since (monotonic), or closed
         self.last_error: str | None = None
+        # the probe's own connection, used from a thread (see _call)
+        self._prober = sync_redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, driver_info=None
+        )
+        self._probing: asyncio.Future[BaseException | None] | None = None
         self._scripts = {
             name: self.redis.register_script(source)
             for name, source in (
@@ -323,14 +336,45 @@ class RedisCounters:
         self._start()
         if self.down:
             raise Unavailable
+        call = asyncio.ensure_future(
+            self._scripts[script](
+                keys=[*keys[:1], WORKERS, *keys[1:]], args=[self.worker, self.lease, *args]
+            )
+        )
+        await asyncio.wait((call,), timeout=self.timeout)
+        if not call.done():
+            # Late: Redis may be away, or this worker's event loop too busy to have read its
+            # answer. A probe from a thread, which no busy loop delays, tells which.
+            probe = self._probe()
+            await asyncio.wait((call, probe), return_when=asyncio.FIRST_COMPLETED)
+            if not call.done() and probe.result() is not None:
+                await asyncio.wait((call,), timeout=PATIENCE)  # Redis answers: wait for it
+        if not call.done():
+            call.cancel()  # redis-py drops the connection of a cancelled command
+            call.add_done_callback(_consume)
+            if self._probing is not None and self._probing.done():
+                self._trip(self._probing.result() or TimeoutError("no answer"))
+            else:
+                self._trip(TimeoutError(f"no answer within {self.timeout + PATIENCE:g} s"))
+            raise Unavailable
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._scripts[script](
-                    keys=[*keys[:1], WORKERS, *keys[1:]], args=[self.worker, self.lease, *args]
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
+            return call.result()
+        except (RedisError, OSError) as exc:
             self._trip(exc)
             raise Unavailable from None
+
+    def _probe(self) -> asyncio.Future[BaseException | None]:
+        """One PING at a time from a thread, with TIMEOUT: its failure, or None."""
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(asyncio.to_thread(self._ping))
+        return self._probing
+
+    def _ping(self) -> BaseException | None:
+        try:
+            self._prober.ping()
+        except (RedisError, OSError) as exc:
+            return exc
+        return None
 
     def _trip(self, exc: BaseException) -> None:
         if self.down_since is None:
@@ -342,9 +386,15 @@ class RedisCounters:
             )
 
     async def _beat(self) -> None:
-        """Renew the lease, count the replicas, and close the circuit once Redis answers."""
+        """Load the scripts, renew the lease, count the replicas, and close the circuit once
+        Redis answers."""
+        loaded = False
         while True:
             try:
+                if not loaded:  # so that no request's first call of a script is refused
+                    for each in self._scripts.values():
+                        await self.redis.script_load(each.script)
+                    loaded = True
                 async with asyncio.timeout(max(self.timeout, 1.0)):
                     workers = await self._scripts["beat"](
                         keys=["", WORKERS], args=[self.worker, self.lease]
@@ -551,16 +601,29 @@ class RedisCounters:
         event.clear()
 
     async def aclose(self) -> None:
-        for task in self._background:
-            task.cancel()
+        await self.stop_background()
         self.fallback.close()
-        await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             async with asyncio.timeout(max(self.timeout, 0.5)):
                 await self.redis.zrem(WORKERS, self.worker)
         except (RedisError, OSError, TimeoutError):
             pass
         await self.redis.aclose()
+        self._prober.close()
+
+    async def stop_background(self) -> None:
+        """Stop renewing the lease and listening. A cancellation that comes while redis-py
+        makes a connection can be lost in it: each task is cancelled until it has ended."""
+        for task in self._background:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait((task,), timeout=0.1)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _flat(buckets: Sequence[Bucket]) -> list[Any]:

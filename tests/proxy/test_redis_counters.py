@@ -67,9 +67,7 @@ async def admitted(limiter: Limiter, limited: Policy) -> bool:
 
 async def kill(store: RedisCounters) -> None:
     """The worker dies: it stops renewing its lease, and gives nothing back."""
-    for task in store._background:
-        task.cancel()
-    await asyncio.gather(*store._background, return_exceptions=True)
+    await store.stop_background()
     store._background = [asyncio.create_task(asyncio.sleep(0))]  # never started again
     await store.redis.aclose()
 

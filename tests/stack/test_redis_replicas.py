@@ -1,0 +1,220 @@
+"""Three replicas sharing PostgreSQL (keys) and Redis (REDIS_URL: limits and fair queues): a key's
+limits and an upstream's cap hold for all of them together, as one machine holds them for its
+workers.
+
+Each replica's proxy runs as deployed (`python -m services.proxy`, two uvicorn workers, its own
+data folder and port); requests are spread over the replicas in turn. The upstreams are fake
+OpenAI servers in the test's process that count what they are sent at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.apikeys import ApiKey
+from shared.pg.keys import PgKeyAdmin
+from tests.proxy.test_sharing import Workers
+from tests.upstream import FakeUpstream
+
+pytestmark = pytest.mark.slow
+
+REPLICAS = 3
+
+
+class Trio:
+    def __init__(self, base: Path, database_url: str, redis_url: str) -> None:
+        self.admin = PgKeyAdmin(database_url)
+        self.fast = FakeUpstream("fast", ["fast"]).start()
+        self.capped = FakeUpstream("capped", ["capped"], delay=0.02).start()
+        self.single = FakeUpstream("single", ["single"], delay=0.05).start()
+        self.held = FakeUpstream("held", ["held"], held=True).start()
+        targets = ",".join(
+            (
+                self.fast.url,
+                f"{self.capped.url}|concurrency=4",
+                f"{self.single.url}|concurrency=1",
+                f"{self.held.url}|concurrency=2",
+            )
+        )
+        self.replicas: list[Workers] = []
+        for n in range(REPLICAS):
+            (base / str(n)).mkdir()
+            self.replicas.append(
+                Workers(
+                    base / str(n),
+                    targets,
+                    DATABASE_URL=database_url,
+                    REDIS_URL=redis_url,
+                    LOG_LEVEL="ERROR",
+                    QUEUE_LIMIT="500",
+                )
+            )
+
+    def key(self, name: str, **limits: int) -> ApiKey:
+        key = self.admin.create(name)
+        if limits:
+            changed = self.admin.update(key.id, {"limits": dict(limits)})
+            assert changed is not None
+            key = changed
+        return key
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            if replica.process.poll() is None:  # not the one a test killed
+                replica.stop()
+        for upstream in (self.fast, self.capped, self.single, self.held):
+            upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory, postgres, redis_server) -> Iterator[Trio]:
+    redis_server.flush()
+    started = Trio(tmp_path_factory.mktemp("trio"), postgres.new_database(), redis_server.url)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def chat(
+    client: httpx.AsyncClient, url: str, key: ApiKey, model: str, text: str = "hi"
+) -> httpx.Response:
+    return await client.post(
+        url + "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+        headers={"Authorization": f"Bearer {key.key}"},
+    )
+
+
+async def served(client: httpx.AsyncClient, trio: Trio, key: ApiKey) -> None:
+    """Until every replica knows the key (each loads it from the database on its own); the
+    model list counts against no limit."""
+    for replica in trio.replicas:
+        deadline = time.monotonic() + 30
+        headers = {"Authorization": f"Bearer {key.key}"}
+        while (await client.get(replica.url + "/v1/models", headers=headers)).status_code != 200:
+            assert time.monotonic() < deadline, "the key never reached a replica"
+            await asyncio.sleep(0.05)
+
+
+def client(connections: int = 200) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=60, limits=httpx.Limits(max_connections=connections, max_keepalive_connections=50)
+    )
+
+
+def test_requests_per_minute_hold_across_replicas(trio):
+    key = trio.key("rpm", requestsPerMinute=60)
+
+    async def flood() -> tuple[Counter[int], float]:
+        async with client(30) as http:
+            await served(http, trio, key)
+            started = time.monotonic()
+            urls = [trio.replicas[n % REPLICAS].url for n in range(600)]
+            answers = await asyncio.gather(*(chat(http, url, key, "fast") for url in urls))
+            return Counter(r.status_code for r in answers), time.monotonic() - started
+
+    statuses, seconds = asyncio.run(flood())
+    # 60 in the bucket, one more per second that drained, for all replicas together (each
+    # replica counting on its own would let in up to three times as many).
+    print(f"\n600 requests over {REPLICAS} replicas in {seconds:.1f} s: {dict(statuses)}")
+    assert set(statuses) == {200, 429}
+    assert 60 <= statuses[200] <= 60 + seconds + 1, (statuses, seconds)
+
+
+def test_an_upstreams_cap_and_a_keys_max_concurrent_hold_across_replicas(trio):
+    heavy = trio.key("streams")
+    limited = trio.key("limited", maxConcurrent=3)
+
+    async def run() -> tuple[Counter[int], Counter[int]]:
+        async with client() as http:
+            await served(http, trio, heavy)
+            await served(http, trio, limited)
+            capped = [
+                chat(http, trio.replicas[n % REPLICAS].url, heavy, "capped") for n in range(200)
+            ]
+            answers = await asyncio.gather(*capped)
+            trio.fast.delay, trio.fast.peak = 0.2, 0  # the limited key's stay in flight a while
+            try:
+                tries = [
+                    chat(http, trio.replicas[n % REPLICAS].url, limited, "fast") for n in range(30)
+                ]
+                tried = await asyncio.gather(*tries)
+            finally:
+                trio.fast.delay = 0.0
+            return Counter(r.status_code for r in answers), Counter(r.status_code for r in tried)
+
+    capped, tried = asyncio.run(run())
+    assert capped == {200: 200}  # all served, in turn
+    assert trio.capped.peak == 4  # never more than the cap at once, as the upstream saw it
+    assert tried[200] >= 3 and set(tried) == {200, 429}
+    assert trio.fast.peak == 3  # its three, and never more
+
+
+def test_a_light_key_keeps_its_turn_against_two_heavy_keys_on_other_replicas(trio):
+    heavies = [trio.key("heavy-1"), trio.key("heavy-2")]
+    light = trio.key("light")
+
+    async def run() -> list[int]:
+        async with client() as http:
+            for key in (*heavies, light):
+                await served(http, trio, key)
+            flood = [
+                asyncio.create_task(
+                    chat(http, trio.replicas[k].url, heavy, "single", f"heavy-{k}-{n}")
+                )
+                for n in range(30)
+                for k, heavy in enumerate(heavies)
+            ]
+            while len(trio.single.arrivals) < 3:  # noqa: ASYNC110 - the heavy keys are in line
+                await asyncio.sleep(0.01)
+            waits = []
+            for n in range(5):  # one after the other, through the third replica
+                before = len(trio.single.arrivals)
+                r = await chat(http, trio.replicas[2].url, light, "single", f"light-{n}")
+                assert r.status_code == 200
+                waits.append(trio.single.arrivals.index(f"light-{n}") - before)
+            answers = await asyncio.gather(*flood)
+            assert all(r.status_code == 200 for r in answers)
+            return waits
+
+    waits = asyncio.run(run())
+    print(f"\nheavy requests let in before each light one: {waits}")
+    # First come, first served, the first light request would wait behind the fifty or so
+    # heavy ones in line. With turns round the keys, each waits for the one in flight, the
+    # heavy ones that joined at the same place (one per key), and what passed while it was on
+    # its way to the proxy (a 0.05 s turn each).
+    assert max(waits) <= 8, waits
+
+
+def test_a_killed_replicas_places_come_back(trio):
+    key = trio.key("killed")
+
+    async def run() -> float:
+        async with client() as http:
+            await served(http, trio, key)
+            doomed = trio.replicas[0]
+            held = [asyncio.create_task(chat(http, doomed.url, key, "held")) for _ in range(2)]
+            while trio.held.active < 2:  # noqa: ASYNC110 - replica 0 holds both places
+                await asyncio.sleep(0.01)
+            os.killpg(doomed.process.pid, signal.SIGKILL)
+            doomed.process.wait()
+            await asyncio.gather(*held, return_exceptions=True)
+            killed = time.monotonic()
+            trio.held.held = False  # the held answers would never be read: answer the next
+            r = await chat(http, trio.replicas[1].url, key, "held")
+            assert r.status_code == 200
+            return time.monotonic() - killed
+
+    waited = asyncio.run(run())
+    print(f"\nthe killed replica's places came back in {waited:.1f} s")
+    assert waited < 15
