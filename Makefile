@@ -9,6 +9,7 @@
 # make ui: build the admin web app (frontend/ -> frontend/dist, served at /admin).
 # make bench-analytics: every analytics route against a generated database of BENCH_ROWS
 # requests (10 million; built once into var/bench-analytics/, which takes a while).
+# make bench-limits: what a limited key's request costs counted in Redis against the board.
 
 VENV ?= .venv
 TEST_WORKERS ?= 2
@@ -19,7 +20,7 @@ STAMP := $(VENV)/.installed
 # for a pattern rule to build a phony target, so `system-deps-%` would never run.
 SYSTEM_DEPS := system-deps-run system-deps-test system-deps-bench
 
-.PHONY: run test test-fast soak check api-types bench bench-analytics ui ui-test clean $(SYSTEM_DEPS)
+.PHONY: run test test-fast soak check api-types bench bench-analytics bench-limits ui ui-test clean $(SYSTEM_DEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -85,6 +86,9 @@ bench: system-deps-bench $(STAMP)
 BENCH_ROWS ?= 10000000
 bench-analytics: $(STAMP)
 	$(PY) -m bench.analytics --rows $(BENCH_ROWS)
+
+bench-limits: system-deps-test $(STAMP)
+	$(PY) -m bench.limits
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache frontend/dist frontend/node_modules
