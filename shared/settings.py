@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -158,6 +159,9 @@ class Settings(BaseSettings):
     # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
     # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
     database_url: str = ""
+    # This replica's name among those sharing DATABASE_URL (its certd's report is filed under
+    # it); empty: the host name (a container's or a pod's own).
+    replica_name: str = Field(default="", max_length=200)
 
     log_level: str = "INFO"
 
@@ -173,6 +177,10 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.node_env == "production"
+
+    @property
+    def replica(self) -> str:
+        return self.replica_name or socket.gethostname()
 
     @property
     def run_dir(self) -> Path:

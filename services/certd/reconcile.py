@@ -1,5 +1,6 @@
-"""certd's work: make nginx and the certificates what `data/site.json` asks for, keep the
-certificates renewed, and say what happened in `data/certd/status.json`.
+"""certd's work: make nginx and the certificates what the site asks for, keep the
+certificates renewed, and say what happened (the site and the report are in the site store,
+`shared.sitestore`: `data/site.json` and `data/certd/status.json`, or PostgreSQL).
 
 Invariants:
 - one thing at a time: the caller runs `step()` from a single thread, so certbot runs never
@@ -19,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from services.certd import alerts, certs, nginx
 from services.certd.certbot import Certbot, CertbotError
 from services.certd.certs import Lineage
 from services.certd.nginx_conf import main_conf_path, render_site, server_conf_path, tls_servers
+from shared import storage
 from shared.settings import Settings
 from shared.site import (
     CertdStatus,
@@ -38,10 +40,8 @@ from shared.site import (
     Site,
     SiteError,
     no_outcome,
-    read_site,
-    read_status,
-    write_status,
 )
+from shared.sitestore import SiteStore
 from shared.webhooks import webhooks_for
 
 log = logging.getLogger("certd")
@@ -63,15 +63,16 @@ def _probe_name(domains: tuple[str, ...]) -> str:
 
 
 class Certd:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: SiteStore | None = None) -> None:
         self.settings = settings
+        self.store = store or storage.site_store(settings)
         self.certbot = Certbot(settings)
         self.site = Site()
         self.site_error: str | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._site_loaded = False  # a valid site.json (or none) was read at least once
+        self._signature: Hashable = None
+        self._site_loaded = False  # a valid site (or none) was read at least once
         self._reconciled = False  # since this process started
-        previous = read_status(settings.certd_status_file)
+        previous = self.store.own_status()
         self.applied_generation = previous["appliedGeneration"] if previous else -1
         self.applied = previous.get("applied", no_outcome()) if previous else no_outcome()
         self.reload = previous.get("reload", no_outcome()) if previous else no_outcome()
@@ -114,18 +115,14 @@ class Certd:
         }
 
     def load_site(self) -> None:
-        """Re-read site.json if it changed; an invalid one leaves the last good site in force."""
-        path = self.settings.site_file
-        try:
-            st = os.stat(path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            signature = None
+        """Re-read the site if it changed; one that cannot be read (an invalid site.json, the
+        database away) leaves the last good site in force."""
+        signature = self.store.signature()
         if signature == self._signature and self._site_loaded:
             return
         self._signature = signature
         try:
-            self.site = read_site(path)
+            self.site = self.store.read_site()
         except SiteError as exc:
             if str(exc) != self.site_error:
                 log.error("keeping the last good site", extra={"fields": {"error": exc}})
@@ -363,7 +360,7 @@ class Certd:
             "renew": self.renew,
             "defaultConfig": self.default_config(),
         }
-        write_status(self.settings.certd_status_file, status)
+        self.store.write_status(status)
 
 
 def _read(path: os.PathLike[str]) -> str | None:
