@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shared.keyfile import KeyFile
 from shared.keystore import KeyAdmin, KeyFeed
+from shared.leader import AlwaysLeader, Leader
 from shared.settings import Settings
 from shared.usagelog import UsageLog
 
@@ -43,3 +44,13 @@ def usage_log(settings: Settings) -> UsageLog | None:
     return PgUsageLog(
         settings.database_url, settings.data_dir / "outbox", settings.analytics_retention_days
     )
+
+
+def leader(settings: Settings, job: str, application_name: str | None = None) -> Leader:
+    """The leadership of `job` (one of `shared.leader.JOBS`) for this process: shared by every
+    replica through the database, or the one box's own."""
+    if settings.database_url:
+        from shared.pg.leader import PgLeader
+
+        return PgLeader(settings.database_url, job, application_name)
+    return AlwaysLeader(job)
