@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shared.keyfile import KeyFile
 from shared.keystore import KeyAdmin, KeyFeed
+from shared.leader import AlwaysLeader, Leader
 from shared.settings import Settings
 from shared.sitestore import SiteStore
 from shared.usagelog import UsageLog
@@ -55,3 +56,13 @@ def site_store(settings: Settings) -> SiteStore:
     from shared.sitefile import SiteFile
 
     return SiteFile(settings.site_file, settings.certd_status_file)
+
+
+def leader(settings: Settings, job: str, application_name: str | None = None) -> Leader:
+    """The leadership of `job` (one of `shared.leader.JOBS`) for this process: shared by every
+    replica through the database, or the one box's own."""
+    if settings.database_url:
+        from shared.pg.leader import PgLeader
+
+        return PgLeader(settings.database_url, job, application_name)
+    return AlwaysLeader(job)
