@@ -68,6 +68,7 @@ def main() -> None:
             wake.clear()
     finally:
         stop_watch()
+        certd.leader.release()
         beater.join(INTERVAL + 1)
         certd.webhooks.close()
         beat.remove()

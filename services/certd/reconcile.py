@@ -11,7 +11,12 @@ Invariants:
 - nginx only ever gets a configuration `nginx -t` accepted; a reload that fails, or after which
   nginx does not serve the certificates it should, rolls back to the previous files;
 - renewal checks run at start, every RENEW_INTERVAL_SECONDS and when a certificate reaches
-  certbot's renewal time, never more often than RENEW_RETRY_SECONDS after a check that failed.
+  certbot's renewal time, never more often than RENEW_RETRY_SECONDS after a check that failed;
+- with several replicas (DATABASE_URL), only the leader of the job `certd` (`shared.leader`)
+  runs certbot, and publishes what it made (`services.certd.share`); every other replica's
+  certd writes the shared certificates into its own LETSENCRYPT_DIR when they change, then
+  tests, reloads and verifies nginx as after a certbot run of its own. A replica that becomes
+  the leader first takes what the last one made (certbot's account and renewal settings too).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from services.certd import alerts, certs, nginx
 from services.certd.certbot import Certbot, CertbotError
 from services.certd.certs import Lineage
 from services.certd.nginx_conf import main_conf_path, render_site, server_conf_path, tls_servers
+from services.certd.share import ShareError, certificate_share
 from shared import storage
 from shared.settings import Settings
 from shared.site import (
@@ -88,12 +94,19 @@ class Certd:
                 self.attempts[cert["name"]] = float(attempt)
         self.next_check = 0.0  # check renewals at start
         self.webhooks = webhooks_for(settings)
+        self.share = certificate_share(settings.database_url, settings.jwt_secret)
+        self.leader = storage.leader(settings, "certd", f"llmp-certd-leader-{settings.replica}")
+        self._leading = False
+        self._synced = False  # the shared certificates were installed at least once
 
     # The loop's entry points ----------------------------------------------------------------
 
     def step(self) -> None:
-        """Do whatever is due: apply a new generation, check renewals."""
-        self.load_site()
+        """Do whatever is due: install certificates another replica shared, apply a new
+        generation, check renewals."""
+        changed = self.load_site()
+        if self.share is not None and (changed or not self._synced):
+            self.sync_certificates()
         if self._site_loaded and (
             not self._reconciled or self.site.generation != self.applied_generation
         ):
@@ -114,12 +127,12 @@ class Certd:
             "last_error": self.site_error,
         }
 
-    def load_site(self) -> None:
-        """Re-read the site if it changed; one that cannot be read (an invalid site.json, the
-        database away) leaves the last good site in force."""
+    def load_site(self) -> bool:
+        """Re-read the site if it may have changed (True then); one that cannot be read (an
+        invalid site.json, the database away) leaves the last good site in force."""
         signature = self.store.signature()
         if signature == self._signature and self._site_loaded:
-            return
+            return False
         self._signature = signature
         try:
             self.site = self.store.read_site()
@@ -127,9 +140,74 @@ class Certd:
             if str(exc) != self.site_error:
                 log.error("keeping the last good site", extra={"fields": {"error": exc}})
             self.site_error = str(exc)
-            return
+            return True
         self.site_error = None
         self._site_loaded = True
+        return True
+
+    # Several replicas -----------------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """May this certd run certbot now? Always on one box; with several replicas, while it
+        leads the job `certd` (taking over what the last leader made when it becomes one)."""
+        if self.share is None:
+            return True
+        was, self._leading = self._leading, self.leader.lead()
+        if self._leading and not was:
+            log.info("leading: certbot runs here")
+            self.install_certificates()
+        return self._leading
+
+    def sync_certificates(self) -> None:
+        """On a replica that does not lead: install what the leader shared, and make nginx
+        serve it (tested, reloaded, verified, as after a certbot run)."""
+        if self.leading():
+            self._synced = True
+            return
+        written = self.install_certificates()
+        self._synced = True
+        if written:
+            self.apply_nginx(self.site, force_reload=True)
+            self.save()
+
+    def install_certificates(self) -> list[str]:
+        """Write the shared certificates that differ from ours into LETSENCRYPT_DIR; their
+        names."""
+        assert self.share is not None
+        config_dir = self.settings.certbot_dirs[0]
+        try:
+            lineages, account = self.share.fetch()
+            certs.write_account(config_dir, account)
+            written = []
+            for files in lineages:
+                local = certs.read_files(config_dir, files.name)
+                if local is None or local.fingerprint != files.fingerprint:
+                    certs.write_files(config_dir, files)
+                    written.append(files.name)
+        except (ShareError, OSError, ValueError) as exc:
+            log.error("shared certificates not installed", extra={"fields": {"error": exc}})
+            return []
+        if written:
+            log.info(
+                "shared certificates installed", extra={"fields": {"names": ",".join(written)}}
+            )
+        return written
+
+    def publish_certificates(self) -> None:
+        """The leader: share every lineage (those that changed are written) and the account."""
+        if self.share is None:
+            return
+        config_dir = self.settings.certbot_dirs[0]
+        lineages = [certs.read_files(config_dir, name) for name in certs.lineages(config_dir)]
+        try:
+            written = self.share.publish(
+                [files for files in lineages if files is not None], certs.read_account(config_dir)
+            )
+        except (ShareError, OSError) as exc:
+            log.error("certificates not shared", extra={"fields": {"error": exc}})
+            return
+        if written:
+            log.info("certificates shared", extra={"fields": {"names": ",".join(written)}})
 
     # Reconcile ------------------------------------------------------------------------------
 
@@ -145,7 +223,7 @@ class Certd:
         if site.renew_requested > self.renew["handled"]:
             self.renew = _outcome(site.renew_requested, self.renew_certificates())
         obtained = False
-        for request in self.missing(site):
+        for request in self.missing(site) if self.leading() else []:
             if new or self._retry_due(request.name):
                 obtained = self.obtain(site, request) is None or obtained
         if obtained:
@@ -188,6 +266,7 @@ class Certd:
         )
         self.attempts[request.name] = time.time()
         self.cert_errors.pop(request.name, None)
+        self.publish_certificates()
         return None
 
     def _retry_due(self, name: str) -> bool:
@@ -254,7 +333,10 @@ class Certd:
     def check_renewals(self) -> None:
         """The scheduled check: renew what is due, retry certificates that are missing."""
         error = self.renew_certificates()
-        for request in self.missing(self.site):
+        leading = self.leading()
+        if leading:
+            self.publish_certificates()  # also what a publication that failed left unshared
+        for request in self.missing(self.site) if leading else []:
             if self._retry_due(request.name):
                 obtained = self.obtain(self.site, request) is None
                 error = error or self.cert_errors.get(request.name)
@@ -271,8 +353,8 @@ class Certd:
         """`certbot renew` (it renews what is due), then reload nginx if anything changed."""
         config_dir = self.settings.certbot_dirs[0]
         before = certs.lineages(config_dir)
-        if not before:
-            return None
+        if not before or not self.leading():
+            return None  # another replica's certd renews, and shares what it renewed
         error = None
         failed: dict[str, str] = {}
         try:
@@ -299,6 +381,7 @@ class Certd:
                 self.cert_errors.pop(name, None)
         if renewed:
             log.info("certificates renewed", extra={"fields": {"names": ",".join(renewed)}})
+            self.publish_certificates()
             problem = self.apply_nginx(self.site, force_reload=True)
             for name in renewed:
                 if problem:

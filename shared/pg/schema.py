@@ -16,7 +16,8 @@ written twice (an answer lost, a batch sent again from the outbox) adds nothing 
 
 Site: one row, the whole site in `doc` and its generation; each change NOTIFYs `llmp_site` with
 the new generation (every replica's certd LISTENs). certd's reports: one row per replica, with
-when it last said it was alive (`seen_at`).
+when it last said it was alive (`seen_at`). Certificates: each lineage's current version and
+certbot's account, written by the leader's certd (a change NOTIFYs `llmp_site` too).
 """
 
 from __future__ import annotations
@@ -109,6 +110,33 @@ MIGRATIONS: tuple[str, ...] = (
         doc jsonb NOT NULL,
         seen_at timestamptz NOT NULL DEFAULT now()
     );
+    """,
+    # Certificates and certbot's account, as the leader's certd obtained them (private keys
+    # sealed: services/certd/pgshare.py).
+    """
+    CREATE TABLE llmp_certificates (
+        name text PRIMARY KEY,
+        fingerprint bytea NOT NULL,
+        version integer NOT NULL,
+        cert bytea NOT NULL,
+        chain bytea NOT NULL,
+        fullchain bytea NOT NULL,
+        privkey_sealed bytea NOT NULL,
+        renewal text NOT NULL,
+        config_dir text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE llmp_certbot_account (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        sealed bytea NOT NULL
+    );
+    CREATE FUNCTION llmp_certificates_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('llmp_site', 'certificates');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER llmp_certificates_changed AFTER INSERT OR UPDATE OR DELETE
+        ON llmp_certificates FOR EACH STATEMENT EXECUTE FUNCTION llmp_certificates_changed();
     """,
 )
 

@@ -6,7 +6,8 @@ A change takes the site's row lock (`SELECT ... FOR UPDATE`), so two replicas' c
 lose one another; its NOTIFY reaches every certd's LISTEN connection (`watch`), which wakes
 certd at once. Every CHECK_INTERVAL seconds without a notification the watch compares the
 generation as well, in case one was missed (a connection broken and made again counts as a
-change). certd's reports are one row per replica, kept alive by `beat()`; the admin's view
+change); a change of the shared certificates (`services.certd.pgshare`) wakes it the same way.
+certd's reports are one row per replica, kept alive by `beat()`; the admin's view
 merges those seen within STALE_AFTER seconds (`shared.site.merge_statuses`), or, if none is,
 the last ones there are. A database that cannot be reached is a `SiteError` for the site, no
 report for the status.
@@ -192,9 +193,12 @@ class PgSite:
                 backoff = min(MAX_BACKOFF, max(0.1, backoff * 2))
 
 
-def _generation(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT generation FROM llmp_site").fetchone()
-    return int(row[0]) if row else 0
+def _generation(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """What changes with the site or the shared certificates."""
+    row = conn.execute(
+        "SELECT (SELECT generation FROM llmp_site), (SELECT max(updated_at) FROM llmp_certificates)"
+    ).fetchone()
+    return tuple(row) if row else ()
 
 
 def _site(row: tuple[Any, ...] | None) -> Site:
