@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.site import SiteError, valid_cidrs
 from shared.targets import Upstream, parse_target_urls
 from shared.webhooks import parse_webhook_urls
 
@@ -35,6 +36,17 @@ def parse_size(value: object) -> int:
         raise ValueError(f"not a size: {value!r} (use a number of bytes or e.g. 512kb, 1mb, 50mb)")
     number, unit = match.groups()
     return int(float(number) * _UNITS[(unit or "b").lower()])
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    """Comma-separated IPv4 or IPv6 networks (`shared.site.valid_cidr`)."""
+    if isinstance(value, tuple):
+        return value
+    items = [item.strip() for item in str(value or "").split(",") if item.strip()]
+    try:
+        return valid_cidrs(items)
+    except SiteError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _targets(value: object) -> tuple[Upstream, ...]:
@@ -70,6 +82,12 @@ class Settings(BaseSettings):
     # behind it only ever listen on loopback.
     bind_address: str = ""
     https_port: int = 443
+    # Where TLS ends: `nginx` (llmp's own, certificates by certd) or `load-balancer` (an
+    # external one or an ingress: nginx serves plain HTTP only and certd obtains nothing). The
+    # load balancers' addresses (TRUSTED_PROXIES, CIDRs) are the only peers whose
+    # X-Forwarded-For and X-Forwarded-Proto nginx believes.
+    tls_termination: Literal["nginx", "load-balancer"] = "nginx"
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_cidrs)] = ()
     api_port: int = 8081
     proxy_port: int = 8082
     proxy_workers: int = Field(default=2, ge=1, le=64)
@@ -164,6 +182,16 @@ class Settings(BaseSettings):
     replica_name: str = Field(default="", max_length=200)
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _load_balancers_named(self) -> Settings:
+        if self.tls_termination == "load-balancer" and not self.trusted_proxies:
+            raise ValueError(
+                "TLS_TERMINATION=load-balancer needs TRUSTED_PROXIES: the load balancers'"
+                " addresses (CIDRs, comma-separated), the only peers whose X-Forwarded-For and"
+                " X-Forwarded-Proto nginx believes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhooks_are_signed(self) -> Settings:

@@ -14,7 +14,10 @@ own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of 
   groups (loopback and private ranges until some are configured) and go to the api;
 - `/` is answered by nginx (the original's `LLM Proxy`); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
-  whatever the client sent in them.
+  whatever the client sent in them, and the scheme in `X-Forwarded-Proto`: nginx's own, or,
+  from a load balancer in TRUSTED_PROXIES only, what it says (the client address too: the last
+  one in its X-Forwarded-For that is not itself a trusted proxy);
+- with TLS_TERMINATION=load-balancer, plain HTTP only: no TLS server, no redirect.
 Every domain and CIDR rendered here has been validated by `shared.site`.
 """
 
@@ -142,6 +145,7 @@ http {{
     # nginx's default of up to 30 s: a slot is not held for it.
     lingering_timeout 1s;
     lingering_time 5s;
+{_forwarded(settings)}
     limit_conn_zone $binary_remote_addr zone=llmp_address:10m;
     limit_conn llmp_address {settings.nginx_connections_per_address};
     limit_conn_status 429;
@@ -149,6 +153,30 @@ http {{
     include {server_conf};
 }}
 """
+
+
+def _forwarded(settings: Settings) -> str:
+    """The client address and scheme: from a trusted load balancer's X-Forwarded-For (realip)
+    and X-Forwarded-Proto (only `http` or `https`), else nginx's own (`$llmp_proto`)."""
+    trusted = "\n".join(f"    set_real_ip_from {cidr};" for cidr in settings.trusted_proxies)
+    flagged = "\n".join(f"        {cidr} 1;" for cidr in settings.trusted_proxies)
+    realip = (
+        f"""{trusted}
+    real_ip_header X-Forwarded-For;
+    real_ip_recursive on;
+"""
+        if settings.trusted_proxies
+        else ""
+    )
+    return f"""{realip}    geo $realip_remote_addr $llmp_from_proxy {{
+        default 0;
+{flagged}
+    }}
+    map "$llmp_from_proxy:$http_x_forwarded_proto" $llmp_proto {{
+        default $scheme;
+        "1:https" https;
+        "1:http" http;
+    }}"""
 
 
 def _listen(settings: Settings, port: int) -> str:
@@ -174,7 +202,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     # a client behind a local tunnel dodge the login throttle).
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Proto $llmp_proto;
     proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     location ^~ /v1/ {{
@@ -246,7 +274,7 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
     proxy_set_header Host $http_host;
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Proto $llmp_proto;
     proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     # Health checks (a container's, a load balancer's) keep working over plain HTTP.
@@ -362,6 +390,5 @@ def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage])
     else ours."""
     if site.custom_config is not None:
         return check_custom_config(site.custom_config, settings.letsencrypt_dir)
-    return render_server(
-        settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode, site.domains
-    )
+    tls = tls_servers(site, lineages) if settings.tls_termination == "nginx" else []
+    return render_server(settings, site.cidr_groups, tls, site.http_mode, site.domains)

@@ -16,7 +16,8 @@ Invariants:
   runs certbot, and publishes what it made (`services.certd.share`); every other replica's
   certd writes the shared certificates into its own LETSENCRYPT_DIR when they change, then
   tests, reloads and verifies nginx as after a certbot run of its own. A replica that becomes
-  the leader first takes what the last one made (certbot's account and renewal settings too).
+  the leader first takes what the last one made (certbot's account and renewal settings too);
+- where TLS ends at a load balancer (TLS_TERMINATION), certd obtains and renews nothing.
 """
 
 from __future__ import annotations
@@ -234,12 +235,18 @@ class Certd:
         self.applied = _outcome(site.generation, nginx_error)
         self.save()
 
+    def wanted(self, site: Site) -> tuple[CertificateRequest, ...]:
+        """The certificates to obtain: none where TLS ends at a load balancer."""
+        if self.settings.tls_termination == "load-balancer":
+            return ()
+        return site.wanted_certificates()
+
     def missing(self, site: Site) -> list[CertificateRequest]:
         """Certificates the site wants that are not on disk with exactly their domains."""
         found = certs.lineages(self.settings.certbot_dirs[0])
         return [
             request
-            for request in site.wanted_certificates()
+            for request in self.wanted(site)
             if request.name not in found or set(found[request.name].domains) != set(request.domains)
         ]
 
@@ -353,7 +360,7 @@ class Certd:
         """`certbot renew` (it renews what is due), then reload nginx if anything changed."""
         config_dir = self.settings.certbot_dirs[0]
         before = certs.lineages(config_dir)
-        if not before or not self.leading():
+        if not before or self.settings.tls_termination != "nginx" or not self.leading():
             return None  # another replica's certd renews, and shares what it renewed
         error = None
         failed: dict[str, str] = {}
@@ -409,11 +416,11 @@ class Certd:
 
     def certificates(self) -> list[CertificateState]:
         lineages = certs.lineages(self.settings.certbot_dirs[0])
-        names = [c.name for c in self.site.wanted_certificates()]
+        names = [c.name for c in self.wanted(self.site)]
         states: list[CertificateState] = []
         for name in dict.fromkeys([*names, *lineages]):
             lineage = lineages.get(name)
-            wanted = next((c for c in self.site.wanted_certificates() if c.name == name), None)
+            wanted = next((c for c in self.wanted(self.site) if c.name == name), None)
             domains = list(lineage.domains) if lineage else list(wanted.domains if wanted else ())
             state: dict[str, Any] = {
                 "name": name,

@@ -71,3 +71,23 @@ def test_the_proxy_variables_are_read_from_the_environment_as_tools_spell_them(
         "localhost,.lan",
         "",
     )
+
+
+def test_tls_at_a_load_balancer_needs_its_addresses(tmp_path, monkeypatch):
+    for name in ("TLS_TERMINATION", "TRUSTED_PROXIES"):
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("TLS_TERMINATION=load-balancer\nTRUSTED_PROXIES=10.1.2.3/8, fd00::/8\n")
+    s = load_settings(str(env))
+    assert s.tls_termination == "load-balancer"
+    assert s.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    env.write_text("TLS_TERMINATION=load-balancer\n")
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+        load_settings(str(env))
+    for bad in ("10.0.0.0/8;x", "example.com", "10.0.0.0/33"):
+        env.write_text(f"TLS_TERMINATION=load-balancer\nTRUSTED_PROXIES={bad}\n")
+        with pytest.raises(ValidationError, match="Invalid CIDR"):
+            load_settings(str(env))
+    env.write_text("TLS_TERMINATION=ingress\n")
+    with pytest.raises(ValidationError):
+        load_settings(str(env))

@@ -101,6 +101,12 @@ async def obtain(
 ) -> schemas.Message:
     """Body `{"domains": ["llm.example.com", "*.example.com"], "email"?: "you@example.com"}`:
     one certificate for all the domains (named after the first), by Cloudflare DNS-01."""
+    if settings.tls_termination == "load-balancer":
+        raise Failure(
+            409,
+            "TLS ends at the load balancer (TLS_TERMINATION=load-balancer): llmp obtains no "
+            "certificates",
+        )
     fields = await _fields(request)
     if not isinstance(fields.get("domains"), list):
         raise Failure(400, INVALID)
