@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # X-Forwarded-For and X-Forwarded-Proto nginx believes.
     tls_termination: Literal["nginx", "load-balancer"] = "nginx"
     trusted_proxies: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_cidrs)] = ()
+    # Behind a TCP load balancer (haproxy's send-proxy-v2): ports that take the PROXY protocol
+    # from TRUSTED_PROXIES, serving what PORT and HTTPS_PORT serve (0: none).
+    proxy_protocol_port: int = Field(default=0, ge=0, le=65535)
+    proxy_protocol_https_port: int = Field(default=0, ge=0, le=65535)
     api_port: int = 8081
     proxy_port: int = 8082
     proxy_workers: int = Field(default=2, ge=1, le=64)
@@ -185,11 +189,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _load_balancers_named(self) -> Settings:
-        if self.tls_termination == "load-balancer" and not self.trusted_proxies:
+        proxy_protocol = bool(self.proxy_protocol_port or self.proxy_protocol_https_port)
+        http_balancer = self.tls_termination == "load-balancer"
+        if (http_balancer or proxy_protocol) and not self.trusted_proxies:
             raise ValueError(
-                "TLS_TERMINATION=load-balancer needs TRUSTED_PROXIES: the load balancers'"
-                " addresses (CIDRs, comma-separated), the only peers whose X-Forwarded-For and"
-                " X-Forwarded-Proto nginx believes"
+                "TLS_TERMINATION=load-balancer and PROXY_PROTOCOL_PORT need TRUSTED_PROXIES: the"
+                " load balancers' addresses (CIDRs, comma-separated), the only peers whose word"
+                " for the client's address nginx believes"
+            )
+        if http_balancer and proxy_protocol:
+            raise ValueError(
+                "TLS_TERMINATION=load-balancer takes X-Forwarded-For from the load balancer;"
+                " PROXY_PROTOCOL_PORT is for a TCP load balancer in front of llmp's own TLS:"
+                " set one or the other"
+            )
+        if self.trusted_proxies and not (http_balancer or proxy_protocol):
+            raise ValueError(
+                "TRUSTED_PROXIES is for TLS_TERMINATION=load-balancer or PROXY_PROTOCOL_PORT:"
+                " set one of them, or leave it empty"
             )
         return self
 
