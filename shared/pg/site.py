@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Hashable, Iterator
+import weakref
+from collections.abc import Callable, Hashable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -30,6 +31,8 @@ from shared.pg.schema import SITE_CHANNEL, migrate
 from shared.site import CertdStatus, Site, SiteError, merge_statuses
 
 log = logging.getLogger("site.pg")
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5  # seconds
 CHECK_INTERVAL = 2.0
@@ -41,62 +44,93 @@ class PgSite:
         self.url = url
         self.replica = replica
         self.check_interval = check_interval
-        self._migrated = False
         self._changes = 0  # counted by the watch: `signature()`
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _changes
+        # One connection, kept (the api reads the status ten times a second while it waits for
+        # certd), used by one thread at a time; dropped on any error, made again on next use.
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
+        self._conn_lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def _transaction(self, name: str) -> Iterator[psycopg.Connection[Any]]:
-        """A connection in a transaction, the schema up to date. Raises psycopg.Error."""
-        with psycopg.connect(
-            self.url, connect_timeout=CONNECT_TIMEOUT, application_name=f"llmp-{name}"
-        ) as conn:
-            if not self._migrated:
-                migrate(conn)
-                self._migrated = True
-            with conn.transaction():
-                yield conn
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`work` in a transaction on the connection, the schema up to date. A kept connection
+        that broke meanwhile (the database restarted) is made again and `work` tried once more.
+        Raises psycopg.Error."""
+        with self._conn_lock:
+            while True:
+                fresh = self._conn is None or self._conn.closed
+                try:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = psycopg.connect(
+                            self.url,
+                            autocommit=True,  # each use a transaction of its own: none lingers
+                            connect_timeout=CONNECT_TIMEOUT,
+                            application_name="llmp-site",
+                        )
+                        # Closed with the store, when it is closed or goes away.
+                        self._closer = weakref.finalize(self, _close, self._conn)
+                        migrate(self._conn)
+                    with self._conn.transaction():
+                        return work(self._conn)
+                except psycopg.OperationalError:
+                    self._drop()
+                    if fresh:
+                        raise
+                except psycopg.Error:
+                    self._drop()
+                    raise
+
+    def _drop(self) -> None:
+        self._conn = None
+        if self._closer is not None:
+            self._closer()
+
+    def close(self) -> None:
+        with self._conn_lock:
+            self._drop()
 
     # The site -------------------------------------------------------------------------------
 
     def read_site(self) -> Site:
         try:
-            with self._transaction("site") as conn:
-                row = conn.execute("SELECT doc FROM llmp_site").fetchone()
+            row = self._run(lambda conn: conn.execute("SELECT doc FROM llmp_site").fetchone())
         except psycopg.Error as exc:
             raise SiteError(f"site database: {exc}") from exc
         return _site(row)
 
     def update_site(self, change: Callable[[Site], Site]) -> Site:
-        try:
-            with self._transaction("site") as conn:
-                row = conn.execute("SELECT doc FROM llmp_site FOR UPDATE").fetchone()
-                if row is None:  # the first change: one row, whoever inserts first
-                    conn.execute(
-                        "INSERT INTO llmp_site VALUES (true, 0, %s) ON CONFLICT DO NOTHING",
-                        (Jsonb(Site().to_json()),),
-                    )
-                    row = conn.execute("SELECT doc FROM llmp_site FOR UPDATE").fetchone()
-                current = _site(row)
-                updated = replace(change(current), generation=current.generation + 1)
+        def update(conn: psycopg.Connection[Any]) -> Site:
+            row = conn.execute("SELECT doc FROM llmp_site FOR UPDATE").fetchone()
+            if row is None:  # the first change: one row, whoever inserts first
                 conn.execute(
-                    "UPDATE llmp_site SET generation = %s, doc = %s",
-                    (updated.generation, Jsonb(updated.to_json())),
+                    "INSERT INTO llmp_site VALUES (true, 0, %s) ON CONFLICT DO NOTHING",
+                    (Jsonb(Site().to_json()),),
                 )
+                row = conn.execute("SELECT doc FROM llmp_site FOR UPDATE").fetchone()
+            current = _site(row)
+            updated = replace(change(current), generation=current.generation + 1)
+            conn.execute(
+                "UPDATE llmp_site SET generation = %s, doc = %s",
+                (updated.generation, Jsonb(updated.to_json())),
+            )
+            return updated
+
+        try:
+            return self._run(update)
         except psycopg.Error as exc:
             raise SiteError(f"site database: {exc}") from exc
-        return updated
 
     # certd's reports ------------------------------------------------------------------------
 
     def read_status(self) -> CertdStatus | None:
         try:
-            with self._transaction("site") as conn:
-                rows = conn.execute(
+            rows = self._run(
+                lambda conn: conn.execute(
                     "SELECT replica, doc, seen_at > now() - make_interval(secs => %s)"
                     " FROM llmp_certd_status ORDER BY replica",
                     (STALE_AFTER,),
                 ).fetchall()
+            )
         except psycopg.Error as exc:
             log.error("certd's reports unreadable", extra={"fields": {"error": exc}})
             return None
@@ -105,10 +139,11 @@ class PgSite:
 
     def own_status(self) -> CertdStatus | None:
         try:
-            with self._transaction("certd") as conn:
-                row = conn.execute(
+            row = self._run(
+                lambda conn: conn.execute(
                     "SELECT doc FROM llmp_certd_status WHERE replica = %s", (self.replica,)
                 ).fetchone()
+            )
         except psycopg.Error as exc:
             log.error("certd's last report unreadable", extra={"fields": {"error": exc}})
             return None
@@ -116,22 +151,24 @@ class PgSite:
 
     def write_status(self, status: CertdStatus) -> None:
         try:
-            with self._transaction("certd") as conn:
-                conn.execute(
+            self._run(
+                lambda conn: conn.execute(
                     "INSERT INTO llmp_certd_status (replica, doc) VALUES (%s, %s)"
                     " ON CONFLICT (replica) DO UPDATE SET doc = excluded.doc, seen_at = now()",
                     (self.replica, Jsonb(status)),
                 )
+            )
         except psycopg.Error as exc:
             raise OSError(f"certd's report not saved: {exc}") from exc
 
     def beat(self) -> None:
         try:
-            with self._transaction("certd") as conn:
-                conn.execute(
+            self._run(
+                lambda conn: conn.execute(
                     "UPDATE llmp_certd_status SET seen_at = now() WHERE replica = %s",
                     (self.replica,),
                 )
+            )
         except psycopg.Error as exc:
             log.warning("certd's liveness not saved", extra={"fields": {"error": exc}})
 
@@ -191,6 +228,11 @@ class PgSite:
                 failing = str(exc)
                 stop.wait(backoff)
                 backoff = min(MAX_BACKOFF, max(0.1, backoff * 2))
+
+
+def _close(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 def _generation(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:

@@ -173,3 +173,32 @@ def test_a_database_away_is_an_error_not_an_empty_site(tmp_path):
     assert store.read_status() is None
     with pytest.raises(OSError):
         store.write_status(_status(1))
+
+
+def test_a_store_keeps_one_connection_and_makes_it_again_when_it_broke(
+    pg_stores, postgres, database_url
+):
+    import psycopg
+
+    store = pg_stores("a")
+    database = database_url.split("?")[0].rsplit("/", 1)[1]
+    store.write_status(_status(1))
+    for _ in range(20):  # the api reading the status while it waits for certd
+        assert store.read_status()["appliedGeneration"] == 1
+
+    def connections() -> int:
+        with psycopg.connect(postgres.url(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'llmp-site' AND datname = %s",
+                (database,),
+            ).fetchone()
+        return int(row[0])
+
+    assert connections() == 1
+    assert postgres.terminate("llmp-site") >= 1
+    # The next use finds it broken, connects again and succeeds: no error for that one call.
+    site = store.update_site(lambda s: replace(s, domains=("d.example.test",)))
+    assert store.read_site() == site and connections() == 1
+    store.close()
+    eventually(lambda: connections() == 0, timeout=10)
