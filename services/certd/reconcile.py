@@ -161,38 +161,53 @@ class Certd:
 
     def sync_certificates(self) -> None:
         """On a replica that does not lead: install what the leader shared, and make nginx
-        serve it (tested, reloaded, verified, as after a certbot run)."""
+        serve it (tested, reloaded, verified, as after a certbot run). If nginx then does not
+        serve it, the previous version of each certificate installed is put back, and served."""
         if self.leading():
             self._synced = True
             return
-        written = self.install_certificates()
+        installed = self.install_certificates()
         self._synced = True
-        if written:
+        if not installed:
+            return
+        problem = self.apply_nginx(self.site, force_reload=True)
+        if problem:
+            config_dir = self.settings.certbot_dirs[0]
+            for name, previous in installed.items():
+                self.cert_errors[name] = f"the shared certificate is not served here: {problem}"
+                if previous is not None:
+                    certs.write_files(config_dir, previous)
+            log.error(
+                "shared certificates not served; the previous ones put back",
+                extra={"fields": {"names": ",".join(installed), "error": problem}},
+            )
             self.apply_nginx(self.site, force_reload=True)
-            self.save()
+        else:
+            for name in installed:
+                self.cert_errors.pop(name, None)
+        self.save()
 
-    def install_certificates(self) -> list[str]:
-        """Write the shared certificates that differ from ours into LETSENCRYPT_DIR; their
-        names."""
+    def install_certificates(self) -> dict[str, certs.LineageFiles | None]:
+        """Write the shared certificates that differ from ours into LETSENCRYPT_DIR; for each
+        name written, the version there was before (None: none)."""
         assert self.share is not None
         config_dir = self.settings.certbot_dirs[0]
+        installed: dict[str, certs.LineageFiles | None] = {}
         try:
             lineages, account = self.share.fetch()
             certs.write_account(config_dir, account)
-            written = []
             for files in lineages:
                 local = certs.read_files(config_dir, files.name)
                 if local is None or local.fingerprint != files.fingerprint:
                     certs.write_files(config_dir, files)
-                    written.append(files.name)
+                    installed[files.name] = local
         except (ShareError, OSError, ValueError) as exc:
             log.error("shared certificates not installed", extra={"fields": {"error": exc}})
-            return []
-        if written:
+        if installed:
             log.info(
-                "shared certificates installed", extra={"fields": {"names": ",".join(written)}}
+                "shared certificates installed", extra={"fields": {"names": ",".join(installed)}}
             )
-        return written
+        return installed
 
     def publish_certificates(self) -> None:
         """The leader: share every lineage (those that changed are written) and the account."""

@@ -136,3 +136,42 @@ def test_a_share_sealed_with_another_secret_does_not_open(database_url):
     PgShare(database_url, "x" * 32).publish([], {"k/regr.json": b"{}"})
     with pytest.raises(ShareError, match="JWT_SECRET"):
         PgShare(database_url, "y" * 32).fetch()
+
+
+def test_a_shared_certificate_nginx_does_not_serve_is_rolled_back(replicas, acme, tmp_path):
+    """A new version whose key is not its certificate's: the replica that installs it tests,
+    reloads and verifies nginx as after certbot, finds the old one still served, and puts the
+    old one back."""
+    from tests.certd.test_nginx_conf import self_signed
+
+    a, b = replicas
+    storage.site_store(a).update_site(lambda s: s.with_certificate([HOST]))
+    certd_a, certd_b = Certd(a), Certd(b)
+    woken = threading.Event()
+    stop_watch = certd_b.store.watch(woken.set)
+    try:
+        certd_a.step()
+        eventually(lambda: certd_b.store.signature() != certd_b._signature)
+        certd_b.step()
+        good = certs.load(b.certbot_dirs[0], HOST)
+        assert good is not None and not certd_b._leading
+        # The leader shares a version 2 whose key does not match its certificate.
+        self_signed(tmp_path / "other", HOST, [HOST])
+        other = (tmp_path / "other" / "archive" / HOST / "cert1.pem").read_bytes()
+        shared = certs.read_files(a.certbot_dirs[0], HOST)
+        assert shared is not None
+        bad = replace(shared, version=2, pems={**shared.pems, "cert": other, "fullchain": other})
+        before = certd_b.store.signature()
+        assert certd_a.share is not None and certd_a.share.publish([bad], {}) == [HOST]
+        eventually(lambda: certd_b.store.signature() != before)
+        certd_b.step()
+        # Still the good one on disk and on the wire, and the report says why.
+        assert certs.load(b.certbot_dirs[0], HOST).serial == good.serial
+        der = tls_get(b.https_port, "/v1/models", acme.ssl_context(), HOST)[2]
+        assert certs.served_serial(der) == good.serial
+        [cert] = certd_b.store.own_status()["certificates"]
+        assert "not served here" in cert["lastError"]
+    finally:
+        stop_watch()
+        certd_a.leader.release()
+        certd_b.leader.release()
