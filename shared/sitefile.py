@@ -35,6 +35,9 @@ class SiteFile:
     def read_site(self) -> Site:
         return read_site(self.site_file)
 
+    def has_site(self) -> bool:
+        return self.site_file.exists()
+
     def update_site(self, change: Callable[[Site], Site]) -> Site:
         return update_site(self.site_file, change)
 

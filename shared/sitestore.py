@@ -30,6 +30,9 @@ class SiteStore(Protocol):
     def read_site(self) -> Site:
         """The desired site (the empty site if none was ever written). Raises SiteError."""
 
+    def has_site(self) -> bool:
+        """Was a site ever written? Raises SiteError if the store cannot say."""
+
     def update_site(self, change: Callable[[Site], Site]) -> Site:
         """`change` applied to the site and saved with the next generation; returns it.
         `change` may raise (SiteError) to write nothing. Raises SiteError or OSError if the

@@ -98,6 +98,13 @@ class PgSite:
             raise SiteError(f"site database: {exc}") from exc
         return _site(row)
 
+    def has_site(self) -> bool:
+        try:
+            row = self._run(lambda conn: conn.execute("SELECT 1 FROM llmp_site").fetchone())
+        except psycopg.Error as exc:
+            raise SiteError(f"site database: {exc}") from exc
+        return row is not None
+
     def update_site(self, change: Callable[[Site], Site]) -> Site:
         def update(conn: psycopg.Connection[Any]) -> Site:
             row = conn.execute("SELECT doc FROM llmp_site FOR UPDATE").fetchone()

@@ -51,9 +51,9 @@ def stores(request, tmp_path):
 
 def test_the_site_is_changed_under_a_lock_with_the_next_generation(stores):
     store: SiteStore = stores()
-    assert store.read_site() == Site()
+    assert store.read_site() == Site() and not store.has_site()
     site = store.update_site(lambda s: replace(s, domains=("a.example.test",)))
-    assert site.generation == 1 and store.read_site() == site
+    assert site.generation == 1 and store.read_site() == site and store.has_site()
 
     def refuse(s: Site) -> Site:
         raise SiteError("no")
@@ -168,6 +168,8 @@ def test_a_database_away_is_an_error_not_an_empty_site(tmp_path):
     store = PgSite(f"postgresql:///nowhere?host={tmp_path}", "a")
     with pytest.raises(SiteError):
         store.read_site()
+    with pytest.raises(SiteError):
+        store.has_site()
     with pytest.raises(SiteError):
         store.update_site(lambda s: s)
     assert store.read_status() is None
