@@ -28,11 +28,18 @@ FAILED_STEP_PAUSE = 5.0
 def _beat(certd: Certd, beat: Heartbeat, stop: threading.Event) -> None:
     while not stop.is_set():
         beat.state = certd.heartbeat_state()
-        certd.store.beat()
         try:
             beat.beat()
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
+        stop.wait(INTERVAL)
+
+
+def _beat_store(certd: Certd, stop: threading.Event) -> None:
+    """Alive in the site store too (its own thread: a database away, which may take seconds
+    to say so, does not delay the heartbeat file)."""
+    while not stop.is_set():
+        certd.store.beat()
         stop.wait(INTERVAL)
 
 
@@ -54,6 +61,10 @@ def main() -> None:
         target=_beat, args=(certd, beat, stop), name="certd-heartbeat", daemon=True
     )
     beater.start()
+    store_beater = threading.Thread(
+        target=_beat_store, args=(certd, stop), name="certd-store-heartbeat", daemon=True
+    )
+    store_beater.start()
     stop_watch = certd.store.watch(wake.set)
     log.info("started", extra={"fields": {"store": type(certd.store).__name__}})
     try:
@@ -70,6 +81,7 @@ def main() -> None:
         stop_watch()
         certd.leader.release()
         beater.join(INTERVAL + 1)
+        store_beater.join(INTERVAL + 1)
         certd.webhooks.close()
         beat.remove()
         log.info("stopped")
