@@ -111,6 +111,15 @@ def test_haproxy_reaches_the_replicas_ports_from_an_address_they_trust(compose, 
     assert any(address in ipaddress.ip_network(c) for c in settings.trusted_proxies)
 
 
+def test_the_secrets_beside_the_examples_never_reach_the_image():
+    """compose builds the image from the checkout (`build: ..`): deploy/llmp.env, deploy/.env
+    and deploy/cloudflare_credentials must not be copied into it."""
+    from tests.test_container import _ignored
+
+    for secret in ("deploy/llmp.env", "deploy/.env", "deploy/cloudflare_credentials"):
+        assert _ignored(secret), secret
+
+
 def test_haproxy_accepts_its_configuration():
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(haproxy).exists():
