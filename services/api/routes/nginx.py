@@ -61,7 +61,7 @@ async def _change(store: SiteStore, change: Callable[[Site], Site]) -> Site:
         return await asyncio.to_thread(store.update_site, change)
     except SiteError as exc:
         log.error("site unreadable; nothing written", extra={"fields": {"error": exc}})
-        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+        raise Failure(500, f"The site is unreadable: {exc}") from exc
     except OSError as exc:
         raise Failure(500, f"Failed to save the site: {exc}") from exc
 
@@ -163,7 +163,7 @@ def _read_site(store: SiteStore) -> Site:
     try:
         return store.read_site()
     except SiteError as exc:
-        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+        raise Failure(500, f"The site is unreadable: {exc}") from exc
 
 
 async def _ask(settings: Settings, store: SiteStore, action: Literal["renew", "reload"]) -> None:
