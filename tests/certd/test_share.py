@@ -125,6 +125,20 @@ def test_one_leader_obtains_and_every_replica_serves_it(replicas, acme, database
             HOST,
             "two.example.test",
         }
+
+        # The new leader renews what the first one obtained (its renewal settings, made for
+        # a's folders, work in b's), and a serves the renewed certificate.
+        argv = [*certd_b.certbot.renew_argv(), "--force-renewal", f"--cert-name={HOST}"]
+        certd_b.certbot.run(argv)
+        renewed = certs.load(b.certbot_dirs[0], HOST)
+        assert renewed is not None and renewed.serial != lineage.serial
+        seen = certd_a.store.signature()
+        certd_b.publish_certificates()
+        eventually(lambda: certd_a.store.signature() != seen)
+        certd_a.step()
+        assert certs.load(a.certbot_dirs[0], HOST).serial == renewed.serial
+        der = tls_get(a.https_port, "/v1/models", context, HOST)[2]
+        assert certs.served_serial(der) == renewed.serial
     finally:
         stop_watch()
         stop_watch_a()
