@@ -5,6 +5,8 @@
                     "auth": "bearer",          # or "api-key" (Azure), or "basic" ("user:pass")
                     "key": "sk-...",           # the credentials for `auth`; "" for none
                     "concurrency": 4,          # requests in flight at most; null: no cap
+                    "requestsPerMinute": 600,  # requests sent to it a minute; null: no limit
+                    "tokensPerMinute": 200000, # tokens it may answer a minute; null: no limit
                     "verify": true,            # TLS verification; null: UPSTREAM_VERIFY
                     "caPem": "-----BEGIN...",  # CA certificates to trust; null: the global ones
                     "proxy": "none",           # "none", an http:// proxy, null: the environment's
@@ -31,6 +33,13 @@ the one with the fewest requests in flight first, ties drawn by weight ("least-b
 may name a `fallback` alias, used when every deployment refused or the context was too long
 (services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain, and
 a chain has at most MAX_FALLBACKS of them.
+
+Request and token limits (`requestsPerMinute`, `tokensPerMinute`) belong to the upstream, not
+to an alias's deployment: what they stand for is the upstream's (a provider's quota on the
+gateway's key, a GPU box's capacity), which every request sent to it draws from, whether it
+named an alias or the upstream's own model, and whichever alias it came through. Counted per
+deployment, two aliases on one upstream, or a client naming its model directly, would overdraw
+it. See services/proxy/upstream_limits.py.
 """
 
 from __future__ import annotations
@@ -113,6 +122,7 @@ ProxySetting = Annotated[str, AfterValidator(_check_proxy)]
 CaPem = Annotated[str, AfterValidator(_check_ca)]
 Auth = Literal["bearer", "api-key", "basic"]
 Concurrency = Annotated[int, Field(ge=1, le=100_000)]
+PerMinute = Annotated[int, Field(ge=1, le=1_000_000_000)]
 Keepalive = Annotated[float, Field(ge=0, le=3600)]
 Patterns = Annotated[list[Pattern], Field(min_length=1, max_length=MAX_PATTERNS)]
 
@@ -129,6 +139,8 @@ class UpstreamSettings(BaseModel):
     auth: Auth = "bearer"
     key: Key = ""
     concurrency: Concurrency | None = None
+    requestsPerMinute: PerMinute | None = None
+    tokensPerMinute: PerMinute | None = None
     verify: bool | None = None
     caPem: CaPem | None = None
     proxy: ProxySetting | None = None
@@ -160,6 +172,8 @@ class UpstreamEntry(UpstreamSettings):
             target.path,
             key="" if basic else self.key,
             concurrency=self.concurrency or 0,
+            requests_per_minute=self.requestsPerMinute or 0,
+            tokens_per_minute=self.tokensPerMinute or 0,
             auth="bearer" if basic else self.auth,
             credentials=self.key if basic else "",
             proxy=None if self.proxy is None else ("" if self.proxy == "none" else self.proxy),

@@ -5,7 +5,7 @@ import AliasesCard from '../src/components/AliasesCard.vue'
 import { fakeApi, mountWithApi } from './fakes'
 
 const gpu: UpstreamConfig = {
-  id: 'gpu', name: 'gpu box', url: 'http://gpu:8000/v1', auth: 'bearer', keyHint: null, concurrency: null,
+  id: 'gpu', name: 'gpu box', url: 'http://gpu:8000/v1', auth: 'bearer', keyHint: null, concurrency: null, requestsPerMinute: null, tokensPerMinute: null,
   verify: null, caPem: null, proxy: null, keepalive: null, models: null, caFile: null, certFile: null, certKeyFile: null,
 }
 

@@ -31,6 +31,8 @@ function config(over: Partial<UpstreamConfig> = {}): UpstreamConfig {
     auth: 'bearer',
     keyHint: '…6789',
     concurrency: 2,
+    requestsPerMinute: 600,
+    tokensPerMinute: null,
     verify: null,
     caPem: null,
     proxy: null,
@@ -95,7 +97,7 @@ describe('UpstreamsView', () => {
     await flushPromises()
     const [id, change] = api.changeUpstream.mock.calls[0]!
     expect(id).toBe('target-1')
-    expect(change).toMatchObject({ name: 'gpu box', concurrency: 2, verify: null, models: null })
+    expect(change).toMatchObject({ name: 'gpu box', concurrency: 2, requestsPerMinute: 600, tokensPerMinute: null, verify: null, models: null })
     expect(change).not.toHaveProperty('key')
   })
 

@@ -42,6 +42,9 @@ from services.proxy.upstream import (
     UpstreamClient,
     UpstreamError,
 )
+from services.proxy.upstream_limits import Rates, UpstreamLimits
+from services.proxy.usage import tokens_used
+from shared.analytics import RequestRow
 from shared.fleet import Alias
 from shared.settings import Settings
 from shared.targets import Upstream
@@ -73,6 +76,7 @@ class UpstreamState:
     listed: list[dict[str, Any]] = field(default_factory=list)  # before its `models` filter
     cool_until: float = 0.0  # time.monotonic() before which its Retry-After asks for none
     circuit: Circuit = field(default_factory=Circuit)  # cooled down after failures in a row
+    rates: Rates | None = None  # its request and token limits (services/proxy/upstream_limits.py)
 
     @property
     def available(self) -> bool:
@@ -117,7 +121,8 @@ class Catalog:
         self.settings = settings
         self.client = client
         self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
-        self.board = board  # where the fair queues of capped upstreams count (none: no cap)
+        self.board = board  # where the fair queues and limits count (none: neither applies)
+        self.limits = None if board is None else UpstreamLimits(board)
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
@@ -131,6 +136,7 @@ class Catalog:
         """A new upstream's state. Raises ValueError for TLS files that cannot be read."""
         endpoint = endpoint_for(upstream, self.settings)
         state = UpstreamState(upstream, endpoint, credentials(upstream))
+        state.rates = Rates.of(upstream)
         s = self.settings
         state.circuit = Circuit(
             s.upstream_failures, s.upstream_cooldown, s.upstream_cooldown_max, self._now
@@ -232,6 +238,21 @@ class Catalog:
             state.healthy = True
             if self.on_health is not None:
                 self.on_health(state, None)
+
+    def sending(self, state: UpstreamState) -> bool:
+        """A request is about to go to the upstream: count it against its limits, or raise
+        AtLimit (the next candidate's turn). True if `ended` is to charge its tokens."""
+        rates = state.rates
+        if rates is None or self.limits is None:
+            return False
+        self.limits.take(rates)
+        return rates.tokens is not None
+
+    def ended(self, state: UpstreamState, row: RequestRow) -> None:
+        """The request `sending` counted has ended: charge the tokens of its answer (none for
+        an error's)."""
+        if state.rates is not None and self.limits is not None and 0 < row.status < 400:
+            self.limits.charge(state.rates, tokens_used(row, None))
 
     def _now(self) -> float:
         return self.clock()

@@ -44,6 +44,7 @@ from services.proxy.upstream import (
     UpstreamError,
 )
 from services.proxy.upstream_answer import passed_to_client, refused_credentials
+from services.proxy.upstream_limits import AtLimit, sooner
 from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
@@ -141,6 +142,11 @@ async def exchange(
     last_error: ProxyError | None = None
     for state in plan:
         upstream = state.upstream
+        try:
+            charged = catalog.sending(state)
+        except AtLimit as exc:  # not sent: the next candidate may take it
+            last_error = sooner(last_error, exc)
+            continue
         row.upstream = upstream.url
         gate = state.gate
         if gate is not None:
@@ -179,6 +185,8 @@ async def exchange(
             state.in_flight -= 1
             if gate is not None:
                 gate.leave()
+            if charged:
+                catalog.ended(state, row)
     assert last_error is not None
     raise last_error
 

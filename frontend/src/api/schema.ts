@@ -1454,6 +1454,10 @@ export interface components {
             keyHint: string | null;
             /** Concurrency */
             concurrency: number | null;
+            /** Requestsperminute */
+            requestsPerMinute: number | null;
+            /** Tokensperminute */
+            tokensPerMinute: number | null;
             /** Verify */
             verify: boolean | null;
             /** Capem */
