@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.proxy.board import Board
+from services.proxy.board_circuits import BoardCircuits
+from services.proxy.circuit_store import CircuitStore, MemoryCircuits
 from services.proxy.cooldown import Circuit, Phase
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
@@ -96,6 +98,7 @@ class UpstreamState:
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued
         circuit = self.circuit
+        circuit.sync()  # what every worker says, even of an upstream this one does not use
         remaining = circuit.remaining()
         return {
             "id": self.upstream.id,
@@ -123,6 +126,8 @@ class Catalog:
         self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
         self.board = board  # where the fair queues and limits count (none: neither applies)
         self.limits = None if board is None else UpstreamLimits(board)
+        # The upstreams' circuits: shared by the workers on the board, else this worker's.
+        self.circuits: CircuitStore = MemoryCircuits() if board is None else BoardCircuits(board)
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
@@ -139,7 +144,13 @@ class Catalog:
         state.rates = Rates.of(upstream)
         s = self.settings
         state.circuit = Circuit(
-            s.upstream_failures, s.upstream_cooldown, s.upstream_cooldown_max, self._now
+            s.upstream_failures,
+            s.upstream_cooldown,
+            s.upstream_cooldown_max,
+            self._now,
+            self.circuits,
+            "circuit:" + upstream.url,  # as every worker names it, whatever its id
+            probe_limit=s.upstream_connect_timeout + s.upstream_read_timeout,
         )
         if upstream.concurrency and self.board is not None:
             s = self.settings
@@ -239,20 +250,22 @@ class Catalog:
             if self.on_health is not None:
                 self.on_health(state, None)
 
-    def sending(self, state: UpstreamState) -> bool:
+    def sending(self, state: UpstreamState) -> None:
         """A request is about to go to the upstream: count it against its limits, or raise
-        AtLimit (the next candidate's turn). True if `ended` is to charge its tokens."""
+        AtLimit (the next candidate's turn), and let it probe the upstream if that is due.
+        `ended` follows, whatever happens."""
         rates = state.rates
-        if rates is None or self.limits is None:
-            return False
-        self.limits.take(rates)
-        return rates.tokens is not None
+        if rates is not None and self.limits is not None:
+            self.limits.take(rates)
+        state.circuit.claim()  # the probe, if it is being probed and no other request is
 
     def ended(self, state: UpstreamState, row: RequestRow) -> None:
-        """The request `sending` counted has ended: charge the tokens of its answer (none for
-        an error's)."""
-        if state.rates is not None and self.limits is not None and 0 < row.status < 400:
-            self.limits.charge(state.rates, tokens_used(row, None))
+        """The request `sending` let through has ended: charge the tokens of its answer (none
+        for an error's), and give up the probe it was, if no verdict came."""
+        rates = state.rates
+        if rates is not None and rates.tokens and self.limits is not None and row.status < 400:
+            self.limits.charge(rates, tokens_used(row, None))
+        state.circuit.unclaim()
 
     def _now(self) -> float:
         return self.clock()

@@ -143,7 +143,7 @@ async def exchange(
     for state in plan:
         upstream = state.upstream
         try:
-            charged = catalog.sending(state)
+            catalog.sending(state)
         except AtLimit as exc:  # not sent: the next candidate may take it
             last_error = sooner(last_error, exc)
             continue
@@ -185,8 +185,7 @@ async def exchange(
             state.in_flight -= 1
             if gate is not None:
                 gate.leave()
-            if charged:
-                catalog.ended(state, row)
+            catalog.ended(state, row)
     assert last_error is not None
     raise last_error
 
