@@ -12,7 +12,7 @@
                     "proxy": "none",           # "none", an http:// proxy, null: the environment's
                     "keepalive": 30,           # idle connection seconds; null: UPSTREAM_KEEPALIVE
                     "models": ["llama*"]}],    # glob patterns of its models to serve; null: all
-     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy"
+     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy", "latency"
                   "fallback": "chat-long",     # an alias to try when these refuse; optional
                   "deployments": [
                     {"upstream": "3f9a0c1d", "model": "llama-3-70b", "weight": 3, "priority": 0},
@@ -29,10 +29,11 @@ workers watch it. Every field is checked here, with one set of rules for both (a
 that breaks one is refused whole, and the proxy keeps what it had). An alias is a public model
 name served by one or more deployments (an upstream and the model name it knows): the lowest
 `priority` first; within a priority, drawn by `weight` (strategy "weighted", the default), or
-the one with the fewest requests in flight first, ties drawn by weight ("least-busy"). An alias
-may name a `fallback` alias, used when every deployment refused or the context was too long
-(services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain, and
-a chain has at most MAX_FALLBACKS of them.
+the one with the fewest requests in flight first, ties drawn by weight ("least-busy"), or the
+one whose recent answers started soonest ("latency": an average of its time to first token). An
+alias may name a `fallback` alias, used when every deployment refused or the context was too
+long (services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain,
+and a chain has at most MAX_FALLBACKS of them.
 
 Request and token limits (`requestsPerMinute`, `tokensPerMinute`) belong to the upstream, not
 to an alias's deployment: what they stand for is the upstream's (a provider's quota on the
@@ -200,7 +201,7 @@ class Deployment(BaseModel):
     priority: int = Field(default=0, ge=0, le=100)  # the lowest is tried first
 
 
-Strategy = Literal["weighted", "least-busy"]
+Strategy = Literal["weighted", "least-busy", "latency"]
 
 
 class Alias(BaseModel):

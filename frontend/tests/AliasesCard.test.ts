@@ -32,6 +32,19 @@ describe('AliasesCard', () => {
     expect(api.saveAlias.mock.calls[0]![0]).toMatchObject({ name: 'chat', strategy: 'least-busy' })
   })
 
+  it('offers the deployment whose first token comes soonest', async () => {
+    const api = fakeApi({ saveAlias: async (alias: ModelAlias) => alias })
+    const fastest = { ...chat, strategy: 'latency' as const }
+    const view = await mountWithApi(AliasesCard, api, { props: { aliases: [fastest], upstreams: [gpu], known: {} } })
+    expect(view.text()).toContain('fastest first')
+    await view.findAll('button').find((b) => b.text() === 'Edit')!.trigger('click')
+    const strategy = view.findAll('select').find((s) => s.find('option[value="latency"]').exists())!
+    expect((strategy.element as HTMLSelectElement).value).toBe('latency')
+    await view.find('form').trigger('submit')
+    await flushPromises()
+    expect(api.saveAlias.mock.calls[0]![0]).toMatchObject({ name: 'chat', strategy: 'latency' })
+  })
+
   it('saves the fallback alias, chosen among the others', async () => {
     const long: ModelAlias = { ...chat, name: 'chat-long' }
     const api = fakeApi({ saveAlias: async (alias: ModelAlias) => alias })

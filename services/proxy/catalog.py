@@ -36,6 +36,7 @@ from services.proxy.circuit_store import CircuitStore, MemoryCircuits
 from services.proxy.cooldown import Circuit, Phase
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
+from services.proxy.latency import Latencies
 from services.proxy.upstream import (
     Busy,
     CertificateRefused,
@@ -128,6 +129,7 @@ class Catalog:
         self.limits = None if board is None else UpstreamLimits(board)
         # The upstreams' circuits: shared by the workers on the board, else this worker's.
         self.circuits: CircuitStore = MemoryCircuits() if board is None else BoardCircuits(board)
+        self.latencies = Latencies()  # of the deployments of aliases chosen by latency
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
@@ -188,6 +190,7 @@ class Catalog:
             states.append(state)
         self.states = states
         self.aliases = {alias.name: alias for alias in aliases}
+        self.latencies.watch(aliases)
         if new:
             task = asyncio.create_task(self._refresh_some(new), name="models-refresh-new")
             self._newcomers.add(task)

@@ -158,6 +158,7 @@ async def exchange(
             row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
         state.in_flight += 1
         try:
+            sent = time.perf_counter()
             try:
                 answer = await client.request(
                     state.endpoint,
@@ -180,6 +181,7 @@ async def exchange(
             if answer.status == 401:  # its refusal of our key, never of the client's
                 answer.close()
                 raise refused_credentials(upstream.label, bool(upstream.key))
+            answer = catalog.latencies.timed(upstream.id, row.upstream_model, answer, sent)
             return await relay(answer, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1

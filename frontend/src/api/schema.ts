@@ -641,7 +641,7 @@ export interface components {
              * Strategy
              * @enum {string}
              */
-            strategy: "weighted" | "least-busy";
+            strategy: "weighted" | "least-busy" | "latency";
             /** Fallback */
             fallback: string | null;
         };
