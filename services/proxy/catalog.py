@@ -253,22 +253,23 @@ class Catalog:
             if self.on_health is not None:
                 self.on_health(state, None)
 
-    def sending(self, state: UpstreamState) -> None:
+    def sending(self, state: UpstreamState) -> float | None:
         """A request is about to go to the upstream: count it against its limits, or raise
         AtLimit (the next candidate's turn), and let it probe the upstream if that is due.
-        `ended` follows, whatever happens."""
+        Returns its probe's claim, if it is the probe; `ended` follows, whatever happens."""
         rates = state.rates
         if rates is not None and self.limits is not None:
             self.limits.take(rates)
-        state.circuit.claim()  # the probe, if it is being probed and no other request is
+        return state.circuit.claim()
 
-    def ended(self, state: UpstreamState, row: RequestRow) -> None:
+    def ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:
         """The request `sending` let through has ended: charge the tokens of its answer (none
-        for an error's), and give up the probe it was, if no verdict came."""
+        for an error's), and give up the probe it was (`probe`), if no verdict came."""
         rates = state.rates
         if rates is not None and rates.tokens and self.limits is not None and row.status < 400:
             self.limits.charge(rates, tokens_used(row, None))
-        state.circuit.unclaim()
+        if probe is not None:
+            state.circuit.unclaim(probe)
 
     def _now(self) -> float:
         return self.clock()

@@ -77,7 +77,6 @@ class Circuit:
     pid: int = field(default_factory=os.getpid)
     probe_limit: float = 605.0  # seconds a probe may take to get its verdict (connect + read)
     alive: Callable[[int], bool] = field(default=lambda pid: _alive(pid))
-    probing: bool = False  # a request of this worker is the probe, with no verdict yet
     view: Record = field(default_factory=Record)  # the store's record, as last read
     seen: float = float("-inf")  # clock() when `view` was read
     last_failure: str | None = None  # this worker's last
@@ -128,34 +127,33 @@ class Circuit:
             return True
         return phase is Phase.PROBING and in_flight == 0 and not self._probed(self.view, now)
 
-    def claim(self) -> None:
+    def claim(self) -> float | None:
         """A request is about to be sent to it: while it is being probed, and no request of
-        any worker probes it yet, this one is the probe (`unclaim` when it ends). A probe
-        whose worker died lets another be sent at once; one that hangs, after `probe_limit`
-        seconds."""
+        any worker probes it yet, this one is the probe. Returns the claim (for `unclaim`, when
+        the request ends), None if this request is no probe. A probe whose worker died lets
+        another be sent at once; one that hangs, after `probe_limit` seconds."""
         if self.view.phase is Phase.SERVING:
-            return
+            return None
+        claim: list[float] = []
 
         def edit(record: Record) -> bool:
             now = self.clock()
             if _now_phase(record, now) is not Phase.PROBING or self._probed(record, now):
                 return False
             record.prober, record.probe_until = self.pid, now + self.probe_limit
+            claim.append(record.probe_until)
             return True
 
-        record, self.probing = self.store.change(self.name, edit)
-        self._take(record)
+        self._take(self.store.change(self.name, edit)[0])
+        return claim[0] if claim else None
 
-    def unclaim(self) -> None:
-        """The request has ended: if it was the probe and got no verdict (its client went
+    def unclaim(self, claim: float) -> None:
+        """The request that made `claim` has ended: if no verdict came of it (its client went
         away before the answer started), another request may probe."""
-        if not self.probing:
-            return
-        self.probing = False
 
         def edit(record: Record) -> bool:
-            if record.prober != self.pid:
-                return False
+            if (record.prober, record.probe_until) != (self.pid, claim):
+                return False  # a verdict came, or another claim since
             record.prober = 0
             return True
 
@@ -167,7 +165,6 @@ class Circuit:
         """Count a failure; True if the upstream starts cooling down now (in one worker only,
         which tells the logs and the webhooks)."""
         self.last_failure = reason
-        self.probing = False
 
         def edit(record: Record) -> bool:
             now = self.clock()
@@ -189,7 +186,6 @@ class Circuit:
         """Count an answer that is no failure; True if the upstream serves again now (in one
         worker only). Written only when the view has failures or is not serving: the hot
         path reads the store at most every REFRESH seconds."""
-        self.probing = False
         self.sync()
         if self.view.phase is Phase.SERVING and self.view.failures == 0:
             return False

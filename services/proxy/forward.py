@@ -143,7 +143,7 @@ async def exchange(
     for state in plan:
         upstream = state.upstream
         try:
-            catalog.sending(state)
+            probe = catalog.sending(state)
         except AtLimit as exc:  # not sent: the next candidate may take it
             last_error = sooner(last_error, exc)
             continue
@@ -153,6 +153,9 @@ async def exchange(
             state.in_flight += 1  # counted while queued, so that routing spreads the queues
             try:
                 waited = await gate.enter(row.key_id)
+            except BaseException:
+                catalog.ended(state, row, probe)  # never sent: a probe it was is given up
+                raise
             finally:
                 state.in_flight -= 1
             row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
@@ -187,7 +190,7 @@ async def exchange(
             state.in_flight -= 1
             if gate is not None:
                 gate.leave()
-            catalog.ended(state, row)
+            catalog.ended(state, row, probe)
     assert last_error is not None
     raise last_error
 

@@ -77,11 +77,13 @@ def test_one_request_of_one_worker_probes_and_its_verdict_is_everyones(tmp_path)
     one.failed("ReadTimeout")
     clock.now += 30.0  # the cooldown is over
     assert one.admits(0) and two.admits(0)
-    one.claim()  # the first request sent to it is the probe
+    probe = one.claim()  # the first request sent to it is the probe
+    assert probe is not None
     assert not two.admits(0)  # the other worker leaves it alone meanwhile
-    two.claim()  # a request it sends anyway (nothing else left) is no second probe
+    assert two.claim() is None  # a request it sends anyway (nothing else left) is no probe
     assert one.view.prober == 101 and two.view.prober == 101
     assert one.succeeded()  # the probe answered: serving, for both
+    one.unclaim(probe)  # its stream ends later: nothing to give up
     assert not two.succeeded()  # told already: it was not this worker's verdict
     assert two.admits(5) and two.phase is Phase.SERVING
 
@@ -92,10 +94,13 @@ def test_a_probe_without_a_verdict_lets_another_worker_probe(tmp_path):
     one, two = two_workers(tmp_path, clock, threshold=1, live=live)
     one.failed("ReadTimeout")
     clock.now += 30.0
-    one.claim()
-    one.unclaim()  # its client went away before the answer started: no verdict
+    claim = one.claim()
+    assert claim is not None and one.claim() is None  # a second request is no probe
+    one.unclaim(claim)  # its client went away before the answer started: no verdict
     assert two.admits(0)
-    two.claim()  # the next probe is the other worker's
+    assert two.claim() is not None  # the next probe is the other worker's
+    one.unclaim(claim)  # the first request's end again: not the claim in force
+    assert not one.admits(0)
     assert not one.admits(0)
     live.discard(102)  # that worker dies mid-probe
     assert one.admits(0)
