@@ -16,7 +16,8 @@
   an SSE stream with an error event, and aborts any other body (so the client sees the
   truncation instead of a short, clean-looking body).
 - An upstream with a concurrency cap is entered through its fair queue (`Gate`); the time spent
-  waiting is recorded.
+  waiting is recorded. One at its own request or token limit is passed over for the next
+  candidate, before anything is sent (`Catalog.sending`, services/proxy/upstream_limits.py).
 - A streamed completion may go out with usage asked for (`asked`, from `ask_for_usage`); the
   answer is then stripped back to what the client asked for.
 """
