@@ -67,6 +67,20 @@ describe('UpstreamsView', () => {
     expect(open!.text()).not.toContain('at a time')
   })
 
+  it('shows an upstream\'s own request and token limits', async () => {
+    const api = fakeApi({
+      upstreams: async () => [upstream(), upstream({ id: 'target-2', url: 'http://cpu:11434/v1' })],
+      fleet: async () => fleet([
+        config({ tokensPerMinute: 200000 }),
+        config({ id: 'target-2', url: 'http://cpu:11434/v1', requestsPerMinute: null }),
+      ]),
+    })
+    const view = await mountWithApi(UpstreamsView, api)
+    const [limited, open] = view.findAll('ul.upstreams > li.card')
+    expect(limited!.text()).toContain('Limits600 requests and 200,000 tokens a minute')
+    expect(open!.text()).not.toContain('Limits')
+  })
+
   it('says which upstream is cooling down after failures, and why', async () => {
     const api = fakeApi({
       upstreams: async () => [
