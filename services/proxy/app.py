@@ -119,7 +119,7 @@ class ProxyApp:
             self.client = self.tracing.wrap(self.client)
         board = Board(s.board_file)
         self.counters = open_counters(s, board)
-        self.catalog = Catalog(s, self.client, self.counters)
+        self.catalog = Catalog(s, self.client, board, self.counters)
         self.limiter = Limiter(self.counters)
         self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
         self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
@@ -197,6 +197,8 @@ class ProxyApp:
         has not started, or the end of the connection if it has (uvicorn closes it: the client
         sees the truncation); either way its analytics row says so."""
         started = time.perf_counter()
+        if self.tracing is not None:  # the client's trace context, if it sent one
+            self.tracing.begin(scope["headers"], started)
         send = response = Response(asgi_send)
         request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]

@@ -15,7 +15,6 @@ same for every store: a store says only which limit refused and the buckets' lev
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -93,7 +92,8 @@ def open_counters(settings: Settings, board: Board) -> Counters:
         return on_board
     from services.proxy.redis_counters import RedisCounters
 
-    replica = f"{socket.gethostname()}:{settings.board_file.resolve()}"  # its workers' board
+    # the workers of a replica are those of one board (REPLICA_NAME, or the host, and its file)
+    replica = f"{settings.replica}:{settings.board_file.resolve()}"
     return RedisCounters(settings.redis_url, on_board, replica, settings.redis_failure)
 
 
