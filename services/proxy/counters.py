@@ -82,6 +82,15 @@ class Counters(Protocol):
         ...
 
 
+class UsageHistory(Protocol):
+    """What keys used, from the system of record (the usage log), for a store that lost its
+    counters (services/proxy/usage_history.py)."""
+
+    async def level(self, key_id: str, period: float) -> float:
+        """The tokens a leaky bucket of `period` seconds would hold now for `key_id`."""
+        ...
+
+
 def open_counters(settings: Settings, board: Board) -> Counters:
     """The store `settings` choose: Redis when REDIS_URL is set (with the machine's `board` as
     its fallback), else `board`."""
@@ -94,7 +103,12 @@ def open_counters(settings: Settings, board: Board) -> Counters:
 
     # the workers of a replica are those of one board (REPLICA_NAME, or the host, and its file)
     replica = f"{settings.replica}:{settings.board_file.resolve()}"
-    return RedisCounters(settings.redis_url, on_board, replica, settings.redis_failure)
+    from services.proxy.usage_history import PgUsageHistory
+
+    history = PgUsageHistory(settings.database_url)
+    return RedisCounters(
+        settings.redis_url, on_board, replica, settings.redis_failure, history=history
+    )
 
 
 def share(limit: int, parts: int) -> int:

@@ -28,11 +28,18 @@ Redis was last reached (rounded down, so the replicas' shares never add up to mo
 limit); `closed` refuses limited requests (503 `limits_unavailable`); `open` lets them through
 uncounted. What was released while Redis was away (requests in flight, tokens used) is told to
 it once it is back.
+
+**Lost data.** Redis holds nothing that must survive it, with one exception rebuilt from the
+system of record: when a key's counters are missing (a Redis restarted without persistence, or
+a key idle for a day), its tokens-per-day bucket is filled again from the usage log in
+PostgreSQL (services/proxy/usage_history.py), in the background of the first request that finds
+them missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -40,13 +47,14 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import psycopg
 import redis as sync_redis
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from services.proxy.board import Bucket, Level
 from services.proxy.board_counters import BoardCounters
-from services.proxy.counters import Verdict, share, shared_bucket
+from services.proxy.counters import UsageHistory, Verdict, share, shared_bucket
 from services.proxy.errors import ProxyError
 
 log = logging.getLogger("proxy.redis")
@@ -58,6 +66,7 @@ PATIENCE = 2.0  # seconds a late call is waited for while a probe finds Redis an
 LEASE = 10.0  # seconds a worker's requests stay counted after its last word
 BEAT = LEASE / 5  # seconds between lease renewals (1 s while the circuit is open)
 POLL = 0.1  # seconds between looks at a line when no wake-up came
+DAY = 86400.0  # a bucket this long is filled again from the usage log when Redis lost it
 WORKERS = "llmp:workers"
 TURNS = "llmp:turns"
 
@@ -99,11 +108,13 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), me)
 
 # KEYS: the key's hash, the workers. ARGV: worker, lease, most (0: none), requests bucket (0/1),
 # buckets, then (index, capacity, period) per bucket. Returns the refusal ('' admitted), the
-# refusing token bucket's position, and each bucket's level after the step.
+# refusing token bucket's position, whether the key had no counters, and each bucket's level
+# after the step.
 _ADMIT = (
     _COMMON
     + """
 local most, has_requests, n = tonumber(ARGV[3]), ARGV[4] == '1', tonumber(ARGV[5])
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
 local used, capacity, rate, index = {}, {}, {}, {}
 for i = 1, n do
   local at = 5 + 3 * (i - 1)
@@ -133,7 +144,7 @@ if refused == '' and most > 0 then
   end
 end
 if refused == '' and has_requests then used[1] = used[1] + 1 end
-local out, keep = {refused, which}, 0
+local out, keep = {refused, which, fresh and 1 or 0}, 0
 for i = 1, n do
   redis.call('HSET', KEYS[1], 'u' .. index[i], tostring(used[i]), 't' .. index[i], tostring(now))
   keep = math.max(keep, used[i] / rate[i])
@@ -273,6 +284,7 @@ class RedisCounters:
         failure: Failure = "share",
         timeout: float = TIMEOUT,
         lease: float = LEASE,
+        history: UsageHistory | None = None,
     ) -> None:
         self.redis: redis.Redis = redis.Redis.from_url(
             url,
@@ -281,6 +293,7 @@ class RedisCounters:
             driver_info=None,  # no CLIENT SETINFO: a new connection's first command goes at once
         )
         self.fallback = fallback  # the replica's board: its share while Redis is away
+        self.history = history  # what keys used, to fill their long buckets again
         self.replica = replica
         self.worker = f"{replica}/{os.getpid()}"
         self.failure = failure
@@ -466,8 +479,12 @@ class RedisCounters:
             return self._admit_without(name, requests, tokens, most)
         levels = [
             Level(bucket.capacity, float(used), bucket.rate)
-            for bucket, used in zip(buckets, out[2:], strict=True)
+            for bucket, used in zip(buckets, out[3:], strict=True)
         ]
+        if int(out[2]) and self.history is not None:
+            for bucket in tokens:
+                if bucket.period >= DAY:
+                    self._spawn(self._rebuild(name, bucket))
         refused = bytes(out[0]).decode() or None
         verdict = Verdict(levels[0] if requests else None, levels[1:] if requests else levels, None)
         if refused is not None:
@@ -477,6 +494,19 @@ class RedisCounters:
         elif most is not None:
             self._shared[name] += 1
         return verdict
+
+    async def _rebuild(self, name: str, bucket: Bucket) -> None:
+        """Fill `name`'s long bucket again from the usage log: its counters were missing (a new
+        key, one idle for a day, or a Redis that lost its data)."""
+        assert self.history is not None
+        try:
+            level = await self.history.level(name.removeprefix("key:"), bucket.period)
+        except (psycopg.Error, OSError) as exc:
+            log.error("tokens per day not rebuilt", extra={"fields": {"error": str(exc)}})
+            return
+        if level >= 1:
+            with contextlib.suppress(Unavailable):
+                await self._call("release", [name], [0, round(level), *_flat((bucket,))])
 
     def _admit_without(
         self, name: str, requests: Bucket | None, tokens: Sequence[Bucket], most: int | None

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from services.proxy import redis_counters
@@ -20,7 +21,11 @@ from services.proxy.errors import ProxyError
 from services.proxy.gate import Gate
 from services.proxy.limits import Limiter, Policy
 from services.proxy.redis_counters import Failure, RedisCounters
+from services.proxy.usage_history import PgUsageHistory
+from shared.analytics import RequestRow
 from shared.apikeys import ApiKey, Limits
+from shared.pg.schema import migrate
+from shared.pg.usage import write_rows
 
 Maker = Callable[..., RedisCounters]
 
@@ -174,3 +179,56 @@ def test_fail_closed_refuses_and_fail_open_admits_while_redis_is_away(tmp_path, 
         assert (answer.status, answer.code) == (503, "limits_unavailable")
     else:
         assert answer is not None and answer.headers == []
+
+
+def test_a_lost_day_of_tokens_is_rebuilt_from_the_usage_log(
+    tmp_path, redis_server, redis_url, database_url
+):
+    limited = policy(tokensPerDay=10_000)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+        now_ms = int(time.time() * 1000)
+        rows = [
+            RequestRow(
+                request_id=f"r{n}",
+                key_id=limited.key.id,
+                username="user",
+                start_ms=now_ms - age_hours * 3_600_000,
+                status=200,
+                prompt_tokens=tokens,
+                completion_tokens=0,
+            )
+            for n, (age_hours, tokens) in enumerate(((6, 8000), (1, 4000), (30, 50_000)))
+        ]
+        write_rows(conn, rows, set())
+    # 8000 * 18/24 + 4000 * 23/24 = 9833 tokens still in the day's bucket (the row of 30 h
+    # ago has drained): the key has 167 left, and a request of 200 spends them.
+
+    async def scenario(make: Maker) -> list[int]:
+        store = make("a", history=PgUsageHistory(database_url))
+        limiter = Limiter(store)
+        levels = []
+        for _ in range(2):  # a new Redis, then the same Redis after losing its data
+            first = await limiter.admit(limited)  # the counters are missing: rebuilt meanwhile
+            assert first is not None
+
+            async def rebuilt() -> bool:
+                level = await limiter.admit(limited)
+                assert level is not None
+                return dict(level.headers)[b"x-ratelimit-remaining-tokens"] != b"10000"
+
+            await until(rebuilt)
+            admission = await limiter.admit(limited)
+            assert admission is not None
+            levels.append(int(dict(admission.headers)[b"x-ratelimit-remaining-tokens"]))
+            limiter.release(admission, 200)
+
+            async def spent() -> bool:
+                return not await admitted(limiter, limited)
+
+            await until(spent)  # the day's tokens are used up
+            redis_server.flush()
+        return levels
+
+    levels = run(tmp_path, redis_url, scenario)
+    assert all(160 <= level <= 167 for level in levels), levels

@@ -1,0 +1,43 @@
+"""What a key's recent requests used, read from the usage log in PostgreSQL (DATABASE_URL), to
+fill a leaky bucket again when Redis lost it (services/proxy/redis_counters.py).
+
+A bucket of `period` seconds holds each past request's tokens less what has drained since: a
+request of T tokens made A seconds ago still holds T * (1 - A / period) of it. The sum over the
+key's rows of the last period is the level the bucket would have now (rows not written yet, at
+most the last half second's, are missing). Asked once per key when its counters are found
+missing in Redis: never on a request's way.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+CONNECT_TIMEOUT = 5
+
+_LEVEL = """
+SELECT coalesce(sum(
+    (coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0))
+    * (1 - (%(now)s - start_ms)::double precision / %(period)s)
+), 0)
+FROM llmp_requests
+WHERE key_id = %(key)s AND start_ms > %(now)s - %(period)s AND start_ms <= %(now)s
+"""
+
+
+class PgUsageHistory:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def level(self, key_id: str, period: float) -> float:
+        """The tokens a bucket of `period` seconds holds now for `key_id`'s requests."""
+        now = int(time.time() * 1000)
+        async with await psycopg.AsyncConnection.connect(
+            self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True
+        ) as conn:
+            cursor = await conn.execute(
+                _LEVEL, {"now": now, "period": int(period * 1000), "key": key_id}
+            )
+            row = await cursor.fetchone()
+        return float(row[0]) if row else 0.0
