@@ -26,8 +26,9 @@ is open, `REDIS_FAILURE` says what happens: `share` (the default) counts on the 
 board with each limit and upstream cap divided by the number of replicas that held a lease when
 Redis was last reached (rounded down, so the replicas' shares never add up to more than the
 limit); `closed` refuses limited requests (503 `limits_unavailable`); `open` lets them through
-uncounted. What was released while Redis was away (requests in flight, tokens used) is told to
-it once it is back.
+uncounted. Once it is back, each worker tells it its requests in flight
+by name (as numbers, which also mends a count a call cut short left behind) and the tokens used
+meanwhile.
 
 **Lost data.** Redis holds nothing that must survive it, with one exception rebuilt from the
 system of record: when a key's counters are missing (a Redis restarted without persistence, or
@@ -67,6 +68,7 @@ LEASE = 10.0  # seconds a worker's requests stay counted after its last word
 BEAT = LEASE / 5  # seconds between lease renewals (1 s while the circuit is open)
 POLL = 0.1  # seconds between looks at a line when no wake-up came
 DAY = 86400.0  # a bucket this long is filled again from the usage log when Redis lost it
+PREFIX = "llmp:"  # of every key of llmp's in Redis: llmp:key:<id>, llmp:upstream:<url>
 WORKERS = "llmp:workers"
 TURNS = "llmp:turns"
 
@@ -250,6 +252,21 @@ return 1
 """
 )
 
+# KEYS: a key's or an upstream's hash, the workers. ARGV: worker, lease, the requests this worker
+# has in flight there, the channel.
+_FLIGHTS = (
+    _COMMON
+    + """
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[1], 'f:' .. me, ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], 'f:' .. me)
+end
+redis.call('PUBLISH', ARGV[4], KEYS[1])
+return 1
+"""
+)
+
 # KEYS: (none), the workers. ARGV: worker, lease. Returns the live workers.
 _BEAT = (
     _COMMON
@@ -316,6 +333,7 @@ class RedisCounters:
                 ("join", _JOIN),
                 ("first", _FIRST),
                 ("leave", _LEAVE),
+                ("flights", _FLIGHTS),
                 ("beat", _BEAT),
             )
         }
@@ -324,9 +342,7 @@ class RedisCounters:
         self._local: Counter[str] = Counter()
         self._open: Counter[str] = Counter()  # let in uncounted (REDIS_FAILURE=open)
         self._shared: Counter[str] = Counter()  # let in by Redis, still in flight
-        self._owed_flights: Counter[str] = Counter()
         self._owed_tokens: dict[str, tuple[Sequence[Bucket], int]] = {}
-        self._owed_leaves: Counter[str] = Counter()
         self._firsts: dict[str, int] = {}
         self._wakeups: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -351,7 +367,7 @@ class RedisCounters:
             raise Unavailable
         call = asyncio.ensure_future(
             self._scripts[script](
-                keys=[*keys[:1], WORKERS, *keys[1:]], args=[self.worker, self.lease, *args]
+                keys=[PREFIX + keys[0], WORKERS, *keys[1:]], args=[self.worker, self.lease, *args]
             )
         )
         await asyncio.wait((call,), timeout=self.timeout)
@@ -420,26 +436,24 @@ class RedisCounters:
             await asyncio.sleep(1.0 if self.down else self.lease / 5)
 
     async def _recover(self) -> None:
-        """Tell Redis what was released while it was away, then close the circuit."""
-        for name, back in list(self._owed_flights.items()):
-            buckets, tokens = self._owed_tokens.pop(name, ((), 0))
-            await self._scripts["release"](
-                keys=[name, WORKERS], args=[self.worker, self.lease, back, tokens, *_flat(buckets)]
-            )
-            del self._owed_flights[name]
+        """Tell Redis what changed while it was away, then close the circuit: the tokens used,
+        this worker's first places in line, and its requests in flight by name, as numbers
+        (a call cut short by the timeout may have counted a request in Redis that this worker
+        then counted as refused, or on its board)."""
         for name, (buckets, tokens) in list(self._owed_tokens.items()):
             await self._scripts["release"](
-                keys=[name, WORKERS], args=[self.worker, self.lease, 0, tokens, *_flat(buckets)]
+                keys=[PREFIX + name, WORKERS],
+                args=[self.worker, self.lease, 0, tokens, *_flat(buckets)],
             )
             del self._owed_tokens[name]
-        for name, back in list(self._owed_leaves.items()):
-            await self._scripts["leave"](
-                keys=[name, WORKERS], args=[self.worker, self.lease, back, TURNS]
-            )
-            del self._owed_leaves[name]
         for name, place in list(self._firsts.items()):
             await self._scripts["first"](
-                keys=[name, WORKERS], args=[self.worker, self.lease, place]
+                keys=[PREFIX + name, WORKERS], args=[self.worker, self.lease, place]
+            )
+        for name in list(self._shared):
+            await self._scripts["flights"](
+                keys=[PREFIX + name, WORKERS],
+                args=[self.worker, self.lease, self._shared[name], TURNS],
             )
         log.warning("Redis reached again: limits shared again")
         self.down_since, self.last_error = None, None
@@ -452,7 +466,7 @@ class RedisCounters:
                 await pubsub.subscribe(TURNS)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        name = bytes(message["data"]).decode()
+                        name = bytes(message["data"]).decode().removeprefix(PREFIX)
                         if name in self._wakeups:
                             self._wakeups[name].set()
             except (RedisError, OSError) as exc:
@@ -561,9 +575,7 @@ class RedisCounters:
     ) -> None:
         try:
             await self._call("release", [name], [int(concurrent), used, *_flat(tokens)])
-        except Unavailable:
-            if concurrent:
-                self._owed_flights[name] += 1
+        except Unavailable:  # the request in flight is told as a number on recovery
             if used and tokens:
                 _, owed = self._owed_tokens.get(name, ((), 0))
                 self._owed_tokens[name] = (tokens, owed + used)
@@ -615,10 +627,8 @@ class RedisCounters:
             self._spawn(self._leave(name))
 
     async def _leave(self, name: str) -> None:
-        try:
+        with contextlib.suppress(Unavailable):  # told as a number on recovery
             await self._call("leave", [name], [1, TURNS])
-        except Unavailable:
-            self._owed_leaves[name] += 1
 
     async def turn_freed(self, name: str) -> None:
         self._start()
