@@ -5,7 +5,8 @@ Each client network's failures, and the account's, are a sorted set of failure t
 (`llmp:login:<client>`, kept for the window), changed by one Lua script per step with the
 server's clock. A call has TIMEOUT seconds; one that fails sends the throttle to the machine's
 own file (`fallback`) for PAUSE seconds before Redis is tried again, so a login never waits
-long on a Redis that does not answer, and is still throttled.
+long on a Redis that does not answer, and is still throttled; the failures the file counted
+meanwhile still count once Redis is back, until they leave the window.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class RedisThrottle:
 
     def retry_after(self, address: str) -> int:
         wait = self._run(self._wait, address, self.limit, self.account_limit)
-        return self.fallback.retry_after(address) if wait is None else wait
+        # what the file counted while Redis was away still counts once it is back
+        return max(wait or 0, self.fallback.retry_after(address))
 
     def failed(self, address: str) -> int:
         member = f"{time.time_ns()}-{id(self)}-{address}"

@@ -55,3 +55,5 @@ def test_without_redis_the_machines_file_counts_and_no_login_waits_long(tmp_path
     finally:
         redis_server.thaw()
     assert throttle.fallback.retry_after("203.0.113.9") > 0  # counted in the file
+    throttle._paused_until = 0.0  # Redis is tried again (after PAUSE seconds)
+    assert throttle.retry_after("203.0.113.9") > 0  # ... and what the file counted still counts
