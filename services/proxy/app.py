@@ -159,13 +159,16 @@ class ProxyApp:
         assert self.catalog is not None
         failing: str | None = None  # logged once until it changes or passes
         while True:
+            limits_error = None if self.counters is None else self.counters.last_error
             self.heartbeat.state = {
                 "keys": len(self.keys),
                 "last_error": self.keys.last_error
                 or self.fleet.last_error
-                or self.recorder.last_error,
+                or self.recorder.last_error
+                or limits_error,
                 "keys_error": self.keys.last_error,
                 "fleet_error": self.fleet.last_error,
+                "limits_error": limits_error,  # the counter store's (Redis away: counted locally)
                 "keys_version": self.keys.version,
                 "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,

@@ -21,6 +21,7 @@ class BoardCounters:
     def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
         self.board = board
         self.clock = clock  # the buckets drain by it (wall-clock seconds, shared by workers)
+        self.last_error: str | None = None  # a board always counts
 
     async def admit(
         self, name: str, requests: Bucket | None, tokens: Sequence[Bucket], most: int | None

@@ -39,6 +39,8 @@ class Verdict:
 class Counters(Protocol):
     """Counters shared by every worker that uses the same store."""
 
+    last_error: str | None  # why the store is not counting now (None: it is)
+
     async def admit(
         self, name: str, requests: Bucket | None, tokens: Sequence[Bucket], most: int | None
     ) -> Verdict:

@@ -250,7 +250,9 @@ def test_a_count_left_behind_by_a_call_cut_short_is_mended_when_redis_is_back(tm
         await store.redis.hincrby("llmp:key:" + limited.key.id, "f:" + store.worker, 1)
         before = await admitted(limiter, limited)
         store._trip(TimeoutError("cut short"))
+        assert store.last_error == "TimeoutError: cut short"  # in the worker's heartbeat
         await until(lambda: _true(not store.down))  # the heartbeat reaches Redis again
+        assert store.last_error is None
         return before, await admitted(limiter, limited)
 
     before, after = run(tmp_path, redis_url, scenario)
