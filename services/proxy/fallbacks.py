@@ -40,13 +40,12 @@ from typing import Any
 
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
-from services.proxy.usage import Meter
 from shared.analytics import RequestRow
 from shared.fleet import MAX_FALLBACKS
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # One attempt: these upstreams (connection failover among them), this body, this send.
-Run = Callable[[list[UpstreamState], bytes, Send], Awaitable[Meter | None]]
+Run = Callable[[list[UpstreamState], bytes, Send], Awaitable[None]]
 
 MAX_ATTEMPTS = 4
 WAIT_LIMIT = 5.0  # seconds the request may wait for a cooling deployment
@@ -173,7 +172,7 @@ async def forward(
     send: Send,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> Meter | None:
+) -> None:
     """Send the request to the deployments of the alias in order, then to its fallback's, as
     the module docstring says."""
     number = 0  # attempts, over every alias
@@ -202,7 +201,7 @@ async def forward(
             holding = RETRIED if tried < MAX_ATTEMPTS or fallback is not None else frozenset()
             step = Held(send, number, holding | {TOO_LONG} if fallback is not None else holding)
             try:
-                meter = await run([attempt.state], attempt.body, step)
+                await run([attempt.state], attempt.body, step)
             except ProxyError as exc:
                 if exc.code not in NOT_SENT:
                     raise
@@ -212,12 +211,12 @@ async def forward(
                     break
                 continue
             if not step.held:
-                return meter
+                return
             step.row = (row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error)
             if step.status == TOO_LONG:
                 if step.error_code() != CONTEXT_LENGTH:  # a 400 like any other: the answer
                     await step.release(send)
-                    return meter
+                    return
                 held = step
                 break  # the context is too long for this alias: its fallback's turn
             held = step
@@ -236,7 +235,7 @@ async def forward(
     if held is not None:  # the last answer held back, rather than a failure of another upstream
         row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error = held.row
         await held.release(send)
-        return None
+        return
     assert failure is not None
     raise failure
 

@@ -85,6 +85,11 @@ def _reported(prompt: int | None, completion: int | None) -> Usage:
 
 
 class Meter(Protocol):
+    """Reads usage from an answer as it passes: its counts, and the pieces of text it
+    delivered (the estimate of an answer that gave no counts)."""
+
+    pieces: int
+
     def feed(self, chunk: bytes) -> None: ...
     def usage(self) -> Usage: ...
 
@@ -131,6 +136,7 @@ class SseMeter:
 
 class JsonMeter:
     def __init__(self, encoding: str) -> None:
+        self.pieces = 0  # a JSON answer is counted whole or not at all
         self._encoding = encoding
         self._chunks: list[bytes] = []
         self._size = 0
@@ -165,8 +171,9 @@ def tokens_used(row: RequestRow, meter: Meter | None) -> int:
         return (row.prompt_tokens or 0) + (row.completion_tokens or 0)
     if not row.bytes_out:
         return 0
-    pieces = row.completion_tokens if row.usage_estimated else getattr(meter, "pieces", 0)
-    return (pieces or 0) + row.bytes_in // 4
+    if row.usage_estimated:  # the pieces of a stream cut short, counted as it passed
+        return (row.completion_tokens or 0) + row.bytes_in // 4
+    return (0 if meter is None else meter.pieces) + row.bytes_in // 4
 
 
 def _last_int(pattern: re.Pattern[bytes], body: bytes) -> int | None:
