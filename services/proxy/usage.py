@@ -103,6 +103,8 @@ class SseMeter:
 
     def feed(self, chunk: bytes) -> None:
         self.pieces += len(_PIECE.findall(chunk))
+        if chunk[-1:] == b"\n" and not self._tail and not self._skip and b'"usage"' not in chunk:
+            return  # whole lines without usage (most chunks of a stream): nothing to keep
         if b"\n" not in chunk:
             if self._skip or len(self._tail) + len(chunk) > MAX_USAGE_LINE:
                 self._tail, self._skip = b"", True
@@ -244,6 +246,16 @@ class UsageStripper:
         self._held_ended = False  # its blank line has come
 
     def feed(self, chunk: bytes) -> bytes:
+        if (
+            chunk[-1:] == b"\n"
+            and not self._tail
+            and not self._passing
+            and not self._drop_blank
+            and self._held is None
+            and b'"usage"' not in chunk
+            and not _FINISH.search(chunk)
+        ):
+            return chunk  # whole lines with nothing to take back (most chunks of a stream)
         if self._passing:  # relayed as it comes, not held until its end
             newline = chunk.find(b"\n") + 1
             if not newline:
