@@ -13,6 +13,7 @@ lifespan.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import itertools
 import logging
@@ -193,13 +194,11 @@ class ProxyApp:
         rt.budgets.admit(policy.key)
         flow.admission = rt.limiter.admit(policy)
 
-        async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> None:
-            await exchange(rt, flow, plan, body, send)
-
         try:
             if deployments is None:
-                await attempt(plan, flow.body.raw, flow.send)
+                await exchange(rt, flow, plan, flow.body.raw, flow.send)
             else:
+                attempt = functools.partial(exchange, rt, flow)  # no frame of its own per chunk
                 await fallbacks.forward(deployments, attempt, row, flow.send)
         finally:
             if flow.admission is not None or policy.key.budget is not None:
