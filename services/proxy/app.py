@@ -198,7 +198,7 @@ class ProxyApp:
             if deployments is None:
                 await exchange(rt, flow, plan, flow.body.raw, flow.send)
             else:
-                attempt = functools.partial(exchange, rt, flow)  # no frame of its own per chunk
+                attempt = functools.partial(exchange, rt, flow)  # fallbacks.Run
                 await fallbacks.forward(deployments, attempt, row, flow.send)
         finally:
             if flow.admission is not None or policy.key.budget is not None:
