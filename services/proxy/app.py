@@ -93,6 +93,8 @@ class ProxyApp:
         rt = self.runtime
         if rt is None:
             raise RuntimeError("the proxy has not started: its lifespan has not run")
+        if rt.tracing is not None:  # the client's trace context, if it sent one
+            rt.tracing.begin(scope["headers"], started)
         send = Response(asgi_send)
         request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]
