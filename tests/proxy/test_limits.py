@@ -218,8 +218,8 @@ def stopped_clock(running) -> Clock:
     """Stop the running proxy's limiter clock, a minute on: every bucket has drained."""
     clock = Clock()
     clock.now += 60
-    assert isinstance(running.app.counters, BoardCounters)
-    running.app.counters.clock = clock
+    assert isinstance(running.runtime.counters, BoardCounters)
+    running.runtime.counters.clock = clock
     return clock
 
 
