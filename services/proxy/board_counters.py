@@ -22,6 +22,10 @@ class BoardCounters:
         self.board = board
         self.clock = clock  # the buckets drain by it (wall-clock seconds, shared by workers)
         self.last_error: str | None = None  # a board always counts
+        self.replicas = 1
+
+    def start(self) -> None:
+        """Nothing to start: the board needs no connection."""
 
     async def admit(
         self, name: str, requests: Bucket | None, tokens: Sequence[Bucket], most: int | None

@@ -40,6 +40,11 @@ class Counters(Protocol):
     """Counters shared by every worker that uses the same store."""
 
     last_error: str | None  # why the store is not counting now (None: it is)
+    replicas: int  # replicas counting in the store when it last answered (the board: 1)
+
+    def start(self) -> None:
+        """Begin what the store does in the background (the worker has started)."""
+        ...
 
     async def admit(
         self, name: str, requests: Bucket | None, tokens: Sequence[Bucket], most: int | None

@@ -51,7 +51,10 @@ from typing import Any, Literal
 import psycopg
 import redis as sync_redis
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from services.proxy.board import Bucket, Level
 from services.proxy.board_counters import BoardCounters
@@ -308,6 +311,7 @@ class RedisCounters:
             socket_timeout=max(1.0, timeout),
             socket_connect_timeout=max(1.0, timeout),
             driver_info=None,  # no CLIENT SETINFO: a new connection's first command goes at once
+            retry=AsyncRetry(NoBackoff(), 0),  # a failure is the circuit's business, at once
         )
         self.fallback = fallback  # the replica's board: its share while Redis is away
         self.history = history  # what keys used, to fill their long buckets again
@@ -321,7 +325,11 @@ class RedisCounters:
         self.last_error: str | None = None
         # the probe's own connection, used from a thread (see _call)
         self._prober = sync_redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, driver_info=None
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            driver_info=None,
+            retry=Retry(NoBackoff(), 0),  # one PING, not three with a pause between
         )
         self._probing: asyncio.Future[BaseException | None] | None = None
         self._scripts = {
@@ -354,6 +362,11 @@ class RedisCounters:
     def down(self) -> bool:
         return self.down_since is not None
 
+    def start(self) -> None:
+        """Take a lease and listen for turns now (a worker's start), so that the replicas count
+        each other before Redis is needed, and fails."""
+        self._start()
+
     def _start(self) -> None:
         if not self._background:
             self._background = [
@@ -376,7 +389,7 @@ class RedisCounters:
             # answer. A probe from a thread, which no busy loop delays, tells which.
             probe = self._probe()
             await asyncio.wait((call, probe), return_when=asyncio.FIRST_COMPLETED)
-            if not call.done() and probe.result() is not None:
+            if not call.done() and probe.result() is None:
                 await asyncio.wait((call,), timeout=PATIENCE)  # Redis answers: wait for it
         if not call.done():
             call.cancel()  # redis-py drops the connection of a cancelled command

@@ -77,6 +77,7 @@ class Runtime:
             client = traced.wrap(client)
         board = Board(settings.board_file)
         counters = open_counters(settings, board)
+        counters.start()
         catalog = Catalog(settings, client, board, counters)
         limiter = Limiter(counters)
         budgets = Budgets(board, settings.analytics_db, PriceBook(settings.prices_file))
@@ -143,6 +144,7 @@ class Runtime:
                 "fleet_error": self.fleet.last_error,
                 # the counter store's (Redis away: limits counted on this machine)
                 "limits_error": self.counters.last_error,
+                "limits_replicas": self.counters.replicas,  # what a share divides limits by
                 "keys_version": self.keys.version,
                 "keys_staleness": round(self.keys.staleness(), 1),
                 "analytics_pending": self.recorder.pending,

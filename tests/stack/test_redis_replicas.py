@@ -14,14 +14,17 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from shared.apikeys import ApiKey
+from shared.heartbeat import read_heartbeats
 from shared.pg.keys import PgKeyAdmin
+from tests.conftest import eventually
 from tests.proxy.test_sharing import Workers
 from tests.upstream import FakeUpstream
 
@@ -194,6 +197,62 @@ def test_a_light_key_keeps_its_turn_against_two_heavy_keys_on_other_replicas(tri
     # heavy ones that joined at the same place (one per key), and what passed while it was on
     # its way to the proxy (a 0.05 s turn each).
     assert max(waits) <= 8, waits
+
+
+def test_while_redis_is_frozen_no_request_waits_for_it_and_limits_hold_then_resume(
+    trio, redis_server
+):
+    key = trio.key("frozen", maxConcurrent=6)  # 2 a replica while Redis is away
+
+    async def run() -> tuple[list[float], Counter[int]]:
+        async with client() as http:
+            await served(http, trio, key)
+            for n in range(12):  # every worker has counted in Redis (its lease is known)
+                assert (await chat(http, trio.replicas[n % REPLICAS].url, key, "fast")).is_success
+            trio.fast.delay, trio.fast.peak = 0.1, 0
+
+            async def timed(n: int) -> tuple[float, int]:
+                started = time.monotonic()
+                r = await chat(http, trio.replicas[n % REPLICAS].url, key, "fast")
+                return time.monotonic() - started, r.status_code
+
+            # every worker has counted the three replicas (at a lease renewal, every 2 s)
+            await asyncio.to_thread(
+                eventually, lambda: all_beats(trio, lambda beat: beat["limits_replicas"] == 3)
+            )
+            redis_server.freeze()
+            try:
+                answers = await asyncio.gather(*(timed(n) for n in range(60)))
+                await asyncio.to_thread(  # every worker has noticed (its heartbeat says so)
+                    eventually, lambda: all_beats(trio, lambda beat: bool(beat["limits_error"]))
+                )
+            finally:
+                redis_server.thaw()
+                trio.fast.delay = 0.0
+            return [took for took, _ in answers], Counter(status for _, status in answers)
+
+    took, statuses = asyncio.run(run())
+    print(f"\nRedis frozen: {dict(statuses)}, answers in {sorted(round(t, 2) for t in took)} s")
+    # A request that waited for Redis would wait for as long as it is frozen (for ever here).
+    assert max(took) < 5, took
+    assert set(statuses) == {200, 429} and trio.fast.peak <= 6
+    # Back: every worker's circuit closes (its heartbeat no longer says limits_error).
+    eventually(lambda: all_beats(trio, lambda beat: beat["limits_error"] is None), timeout=30)
+
+
+def all_beats(trio: Trio, check: Callable[[dict[str, Any]], bool]) -> bool:
+    """Does every live worker's heartbeat, written in the last 2.5 s, pass `check`?"""
+    now = time.time()
+    beats = [
+        beat
+        for replica in trio.replicas
+        if replica.process.poll() is None
+        for beat in read_heartbeats(replica.data / "run")
+    ]
+    return len(beats) == 2 * sum(r.process.poll() is None for r in trio.replicas) and all(
+        beat.get("updated", 0) > now - 2.5 and "limits_error" in beat and check(beat)
+        for beat in beats
+    )
 
 
 def test_a_killed_replicas_places_come_back(trio):
