@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-JOBS = ("rollups", "retention", "import", "certd")
+# "usage": the usage log's upkeep (rollups, retention), "import": a CSV import, "certd":
+# obtaining and renewing certificates.
+JOBS = ("usage", "import", "certd")
 
 
 class Leader(Protocol):

@@ -1,4 +1,5 @@
-"""Dependencies the routes declare: settings, the key file, and the admin check."""
+"""Dependencies the routes declare: settings, the key file, the analytics store, and the admin
+check."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 
 from services.api import sessions
+from services.api.analytics_store import AnalyticsStore
 from services.api.errors import AuthError
 from shared import forwarding
 from shared.fleet import FleetFile
@@ -25,6 +27,11 @@ def _settings(request: Request) -> Settings:
 def _keyfile(request: Request) -> KeyAdmin:
     keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
+
+
+def _analytics(request: Request) -> AnalyticsStore:
+    analytics: AnalyticsStore = request.app.state.analytics
+    return analytics
 
 
 def _fleet_file(request: Request) -> FleetFile:
@@ -93,5 +100,6 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 SettingsDep = Annotated[Settings, Depends(_settings)]
 FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
 KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
+AnalyticsDep = Annotated[AnalyticsStore, Depends(_analytics)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

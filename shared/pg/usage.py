@@ -10,8 +10,12 @@ again, the outbox is drained, its own rows and those of any worker that died wit
 Only if the outbox cannot be written either do rows stay in memory, up to MAX_PENDING (the
 oldest dropped beyond it, and counted).
 
-Retention drops whole day partitions older than ANALYTICS_RETENTION_DAYS, at start and then
-hourly, by whichever worker takes the retention lock (the others skip it).
+Upkeep, by the one worker of all replicas that leads the "usage" job (`shared.leader`; the
+others skip it): after each flush, the rows queued for the rollups are folded into them
+(`shared.pg.rollups`); at start and then hourly, the day partitions older than
+ANALYTICS_RETENTION_DAYS are dropped whole, and the rollups' periods older than their own
+retention deleted. All of it is done through the leader's connection, so a leader whose
+connection died can commit none of it once another has taken over.
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ import psycopg
 from psycopg import sql
 
 from shared.analytics import COLUMNS, RequestRow
+from shared.pg import rollups
+from shared.pg.leader import PgLeader
 from shared.pg.outbox import Outbox
-from shared.pg.schema import LOCK_PARTITIONS, LOCK_RETENTION, migrate
+from shared.pg.schema import LOCK_PARTITIONS, migrate
 from shared.usagelog import cap
 
 log = logging.getLogger("usage.pg")
 
 FLUSH_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
+FOLDS_PER_ROUND = 10  # batches of rollups.FOLD_BATCH rows folded after a flush, at most
 DRAIN_BATCH = 5000
 MAX_PENDING = 200_000  # rows kept in memory when neither the database nor the outbox takes them
 CONNECT_TIMEOUT = 5
@@ -59,8 +66,10 @@ def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[
             _partition(conn, day)
             days.add(day)
         conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in"
-            " (LIKE llmp_requests) ON COMMIT DELETE ROWS"
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in ON COMMIT DELETE ROWS"
+                " AS SELECT {} FROM llmp_requests WITH NO DATA"
+            ).format(_COLUMNS)
         )
         with (
             conn.cursor() as cur,
@@ -70,8 +79,9 @@ def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[
                 copy.write_row([getattr(row, name) for name in COLUMNS])
         added = conn.execute(
             sql.SQL(
-                "INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
-                " ON CONFLICT DO NOTHING"
+                "WITH added AS (INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
+                " ON CONFLICT DO NOTHING RETURNING start_ms, request_id)"
+                " INSERT INTO llmp_rollup_queue (start_ms, request_id) SELECT * FROM added"
             ).format(_COLUMNS)
         )
         return added.rowcount
@@ -97,9 +107,12 @@ class PgUsageLog:
         outbox: Path,
         retention_days: int,
         clock: Callable[[], float] = time.monotonic,
+        rollup_retention_days: int = 730,
     ) -> None:
         self.url = url
         self.retention_days = retention_days
+        self.rollup_retention_days = rollup_retention_days
+        self.leader = PgLeader(url, "usage", "llmp-usage-leader")
         self.clock = clock
         self.outbox = Outbox(outbox)
         self.last_error: str | None = None
@@ -130,18 +143,20 @@ class PgUsageLog:
     async def _run(self) -> None:
         kept_at: float | None = None
         while not self._stopping.is_set():
-            if kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL:
+            due = kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL
+            if await self.keep(retention=due) and due:
                 kept_at = self.clock()
-                await self.keep()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
             await self.flush()
 
-    async def keep(self) -> None:
-        """Drop the day partitions wholly older than the retention, if no other worker does it
-        now (the background task calls this at start, then every RETENTION_INTERVAL)."""
+    async def keep(self, retention: bool = True) -> bool:
+        """The upkeep, if this worker leads it (see the module): fold the queued rows into the
+        rollups and, with `retention`, drop what is older than the retentions. Whether it led
+        (the background task calls this before each flush, with `retention` at start and then
+        every RETENTION_INTERVAL)."""
         async with self._lock:
-            await asyncio.to_thread(self._retention)
+            return await asyncio.to_thread(self._keep, retention)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -204,32 +219,45 @@ class PgUsageLog:
         for batch, _ in self.outbox.batches(DRAIN_BATCH):
             write_rows(conn, batch, self._days)
 
-    def _retention(self) -> None:
+    def _keep(self, retention: bool) -> bool:
         """See `keep` (in a worker thread)."""
-        cutoff_day = int(time.time() // 86400) - self.retention_days
         try:
-            conn = self._connection()
-            with conn.transaction():
-                leader = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_RETENTION,))
-                row = leader.fetchone()
-                if not row or not row[0]:
-                    return
-                names = [
-                    name
-                    for (name,) in conn.execute(
-                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                        " WHERE i.inhparent = 'llmp_requests'::regclass"
-                    ).fetchall()
-                ]
-                old = [n for n in names if n < partition_name(cutoff_day)]
-                for name in old:
-                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            self._connection()  # the schema is up to date
+            if not self.leader.lead():
+                return False
+            conn = self.leader.connection
+            for _ in range(FOLDS_PER_ROUND):
+                if rollups.fold(conn) < rollups.FOLD_BATCH:
+                    break
+            if retention:
+                self._retention(conn)
         except psycopg.Error as exc:
             self._failed(exc)
-            return
+            return False
+        return True
+
+    def _retention(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.time()
+        cutoff_day = int(now // 86400) - self.retention_days
+        pruned = rollups.prune(conn, int((now - self.rollup_retention_days * 86400) * 1000))
+        with conn.transaction():
+            names = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'llmp_requests'::regclass"
+                ).fetchall()
+            ]
+            old = [n for n in names if n < partition_name(cutoff_day)]
+            for name in old:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
         if old:
             self._days.clear()
-            log.info("usage partitions dropped", extra={"fields": {"partitions": len(old)}})
+        if old or pruned:
+            log.info(
+                "usage kept",
+                extra={"fields": {"partitions_dropped": len(old), "pruned_rollups": pruned}},
+            )
 
     async def close(self) -> None:
         """Write what is left (to the outbox if the database is away) and let go."""
@@ -239,4 +267,5 @@ class PgUsageLog:
         await self.flush()
         async with self._lock:
             self._close_connection()
+            await asyncio.to_thread(self.leader.release)
             self.outbox.close()
