@@ -77,15 +77,26 @@ class PgLeader:
         return self._held
 
     def _take(self) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name=self.application_name,
-            )
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        self._held = bool(row and row[0])
+        # The connection kept from the last try may have died meanwhile (with the leader's, when
+        # the database restarted): then once more on a new one.
+        for fresh in (False, True):
+            if fresh or self._conn is None or self._conn.closed:
+                self._drop()
+                self._conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name=self.application_name,
+                )
+                fresh = True
+            try:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+            except psycopg.OperationalError:
+                if fresh:
+                    raise
+                continue
+            self._held = bool(row and row[0])
+            return
 
     def _check(self) -> None:
         assert self._conn is not None

@@ -1,5 +1,6 @@
 """The usage log in PostgreSQL (shared/pg/usage.py): exactly one row per request through a
-database outage, batches written twice, rows left by a dead worker, partitions by day."""
+database outage, batches written twice, rows left by a dead worker, partitions by day, the
+rollups kept by one leader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import psycopg
 import pytest
 
 from shared.analytics import RequestRow
+from shared.pg.rollups import queued
 from shared.pg.usage import DAY_MS, PgUsageLog, partition_name
+from shared.rollups import HOUR, TOTAL
 from tests.postgres import Cluster
 from tests.shared.test_keystore import until
 
@@ -142,3 +145,44 @@ def test_rows_go_to_a_partition_per_day_and_old_days_are_dropped_whole(database_
         ).fetchall()
     assert [name for (name,) in left] == [partition_name(d) for d in days[2:]]
     assert counts(database_url) == (2, 2)
+
+
+def rolled_up(url: str) -> tuple[int, int]:
+    """(requests in the rollups' total per hour, rows waiting to be folded)"""
+    with psycopg.connect(url) as conn:
+        total = conn.execute(
+            "SELECT COALESCE(SUM(requests), 0) FROM llmp_rollups WHERE grain = %s AND level = %s",
+            (HOUR, TOTAL),
+        ).fetchone()
+        return int(total[0]) if total else 0, queued(conn)
+
+
+def test_one_worker_folds_every_workers_rows_into_the_rollups_and_another_takes_over(
+    postgres, database_url, tmp_path
+):
+    first = PgUsageLog(database_url, tmp_path / "a", 30)
+    second = PgUsageLog(database_url, tmp_path / "b", 30)
+
+    async def scenario() -> None:
+        for n in range(30):
+            (first, second)[n % 2].record(row(n))
+        await first.flush()
+        await second.flush()
+        assert rolled_up(database_url) == (0, 30)  # written, nothing updated yet
+        assert await first.keep()
+        assert not await second.keep()
+        assert rolled_up(database_url) == (30, 0)
+        assert postgres.terminate("llmp-usage-leader") == 2  # the leader's and the other's try
+        assert await second.keep()  # the lock was let go with its connection: taken over
+        assert not await first.keep()  # and the old leader learns it lost
+        for n in range(30, 40):
+            first.record(row(n))
+        await first.flush()
+        assert not await first.keep()
+        assert rolled_up(database_url) == (30, 10)
+        assert await second.keep()
+        assert rolled_up(database_url) == (40, 0)
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
