@@ -1,5 +1,5 @@
 """Leadership of a job that must run once among every process that could run it (rolling up
-usage, dropping old partitions, importing a CSV, obtaining certificates).
+usage and dropping old partitions, obtaining certificates).
 
 A process asks `lead()` before each run of the job: True while it is the job's leader, False
 while another process is. It is cheap (one round trip in PostgreSQL), never waits for the other
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-# "usage": the usage log's upkeep (rollups, retention), "import": a CSV import, "certd":
-# obtaining and renewing certificates.
-JOBS = ("usage", "import", "certd")
+# "usage": the usage log's upkeep (rollups, retention); "certd": obtaining and renewing
+# certificates. A new job is added at the end (its lock key is its place here).
+JOBS = ("usage", "certd")
 
 
 class Leader(Protocol):

@@ -231,8 +231,7 @@ CREATE INDEX IF NOT EXISTS rollups_tokens ON rollups ({", ".join(TOKENS_INDEXED)
 CREATE TABLE IF NOT EXISTS rollup_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-COLUMNS = ("grain", "level", "period_ms", *DIMENSIONS, "username", *MEASURES)
-_COLUMNS = COLUMNS
+_COLUMNS = ("grain", "level", "period_ms", *DIMENSIONS, "username", *MEASURES)
 
 
 def merge_sql(table: str) -> str:

@@ -29,17 +29,17 @@ def test_one_box_always_leads_and_unknown_jobs_are_refused(tmp_path):
 
 def test_each_job_has_its_own_lock(database_url):
     usage = PgLeader(database_url, "usage")
-    imports = PgLeader(database_url, "import")
+    certd = PgLeader(database_url, "certd")
     other = PgLeader(database_url, "usage", "llmp-leader-other")
     try:
-        assert usage.lead() and imports.lead()
+        assert usage.lead() and certd.lead()
         assert not other.lead()
         assert usage.lead()  # asked again: still held, and held once (released below at once)
         usage.release()
         assert other.lead()
         assert not usage.lead()
     finally:
-        for each in (usage, imports, other):
+        for each in (usage, certd, other):
             each.release()
 
 
@@ -74,7 +74,7 @@ def test_two_processes_never_run_the_job_at_once_through_leader_changes(postgres
     errors: list[BaseException] = []
 
     def contender(name: str) -> None:
-        me = PgLeader(database_url, "import", f"llmp-leader-{name}")
+        me = PgLeader(database_url, "certd", f"llmp-leader-{name}")
         try:
             while not stop.is_set():
                 if not me.lead():
@@ -115,7 +115,7 @@ def test_two_processes_never_run_the_job_at_once_through_leader_changes(postgres
                     "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
                     " USING (pid) WHERE l.locktype = 'advisory' AND l.granted"
                     " AND (l.classid::bigint << 32) + l.objid::bigint = %s",
-                    (lock_key("import"),),
+                    (lock_key("certd"),),
                 ).fetchone()
                 if holder:
                     leaders.append(holder[0])
