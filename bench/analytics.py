@@ -148,7 +148,7 @@ def load_postgres(url: str, data: Path, rows: int, keys: list[ApiKey]) -> dict[s
             probe.start_ms = day * DAY_MS
             write_rows(conn, [probe], days)
         conn.execute("DELETE FROM llmp_requests WHERE request_id = 'bench-probe'")
-        conn.execute("DELETE FROM llmp_rollup_queue WHERE request_id = 'bench-probe'")
+        conn.execute("DELETE FROM llmp_rollup_queue")
         started = time.perf_counter()
         _log(f"copying {rows:,} rows into PostgreSQL")
         names = ", ".join(COLUMNS)
@@ -162,8 +162,8 @@ def load_postgres(url: str, data: Path, rows: int, keys: list[ApiKey]) -> dict[s
         source.close()
         copied = time.perf_counter()
         conn.execute(
-            "INSERT INTO llmp_rollup_queue (start_ms, request_id)"
-            " SELECT start_ms, request_id FROM llmp_requests ORDER BY start_ms"
+            f"INSERT INTO llmp_rollup_queue ({pg_rollups.QUEUED})"
+            f" SELECT {pg_rollups.QUEUED} FROM llmp_requests ORDER BY start_ms"
         )
         queued = time.perf_counter()
         _log("rollups (the leader's folds)")

@@ -2,12 +2,13 @@
 same columns, levels, grains and queries as the embedded database's), and how they are kept.
 
 Nothing is updated per request, and writers never wait on each other's rows: the usage log's
-writer adds each batch's rows to `llmp_requests` and, in the same transaction, their keys to
-`llmp_rollup_queue` (a plain append). One process, the leader of the "usage" job
-(`shared.leader`, `shared.pg.usage`), folds the queue into `llmp_rollups` after each of its
-flushes (every half second): one transaction
-takes up to FOLD_BATCH queued keys out of the queue, reads their rows once and adds them to
-every grain and level (`shared.rollups.add_rows_sql`). A fold is all or nothing, and two folds
+writer adds each batch's rows to `llmp_requests` and, in the same transaction, the columns the
+rollups read of the rows it added to `llmp_rollup_queue` (a plain append). One process, the
+leader of the "usage" job (`shared.leader`, `shared.pg.usage`), folds the queue into
+`llmp_rollups` after each of its flushes (every half second): one transaction takes up to
+FOLD_BATCH rows out of the queue and adds them to every grain and level
+(`shared.rollups.add_rows_sql`), reading nothing else: a fold costs the same with ten million
+rows in the table as with none. A fold is all or nothing, and two folds
 at once would each take other rows (SKIP LOCKED), so a row is in the rollups exactly once. The
 leader also drops the rollups' periods older than their retention.
 
@@ -33,6 +34,13 @@ TABLES = Tables("llmp_requests", "llmp_rollups")
 FOLD_BATCH = 50_000
 
 
+# The columns of a row that the rollups read, kept in the queue until folded.
+QUEUED = (
+    "key_id, username, start_ms, end_ms, status, model, upstream, stream, ttfb_ms, "
+    "prompt_tokens, completion_tokens"
+)
+
+
 def _type(name: str) -> str:
     return "double precision" if name.endswith("_ms") else "bigint"
 
@@ -56,11 +64,20 @@ CREATE INDEX llmp_rollups_tokens ON llmp_rollups ({", ".join(TOKENS_INDEXED)})
     WHERE level = {KEY_MODELS};
 CREATE TABLE llmp_rollup_queue (
     seq bigserial PRIMARY KEY,
+    key_id text NOT NULL,
+    username text NOT NULL,
     start_ms bigint NOT NULL,
-    request_id text NOT NULL
+    end_ms bigint,
+    status integer NOT NULL,
+    model text,
+    upstream text,
+    stream boolean NOT NULL,
+    ttfb_ms double precision,
+    prompt_tokens integer,
+    completion_tokens integer
 );
-INSERT INTO llmp_rollup_queue (start_ms, request_id)
-    SELECT start_ms, request_id FROM llmp_requests ORDER BY start_ms;
+INSERT INTO llmp_rollup_queue ({QUEUED})
+    SELECT {QUEUED} FROM llmp_requests ORDER BY start_ms;
 """
 
 # The request log's indexes (as shared/analytics.py's for the embedded database): by the id a
@@ -79,12 +96,8 @@ _FOLD = rollups.add_rows_sql(
     rows=(
         "queued AS MATERIALIZED (DELETE FROM llmp_rollup_queue WHERE seq IN ("
         "SELECT seq FROM llmp_rollup_queue ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED) "
-        "RETURNING start_ms, request_id), "
-        "bucketed AS MATERIALIZED ("
-        + rollups.bucketed(
-            "llmp_requests JOIN queued USING (start_ms, request_id)", "llmp_requests"
-        )
-        + ")"
+        f"RETURNING {QUEUED}), "
+        f"bucketed AS MATERIALIZED ({rollups.bucketed('queued', 'queued')})"
     ),
     table=TABLES.rollups,
     weeks_pending=False,
@@ -104,8 +117,7 @@ FOLD = dialect(_FOLD)
 
 def fold(conn: psycopg.Connection[Any], batch: int = FOLD_BATCH) -> int:
     """Fold up to `batch` queued rows into the rollups, in one transaction; how many were
-    waiting, up to `batch` (a row the retention dropped meanwhile leaves the queue, adding
-    nothing)."""
+    waiting, up to `batch`."""
     with conn.transaction():
         taken = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM llmp_rollup_queue LIMIT %s) AS q", (batch,)
