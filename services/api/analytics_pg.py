@@ -5,6 +5,8 @@ usage job keeps rolled up (shared/pg/rollups.py), so every replica's admin sees 
 The questions are the embedded store's (shared/rollups.py's queries, request_log.LogQuery), in
 psycopg's placeholders, each in a connection of its own taken from a few kept open (each
 question is one statement in autocommit: a slow CSV download holds nothing between its pages).
+A database that cannot be reached is `StoreUnavailable` (a 500 that says so), and the
+connection that broke is not kept.
 Answers are made the same as SQLite's: sums as int, booleans as 0/1 in the CSV's rows, a
 record's JSON object encoded in Python with the same fields and values.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from services.api.analytics_store import StoreUnavailable
 from services.api.reports import Window
 from services.api.request_fields import LOG, Fields
 from services.api.request_log import LogQuery
@@ -46,20 +49,23 @@ class PgAnalytics:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name="llmp-analytics",
-            )
-            migrate(conn)
-            numbers_as_sqlite(conn)
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name="llmp-analytics",
+                )
+                migrate(conn)
+                numbers_as_sqlite(conn)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
         try:
             yield conn
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             conn.close()  # broken: not kept
-            raise
+            raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
         with self._lock:
             if len(self._idle) < KEEP:
                 self._idle.append(conn)

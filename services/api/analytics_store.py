@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from shared.rollups import Query
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be read now (the database is away): the routes answer a 500 saying so."""
+
+
 class AnalyticsStore(Protocol):
     def sums(self, query: Query) -> list[dict[str, Any]]:
         """The groups of a rollups query (`shared.rollups.Query.run`'s answer)."""

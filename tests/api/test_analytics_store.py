@@ -18,11 +18,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
-from services.api import reports, request_log
+from services.api import reports, request_log, sessions
 from services.api.analytics_pg import PgAnalytics
 from services.api.analytics_sqlite import SqliteAnalytics
 from services.api.analytics_store import AnalyticsStore
+from services.api.app import create_app
 from services.api.reports import Window
 from shared import analytics
 from shared.analytics import RequestRow
@@ -32,6 +34,7 @@ from shared.pg.schema import migrate
 from shared.pg.usage import write_rows
 from shared.prices import Price, Prices
 from shared.rollups import DAY, HOUR
+from tests.conftest import make_settings
 
 # Monday 2 November 2026, 00:00 UTC; the rows span 23 days from 13:17 the day before.
 BASE = 1_793_577_600_000
@@ -238,3 +241,26 @@ def test_the_key_lists_usage_and_budgets_are_the_same(stores):
         usage = same(stores, reports.key_usage, keys, PRICES, now)
     assert usage[KEYS[0].id]["lastUsed"] is not None
     assert usage[KEYS[3].id]["lastUsed"] is None
+
+
+def test_the_routes_say_so_when_the_database_is_away(tmp_path):
+    """No server at the URL (a folder without a socket): every analytics route answers a 500
+    in the original's shape that says why."""
+    url = f"postgresql://llmp@/llmp?host={tmp_path}"
+    settings = make_settings(tmp_path, log_level="CRITICAL", jwt_secret="k" * 40, database_url=url)
+    token = sessions.for_settings(settings).issue("admin")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as api:
+        for path in (
+            "/api/analytics/summary",
+            "/api/analytics/breakdown",
+            "/api/analytics/spend",
+            "/api/analytics/requests",
+            "/api/analytics/requests/abc",
+            f"/api/analytics/{KEYS[0].id}",
+        ):
+            r = api.get(path)
+            assert r.status_code == 500, (path, r.text)
+            assert r.json() == {
+                "success": False,
+                "message": "Failed to retrieve analytics: the database is unreachable",
+            }
