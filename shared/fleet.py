@@ -5,12 +5,14 @@
                     "auth": "bearer",          # or "api-key" (Azure), or "basic" ("user:pass")
                     "key": "sk-...",           # the credentials for `auth`; "" for none
                     "concurrency": 4,          # requests in flight at most; null: no cap
+                    "requestsPerMinute": 600,  # requests sent to it a minute; null: no limit
+                    "tokensPerMinute": 200000, # tokens it may answer a minute; null: no limit
                     "verify": true,            # TLS verification; null: UPSTREAM_VERIFY
                     "caPem": "-----BEGIN...",  # CA certificates to trust; null: the global ones
                     "proxy": "none",           # "none", an http:// proxy, null: the environment's
                     "keepalive": 30,           # idle connection seconds; null: UPSTREAM_KEEPALIVE
                     "models": ["llama*"]}],    # glob patterns of its models to serve; null: all
-     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy"
+     "aliases": [{"name": "chat", "strategy": "weighted",  # or "least-busy", "latency"
                   "fallback": "chat-long",     # an alias to try when these refuse; optional
                   "deployments": [
                     {"upstream": "3f9a0c1d", "model": "llama-3-70b", "weight": 3, "priority": 0},
@@ -27,10 +29,18 @@ workers watch it. Every field is checked here, with one set of rules for both (a
 that breaks one is refused whole, and the proxy keeps what it had). An alias is a public model
 name served by one or more deployments (an upstream and the model name it knows): the lowest
 `priority` first; within a priority, drawn by `weight` (strategy "weighted", the default), or
-the one with the fewest requests in flight first, ties drawn by weight ("least-busy"). An alias
-may name a `fallback` alias, used when every deployment refused or the context was too long
-(services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain, and
-a chain has at most MAX_FALLBACKS of them.
+the one with the fewest requests in flight first, ties drawn by weight ("least-busy"), or the
+one whose recent answers started soonest ("latency": an average of its time to first token). An
+alias may name a `fallback` alias, used when every deployment refused or the context was too
+long (services/proxy/fallbacks.py); fallbacks never come back to an alias already in the chain,
+and a chain has at most MAX_FALLBACKS of them.
+
+Request and token limits (`requestsPerMinute`, `tokensPerMinute`) belong to the upstream, not
+to an alias's deployment: what they stand for is the upstream's (a provider's quota on the
+gateway's key, a GPU box's capacity), which every request sent to it draws from, whether it
+named an alias or the upstream's own model, and whichever alias it came through. Counted per
+deployment, two aliases on one upstream, or a client naming its model directly, would overdraw
+it. See services/proxy/upstream_limits.py.
 """
 
 from __future__ import annotations
@@ -113,6 +123,7 @@ ProxySetting = Annotated[str, AfterValidator(_check_proxy)]
 CaPem = Annotated[str, AfterValidator(_check_ca)]
 Auth = Literal["bearer", "api-key", "basic"]
 Concurrency = Annotated[int, Field(ge=1, le=100_000)]
+PerMinute = Annotated[int, Field(ge=1, le=1_000_000_000)]
 Keepalive = Annotated[float, Field(ge=0, le=3600)]
 Patterns = Annotated[list[Pattern], Field(min_length=1, max_length=MAX_PATTERNS)]
 
@@ -129,6 +140,8 @@ class UpstreamSettings(BaseModel):
     auth: Auth = "bearer"
     key: Key = ""
     concurrency: Concurrency | None = None
+    requestsPerMinute: PerMinute | None = None
+    tokensPerMinute: PerMinute | None = None
     verify: bool | None = None
     caPem: CaPem | None = None
     proxy: ProxySetting | None = None
@@ -160,6 +173,8 @@ class UpstreamEntry(UpstreamSettings):
             target.path,
             key="" if basic else self.key,
             concurrency=self.concurrency or 0,
+            requests_per_minute=self.requestsPerMinute or 0,
+            tokens_per_minute=self.tokensPerMinute or 0,
             auth="bearer" if basic else self.auth,
             credentials=self.key if basic else "",
             proxy=None if self.proxy is None else ("" if self.proxy == "none" else self.proxy),
@@ -186,7 +201,7 @@ class Deployment(BaseModel):
     priority: int = Field(default=0, ge=0, le=100)  # the lowest is tried first
 
 
-Strategy = Literal["weighted", "least-busy"]
+Strategy = Literal["weighted", "least-busy", "latency"]
 
 
 class Alias(BaseModel):

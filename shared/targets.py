@@ -39,6 +39,8 @@ class Upstream:
     path: str
     key: str = ""
     concurrency: int = 0  # 0: no cap
+    requests_per_minute: int = 0  # 0: no limit (data/upstreams.json only)
+    tokens_per_minute: int = 0  # 0: no limit (data/upstreams.json only)
     auth: str = "bearer"  # how `key` is sent: `bearer` or `api-key`
     credentials: str = ""  # `user:pass` from the URL, sent as Basic auth
     proxy: str | None = None  # None: from the environment; "": none

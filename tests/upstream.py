@@ -43,6 +43,7 @@ class FakeUpstream:
     cut_after: int | None = None  # drop the connection after this many SSE chunks
     hang: bool = False  # accept completions and never answer
     delay: float = 0.0  # seconds before answering a completion
+    think: float = 0.0  # seconds between a stream's start (its headers) and its first chunk
     held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     refuse_status: int | None = None  # answer completions with this status (429, 503...)
     retry_after: str | None = None  # ... and this Retry-After header
@@ -229,6 +230,8 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if self.think:
+            await asyncio.sleep(self.think)
         # Asked for usage, OpenAI and vLLM add `"usage": null` to every chunk and end with a
         # usage-only chunk.
         include_usage = self.usage and (document.get("stream_options") or {}).get("include_usage")

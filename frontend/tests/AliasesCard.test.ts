@@ -5,7 +5,7 @@ import AliasesCard from '../src/components/AliasesCard.vue'
 import { fakeApi, mountWithApi } from './fakes'
 
 const gpu: UpstreamConfig = {
-  id: 'gpu', name: 'gpu box', url: 'http://gpu:8000/v1', auth: 'bearer', keyHint: null, concurrency: null,
+  id: 'gpu', name: 'gpu box', url: 'http://gpu:8000/v1', auth: 'bearer', keyHint: null, concurrency: null, requestsPerMinute: null, tokensPerMinute: null,
   verify: null, caPem: null, proxy: null, keepalive: null, models: null, caFile: null, certFile: null, certKeyFile: null,
 }
 
@@ -30,6 +30,19 @@ describe('AliasesCard', () => {
     await view.find('form').trigger('submit')
     await flushPromises()
     expect(api.saveAlias.mock.calls[0]![0]).toMatchObject({ name: 'chat', strategy: 'least-busy' })
+  })
+
+  it('offers the deployment whose first token comes soonest', async () => {
+    const api = fakeApi({ saveAlias: async (alias: ModelAlias) => alias })
+    const fastest = { ...chat, strategy: 'latency' as const }
+    const view = await mountWithApi(AliasesCard, api, { props: { aliases: [fastest], upstreams: [gpu], known: {} } })
+    expect(view.text()).toContain('fastest first')
+    await view.findAll('button').find((b) => b.text() === 'Edit')!.trigger('click')
+    const strategy = view.findAll('select').find((s) => s.find('option[value="latency"]').exists())!
+    expect((strategy.element as HTMLSelectElement).value).toBe('latency')
+    await view.find('form').trigger('submit')
+    await flushPromises()
+    expect(api.saveAlias.mock.calls[0]![0]).toMatchObject({ name: 'chat', strategy: 'latency' })
   })
 
   it('saves the fallback alias, chosen among the others', async () => {

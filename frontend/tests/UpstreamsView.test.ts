@@ -31,6 +31,8 @@ function config(over: Partial<UpstreamConfig> = {}): UpstreamConfig {
     auth: 'bearer',
     keyHint: '…6789',
     concurrency: 2,
+    requestsPerMinute: 600,
+    tokensPerMinute: null,
     verify: null,
     caPem: null,
     proxy: null,
@@ -65,6 +67,20 @@ describe('UpstreamsView', () => {
     expect(open!.text()).not.toContain('at a time')
   })
 
+  it('shows an upstream\'s own request and token limits', async () => {
+    const api = fakeApi({
+      upstreams: async () => [upstream(), upstream({ id: 'target-2', url: 'http://cpu:11434/v1' })],
+      fleet: async () => fleet([
+        config({ tokensPerMinute: 200000 }),
+        config({ id: 'target-2', url: 'http://cpu:11434/v1', requestsPerMinute: null }),
+      ]),
+    })
+    const view = await mountWithApi(UpstreamsView, api)
+    const [limited, open] = view.findAll('ul.upstreams > li.card')
+    expect(limited!.text()).toContain('Limits600 requests and 200,000 tokens a minute')
+    expect(open!.text()).not.toContain('Limits')
+  })
+
   it('says which upstream is cooling down after failures, and why', async () => {
     const api = fakeApi({
       upstreams: async () => [
@@ -95,7 +111,7 @@ describe('UpstreamsView', () => {
     await flushPromises()
     const [id, change] = api.changeUpstream.mock.calls[0]!
     expect(id).toBe('target-1')
-    expect(change).toMatchObject({ name: 'gpu box', concurrency: 2, verify: null, models: null })
+    expect(change).toMatchObject({ name: 'gpu box', concurrency: 2, requestsPerMinute: 600, tokensPerMinute: null, verify: null, models: null })
     expect(change).not.toHaveProperty('key')
   })
 

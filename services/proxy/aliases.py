@@ -5,7 +5,9 @@ request.
   (healthy, not cooling down after failures, services/proxy/cooldown.py) and not asked to wait
   by a Retry-After first, then the lowest `priority`; within a priority, drawn by `weight`
   (strategy "weighted"), or the fewest requests in flight first, ties drawn by weight
-  ("least-busy": the counts are this worker's, queued requests included). The
+  ("least-busy": the counts are this worker's, queued requests included), or the soonest
+  recent time to first token first, those not measured yet before them ("latency", see
+  services/proxy/latency.py). The
   request goes to the first, and to the next ones on the failures services/proxy/fallbacks.py
   allows, each asked for its own model name; then, if the alias names a fallback alias, to its
   deployments, ordered when they are needed.
@@ -109,8 +111,15 @@ def order(
             drawn.append(pool.pop(position))
         if alias.strategy == "least-busy":  # sorted is stable: the draw breaks ties
             drawn.sort(key=lambda pair: pair[0].in_flight)
+        elif alias.strategy == "latency":  # not measured yet first, then the soonest
+            drawn.sort(key=lambda pair: _latency(catalog, *pair))
         ordered.extend(drawn)
     return ordered
+
+
+def _latency(catalog: Catalog, state: UpstreamState, deployment: Deployment) -> tuple[bool, float]:
+    seconds = catalog.latencies.of(state.upstream.id, deployment.model)
+    return (seconds is not None, seconds or 0.0)
 
 
 def rewrite_model(content_type: str, body: bytes, model: str) -> bytes:

@@ -194,6 +194,8 @@ class ProxyApp:
         has not started, or the end of the connection if it has (uvicorn closes it: the client
         sees the truncation); either way its analytics row says so."""
         started = time.perf_counter()
+        if self.tracing is not None:  # the client's trace context, if it sent one
+            self.tracing.begin(scope["headers"], started)
         send = response = Response(asgi_send)
         request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]

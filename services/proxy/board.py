@@ -5,7 +5,8 @@ upstream's URL, a key's place in an upstream's line). Each slot holds
 
 - three token buckets (`used`, `at`): requests per minute, tokens per minute, tokens per day,
   each drained continuously at `capacity / period`;
-- or, in a slot that holds no buckets, one counter (see services/proxy/gate.py);
+- or, in a slot that holds no buckets, one counter (see services/proxy/gate.py), or a record
+  of its user's own layout, at most RECORD bytes (see services/proxy/board_circuits.py);
 - a small table of `(pid, count, first)`: requests in flight per worker process, so that a
   worker that dies does not leave its requests counted (entries of dead processes are ignored),
   and the place in line (`first`, 0 for none) of the first request the worker has waiting;
@@ -56,6 +57,7 @@ FLIGHTS = 11
 BUCKETS_AT = NAME
 IDLE_AT = BUCKETS_AT + BUCKETS * BUCKET.size
 FLIGHTS_AT = IDLE_AT + 16
+RECORD = IDLE_AT - BUCKETS_AT  # bytes of a record, in place of the buckets
 assert FLIGHTS_AT + FLIGHTS * FLIGHT.size <= SLOT
 PROBE_CHUNK = 64
 EMPTY = bytes(NAME)  # a slot never used: the end of every probe through it
@@ -303,6 +305,21 @@ class Slot:
     @counter.setter
     def counter(self, value: int) -> None:
         COUNTER.pack_into(self.data, BUCKETS_AT, value)
+        self.dirty = True
+
+    # A record --------------------------------------------------------------------------
+
+    @property
+    def record(self) -> bytes:
+        """The RECORD bytes of a slot that holds neither buckets nor a counter (zeros in a new
+        slot)."""
+        return bytes(self.data[BUCKETS_AT:IDLE_AT])
+
+    @record.setter
+    def record(self, value: bytes) -> None:
+        if len(value) > RECORD:
+            raise ValueError(f"a record is at most {RECORD} bytes")
+        self.data[BUCKETS_AT : BUCKETS_AT + len(value)] = value
         self.dirty = True
 
     # In flight -------------------------------------------------------------------------

@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.proxy.board import Board
+from services.proxy.board_circuits import BoardCircuits
+from services.proxy.circuit_store import CircuitStore, MemoryCircuits
 from services.proxy.cooldown import Circuit, Phase
 from services.proxy.endpoints import credentials, endpoint_for
 from services.proxy.gate import Gate
+from services.proxy.latency import Latencies
 from services.proxy.upstream import (
     Busy,
     CertificateRefused,
@@ -42,6 +45,9 @@ from services.proxy.upstream import (
     UpstreamClient,
     UpstreamError,
 )
+from services.proxy.upstream_limits import Rates, UpstreamLimits
+from services.proxy.usage import tokens_used
+from shared.analytics import RequestRow
 from shared.fleet import Alias
 from shared.settings import Settings
 from shared.targets import Upstream
@@ -73,6 +79,7 @@ class UpstreamState:
     listed: list[dict[str, Any]] = field(default_factory=list)  # before its `models` filter
     cool_until: float = 0.0  # time.monotonic() before which its Retry-After asks for none
     circuit: Circuit = field(default_factory=Circuit)  # cooled down after failures in a row
+    rates: Rates | None = None  # its request and token limits (services/proxy/upstream_limits.py)
 
     @property
     def available(self) -> bool:
@@ -92,6 +99,7 @@ class UpstreamState:
     def report(self) -> dict[str, Any]:
         queued = 0 if self.gate is None else self.gate.queued
         circuit = self.circuit
+        circuit.sync()  # what every worker says, even of an upstream this one does not use
         remaining = circuit.remaining()
         return {
             "id": self.upstream.id,
@@ -117,7 +125,11 @@ class Catalog:
         self.settings = settings
         self.client = client
         self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
-        self.board = board  # where the fair queues of capped upstreams count (none: no cap)
+        self.board = board  # where the fair queues and limits count (none: neither applies)
+        self.limits = None if board is None else UpstreamLimits(board)
+        # The upstreams' circuits: shared by the workers on the board, else this worker's.
+        self.circuits: CircuitStore = MemoryCircuits() if board is None else BoardCircuits(board)
+        self.latencies = Latencies()  # of the deployments of aliases chosen by latency
         self.states = [self._state(u) for u in settings.target_urls]
         self.aliases: dict[str, Alias] = {}
         # Told of each change of an upstream's health: its state and the error, if down.
@@ -131,9 +143,16 @@ class Catalog:
         """A new upstream's state. Raises ValueError for TLS files that cannot be read."""
         endpoint = endpoint_for(upstream, self.settings)
         state = UpstreamState(upstream, endpoint, credentials(upstream))
+        state.rates = Rates.of(upstream)
         s = self.settings
         state.circuit = Circuit(
-            s.upstream_failures, s.upstream_cooldown, s.upstream_cooldown_max, self._now
+            s.upstream_failures,
+            s.upstream_cooldown,
+            s.upstream_cooldown_max,
+            self._now,
+            self.circuits,
+            "circuit:" + upstream.url,  # as every worker names it, whatever its id
+            probe_limit=s.upstream_connect_timeout + s.upstream_read_timeout,
         )
         if upstream.concurrency and self.board is not None:
             s = self.settings
@@ -171,6 +190,7 @@ class Catalog:
             states.append(state)
         self.states = states
         self.aliases = {alias.name: alias for alias in aliases}
+        self.latencies.watch(aliases)
         if new:
             task = asyncio.create_task(self._refresh_some(new), name="models-refresh-new")
             self._newcomers.add(task)
@@ -232,6 +252,24 @@ class Catalog:
             state.healthy = True
             if self.on_health is not None:
                 self.on_health(state, None)
+
+    def sending(self, state: UpstreamState) -> float | None:
+        """A request is about to go to the upstream: count it against its limits, or raise
+        AtLimit (the next candidate's turn), and let it probe the upstream if that is due.
+        Returns its probe's claim, if it is the probe; `ended` follows, whatever happens."""
+        rates = state.rates
+        if rates is not None and self.limits is not None:
+            self.limits.take(rates)
+        return state.circuit.claim()
+
+    def ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:
+        """The request `sending` let through has ended: charge the tokens of its answer (none
+        for an error's), and give up the probe it was (`probe`), if no verdict came."""
+        rates = state.rates
+        if rates is not None and rates.tokens and self.limits is not None and row.status < 400:
+            self.limits.charge(rates, tokens_used(row, None))
+        if probe is not None:
+            state.circuit.unclaim(probe)
 
     def _now(self) -> float:
         return self.clock()

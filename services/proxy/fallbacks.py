@@ -11,9 +11,12 @@ answers with something else than a 429 or a 503, or one fails in a way that may 
   WAIT_LIMIT seconds; otherwise the last answer held goes to the client as it came (a request
   that found every deployment cooling still asks the first: a cooldown orders, never refuses).
 - A failure before anything was sent (no connection, every connection in use, its queue full
-  or too slow) moves on to the next deployment too. Any other failure (the connection closed
-  after the request went out, a timeout, a malformed answer) ends there: the upstream may have
-  run it, and a request is never sent to a second upstream once the first may have started.
+  or too slow) moves on to the next deployment too, and so does a deployment whose upstream is
+  at its request or token limit (services/proxy/upstream_limits.py; not counted as an attempt:
+  it was not asked; when all are, the soonest of their 429s is the answer). Any other failure
+  (the connection closed after the request went out, a timeout, a malformed answer) ends there:
+  the upstream may have run it, and a request is never sent to a second upstream once the first
+  may have started.
 - At most MAX_ATTEMPTS attempts per alias. The answer says how many were made in all:
   `x-llmp-attempts`.
 - An alias may name a fallback alias (shared/fleet.py). Its deployments are tried, as above,
@@ -40,6 +43,7 @@ from typing import Any
 
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
+from services.proxy.upstream_limits import AtLimit, sooner
 from services.proxy.usage import Meter
 from shared.analytics import RequestRow
 from shared.fleet import MAX_FALLBACKS
@@ -203,10 +207,17 @@ async def forward(
             step = Held(send, number, holding | {TOO_LONG} if fallback is not None else holding)
             try:
                 meter = await run([attempt.state], attempt.body, step)
+            except AtLimit as exc:  # not asked, so no attempt: the soonest is the answer
+                number -= 1
+                failure = sooner(failure, exc)
+                left.remove(attempt)
+                if not left:
+                    break
+                continue
             except ProxyError as exc:
                 if exc.code not in NOT_SENT:
                     raise
-                failure = _with_attempts(exc, number)
+                failure = exc
                 left.remove(attempt)
                 if not left:
                     break
@@ -238,7 +249,7 @@ async def forward(
         await held.release(send)
         return None
     assert failure is not None
-    raise failure
+    raise _with_attempts(failure, number)
 
 
 def _with_attempts(error: ProxyError, number: int) -> ProxyError:

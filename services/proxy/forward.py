@@ -16,7 +16,8 @@
   an SSE stream with an error event, and aborts any other body (so the client sees the
   truncation instead of a short, clean-looking body).
 - An upstream with a concurrency cap is entered through its fair queue (`Gate`); the time spent
-  waiting is recorded.
+  waiting is recorded. One at its own request or token limit is passed over for the next
+  candidate, before anything is sent (`Catalog.sending`, services/proxy/upstream_limits.py).
 - A streamed completion may go out with usage asked for (`asked`, from `ask_for_usage`); the
   answer is then stripped back to what the client asked for.
 """
@@ -44,6 +45,7 @@ from services.proxy.upstream import (
     UpstreamError,
 )
 from services.proxy.upstream_answer import passed_to_client, refused_credentials
+from services.proxy.upstream_limits import AtLimit, sooner
 from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
 from shared.analytics import RequestRow
 
@@ -141,17 +143,26 @@ async def exchange(
     last_error: ProxyError | None = None
     for state in plan:
         upstream = state.upstream
+        try:
+            probe = catalog.sending(state)
+        except AtLimit as exc:  # not sent: the next candidate may take it
+            last_error = sooner(last_error, exc)
+            continue
         row.upstream = upstream.url
         gate = state.gate
         if gate is not None:
             state.in_flight += 1  # counted while queued, so that routing spreads the queues
             try:
                 waited = await gate.enter(row.key_id)
+            except BaseException:
+                catalog.ended(state, row, probe)  # never sent: a probe it was is given up
+                raise
             finally:
                 state.in_flight -= 1
             row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
         state.in_flight += 1
         try:
+            sent = time.perf_counter()
             try:
                 answer = await client.request(
                     state.endpoint,
@@ -174,11 +185,13 @@ async def exchange(
             if answer.status == 401:  # its refusal of our key, never of the client's
                 answer.close()
                 raise refused_credentials(upstream.label, bool(upstream.key))
+            answer = catalog.latencies.timed(upstream.id, row.upstream_model, answer, sent)
             return await relay(answer, row, send, started, extra, asked is not None)
         finally:
             state.in_flight -= 1
             if gate is not None:
                 gate.leave()
+            catalog.ended(state, row, probe)
     assert last_error is not None
     raise last_error
 

@@ -135,6 +135,23 @@ def test_bad_changes_are_refused_in_the_original_shape_naming_the_field(
     assert not api.fleet_file.exists()  # nothing written
 
 
+def test_an_upstream_takes_request_and_token_limits(api):
+    answer = api.patch(
+        "/api/fleet/upstreams/target-1", json={"requestsPerMinute": 600, "tokensPerMinute": 9000}
+    )
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()["upstream"]
+    assert (shown["requestsPerMinute"], shown["tokensPerMinute"]) == (600, 9000)
+    [entry] = json.loads(api.fleet_file.read_text())["upstreams"]
+    assert (entry["requestsPerMinute"], entry["tokensPerMinute"]) == (600, 9000)
+    for bad in (0, -1, "60", 1.5):
+        refused = api.patch("/api/fleet/upstreams/target-1", json={"requestsPerMinute": bad})
+        assert refused.status_code == 400 and "requestsPerMinute" in refused.json()["message"]
+    api.patch("/api/fleet/upstreams/target-1", json={"tokensPerMinute": None})  # no limit
+    [entry] = json.loads(api.fleet_file.read_text())["upstreams"]
+    assert "tokensPerMinute" not in entry and entry["requestsPerMinute"] == 600
+
+
 def test_aliases_are_saved_and_an_upstream_in_use_is_not_removed(api):
     deployments = [
         {"upstream": "target-1", "model": "llama-a", "weight": 3},

@@ -7,6 +7,7 @@ import json
 import zlib
 from typing import cast
 
+from services.proxy.board import Board
 from services.proxy.catalog import Catalog
 from services.proxy.cooldown import Circuit, Phase
 from services.proxy.upstream import Busy, ConnectFailed, ReadTimeout, UpstreamClient
@@ -192,3 +193,49 @@ def test_routing_without_an_alias_leaves_a_cooling_upstream_aside(proxy, upstrea
             statuses.append(answer.status_code)
     assert statuses == [503, 503, 200, 200]
     assert json.loads(other.seen[-1].body)["model"] == model
+
+
+def test_a_probe_that_was_never_sent_gives_its_turn_up(proxy, upstreams, api_key):
+    failing = upstreams("failing", ["big"], refuse_status=500)
+    spare = upstreams("spare", ["small"])
+    running = proxy(failing, spare, upstream_failures=1, queue_limit=0)
+    url = failing.url + "/v1"
+    files.write_json_atomic(
+        running.settings.fleet_file,
+        {
+            "version": 1,
+            "upstreams": [
+                {"id": "f", "url": url, "concurrency": 1},
+                {"id": "s", "url": spare.url + "/v1"},
+            ],
+            "aliases": [
+                {
+                    "name": "chat",
+                    "deployments": [
+                        {"upstream": "f", "model": "big", "priority": 0},
+                        {"upstream": "s", "model": "small", "priority": 1},
+                    ],
+                }
+            ],
+        },
+    )
+    catalog = running.app.catalog
+    eventually(lambda: "chat" in catalog.aliases and catalog.states[0].gate is not None)
+    clock = catalog.clock = Clock()
+    circuit = catalog.states[0].circuit
+    with running.client(api_key) as client:
+        assert served_by(client) == "500"  # cooling from now
+        failing.refuse_status = None
+        # Another worker's request holds the upstream's one place (counted on the board).
+        board = Board(running.settings.board_file)
+        with board.holding("upstream:" + url) as slot:
+            slot.change_flight(1)
+        clock.now += running.settings.upstream_cooldown
+        # The probe is claimed, then refused by the full queue before it was sent: the spare
+        # answers, and the claim is given up for the next request.
+        assert served_by(client) == "spare"
+        assert circuit.store.read(circuit.name).prober == 0
+        with board.holding("upstream:" + url) as slot:
+            slot.change_flight(-1)
+        assert served_by(client) == "failing"  # the next request probed it, and it answered
+        assert circuit.current() is Phase.SERVING

@@ -14,6 +14,7 @@ import pytest
 
 from services.proxy.errors import ProxyError, bad_gateway, upstream_dropped
 from services.proxy.fallbacks import Attempt, Route, forward, retry_after
+from services.proxy.upstream_limits import AtLimit
 from shared import files
 from shared.analytics import RequestRow
 from tests.conftest import eventually
@@ -350,3 +351,21 @@ def test_a_stream_that_started_is_never_sent_to_the_fallback(proxy, upstreams, a
     with running.client(api_key) as plain:
         assert ask(plain).json()["error"]["code"] == "upstream_dropped"
     assert not [s for s in long.seen if s.path == "/v1/chat/completions"]
+
+
+def test_deployments_at_their_limit_are_no_attempts_and_the_soonest_limit_is_the_answer():
+    late, soon = AtLimit("requests", "1 a minute", 40.0), AtLimit("tokens", "9 a minute", 3.0)
+    a, b, c = Upstream(late), Upstream(soon), Upstream(200)
+    sent, _ = drive(
+        [attempt(b"a", a), attempt(b"b", b), attempt(b"c", c)], {b"a": a, b"b": b, b"c": c}
+    )
+    assert sent[0]["status"] == 200 and (b"x-llmp-attempts", b"1") in sent[0]["headers"]
+    a, b = Upstream(late), Upstream(soon)
+    with pytest.raises(AtLimit) as caught:
+        drive([attempt(b"a", a), attempt(b"b", b)], {b"a": a, b"b": b})
+    assert caught.value is soon and (b"retry-after", b"3") in caught.value.headers
+    assert (b"x-llmp-attempts", b"0") in caught.value.headers  # none was asked
+    # With a fallback alias, its deployments take what every one of the first refused.
+    a, long = Upstream(late), Upstream(200)
+    sent, _ = drive(chain([attempt(b"a", a)], [attempt(b"long", long)]), {b"a": a, b"long": long})
+    assert long.asked == 1 and sent[0]["status"] == 200

@@ -167,3 +167,103 @@ def test_a_failure_to_trace_never_fails_the_request(collector, upstreams, proxy,
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
     assert client.chat.completions.create(model="m", messages=[]).choices
     assert eventually(lambda: "trace not recorded" in caplog.text)
+
+
+# The client's trace context, with the SDK's in-memory exporter ------------------------------
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+STATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+@pytest.fixture
+def memory(monkeypatch):
+    """Spans kept in memory: the proxies started after this trace into it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.proxy import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "from_environment", lambda: tracing.Tracing(provider))
+    return exporter
+
+
+def finished(exporter, name: str) -> list[Any]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def sent_upstream(upstream) -> dict[str, str]:
+    """The headers of the last completion the upstream got, names in lowercase."""
+    seen = [s for s in upstream.seen if s.path.endswith("/chat/completions")][-1]
+    return {name.lower(): value for name, value in seen.headers.items()}
+
+
+def ask(running, api_key, **headers: str) -> None:
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    assert client.chat.completions.create(model="m", messages=[], extra_headers=headers).choices
+
+
+def test_the_clients_trace_context_is_the_parent_and_goes_on_to_the_upstream(
+    memory, upstreams, proxy, api_key
+):
+    a = upstreams("a", ["m"])
+    running = proxy(a)
+    ask(running, api_key, traceparent=f"00-{TRACE}-{CLIENT_SPAN}-01", tracestate=STATE)
+    [root] = eventually(lambda: finished(memory, "llmp.request"))
+    [upstream] = finished(memory, "llmp.upstream")
+    assert root.context.trace_id == upstream.context.trace_id == int(TRACE, 16)
+    assert root.parent.span_id == int(CLIENT_SPAN, 16) and root.parent.is_remote
+    assert upstream.parent.span_id == root.context.span_id
+    headers = sent_upstream(a)
+    # The upstream's parent is the gateway's span that called it; the tracestate goes on.
+    assert headers["traceparent"] == f"00-{TRACE}-{upstream.context.span_id:016x}-01"
+    assert headers["tracestate"] == STATE
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        f"00-{TRACE.upper()}-{CLIENT_SPAN}-01",
+        f"00-{TRACE}-{'0' * 16}-01",
+        f"ff-{TRACE}-{CLIENT_SPAN}-01",
+        f"00-{TRACE}-{CLIENT_SPAN}-01-more",
+    ],
+)
+def test_a_malformed_traceparent_is_ignored(memory, upstreams, proxy, api_key, traceparent):
+    a = upstreams("a", ["m"])
+    running = proxy(a)
+    ask(running, api_key, traceparent=traceparent, tracestate=STATE)
+    [root] = eventually(lambda: finished(memory, "llmp.request"))
+    [upstream] = finished(memory, "llmp.upstream")
+    assert root.parent is None and root.context.trace_id != int(TRACE, 16)  # a trace of its own
+    headers = sent_upstream(a)  # the gateway's, never the client's malformed one
+    context = upstream.context
+    flags = int(context.trace_flags)  # sampled, and the SDK's trace ids are random (W3C level 2)
+    assert flags & 1
+    assert (
+        headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+    )
+    assert context.trace_id == root.context.trace_id
+    assert "tracestate" not in headers  # it came with a traceparent that did not parse
+
+
+def test_a_trace_the_client_does_not_sample_is_not_recorded_and_says_so(
+    memory, upstreams, proxy, api_key
+):
+    a = upstreams("a", ["m"])
+    running = proxy(a)
+    ask(running, api_key, traceparent=f"00-{TRACE}-{CLIENT_SPAN}-00")
+    ask(running, api_key)  # a request after it, recorded: the first had its turn
+    [root] = eventually(lambda: finished(memory, "llmp.request"))
+    assert root.context.trace_id != int(TRACE, 16)
+    version, trace_id, span_id, flags = sent_upstream(a)["traceparent"].split("-")
+    assert int(flags, 16) & 1 and trace_id == f"{root.context.trace_id:032x}"
+    first = next(s for s in a.seen if s.path.endswith("/chat/completions"))
+    headers = {name.lower(): value for name, value in first.headers.items()}
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE, "00")
+    assert span_id != CLIENT_SPAN  # the gateway's own span, unrecorded

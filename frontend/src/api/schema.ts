@@ -641,7 +641,7 @@ export interface components {
              * Strategy
              * @enum {string}
              */
-            strategy: "weighted" | "least-busy";
+            strategy: "weighted" | "least-busy" | "latency";
             /** Fallback */
             fallback: string | null;
         };
@@ -1454,6 +1454,10 @@ export interface components {
             keyHint: string | null;
             /** Concurrency */
             concurrency: number | null;
+            /** Requestsperminute */
+            requestsPerMinute: number | null;
+            /** Tokensperminute */
+            tokensPerMinute: number | null;
             /** Verify */
             verify: boolean | null;
             /** Capem */

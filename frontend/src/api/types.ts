@@ -92,6 +92,8 @@ export interface UpstreamChange {
   auth?: UpstreamAuth
   key?: string
   concurrency?: number | null
+  requestsPerMinute?: number | null
+  tokensPerMinute?: number | null
   verify?: boolean | null
   caPem?: string | null
   models?: string[] | null

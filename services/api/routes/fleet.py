@@ -59,6 +59,8 @@ class UpstreamPublic(Public):
     auth: Auth
     keyHint: str | None  # None: no credentials
     concurrency: int | None
+    requestsPerMinute: int | None
+    tokensPerMinute: int | None
     verify: bool | None
     caPem: str | None
     proxy: str | None
