@@ -11,11 +11,12 @@ Only if the outbox cannot be written either do rows stay in memory, up to MAX_PE
 oldest dropped beyond it, and counted).
 
 Upkeep, by the one worker of all replicas that leads the "usage" job (`shared.leader`; the
-others skip it): after each flush, the rows queued for the rollups are folded into them
-(`shared.pg.rollups`); at start and then hourly, the day partitions older than
-ANALYTICS_RETENTION_DAYS are dropped whole, and the rollups' periods older than their own
-retention deleted. All of it is done through the leader's connection, so a leader whose
-connection died can commit none of it once another has taken over.
+others skip it), in a background task of its own: every FLUSH_INTERVAL, the rows queued for
+the rollups are folded into them (`shared.pg.rollups`); at start and then hourly, the day
+partitions older than ANALYTICS_RETENTION_DAYS are dropped whole, and the rollups' periods
+older than their own retention deleted. All of it is done through the leader's connection, so a
+leader whose connection died can commit none of it once another has taken over, and none of it
+holds up the worker's own writes (a long fold, after an upgrade queued every row, included).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ log = logging.getLogger("usage.pg")
 
 FLUSH_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
-FOLDS_PER_ROUND = 10  # batches of rollups.FOLD_BATCH rows folded after a flush, at most
+FOLDS_PER_ROUND = 10  # batches of rollups.FOLD_BATCH rows folded per round of the upkeep, at most
 DRAIN_BATCH = 5000
 MAX_PENDING = 200_000  # rows kept in memory when neither the database nor the outbox takes them
 CONNECT_TIMEOUT = 5
@@ -120,9 +121,11 @@ class PgUsageLog:
         self._pending: list[RequestRow] = []
         self._conn: psycopg.Connection[Any] | None = None
         self._days: set[int] = set()  # days whose partition exists
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # the writing connection, the pending rows, the outbox
+        self._keeping = asyncio.Lock()  # the leader and its connection
+        self._leader_schema: object | None = None  # the leader connection migrated last
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def pending(self) -> int:
@@ -138,9 +141,18 @@ class PgUsageLog:
             self.dropped += drop
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-flush")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="usage-flush"),
+            asyncio.create_task(self._keep_up(), name="usage-upkeep"),
+        ]
 
     async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
+            await self.flush()
+
+    async def _keep_up(self) -> None:
         kept_at: float | None = None
         while not self._stopping.is_set():
             due = kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL
@@ -148,14 +160,13 @@ class PgUsageLog:
                 kept_at = self.clock()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
-            await self.flush()
 
     async def keep(self, retention: bool = True) -> bool:
         """The upkeep, if this worker leads it (see the module): fold the queued rows into the
         rollups and, with `retention`, drop what is older than the retentions. Whether it led
-        (the background task calls this before each flush, with `retention` at start and then
+        (the upkeep task calls this every FLUSH_INTERVAL, with `retention` at start and then
         every RETENTION_INTERVAL)."""
-        async with self._lock:
+        async with self._keeping:
             return await asyncio.to_thread(self._keep, retention)
 
     async def flush(self) -> None:
@@ -222,17 +233,19 @@ class PgUsageLog:
     def _keep(self, retention: bool) -> bool:
         """See `keep` (in a worker thread)."""
         try:
-            self._connection()  # the schema is up to date
             if not self.leader.lead():
                 return False
             conn = self.leader.connection
+            if self._leader_schema is not conn:  # a new connection: the schema brought up
+                migrate(conn)
+                self._leader_schema = conn
             for _ in range(FOLDS_PER_ROUND):
                 if rollups.fold(conn) < rollups.FOLD_BATCH:
                     break
             if retention:
                 self._retention(conn)
         except psycopg.Error as exc:
-            self._failed(exc)
+            log.warning("usage upkeep failed", extra={"fields": {"error": str(exc).strip()}})
             return False
         return True
 
@@ -261,11 +274,11 @@ class PgUsageLog:
 
     async def close(self) -> None:
         """Write what is left (to the outbox if the database is away) and let go."""
-        if self._task is not None:
-            self._stopping.set()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush()
         async with self._lock:
             self._close_connection()
-            await asyncio.to_thread(self.leader.release)
             self.outbox.close()
+        async with self._keeping:
+            await asyncio.to_thread(self.leader.release)

@@ -186,3 +186,36 @@ def test_one_worker_folds_every_workers_rows_into_the_rollups_and_another_takes_
         await second.close()
 
     asyncio.run(scenario())
+
+
+def waiting_for_a_lock(url: str, application_name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()
+        return found is not None
+
+
+def test_the_leaders_own_rows_are_written_while_it_folds(database_url, tmp_path):
+    """A fold held up (the rollups locked by another) holds up none of the leader's writes."""
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+
+    async def scenario() -> None:
+        usage.record(row(0))
+        await usage.flush()
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("LOCK TABLE llmp_rollups IN EXCLUSIVE MODE")
+            folding = asyncio.create_task(usage.keep())
+            await until(lambda: waiting_for_a_lock(database_url, "llmp-usage-leader"), within=30)
+            usage.record(row(1))
+            await asyncio.wait_for(usage.flush(), 30)
+            assert counts(database_url) == (2, 2)
+            assert not folding.done()
+            blocker.rollback()
+        assert await folding
+        assert rolled_up(database_url) == (2, 0)
+        await usage.close()
+
+    asyncio.run(scenario())
