@@ -10,6 +10,7 @@
                                 (KEY: the key's id, username or secret)
   llmp status                   each program, upstream and certificate, from data/
   llmp database import|export   move keys and history from data/ into DATABASE_URL, or back
+  llmp database migrate         bring DATABASE_URL's tables up to date, then exit
   llmp backup FILE              a consistent copy of data/, taken while llmp runs
   llmp restore FILE             put a backup back (with llmp stopped)
 

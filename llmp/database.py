@@ -1,5 +1,7 @@
 """`llmp database import` and `llmp database export`: move an install between data/ (the key file
 and analytics.db) and PostgreSQL (DATABASE_URL), either way. Run them with llmp stopped.
+`llmp database migrate` brings the database's tables up to date and exits (a deployment's
+one-shot step before its replicas start; they would do it themselves, once, all the same).
 
 import: the keys of data/apikeys.json and the rows of data/analytics.db go into the database.
 Refused when the database holds keys already (another install's: merging two key sets is for the
@@ -46,12 +48,16 @@ def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "database", help="move keys and history between data/ and DATABASE_URL"
     )
-    parser.add_argument("direction", choices=["import", "export"])
+    parser.add_argument("direction", choices=["import", "export", "migrate"])
 
 
 def database_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        if args.direction == "import":
+        if args.direction == "migrate":
+            with psycopg.connect(_url(settings), connect_timeout=10) as conn:
+                applied = migrate(conn)
+            print(f"applied {applied} migrations; the database is up to date")
+        elif args.direction == "import":
             keys, rows = import_embedded(settings)
             print(f"imported {keys} keys and {rows} requests into the database")
         else:

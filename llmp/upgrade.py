@@ -3,17 +3,18 @@
 The original kept its site only in `NGINX_CONF_DIR/server.conf`, written from its template:
 `server_name <domain>;`, the certificate under `live/<domain>/`, and `allow <cidr>;` lines
 before `deny all;` on its admin paths. That file cannot stay: it proxies to localhost:8080,
-which is now nginx itself, and llmp renders server.conf from `data/site.json`. So the first
-`llmp run` that finds no site.json and a server.conf llmp did not render:
+which is now nginx itself, and llmp renders server.conf from the site (`data/site.json`, or
+the database with DATABASE_URL). So the first `llmp run` that finds no site and a server.conf
+llmp did not render:
 
 - moves the file aside to `server.conf.llm-proxy` (whatever else the admin had edited into it
   is kept there, not applied);
-- writes site.json with its domains; its allowed networks plus the private ranges, since the
+- writes the site with its domains; its allowed networks plus the private ranges, since the
   original never restricted port 8080, where its admin UI was; the certificates on disk that
   cover those domains (so certd does not ask for new ones); and `httpMode: serve`, since the
   original served everything on plain HTTP too and its clients may still use it.
 
-This runs in `llmp run` before any program starts, so site.json still has one writer at a time.
+This runs in `llmp run` before any program starts, so the site still has one writer at a time.
 
 The original also left its secrets readable by anyone on the machine (`.env` with the JWT
 secret and the admin password, `data/apikeys.json` with every key, 0644 as created).
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from services.certd import certs
 from services.certd.nginx_conf import HEADER, PRIVATE_RANGES, server_conf_path
+from shared import storage
 from shared.logs import stamp
 from shared.settings import Settings
 from shared.site import (
@@ -40,7 +42,6 @@ from shared.site import (
     SiteError,
     certificate_name,
     covers,
-    update_site,
     valid_cidr,
     valid_domain,
 )
@@ -118,11 +119,14 @@ def _certificates(settings: Settings, domains: tuple[str, ...]) -> tuple[Certifi
 def import_original_site(settings: Settings) -> Imported | None:
     """If this is an upgrade from the original (see the module's docstring), do it."""
     server = server_conf_path(settings)
-    if settings.site_file.exists() or not server.is_file():
+    if not server.is_file():
         return None
     text = server.read_text(errors="replace")
     if text.startswith(HEADER):
         return None  # rendered by llmp
+    store = storage.site_store(settings)
+    if store.has_site():  # raises SiteError if it cannot tell (the database away)
+        return None
     domains, networks = parse_server_conf(text)
     site = Site(
         domains=domains,
@@ -135,7 +139,7 @@ def import_original_site(settings: Settings) -> Imported | None:
         certificates=_certificates(settings, domains),
     )
     # The desired state first: if the move then failed, certd would still render the site.
-    written = update_site(settings.site_file, lambda current: site)
+    written = store.update_site(lambda current: site)
     backup = server.with_name(BACKUP_NAME)
     number = 0
     while backup.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.site import SiteError, valid_cidrs
 from shared.targets import Upstream, parse_target_urls
 from shared.webhooks import parse_webhook_urls
 
@@ -34,6 +36,17 @@ def parse_size(value: object) -> int:
         raise ValueError(f"not a size: {value!r} (use a number of bytes or e.g. 512kb, 1mb, 50mb)")
     number, unit = match.groups()
     return int(float(number) * _UNITS[(unit or "b").lower()])
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    """Comma-separated IPv4 or IPv6 networks (`shared.site.valid_cidr`)."""
+    if isinstance(value, tuple):
+        return value
+    items = [item.strip() for item in str(value or "").split(",") if item.strip()]
+    try:
+        return valid_cidrs(items)
+    except SiteError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _targets(value: object) -> tuple[Upstream, ...]:
@@ -69,6 +82,16 @@ class Settings(BaseSettings):
     # behind it only ever listen on loopback.
     bind_address: str = ""
     https_port: int = 443
+    # Where TLS ends: `nginx` (llmp's own, certificates by certd) or `load-balancer` (an
+    # external one or an ingress: nginx serves plain HTTP only and certd obtains nothing). The
+    # load balancers' addresses (TRUSTED_PROXIES, CIDRs) are the only peers whose
+    # X-Forwarded-For and X-Forwarded-Proto nginx believes.
+    tls_termination: Literal["nginx", "load-balancer"] = "nginx"
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_cidrs)] = ()
+    # Behind a TCP load balancer (haproxy's send-proxy-v2): ports that take the PROXY protocol
+    # from TRUSTED_PROXIES, serving what PORT and HTTPS_PORT serve (0: none).
+    proxy_protocol_port: int = Field(default=0, ge=0, le=65535)
+    proxy_protocol_https_port: int = Field(default=0, ge=0, le=65535)
     api_port: int = 8081
     proxy_port: int = 8082
     proxy_workers: int = Field(default=2, ge=1, le=64)
@@ -158,8 +181,34 @@ class Settings(BaseSettings):
     # Where replicas share their state: a PostgreSQL URL (postgresql://user:pass@host/db, or
     # with ?host=/socket/dir). Empty: everything stays in data/ (files and SQLite), as on one box.
     database_url: str = ""
+    # This replica's name among those sharing DATABASE_URL (its certd's report is filed under
+    # it); empty: the host name (a container's or a pod's own).
+    replica_name: str = Field(default="", max_length=200)
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _load_balancers_named(self) -> Settings:
+        proxy_protocol = bool(self.proxy_protocol_port or self.proxy_protocol_https_port)
+        http_balancer = self.tls_termination == "load-balancer"
+        if (http_balancer or proxy_protocol) and not self.trusted_proxies:
+            raise ValueError(
+                "TLS_TERMINATION=load-balancer and PROXY_PROTOCOL_PORT need TRUSTED_PROXIES: the"
+                " load balancers' addresses (CIDRs, comma-separated), the only peers whose word"
+                " for the client's address nginx believes"
+            )
+        if http_balancer and proxy_protocol:
+            raise ValueError(
+                "TLS_TERMINATION=load-balancer takes X-Forwarded-For from the load balancer;"
+                " PROXY_PROTOCOL_PORT is for a TCP load balancer in front of llmp's own TLS:"
+                " set one or the other"
+            )
+        if self.trusted_proxies and not (http_balancer or proxy_protocol):
+            raise ValueError(
+                "TRUSTED_PROXIES is for TLS_TERMINATION=load-balancer or PROXY_PROTOCOL_PORT:"
+                " set one of them, or leave it empty"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhooks_are_signed(self) -> Settings:
@@ -173,6 +222,10 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.node_env == "production"
+
+    @property
+    def replica(self) -> str:
+        return self.replica_name or socket.gethostname()
 
     @property
     def run_dir(self) -> Path:

@@ -301,3 +301,64 @@ def read_status(path: Path) -> CertdStatus | None:
 
 def write_status(path: Path, status: CertdStatus) -> None:
     write_json_atomic(path, status, mode=0o644)
+
+
+def _merge_outcomes(outcomes: Sequence[tuple[str, Outcome]]) -> Outcome:
+    failed = [(replica, o) for replica, o in outcomes if not o["ok"]]
+    messages = [f"{replica}: {o['message']}" for replica, o in failed if o["message"]]
+    return {
+        "handled": min(o["handled"] for _, o in outcomes),
+        "ok": not failed,
+        "message": "; ".join(messages) or None,
+        "at": max(o["at"] for _, o in outcomes),
+    }
+
+
+def merge_statuses(reports: Sequence[tuple[str, CertdStatus]]) -> CertdStatus | None:
+    """The status of several replicas' certds, (replica, report) in replica order, as one: a
+    generation, a reload or a renewal is handled once every replica handled it; nginx is fine
+    if it is on every replica, and a certificate if it is everywhere (its earliest expiry, its
+    errors named by replica). One report is itself; none is None."""
+    if not reports:
+        return None
+    if len(reports) == 1:
+        return reports[0][1]
+
+    def outcomes(name: Literal["applied", "reload", "renew"]) -> list[tuple[str, Outcome]]:
+        return [(replica, s.get(name, no_outcome())) for replica, s in reports]
+
+    nginx_errors = [f"{r}: {s['nginx']['error']}" for r, s in reports if not s["nginx"]["ok"]]
+    certificates: dict[str, CertificateState] = {}
+    for replica, status in reports:
+        for cert in status["certificates"]:
+            seen = certificates.get(cert["name"])
+            error = f"{replica}: {cert['lastError']}" if cert["lastError"] else None
+            if seen is None:
+                certificates[cert["name"]] = {**cert, "lastError": error}
+                continue
+            ends = [seen["notAfter"], cert["notAfter"]]
+            renewals = [seen["lastRenewal"], cert["lastRenewal"]]
+            errors = [e for e in (seen["lastError"], error) if e]
+            certificates[cert["name"]] = {
+                **seen,
+                "notAfter": None if None in ends else min(e for e in ends if e),
+                "lastRenewal": None if None in renewals else min(r for r in renewals if r),
+                "lastError": "; ".join(errors) or None,
+            }
+    # A certificate one replica does not list yet is not served there.
+    for name, cert in certificates.items():
+        if any(all(c["name"] != name for c in s["certificates"]) for _, s in reports):
+            certificates[name] = {**cert, "notAfter": None, "lastRenewal": None}
+    return {
+        "appliedGeneration": min(s["appliedGeneration"] for _, s in reports),
+        "applied": _merge_outcomes(outcomes("applied")),
+        "nginx": {
+            "ok": not nginx_errors,
+            "error": "; ".join(nginx_errors) or None,
+            "at": max(s["nginx"]["at"] for _, s in reports),
+        },
+        "certificates": list(certificates.values()),
+        "reload": _merge_outcomes(outcomes("reload")),
+        "renew": _merge_outcomes(outcomes("renew")),
+        "defaultConfig": reports[0][1].get("defaultConfig", ""),
+    }

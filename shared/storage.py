@@ -1,8 +1,8 @@
 """Where llmp keeps what its programs share, chosen by one setting: DATABASE_URL.
 
 Unset, everything is embedded in data/ (the key file, SQLite), as on one box; nothing of
-PostgreSQL is even imported. Set, keys and usage live in PostgreSQL (`shared.pg`), shared by
-every replica. Each program asks here for the side of the store it uses.
+PostgreSQL is even imported. Set, keys, usage, the site and certd's reports live in PostgreSQL
+(`shared.pg`), shared by every replica. Each program asks here for the side of the store it uses.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from shared.keyfile import KeyFile
 from shared.keystore import KeyAdmin, KeyFeed
 from shared.leader import AlwaysLeader, Leader
 from shared.settings import Settings
+from shared.sitestore import SiteStore
 from shared.usagelog import UsageLog
 
 
@@ -47,6 +48,17 @@ def usage_log(settings: Settings) -> UsageLog | None:
         settings.analytics_retention_days,
         rollup_retention_days=settings.analytics_rollup_retention_days,
     )
+
+
+def site_store(settings: Settings) -> SiteStore:
+    """The site and certd's reports (the api writes the one, certd the other)."""
+    if settings.database_url:
+        from shared.pg.site import PgSite
+
+        return PgSite(settings.database_url, settings.replica)
+    from shared.sitefile import SiteFile
+
+    return SiteFile(settings.site_file, settings.certd_status_file)
 
 
 def leader(settings: Settings, job: str, application_name: str | None = None) -> Leader:

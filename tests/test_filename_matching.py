@@ -33,6 +33,7 @@ ALLOWED = {
     "tests/test_container.py": "the Dockerfile and docker-compose.yml, not a Python module",
     "tests/test_filename_matching.py": "this rule itself",
     "tests/test_make.py": "the Makefile, not a Python module",
+    "tests/test_deploy.py": "the deployment examples in deploy/, not a Python module",
     "tests/proxy/test_sharing.py": "the board, the fair queue and the limits together, with"
     " several proxy workers and clients in several processes",
 }

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
     app.state.keyfile = storage.key_admin(settings)
+    app.state.site = storage.site_store(settings)
     app.state.analytics = analytics_store.for_settings(settings)
     app.state.throttle = Throttle(
         settings.data_dir / "login-failures.json",

@@ -1,5 +1,5 @@
-"""Dependencies the routes declare: settings, the key file, the analytics store, and the admin
-check."""
+"""Dependencies the routes declare: settings, the key file, the site store, the analytics store,
+and the admin check."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from shared import forwarding
 from shared.fleet import FleetFile
 from shared.keystore import KeyAdmin
 from shared.settings import Settings
+from shared.sitestore import SiteStore
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -27,6 +28,11 @@ def _settings(request: Request) -> Settings:
 def _keyfile(request: Request) -> KeyAdmin:
     keyfile: KeyAdmin = request.app.state.keyfile
     return keyfile
+
+
+def _site_store(request: Request) -> SiteStore:
+    store: SiteStore = request.app.state.site
+    return store
 
 
 def _analytics(request: Request) -> AnalyticsStore:
@@ -100,6 +106,7 @@ def _authenticated(request: Request, settings: Settings, acts: bool, strict: boo
 SettingsDep = Annotated[Settings, Depends(_settings)]
 FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
 KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
+SiteDep = Annotated[SiteStore, Depends(_site_store)]
 AnalyticsDep = Annotated[AnalyticsStore, Depends(_analytics)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

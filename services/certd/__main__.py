@@ -1,21 +1,18 @@
-"""certd's main loop: reconcile `data/site.json` whenever it changes, check renewals on schedule.
+"""certd's main loop: reconcile the site whenever it changes, check renewals on schedule.
 
-The work runs in the main thread, one step at a time (see `reconcile`). Changes to site.json
-wake it through watchdog (inotify), with a cheap `stat()` poll as a safety net where inotify
-does not reach; a separate thread keeps the heartbeat in `data/run/certd.json` fresh while
-certbot runs. SIGTERM and SIGINT stop it between steps.
+The work runs in the main thread, one step at a time (see `reconcile`). Changes of the site
+wake it through the site store's watch (inotify on site.json, or PostgreSQL's LISTEN), with a
+cheap check of its signature as a safety net; a separate thread keeps the heartbeat in
+`data/run/certd.json` (and in the store) fresh while certbot runs. SIGTERM and SIGINT stop it
+between steps.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from types import FrameType
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from services.certd.reconcile import Certd
 from shared.heartbeat import INTERVAL, Heartbeat
@@ -28,16 +25,6 @@ POLL_INTERVAL = 0.5
 FAILED_STEP_PAUSE = 5.0
 
 
-class _Wake(FileSystemEventHandler):
-    def __init__(self, name: str, wake: threading.Event) -> None:
-        self.name, self.wake = name, wake
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = (event.src_path, getattr(event, "dest_path", ""))
-        if any(os.fsdecode(p).endswith(self.name) for p in paths if p):
-            self.wake.set()
-
-
 def _beat(certd: Certd, beat: Heartbeat, stop: threading.Event) -> None:
     while not stop.is_set():
         beat.state = certd.heartbeat_state()
@@ -45,6 +32,14 @@ def _beat(certd: Certd, beat: Heartbeat, stop: threading.Event) -> None:
             beat.beat()
         except OSError as exc:
             log.error("heartbeat not written", extra={"fields": {"error": exc}})
+        stop.wait(INTERVAL)
+
+
+def _beat_store(certd: Certd, stop: threading.Event) -> None:
+    """Alive in the site store too (its own thread: a database away, which may take seconds
+    to say so, does not delay the heartbeat file)."""
+    while not stop.is_set():
+        certd.store.beat()
         stop.wait(INTERVAL)
 
 
@@ -66,13 +61,12 @@ def main() -> None:
         target=_beat, args=(certd, beat, stop), name="certd-heartbeat", daemon=True
     )
     beater.start()
-    site_file = settings.site_file
-    site_file.parent.mkdir(parents=True, exist_ok=True)
-    observer = Observer()
-    observer.daemon = True
-    observer.schedule(_Wake(site_file.name, wake), str(site_file.parent), recursive=False)
-    observer.start()
-    log.info("started", extra={"fields": {"site": site_file}})
+    store_beater = threading.Thread(
+        target=_beat_store, args=(certd, stop), name="certd-store-heartbeat", daemon=True
+    )
+    store_beater.start()
+    stop_watch = certd.store.watch(wake.set)
+    log.info("started", extra={"fields": {"store": type(certd.store).__name__}})
     try:
         while not stop.is_set():
             pause = min(POLL_INTERVAL, certd.seconds_to_next_check())
@@ -84,9 +78,10 @@ def main() -> None:
             wake.wait(pause)
             wake.clear()
     finally:
-        observer.stop()
-        observer.join(5)
+        stop_watch()
+        certd.leader.release()
         beater.join(INTERVAL + 1)
+        store_beater.join(INTERVAL + 1)
         certd.webhooks.close()
         beat.remove()
         log.info("stopped")

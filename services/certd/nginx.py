@@ -29,10 +29,11 @@ from services.certd.nginx_conf import (
     render_site,
     server_conf_path,
 )
+from shared import storage
 from shared.custom_config import certificate_files, check_custom_config
 from shared.files import write_atomic
 from shared.settings import Settings
-from shared.site import SiteError, read_site
+from shared.site import SiteError
 
 log = logging.getLogger("certd.nginx")
 
@@ -189,7 +190,7 @@ def _private_certificates(server: str, letsencrypt: str, copies: Path) -> str:
 
 
 def apply(settings: Settings, server: str | None = None, force_reload: bool = False) -> Applied:
-    """Make nginx serve `server` (default: what `data/site.json` asks for, see `desired`).
+    """Make nginx serve `server` (default: what the site asks for, see `desired`).
 
     Tests the candidate with `nginx -t`; raises NginxError with nginx's message if it is refused,
     leaving the live files untouched. Reloads nginx if it runs and something changed (or
@@ -229,7 +230,7 @@ def rollback(settings: Settings, main: str, server: str) -> None:
 def desired(settings: Settings) -> str:
     """server.conf as the site and the certificates on disk make it now."""
     try:
-        site = read_site(settings.site_file)
+        site = storage.site_store(settings).read_site()
         return render_site(settings, site, certs.lineages(settings.certbot_dirs[0]))
     except SiteError as exc:
         raise NginxError(f"site not applied: {exc}") from exc

@@ -14,7 +14,13 @@ own entirely) and `server.conf` in `NGINX_CONF_DIR` (the routes). Invariants of 
   groups (loopback and private ranges until some are configured) and go to the api;
 - `/` is answered by nginx (the original's `LLM Proxy`); everything else is a 404;
 - the services see the real client address in `X-Real-IP` / `X-Forwarded-For`, which replace
-  whatever the client sent in them.
+  whatever the client sent in them, and the scheme in `X-Forwarded-Proto`: nginx's own, or,
+  from a load balancer in TRUSTED_PROXIES only, what it says (the client address too: the last
+  one in its X-Forwarded-For that is not itself a trusted proxy);
+- with TLS_TERMINATION=load-balancer, plain HTTP only: no TLS server, no redirect;
+- PROXY_PROTOCOL_PORT and PROXY_PROTOCOL_HTTPS_PORT are twins of PORT and HTTPS_PORT (the same
+  servers) for a TCP load balancer that speaks the PROXY protocol; the address it names is the
+  client's when it comes from TRUSTED_PROXIES.
 Every domain and CIDR rendered here has been validated by `shared.site`.
 """
 
@@ -142,6 +148,7 @@ http {{
     # nginx's default of up to 30 s: a slot is not held for it.
     lingering_timeout 1s;
     lingering_time 5s;
+{_forwarded(settings)}
     limit_conn_zone $binary_remote_addr zone=llmp_address:10m;
     limit_conn llmp_address {settings.nginx_connections_per_address};
     limit_conn_status 429;
@@ -149,6 +156,36 @@ http {{
     include {server_conf};
 }}
 """
+
+
+def _forwarded(settings: Settings) -> str:
+    """The client address and scheme. Behind an HTTP load balancer (TLS_TERMINATION), from its
+    X-Forwarded-For (realip) and X-Forwarded-Proto (only `http` or `https`); behind a TCP one,
+    from the PROXY protocol on the ports that take it; from TRUSTED_PROXIES only. Else nginx's
+    own (`$llmp_proto`: the scheme)."""
+    http_balancer = settings.tls_termination == "load-balancer"
+    trusted = "\n".join(f"    set_real_ip_from {cidr};" for cidr in settings.trusted_proxies)
+    flagged = "\n".join(
+        f"        {cidr} 1;" for cidr in (settings.trusted_proxies if http_balancer else ())
+    )
+    header = "X-Forwarded-For" if http_balancer else "proxy_protocol"
+    realip = (
+        f"""{trusted}
+    real_ip_header {header};
+    real_ip_recursive on;
+"""
+        if settings.trusted_proxies
+        else ""
+    )
+    return f"""{realip}    geo $realip_remote_addr $llmp_from_proxy {{
+        default 0;
+{flagged}
+    }}
+    map "$llmp_from_proxy:$http_x_forwarded_proto" $llmp_proto {{
+        default $scheme;
+        "1:https" https;
+        "1:http" http;
+    }}"""
 
 
 def _listen(settings: Settings, port: int) -> str:
@@ -174,7 +211,7 @@ def _routes(settings: Settings, admin_cidrs: Sequence[str]) -> str:
     # a client behind a local tunnel dodge the login throttle).
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Proto $llmp_proto;
     proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     location ^~ /v1/ {{
@@ -246,7 +283,7 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
     proxy_set_header Host $http_host;
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Proto $llmp_proto;
     proxy_set_header {forwarding.HEADER} {forwarding.proof(settings.jwt_secret)};
 
     # Health checks (a container's, a load balancer's) keep working over plain HTTP.
@@ -262,7 +299,13 @@ def _redirect(settings: Settings, admin_cidrs: Sequence[str], host: str) -> str:
 """
 
 
-def _server(listen: str, names: Sequence[str], body: str, tls: TlsServer | None = None) -> str:
+def _default(listens: Sequence[str]) -> list[str]:
+    return [f"{listen} default_server" for listen in listens]
+
+
+def _server(
+    listens: Sequence[str], names: Sequence[str], body: str, tls: TlsServer | None = None
+) -> str:
     certificate = (
         f"""
     ssl_certificate "{tls.fullchain}";
@@ -275,9 +318,10 @@ def _server(listen: str, names: Sequence[str], body: str, tls: TlsServer | None 
         if tls
         else ""
     )
+    listen = "\n".join(f"    listen {item};" for item in listens)
     return f"""
 server {{
-    listen {listen};
+{listen}
     server_name {" ".join(names)};
 {certificate}
 {body}}}
@@ -301,7 +345,13 @@ def render_server(
     admin_cidrs = admin_cidrs or PRIVATE_RANGES
     names = tuple(dict.fromkeys([*names, *(n for server in tls for n in server.server_names)]))
     routes = _routes(settings, admin_cidrs)
-    http, https = _listen(settings, settings.port), _listen(settings, settings.https_port) + " ssl"
+    # Each port, and its twin that takes the PROXY protocol from a TCP load balancer, if any.
+    http = [_listen(settings, settings.port)]
+    https = [_listen(settings, settings.https_port) + " ssl"]
+    if settings.proxy_protocol_port:
+        http.append(_listen(settings, settings.proxy_protocol_port) + " proxy_protocol")
+    if settings.proxy_protocol_https_port:
+        https.append(_listen(settings, settings.proxy_protocol_https_port) + " ssl proxy_protocol")
     text = f"""{HEADER}upstream llmp_proxy {{
     server 127.0.0.1:{settings.proxy_port};
     keepalive 256;
@@ -315,17 +365,17 @@ upstream llmp_api {{
 }}
 """
     if not names:
-        return text + _server(f"{http} default_server", ["_"], routes)
+        return text + _server(_default(http), ["_"], routes)
     redirect = bool(tls) and http_mode == "redirect"
     concrete = next((n for n in names if not n.startswith("*.")), None)
-    text += _server(f"{http} default_server", ["_"], UNKNOWN_HOST)
+    text += _server(_default(http), ["_"], UNKNOWN_HOST)
     text += _server(http, names, _redirect(settings, admin_cidrs, "$host") if redirect else routes)
     to_name = redirect and concrete is not None
     text += _server(
         http, ADDRESS_NAMES, _redirect(settings, admin_cidrs, str(concrete)) if to_name else routes
     )
     if tls:
-        text += _server(f"{https} default_server", ["_"], UNKNOWN_HOST, tls[0])
+        text += _server(_default(https), ["_"], UNKNOWN_HOST, tls[0])
     for position, server in enumerate(tls):
         served = [*server.server_names, *(ADDRESS_NAMES if position == 0 else ())]
         text += _server(https, served, routes, server)
@@ -362,6 +412,5 @@ def render_site(settings: Settings, site: Site, lineages: Mapping[str, Lineage])
     else ours."""
     if site.custom_config is not None:
         return check_custom_config(site.custom_config, settings.letsencrypt_dir)
-    return render_server(
-        settings, site.cidr_groups, tls_servers(site, lineages), site.http_mode, site.domains
-    )
+    tls = tls_servers(site, lineages) if settings.tls_termination == "nginx" else []
+    return render_server(settings, site.cidr_groups, tls, site.http_mode, site.domains)

@@ -1,5 +1,6 @@
-"""certd's work: make nginx and the certificates what `data/site.json` asks for, keep the
-certificates renewed, and say what happened in `data/certd/status.json`.
+"""certd's work: make nginx and the certificates what the site asks for, keep the
+certificates renewed, and say what happened (the site and the report are in the site store,
+`shared.sitestore`: `data/site.json` and `data/certd/status.json`, or PostgreSQL).
 
 Invariants:
 - one thing at a time: the caller runs `step()` from a single thread, so certbot runs never
@@ -10,7 +11,13 @@ Invariants:
 - nginx only ever gets a configuration `nginx -t` accepted; a reload that fails, or after which
   nginx does not serve the certificates it should, rolls back to the previous files;
 - renewal checks run at start, every RENEW_INTERVAL_SECONDS and when a certificate reaches
-  certbot's renewal time, never more often than RENEW_RETRY_SECONDS after a check that failed.
+  certbot's renewal time, never more often than RENEW_RETRY_SECONDS after a check that failed;
+- with several replicas (DATABASE_URL), only the leader of the job `certd` (`shared.leader`)
+  runs certbot, and publishes what it made (`services.certd.share`); every other replica's
+  certd writes the shared certificates into its own LETSENCRYPT_DIR when they change, then
+  tests, reloads and verifies nginx as after a certbot run of its own. A replica that becomes
+  the leader first takes what the last one made (certbot's account and renewal settings too);
+- where TLS ends at a load balancer (TLS_TERMINATION), certd obtains and renews nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +35,8 @@ from services.certd import alerts, certs, nginx
 from services.certd.certbot import Certbot, CertbotError
 from services.certd.certs import Lineage
 from services.certd.nginx_conf import main_conf_path, render_site, server_conf_path, tls_servers
+from services.certd.share import ShareError, certificate_share
+from shared import storage
 from shared.settings import Settings
 from shared.site import (
     CertdStatus,
@@ -38,10 +47,8 @@ from shared.site import (
     Site,
     SiteError,
     no_outcome,
-    read_site,
-    read_status,
-    write_status,
 )
+from shared.sitestore import SiteStore
 from shared.webhooks import webhooks_for
 
 log = logging.getLogger("certd")
@@ -63,15 +70,16 @@ def _probe_name(domains: tuple[str, ...]) -> str:
 
 
 class Certd:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: SiteStore | None = None) -> None:
         self.settings = settings
+        self.store = store or storage.site_store(settings)
         self.certbot = Certbot(settings)
         self.site = Site()
         self.site_error: str | None = None
-        self._signature: tuple[int, int, int] | None = None
-        self._site_loaded = False  # a valid site.json (or none) was read at least once
+        self._signature: Hashable = None
+        self._site_loaded = False  # a valid site (or none) was read at least once
         self._reconciled = False  # since this process started
-        previous = read_status(settings.certd_status_file)
+        previous = self.store.own_status()
         self.applied_generation = previous["appliedGeneration"] if previous else -1
         self.applied = previous.get("applied", no_outcome()) if previous else no_outcome()
         self.reload = previous.get("reload", no_outcome()) if previous else no_outcome()
@@ -87,12 +95,19 @@ class Certd:
                 self.attempts[cert["name"]] = float(attempt)
         self.next_check = 0.0  # check renewals at start
         self.webhooks = webhooks_for(settings)
+        self.share = certificate_share(settings.database_url, settings.jwt_secret)
+        self.leader = storage.leader(settings, "certd", f"llmp-certd-leader-{settings.replica}")
+        self._leading = False
+        self._synced = False  # the shared certificates were installed at least once
 
     # The loop's entry points ----------------------------------------------------------------
 
     def step(self) -> None:
-        """Do whatever is due: apply a new generation, check renewals."""
-        self.load_site()
+        """Do whatever is due: install certificates another replica shared, apply a new
+        generation, check renewals."""
+        changed = self.load_site()
+        if self.share is not None and (changed or not self._synced):
+            self.sync_certificates()
         if self._site_loaded and (
             not self._reconciled or self.site.generation != self.applied_generation
         ):
@@ -113,26 +128,102 @@ class Certd:
             "last_error": self.site_error,
         }
 
-    def load_site(self) -> None:
-        """Re-read site.json if it changed; an invalid one leaves the last good site in force."""
-        path = self.settings.site_file
-        try:
-            st = os.stat(path)
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            signature = None
+    def load_site(self) -> bool:
+        """Re-read the site if it may have changed (True then); one that cannot be read (an
+        invalid site.json, the database away) leaves the last good site in force."""
+        signature = self.store.signature()
         if signature == self._signature and self._site_loaded:
-            return
+            return False
         self._signature = signature
         try:
-            self.site = read_site(path)
+            self.site = self.store.read_site()
         except SiteError as exc:
             if str(exc) != self.site_error:
                 log.error("keeping the last good site", extra={"fields": {"error": exc}})
             self.site_error = str(exc)
-            return
+            return True
         self.site_error = None
         self._site_loaded = True
+        return True
+
+    # Several replicas -----------------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """May this certd run certbot now? Always on one box; with several replicas, while it
+        leads the job `certd` (taking over what the last leader made when it becomes one)."""
+        if self.share is None:
+            return True
+        was, self._leading = self._leading, self.leader.lead()
+        if self._leading and not was:
+            log.info("leading: certbot runs here")
+            self.install_certificates()
+        return self._leading
+
+    def sync_certificates(self) -> None:
+        """On a replica that does not lead: install what the leader shared, and make nginx
+        serve it (tested, reloaded, verified, as after a certbot run). If nginx then does not
+        serve it, the previous version of each certificate installed is put back, and served."""
+        if self.leading():
+            self._synced = True
+            return
+        installed = self.install_certificates()
+        self._synced = True
+        if not installed:
+            return
+        problem = self.apply_nginx(self.site, force_reload=True)
+        if problem:
+            config_dir = self.settings.certbot_dirs[0]
+            for name, previous in installed.items():
+                self.cert_errors[name] = f"the shared certificate is not served here: {problem}"
+                if previous is not None:
+                    certs.write_files(config_dir, previous)
+            log.error(
+                "shared certificates not served; the previous ones put back",
+                extra={"fields": {"names": ",".join(installed), "error": problem}},
+            )
+            self.apply_nginx(self.site, force_reload=True)
+        else:
+            for name in installed:
+                self.cert_errors.pop(name, None)
+        self.save()
+
+    def install_certificates(self) -> dict[str, certs.LineageFiles | None]:
+        """Write the shared certificates that differ from ours into LETSENCRYPT_DIR; for each
+        name written, the version there was before (None: none)."""
+        assert self.share is not None
+        config_dir = self.settings.certbot_dirs[0]
+        installed: dict[str, certs.LineageFiles | None] = {}
+        try:
+            lineages, account = self.share.fetch()
+            certs.write_account(config_dir, account)
+            for files in lineages:
+                local = certs.read_files(config_dir, files.name)
+                if local is None or local.fingerprint != files.fingerprint:
+                    certs.write_files(config_dir, files)
+                    installed[files.name] = local
+        except (ShareError, OSError, ValueError) as exc:
+            log.error("shared certificates not installed", extra={"fields": {"error": exc}})
+        if installed:
+            log.info(
+                "shared certificates installed", extra={"fields": {"names": ",".join(installed)}}
+            )
+        return installed
+
+    def publish_certificates(self) -> None:
+        """The leader: share every lineage (those that changed are written) and the account."""
+        if self.share is None:
+            return
+        config_dir = self.settings.certbot_dirs[0]
+        lineages = [certs.read_files(config_dir, name) for name in certs.lineages(config_dir)]
+        try:
+            written = self.share.publish(
+                [files for files in lineages if files is not None], certs.read_account(config_dir)
+            )
+        except (ShareError, OSError) as exc:
+            log.error("certificates not shared", extra={"fields": {"error": exc}})
+            return
+        if written:
+            log.info("certificates shared", extra={"fields": {"names": ",".join(written)}})
 
     # Reconcile ------------------------------------------------------------------------------
 
@@ -148,7 +239,7 @@ class Certd:
         if site.renew_requested > self.renew["handled"]:
             self.renew = _outcome(site.renew_requested, self.renew_certificates())
         obtained = False
-        for request in self.missing(site):
+        for request in self.missing(site) if self.leading() else []:
             if new or self._retry_due(request.name):
                 obtained = self.obtain(site, request) is None or obtained
         if obtained:
@@ -159,12 +250,18 @@ class Certd:
         self.applied = _outcome(site.generation, nginx_error)
         self.save()
 
+    def wanted(self, site: Site) -> tuple[CertificateRequest, ...]:
+        """The certificates to obtain: none where TLS ends at a load balancer."""
+        if self.settings.tls_termination == "load-balancer":
+            return ()
+        return site.wanted_certificates()
+
     def missing(self, site: Site) -> list[CertificateRequest]:
         """Certificates the site wants that are not on disk with exactly their domains."""
         found = certs.lineages(self.settings.certbot_dirs[0])
         return [
             request
-            for request in site.wanted_certificates()
+            for request in self.wanted(site)
             if request.name not in found or set(found[request.name].domains) != set(request.domains)
         ]
 
@@ -191,6 +288,7 @@ class Certd:
         )
         self.attempts[request.name] = time.time()
         self.cert_errors.pop(request.name, None)
+        self.publish_certificates()
         return None
 
     def _retry_due(self, name: str) -> bool:
@@ -257,7 +355,10 @@ class Certd:
     def check_renewals(self) -> None:
         """The scheduled check: renew what is due, retry certificates that are missing."""
         error = self.renew_certificates()
-        for request in self.missing(self.site):
+        leading = self.leading()
+        if leading:
+            self.publish_certificates()  # also what a publication that failed left unshared
+        for request in self.missing(self.site) if leading else []:
             if self._retry_due(request.name):
                 obtained = self.obtain(self.site, request) is None
                 error = error or self.cert_errors.get(request.name)
@@ -274,8 +375,8 @@ class Certd:
         """`certbot renew` (it renews what is due), then reload nginx if anything changed."""
         config_dir = self.settings.certbot_dirs[0]
         before = certs.lineages(config_dir)
-        if not before:
-            return None
+        if not before or self.settings.tls_termination != "nginx" or not self.leading():
+            return None  # another replica's certd renews, and shares what it renewed
         error = None
         failed: dict[str, str] = {}
         try:
@@ -302,6 +403,7 @@ class Certd:
                 self.cert_errors.pop(name, None)
         if renewed:
             log.info("certificates renewed", extra={"fields": {"names": ",".join(renewed)}})
+            self.publish_certificates()
             problem = self.apply_nginx(self.site, force_reload=True)
             for name in renewed:
                 if problem:
@@ -329,11 +431,11 @@ class Certd:
 
     def certificates(self) -> list[CertificateState]:
         lineages = certs.lineages(self.settings.certbot_dirs[0])
-        names = [c.name for c in self.site.wanted_certificates()]
+        names = [c.name for c in self.wanted(self.site)]
         states: list[CertificateState] = []
         for name in dict.fromkeys([*names, *lineages]):
             lineage = lineages.get(name)
-            wanted = next((c for c in self.site.wanted_certificates() if c.name == name), None)
+            wanted = next((c for c in self.wanted(self.site) if c.name == name), None)
             domains = list(lineage.domains) if lineage else list(wanted.domains if wanted else ())
             state: dict[str, Any] = {
                 "name": name,
@@ -363,7 +465,7 @@ class Certd:
             "renew": self.renew,
             "defaultConfig": self.default_config(),
         }
-        write_status(self.settings.certd_status_file, status)
+        self.store.write_status(status)
 
 
 def _read(path: os.PathLike[str]) -> str | None:

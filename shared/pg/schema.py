@@ -14,6 +14,11 @@ Usage: one row per request, partitioned by day of `start_ms` (UTC) so that reten
 whole partitions instead of deleting rows; `(start_ms, request_id)` is unique, so a batch
 written twice (an answer lost, a batch sent again from the outbox) adds nothing the second time.
 Each row added is also queued for the rollups (`shared.pg.rollups`).
+
+Site: one row, the whole site in `doc` and its generation; each change NOTIFYs `llmp_site` with
+the new generation (every replica's certd LISTENs). certd's reports: one row per replica, with
+when it last said it was alive (`seen_at`). Certificates: each lineage's current version and
+certbot's account, written by the leader's certd (a change NOTIFYs `llmp_site` too).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ LOCK_KEYS = 0x6C6C6D70_0002
 LOCK_PARTITIONS = 0x6C6C6D70_0003
 
 KEYS_CHANNEL = "llmp_keys"
+SITE_CHANNEL = "llmp_site"
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -85,6 +91,53 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # The model name the upstream was asked for, when an alias chose it (shared.analytics).
     "ALTER TABLE llmp_requests ADD COLUMN upstream_model text",
+    # The site (shared.site.Site, whole in `doc`) and each replica's certd's report.
+    """
+    CREATE TABLE llmp_site (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        generation bigint NOT NULL,
+        doc jsonb NOT NULL
+    );
+    CREATE FUNCTION llmp_site_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('llmp_site', NEW.generation::text);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER llmp_site_changed AFTER INSERT OR UPDATE ON llmp_site
+        FOR EACH ROW EXECUTE FUNCTION llmp_site_changed();
+    CREATE TABLE llmp_certd_status (
+        replica text PRIMARY KEY,
+        doc jsonb NOT NULL,
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    # Certificates and certbot's account, as the leader's certd obtained them (private keys
+    # sealed: services/certd/pgshare.py).
+    """
+    CREATE TABLE llmp_certificates (
+        name text PRIMARY KEY,
+        fingerprint bytea NOT NULL,
+        version integer NOT NULL,
+        cert bytea NOT NULL,
+        chain bytea NOT NULL,
+        fullchain bytea NOT NULL,
+        privkey_sealed bytea NOT NULL,
+        renewal text NOT NULL,
+        config_dir text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE llmp_certbot_account (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        sealed bytea NOT NULL
+    );
+    CREATE FUNCTION llmp_certificates_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('llmp_site', 'certificates');
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER llmp_certificates_changed AFTER INSERT OR UPDATE OR DELETE
+        ON llmp_certificates FOR EACH STATEMENT EXECUTE FUNCTION llmp_certificates_changed();
+    """,
     # The admin's analytics (shared.pg.rollups): a row id for the request log's cursors, its
     # indexes, the rollups, and the queue of rows not in them yet (all rows so far, at first).
     "ALTER TABLE llmp_requests ADD COLUMN id bigserial;\n" + LOG_INDEXES + ROLLUPS_SCHEMA,

@@ -183,3 +183,33 @@ def test_the_sites_own_certificate_is_not_removed(api):
         409,
         "The site's domain needs a.example; change the domain first",
     )
+
+
+def test_no_certificate_is_obtained_where_tls_ends_at_a_load_balancer(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        jwt_secret=SECRET,
+        tls_termination="load-balancer",
+        trusted_proxies="10.0.0.0/8, fd00::/8",
+    )
+    assert settings.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = "Bearer " + sessions.for_settings(settings).issue("admin")
+        answer = client.post("/nginx/certificates/obtain", json={"domains": ["a.example.test"]})
+    assert answer.status_code == 409 and "load balancer" in answer.json()["message"]
+    assert read_site(settings.site_file).generation == 0  # nothing asked of certd
+
+
+def test_with_the_database_away_the_site_routes_say_so(tmp_path):
+    settings = make_settings(
+        tmp_path, jwt_secret=SECRET, database_url=f"postgresql:///x?host={tmp_path}"
+    )
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = "Bearer " + sessions.for_settings(settings).issue("admin")
+        status = client.get("/nginx/status")
+        change = client.post(
+            "/nginx/config/write-default", json={"domain": "a.example.test", "cidrGroups": []}
+        )
+    for answer in (status, change):
+        assert answer.status_code == 500
+        assert answer.json()["message"].startswith("The site is unreadable: site database:")

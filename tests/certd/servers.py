@@ -52,9 +52,13 @@ def connects(port: int) -> bool:
 
 
 def _answer(
-    conn: http.client.HTTPConnection, path: str, host: str | None = None
+    conn: http.client.HTTPConnection,
+    path: str,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    headers = {"X-Forwarded-For": "127.0.0.1", **({"Host": host} if host else {})}
+    headers = headers or {"X-Forwarded-For": "127.0.0.1"}
+    headers = {**headers, **({"Host": host} if host else {})}
     conn.request("GET", path, headers=headers)
     response = conn.getresponse()
     body = response.read()
@@ -69,12 +73,16 @@ def _answer(
 
 
 def get(
-    port: int, path: str, source: str = "127.0.0.1", host: str | None = None
+    port: int,
+    path: str,
+    source: str = "127.0.0.1",
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """GET over plain HTTP from `source` (with a spoofed X-Forwarded-For nginx must ignore),
-    with Host `host` (default: 127.0.0.1:port)."""
+    """GET over plain HTTP from `source` with `headers` (default: a spoofed X-Forwarded-For
+    nginx must ignore), with Host `host` (default: 127.0.0.1:port)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
-    return _answer(conn, path, host)
+    return _answer(conn, path, host, headers)
 
 
 def tls_get(

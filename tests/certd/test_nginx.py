@@ -293,3 +293,88 @@ def test_one_address_with_more_half_sent_requests_than_slots_does_not_starve_oth
     finally:
         for sock in opened:
             sock.close()
+
+
+def test_behind_a_load_balancer_only_its_forwarded_headers_are_believed(echo_settings, run_nginx):
+    """TLS_TERMINATION=load-balancer: from TRUSTED_PROXIES (127.0.0.1 here), the client's address
+    and scheme are what the load balancer says; from anyone else, what nginx sees."""
+    settings = echo_settings(tls_termination="load-balancer", trusted_proxies="127.0.0.1/32")
+    write_site(
+        settings.site_file,
+        Site(generation=1, domains=("app.example.test",), cidr_groups=("203.0.113.0/24",)),
+    )
+    nginx.apply(settings)
+    run_nginx(settings)
+    via_lb = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9", "X-Forwarded-Proto": "https"}
+    code, body = get(settings.port, "/v1/models", host="app.example.test", headers=via_lb)
+    assert code == 200  # served over plain HTTP: no redirect, there is no TLS here
+    assert (body["real_ip"], body["xff"], body["proto"]) == ("203.0.113.9", "203.0.113.9", "https")
+    # The admin paths judge the client's address, not the load balancer's.
+    assert get(settings.port, "/nginx/status", host="app.example.test", headers=via_lb)[0] == 200
+    outsider = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    assert get(settings.port, "/nginx/status", host="app.example.test", headers=outsider)[0] == 403
+    # Only http and https are taken for a scheme.
+    odd = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "gopher"}
+    assert get(settings.port, "/v1/models", host="app.example.test", headers=odd)[1]["proto"] == (
+        "http"
+    )
+    # Anyone else saying the same is not believed.
+    code, body = get(
+        settings.port, "/v1/models", source="127.0.0.2", host="app.example.test", headers=via_lb
+    )
+    assert (body["real_ip"], body["proto"]) == ("127.0.0.2", "http")
+    assert (
+        get(
+            settings.port,
+            "/nginx/status",
+            source="127.0.0.2",
+            host="app.example.test",
+            headers=via_lb,
+        )[0]
+        == 403
+    )
+    # And certd obtains nothing: no certbot run, nothing listens for TLS.
+    certd = Certd(settings)
+    certd.step()
+    status = read_status(settings.certd_status_file)
+    assert status["applied"]["ok"] and status["certificates"] == []
+    assert not settings.certbot_dirs[2].exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", settings.https_port), timeout=1).close()
+
+
+def test_without_a_load_balancer_forwarded_headers_are_nginxs_own(running_nginx):
+    claims = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    body = get(running_nginx.port, "/v1/models", headers=claims)[1]
+    assert (body["real_ip"], body["xff"], body["proto"]) == ("127.0.0.1", "127.0.0.1", "http")
+
+
+def _via_proxy_protocol(port: int, client: str, source: str = "127.0.0.1") -> dict:
+    """A GET on a PROXY protocol port, the PROXY line naming `client`, sent from `source`."""
+    with socket.create_connection(("127.0.0.1", port), 5, source_address=(source, 0)) as sock:
+        sock.sendall(
+            f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n".encode()
+            + b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+            + b"X-Forwarded-For: 192.0.2.1\r\nConnection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return json.loads(body)
+
+
+def test_behind_a_tcp_load_balancer_the_proxy_protocol_names_the_client(echo_settings, run_nginx):
+    from tests.conftest import free_port
+
+    settings = echo_settings(proxy_protocol_port=free_port(), trusted_proxies="127.0.0.1/32")
+    run_nginx(settings)
+    body = _via_proxy_protocol(settings.proxy_protocol_port, "203.0.113.9")
+    # The client's own headers are not believed: only the balancer's PROXY line.
+    assert (body["real_ip"], body["xff"], body["proto"]) == ("203.0.113.9", "203.0.113.9", "http")
+    # From an address that is not a trusted proxy, the PROXY line is not believed either.
+    body = _via_proxy_protocol(settings.proxy_protocol_port, "203.0.113.9", source="127.0.0.2")
+    assert body["real_ip"] == "127.0.0.2"
+    # PORT still serves without it (health checks inside the machine).
+    assert get(settings.port, "/v1/models")[1]["real_ip"] == "127.0.0.1"

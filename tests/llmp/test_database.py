@@ -72,3 +72,14 @@ def test_an_install_goes_into_the_database_and_comes_back_the_same(tmp_path, dat
 def test_a_move_without_a_database_says_which_setting_is_missing(tmp_path, capsys):
     assert llmp(tmp_path, "database", "import", DATA_DIR=tmp_path / "data") == 1
     assert "DATABASE_URL is not set" in capsys.readouterr().err
+
+
+def test_migrate_brings_the_tables_up_to_date_once(tmp_path, database_url, capsys):
+    from shared.pg.schema import MIGRATIONS
+
+    assert llmp(tmp_path, "database", "migrate", DATABASE_URL=database_url) == 0
+    assert f"applied {len(MIGRATIONS)} migrations" in capsys.readouterr().out
+    assert llmp(tmp_path, "database", "migrate", DATABASE_URL=database_url) == 0
+    assert "applied 0 migrations" in capsys.readouterr().out
+    assert llmp(tmp_path, "database", "migrate") == 1
+    assert "DATABASE_URL is not set" in capsys.readouterr().err

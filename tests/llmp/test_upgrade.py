@@ -1,8 +1,11 @@
-"""llmp/upgrade.py: the original llm-proxy's nginx server.conf becomes data/site.json."""
+"""llmp/upgrade.py: the original llm-proxy's nginx server.conf becomes the site (data/site.json,
+or the database's)."""
 
 from __future__ import annotations
 
 import stat
+
+import pytest
 
 from llmp.upgrade import BACKUP_NAME, import_original_site, parse_server_conf, protect_secrets
 from services.certd import nginx
@@ -66,6 +69,33 @@ def test_no_import_for_llmps_own_config_or_without_one(tmp_path):
     assert import_original_site(settings) is None
     assert server_conf_path(settings).read_text() == ours
     assert not settings.site_file.exists()
+
+
+def test_with_a_database_the_site_goes_into_it_once(tmp_path, database_url):
+    from shared import storage
+
+    settings = make_settings(tmp_path, database_url=database_url)
+    server = server_conf_path(settings)
+    server.parent.mkdir(parents=True)
+    server.write_text(original.server_conf("llm.example.com", ["203.0.113.0/24"]))
+    imported = import_original_site(settings)
+    assert imported is not None and not settings.site_file.exists()
+    assert storage.site_store(settings).read_site() == imported.site
+    server.write_text(original.server_conf("other.example.com", []))  # another replica's
+    assert import_original_site(settings) is None  # the cluster has its site already
+    assert storage.site_store(settings).read_site() == imported.site
+
+
+def test_an_original_site_is_not_lost_when_the_database_is_away(tmp_path):
+    from shared.site import SiteError
+
+    settings = make_settings(tmp_path, database_url=f"postgresql:///x?host={tmp_path}")
+    server = server_conf_path(settings)
+    server.parent.mkdir(parents=True)
+    server.write_text(original.server_conf("llm.example.com", []))
+    with pytest.raises(SiteError):
+        import_original_site(settings)
+    assert server.exists()  # not moved aside: the next start imports it
 
 
 def test_an_earlier_backup_is_not_overwritten(tmp_path):

@@ -71,3 +71,42 @@ def test_the_proxy_variables_are_read_from_the_environment_as_tools_spell_them(
         "localhost,.lan",
         "",
     )
+
+
+def test_tls_at_a_load_balancer_needs_its_addresses(tmp_path, monkeypatch):
+    for name in ("TLS_TERMINATION", "TRUSTED_PROXIES"):
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("TLS_TERMINATION=load-balancer\nTRUSTED_PROXIES=10.1.2.3/8, fd00::/8\n")
+    s = load_settings(str(env))
+    assert s.tls_termination == "load-balancer"
+    assert s.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    env.write_text("TLS_TERMINATION=load-balancer\n")
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+        load_settings(str(env))
+    for bad in ("10.0.0.0/8;x", "example.com", "10.0.0.0/33"):
+        env.write_text(f"TLS_TERMINATION=load-balancer\nTRUSTED_PROXIES={bad}\n")
+        with pytest.raises(ValidationError, match="Invalid CIDR"):
+            load_settings(str(env))
+    env.write_text("TLS_TERMINATION=ingress\n")
+    with pytest.raises(ValidationError):
+        load_settings(str(env))
+
+
+def test_the_proxy_protocol_needs_its_balancers_and_excludes_an_http_one(tmp_path, monkeypatch):
+    for name in ("TLS_TERMINATION", "TRUSTED_PROXIES", "PROXY_PROTOCOL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("PROXY_PROTOCOL_PORT=8443\nTRUSTED_PROXIES=172.16.0.0/12\n")
+    assert load_settings(str(env)).proxy_protocol_port == 8443
+    for text, why in (
+        ("PROXY_PROTOCOL_PORT=8443\n", "TRUSTED_PROXIES"),
+        ("TRUSTED_PROXIES=10.0.0.0/8\n", "TRUSTED_PROXIES is for"),
+        (
+            "TLS_TERMINATION=load-balancer\nTRUSTED_PROXIES=10.0.0.0/8\nPROXY_PROTOCOL_PORT=1\n",
+            "one or the other",
+        ),
+    ):
+        env.write_text(text)
+        with pytest.raises(ValidationError, match=why):
+            load_settings(str(env))

@@ -1,8 +1,9 @@
 """`/nginx/*`: certificates and the nginx configuration, with the original's answers.
 
-Nothing here runs certbot or nginx. Each change is written to `data/site.json` (the desired
-state, whose only writer is the api) and the route then waits, at most CERTD_WAIT_SECONDS, for
-certd to report in `data/certd/status.json` that it applied that generation, so the answer
+Nothing here runs certbot or nginx. Each change is written to the site (the desired state, whose
+only writer is the api: `data/site.json`, or PostgreSQL, see `shared.sitestore`) and the route
+then waits, at most CERTD_WAIT_SECONDS, for certd to report that it applied that generation
+(every replica's certd, with several replicas), so the answer
 tells the real outcome: a certificate refused by the CA, or a config refused by `nginx -t`, is a
 failure with certbot's or nginx's own message (the original answered success either way).
 Domains and CIDR groups are validated first; anything else is a 400.
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 
 from services.api import schemas
-from services.api.deps import Admin, AdminAction, SettingsDep
+from services.api.deps import Admin, AdminAction, SettingsDep, SiteDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
 from shared.custom_config import check_custom_config
@@ -32,15 +33,13 @@ from shared.site import (
     Site,
     SiteError,
     certificate_name,
-    read_site,
-    read_status,
-    update_site,
     valid_cidrs,
     valid_domain,
     valid_domains,
     valid_email,
     valid_http_mode,
 )
+from shared.sitestore import SiteStore
 
 log = logging.getLogger("api.nginx")
 
@@ -57,12 +56,12 @@ async def _fields(request: Request) -> dict[str, Any]:
         raise Failure(400, INVALID) from exc
 
 
-async def _change(settings: Settings, change: Callable[[Site], Site]) -> Site:
+async def _change(store: SiteStore, change: Callable[[Site], Site]) -> Site:
     try:
-        return await asyncio.to_thread(update_site, settings.site_file, change)
+        return await asyncio.to_thread(store.update_site, change)
     except SiteError as exc:
-        log.error("site.json unreadable; nothing written", extra={"fields": {"error": exc}})
-        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+        log.error("site unreadable; nothing written", extra={"fields": {"error": exc}})
+        raise Failure(500, f"The site is unreadable: {exc}") from exc
     except OSError as exc:
         raise Failure(500, f"Failed to save the site: {exc}") from exc
 
@@ -73,11 +72,13 @@ def _certd_alive(settings: Settings) -> bool:
     )
 
 
-async def _wait(settings: Settings, done: Callable[[CertdStatus], bool]) -> CertdStatus:
+async def _wait(
+    settings: Settings, store: SiteStore, done: Callable[[CertdStatus], bool]
+) -> CertdStatus:
     """certd's status once `done(status)`; a 504 if that takes longer than CERTD_WAIT_SECONDS."""
     deadline = time.monotonic() + settings.certd_wait_seconds
     while True:
-        status = read_status(settings.certd_status_file)
+        status = await asyncio.to_thread(store.read_status)
         if status is not None and done(status):
             return status
         if time.monotonic() > deadline:
@@ -95,9 +96,17 @@ def _applied(generation: int) -> Callable[[CertdStatus], bool]:
 
 
 @router.post("/certificates/obtain", response_model=schemas.Message)
-async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
+async def obtain(
+    request: Request, admin: Admin, settings: SettingsDep, store: SiteDep
+) -> schemas.Message:
     """Body `{"domains": ["llm.example.com", "*.example.com"], "email"?: "you@example.com"}`:
     one certificate for all the domains (named after the first), by Cloudflare DNS-01."""
+    if settings.tls_termination == "load-balancer":
+        raise Failure(
+            409,
+            "TLS ends at the load balancer (TLS_TERMINATION=load-balancer): llmp obtains no "
+            "certificates",
+        )
     fields = await _fields(request)
     if not isinstance(fields.get("domains"), list):
         raise Failure(400, INVALID)
@@ -111,9 +120,9 @@ async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> schem
         site = site.with_certificate(domains)
         return site if email is None else replace(site, acme_email=email)
 
-    site = await _change(settings, change)
+    site = await _change(store, change)
     log.info("certificate requested", extra={"fields": {"domains": ",".join(domains)}})
-    status = await _wait(settings, _applied(site.generation))
+    status = await _wait(settings, store, _applied(site.generation))
     name = certificate_name(domains)
     state = next((c for c in status["certificates"] if c["name"] == name), None)
     if state is None or state["lastError"] or set(state["domains"]) != set(domains):
@@ -123,14 +132,16 @@ async def obtain(request: Request, admin: Admin, settings: SettingsDep) -> schem
 
 
 @router.delete("/certificates/{name}", response_model=schemas.Message)
-async def remove_certificate(name: str, admin: Admin, settings: SettingsDep) -> schemas.Message:
+async def remove_certificate(
+    name: str, admin: Admin, settings: SettingsDep, store: SiteDep
+) -> schemas.Message:
     """Forget a certificate that was asked for and never issued (certd stops trying). One that
     was issued stays, and so does the one the site's domain needs."""
-    status = read_status(settings.certd_status_file)
+    status = await asyncio.to_thread(store.read_status)
     state = next((c for c in status["certificates"] if c["name"] == name), None) if status else None
     if state is not None and state["notAfter"] is not None:
         raise Failure(409, f"{name} has been issued; only a certificate never issued is removed")
-    site = await asyncio.to_thread(_read_site, settings)
+    site = await asyncio.to_thread(_read_site, store)
     if not any(c.name == name for c in site.certificates):
         raise Failure(404, f"No certificate {name} was asked for")
     remaining = replace(site, certificates=tuple(c for c in site.certificates if c.name != name))
@@ -142,35 +153,35 @@ async def remove_certificate(name: str, admin: Admin, settings: SettingsDep) -> 
             current, certificates=tuple(c for c in current.certificates if c.name != name)
         )
 
-    site = await _change(settings, change)
+    site = await _change(store, change)
     log.info("certificate request removed", extra={"fields": {"name": name}})
-    await _wait(settings, _applied(site.generation))
+    await _wait(settings, store, _applied(site.generation))
     return {"success": True, "message": f"Removed {name}."}
 
 
-def _read_site(settings: Settings) -> Site:
+def _read_site(store: SiteStore) -> Site:
     try:
-        return read_site(settings.site_file)
+        return store.read_site()
     except SiteError as exc:
-        raise Failure(500, f"The site file is unreadable: {exc}") from exc
+        raise Failure(500, f"The site is unreadable: {exc}") from exc
 
 
-async def _ask(settings: Settings, action: Literal["renew", "reload"]) -> None:
-    """Ask certd for a one-shot action (a counter in site.json) and wait for its outcome."""
+async def _ask(settings: Settings, store: SiteStore, action: Literal["renew", "reload"]) -> None:
+    """Ask certd for a one-shot action (a counter in the site) and wait for its outcome."""
     counter = f"{action}_requested"
-    site = await _change(settings, lambda s: replace(s, **{counter: getattr(s, counter) + 1}))
+    site = await _change(store, lambda s: replace(s, **{counter: getattr(s, counter) + 1}))
     wanted = getattr(site, counter)
-    status = await _wait(settings, lambda st: st[action]["handled"] >= wanted)
+    status = await _wait(settings, store, lambda st: st[action]["handled"] >= wanted)
     if not status[action]["ok"]:
         raise Failure(500, status[action]["message"] or f"{action.capitalize()} failed")
 
 
 @router.get("/certificates/renew", response_model=schemas.Message)
-async def renew(admin: AdminAction, settings: SettingsDep) -> schemas.Message:
+async def renew(admin: AdminAction, settings: SettingsDep, store: SiteDep) -> schemas.Message:
     """Renew the certificates certbot says are due, then reload nginx. A certificate never
     issued is not renewed, and the answer says so rather than claim success for it."""
-    await _ask(settings, "renew")
-    status = read_status(settings.certd_status_file)
+    await _ask(settings, store, "renew")
+    status = await asyncio.to_thread(store.read_status)
     certificates = status["certificates"] if status else []
     missing = [c["name"] for c in certificates if c["notAfter"] is None]
     if missing and len(missing) == len(certificates):
@@ -187,14 +198,16 @@ async def renew(admin: AdminAction, settings: SettingsDep) -> schemas.Message:
 
 
 @router.get("/reload", response_model=schemas.Message)
-async def reload(admin: AdminAction, settings: SettingsDep) -> schemas.Message:
+async def reload(admin: AdminAction, settings: SettingsDep, store: SiteDep) -> schemas.Message:
     """Reload nginx with the configuration in force."""
-    await _ask(settings, "reload")
+    await _ask(settings, store, "reload")
     return {"success": True, "message": "Nginx configuration reloaded successfully."}
 
 
 @router.post("/config/write-default", response_model=schemas.Message)
-async def write_default(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
+async def write_default(
+    request: Request, admin: Admin, settings: SettingsDep, store: SiteDep
+) -> schemas.Message:
     """Body `{"domain": "llm.example.com", "cidrGroups": ["203.0.113.0/24"], "httpMode"?:
     "redirect" | "serve"}`: llmp's own configuration for the site (replacing a custom one);
     a certificate for the domain is obtained if none covers it."""
@@ -213,19 +226,21 @@ async def write_default(request: Request, admin: Admin, settings: SettingsDep) -
             site, domains=(domain,), cidr_groups=cidrs, http_mode=http_mode, custom_config=None
         )
 
-    site = await _change(settings, change)
+    site = await _change(store, change)
     log.info(
         "default config requested",
         extra={"fields": {"domain": domain, "cidrs": ",".join(cidrs), "http": http_mode}},
     )
-    status = await _wait(settings, _applied(site.generation))
+    status = await _wait(settings, store, _applied(site.generation))
     if not status["applied"]["ok"]:
         raise Failure(500, status["applied"]["message"] or "Failed to write the default config")
     return {"success": True, "message": "Default config written successfully"}
 
 
 @router.post("/config/update", response_model=schemas.Message)
-async def update_config(request: Request, admin: Admin, settings: SettingsDep) -> schemas.Message:
+async def update_config(
+    request: Request, admin: Admin, settings: SettingsDep, store: SiteDep
+) -> schemas.Message:
     """Body `{"config": "<server.conf>"}`: the admin's own server configuration, within the
     allowlist of `shared.custom_config` (a 400 saying what is not allowed); if nginx refuses
     it, the answer is nginx's message and the previous configuration stays."""
@@ -243,8 +258,8 @@ async def update_config(request: Request, admin: Admin, settings: SettingsDep) -
         previous.append(site.custom_config)
         return replace(site, custom_config=config)
 
-    site = await _change(settings, change)
-    status = await _wait(settings, _applied(site.generation))
+    site = await _change(store, change)
+    status = await _wait(settings, store, _applied(site.generation))
     if status["nginx"]["ok"]:
         log.info("custom config applied")
         return {"success": True, "message": "Nginx configuration updated."}
@@ -256,8 +271,8 @@ async def update_config(request: Request, admin: Admin, settings: SettingsDep) -
             return current
         return replace(current, custom_config=previous[0])
 
-    reverted = await _change(settings, revert)
-    await _wait(settings, _applied(reverted.generation))
+    reverted = await _change(store, revert)
+    await _wait(settings, store, _applied(reverted.generation))
     log.info("custom config refused", extra={"fields": {"error": status["nginx"]["error"]}})
     raise Failure(400, status["nginx"]["error"] or "nginx refused the configuration")
 
@@ -276,22 +291,19 @@ def get_config(admin: Admin, settings: SettingsDep) -> schemas.Config:
 
 
 @router.get("/config/get-default", response_model=schemas.Config)
-def get_default(admin: Admin, settings: SettingsDep) -> schemas.Config:
+def get_default(admin: Admin, store: SiteDep) -> schemas.Config:
     """The configuration write-default makes of the current site (a start for your own)."""
-    status = read_status(settings.certd_status_file)
+    status = store.read_status()
     if status is None or "defaultConfig" not in status:
         raise Failure(500, "certd has not reported yet; is it running?")
     return {"success": True, "config": status["defaultConfig"]}
 
 
 @router.get("/status", response_model=schemas.NginxStatus)
-def nginx_status(admin: Admin, settings: SettingsDep) -> schemas.NginxStatus:
+def nginx_status(admin: Admin, settings: SettingsDep, store: SiteDep) -> schemas.NginxStatus:
     """Desired and applied generations, nginx's state, every certificate, the site."""
-    try:
-        site = read_site(settings.site_file)
-    except SiteError as exc:
-        raise Failure(500, f"The site file is unreadable: {exc}") from exc
-    status = read_status(settings.certd_status_file)
+    site = _read_site(store)
+    status = store.read_status()
     nginx = (
         status["nginx"]
         if status
