@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-# "usage": the usage log's upkeep (rollups, retention); "certd": obtaining and renewing
-# certificates. A new job is added at the end (its lock key is its place here).
-JOBS = ("usage", "certd")
+# Each job and its number, the last of its lock key (`shared.pg.leader.lock_key`): "usage", the
+# usage log's upkeep (rollups, retention); "certd", obtaining and renewing certificates. A
+# number is never changed nor given to another job: replicas of two versions run side by side
+# during an upgrade, and must take the same lock for the same job (1 and 2 were named in an
+# earlier version and never taken).
+JOBS = {"usage": 0, "certd": 3}
 
 
 class Leader(Protocol):

@@ -12,7 +12,7 @@ tries can commit, while the new leader can only have the lock once it is gone. A
 outside the database (certbot) has the weaker promise: it learns of a lost hold at its next
 `lead()`, so it asks before each step it must not share.
 
-The lock keys are "llmp" in ASCII, then 0x01nn for the nn-th job of `shared.leader.JOBS`.
+The lock keys are "llmp" in ASCII, then 0x01nn for job number nn of `shared.leader.JOBS`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def lock_key(job: str) -> int:
     """The advisory lock key of `job` (one of `shared.leader.JOBS`)."""
     if job not in JOBS:
         raise ValueError(f"unknown job {job!r}")
-    return LOCK_BASE + JOBS.index(job)
+    return LOCK_BASE + JOBS[job]
 
 
 class PgLeader:
