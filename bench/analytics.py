@@ -10,8 +10,8 @@ resident memory before and after (its peak, VmHWM).
 
 With `--database-url`, the api reads PostgreSQL instead (DATABASE_URL, an empty database or one
 this bench filled before with as many rows): the same rows are copied into `llmp_requests` (COPY,
-its day partitions made first), the keys into `llmp_keys`, and the rows are queued and folded
-into the rollups by the leader's job (`shared.pg.rollups.fold`, timed), as a database moved in
+its day partitions made first, each row queued for the rollups by the table's trigger), the keys
+into `llmp_keys`, and the rows are folded into the rollups by the leader's job (`shared.pg.rollups.fold`, timed), as a database moved in
 from one box is. The database is kept between runs (table `llmp_bench` says what it holds).
 
     python -m bench.analytics [--rows 10000000] [--repeat 5] [--json out.json]
@@ -160,12 +160,7 @@ def load_postgres(url: str, data: Path, rows: int, keys: list[ApiKey]) -> dict[s
                 if n % 500_000 == 0:
                     _log(f"  {n:,} rows")
         source.close()
-        copied = time.perf_counter()
-        conn.execute(
-            f"INSERT INTO llmp_rollup_queue ({pg_rollups.QUEUED})"
-            f" SELECT {pg_rollups.QUEUED} FROM llmp_requests ORDER BY start_ms"
-        )
-        queued = time.perf_counter()
+        queued = time.perf_counter()  # by the trigger, as the rows were copied
         _log("rollups (the leader's folds)")
         while pg_rollups.fold(conn, 200_000):
             _log(f"  {pg_rollups.queued(conn):,} rows left")
@@ -174,8 +169,7 @@ def load_postgres(url: str, data: Path, rows: int, keys: list[ApiKey]) -> dict[s
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
         timing = {
             "rows": rows,
-            "copy_s": round(copied - started, 1),
-            "queue_s": round(queued - copied, 1),
+            "copy_s": round(queued - started, 1),
             "fold_s": round(folded - queued, 1),
             "fold_rows_per_s": round(rows / (folded - queued)),
             "size_mb": round((size[0] if size else 0) / 2**20),

@@ -1,9 +1,10 @@
 """The admin's analytics in PostgreSQL: the rollups of `llmp_requests` (`shared.rollups`, the
 same columns, levels, grains and queries as the embedded database's), and how they are kept.
 
-Nothing is updated per request, and writers never wait on each other's rows: the usage log's
-writer adds each batch's rows to `llmp_requests` and, in the same transaction, the columns the
-rollups read of the rows it added to `llmp_rollup_queue` (a plain append). One process, the
+Nothing is updated per request, and writers never wait on each other's rows: each statement
+that adds rows to `llmp_requests` (a batch of the usage log, an import, whichever version of
+llmp wrote it) also appends the columns the rollups read of the rows it added to
+`llmp_rollup_queue`, by a trigger, in its transaction. One process, the
 leader of the "usage" job (`shared.leader`, `shared.pg.usage`), folds the queue into
 `llmp_rollups` after each of its flushes (every half second): one transaction takes up to
 FOLD_BATCH rows out of the queue and adds them to every grain and level
@@ -78,6 +79,13 @@ CREATE TABLE llmp_rollup_queue (
 );
 INSERT INTO llmp_rollup_queue ({QUEUED})
     SELECT {QUEUED} FROM llmp_requests ORDER BY start_ms;
+CREATE FUNCTION llmp_requests_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO llmp_rollup_queue ({QUEUED}) SELECT {QUEUED} FROM added;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER llmp_requests_added AFTER INSERT ON llmp_requests
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION llmp_requests_added();
 """
 
 # The request log's indexes (as shared/analytics.py's for the embedded database): by the id a

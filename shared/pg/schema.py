@@ -13,7 +13,7 @@ new version: the proxies LISTEN, and compare versions as a backstop.
 Usage: one row per request, partitioned by day of `start_ms` (UTC) so that retention drops
 whole partitions instead of deleting rows; `(start_ms, request_id)` is unique, so a batch
 written twice (an answer lost, a batch sent again from the outbox) adds nothing the second time.
-Each row added is also queued for the rollups (`shared.pg.rollups`).
+Each row added is also queued for the rollups, by a trigger (`shared.pg.rollups`).
 
 Site: one row, the whole site in `doc` and its generation; each change NOTIFYs `llmp_site` with
 the new generation (every replica's certd LISTENs). certd's reports: one row per replica, with

@@ -80,10 +80,9 @@ def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[
                 copy.write_row([getattr(row, name) for name in COLUMNS])
         added = conn.execute(
             sql.SQL(
-                "WITH added AS (INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
-                " ON CONFLICT DO NOTHING RETURNING {1})"
-                " INSERT INTO llmp_rollup_queue ({1}) SELECT {1} FROM added"
-            ).format(_COLUMNS, sql.SQL(rollups.QUEUED))
+                "INSERT INTO llmp_requests ({0}) SELECT {0} FROM llmp_requests_in"
+                " ON CONFLICT DO NOTHING"
+            ).format(_COLUMNS)
         )
         return added.rowcount
 

@@ -219,3 +219,33 @@ def test_the_leaders_own_rows_are_written_while_it_folds(database_url, tmp_path)
         await usage.close()
 
     asyncio.run(scenario())
+
+
+def test_rows_written_by_any_statement_are_queued_for_the_rollups(database_url, tmp_path):
+    """Rows an older llmp writes while a newer one upgrades the schema (its plain INSERT, a COPY)
+    are queued as a batch of the usage log is, and only the rows added."""
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+
+    async def scenario() -> None:
+        usage.record(row(0))
+        await usage.flush()
+        now = int(time.time() * 1000)
+        with psycopg.connect(database_url) as conn:
+            insert = (
+                "INSERT INTO llmp_requests (request_id, key_id, username, start_ms, status,"
+                " method, path, stream, bytes_in, bytes_out) VALUES"
+                " (%s, 'k', 'u', %s, 200, 'POST', '/v1', false, 0, 0) ON CONFLICT DO NOTHING"
+            )
+            conn.execute(insert, ("old-1", now))
+            conn.execute(insert, ("old-1", now))  # already there: nothing queued
+            with conn.cursor() as cur, cur.copy(
+                "COPY llmp_requests (request_id, key_id, username, start_ms, status, method,"
+                " path, stream, bytes_in, bytes_out) FROM STDIN"
+            ) as copy:
+                copy.write_row(("old-2", "k", "u", now, 200, "POST", "/v1", True, 0, 0))
+        assert rolled_up(database_url) == (0, 3)
+        assert await usage.keep()
+        assert rolled_up(database_url) == (3, 0)
+        await usage.close()
+
+    asyncio.run(scenario())
