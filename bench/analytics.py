@@ -11,8 +11,9 @@ resident memory before and after (its peak, VmHWM).
 With `--database-url`, the api reads PostgreSQL instead (DATABASE_URL, an empty database or one
 this bench filled before with as many rows): the same rows are copied into `llmp_requests` (COPY,
 its day partitions made first, each row queued for the rollups by the table's trigger), the keys
-into `llmp_keys`, and the rows are folded into the rollups by the leader's job (`shared.pg.rollups.fold`, timed), as a database moved in
-from one box is. The database is kept between runs (table `llmp_bench` says what it holds).
+into `llmp_keys`, and the rows are folded into the rollups by the leader's job
+(`shared.pg.rollups.fold`, timed), as a database moved in from one box is. The database is kept
+between runs (table `llmp_bench` says what it holds).
 
     python -m bench.analytics [--rows 10000000] [--repeat 5] [--json out.json]
         [--database-url postgresql:///llmp?host=/run/postgresql]

@@ -238,10 +238,13 @@ def test_rows_written_by_any_statement_are_queued_for_the_rollups(database_url, 
             )
             conn.execute(insert, ("old-1", now))
             conn.execute(insert, ("old-1", now))  # already there: nothing queued
-            with conn.cursor() as cur, cur.copy(
-                "COPY llmp_requests (request_id, key_id, username, start_ms, status, method,"
-                " path, stream, bytes_in, bytes_out) FROM STDIN"
-            ) as copy:
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY llmp_requests (request_id, key_id, username, start_ms, status, method,"
+                    " path, stream, bytes_in, bytes_out) FROM STDIN"
+                ) as copy,
+            ):
                 copy.write_row(("old-2", "k", "u", now, 200, "POST", "/v1", True, 0, 0))
         assert rolled_up(database_url) == (0, 3)
         assert await usage.keep()
