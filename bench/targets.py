@@ -149,7 +149,7 @@ class LlmpStack(Target):
         home.mkdir()
         env_file.write_text("")
         (home / "data").mkdir()
-        _write_key_file(home / "data" / "apikeys.json", self.api_key)
+        write_key_file(home / "data" / "apikeys.json", self.api_key)
         environment = {
             **os.environ,
             "ENV_FILE": str(env_file),
@@ -198,7 +198,7 @@ class LlmpStack(Target):
         return spawned or main
 
 
-def _write_key_file(path: Path, key: str) -> None:
+def write_key_file(path: Path, key: str) -> None:
     entry = {
         "id": secrets.token_hex(16),
         "username": "bench",

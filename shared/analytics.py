@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
 
-from shared import rollups
+from shared import rollup_batch, rollups
 
 
 @dataclass(slots=True)
@@ -154,14 +154,11 @@ def insert(db: sqlite3.Connection, rows: Iterable[RequestRow]) -> None:
 
 
 def _insert(db: sqlite3.Connection, rows: Iterable[RequestRow]) -> None:
-    """Inside a write transaction: the ids are the table's next ones (no other writer runs)."""
-    first = _last_id(db) + 1
-    db.executemany(_INSERT, map(_values, rows))
-    rollups.add_rows(db, first, _last_id(db))
-
-
-def _last_id(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()[0])
+    """Inside a write transaction: the rows and their sums in the rollups, summed in memory
+    (shared/rollup_batch.py)."""
+    batch = rows if isinstance(rows, list) else list(rows)
+    db.executemany(_INSERT, map(_values, batch))
+    rollup_batch.add(db, batch)
 
 
 _IMPORTS = "CREATE TABLE IF NOT EXISTS imports (name TEXT PRIMARY KEY, rows INTEGER, at INTEGER)"

@@ -22,8 +22,9 @@ A dimension a level does not have holds '' (as does a request without a model or
 row holds counts, failures, token sums, the completion tokens and generation time of streamed
 answers (tokens per second), the last request's start, and two histograms (latency of completed
 requests, time to first byte) over fixed log-spaced buckets (`EDGES`), from which `percentile`
-reads. Everything is a sum, so rows merge by adding: a batch of new rows is added with one
-`INSERT ... ON CONFLICT DO UPDATE` (the recorder runs it in the transaction that inserts the rows),
+reads. Everything is a sum, so rows merge by adding: a batch of new rows is summed in memory
+(shared/rollup_batch.py) and added with `INSERT ... ON CONFLICT DO UPDATE` in the transaction
+that inserts the rows (an upgrade adds old rows with the same sums in SQL, `ADD_ROWS`),
 and a window is read by adding the periods it covers (`cover`), with its ragged edges computed from
 the rows themselves by the same SQL (`RAW_MEASURES`).
 
@@ -247,6 +248,11 @@ def merge_sql(table: str) -> str:
 
 
 _MERGE = merge_sql("rollups")
+# One rollup row added (shared/rollup_batch.py, which sums a batch's rows in memory).
+UPSERT = (
+    f"INSERT INTO rollups ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
+)
 
 
 _WEEK_OF_HOUR = f"hour - (hour - {MONDAY}) % {WEEK}"

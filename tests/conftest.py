@@ -17,6 +17,7 @@ import uvicorn
 
 from services.proxy.__main__ import SERVER_OPTIONS
 from services.proxy.app import ProxyApp, create_app
+from services.proxy.runtime import Runtime
 from shared import analytics
 from shared.apikeys import ApiKey, write_keys
 from shared.settings import Settings, load_settings
@@ -140,10 +141,16 @@ class RunningProxy:
         headers = {"Authorization": f"Bearer {key.key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
+    @property
+    def runtime(self) -> Runtime:
+        """The worker's long-lived resources, once its lifespan has built them."""
+        assert self.app.runtime is not None, "the proxy has not started"
+        return self.app.runtime
+
     def rows(self) -> list[dict[str, Any]]:
         """Analytics rows written so far (after flushing what the recorder holds)."""
         loop = self.server_loop()
-        asyncio.run_coroutine_threadsafe(self.app.recorder.flush(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.runtime.recorder.flush(), loop).result(10)
         db = analytics.connect(self.settings.analytics_db)
         db.row_factory = sqlite3.Row
         try:
@@ -152,8 +159,7 @@ class RunningProxy:
             db.close()
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        assert self.app.loop is not None
-        return self.app.loop
+        return self.runtime.loop
 
 
 @pytest.fixture

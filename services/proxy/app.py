@@ -4,24 +4,26 @@ Per request: check the key and its policy, read the body (at most PAYLOAD_LIMIT)
 `/v1/models` from the catalog (the models the key may use) or check the model and the key's
 limits, pick upstreams and hand over to `forward.exchange`, then queue one analytics row and log
 one line. A client that goes away cancels the work at once, upstream request included.
+
+What a request needs and what it found travel in its `Flow` (services/proxy/flow.py); the
+worker's long-lived resources are in its `Runtime` (services/proxy/runtime.py), built by the
+lifespan.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import gc
 import itertools
 import logging
-import os
 import secrets
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 
-from services.proxy import alerts, aliases, attribution, errors, fallbacks, routing, tracing
+from services.proxy import aliases, attribution, errors, fallbacks, routing
 from services.proxy.asgi import (
     ClientGone,
     DisconnectWatch,
@@ -35,55 +37,25 @@ from services.proxy.asgi import (
     send_json,
     sse_error,
 )
-from services.proxy.board import Board
 from services.proxy.body import RequestBody
-from services.proxy.budgets import Budgets, PriceBook
-from services.proxy.catalog import Catalog, UpstreamState
-from services.proxy.clients import create_client
+from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
-from services.proxy.fleet import FleetWatch
+from services.proxy.flow import Flow
 from services.proxy.forward import UpstreamCut, exchange
-from services.proxy.keys import KeyStore
-from services.proxy.limits import Limiter, Policy
-from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
-from services.proxy.recorder import Recorder
-from services.proxy.revocation import OpenRequests
-from services.proxy.upstream import UpstreamClient
-from services.proxy.usage import Meter, ask_for_usage, tokens_used
-from shared import logs, storage
+from services.proxy.runtime import Runtime
+from shared import logs
 from shared.analytics import RequestRow
 from shared.cors import cors_options
-from shared.heartbeat import INTERVAL, STALE_AFTER, Heartbeat, read_heartbeats
 from shared.logs import setup_logging
 from shared.settings import Settings, get_settings
-from shared.usagelog import UsageLog
-from shared.webhooks import Webhooks
 
 log = logging.getLogger("proxy")
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
         self.settings = settings
-        self.keys = KeyStore(storage.key_feed(settings))
-        self.open = OpenRequests()
-        self.keys.on_change = self._revoke_open
-        self.fleet = FleetWatch(settings.fleet_file, settings.target_urls)
-        self.metrics = ProxyMetrics(CollectorRegistry())
-        self.recorder: UsageLog = storage.usage_log(settings) or Recorder(
-            settings.analytics_db,
-            settings.analytics_retention_days,
-            self.keys.keys,
-            settings.analytics_rollup_retention_days,
-        )
-        self.client: UpstreamClient | None = None  # the upstream client, built in the lifespan
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.catalog: Catalog | None = None
-        self.limiter: Limiter | None = None
-        self.budgets: Budgets | None = None
-        self.webhooks: Webhooks | None = None
-        self.tracing = tracing.from_environment()  # None unless OTLP is configured
-        self._tasks: list[asyncio.Task[None]] = []
+        self.runtime = runtime  # built by the lifespan, unless given (tests drive it in-process)
         # Request ids: a random prefix per process and a counter (no system call per request).
         self._id_prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
@@ -94,97 +66,21 @@ class ProxyApp:
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
 
-    # Lifespan ----------------------------------------------------------------------------
-
     async def lifespan(self, receive: Receive, send: Send) -> None:
         await receive()
         try:
-            await self.startup()
+            self.runtime = await Runtime.start(self.settings)
         except Exception as exc:
             log.exception("start-up failed")
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
-        await send({"type": "lifespan.startup.complete"})
-        await receive()
-        await self.shutdown()
-        await send({"type": "lifespan.shutdown.complete"})
-
-    async def startup(self) -> None:
-        s = self.settings
-        self.loop = asyncio.get_running_loop()
-        self.client = create_client(s)
-        if self.tracing is not None:
-            self.client = self.tracing.wrap(self.client)
-        board = Board(s.board_file)
-        self.catalog = Catalog(s, self.client, board)
-        self.limiter = Limiter(board)
-        self.budgets = Budgets(board, s.analytics_db, PriceBook(s.prices_file))
-        self.webhooks = alerts.attach(s, self.catalog, self.limiter, self.budgets)
-        await self.fleet.start(self.catalog)
-        await self.keys.start()
-        await self.recorder.start()
-        self.heartbeat = Heartbeat(s.run_dir, "proxy", f"proxy-{os.getpid()}")
-        _forget_dead_workers(s)
-        self._tasks = [
-            asyncio.create_task(self.catalog.run(), name="models-refresh-loop"),
-            asyncio.create_task(self._beat(), name="proxy-heartbeat"),
-            asyncio.create_task(self._flush_metrics(), name="metrics-flush"),
-        ]
         # Everything allocated so far lives as long as the worker: keep it out of the cyclic
         # collector's way, so that its full collections stay short.
         gc.freeze()
-
-    async def shutdown(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.metrics.flush()
-        await self.keys.stop()
-        await self.fleet.stop()
-        await self.recorder.close()
-        if self.webhooks is not None:
-            await asyncio.to_thread(self.webhooks.close)
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.close)
-        if self.client is not None:
-            await self.client.close()
-        if self.limiter is not None:
-            self.limiter.board.close()
-        self.heartbeat.remove()
-
-    async def _beat(self) -> None:
-        assert self.catalog is not None
-        failing: str | None = None  # logged once until it changes or passes
-        while True:
-            self.heartbeat.state = {
-                "keys": len(self.keys),
-                "last_error": self.keys.last_error
-                or self.fleet.last_error
-                or self.recorder.last_error,
-                "keys_error": self.keys.last_error,
-                "fleet_error": self.fleet.last_error,
-                "keys_version": self.keys.version,
-                "keys_staleness": round(self.keys.staleness(), 1),
-                "analytics_pending": self.recorder.pending,
-                "analytics_dropped": self.recorder.dropped,
-                "upstreams": [s.report() for s in self.catalog.states],
-            }
-            try:  # in a thread: its fsync must not hold up the event loop
-                await asyncio.to_thread(self.heartbeat.beat)
-            except OSError as exc:
-                if str(exc) != failing:
-                    log.error("heartbeat not written", extra={"fields": {"error": exc}})
-                failing = str(exc)
-            else:
-                if failing is not None:
-                    log.info("heartbeat written again")
-                failing = None
-            await asyncio.sleep(INTERVAL)
-
-    async def _flush_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            self.metrics.flush()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await self.runtime.close()
+        await send({"type": "lifespan.shutdown.complete"})
 
     # Requests ----------------------------------------------------------------------------
 
@@ -194,11 +90,15 @@ class ProxyApp:
         has not started, or the end of the connection if it has (uvicorn closes it: the client
         sees the truncation); either way its analytics row says so."""
         started = time.perf_counter()
-        if self.tracing is not None:  # the client's trace context, if it sent one
-            self.tracing.begin(scope["headers"], started)
-        send = response = Response(asgi_send)
+        rt = self.runtime
+        if rt is None:
+            raise RuntimeError("the proxy has not started: its lifespan has not run")
+        if rt.tracing is not None:  # the client's trace context, if it sent one
+            rt.tracing.begin(scope["headers"], started)
+        send = Response(asgi_send)
         request_id = f"{self._id_prefix}{next(self._ids):06x}"
         path: str = scope["path"]
+        limit = self.settings.payload_limit
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
         task = key_text = None
@@ -209,7 +109,7 @@ class ProxyApp:
             key_text, content_type, declared = request_headers(scope["headers"])
             if key_text is None:
                 raise errors.missing_key()
-            policy = self.keys.lookup(key_text)
+            policy = rt.keys.lookup(key_text)
             if policy is None:
                 raise errors.invalid_key()
             key = policy.key
@@ -222,20 +122,21 @@ class ProxyApp:
                 path=path,
             )
             policy.check_key()
-            task = self.open.enter(key_text)
+            task = rt.open.enter(key_text)
             unread = False
-            body = await read_body(receive, self.settings.payload_limit, declared)
+            body = await read_body(receive, limit, declared)
             row.bytes_in = len(body)
             watch = DisconnectWatch(receive)
-            await self.route(scope, body, content_type, policy, row, send, started)
+            flow = Flow(scope, policy, RequestBody(body), content_type, row, send, started)
+            await self.route(flow)
         except ProxyError as exc:
             if row is not None:
                 row.status, row.error = exc.status, exc.code
             else:  # refused before a key was known: no analytics row, but counted
-                self.metrics.refused(exc.status)
-            if not response.started:
+                rt.metrics.refused(exc.status)
+            if not send.started:
                 if unread:
-                    await discard_body(receive, self.settings.payload_limit)
+                    await discard_body(receive, limit)
                 await send_body(send, exc.status, exc.body(), request_id, exc.headers)
         except ClientGone:
             assert row is not None
@@ -245,19 +146,19 @@ class ProxyApp:
         except Exception as exc:
             log.exception("request failed", extra={"fields": {"id": request_id}})
             if row is not None:
-                after = " after the answer started" if response.started else ""
+                after = " after the answer started" if send.started else ""
                 row.error = f"internal error{after}: {type(exc).__name__}"
-                if not response.started:
+                if not send.started:
                     row.status = 500
             else:
-                self.metrics.refused(500)
-            if not response.started:
+                rt.metrics.refused(500)
+            if not send.started:
                 if unread:
-                    await discard_body(receive, self.settings.payload_limit)
+                    await discard_body(receive, limit)
                 error = errors.internal_error()
                 await send_body(send, error.status, error.body(), request_id)
         except asyncio.CancelledError:
-            if task is not None and row is not None and self.open.revoked(task):
+            if task is not None and row is not None and rt.open.revoked(task):
                 task.uncancel()
                 await revoked(row, send)
                 return
@@ -269,67 +170,49 @@ class ProxyApp:
                 row.error = "client disconnected"
         finally:
             if task is not None and key_text is not None:
-                self.open.leave(key_text, task)
+                rt.open.leave(key_text, task)
             if watch is not None:
                 watch.close()
             if row is not None:
-                self.finish(row, started)
+                finish(rt, row, started)
 
-    def _revoke_open(self) -> None:
-        if cancelled := self.open.revoke(self.keys.usable()):
-            log.info("requests of revoked keys ended", extra={"fields": {"count": cancelled}})
-
-    async def route(
-        self,
-        scope: dict[str, Any],
-        body: bytes,
-        content_type: str,
-        policy: Policy,
-        row: RequestRow,
-        send: Send,
-        started: float,
-    ) -> None:
-        catalog, limiter, budgets = self.catalog, self.limiter, self.budgets
-        assert catalog is not None and self.client is not None and limiter is not None
-        assert budgets is not None
-        path, method = scope["path"], scope["method"]
-        if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
-            await self.answer_models(path, policy, row, send)
+    async def route(self, flow: Flow) -> None:
+        """Answer `/v1/models` from the catalog, or check the model and the key's limits and
+        send the request upstream: to the upstreams that serve the model, or to an alias's
+        deployments in turn (services/proxy/fallbacks.py). The key is charged what the
+        request used, whatever happened."""
+        rt = self.runtime
+        assert rt is not None
+        path, policy, row = flow.path, flow.policy, flow.row
+        if flow.method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            await self.answer_models(flow)
             return
-        parsed = RequestBody(body)  # parsed once, for the model, the user and the usage
-        model = routing.request_model(content_type, parsed)
-        row.model, row.end_user = model, attribution.end_user(content_type, parsed)
+        model = routing.request_model(flow.content_type, flow.body)
+        row.model, row.end_user = model, attribution.end_user(flow.content_type, flow.body)
         policy.check_model(model)
-        deployments = aliases.resolve(catalog, model, content_type, body)  # a public name?
-        plan = await self.plan(catalog, model) if deployments is None else []
+        deployments = aliases.resolve(rt.catalog, model, flow.content_type, flow.body.raw)
+        plan = await self.plan(model) if deployments is None else []
         row.upstream_model = model
-        usage = self.settings.stream_usage
-        budgets.admit(policy.key)
-        admission = limiter.admit(policy)
-        extra = () if admission is None else admission.headers
+        rt.budgets.admit(policy.key)
+        flow.admission = rt.limiter.admit(policy)
 
-        async def attempt(plan: list[UpstreamState], body: bytes, send: Send) -> Meter | None:
-            sent = parsed if body is parsed.raw else RequestBody(body)  # an alias's is rewritten
-            asked = ask_for_usage(path, sent) if usage else None
-            assert self.client is not None and catalog is not None
-            return await exchange(
-                self.client, catalog, plan, scope, body, asked, row, send, started, extra
-            )
-
-        meter = None
         try:
             if deployments is None:
-                meter = await attempt(plan, body, send)
+                await exchange(rt, flow, plan, flow.body.raw, flow.send)
             else:
-                meter = await fallbacks.forward(deployments, attempt, row, send)
+                attempt = functools.partial(exchange, rt, flow)  # fallbacks.Run
+                await fallbacks.forward(deployments, attempt, row, flow.send)
         finally:
-            if admission is not None or policy.key.budget is not None:
-                tokens = tokens_used(row, meter)
-                if admission is not None:
-                    limiter.release(admission, tokens)
-                budgets.charge(policy.key, row, tokens)
+            if flow.admission is not None or policy.key.budget is not None:
+                tokens = flow.tokens_used()
+                if flow.admission is not None:
+                    rt.limiter.release(flow.admission, tokens)
+                rt.budgets.charge(policy.key, row, tokens)
 
-    async def plan(self, catalog: Catalog, model: str | None) -> list[UpstreamState]:
+    async def plan(self, model: str | None) -> list[UpstreamState]:
+        """The upstreams to try for `model`, best first."""
+        assert self.runtime is not None
+        catalog = self.runtime.catalog
         states = catalog.states
         if not states:
             raise errors.no_upstream()
@@ -347,52 +230,54 @@ class ProxyApp:
                 raise errors.model_not_found(model)
         return routing.rank(serving, model)
 
-    async def answer_models(self, path: str, policy: Policy, row: RequestRow, send: Send) -> None:
-        catalog = self.catalog
-        assert catalog is not None
+    async def answer_models(self, flow: Flow) -> None:
+        assert self.runtime is not None
+        catalog, path, row = self.runtime.catalog, flow.path, flow.row
         if not catalog.refreshed:
             await catalog.refresh()
         if path == "/v1/models":
-            models = [m for m in catalog.models() if policy.allows(m["id"])]
+            models = [m for m in catalog.models() if flow.policy.allows(m["id"])]
             document: Any = {"data": models, "object": "list"}
         else:
             model_id = path[len("/v1/models/") :]
             row.model = model_id
-            policy.check_model(model_id)
+            flow.policy.check_model(model_id)
             document = catalog.find(model_id)
             if document is None:
                 raise errors.model_not_found(model_id)
         row.status = 200
         row.ttfb_ms = 0.0
-        row.bytes_out = await send_json(send, 200, document, row.request_id)
+        row.bytes_out = await send_json(flow.send, 200, document, row.request_id)
 
-    def finish(self, row: RequestRow, started: float) -> None:
-        failed = row.error is not None or not 200 <= row.status < 400
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if not failed:
-            row.end_ms = row.start_ms + round(elapsed_ms)
-        self.recorder.record(row)
-        self.metrics.observe(row, elapsed_ms / 1000)
-        if self.tracing is not None:
-            self.tracing.record(row, started)
-        logs.event(
-            log,
-            "request",
-            {
-                "id": row.request_id,
-                "key": row.key_id,
-                "method": row.method,
-                "path": row.path,
-                "model": row.model,
-                "upstream": row.upstream,
-                "status": row.status,
-                "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
-                "ms": round(elapsed_ms, 1),
-                "prompt_tokens": row.prompt_tokens,
-                "completion_tokens": row.completion_tokens,
-                "error": row.error,
-            },
-        )
+
+def finish(rt: Runtime, row: RequestRow, started: float) -> None:
+    """Record the request's row, its metrics and its trace, and log its one line."""
+    failed = row.error is not None or not 200 <= row.status < 400
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if not failed:
+        row.end_ms = row.start_ms + round(elapsed_ms)
+    rt.recorder.record(row)
+    rt.metrics.observe(row, elapsed_ms / 1000)
+    if rt.tracing is not None:
+        rt.tracing.record(row, started)
+    logs.event(
+        log,
+        "request",
+        {
+            "id": row.request_id,
+            "key": row.key_id,
+            "method": row.method,
+            "path": row.path,
+            "model": row.model,
+            "upstream": row.upstream,
+            "status": row.status,
+            "ttfb_ms": None if row.ttfb_ms is None else round(row.ttfb_ms, 1),
+            "ms": round(elapsed_ms, 1),
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "error": row.error,
+        },
+    )
 
 
 async def revoked(row: RequestRow, send: Send) -> None:
@@ -410,16 +295,6 @@ async def revoked(row: RequestRow, send: Send) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": False})
     else:
         raise UpstreamCut(error.code)
-
-
-def _forget_dead_workers(settings: Settings) -> None:
-    """Remove heartbeats that proxy workers gone long ago left behind."""
-    for beat in read_heartbeats(settings.run_dir):
-        old = time.time() - float(beat.get("updated", 0)) > 10 * STALE_AFTER
-        if beat.get("program") == "proxy" and old:
-            # Gone already, or a read-only disk: neither may stop the proxy from starting.
-            with contextlib.suppress(OSError):
-                (settings.run_dir / f"{beat['name']}.json").unlink()
 
 
 def create_app(settings: Settings | None = None) -> ProxyApp | CORSMiddleware:

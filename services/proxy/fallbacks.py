@@ -44,13 +44,12 @@ from typing import Any
 from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
 from services.proxy.upstream_limits import AtLimit, sooner
-from services.proxy.usage import Meter
 from shared.analytics import RequestRow
 from shared.fleet import MAX_FALLBACKS
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 # One attempt: these upstreams (connection failover among them), this body, this send.
-Run = Callable[[list[UpstreamState], bytes, Send], Awaitable[Meter | None]]
+Run = Callable[[list[UpstreamState], bytes, Send], Awaitable[None]]
 
 MAX_ATTEMPTS = 4
 WAIT_LIMIT = 5.0  # seconds the request may wait for a cooling deployment
@@ -177,7 +176,7 @@ async def forward(
     send: Send,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> Meter | None:
+) -> None:
     """Send the request to the deployments of the alias in order, then to its fallback's, as
     the module docstring says."""
     number = 0  # attempts, over every alias
@@ -206,7 +205,7 @@ async def forward(
             holding = RETRIED if tried < MAX_ATTEMPTS or fallback is not None else frozenset()
             step = Held(send, number, holding | {TOO_LONG} if fallback is not None else holding)
             try:
-                meter = await run([attempt.state], attempt.body, step)
+                await run([attempt.state], attempt.body, step)
             except AtLimit as exc:  # not asked, so no attempt: the soonest is the answer
                 number -= 1
                 failure = sooner(failure, exc)
@@ -223,12 +222,12 @@ async def forward(
                     break
                 continue
             if not step.held:
-                return meter
+                return
             step.row = (row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error)
             if step.status == TOO_LONG:
                 if step.error_code() != CONTEXT_LENGTH:  # a 400 like any other: the answer
                     await step.release(send)
-                    return meter
+                    return
                 held = step
                 break  # the context is too long for this alias: its fallback's turn
             held = step
@@ -247,7 +246,7 @@ async def forward(
     if held is not None:  # the last answer held back, rather than a failure of another upstream
         row.status, row.ttfb_ms, row.bytes_out, row.stream, row.error = held.row
         await held.release(send)
-        return None
+        return
     assert failure is not None
     raise _with_attempts(failure, number)
 

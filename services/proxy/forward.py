@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from services.proxy import errors
 from services.proxy.asgi import Send, sse_error
-from services.proxy.catalog import Catalog, UpstreamState
+from services.proxy.body import RequestBody
+from services.proxy.catalog import UpstreamState
 from services.proxy.errors import ProxyError
+from services.proxy.flow import Flow
+from services.proxy.runtime import Runtime
 from services.proxy.upstream import (
     Answer,
     BadAnswer,
@@ -41,12 +43,11 @@ from services.proxy.upstream import (
     ConnectFailed,
     Dropped,
     ReadTimeout,
-    UpstreamClient,
     UpstreamError,
 )
 from services.proxy.upstream_answer import passed_to_client, refused_credentials
 from services.proxy.upstream_limits import AtLimit, sooner
-from services.proxy.usage import Meter, SseMeter, UsageStripper, meter_for
+from services.proxy.usage import SseMeter, UsageStripper, ask_for_usage, meter_for
 from shared.analytics import RequestRow
 
 log = logging.getLogger("proxy.upstream")
@@ -123,19 +124,14 @@ def client_headers(
 
 
 async def exchange(
-    client: UpstreamClient,
-    catalog: Catalog,
-    plan: Sequence[UpstreamState],
-    scope: dict[str, Any],
-    body: bytes,
-    asked: bytes | None,
-    row: RequestRow,
-    send: Send,
-    started: float,
-    extra: Sequence[tuple[bytes, bytes]] = (),
-) -> Meter | None:
-    """Send the request to the first candidate that accepts a connection, relay its answer;
-    returns the meter that read its usage."""
+    runtime: Runtime, flow: Flow, plan: Sequence[UpstreamState], body: bytes, send: Send
+) -> None:
+    """Send `body` (the request's, or an alias's rewrite of it) to the first candidate of
+    `plan` that accepts a connection, and relay its answer to `send`."""
+    scope, row, catalog = flow.scope, flow.row, runtime.catalog
+    asked = None
+    if runtime.settings.stream_usage:
+        asked = ask_for_usage(flow.path, flow.body if body is flow.body.raw else RequestBody(body))
     # The raw path and query, as the client sent them: no decoding, no re-quoting.
     raw = scope.get("raw_path") or scope["path"].encode()
     query = scope["query_string"]
@@ -164,7 +160,7 @@ async def exchange(
         try:
             sent = time.perf_counter()
             try:
-                answer = await client.request(
+                answer = await runtime.client.request(
                     state.endpoint,
                     scope["method"],
                     upstream.path.encode() + suffix,
@@ -186,7 +182,8 @@ async def exchange(
                 answer.close()
                 raise refused_credentials(upstream.label, bool(upstream.key))
             answer = catalog.latencies.timed(upstream.id, row.upstream_model, answer, sent)
-            return await relay(answer, row, send, started, extra, asked is not None)
+            await relay(flow, answer, send, asked is not None)
+            return
         finally:
             state.in_flight -= 1
             if gate is not None:
@@ -223,26 +220,26 @@ def failure(exc: UpstreamError, state: UpstreamState, row: RequestRow) -> ProxyE
     return error
 
 
-async def relay(
-    answer: Answer,
-    row: RequestRow,
-    send: Send,
-    started: float,
-    extra: Sequence[tuple[bytes, bytes]],
-    asked: bool,
-) -> Meter | None:
+async def relay(flow: Flow, answer: Answer, send: Send, asked: bool) -> None:
+    """Relay the answer to `send` as it arrives; the row records it, `flow.meter` its usage."""
+    row = flow.row
     complete = False
     content_type = answer.header(b"content-type").decode("latin-1")
-    meter = meter_for(content_type, answer.header(b"content-encoding").decode("latin-1"))
+    encoding = answer.header(b"content-encoding").decode("latin-1")
+    meter = flow.meter = meter_for(content_type, encoding)
     try:
         row.status = answer.status
         row.stream = content_type.startswith("text/event-stream")
         stripper = UsageStripper() if asked and isinstance(meter, SseMeter) else None
         headers = client_headers(
-            answer.headers, row.request_id.encode(), extra, answer.status, stripper is not None
+            answer.headers,
+            row.request_id.encode(),
+            flow.limit_headers,
+            answer.status,
+            stripper is not None,
         )
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        row.ttfb_ms = (time.perf_counter() - started) * 1000
+        row.ttfb_ms = (time.perf_counter() - flow.started) * 1000
         last = b""  # the last two bytes relayed: does the stream stop between two events?
         try:
             async for chunk in answer.chunks():
@@ -268,10 +265,9 @@ async def relay(
             # A line cut short is ended first, so that the error is an event of its own.
             event = held + (sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut))
             await send({"type": "http.response.body", "body": event, "more_body": False})
-            return meter
+            return
         complete = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return meter
     finally:
         if meter is not None:
             row.prompt_tokens, row.completion_tokens = meter.usage()

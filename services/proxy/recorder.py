@@ -10,7 +10,9 @@ one lock, and `close()` waits for the task's last write rather than cancelling i
 closed under a write still running in its thread crashes the process), then writes what is
 left.
 
-Each batch is added to the rollups (shared/rollups.py) in the transaction that inserts it.
+Each batch is added to the rollups in the transaction that inserts it, summed in memory
+(shared/rollup_batch.py: a batch has few groups, and summing it in SQL cost as much as the
+insert).
 Before each use, the database file is checked to be the one opened (its inode): one deleted or
 replaced under the recorder is opened again, and said in the log.
 

@@ -85,6 +85,11 @@ def _reported(prompt: int | None, completion: int | None) -> Usage:
 
 
 class Meter(Protocol):
+    """Reads usage from an answer as it passes: its counts, and the pieces of text it
+    delivered (the estimate of an answer that gave no counts)."""
+
+    pieces: int
+
     def feed(self, chunk: bytes) -> None: ...
     def usage(self) -> Usage: ...
 
@@ -98,6 +103,8 @@ class SseMeter:
 
     def feed(self, chunk: bytes) -> None:
         self.pieces += len(_PIECE.findall(chunk))
+        if chunk[-1:] == b"\n" and not self._tail and not self._skip and b'"usage"' not in chunk:
+            return  # whole lines without usage (most chunks of a stream): nothing to keep
         if b"\n" not in chunk:
             if self._skip or len(self._tail) + len(chunk) > MAX_USAGE_LINE:
                 self._tail, self._skip = b"", True
@@ -131,6 +138,7 @@ class SseMeter:
 
 class JsonMeter:
     def __init__(self, encoding: str) -> None:
+        self.pieces = 0  # a JSON answer is counted whole or not at all
         self._encoding = encoding
         self._chunks: list[bytes] = []
         self._size = 0
@@ -165,8 +173,9 @@ def tokens_used(row: RequestRow, meter: Meter | None) -> int:
         return (row.prompt_tokens or 0) + (row.completion_tokens or 0)
     if not row.bytes_out:
         return 0
-    pieces = row.completion_tokens if row.usage_estimated else getattr(meter, "pieces", 0)
-    return (pieces or 0) + row.bytes_in // 4
+    if row.usage_estimated:  # the pieces of a stream cut short, counted as it passed
+        return (row.completion_tokens or 0) + row.bytes_in // 4
+    return (0 if meter is None else meter.pieces) + row.bytes_in // 4
 
 
 def _last_int(pattern: re.Pattern[bytes], body: bytes) -> int | None:
@@ -237,6 +246,16 @@ class UsageStripper:
         self._held_ended = False  # its blank line has come
 
     def feed(self, chunk: bytes) -> bytes:
+        if (
+            chunk[-1:] == b"\n"
+            and not self._tail
+            and not self._passing
+            and not self._drop_blank
+            and self._held is None
+            and b'"usage"' not in chunk
+            and not _FINISH.search(chunk)
+        ):
+            return chunk  # whole lines with nothing to take back (most chunks of a stream)
         if self._passing:  # relayed as it comes, not held until its end
             newline = chunk.find(b"\n") + 1
             if not newline:

@@ -103,7 +103,7 @@ async def silent_mid_stream(request: Request, reply: Reply) -> None:
 def test_refused_connection_is_a_prompt_502_recorded_and_marked_down(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"])
     running = proxy(refused_url(), a, models_refresh_seconds=0.3, upstream_connect_timeout=30)
-    running.app.catalog.states[0].model_ids = frozenset({"model-f"})  # as before it went away
+    running.runtime.catalog.states[0].model_ids = frozenset({"model-f"})  # as before it went away
     with bystander(running, api_key), running.client(api_key) as client:
         t0 = time.monotonic()
         r = post(client)
@@ -112,8 +112,8 @@ def test_refused_connection_is_a_prompt_502_recorded_and_marked_down(upstreams, 
     assert elapsed < 10  # at once, not after the connect timeout (30 s)
     row = row_of(running, r)
     assert (row["status"], row["error"], row["end_ms"]) == (502, "upstream_unreachable", None)
-    assert running.app.catalog.states[0].healthy is False
-    assert running.app.catalog.states[1].healthy is True
+    assert running.runtime.catalog.states[0].healthy is False
+    assert running.runtime.catalog.states[1].healthy is True
 
 
 def test_upstream_that_accepts_and_never_answers_is_504_and_goes_unhealthy(
@@ -128,7 +128,7 @@ def test_upstream_that_accepts_and_never_answers_is_504_and_goes_unhealthy(
             models_timeout_seconds=0.5,
             models_refresh_seconds=0.5,
         )
-        running.app.catalog.states[0].model_ids = frozenset({"model-f"})
+        running.runtime.catalog.states[0].model_ids = frozenset({"model-f"})
         with bystander(running, api_key), running.client(api_key) as client:
             t0 = time.monotonic()
             r = post(client)
@@ -137,7 +137,7 @@ def test_upstream_that_accepts_and_never_answers_is_504_and_goes_unhealthy(
         assert 0.9 < elapsed < 8  # the read timeout (1 s), not the client's (15 s)
         row = row_of(running, r)
         assert (row["status"], row["error"], row["end_ms"]) == (504, "upstream_timeout", None)
-        assert eventually(lambda: running.app.catalog.states[0].healthy is False)
+        assert eventually(lambda: running.runtime.catalog.states[0].healthy is False)
 
 
 def test_stream_that_goes_silent_ends_cleanly_with_an_error_event(upstreams, proxy, api_key):
@@ -398,7 +398,7 @@ def test_upstream_errors_pass_through_with_their_own_bodies(upstreams, proxy, ap
             row = row_of(running, r)
             assert (row["status"], row["end_ms"], row["upstream"]) == (status, None, f.url)
             # It answered: it is up, and stays so.
-            assert running.app.catalog.states[0].healthy is True
+            assert running.runtime.catalog.states[0].healthy is True
 
 
 RESTARTS = 4
@@ -413,7 +413,7 @@ def test_flapping_upstream_drops_only_requests_racing_a_restart_and_its_health_f
     b = upstreams("b", ["shared"])
     with fault_server(healthy, models=["shared"]) as f:
         running = proxy(f.url, b, models_refresh_seconds=0.2)
-        state = running.app.catalog.states[0]
+        state = running.runtime.catalog.states[0]
         eventually(lambda: "shared" in state.model_ids)
         results: list[tuple[int, str, str]] = []
         stop = threading.Event()

@@ -52,7 +52,7 @@ def test_an_upstream_down_then_back_is_announced_once_by_every_worker(
     workers = [proxy(a, f"http://127.0.0.1:{port}", **hooked(receiver)) for _ in range(2)]
 
     def healthy(worker) -> bool:
-        return bool(worker.app.catalog.states[1].healthy)
+        return bool(worker.runtime.catalog.states[1].healthy)
 
     for worker in workers:
         eventually(functools.partial(lambda w: not healthy(w), worker))
@@ -66,10 +66,10 @@ def test_an_upstream_down_then_back_is_announced_once_by_every_worker(
     finally:
         b.stop()
     for worker in workers:
-        worker.app.webhooks.close()  # what either had queued is sent or dropped by now
+        worker.runtime.webhooks.close()  # what either had queued is sent or dropped by now
     events = receiver.events()
     assert [e["type"] for e in events] == ["upstream.down", "upstream.up"]
-    label = workers[0].app.catalog.states[1].upstream.label
+    label = workers[0].runtime.catalog.states[1].upstream.label
     assert events[0]["data"]["upstream"] == label and "error" in events[0]["data"]
     assert events[1]["data"] == {"upstream": label}
     assert all(r.signed_with(SECRET) for r in receiver.received)
@@ -86,11 +86,10 @@ def test_a_key_reaching_its_limit_or_its_budget_is_announced_once(
     assert ask(running, limited, "m") == "ok"
     assert [ask(running, limited, "m") for _ in range(3)] == ["rate_limit_exceeded"] * 3
     assert ask(running, spent, "m") == "ok"  # uses more than its one token
-    eventually(lambda: running.app.budgets is not None)
     assert eventually(lambda: ask(running, spent, "m") == "insufficient_quota" or None)
     assert ask(running, spent, "m") == "insufficient_quota"
     eventually(lambda: len(receiver.received) == 2)
-    running.app.webhooks.close()
+    running.runtime.webhooks.close()
     by_type = {e["type"]: e["data"] for e in receiver.events()}
     assert len(receiver.received) == 2
     assert by_type["key.limit_reached"] == {
@@ -111,6 +110,6 @@ def test_a_key_reaching_its_limit_or_its_budget_is_announced_once(
 
 def test_without_webhook_urls_nothing_is_hooked(upstreams, proxy, api_key):
     running = proxy(upstreams("a", ["m"]))
-    app = running.app
-    assert app.catalog.on_health is None and app.limiter.on_refused is None
-    assert app.budgets.on_spent is None and app.webhooks._thread is None
+    runtime = running.runtime
+    assert runtime.catalog.on_health is None and runtime.limiter.on_refused is None
+    assert runtime.budgets.on_spent is None and runtime.webhooks._thread is None

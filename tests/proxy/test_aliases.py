@@ -214,7 +214,7 @@ def test_least_busy_sends_the_second_request_to_the_idle_deployment(tmp_path, pr
             ],
         },
     )
-    eventually(lambda: "chat" in running.app.catalog.aliases)
+    eventually(lambda: "chat" in running.runtime.catalog.aliases)
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
     with ThreadPoolExecutor(2) as pool:
         first_reply = pool.submit(client.chat.completions.create, model="chat", messages=[])

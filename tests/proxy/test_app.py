@@ -84,7 +84,7 @@ def test_failover_from_an_upstream_that_refuses_connections(upstreams, proxy, ap
     with running.client(api_key) as client:
         r = client.post("/v1/echo", content=b"{}", headers={"content-type": "application/json"})
         assert r.status_code == 200 and r.json()["upstream"] == "b"
-        health = eventually(lambda: running.app.catalog.states[0].healthy is False)
+        health = eventually(lambda: running.runtime.catalog.states[0].healthy is False)
     assert health
 
 
@@ -111,7 +111,7 @@ def test_models_list_is_not_held_up_by_a_hanging_upstream(upstreams, proxy, api_
         before = asked()
         assert client.get("/v1/models").status_code == 200
         assert asked() == before == 1  # served from the catalog, nobody asked again
-    assert running.app.catalog.states[1].healthy is False
+    assert running.runtime.catalog.states[1].healthy is False
 
 
 def test_models_union_and_retrieve(upstreams, proxy, api_key):

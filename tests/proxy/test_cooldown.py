@@ -110,7 +110,7 @@ def use(running, deployments) -> None:
         "aliases": [{"name": "chat", "deployments": entries}],
     }
     files.write_json_atomic(running.settings.fleet_file, document)
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     eventually(lambda: "chat" in catalog.aliases and len(catalog.states) == len(upstreams))
 
 
@@ -129,7 +129,7 @@ def test_a_deployment_that_keeps_failing_cools_down_and_is_probed_back_in(
     running = proxy(failing, spare, upstream_failures=3, upstream_cooldown=30.0)
     use(running, [(failing, "big"), (spare, "small")])
     clock = Clock()
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     catalog.clock = clock
     with running.client(api_key) as client:
         # A 500 may have run the request: it reaches the client, and is counted.
@@ -166,10 +166,10 @@ def test_timeouts_count_as_failures(proxy, upstreams, api_key):
     spare = upstreams("spare", ["small"])
     running = proxy(hanging, spare, upstream_failures=2, upstream_read_timeout=0.3)
     use(running, [(hanging, "big"), (spare, "small")])
-    running.app.catalog.clock = Clock()  # never moves: the cooldown never ends
+    running.runtime.catalog.clock = Clock()  # never moves: the cooldown never ends
     with running.client(api_key) as client:
         assert [served_by(client) for _ in range(3)] == ["504", "504", "spare"]
-    report = running.app.catalog.states[0].report()
+    report = running.runtime.catalog.states[0].report()
     assert report["circuit"] == "cooling"
     assert report["last_failure"].startswith("ReadTimeout")
 
@@ -184,8 +184,8 @@ def test_routing_without_an_alias_leaves_a_cooling_upstream_aside(proxy, upstrea
     failing = upstreams("failing", [model], refuse_status=503)
     other = upstreams("other", [model])
     running = proxy(failing, other, upstream_failures=2)
-    running.app.catalog.clock = Clock()
-    eventually(lambda: all(s.model_ids for s in running.app.catalog.states))
+    running.runtime.catalog.clock = Clock()
+    eventually(lambda: all(s.model_ids for s in running.runtime.catalog.states))
     with running.client(api_key) as client:
         statuses = []
         for _ in range(4):
@@ -219,7 +219,7 @@ def test_a_probe_that_was_never_sent_gives_its_turn_up(proxy, upstreams, api_key
             ],
         },
     )
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     eventually(lambda: "chat" in catalog.aliases and catalog.states[0].gate is not None)
     clock = catalog.clock = Clock()
     circuit = catalog.states[0].circuit

@@ -42,7 +42,7 @@ def use(
         aliases.append({"name": "chat-long", "deployments": entries(fallback)})
     document = {"version": 1, "upstreams": upstreams, "aliases": aliases}
     files.write_json_atomic(running.settings.fleet_file, document)
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     eventually(
         lambda: len(catalog.aliases) == len(aliases) and len(catalog.states) == len(upstreams)
     )
@@ -79,7 +79,7 @@ def test_a_refused_connection_goes_to_the_next_deployment(proxy, upstreams, api_
     spare = upstreams("spare", ["small"])
     running = proxy(gone, spare, models_refresh_seconds=3600.0)
     use(running, [(gone, "big"), (spare, "small")])
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     eventually(lambda: all(s.last_ok for s in catalog.states))  # both known healthy
     gone.stop()  # and then down, before anyone noticed
     with running.client(api_key) as client:

@@ -46,8 +46,7 @@ def test_upstreams_follow_the_file_and_target_urls_seeds_them(proxy, upstreams, 
         # The file gone: TARGET_URLS again.
         running.settings.fleet_file.unlink()
         eventually(lambda: model_ids(client) == {"model-a"}, timeout=10)
-    assert running.app.catalog is not None
-    heartbeat = running.app.catalog.states[0].report()
+    heartbeat = running.runtime.catalog.states[0].report()
     assert heartbeat["id"] == "target-1"
 
 
@@ -60,11 +59,12 @@ def test_a_broken_file_keeps_the_upstreams_in_force(proxy, upstreams, api_key, c
         eventually(lambda: model_ids(client) == {"model-b"}, timeout=10)
         running.settings.fleet_file.write_text('{"upstreams": [{"id": "x", "url": "ftp://h"}]}')
         # (Written in place: the watch may see the empty file first, then the whole.)
-        eventually(lambda: "upstreams.0.url" in (running.app.fleet.last_error or ""), timeout=10)
+        fleet = running.runtime.fleet
+        eventually(lambda: "upstreams.0.url" in (fleet.last_error or ""), timeout=10)
         assert model_ids(client) == {"model-b"}
         write(running, [entry(a, "one")])
         eventually(lambda: model_ids(client) == {"model-a"}, timeout=10)
-        assert running.app.fleet.last_error is None
+        assert running.runtime.fleet.last_error is None
     assert "serving the last good ones" in caplog.text
 
 
@@ -89,13 +89,13 @@ def test_a_request_on_a_removed_upstream_finishes_there(proxy, upstreams, api_ke
 def test_an_unchanged_upstream_keeps_its_state_and_a_filter_hides_models(proxy, upstreams, api_key):
     a = upstreams("a", ["llama-1", "qwen-1"])
     running = proxy(a)
-    catalog = running.app.catalog
+    catalog = running.runtime.catalog
     assert catalog is not None
     with running.client(api_key) as client:
         assert model_ids(client) == {"llama-1", "qwen-1"}
         before = catalog.states[0]
         write(running, [entry(a, "target-1")])  # TARGET_URLS's, written down as is
-        eventually(lambda: running.app.fleet._signature == _sig(running), timeout=10)
+        eventually(lambda: running.runtime.fleet._signature == _sig(running), timeout=10)
         assert catalog.states[0] is before
         write(running, [entry(a, "target-1", models=["llama*"])])
         eventually(lambda: model_ids(client) == {"llama-1"}, timeout=10)
@@ -115,7 +115,7 @@ def test_stat_poll_catches_changes_inotify_misses(proxy, upstreams, api_key):
     done = threading.Event()
 
     def stop_observer() -> None:
-        running.app.fleet._watch._observer.stop()  # as on a bind mount inotify does not see
+        running.runtime.fleet._watch._observer.stop()  # as on a bind mount inotify does not see
         done.set()
 
     running.server_loop().call_soon_threadsafe(stop_observer)

@@ -116,7 +116,7 @@ def test_a_refused_certificate_is_not_a_missing_model(proxy, api_key, client_kin
     plain = upstream(lambda request: answer(b"HTTP/1.1 200 OK\nContent-Length: 2\n", b"{}"))
     with openssl_server(certs) as tls, plain:
         running = proxy(plain.url + "/v1", tls + "/v1", upstream_client=client_kind)
-        state = running.app.catalog.states[1]
+        state = running.runtime.catalog.states[1]
         eventually(lambda: state.last_error is not None)
         with running.client(api_key) as client:
             r = client.post("/v1/chat/completions", json={"model": "tls-only", "messages": []})
@@ -182,7 +182,7 @@ def test_the_heartbeat_is_written_off_the_event_loop(proxy, api_key, upstreams):
         entered.set()
         release.wait(120)  # until the test lets it go
 
-    running.app.heartbeat.beat = slow_beat
+    running.runtime.heartbeat.beat = slow_beat
     try:
         assert entered.wait(30)
         with running.client(api_key) as client:  # served while the write is stuck

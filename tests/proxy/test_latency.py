@@ -129,7 +129,7 @@ def test_requests_go_to_the_deployment_whose_first_token_comes_soonest(tmp_path,
             ],
         },
     )
-    eventually(lambda: "chat" in running.app.catalog.aliases)
+    eventually(lambda: "chat" in running.runtime.catalog.aliases)
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
 
     def ask() -> str:

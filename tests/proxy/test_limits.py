@@ -217,8 +217,7 @@ def stopped_clock(running) -> Clock:
     """Stop the running proxy's limiter clock, a minute on: every bucket has drained."""
     clock = Clock()
     clock.now += 60
-    assert running.app.limiter is not None
-    running.app.limiter.clock = clock
+    running.runtime.limiter.clock = clock
     return clock
 
 

@@ -81,7 +81,7 @@ def test_other_keys_requests_and_changes_that_revoke_nothing_leave_streams_alone
     stream = sdk(running, api_key).chat.completions.create(model="m", messages=[], stream=True)
     first = next(stream)
     write_keys(running.settings.apikeys_file, [api_key, other])  # a key added
-    eventually(lambda: len(running.app.keys) == 2)  # the worker has the new keys...
+    eventually(lambda: len(running.runtime.keys) == 2)  # the worker has the new keys...
     assert a.active == 1  # ...while the stream is still being answered
     assert [first, *stream][-1].choices[0].delta.content == "a99 "
 
@@ -97,7 +97,7 @@ def test_a_stream_open_with_a_secret_rotated_with_an_overlap_goes_on_and_at_once
     later = datetime.now(UTC) + timedelta(hours=1)
     overlapping = api_key.rotated(later)
     write_keys(path, [overlapping])
-    eventually(lambda: running.app.keys.lookup(overlapping.key) is not None)
+    eventually(lambda: running.runtime.keys.lookup(overlapping.key) is not None)
     received.extend(next(stream) for _ in range(5))  # still flowing after the reload
     write_keys(path, [overlapping.rotated(datetime.now(UTC))])  # after a leak: none kept
     with pytest.raises(openai.APIError) as ended:

@@ -69,7 +69,7 @@ def test_each_request_is_traced_gateway_queue_upstream_first_token(
     first.start()
     eventually(lambda: a.active == 1)
     second.start()
-    gate = running.app.catalog.states[0].gate
+    gate = running.runtime.catalog.states[0].gate
     assert gate is not None
     eventually(lambda: gate.queued == 1)  # the second waits in the upstream's queue
     first.join(30)
@@ -77,7 +77,7 @@ def test_each_request_is_traced_gateway_queue_upstream_first_token(
     assert eventually(
         lambda: len([s for _, s in spans(collector) if s.name == "llmp.request"]) == 2
     )
-    running.app.tracing.close()
+    running.runtime.tracing.close()
     got = spans(collector)
     assert {resource["service.name"] for resource, _ in got} == {"llmp-test"}
     by_trace: dict[bytes, dict[str, list[Span]]] = {}
@@ -124,7 +124,7 @@ def test_a_refused_request_is_an_error_span(collector, upstreams, proxy, api_key
     with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model="nowhere", messages=[])
     eventually(lambda: any(s.name == "llmp.request" for _, s in spans(collector)))
-    running.app.tracing.close()
+    running.runtime.tracing.close()
     [root] = [s for _, s in spans(collector) if s.name == "llmp.request"]
     assert root.status.code == root.status.STATUS_CODE_ERROR
     found = attributes(root)
@@ -135,12 +135,14 @@ def test_a_refused_request_is_an_error_span(collector, upstreams, proxy, api_key
 
 def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded(tmp_path):
     code = (
-        "import sys\n"
-        "from services.proxy.app import ProxyApp\n"
+        "import asyncio, pathlib, sys\n"
+        "from services.proxy.runtime import Runtime\n"
         "from tests.conftest import make_settings\n"
-        "import pathlib\n"
-        f"app = ProxyApp(make_settings(pathlib.Path({str(tmp_path)!r})))\n"
-        "assert app.tracing is None\n"
+        "async def start() -> object:\n"
+        f"    runtime = await Runtime.start(make_settings(pathlib.Path({str(tmp_path)!r})))\n"
+        "    await runtime.close()\n"
+        "    return runtime.tracing\n"
+        "assert asyncio.run(start()) is None\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
@@ -163,7 +165,7 @@ def test_a_failure_to_trace_never_fails_the_request(collector, upstreams, proxy,
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("exporter gone")
 
-    running.app.tracing.tracer.start_span = broken
+    running.runtime.tracing.tracer.start_span = broken
     client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
     assert client.chat.completions.create(model="m", messages=[]).choices
     assert eventually(lambda: "trace not recorded" in caplog.text)

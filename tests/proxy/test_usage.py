@@ -100,6 +100,37 @@ def test_stripping_restores_the_stream_the_client_asked_for_at_any_split():
     assert stripper.feed(compact) == plain.replace(b'": ', b'":').replace(b", ", b",")
 
 
+def test_a_stream_fed_line_by_line_is_read_and_stripped_as_when_fed_whole():
+    """Whole lines without usage take a shorter way through the meter and the stripper."""
+    finishing = {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    asked = sse(
+        *(chunk(i, usage=None) for i in range(3)),
+        finishing,  # without `"usage": null`, as llama.cpp sends it
+        {"id": "c", "choices": [], "usage": USAGE, "timings": TIMINGS},
+    )
+    asked += b": comment\n\ndata: [DONE]\n\n"
+    lines = asked.splitlines(True)
+    halves = [half for line in lines for half in (line[: len(line) // 2], line[len(line) // 2 :])]
+    events = [p + b"\n\n" for p in asked.split(b"\n\n")[:-1]]
+    for parts in (events, lines, halves):
+        assert b"".join(parts) == asked
+        whole, by_part = meter_for("text/event-stream", ""), meter_for("text/event-stream", "")
+        assert whole is not None and by_part is not None
+        whole.feed(asked)
+        for part in parts:
+            by_part.feed(part)
+        assert (by_part.usage(), by_part.pieces) == (whole.usage(), whole.pieces) == (USAGE_READ, 3)
+        stripper = UsageStripper()
+        expected = stripper.feed(asked) + stripper.flush()
+        stripper = UsageStripper()
+        assert b"".join(map(stripper.feed, parts)) + stripper.flush() == expected
+        assert b'"usage"' not in expected and expected.count(b"data:") == 5
+        assert b'"finish_reason": "stop"}],"timings"' in expected  # where llama.cpp puts them
+
+
+USAGE_READ = (11, 3)
+
+
 def test_stripping_leaves_other_lines_and_usage_in_content_alone():
     stream = (
         b": keep-alive comment\r\n\r\n"
