@@ -8,7 +8,15 @@ older database is upgraded (`shared/rollups.backfill_step`, timed). Then it star
 times through HTTP, printing the median and the slowest, the answer's size, and the api's
 resident memory before and after (its peak, VmHWM).
 
+With `--database-url`, the api reads PostgreSQL instead (DATABASE_URL, an empty database or one
+this bench filled before with as many rows): the same rows are copied into `llmp_requests` (COPY,
+its day partitions made first, each row queued for the rollups by the table's trigger), the keys
+into `llmp_keys`, and the rows are folded into the rollups by the leader's job
+(`shared.pg.rollups.fold`, timed), as a database moved in from one box is. The database is kept
+between runs (table `llmp_bench` says what it holds).
+
     python -m bench.analytics [--rows 10000000] [--repeat 5] [--json out.json]
+        [--database-url postgresql:///llmp?host=/run/postgresql]
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 
 from bench.procs import Child, cpu_seconds, free_port
 from shared import analytics, rollups
+from shared.analytics import RequestRow
 from shared.apikeys import ApiKey, write_keys
 from shared.prices import Price, Prices, write_prices
 
@@ -109,6 +118,66 @@ def _generate(db: sqlite3.Connection, rows: int, end_ms: int) -> None:
                 """
             )
         _log(f"  {last + 1:,} rows")
+
+
+def load_postgres(url: str, data: Path, rows: int, keys: list[ApiKey]) -> dict[str, Any]:
+    """The rows of `data/analytics.db` and the keys into the (empty) database at `url`, then the
+    rollups folded: what it took. Done once; the timing is kept in the database."""
+    import psycopg
+
+    from shared.analytics import COLUMNS
+    from shared.pg import rollups as pg_rollups
+    from shared.pg.keys import PgKeyAdmin
+    from shared.pg.schema import migrate
+    from shared.pg.usage import DAY_MS, write_rows
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("CREATE TABLE IF NOT EXISTS llmp_bench (rows bigint, timing jsonb)")
+        found = conn.execute("SELECT rows, timing FROM llmp_bench").fetchone()
+        if found is not None:
+            if found[0] != rows:
+                raise SystemExit(f"{url} holds a bench of {found[0]:,} rows: use an empty one")
+            return dict(found[1])
+        PgKeyAdmin(url).replace_all(keys)
+        source = sqlite3.connect(f"file:{data / 'analytics.db'}?mode=ro", uri=True)
+        first, last = source.execute("SELECT MIN(start_ms), MAX(start_ms) FROM requests").fetchone()
+        days: set[int] = set()
+        # One row per day first: write_rows makes each day's partition as the proxy would.
+        probe = RequestRow("bench-probe", key_id(0), "user0", 0)
+        for day in range(first // DAY_MS, last // DAY_MS + 1):
+            probe.start_ms = day * DAY_MS
+            write_rows(conn, [probe], days)
+        conn.execute("DELETE FROM llmp_requests WHERE request_id = 'bench-probe'")
+        conn.execute("DELETE FROM llmp_rollup_queue")
+        started = time.perf_counter()
+        _log(f"copying {rows:,} rows into PostgreSQL")
+        names = ", ".join(COLUMNS)
+        with conn.cursor() as cur, cur.copy(f"COPY llmp_requests ({names}) FROM STDIN") as copy:
+            for n, row in enumerate(
+                source.execute(f"SELECT {names} FROM requests ORDER BY id"), start=1
+            ):
+                copy.write_row(row)
+                if n % 500_000 == 0:
+                    _log(f"  {n:,} rows")
+        source.close()
+        queued = time.perf_counter()  # by the trigger, as the rows were copied
+        _log("rollups (the leader's folds)")
+        while pg_rollups.fold(conn, 200_000):
+            _log(f"  {pg_rollups.queued(conn):,} rows left")
+        conn.execute("ANALYZE")
+        folded = time.perf_counter()
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        timing = {
+            "rows": rows,
+            "copy_s": round(queued - started, 1),
+            "fold_s": round(folded - queued, 1),
+            "fold_rows_per_s": round(rows / (folded - queued)),
+            "size_mb": round((size[0] if size else 0) / 2**20),
+        }
+        conn.execute("INSERT INTO llmp_bench VALUES (%s, %s)", (rows, json.dumps(timing)))
+        _log(json.dumps(timing))
+        return timing
 
 
 def build(rows: int) -> Path:
@@ -219,7 +288,7 @@ def routes(admin: Admin, now: int) -> dict[str, Callable[[], tuple[float, bytes]
         return total / 20, body
 
     a = "/api/analytics"
-    return {
+    table: dict[str, Callable[[], tuple[float, bytes]]] = {
         "summary, all keys, 7 days by hour": lambda: admin.get(a + "/summary", window7),
         "summary, all keys, 30 days by day": lambda: admin.get(
             a + "/summary", {**window30, "bucket": "day"}
@@ -302,6 +371,9 @@ def routes(admin: Admin, now: int) -> dict[str, Callable[[], tuple[float, bytes]
         "CSV of a key, 7 days: whole": lambda: admin.get(f"{a}/{one}/csv"),
         "key list": lambda: admin.get("/api/keys"),
     }
+    if records_cursor is None:  # fewer than 5,000 in 7 days (a database of fewer rows)
+        del table["records of a key, next 5,000"]
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--database-url", help="read PostgreSQL (filled once from the rows)")
     args = parser.parse_args(argv)
     data = build(args.rows)
     built = json.loads((data / "built").read_text())
@@ -317,13 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     while rollups.backfill_step(db):
         pass
     db.close()
-    write_keys(
-        data / "apikeys.json",
-        [
-            ApiKey(key_id(i), f"user{i}", "sk-" + f"{i:064x}", "2026-01-01T00:00:00.000Z")
-            for i in range(KEYS)
-        ],
-    )
+    keys = [
+        ApiKey(key_id(i), f"user{i}", "sk-" + f"{i:064x}", "2026-01-01T00:00:00.000Z")
+        for i in range(KEYS)
+    ]
+    write_keys(data / "apikeys.json", keys)
+    if args.database_url:
+        built = {**built, "postgresql": load_postgres(args.database_url, data, args.rows, keys)}
     write_prices(
         data / "prices.json",
         Prices(
@@ -342,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "AUTH_PASSWORD": ADMIN[1],
         "JWT_SECRET": "bench-secret-" + "x" * 40,
         "LOG_LEVEL": "WARNING",
+        **({"DATABASE_URL": args.database_url} if args.database_url else {}),
     }
     (data.parent / "env").write_text("")
     api = Child(

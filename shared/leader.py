@@ -1,5 +1,5 @@
 """Leadership of a job that must run once among every process that could run it (rolling up
-usage, dropping old partitions, importing a CSV, obtaining certificates).
+usage and dropping old partitions, obtaining certificates).
 
 A process asks `lead()` before each run of the job: True while it is the job's leader, False
 while another process is. It is cheap (one round trip in PostgreSQL), never waits for the other
@@ -17,7 +17,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-JOBS = ("rollups", "retention", "import", "certd")
+# Each job and its number, the last of its lock key (`shared.pg.leader.lock_key`): "usage", the
+# usage log's upkeep (rollups, retention); "certd", obtaining and renewing certificates. A
+# number is never changed nor given to another job: replicas of two versions run side by side
+# during an upgrade, and must take the same lock for the same job (1 and 2 were named in an
+# earlier version and never taken).
+JOBS = {"usage": 0, "certd": 3}
 
 
 class Leader(Protocol):

@@ -29,8 +29,10 @@ and a window is read by adding the periods it covers (`cover`), with its ragged 
 the rows themselves by the same SQL (`RAW_MEASURES`).
 
 This module is the one place that knows the rollup columns. Its queries use only what SQLite and
-PostgreSQL share (CTEs, UNION ALL, CASE, ON CONFLICT, `%` on integers); only the DDL and the
-connection are SQLite's.
+PostgreSQL share (CTEs, UNION ALL, CASE, ON CONFLICT, `%` on integers, booleans tested with
+`CASE WHEN stream`, `?` placeholders), and name their tables by a `Tables`: the embedded
+database's (`SQLITE`), or PostgreSQL's (`shared.pg.rollups`, which also has its DDL and turns
+the placeholders into psycopg's).
 """
 
 from __future__ import annotations
@@ -136,22 +138,40 @@ def _bucket_sql(value: str) -> str:
 _LATENCY_VALUE = "(end_ms - start_ms)"
 _GEN_MS = f"({_LATENCY_VALUE} - ttfb_ms)"
 _GENERATING = (
-    f"end_ms IS NOT NULL AND stream = 1 AND completion_tokens > 0 AND ttfb_ms IS NOT NULL "
+    f"end_ms IS NOT NULL AND stream AND completion_tokens > 0 AND ttfb_ms IS NOT NULL "
     f"AND {_GEN_MS} > 0"
 )
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The names of the tables the SQL of this module reads and writes."""
+
+    requests: str
+    rollups: str
+
+
+SQLITE = Tables("requests", "rollups")
+
+
 # The rows of `requests` with their histogram buckets, for RAW_MEASURES. Always in a
 # MATERIALIZED common table expression: a plain subquery would be flattened into its reader,
 # which would then compute the buckets once per histogram column instead of once per row.
-_BUCKETED = (
-    f"SELECT requests.*, {_bucket_sql(_LATENCY_VALUE)} AS lat_bucket, "
-    f"{_bucket_sql('ttfb_ms')} AS ttfb_bucket FROM requests"
-)
+def bucketed(source: str, alias: str = "requests") -> str:
+    """The rows of `source` (a table, or a join whose rows are `alias`) with their buckets."""
+    return (
+        f"SELECT {alias}.*, {_bucket_sql(_LATENCY_VALUE)} AS lat_bucket, "
+        f"{_bucket_sql('ttfb_ms')} AS ttfb_bucket FROM {source}"
+    )
+
+
+_BUCKETED = bucketed("requests")
 
 # Aggregates over `requests` rows (bucketed) giving MEASURES, in order.
 RAW_MEASURES = (
     "COUNT(*)",
     "SUM(CASE WHEN end_ms IS NULL THEN 1 ELSE 0 END)",
-    "SUM(stream)",
+    "SUM(CASE WHEN stream THEN 1 ELSE 0 END)",
     "COALESCE(SUM(prompt_tokens), 0)",
     "COALESCE(SUM(completion_tokens), 0)",
     f"COALESCE(SUM({_LATENCY_VALUE}), 0)",
@@ -213,14 +233,21 @@ CREATE TABLE IF NOT EXISTS rollup_state (name TEXT PRIMARY KEY, value INTEGER NO
 """
 
 _COLUMNS = ("grain", "level", "period_ms", *DIMENSIONS, "username", *MEASURES)
-_MERGE = ", ".join(
-    [f"{n} = rollups.{n} + excluded.{n}" for n in SUMS]
-    + [
-        "last_ms = CASE WHEN excluded.last_ms > rollups.last_ms "
-        "THEN excluded.last_ms ELSE rollups.last_ms END",
-        "username = excluded.username",
-    ]
-)
+
+
+def merge_sql(table: str) -> str:
+    """The SET of an upsert into `table` adding a row to the one already there."""
+    return ", ".join(
+        [f"{n} = {table}.{n} + excluded.{n}" for n in SUMS]
+        + [
+            f"last_ms = CASE WHEN excluded.last_ms > {table}.last_ms "
+            f"THEN excluded.last_ms ELSE {table}.last_ms END",
+            "username = excluded.username",
+        ]
+    )
+
+
+_MERGE = merge_sql("rollups")
 # One rollup row added (shared/rollup_batch.py, which sums a batch's rows in memory).
 UPSERT = (
     f"INSERT INTO rollups ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
@@ -236,9 +263,15 @@ _WEEK_PENDING = (
 )
 
 
-def _add_rows_sql() -> str:
-    """One statement adding the rows `first <= id <= last` to every grain and level: the rows
-    are read once, into hourly detail, which every other row is summed from."""
+def add_rows_sql(
+    rows: str = f"bucketed AS MATERIALIZED ({_BUCKETED} WHERE id BETWEEN ? AND ?)",
+    table: str = "rollups",
+    weeks_pending: bool = True,
+) -> str:
+    """One statement adding rows to every grain and level of `table`: the rows are read once,
+    into hourly detail, which every other row is summed from. `rows` is the common table
+    expression `bucketed` that names them (after any it needs), by default those with
+    `first <= id <= last`; `weeks_pending`: leave the weeks an upgrade still builds to it."""
     dims = ", ".join(f"{sql} AS {name}" for name, sql in _RAW_DIMENSIONS.items())
     measures = ", ".join(
         f"{sql} AS {name}" for sql, name in zip(RAW_MEASURES, MEASURES, strict=True)
@@ -253,7 +286,11 @@ def _add_rows_sql() -> str:
     for grain in GRAINS:
         period = {HOUR: "hour", DAY: f"hour - hour % {DAY}", WEEK: _WEEK_OF_HOUR}[grain]
         # Weeks an upgrade is still building from the days are left to it (`backfill_step`).
-        where = f"WHERE NOT ({_WEEK_PENDING.format(week=period)})" if grain == WEEK else ""
+        where = (
+            f"WHERE NOT ({_WEEK_PENDING.format(week=period)})"
+            if grain == WEEK and weeks_pending
+            else ""
+        )
         for level, kept in LEVEL_DIMENSIONS.items():
             if grain == WEEK and level not in WEEK_LEVELS:
                 continue
@@ -265,14 +302,15 @@ def _add_rows_sql() -> str:
                 f"FROM base {where} GROUP BY {', '.join(keys)}"
             )
     return (
-        f"WITH bucketed AS MATERIALIZED ({_BUCKETED} WHERE id BETWEEN ? AND ?), "
-        f"base AS MATERIALIZED ({base}) INSERT INTO rollups ({', '.join(_COLUMNS)}) "
+        f"WITH {rows}, "
+        f"base AS MATERIALIZED ({base}) INSERT INTO {table} ({', '.join(_COLUMNS)}) "
         f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS added WHERE 1 = 1 "
-        f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) DO UPDATE SET {_MERGE}"
+        f"ON CONFLICT (grain, level, period_ms, {', '.join(DIMENSIONS)}) "
+        f"DO UPDATE SET {merge_sql(table)}"
     )
 
 
-ADD_ROWS = _add_rows_sql()
+ADD_ROWS = add_rows_sql()
 
 
 def add_rows(db: sqlite3.Connection, first_id: int, last_id: int) -> None:
@@ -479,7 +517,7 @@ class Query:
         if "requests" not in self.measures:  # an empty group is left out by its count
             object.__setattr__(self, "measures", ("requests", *self.measures))
 
-    def sql(self, weeks: bool = True) -> tuple[str, list[Any]]:
+    def sql(self, weeks: bool = True, tables: Tables = SQLITE) -> tuple[str, list[Any]]:
         """The query and its arguments; `weeks`: read whole weeks from their rollups."""
         level = level_for([*self.group, *(name for name, _ in self.filters)])
         parts: list[str] = []
@@ -493,11 +531,13 @@ class Query:
                 dims = [f"{_RAW_DIMENSIONS[d]} AS {d}" for d in self.group]
                 where = [f"{_RAW_DIMENSIONS[name]} = ?" for name, _ in self.filters]
                 measures = [f"{RAW_MEASURES[MEASURES.index(m)]} AS {m}" for m in self.measures]
-                source = "requests"
+                source = tables.requests
                 if _needs_buckets(self.measures):
                     source = f"edge{len(edges)}"
                     edges.append(
-                        f"{source} AS MATERIALIZED ({_BUCKETED} WHERE start_ms BETWEEN ? AND ?)"
+                        f"{source} AS MATERIALIZED "
+                        f"({bucketed(tables.requests, tables.requests)} "
+                        "WHERE start_ms BETWEEN ? AND ?)"
                     )
                     edge_args += [segment.start, segment.end]
                 username = ["MAX(username) AS username"] if "key_id" in self.group else []
@@ -510,7 +550,7 @@ class Query:
                 measures = [
                     f"{'MAX' if m == 'last_ms' else 'SUM'}({m}) AS {m}" for m in self.measures
                 ]
-                source = "rollups"
+                source = tables.rollups
                 username = ["MAX(username) AS username"] if "key_id" in self.group else []
             args += [value for _, value in self.filters] + [segment.start, segment.end]
             where.append(f"{time} BETWEEN ? AND ?")

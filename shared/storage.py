@@ -43,7 +43,10 @@ def usage_log(settings: Settings) -> UsageLog | None:
     from shared.pg.usage import PgUsageLog
 
     return PgUsageLog(
-        settings.database_url, settings.data_dir / "outbox", settings.analytics_retention_days
+        settings.database_url,
+        settings.data_dir / "outbox",
+        settings.analytics_retention_days,
+        rollup_retention_days=settings.analytics_rollup_retention_days,
     )
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from services.api import errors, sessions
+from services.api import analytics_store, errors, sessions
 from services.api.deps import Admin
 from services.api.login_throttle import throttle_for
 from services.api.middleware import BodyLimit
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             task.cancel()
             beat.remove()
+            app.state.analytics.close()
 
     app = FastAPI(
         title=TITLE,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fleet_file = FleetFile(settings.fleet_file, settings.target_urls)
     app.state.keyfile = storage.key_admin(settings)
     app.state.site = storage.site_store(settings)
+    app.state.analytics = analytics_store.for_settings(settings)
     app.state.throttle = throttle_for(settings)
     app.state.sessions = sessions.for_settings(settings)
     errors.install(app)

@@ -1,4 +1,5 @@
-"""Dependencies the routes declare: settings, the key file, the site store, and the admin check."""
+"""Dependencies the routes declare: settings, the key file, the site store, the analytics store,
+and the admin check."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 
 from services.api import sessions
+from services.api.analytics_store import AnalyticsStore
 from services.api.errors import AuthError
 from shared import forwarding
 from shared.fleet import FleetFile
@@ -31,6 +33,11 @@ def _keyfile(request: Request) -> KeyAdmin:
 def _site_store(request: Request) -> SiteStore:
     store: SiteStore = request.app.state.site
     return store
+
+
+def _analytics(request: Request) -> AnalyticsStore:
+    analytics: AnalyticsStore = request.app.state.analytics
+    return analytics
 
 
 def _fleet_file(request: Request) -> FleetFile:
@@ -100,5 +107,6 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 FleetDep = Annotated[FleetFile, Depends(_fleet_file)]
 KeyFileDep = Annotated[KeyAdmin, Depends(_keyfile)]
 SiteDep = Annotated[SiteStore, Depends(_site_store)]
+AnalyticsDep = Annotated[AnalyticsStore, Depends(_analytics)]
 Admin = Annotated[str, Depends(admin)]
 AdminAction = Annotated[str, Depends(admin_action)]

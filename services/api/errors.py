@@ -2,7 +2,8 @@
 
 - `Failure`: `{"success": false, "message": ...}` (keys, analytics, fleet, nginx routes);
 - `AuthError`: `{"error": ...}` (auth routes and the admin token check).
-Anything unexpected is a 500 in the shape of the route's family, without a stack trace.
+An analytics store that cannot be read (`StoreUnavailable`: the database away) is a 500 saying so;
+anything unexpected is a 500 in the shape of the route's family, without a stack trace.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from services.api.analytics_store import StoreUnavailable
 
 log = logging.getLogger("api")
 
@@ -50,6 +53,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("analytics store unavailable", extra={"fields": {"error": str(exc)}})
+        message = "Failed to retrieve analytics: the database is unreachable"
+        return answer(request.url.path, 500, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

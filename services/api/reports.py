@@ -1,7 +1,8 @@
-"""Reading `data/analytics.db` for the admin: summaries, breakdowns and spend from the rollups
-(shared/rollups.py), a key's records and their CSV export from the rows.
+"""The admin's analytics: summaries, breakdowns and spend from the rollups (shared/rollups.py), a
+key's records and their CSV export from the rows, read from the analytics store
+(services/api/analytics_store.py: the proxy's `data/analytics.db`, or PostgreSQL).
 
-Read-only: the proxy is the database's writer. A database that does not exist yet is empty. No
+Read-only: the proxy is the writer. A database that does not exist yet is empty. No
 answer holds a window's rows in memory: sums come from the rollups (a few rows per period), a
 key's records come at most MAX_RECORDS at a time (a cursor names the older ones), and the export
 streams its rows in keyset pages, each read by a query of its own, so a slow download holds
@@ -10,21 +11,21 @@ neither a connection nor a read transaction (which would keep the WAL from being
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.api.request_fields import RECORD
 from shared import rollups
 from shared.apikeys import BUDGET_PERIODS, ApiKey, period_bounds
 from shared.prices import Prices
 from shared.rollups import LATENCY, TTFB, Query, histogram, percentile
+
+if TYPE_CHECKING:
+    from services.api.analytics_store import AnalyticsStore
 
 BUCKETS = {"hour": rollups.HOUR, "day": rollups.DAY}
 
@@ -47,49 +48,6 @@ class Window:
     end: int
 
 
-@contextlib.contextmanager
-def reading(path: Path) -> Iterator[sqlite3.Connection | None]:
-    if not path.exists():
-        yield None
-        return
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        # A database the proxy has not opened since the rollups came has none yet: it reads as
-        # empty until it has.
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups'").fetchone():
-            yield None
-            return
-        yield db
-    finally:
-        db.close()
-
-
-def _key_rows(
-    path: Path,
-    select: str,
-    key_id: str,
-    window: Window,
-    after: tuple[int, int] | None,
-    descending: bool,
-    limit: int,
-) -> list[tuple[Any, ...]]:
-    """`select` of the key's rows in the window after `after` (start, id) in the order of the
-    index of key and start (nothing to sort), then each row's start and id."""
-    op, direction = ("<", "DESC") if descending else (">", "ASC")
-    where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
-    if after is not None:
-        where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
-        args += [after[0], after[0], after[1]]
-    with reading(path) as db:
-        if db is None:
-            return []
-        return db.execute(
-            f"SELECT {select}, start_ms, id FROM requests WHERE {where} "
-            f"ORDER BY start_ms {direction}, id {direction} LIMIT ?",
-            [*args, limit],
-        ).fetchall()
-
-
 @dataclass(frozen=True)
 class Records:
     """A key's records, oldest first, each as its JSON object; `next_cursor` names the records
@@ -100,7 +58,7 @@ class Records:
 
 
 def records(
-    path: Path, key_id: str, window: Window, limit: int, cursor: str | None = None
+    store: AnalyticsStore, key_id: str, window: Window, limit: int, cursor: str | None = None
 ) -> Records:
     """The key's newest `limit` records in the window (before `cursor`), oldest first."""
     after = None
@@ -109,7 +67,7 @@ def records(
         if match is None:
             raise CursorError("cursor must be one returned as nextCursor")
         after = (int(match.group(1)), int(match.group(2)))
-    rows = _key_rows(path, RECORD.select_json, key_id, window, after, True, limit + 1)
+    rows = store.key_rows(RECORD, True, key_id, window, after, True, limit + 1)
     shown = rows[:limit]
     more = len(rows) > limit
     return Records(
@@ -124,12 +82,14 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def export_csv(path: Path, key_id: str, window: Window, page: int = EXPORT_PAGE) -> Iterator[str]:
+def export_csv(
+    store: AnalyticsStore, key_id: str, window: Window, page: int = EXPORT_PAGE
+) -> Iterator[str]:
     """The key's records in the window as CSV, oldest first: the header at once, then a page of
     rows at a time, each page a query of its own after the last row sent."""
     yield ",".join(RECORD.names) + "\n"
     after = None
-    while rows := _key_rows(path, RECORD.select, key_id, window, after, False, page):
+    while rows := store.key_rows(RECORD, False, key_id, window, after, False, page):
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for row in rows:
@@ -154,21 +114,18 @@ def _counts(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run(path: Path, query: Query) -> list[dict[str, Any]]:
-    with reading(path) as db:
-        return [] if db is None else query.run(db)
-
-
 def _filters(key_id: str | None) -> tuple[tuple[str, str], ...]:
     return (("key_id", key_id),) if key_id else ()
 
 
-def summary(path: Path, key_id: str | None, window: Window, bucket: str) -> dict[str, Any]:
+def summary(
+    store: AnalyticsStore, key_id: str | None, window: Window, bucket: str
+) -> dict[str, Any]:
     """Totals, a time series per bucket, and a per-key breakdown."""
     size = BUCKETS[bucket]
     filters = _filters(key_id)
-    series_rows = _run(path, Query(window.start, window.end, (), filters, size, _SERIES_MEASURES))
-    key_rows = _run(path, Query(window.start, window.end, ("key_id",), filters, 0, rollups.COUNTS))
+    series_rows = store.sums(Query(window.start, window.end, (), filters, size, _SERIES_MEASURES))
+    key_rows = store.sums(Query(window.start, window.end, ("key_id",), filters, 0, rollups.COUNTS))
     latency = [0] * rollups.BUCKETS
     series = []
     for row in series_rows:
@@ -207,7 +164,7 @@ _BREAKDOWN_MEASURES = (*rollups.COUNTS, *rollups.SPEED, *LATENCY, *TTFB)
 
 
 def breakdown(
-    path: Path,
+    store: AnalyticsStore,
     by: str,
     window: Window,
     filters: dict[str, str],
@@ -217,14 +174,14 @@ def breakdown(
     speed and cost, busiest first. `filters` are exact values of key_id, model or upstream."""
     dimension = BREAKDOWNS[by]
     chosen = tuple(sorted(filters.items()))
-    found = _run(
-        path, Query(window.start, window.end, (dimension,), chosen, 0, _BREAKDOWN_MEASURES)
+    found = store.sums(
+        Query(window.start, window.end, (dimension,), chosen, 0, _BREAKDOWN_MEASURES)
     )
     costs: dict[str, float | None] = {}
     if prices:
         group = (dimension,) if dimension == "model" else (dimension, "model")
         tokens = ("prompt_tokens", "completion_tokens")
-        for row in _run(path, Query(window.start, window.end, group, chosen, 0, tokens)):
+        for row in store.sums(Query(window.start, window.end, group, chosen, 0, tokens)):
             cost = prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
             costs[row[dimension]] = (costs.get(row[dimension]) or 0.0) + (cost or 0.0)
     merged = {row[dimension]: row for row in found}
@@ -266,15 +223,15 @@ def period_start(ms: int, period: str) -> int:
 
 
 def spend(
-    path: Path, by: str, period: str, window: Window, key_id: str | None, prices: Prices
+    store: AnalyticsStore, by: str, period: str, window: Window, key_id: str | None, prices: Prices
 ) -> dict[str, Any]:
     """Tokens and cost per key or model, per day, week or month (UTC)."""
     dimension = SPEND_BY[by]
     group = (dimension,) if dimension == "model" else (dimension, "model")
     measures = ("prompt_tokens", "completion_tokens", "requests")
     if period == "day":
-        found = _run(
-            path, Query(window.start, window.end, group, _filters(key_id), rollups.DAY, measures)
+        found = store.sums(
+            Query(window.start, window.end, group, _filters(key_id), rollups.DAY, measures)
         )
     else:  # a query per week or month: the database sums the days, not Python
         found = []
@@ -283,7 +240,7 @@ def spend(
             first = period_start(start, period)
             following = period_start(first + (7 if period == "week" else 32) * rollups.DAY, period)
             end = min(window.end, following - 1)
-            for row in _run(path, Query(start, end, group, _filters(key_id), 0, measures)):
+            for row in store.sums(Query(start, end, group, _filters(key_id), 0, measures)):
                 found.append({**row, "slot": first})
             start = following
     periods: dict[int, dict[str, dict[str, Any]]] = {}
@@ -330,49 +287,31 @@ def spend(
 
 
 def key_usage(
-    path: Path, keys: list[ApiKey], prices: Prices, now_ms: int
+    store: AnalyticsStore, keys: list[ApiKey], prices: Prices, now_ms: int
 ) -> dict[str, dict[str, Any]]:
     """Each key's last use, its requests and tokens today (UTC), and its budget's use in the
     current period, from the rollups."""
     day = now_ms - now_ms % rollups.DAY
-    key_ids = [k.id for k in keys]
     usage: dict[str, dict[str, Any]] = {
         k.id: {"lastUsed": None, "requestsToday": 0, "tokensToday": 0, "budget": None} for k in keys
     }
-    with reading(path) as db:
-        if db is None:
-            return usage
-        for key_id, requests, prompt, completion in db.execute(
-            "SELECT key_id, requests, prompt_tokens, completion_tokens FROM rollups "
-            "WHERE grain = ? AND level = ? AND period_ms = ?",
-            (rollups.DAY, rollups.KEYS, day),
-        ):
-            if key_id in usage:
-                usage[key_id]["requestsToday"] = requests
-                usage[key_id]["tokensToday"] = prompt + completion
-        for key_id in key_ids:
-            row = db.execute(
-                "SELECT last_ms FROM rollups WHERE grain = ? AND level = ? AND key_id = ? "
-                "ORDER BY period_ms DESC LIMIT 1",
-                (rollups.DAY, rollups.KEYS, key_id),
-            ).fetchone()
-            usage[key_id]["lastUsed"] = row[0] if row else None
-        for key in keys:
-            if key.budget is not None:
-                usage[key.id]["budget"] = _budget_use(db, key, prices, now_ms)
-    for key in keys:  # a database with nothing yet: budgets are all still there
-        if key.budget is not None and usage[key.id]["budget"] is None:
-            usage[key.id]["budget"] = _budget_use(None, key, prices, now_ms)
+    for key_id, requests, prompt, completion in store.day_totals(day):
+        if key_id in usage:
+            usage[key_id]["requestsToday"] = requests
+            usage[key_id]["tokensToday"] = prompt + completion
+    for key_id, last in store.last_used([k.id for k in keys]).items():
+        usage[key_id]["lastUsed"] = last
+    for key in keys:
+        if key.budget is not None:
+            usage[key.id]["budget"] = _budget_use(store, key, prices, now_ms)
     return usage
 
 
-def _budget_use(
-    db: sqlite3.Connection | None, key: ApiKey, prices: Prices, now_ms: int
-) -> dict[str, Any]:
+def _budget_use(store: AnalyticsStore, key: ApiKey, prices: Prices, now_ms: int) -> dict[str, Any]:
     budget = key.budget
     assert budget is not None
     _, start, end = period_bounds(budget.period, now_ms / 1000)
-    rows = [] if db is None else rollups.key_tokens_by_model(db, key.id, int(start * 1000))
+    rows = store.key_tokens_by_model(key.id, int(start * 1000))
     out: dict[str, Any] = {"period": budget.period, "resetsAt": int(end * 1000)}
     if budget.tokens is not None:
         used = sum(p + c for _, p, c in rows)

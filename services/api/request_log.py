@@ -1,4 +1,5 @@
-"""The request log: the rows of `data/analytics.db`, filtered, sorted, a page at a time.
+"""The request log: the rows of the usage log, filtered, sorted, a page at a time, read from the
+analytics store (services/api/analytics_store.py: `data/analytics.db`, or PostgreSQL).
 
 Pages are keyset pages: a cursor names the last row shown (its sort value, start and id), and the
 next page starts after it, so a page costs the same at the end of ten million rows as at the
@@ -7,17 +8,17 @@ then id) or by a measure (shared.analytics.SORT_KEYS: latency, time to first byt
 status; ties by start, then id), each served by an index in that order. Every filter is an exact
 match the indexes of shared/analytics.py serve: the key (key, start), the model (model, start),
 failures (start, of the failed rows only), the time (start); the others narrow what those find.
+A page's question is a `LogQuery`, whose SQL both stores share (`statement`).
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from services.api.reports import Window, reading
+from services.api.analytics_store import AnalyticsStore
+from services.api.reports import Window
 from services.api.request_fields import LOG
 from shared.analytics import SORT_KEYS
 from shared.rollups import OUTCOME_SQL, OUTCOMES
@@ -62,7 +63,7 @@ class Filters:
                 args.append(value)
         if self.stream is not None:
             where.append("stream = ?")
-            args.append(int(self.stream))
+            args.append(self.stream)
         if self.outcome is not None:
             assert self.outcome in OUTCOMES
             where.append(f"{OUTCOME_SQL} = ?")
@@ -126,74 +127,51 @@ def _after(keys: list[tuple[str, int | float]], op: str) -> tuple[str, list[Any]
     return f"{sql} {op}= ? AND {condition}", [value, *args]
 
 
-# A sort by a measure with filters: SQLite's planner, blind to the LIMIT, reads every row a
-# filter's index finds and sorts them all (seconds for one key over 90 days), or reads the sort's
-# index in order and checks each row (seconds when the filters are rare). The index is chosen
-# here by the rows each way reads: a filter's index reads what it finds (counted in the index
-# alone, up to FILTER_ROWS), the sort's about a page divided by the share of the window's rows
-# that pass every filter (the window's rows estimated from the table's density).
-FILTER_ROWS = 50_000
-
-
-def _filter_indexes(filters: Filters) -> list[tuple[str, str, list[Any]]]:
-    """(index, condition it serves, arguments) for each filter that has an index."""
-    found: list[tuple[str, str, list[Any]]] = []
-    for index, column, value in (
-        ("requests_key_start", "key_id", filters.key_id),
-        ("requests_model_start", "model", filters.model),
-        ("requests_status_start", "status", filters.status),
-    ):
-        if value is not None:
-            found.append((index, f"{column} = ?", [value]))
-    if "end_ms IS NULL" in filters.where()[0]:
-        found.append(("requests_failed_start", "end_ms IS NULL", []))
-    return found
-
-
-def _window_rows(db: sqlite3.Connection, window: Window) -> float:
-    """About how many rows the window holds, from the table's rows per millisecond."""
-    # One query each: SQLite reads a lone MIN or MAX from the end of an index, not the table.
-    first, last, low, high = (
-        db.execute(f"SELECT {aggregate} FROM requests").fetchone()[0]
-        for aggregate in ("MIN(start_ms)", "MAX(start_ms)", "MIN(id)", "MAX(id)")
-    )
-    if first is None or last <= first:
-        return 1.0
-    span = min(window.end, last) - max(window.start, first)
-    return max(1.0, float((high - low + 1) * span / (last - first)))
-
-
-def _index(
-    db: sqlite3.Connection, sort: str, filters: Filters, window: Window, limit: int
-) -> str | None:
-    """The index to read a page in, or None: the planner's choice (time, or no filter)."""
-    candidates = _filter_indexes(filters)
-    if sort == "time" or not candidates:
-        return None
-    rows = _window_rows(db, window)
-    share, best, fewest = 1.0, "", float(FILTER_ROWS + 1)
-    for index, condition, args in candidates:
-        (count,) = db.execute(
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM requests INDEXED BY {index} "
-            f"WHERE {condition} AND start_ms BETWEEN ? AND ? LIMIT ?)",
-            [*args, window.start, window.end, FILTER_ROWS + 1],
-        ).fetchone()
-        share *= min(1.0, count / rows)
-        if count < fewest:
-            best, fewest = index, count
-    in_order = (limit + 1) / share if share else float("inf")
-    if best and fewest <= in_order:
-        return best
-    return f"requests_{sort}_start"
-
-
 def _no_latency(sort: str, filters: Filters) -> bool:
     """Failures only, by latency: none has one, so all tie and their order is time's."""
     return sort == "latency" and "end_ms IS NULL" in filters.where()[0]
 
 
+@dataclass(frozen=True)
+class LogQuery:
+    """A page of the request log: the rows in `window` that pass `filters`, after `cursor` (or
+    the first), `limit` of them (and one more, to tell whether there are more), by `sort`,
+    greatest first with order `desc` (for time: newest first)."""
+
+    window: Window
+    filters: Filters
+    order: str = "desc"
+    limit: int = 50
+    cursor: Cursor | None = None
+    sort: str = "time"
+
+    @property
+    def tied(self) -> bool:
+        """Whether the rows are in the order of time alone (no measure to sort by first)."""
+        return self.sort == "time" or _no_latency(self.sort, self.filters)
+
+    def statement(self, table: str, index: str | None = None) -> tuple[str, list[Any]]:
+        """The query (`?` placeholders) reading `table`, by `index` if named, and its arguments:
+        each row LOG's values, then the sort value."""
+        where, args = self.filters.where()
+        where.insert(0, "start_ms BETWEEN ? AND ?")
+        args[:0] = [self.window.start, self.window.end]
+        if self.cursor is not None:
+            condition, after = _after(self.cursor.keys(), "<" if self.order == "desc" else ">")
+            where.append(condition)
+            args += after
+        direction = "DESC" if self.order == "desc" else "ASC"
+        keys = ([] if self.tied else [SORT_KEYS[self.sort]]) + ["start_ms", "id"]
+        sql = (
+            f"SELECT {LOG.select}, {SORT_KEYS[self.sort]} FROM {table}"
+            f"{f' INDEXED BY {index}' if index else ''} WHERE {' AND '.join(where)} "
+            f"ORDER BY {', '.join(f'{key} {direction}' for key in keys)} LIMIT ?"
+        )
+        return sql, [*args, self.limit + 1]
+
+
 def page(
-    path: Path,
+    store: AnalyticsStore,
     window: Window,
     filters: Filters,
     order: str = "desc",
@@ -203,28 +181,8 @@ def page(
 ) -> Page:
     """The entries after `cursor` (or the first), sorted by `sort`, greatest first with order
     `desc` (for time: newest first)."""
-    where, args = filters.where()
-    where.insert(0, "start_ms BETWEEN ? AND ?")
-    args[:0] = [window.start, window.end]
-    if cursor is not None:
-        condition, after = _after(
-            parse_cursor(cursor, sort).keys(), "<" if order == "desc" else ">"
-        )
-        where.append(condition)
-        args += after
-    direction = "DESC" if order == "desc" else "ASC"
-    tied = sort == "time" or _no_latency(sort, filters)
-    keys = ([] if tied else [SORT_KEYS[sort]]) + ["start_ms", "id"]
-    with reading(path) as db:
-        if db is None:
-            return Page()
-        index = None if tied else _index(db, sort, filters, window, limit)
-        sql = (
-            f"SELECT {LOG.select}, {SORT_KEYS[sort]} FROM requests"
-            f"{f' INDEXED BY {index}' if index else ''} WHERE {' AND '.join(where)} "
-            f"ORDER BY {', '.join(f'{key} {direction}' for key in keys)} LIMIT ?"
-        )
-        rows = db.execute(sql, [*args, limit + 1]).fetchall()
+    after = None if cursor is None else parse_cursor(cursor, sort)
+    rows = store.log_rows(LogQuery(window, filters, order, limit, after, sort))
     entries = [LOG.entry(row[:-1]) for row in rows[:limit]]
     if len(rows) <= limit:
         return Page(entries)
@@ -233,13 +191,7 @@ def page(
     return Page(entries, str(next_cursor))
 
 
-def find(path: Path, request_id: str) -> dict[str, Any] | None:
+def find(store: AnalyticsStore, request_id: str) -> dict[str, Any] | None:
     """The newest request with the id its client saw (`x-request-id`), or None."""
-    with reading(path) as db:
-        if db is None:
-            return None
-        row = db.execute(
-            f"SELECT {LOG.select} FROM requests WHERE request_id = ? ORDER BY id DESC LIMIT 1",
-            (request_id,),
-        ).fetchone()
+    row = store.find(request_id)
     return None if row is None else LOG.entry(row)

@@ -12,7 +12,7 @@ tries can commit, while the new leader can only have the lock once it is gone. A
 outside the database (certbot) has the weaker promise: it learns of a lost hold at its next
 `lead()`, so it asks before each step it must not share.
 
-The lock keys are "llmp" in ASCII, then 0x01nn for the nn-th job of `shared.leader.JOBS`.
+The lock keys are "llmp" in ASCII, then 0x01nn for job number nn of `shared.leader.JOBS`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def lock_key(job: str) -> int:
     """The advisory lock key of `job` (one of `shared.leader.JOBS`)."""
     if job not in JOBS:
         raise ValueError(f"unknown job {job!r}")
-    return LOCK_BASE + JOBS.index(job)
+    return LOCK_BASE + JOBS[job]
 
 
 class PgLeader:
@@ -77,15 +77,26 @@ class PgLeader:
         return self._held
 
     def _take(self) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name=self.application_name,
-            )
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        self._held = bool(row and row[0])
+        # The connection kept from the last try may have died meanwhile (with the leader's, when
+        # the database restarted): then once more on a new one.
+        for fresh in (False, True):
+            if fresh or self._conn is None or self._conn.closed:
+                self._drop()
+                self._conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name=self.application_name,
+                )
+                fresh = True
+            try:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+            except psycopg.OperationalError:
+                if fresh:
+                    raise
+                continue
+            self._held = bool(row and row[0])
+            return
 
     def _check(self) -> None:
         assert self._conn is not None

@@ -13,6 +13,7 @@ new version: the proxies LISTEN, and compare versions as a backstop.
 Usage: one row per request, partitioned by day of `start_ms` (UTC) so that retention drops
 whole partitions instead of deleting rows; `(start_ms, request_id)` is unique, so a batch
 written twice (an answer lost, a batch sent again from the outbox) adds nothing the second time.
+Each row added is also queued for the rollups, by a trigger (`shared.pg.rollups`).
 
 Site: one row, the whole site in `doc` and its generation; each change NOTIFYs `llmp_site` with
 the new generation (every replica's certd LISTENs). certd's reports: one row per replica, with
@@ -26,11 +27,12 @@ from typing import Any
 
 import psycopg
 
+from shared.pg.rollups import LOG_INDEXES, ROLLUPS_SCHEMA
+
 # pg_advisory_lock keys: "llmp" in ASCII, then a number per purpose.
 LOCK_MIGRATE = 0x6C6C6D70_0001
 LOCK_KEYS = 0x6C6C6D70_0002
 LOCK_PARTITIONS = 0x6C6C6D70_0003
-LOCK_RETENTION = 0x6C6C6D70_0004
 
 KEYS_CHANNEL = "llmp_keys"
 SITE_CHANNEL = "llmp_site"
@@ -136,6 +138,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER llmp_certificates_changed AFTER INSERT OR UPDATE OR DELETE
         ON llmp_certificates FOR EACH STATEMENT EXECUTE FUNCTION llmp_certificates_changed();
     """,
+    # The admin's analytics (shared.pg.rollups): a row id for the request log's cursors, its
+    # indexes, the rollups, and the queue of rows not in them yet (all rows so far, at first).
+    "ALTER TABLE llmp_requests ADD COLUMN id bigserial;\n" + LOG_INDEXES + ROLLUPS_SCHEMA,
 )
 
 

@@ -10,8 +10,13 @@ again, the outbox is drained, its own rows and those of any worker that died wit
 Only if the outbox cannot be written either do rows stay in memory, up to MAX_PENDING (the
 oldest dropped beyond it, and counted).
 
-Retention drops whole day partitions older than ANALYTICS_RETENTION_DAYS, at start and then
-hourly, by whichever worker takes the retention lock (the others skip it).
+Upkeep, by the one worker of all replicas that leads the "usage" job (`shared.leader`; the
+others skip it), in a background task of its own: every FLUSH_INTERVAL, the rows queued for
+the rollups are folded into them (`shared.pg.rollups`); at start and then hourly, the day
+partitions older than ANALYTICS_RETENTION_DAYS are dropped whole, and the rollups' periods
+older than their own retention deleted. All of it is done through the leader's connection, so a
+leader whose connection died can commit none of it once another has taken over, and none of it
+holds up the worker's own writes (a long fold, after an upgrade queued every row, included).
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ import psycopg
 from psycopg import sql
 
 from shared.analytics import COLUMNS, RequestRow
+from shared.pg import rollups
+from shared.pg.leader import PgLeader
 from shared.pg.outbox import Outbox
-from shared.pg.schema import LOCK_PARTITIONS, LOCK_RETENTION, migrate
+from shared.pg.schema import LOCK_PARTITIONS, migrate
 from shared.usagelog import cap
 
 log = logging.getLogger("usage.pg")
 
 FLUSH_INTERVAL = 0.5
 RETENTION_INTERVAL = 3600.0
+FOLDS_PER_ROUND = 10  # batches of rollups.FOLD_BATCH rows folded per round of the upkeep, at most
 DRAIN_BATCH = 5000
 MAX_PENDING = 200_000  # rows kept in memory when neither the database nor the outbox takes them
 CONNECT_TIMEOUT = 5
@@ -59,8 +67,10 @@ def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[
             _partition(conn, day)
             days.add(day)
         conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in"
-            " (LIKE llmp_requests) ON COMMIT DELETE ROWS"
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS llmp_requests_in ON COMMIT DELETE ROWS"
+                " AS SELECT {} FROM llmp_requests WITH NO DATA"
+            ).format(_COLUMNS)
         )
         with (
             conn.cursor() as cur,
@@ -97,9 +107,12 @@ class PgUsageLog:
         outbox: Path,
         retention_days: int,
         clock: Callable[[], float] = time.monotonic,
+        rollup_retention_days: int = 730,
     ) -> None:
         self.url = url
         self.retention_days = retention_days
+        self.rollup_retention_days = rollup_retention_days
+        self.leader = PgLeader(url, "usage", "llmp-usage-leader")
         self.clock = clock
         self.outbox = Outbox(outbox)
         self.last_error: str | None = None
@@ -107,9 +120,11 @@ class PgUsageLog:
         self._pending: list[RequestRow] = []
         self._conn: psycopg.Connection[Any] | None = None
         self._days: set[int] = set()  # days whose partition exists
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # the writing connection, the pending rows, the outbox
+        self._keeping = asyncio.Lock()  # the leader and its connection
+        self._leader_schema: object | None = None  # the leader connection migrated last
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def pending(self) -> int:
@@ -125,23 +140,33 @@ class PgUsageLog:
             self.dropped += drop
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-flush")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="usage-flush"),
+            asyncio.create_task(self._keep_up(), name="usage-upkeep"),
+        ]
 
     async def _run(self) -> None:
-        kept_at: float | None = None
         while not self._stopping.is_set():
-            if kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL:
-                kept_at = self.clock()
-                await self.keep()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
             await self.flush()
 
-    async def keep(self) -> None:
-        """Drop the day partitions wholly older than the retention, if no other worker does it
-        now (the background task calls this at start, then every RETENTION_INTERVAL)."""
-        async with self._lock:
-            await asyncio.to_thread(self._retention)
+    async def _keep_up(self) -> None:
+        kept_at: float | None = None
+        while not self._stopping.is_set():
+            due = kept_at is None or self.clock() - kept_at >= RETENTION_INTERVAL
+            if await self.keep(retention=due) and due:
+                kept_at = self.clock()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_INTERVAL)
+
+    async def keep(self, retention: bool = True) -> bool:
+        """The upkeep, if this worker leads it (see the module): fold the queued rows into the
+        rollups and, with `retention`, drop what is older than the retentions. Whether it led
+        (the upkeep task calls this every FLUSH_INTERVAL, with `retention` at start and then
+        every RETENTION_INTERVAL)."""
+        async with self._keeping:
+            return await asyncio.to_thread(self._keep, retention)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -204,39 +229,55 @@ class PgUsageLog:
         for batch, _ in self.outbox.batches(DRAIN_BATCH):
             write_rows(conn, batch, self._days)
 
-    def _retention(self) -> None:
+    def _keep(self, retention: bool) -> bool:
         """See `keep` (in a worker thread)."""
-        cutoff_day = int(time.time() // 86400) - self.retention_days
         try:
-            conn = self._connection()
-            with conn.transaction():
-                leader = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_RETENTION,))
-                row = leader.fetchone()
-                if not row or not row[0]:
-                    return
-                names = [
-                    name
-                    for (name,) in conn.execute(
-                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                        " WHERE i.inhparent = 'llmp_requests'::regclass"
-                    ).fetchall()
-                ]
-                old = [n for n in names if n < partition_name(cutoff_day)]
-                for name in old:
-                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            if not self.leader.lead():
+                return False
+            conn = self.leader.connection
+            if self._leader_schema is not conn:  # a new connection: the schema brought up
+                migrate(conn)
+                self._leader_schema = conn
+            for _ in range(FOLDS_PER_ROUND):
+                if rollups.fold(conn) < rollups.FOLD_BATCH:
+                    break
+            if retention:
+                self._retention(conn)
         except psycopg.Error as exc:
-            self._failed(exc)
-            return
+            log.warning("usage upkeep failed", extra={"fields": {"error": str(exc).strip()}})
+            return False
+        return True
+
+    def _retention(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.time()
+        cutoff_day = int(now // 86400) - self.retention_days
+        pruned = rollups.prune(conn, int((now - self.rollup_retention_days * 86400) * 1000))
+        with conn.transaction():
+            names = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'llmp_requests'::regclass"
+                ).fetchall()
+            ]
+            old = [n for n in names if n < partition_name(cutoff_day)]
+            for name in old:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
         if old:
             self._days.clear()
-            log.info("usage partitions dropped", extra={"fields": {"partitions": len(old)}})
+        if old or pruned:
+            log.info(
+                "usage kept",
+                extra={"fields": {"partitions_dropped": len(old), "pruned_rollups": pruned}},
+            )
 
     async def close(self) -> None:
         """Write what is left (to the outbox if the database is away) and let go."""
-        if self._task is not None:
-            self._stopping.set()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush()
         async with self._lock:
             self._close_connection()
             self.outbox.close()
+        async with self._keeping:
+            await asyncio.to_thread(self.leader.release)

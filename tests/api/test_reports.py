@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.api.analytics_sqlite import SqliteAnalytics
 from services.api.reports import MAX_RECORDS, Window, export_csv
 from services.api.request_fields import RECORD
 from shared import analytics
@@ -250,7 +251,7 @@ def test_records_come_newest_first_in_bounded_pages_that_a_cursor_follows(api, r
 def test_the_export_holds_no_read_between_pages_and_sends_every_row_once(tmp_path, rows, keys):
     path = tmp_path / "data" / "analytics.db"
     alice = [r for r in rows if r.username == "alice"]
-    chunks = export_csv(path, keys[1].id, Window(0, 2**62), page=7)
+    chunks = export_csv(SqliteAnalytics(path), keys[1].id, Window(0, 2**62), page=7)
     assert next(chunks) == ",".join(RECORD.names) + "\n"  # before any query
     first = next(chunks)
     # Between two pages a writer can checkpoint the whole WAL: no reader holds a snapshot.

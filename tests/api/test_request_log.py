@@ -9,6 +9,7 @@ import random
 import pytest
 
 from services.api import request_log
+from services.api.analytics_sqlite import SqliteAnalytics
 from services.api.reports import Window
 from shared import analytics
 from shared.analytics import RequestRow
@@ -36,9 +37,8 @@ def _walk(path, order: str, limit: int, during=None, sort="time", **filters) -> 
     cursor = None
     window = Window(T - 1, T + 10_000)
     while True:
-        page = request_log.page(
-            path, window, request_log.Filters(**filters), order, limit, cursor, sort
-        )
+        store, chosen = SqliteAnalytics(path), request_log.Filters(**filters)
+        page = request_log.page(store, window, chosen, order, limit, cursor, sort)
         walked += [e["requestId"] for e in page.entries]
         if during is not None:
             during()
@@ -74,10 +74,10 @@ def test_a_request_is_found_by_the_id_its_client_saw(tmp_path):
     path = tmp_path / "analytics.db"
     db = analytics.connect(path)
     analytics.insert(db, _rows(6))
-    found = request_log.find(path, "r4")
+    found = request_log.find(SqliteAnalytics(path), "r4")
     assert found is not None
     assert (found["requestId"], found["durationMs"], found["outcome"]) == ("r4", 9, "ok")
-    assert request_log.find(path, "r99") is None
+    assert request_log.find(SqliteAnalytics(path), "r99") is None
 
 
 def test_a_request_shows_the_model_its_upstream_was_asked_for(tmp_path):
@@ -85,7 +85,7 @@ def test_a_request_shows_the_model_its_upstream_was_asked_for(tmp_path):
     db = analytics.connect(path)
     row = RequestRow("aliased", "k1", "alice", T, model="chat", upstream_model="llama-3-70b")
     analytics.insert(db, [row])
-    found = request_log.find(path, "aliased")
+    found = request_log.find(SqliteAnalytics(path), "aliased")
     assert found is not None
     assert (found["model"], found["upstreamModel"]) == ("chat", "llama-3-70b")
 
@@ -156,7 +156,8 @@ def test_a_cursor_is_refused_for_another_sort_or_when_made_up(tmp_path):
     path = tmp_path / "analytics.db"
     analytics.insert(analytics.connect(path), _measured(10, seed=1))
     window = Window(T - 1, T + 10_000)
-    first = request_log.page(path, window, request_log.Filters(), limit=2, sort="latency")
+    store = SqliteAnalytics(path)
+    first = request_log.page(store, window, request_log.Filters(), limit=2, sort="latency")
     assert first.next_cursor is not None and first.next_cursor.startswith("latency:")
     for cursor, sort in (
         (first.next_cursor, "ttfb"),
@@ -166,4 +167,4 @@ def test_a_cursor_is_refused_for_another_sort_or_when_made_up(tmp_path):
         ("latency:1;DROP TABLE requests:1:2", "latency"),
     ):
         with pytest.raises(request_log.CursorError):
-            request_log.page(path, window, request_log.Filters(), cursor=cursor, sort=sort)
+            request_log.page(store, window, request_log.Filters(), cursor=cursor, sort=sort)

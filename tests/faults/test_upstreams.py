@@ -466,13 +466,15 @@ def test_kept_alive_connection_dropped_as_a_request_goes_out(proxy, api_key):
     """An upstream closes a kept-alive connection just as the proxy sends the next request on it
     (a restart, its keep-alive timeout running out): the upstream may have run a POST, so it is
     not sent again (a 502 says so); a GET is sent again on a new connection."""
-    answered: set[int] = set()
+    # The writers themselves, not their id(): a closed connection's writer, freed, left its id
+    # to the next connection's, whose first request was then taken for a second one.
+    answered: set[object] = set()
 
     async def second_request_closes(request: Request, reply: Reply) -> bool:
-        if id(reply.writer) in answered:
+        if reply.writer in answered:
             reply.abort()  # read the request, closed without a word
             return False
-        answered.add(id(reply.writer))
+        answered.add(reply.writer)
         await send_json(reply, 200, completion(), keep_alive=True)
         return True
 

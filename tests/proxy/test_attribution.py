@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from services.api import reports, request_log
+from services.api.analytics_sqlite import SqliteAnalytics
 from services.proxy.attribution import MAX_USER, end_user
 from services.proxy.body import RequestBody
 from tests.conftest import eventually
@@ -55,7 +56,8 @@ def test_the_user_field_is_recorded_for_each_api(upstreams, proxy, api_key):
     assert [r["end_user"] for r in rows] == ["alice@example.com", "bob", "carol", None]
     # The admin sees it in a key's records (and so its CSV) and in the request log.
     db, everything = running.settings.analytics_db, reports.Window(0, 2**62)
-    records = [json.loads(r) for r in reports.records(db, api_key.id, everything, 10).json]
+    found = reports.records(SqliteAnalytics(db), api_key.id, everything, 10)
+    records = [json.loads(r) for r in found.json]
     assert [r["endUser"] for r in records] == ["alice@example.com", "bob", "carol", None]
-    logged = request_log.find(db, rows[0]["request_id"])
+    logged = request_log.find(SqliteAnalytics(db), rows[0]["request_id"])
     assert logged is not None and logged["endUser"] == "alice@example.com"

@@ -17,7 +17,7 @@ from shared.storage import leader
 
 
 def test_one_box_always_leads_and_unknown_jobs_are_refused(tmp_path):
-    one = leader(Settings(data_dir=tmp_path), "rollups")
+    one = leader(Settings(data_dir=tmp_path), "usage")
     assert isinstance(one, AlwaysLeader)
     assert one.lead() and one.lead()
     one.release()
@@ -27,25 +27,31 @@ def test_one_box_always_leads_and_unknown_jobs_are_refused(tmp_path):
         lock_key("certbot; DROP")
 
 
+def test_lock_keys_stay_what_an_earlier_version_took():
+    # certd's was taken by the version where the job list was rollups, retention, import, certd
+    assert lock_key("certd") == 0x6C6C6D70_0103
+    assert lock_key("usage") == 0x6C6C6D70_0100
+
+
 def test_each_job_has_its_own_lock(database_url):
-    rollups = PgLeader(database_url, "rollups")
-    retention = PgLeader(database_url, "retention")
-    other = PgLeader(database_url, "rollups", "llmp-leader-other")
+    usage = PgLeader(database_url, "usage")
+    certd = PgLeader(database_url, "certd")
+    other = PgLeader(database_url, "usage", "llmp-leader-other")
     try:
-        assert rollups.lead() and retention.lead()
+        assert usage.lead() and certd.lead()
         assert not other.lead()
-        assert rollups.lead()  # asked again: still held, and held once (released below at once)
-        rollups.release()
+        assert usage.lead()  # asked again: still held, and held once (released below at once)
+        usage.release()
         assert other.lead()
-        assert not rollups.lead()
+        assert not usage.lead()
     finally:
-        for each in (rollups, retention, other):
+        for each in (usage, certd, other):
             each.release()
 
 
 def test_the_other_takes_over_when_the_leaders_connection_dies(postgres, database_url):
-    first = PgLeader(database_url, "rollups", "llmp-leader-first")
-    second = PgLeader(database_url, "rollups", "llmp-leader-second")
+    first = PgLeader(database_url, "usage", "llmp-leader-first")
+    second = PgLeader(database_url, "usage", "llmp-leader-second")
     try:
         assert first.lead()
         assert not second.lead()
@@ -74,7 +80,7 @@ def test_two_processes_never_run_the_job_at_once_through_leader_changes(postgres
     errors: list[BaseException] = []
 
     def contender(name: str) -> None:
-        me = PgLeader(database_url, "retention", f"llmp-leader-{name}")
+        me = PgLeader(database_url, "certd", f"llmp-leader-{name}")
         try:
             while not stop.is_set():
                 if not me.lead():
@@ -115,7 +121,7 @@ def test_two_processes_never_run_the_job_at_once_through_leader_changes(postgres
                     "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
                     " USING (pid) WHERE l.locktype = 'advisory' AND l.granted"
                     " AND (l.classid::bigint << 32) + l.objid::bigint = %s",
-                    (lock_key("retention"),),
+                    (lock_key("certd"),),
                 ).fetchone()
                 if holder:
                     leaders.append(holder[0])

@@ -32,10 +32,10 @@ def test_replicas_starting_at_once_apply_each_migration_once(database_url):
         assert migrate(conn) == 0
 
 
-def test_the_usage_table_has_a_column_for_every_field_of_a_row(database_url):
+def test_the_usage_table_has_a_column_for_every_field_of_a_row_and_its_id(database_url):
     with psycopg.connect(database_url) as conn:
         migrate(conn)
         found = conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'llmp_requests'"
         ).fetchall()
-    assert sorted(name for (name,) in found) == sorted(COLUMNS)
+    assert sorted(name for (name,) in found) == sorted([*COLUMNS, "id"])

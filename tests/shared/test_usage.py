@@ -1,5 +1,6 @@
 """The usage log in PostgreSQL (shared/pg/usage.py): exactly one row per request through a
-database outage, batches written twice, rows left by a dead worker, partitions by day."""
+database outage, batches written twice, rows left by a dead worker, partitions by day, the
+rollups kept by one leader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import psycopg
 import pytest
 
 from shared.analytics import RequestRow
+from shared.pg.rollups import queued
 from shared.pg.usage import DAY_MS, PgUsageLog, partition_name
+from shared.rollups import HOUR, TOTAL
 from tests.postgres import Cluster
 from tests.shared.test_keystore import until
 
@@ -142,3 +145,110 @@ def test_rows_go_to_a_partition_per_day_and_old_days_are_dropped_whole(database_
         ).fetchall()
     assert [name for (name,) in left] == [partition_name(d) for d in days[2:]]
     assert counts(database_url) == (2, 2)
+
+
+def rolled_up(url: str) -> tuple[int, int]:
+    """(requests in the rollups' total per hour, rows waiting to be folded)"""
+    with psycopg.connect(url) as conn:
+        total = conn.execute(
+            "SELECT COALESCE(SUM(requests), 0) FROM llmp_rollups WHERE grain = %s AND level = %s",
+            (HOUR, TOTAL),
+        ).fetchone()
+        return int(total[0]) if total else 0, queued(conn)
+
+
+def test_one_worker_folds_every_workers_rows_into_the_rollups_and_another_takes_over(
+    postgres, database_url, tmp_path
+):
+    first = PgUsageLog(database_url, tmp_path / "a", 30)
+    second = PgUsageLog(database_url, tmp_path / "b", 30)
+
+    async def scenario() -> None:
+        for n in range(30):
+            (first, second)[n % 2].record(row(n))
+        await first.flush()
+        await second.flush()
+        assert rolled_up(database_url) == (0, 30)  # written, nothing updated yet
+        assert await first.keep()
+        assert not await second.keep()
+        assert rolled_up(database_url) == (30, 0)
+        assert postgres.terminate("llmp-usage-leader") == 2  # the leader's and the other's try
+        assert await second.keep()  # the lock was let go with its connection: taken over
+        assert not await first.keep()  # and the old leader learns it lost
+        for n in range(30, 40):
+            first.record(row(n))
+        await first.flush()
+        assert not await first.keep()
+        assert rolled_up(database_url) == (30, 10)
+        assert await second.keep()
+        assert rolled_up(database_url) == (40, 0)
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def waiting_for_a_lock(url: str, application_name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()
+        return found is not None
+
+
+def test_the_leaders_own_rows_are_written_while_it_folds(database_url, tmp_path):
+    """A fold held up (the rollups locked by another) holds up none of the leader's writes."""
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+
+    async def scenario() -> None:
+        usage.record(row(0))
+        await usage.flush()
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("LOCK TABLE llmp_rollups IN EXCLUSIVE MODE")
+            folding = asyncio.create_task(usage.keep())
+            await until(lambda: waiting_for_a_lock(database_url, "llmp-usage-leader"), within=30)
+            usage.record(row(1))
+            await asyncio.wait_for(usage.flush(), 30)
+            assert counts(database_url) == (2, 2)
+            assert not folding.done()
+            blocker.rollback()
+        assert await folding
+        assert rolled_up(database_url) == (2, 0)
+        await usage.close()
+
+    asyncio.run(scenario())
+
+
+def test_rows_written_by_any_statement_are_queued_for_the_rollups(database_url, tmp_path):
+    """Rows an older llmp writes while a newer one upgrades the schema (its plain INSERT, a COPY)
+    are queued as a batch of the usage log is, and only the rows added."""
+    usage = PgUsageLog(database_url, tmp_path / "outbox", 30)
+
+    async def scenario() -> None:
+        usage.record(row(0))
+        await usage.flush()
+        now = int(time.time() * 1000)
+        with psycopg.connect(database_url) as conn:
+            insert = (
+                "INSERT INTO llmp_requests (request_id, key_id, username, start_ms, status,"
+                " method, path, stream, bytes_in, bytes_out) VALUES"
+                " (%s, 'k', 'u', %s, 200, 'POST', '/v1', false, 0, 0) ON CONFLICT DO NOTHING"
+            )
+            conn.execute(insert, ("old-1", now))
+            conn.execute(insert, ("old-1", now))  # already there: nothing queued
+            with (
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY llmp_requests (request_id, key_id, username, start_ms, status, method,"
+                    " path, stream, bytes_in, bytes_out) FROM STDIN"
+                ) as copy,
+            ):
+                copy.write_row(("old-2", "k", "u", now, 200, "POST", "/v1", True, 0, 0))
+        assert rolled_up(database_url) == (0, 3)
+        assert await usage.keep()
+        assert rolled_up(database_url) == (3, 0)
+        await usage.close()
+
+    asyncio.run(scenario())

@@ -1,5 +1,6 @@
-"""Replicas sharing their keys through PostgreSQL (DATABASE_URL): a key disabled or deleted
-through one replica is refused by every proxy worker of the others within a second.
+"""Replicas sharing their keys and usage through PostgreSQL (DATABASE_URL): a key disabled or
+deleted through one replica is refused by every proxy worker of the others within a second;
+every request is written once; the admin's analytics are the same from every replica.
 
 Each replica's proxy runs as deployed (`python -m services.proxy`, two uvicorn workers, its own
 data folder and port); the changes are made as the api of another replica makes them
@@ -12,6 +13,7 @@ and a worker that refused it once must never accept it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,10 @@ import psycopg
 import pytest
 
 from shared.pg.keys import FEED_NAME, PgKeyAdmin
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.postgres import Cluster
 from tests.proxy.test_sharing import Workers
+from tests.stack.conftest import Stack
 
 pytestmark = pytest.mark.slow
 
@@ -163,3 +166,75 @@ def ask(client: httpx.Client, replicas: list[Workers], n: int, key: str) -> str:
     )
     assert r.status_code == 200, r.text
     return r.headers["x-request-id"]
+
+
+@pytest.mark.timeout(400)  # three stacks' starts on a loaded machine
+def test_the_admins_analytics_are_the_same_from_every_replica(tmp_path, database_url, fleet):
+    """Three whole stacks (nginx, api, proxy, certd) share one database: requests through
+    each, then every analytics route answers the same from each replica's admin, and each
+    counts every replica's requests."""
+    key = PgKeyAdmin(database_url).create("alice")
+    stacks = []
+    try:
+        for n in range(3):
+            (tmp_path / str(n)).mkdir()
+            env = {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+            stacks.append(Stack(tmp_path / str(n), list(fleet.values()), 1, env).start())
+        started = int(time.time() * 1000) - 1000
+        answered: list[str] = []
+        with httpx.Client(timeout=30) as client:
+            for n in range(60):
+                r = client.post(
+                    stacks[n % 3].url + "/v1/chat/completions",
+                    json={
+                        "model": ("model-a", "model-b")[n % 2],
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "stream": n % 4 == 0,
+                    },
+                    headers={"Authorization": f"Bearer {key.key}"},
+                )
+                assert r.status_code == 200, r.text
+                answered.append(r.headers["x-request-id"])
+        ended = int(time.time() * 1000) + 1000
+        span: dict[str, str | int] = {"startDate": started, "endDate": ended}
+        routes: list[tuple[str, dict[str, str | int]]] = [
+            ("/api/analytics/summary", span),
+            ("/api/analytics/summary", {**span, "keyId": key.id, "bucket": "day"}),
+            ("/api/analytics/breakdown", {**span, "by": "key"}),
+            ("/api/analytics/breakdown", {**span, "by": "model"}),
+            ("/api/analytics/breakdown", {**span, "by": "upstream", "model": "model-a"}),
+            ("/api/analytics/spend", {**span, "by": "model", "period": "week"}),
+            (f"/api/analytics/{key.id}", span),
+            (f"/api/analytics/{key.id}/csv", span),
+            ("/api/analytics/requests", {**span, "limit": 500}),
+            ("/api/analytics/requests", {**span, "sort": "latency", "limit": 7}),
+            (f"/api/analytics/requests/{answered[4]}", {}),
+            ("/api/keys", {}),
+        ]
+        with contextlib.ExitStack() as admins:
+            clients = [admins.enter_context(stack.admin()) for stack in stacks]
+
+            def totals() -> int:
+                summary = clients[0].get("/api/analytics/summary", params=span).json()
+                return int(summary["totals"]["requests"])
+
+            eventually(lambda: totals() == len(answered), timeout=30)  # the rollups folded
+            for path, params in routes:
+                answers = []
+                for client in clients:
+                    r = client.get(path, params=params)
+                    assert r.status_code == 200, (path, r.text)
+                    answers.append(r.text)
+                assert answers[1:] == answers[:1] * 2, path
+            logged = clients[2].get("/api/analytics/requests", params={**span, "limit": 500})
+            assert sorted(e["requestId"] for e in logged.json()["requests"]) == sorted(answered)
+            models = clients[1].get("/api/analytics/breakdown", params={**span, "by": "model"})
+            assert {r["value"]: r["requests"] for r in models.json()["rows"]} == {
+                "model-a": 30,
+                "model-b": 30,
+            }
+            listed = clients[1].get("/api/keys").json()
+            assert listed["usage"][key.id]["requestsToday"] in (60, 0)  # 0 only past midnight
+    finally:
+        for stack in stacks:
+            assert stack.stop() == 0, stack.output()

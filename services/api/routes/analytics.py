@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports, request_log, schemas
-from services.api.deps import Admin, KeyFileDep, SettingsDep
+from services.api.deps import Admin, AnalyticsDep, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields
 from shared.apikeys import KeyFileError
@@ -92,6 +92,7 @@ def key_id_of(value: str, keyfile: KeyAdmin) -> str:
 @router.get("/summary", response_model=schemas.Summary)
 def summary(
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     key: Annotated[str | None, Query(alias="keyId")] = None,
@@ -103,9 +104,7 @@ def summary(
         raise Failure(400, "bucket must be hour or day")
     key_id = key_id_of(key, keyfile) if key else None
     span = window(start_date, end_date)
-    return JSONResponse(
-        {"success": True, **reports.summary(settings.analytics_db, key_id, span, bucket)}
-    )
+    return JSONResponse({"success": True, **reports.summary(store, key_id, span, bucket)})
 
 
 def _prices(settings: SettingsDep) -> Prices:
@@ -138,6 +137,7 @@ Upstream = Annotated[str | None, Query(description="exact upstream URL")]
 @router.get("/breakdown", response_model=schemas.Breakdown)
 def breakdown(
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     by: str = "key",
@@ -158,7 +158,7 @@ def breakdown(
         if value is not None
     }
     span = window(start_date, end_date)
-    rows = reports.breakdown(settings.analytics_db, by, span, filters, _prices(settings))
+    rows = reports.breakdown(store, by, span, filters, _prices(settings))
     return JSONResponse(
         {"success": True, "by": by, "startDate": span.start, "endDate": span.end, "rows": rows}
     )
@@ -167,6 +167,7 @@ def breakdown(
 @router.get("/spend", response_model=schemas.Spend)
 def spend(
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     by: str = "key",
@@ -179,7 +180,7 @@ def spend(
     _choice("period", period, reports.PERIODS)
     key_id = key_id_of(key, keyfile) if key else None
     span = window(start_date, end_date)
-    answer = reports.spend(settings.analytics_db, by, period, span, key_id, _prices(settings))
+    answer = reports.spend(store, by, period, span, key_id, _prices(settings))
     return JSONResponse({"success": True, **answer})
 
 
@@ -205,6 +206,7 @@ async def set_prices(request: Request, admin: Admin, settings: SettingsDep) -> d
 @router.get("/requests", response_model=schemas.RequestPage)
 def request_page(
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     key: KeyFilter = None,
@@ -238,7 +240,7 @@ def request_page(
     )
     span = window(start_date, end_date)
     try:
-        found = request_log.page(settings.analytics_db, span, filters, order, limit, cursor, sort)
+        found = request_log.page(store, span, filters, order, limit, cursor, sort)
     except request_log.CursorError as exc:
         raise Failure(400, str(exc)) from exc
     return JSONResponse(
@@ -253,8 +255,8 @@ def request_page(
 
 
 @router.get("/requests/{request_id}", response_model=schemas.RequestFound)
-def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict[str, Any]:
-    found = request_log.find(settings.analytics_db, _text("requestId", request_id, 64) or "")
+def request_detail(request_id: str, admin: Admin, store: AnalyticsDep) -> dict[str, Any]:
+    found = request_log.find(store, _text("requestId", request_id, 64) or "")
     if found is None:
         raise Failure(404, "Request not found")
     return {"success": True, "request": found}
@@ -268,14 +270,13 @@ def request_detail(request_id: str, admin: Admin, settings: SettingsDep) -> dict
 def export(
     key: str,
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     start_date: StartDate = None,
     end_date: EndDate = None,
 ) -> StreamingResponse:
-    chunks = reports.export_csv(
-        settings.analytics_db, key_id_of(key, keyfile), window(start_date, end_date)
-    )
+    chunks = reports.export_csv(store, key_id_of(key, keyfile), window(start_date, end_date))
     return StreamingResponse(
         chunks,
         media_type="text/csv",
@@ -287,6 +288,7 @@ def export(
 def records(
     key: str,
     admin: Admin,
+    store: AnalyticsDep,
     settings: SettingsDep,
     keyfile: KeyFileDep,
     start_date: StartDate = None,
@@ -296,7 +298,7 @@ def records(
 ) -> Response:
     try:
         found = reports.records(
-            settings.analytics_db,
+            store,
             key_id_of(key, keyfile),
             window(start_date, end_date),
             limit,

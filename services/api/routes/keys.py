@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api import reports, schemas
-from services.api.deps import Admin, KeyFileDep, SettingsDep
+from services.api.deps import Admin, AnalyticsDep, KeyFileDep, SettingsDep
 from services.api.errors import Failure
 from services.api.validation import read_fields, request_body
 from shared.apikeys import ApiKey, KeyFileError, format_time
@@ -68,6 +68,7 @@ def list_keys(
     admin: Admin,
     keyfile: KeyFileDep,
     settings: SettingsDep,
+    store: AnalyticsDep,
     search: Annotated[str | None, Query(max_length=200)] = None,
     state: str = "all",
     sort: str = "createdAt",
@@ -103,7 +104,7 @@ def list_keys(
         prices = read_prices(settings.prices_file)
     except PricesError:
         prices = Prices()  # the reports say the file is unreadable; the list still works
-    usage = reports.key_usage(settings.analytics_db, keys, prices, int(now.timestamp() * 1000))
+    usage = reports.key_usage(store, keys, prices, int(now.timestamp() * 1000))
     if sort != "createdAt" or order != "asc":
 
         def by(key: ApiKey) -> Any:
