@@ -44,6 +44,7 @@ class FakeUpstream:
     hang: bool = False  # accept completions and never answer
     delay: float = 0.0  # seconds before answering a completion
     think: float = 0.0  # seconds between a stream's start (its headers) and its first chunk
+    linger: float = 0.0  # seconds between a stream's `data: [DONE]` and its end
     held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     refuse_status: int | None = None  # answer completions with this status (429, 503...)
     retry_after: str | None = None  # ... and this Retry-After header
@@ -267,6 +268,8 @@ class FakeUpstream:
                 }
                 await response.write(f"data: {json.dumps(usage)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
+            if self.linger:
+                await asyncio.sleep(self.linger)
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.stream_closed.append(time.monotonic())

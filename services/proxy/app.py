@@ -101,6 +101,7 @@ class ProxyApp:
         limit = self.settings.payload_limit
         row: RequestRow | None = None
         watch: DisconnectWatch | None = None
+        flow: Flow | None = None
         task = key_text = None
         unread = True  # the body: drained before a refusal is answered (see discard_body)
         try:
@@ -166,7 +167,7 @@ class ProxyApp:
             if watch is None or not watch.gone or current is None:
                 raise
             current.uncancel()
-            if row is not None:
+            if row is not None and not (flow is not None and flow.delivered):
                 row.error = "client disconnected"
         finally:
             if task is not None and key_text is not None:

@@ -36,6 +36,9 @@ class Flow:
     started: float  # time.perf_counter() when the request came in
     admission: Admission | None = None  # set once the key's limits let the request through
     meter: Meter | None = None  # set by the relay of the answer the client gets
+    # The client has the stream's last event, `data: [DONE]`: a client that leaves now (as
+    # openai-python does, before the upstream has ended the body) got the whole answer.
+    delivered: bool = False
 
     @property
     def path(self) -> str:

@@ -100,6 +100,7 @@ def upstream_headers(
 
 # Answers that have no body, whatever their Content-Length says (it describes another answer's).
 NO_BODY = frozenset({204, 304})
+DONE = b"data: [DONE]"  # the last event of an OpenAI stream
 
 
 def client_headers(
@@ -252,6 +253,8 @@ async def relay(flow: Flow, answer: Answer, send: Send, asked: bool) -> None:
                 row.bytes_out += len(chunk)
                 last = chunk[-2:] if len(chunk) > 1 else (last + chunk)[-2:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if last == b"\n\n" and chunk.rstrip().endswith(DONE):
+                    flow.delivered = True
             if stripper is not None and (tail := stripper.flush()):
                 row.bytes_out += len(tail)
                 await send({"type": "http.response.body", "body": tail, "more_body": True})

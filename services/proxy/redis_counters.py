@@ -485,7 +485,7 @@ class RedisCounters:
             except (RedisError, OSError) as exc:
                 log.debug("turns not heard", extra={"fields": {"error": str(exc)}})
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from 8.2
             await asyncio.sleep(1.0)
 
     def _spawn(self, step: Any) -> None:

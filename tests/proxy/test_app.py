@@ -313,6 +313,23 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams
     assert rows[0]["error"] == "client disconnected" and rows[0]["end_ms"] is None
 
 
+def test_a_client_that_leaves_after_done_got_the_whole_stream(upstreams, proxy, api_key):
+    """openai-python closes the connection once it has read `data: [DONE]`, maybe before the
+    upstream (and so the proxy) has ended the body: that answer was delivered whole, and its
+    row said "client disconnected" now and then."""
+    a = upstreams("a", ["model-a"], chunks=3, linger=60)  # ends 60 s after [DONE], unless closed
+    running = proxy(a)
+    body = json.dumps({"model": "model-a", "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(raw_chat(api_key, body))
+        got = b""
+        while b"data: [DONE]" not in got:
+            got += sock.recv(65536)
+    rows = eventually(lambda: [r for r in running.rows() if r["path"] == "/v1/chat/completions"])
+    assert (rows[0]["status"], rows[0]["error"]) == (200, None)
+    assert rows[0]["completion_tokens"] == 3
+
+
 def test_upstream_cut_mid_stream_ends_the_stream_with_an_error_event(upstreams, proxy, api_key):
     a = upstreams("a", ["model-a"], chunks=5, cut_after=2)
     running = proxy(a)
