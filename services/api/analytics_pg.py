@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from services.api.analytics_store import StoreUnavailable
+from services.api.analytics_store import StoreUnavailable, key_rows_statement
 from services.api.reports import Window
 from services.api.request_fields import LOG, Fields
 from services.api.request_log import LogQuery
@@ -96,15 +96,8 @@ class PgAnalytics:
         descending: bool,
         limit: int,
     ) -> list[tuple[Any, ...]]:
-        op, direction = ("<", "DESC") if descending else (">", "ASC")
-        where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
-        if after is not None:
-            where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
-            args += [after[0], after[0], after[1]]
         rows = self._all(
-            f"SELECT {fields.select}, start_ms, id FROM {REQUESTS} WHERE {where} "
-            f"ORDER BY start_ms {direction}, id {direction} LIMIT ?",
-            [*args, limit],
+            *key_rows_statement(fields.select, REQUESTS, key_id, window, after, descending, limit)
         )
         if as_json:
             return [(_json(fields.entry(row[:-2])), *row[-2:]) for row in rows]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from services.api.analytics_store import key_rows_statement
 from services.api.reports import Window
 from services.api.request_fields import LOG, Fields
 from services.api.request_log import Filters, LogQuery
@@ -62,20 +63,12 @@ class SqliteAnalytics:
         descending: bool,
         limit: int,
     ) -> list[tuple[Any, ...]]:
-        # In the order of the index of key and start: nothing to sort.
-        op, direction = ("<", "DESC") if descending else (">", "ASC")
-        where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
-        if after is not None:
-            where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
-            args += [after[0], after[0], after[1]]
         select = fields.select_json if as_json else fields.select
         with self.reading() as db:
             if db is None:
                 return []
             return db.execute(
-                f"SELECT {select}, start_ms, id FROM requests WHERE {where} "
-                f"ORDER BY start_ms {direction}, id {direction} LIMIT ?",
-                [*args, limit],
+                *key_rows_statement(select, "requests", key_id, window, after, descending, limit)
             ).fetchall()
 
     def log_rows(self, query: LogQuery) -> list[tuple[Any, ...]]:

@@ -23,6 +23,29 @@ if TYPE_CHECKING:
     from shared.rollups import Query
 
 
+def key_rows_statement(
+    select: str,
+    table: str,
+    key_id: str,
+    window: Window,
+    after: tuple[int, int] | None,
+    descending: bool,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The SQL (with `?` placeholders) and arguments of `AnalyticsStore.key_rows` over `table`,
+    in the order of the index of key and start: nothing to sort."""
+    op, direction = ("<", "DESC") if descending else (">", "ASC")
+    where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
+    if after is not None:
+        where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
+        args += [after[0], after[0], after[1]]
+    sql = (
+        f"SELECT {select}, start_ms, id FROM {table} WHERE {where} "
+        f"ORDER BY start_ms {direction}, id {direction} LIMIT ?"
+    )
+    return sql, [*args, limit]
+
+
 class StoreUnavailable(Exception):
     """The store cannot be read now (the database is away): the routes answer a 500 saying so."""
 

@@ -111,7 +111,8 @@ class Level:
         return max(0.0, (self.used + cost - self.capacity) / self.rate)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -330,7 +331,7 @@ class Slot:
             yield at, *FLIGHT.unpack_from(self.data, at)
 
     def _dead(self, pid: int) -> bool:
-        return pid != self._board.pid and not _alive(pid)
+        return pid != self._board.pid and not process_alive(pid)
 
     def in_flight(self, forget_dead: bool = False) -> int:
         """Requests in flight in all workers; with `forget_dead`, only live ones (the entries of

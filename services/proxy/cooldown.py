@@ -42,21 +42,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from services.proxy.board import process_alive
 from services.proxy.circuit_store import CircuitStore, MemoryCircuits, Phase, Record
 
 __all__ = ["REFRESH", "Circuit", "Phase"]
 
 REFRESH = 0.5  # seconds a worker trusts its view of a serving upstream before reading again
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now_phase(record: Record, now: float) -> Phase:
@@ -76,7 +67,7 @@ class Circuit:
     name: str = "circuit"  # its record in the store
     pid: int = field(default_factory=os.getpid)
     probe_limit: float = 605.0  # seconds a probe may take to get its verdict (connect + read)
-    alive: Callable[[int], bool] = field(default=lambda pid: _alive(pid))
+    alive: Callable[[int], bool] = field(default=process_alive)
     view: Record = field(default_factory=Record)  # the store's record, as last read
     seen: float = float("-inf")  # clock() when `view` was read
     last_failure: str | None = None  # this worker's last
