@@ -1,5 +1,6 @@
 """What the benchmark measures: the mock upstream reached directly, through plain nginx, and
-through the full llmp stack.
+through the full llmp stack, embedded (`llmp`) or as a replica sharing its state through
+PostgreSQL (`llmp-pg`: DATABASE_URL to a throwaway cluster, see `start_database`).
 
 A target knows its base URL, the headers a client must send, and which of its processes count as
 its cost (`cost_groups`, for CPU per request) and as its workers (for RSS). All of them listen on
@@ -15,6 +16,9 @@ import sys
 from pathlib import Path
 
 from bench.procs import Child, cmdline, free_port, tree
+from shared.apikeys import load_keys
+from shared.pg.keys import PgKeyAdmin
+from tests.postgres import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
@@ -142,14 +146,29 @@ class LlmpStack(Target):
     name = "llmp"
     child: Child
 
-    def __init__(self, workdir: Path, upstream_port: int, workers: int, log_level: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        upstream_port: int,
+        workers: int,
+        log_level: str,
+        database_url: str | None = None,
+    ) -> None:
+        """Embedded (keys in data/apikeys.json, usage in SQLite), or with `database_url` a
+        replica: its key put in the database, its usage going there by COPY."""
         super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))
-        home = workdir / "llmp"
+        if database_url is not None:
+            self.name = "llmp-pg"
+        home = workdir / self.name
         env_file = home / "env"
         home.mkdir()
         env_file.write_text("")
         (home / "data").mkdir()
         write_key_file(home / "data" / "apikeys.json", self.api_key)
+        extra = {}
+        if database_url is not None:
+            put_keys_in_database(home / "data" / "apikeys.json", database_url)
+            extra["DATABASE_URL"] = database_url
         environment = {
             **os.environ,
             "ENV_FILE": str(env_file),
@@ -166,11 +185,12 @@ class LlmpStack(Target):
             "TARGET_URLS": f"http://127.0.0.1:{upstream_port}",
             "PROXY_WORKERS": str(workers),
             "LOG_LEVEL": log_level,
+            **extra,
         }
         self.child = Child(
-            "llmp",
+            self.name,
             [sys.executable, "-m", "llmp", "run"],
-            workdir / "llmp.log",
+            workdir / f"{self.name}.log",
             cwd=REPO,
             env=environment,
             # supervisord stops nginx and the programs, each within its stopwaitsecs (<= 35 s).
@@ -208,3 +228,24 @@ def write_key_file(path: Path, key: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump({"keys": [entry]}, out)
+
+
+def start_database() -> tuple[Cluster, str]:
+    """A throwaway PostgreSQL cluster (the tests' own, `tests/postgres.py`: Debian's server on a
+    unix socket in a temporary folder, no TCP port) and a new database's URL in it. The caller
+    removes the cluster."""
+    cluster = Cluster()
+    try:
+        cluster.start()
+        return cluster, cluster.new_database()
+    except BaseException:
+        cluster.remove()
+        raise
+
+
+def put_keys_in_database(key_file: Path, database_url: str) -> None:
+    """The key file's keys become the database's key set (what `llmp database import` does)."""
+    keys, problem = load_keys(key_file)
+    if problem is not None:
+        raise RuntimeError(f"{key_file}: {problem}")
+    PgKeyAdmin(database_url).replace_all(keys)
