@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,6 +30,9 @@ TARGETS = ("direct", "nginx", "llmp")
 # with `llmp`, the embedded mode, in the same run.
 OPTIONAL_TARGETS = ("llmp-pg",)
 ROUNDS = 2  # the second shows whether the workers' memory grows
+# The database's statistics count a backend's transactions at most a second late, and the usage
+# log's last batch is written within half a second: wait that long before the last count.
+STATS_LAG = 2.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -126,9 +130,11 @@ def replica(
 ) -> Target:
     """llmp with DATABASE_URL to a throwaway PostgreSQL cluster, removed on the way out."""
     log("starting a PostgreSQL cluster")
-    cluster, url = start_database()
+    cluster, url, pid = start_database()
     stack.callback(cluster.remove)
-    return LlmpStack(workdir, upstream_port, args.workers, args.log_level, database_url=url)
+    return LlmpStack(
+        workdir, upstream_port, args.workers, args.log_level, database_url=url, database_pid=pid
+    )
 
 
 def measure(
@@ -136,10 +142,21 @@ def measure(
 ) -> list[dict[str, TargetRound]]:
     log("warming up")
     warm_up(targets, options)
+    before = {t.name: t.database_activity() for t in targets}
     rounds = []
     for number in range(1, ROUNDS + 1):
         log(f"run {number} of {ROUNDS}")
         rounds.append(run_round(targets, upstream_pid, options))
+    time.sleep(STATS_LAG)
+    for target in targets:
+        first, last = before[target.name], target.database_activity()
+        if first is None or last is None:
+            continue
+        rows, transactions = last[0] - first[0], last[1] - first[1]
+        log(
+            f"{target.name}: {rows:,} requests recorded in the database, {transactions:,}"
+            f" transactions on it meanwhile ({transactions / max(rows, 1):.4f} a request)"
+        )
     return rounds
 
 

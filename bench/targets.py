@@ -15,6 +15,8 @@ import secrets
 import sys
 from pathlib import Path
 
+import psycopg
+
 from bench.procs import Child, cmdline, free_port, tree
 from shared.apikeys import load_keys
 from shared.pg.keys import PgKeyAdmin
@@ -52,6 +54,11 @@ class Target:
     def workers(self) -> list[int]:
         """The processes that serve requests (their RSS is reported)."""
         return []
+
+    def database_activity(self) -> tuple[int, int] | None:
+        """With a database: (usage rows in it, transactions it counted so far), to tell how many
+        round trips a request costs; else None."""
+        return None
 
     def stop(self) -> None:
         if self.child is not None:
@@ -153,10 +160,13 @@ class LlmpStack(Target):
         workers: int,
         log_level: str,
         database_url: str | None = None,
+        database_pid: int | None = None,
     ) -> None:
         """Embedded (keys in data/apikeys.json, usage in SQLite), or with `database_url` a
-        replica: its key put in the database, its usage going there by COPY."""
+        replica: its key put in the database, its usage going there by COPY. `database_pid`:
+        the database server's main process, whose tree's CPU is counted as `database`."""
         super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))
+        self.database_url, self.database_pid = database_url, database_pid
         if database_url is not None:
             self.name = "llmp-pg"
         home = workdir / self.name
@@ -205,10 +215,28 @@ class LlmpStack(Target):
 
     def cost_groups(self) -> dict[str, list[int]]:
         procs = tree(self.child.pid)
-        return {
+        groups = {
             "proxy": [p.pid for p in procs if p.comm != "nginx"],
             "nginx": [p.pid for p in procs if p.comm == "nginx"],
         }
+        if self.database_pid is not None:
+            groups["database"] = [p.pid for p in tree(self.database_pid)]
+        return groups
+
+    def database_activity(self) -> tuple[int, int] | None:
+        """Transactions: every one of every connection to this database, committed or not, as
+        PostgreSQL's statistics count them (each backend adds its own at most every second, or
+        when it goes idle, so the count lags by a second or two)."""
+        if self.database_url is None:
+            return None
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT (SELECT count(*) FROM llmp_requests), xact_commit + xact_rollback"
+                " FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        if found is None:
+            raise RuntimeError("pg_stat_database has no row for the database")
+        return int(found[0]), int(found[1])
 
     def workers(self) -> list[int]:
         """uvicorn's worker processes (the `services.proxy` process itself with one worker)."""
@@ -230,14 +258,17 @@ def write_key_file(path: Path, key: str) -> None:
         json.dump({"keys": [entry]}, out)
 
 
-def start_database() -> tuple[Cluster, str]:
+def start_database() -> tuple[Cluster, str, int]:
     """A throwaway PostgreSQL cluster (the tests' own, `tests/postgres.py`: Debian's server on a
-    unix socket in a temporary folder, no TCP port) and a new database's URL in it. The caller
-    removes the cluster."""
+    unix socket in a temporary folder, no TCP port), a new database's URL in it, and the pid of
+    its server's main process. The caller removes the cluster."""
     cluster = Cluster()
     try:
         cluster.start()
-        return cluster, cluster.new_database()
+        url = cluster.new_database()
+        # postmaster.pid's first line: the server's main process, parent of every backend.
+        pid = int((cluster.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        return cluster, url, pid
     except BaseException:
         cluster.remove()
         raise
