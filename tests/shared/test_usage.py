@@ -15,7 +15,13 @@ import pytest
 from shared.analytics import RequestRow
 from shared.pg.keys import PgKeyAdmin
 from shared.pg.rollups import queued
-from shared.pg.usage import DAY_MS, PgUsageLog, import_original_csv, partition_name
+from shared.pg.usage import (
+    DAY_MS,
+    PgUsageLog,
+    import_original_csv,
+    partition_name,
+    write_rows,
+)
 from shared.rollups import HOUR, TOTAL
 from tests.postgres import Cluster
 from tests.shared.test_keystore import until
@@ -320,3 +326,19 @@ def test_replicas_importing_the_original_csv_at_once_import_it_once(database_url
         thread.join()
     assert sorted(added) == [0, 0, 0, 2000]
     assert counts(database_url) == (2000, 1)
+
+
+def test_csv_rows_moved_in_already_are_not_imported_again(database_url, tmp_path):
+    """An install moved in with `llmp database import` brings the rows its proxy imported from
+    the CSV files into SQLite; the files, still in data/analytics, add nothing again."""
+    alice = PgKeyAdmin(database_url).create("alice")
+    start = int(time.time() * 1000) - 60_000
+    starts = [start, start + 10, start + 20]
+    original_csv(tmp_path, alice.key, starts)
+    moved = [RequestRow("imported", alice.id, "alice", s, s + 250, status=200) for s in starts[:2]]
+    keys = [(alice.key, alice.id, alice.username)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        write_rows(conn, moved, set())
+        assert import_original_csv(conn, tmp_path, keys) == 1  # the row not moved
+        assert import_original_csv(conn, tmp_path, keys) == 0
+    assert counts(database_url) == (3, 1)
