@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+from shared import storage
 from shared.analytics import RequestRow
 from shared.pg.keys import PgKeyAdmin
 from shared.pg.rollups import queued
@@ -23,6 +24,7 @@ from shared.pg.usage import (
     write_rows,
 )
 from shared.rollups import HOUR, TOTAL
+from shared.settings import Settings
 from tests.postgres import Cluster
 from tests.shared.test_keystore import until
 
@@ -282,8 +284,10 @@ def test_the_original_csv_is_imported_once_by_the_leader_of_every_replica(databa
         original_csv(tmp_path / name / "analytics", "sk-no-such-key", [now])
 
     def replica(name: str) -> PgUsageLog:
-        folder = tmp_path / name
-        return PgUsageLog(database_url, folder / "outbox", 30, original_csv=folder / "analytics")
+        """As a proxy worker makes it, with its replica's data/ folder."""
+        usage = storage.usage_log(Settings(data_dir=tmp_path / name, database_url=database_url))
+        assert isinstance(usage, PgUsageLog)
+        return usage
 
     first, second = replica("a"), replica("b")
 
