@@ -13,6 +13,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
@@ -21,10 +23,16 @@ from bench import report
 from bench.load import LoadFailed
 from bench.procs import ChildFailed
 from bench.suite import Options, TargetRound, log, run_round, warm_up
-from bench.targets import LlmpStack, PlainNginx, Target, start_upstream
+from bench.targets import LlmpStack, PlainNginx, Target, start_database, start_upstream
 
 TARGETS = ("direct", "nginx", "llmp")
+# Also measured when asked for: llmp as a replica on PostgreSQL (DATABASE_URL), to be compared
+# with `llmp`, the embedded mode, in the same run.
+OPTIONAL_TARGETS = ("llmp-pg",)
 ROUNDS = 2  # the second shows whether the workers' memory grows
+# The database's statistics count a backend's transactions at most a second late, and the usage
+# log's last batch is written within half a second: wait that long before the last count.
+STATS_LAG = 2.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -37,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(TARGETS),
-        help=f"targets to measure, comma-separated (default {','.join(TARGETS)})",
+        help=f"targets to measure, comma-separated, of {','.join(TARGETS + OPTIONAL_TARGETS)}"
+        f" (default {','.join(TARGETS)})",
     )
     parser.add_argument(
         "--upstream-procs", type=int, default=1, help="processes of the mock upstream (default 1)"
@@ -50,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    if not args.only or not set(args.only) <= set(TARGETS):
-        parser.error(f"--only takes some of {', '.join(TARGETS)}")
+    if not args.only or not set(args.only) <= set(TARGETS + OPTIONAL_TARGETS):
+        parser.error(f"--only takes some of {', '.join(TARGETS + OPTIONAL_TARGETS)}")
     if args.duration is None:
         args.duration = 1 if args.quick else 5
     if min(args.duration, args.workers, args.upstream_procs) < 1:
@@ -94,10 +103,12 @@ def run(
         upstream, direct = start_upstream(workdir, args.upstream_procs)
         stack.callback(upstream.stop)
         targets: list[Target] = [direct] if "direct" in args.only else []
-        for name, start in (
+        starters: list[tuple[str, Callable[[], Target]]] = [
             ("nginx", lambda: PlainNginx(workdir, direct.port)),
             ("llmp", lambda: LlmpStack(workdir, direct.port, args.workers, args.log_level)),
-        ):
+            ("llmp-pg", lambda: replica(stack, workdir, direct.port, args)),
+        ]
+        for name, start in starters:
             if name not in args.only:
                 continue
             log(f"starting {name}")
@@ -114,15 +125,38 @@ def run(
     return rounds, failed
 
 
+def replica(
+    stack: ExitStack, workdir: Path, upstream_port: int, args: argparse.Namespace
+) -> Target:
+    """llmp with DATABASE_URL to a throwaway PostgreSQL cluster, removed on the way out."""
+    log("starting a PostgreSQL cluster")
+    cluster, url, pid = start_database()
+    stack.callback(cluster.remove)
+    return LlmpStack(
+        workdir, upstream_port, args.workers, args.log_level, database_url=url, database_pid=pid
+    )
+
+
 def measure(
     targets: list[Target], upstream_pid: int, options: Options
 ) -> list[dict[str, TargetRound]]:
     log("warming up")
     warm_up(targets, options)
+    before = {t.name: t.database_activity() for t in targets}
     rounds = []
     for number in range(1, ROUNDS + 1):
         log(f"run {number} of {ROUNDS}")
         rounds.append(run_round(targets, upstream_pid, options))
+    time.sleep(STATS_LAG)
+    for target in targets:
+        first, last = before[target.name], target.database_activity()
+        if first is None or last is None:
+            continue
+        rows, transactions = last[0] - first[0], last[1] - first[1]
+        log(
+            f"{target.name}: {rows:,} requests recorded in the database, {transactions:,}"
+            f" transactions on it meanwhile ({transactions / max(rows, 1):.4f} a request)"
+        )
     return rounds
 
 

@@ -121,6 +121,12 @@ def rows(options: Options) -> list[Row]:
             ),
         ),
         Row(
+            "  CPU/req, its database (us)",
+            _cpu_per_request(
+                len(options.connections) - 1, f"c{options.connections[-1]}", ("database",)
+            ),
+        ),
+        Row(
             f"stream chunks/s, {options.stream_concurrency} streams",
             lambda r: r.streams.chunks_per_s,
             steady=True,

@@ -1,5 +1,6 @@
 """What the benchmark measures: the mock upstream reached directly, through plain nginx, and
-through the full llmp stack.
+through the full llmp stack, embedded (`llmp`) or as a replica sharing its state through
+PostgreSQL (`llmp-pg`: DATABASE_URL to a throwaway cluster, see `start_database`).
 
 A target knows its base URL, the headers a client must send, and which of its processes count as
 its cost (`cost_groups`, for CPU per request) and as its workers (for RSS). All of them listen on
@@ -14,7 +15,12 @@ import secrets
 import sys
 from pathlib import Path
 
+import psycopg
+
 from bench.procs import Child, cmdline, free_port, tree
+from shared.apikeys import load_keys
+from shared.pg.keys import PgKeyAdmin
+from tests.postgres import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
@@ -48,6 +54,11 @@ class Target:
     def workers(self) -> list[int]:
         """The processes that serve requests (their RSS is reported)."""
         return []
+
+    def database_activity(self) -> tuple[int, int] | None:
+        """With a database: (usage rows in it, transactions it counted so far), to tell how many
+        round trips a request costs; else None."""
+        return None
 
     def stop(self) -> None:
         if self.child is not None:
@@ -142,14 +153,32 @@ class LlmpStack(Target):
     name = "llmp"
     child: Child
 
-    def __init__(self, workdir: Path, upstream_port: int, workers: int, log_level: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        upstream_port: int,
+        workers: int,
+        log_level: str,
+        database_url: str | None = None,
+        database_pid: int | None = None,
+    ) -> None:
+        """Embedded (keys in data/apikeys.json, usage in SQLite), or with `database_url` a
+        replica: its key put in the database, its usage going there by COPY. `database_pid`:
+        the database server's main process, whose tree's CPU is counted as `database`."""
         super().__init__(free_port(), api_key="sk-" + secrets.token_hex(32))
-        home = workdir / "llmp"
+        self.database_url, self.database_pid = database_url, database_pid
+        if database_url is not None:
+            self.name = "llmp-pg"
+        home = workdir / self.name
         env_file = home / "env"
         home.mkdir()
         env_file.write_text("")
         (home / "data").mkdir()
         write_key_file(home / "data" / "apikeys.json", self.api_key)
+        extra = {}
+        if database_url is not None:
+            put_keys_in_database(home / "data" / "apikeys.json", database_url)
+            extra["DATABASE_URL"] = database_url
         environment = {
             **os.environ,
             "ENV_FILE": str(env_file),
@@ -166,11 +195,12 @@ class LlmpStack(Target):
             "TARGET_URLS": f"http://127.0.0.1:{upstream_port}",
             "PROXY_WORKERS": str(workers),
             "LOG_LEVEL": log_level,
+            **extra,
         }
         self.child = Child(
-            "llmp",
+            self.name,
             [sys.executable, "-m", "llmp", "run"],
-            workdir / "llmp.log",
+            workdir / f"{self.name}.log",
             cwd=REPO,
             env=environment,
             # supervisord stops nginx and the programs, each within its stopwaitsecs (<= 35 s).
@@ -185,10 +215,28 @@ class LlmpStack(Target):
 
     def cost_groups(self) -> dict[str, list[int]]:
         procs = tree(self.child.pid)
-        return {
+        groups = {
             "proxy": [p.pid for p in procs if p.comm != "nginx"],
             "nginx": [p.pid for p in procs if p.comm == "nginx"],
         }
+        if self.database_pid is not None:
+            groups["database"] = [p.pid for p in tree(self.database_pid)]
+        return groups
+
+    def database_activity(self) -> tuple[int, int] | None:
+        """Transactions: every one of every connection to this database, committed or not, as
+        PostgreSQL's statistics count them (each backend adds its own at most every second, or
+        when it goes idle, so the count lags by a second or two)."""
+        if self.database_url is None:
+            return None
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT (SELECT count(*) FROM llmp_requests), xact_commit + xact_rollback"
+                " FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        if found is None:
+            raise RuntimeError("pg_stat_database has no row for the database")
+        return int(found[0]), int(found[1])
 
     def workers(self) -> list[int]:
         """uvicorn's worker processes (the `services.proxy` process itself with one worker)."""
@@ -208,3 +256,27 @@ def write_key_file(path: Path, key: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump({"keys": [entry]}, out)
+
+
+def start_database() -> tuple[Cluster, str, int]:
+    """A throwaway PostgreSQL cluster (the tests' own, `tests/postgres.py`: Debian's server on a
+    unix socket in a temporary folder, no TCP port), a new database's URL in it, and the pid of
+    its server's main process. The caller removes the cluster."""
+    cluster = Cluster()
+    try:
+        cluster.start()
+        url = cluster.new_database()
+        # postmaster.pid's first line: the server's main process, parent of every backend.
+        pid = int((cluster.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        return cluster, url, pid
+    except BaseException:
+        cluster.remove()
+        raise
+
+
+def put_keys_in_database(key_file: Path, database_url: str) -> None:
+    """The key file's keys become the database's key set (what `llmp database import` does)."""
+    keys, problem = load_keys(key_file)
+    if problem is not None:
+        raise RuntimeError(f"{key_file}: {problem}")
+    PgKeyAdmin(database_url).replace_all(keys)

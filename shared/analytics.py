@@ -175,11 +175,10 @@ def import_original_csv(
     imported = 0
     db.execute(_IMPORTS)
     for secret, key_id, username in keys:
-        # The original names each key's file by the MD5 of the key.
-        path = folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")
+        path = original_csv_path(folder, secret)
         if not path.exists():
             continue
-        rows = list(_original_rows(path, key_id, username))
+        rows = list(original_rows(path, key_id, username))
         with db:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("SELECT 1 FROM imports WHERE name = ?", (path.name,)).fetchone():
@@ -193,7 +192,13 @@ def import_original_csv(
     return imported
 
 
-def _original_rows(path: Path, key_id: str, username: str) -> Iterator[RequestRow]:
+def original_csv_path(folder: Path, secret: str) -> Path:
+    """The original's file for a key: it names each key's file by the MD5 of the key."""
+    return folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")
+
+
+def original_rows(path: Path, key_id: str, username: str) -> Iterator[RequestRow]:
+    """The requests of one of the original's CSV files (`startTime,endTime` lines), as rows."""
     with path.open(newline="") as f:
         for line in csv.reader(f):
             if len(line) != 2 or not line[0].strip().isdigit():

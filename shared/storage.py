@@ -47,6 +47,7 @@ def usage_log(settings: Settings) -> UsageLog | None:
         settings.data_dir / "outbox",
         settings.analytics_retention_days,
         rollup_retention_days=settings.analytics_rollup_retention_days,
+        original_csv=settings.data_dir / "analytics",
     )
 
 

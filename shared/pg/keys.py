@@ -79,8 +79,7 @@ class PgKeyAdmin:
 
     def list(self) -> list[ApiKey]:
         with self._transaction() as conn:
-            rows = conn.execute("SELECT doc FROM llmp_keys ORDER BY position").fetchall()
-        return _keys(rows)
+            return keys_in(conn)
 
     def create(self, username: str, policy: PolicyChange | None = None) -> ApiKey:
         key = ApiKey.new(username).updated(policy or {})
@@ -164,6 +163,11 @@ def _holding(conn: psycopg.Connection[Any], secret: str) -> list[ApiKey]:
 def _users_keys(conn: psycopg.Connection[Any], username: str) -> list[ApiKey]:
     rows = conn.execute("SELECT doc FROM llmp_keys WHERE username = %s", (username,)).fetchall()
     return _keys(rows)
+
+
+def keys_in(conn: psycopg.Connection[Any]) -> list[ApiKey]:
+    """The key set, read through `conn` (in its transaction, if any)."""
+    return _keys(conn.execute("SELECT doc FROM llmp_keys ORDER BY position").fetchall())
 
 
 def _keys(rows: list[tuple[Any, ...]]) -> list[ApiKey]:

@@ -19,6 +19,7 @@ Site: one row, the whole site in `doc` and its generation; each change NOTIFYs `
 the new generation (every replica's certd LISTENs). certd's reports: one row per replica, with
 when it last said it was alive (`seen_at`). Certificates: each lineage's current version and
 certbot's account, written by the leader's certd (a change NOTIFYs `llmp_site` too).
+The original's CSV files imported into the usage log: one row per file, by name.
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ MIGRATIONS: tuple[str, ...] = (
     # The admin's analytics (shared.pg.rollups): a row id for the request log's cursors, its
     # indexes, the rollups, and the queue of rows not in them yet (all rows so far, at first).
     "ALTER TABLE llmp_requests ADD COLUMN id bigserial;\n" + LOG_INDEXES + ROLLUPS_SCHEMA,
+    # The original llm-proxy's CSV files imported (shared.pg.usage), one row per file.
+    """
+    CREATE TABLE llmp_csv_imports (
+        name text PRIMARY KEY,
+        rows integer NOT NULL,
+        imported_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 )
 
 

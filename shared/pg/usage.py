@@ -14,9 +14,12 @@ Upkeep, by the one worker of all replicas that leads the "usage" job (`shared.le
 others skip it), in a background task of its own: every FLUSH_INTERVAL, the rows queued for
 the rollups are folded into them (`shared.pg.rollups`); at start and then hourly, the day
 partitions older than ANALYTICS_RETENTION_DAYS are dropped whole, and the rollups' periods
-older than their own retention deleted. All of it is done through the leader's connection, so a
-leader whose connection died can commit none of it once another has taken over, and none of it
-holds up the worker's own writes (a long fold, after an upgrade queued every row, included).
+older than their own retention deleted; before that, the original llm-proxy's CSV analytics
+files (`data/analytics/<md5 of key>.csv`, which `shared.analytics.import_original_csv` imports on
+one box) are imported, each file once among every replica (`import_original_csv`). All of it is
+done through the leader's connection, so a leader whose connection died can commit none of it
+once another has taken over, and none of it holds up the worker's own writes (a long fold, after
+an upgrade queued every row, included).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from shared.analytics import COLUMNS, RequestRow
+from shared.analytics import COLUMNS, RequestRow, original_csv_path, original_rows
+from shared.apikeys import KeyFileError
 from shared.pg import rollups
+from shared.pg.keys import keys_in
 from shared.pg.leader import PgLeader
 from shared.pg.outbox import Outbox
 from shared.pg.schema import LOCK_PARTITIONS, migrate
@@ -87,6 +92,35 @@ def write_rows(conn: psycopg.Connection[Any], rows: list[RequestRow], days: set[
         return added.rowcount
 
 
+def import_original_csv(
+    conn: psycopg.Connection[Any], folder: Path, keys: Iterable[tuple[str, str, str]]
+) -> int:
+    """Import the original's files of `keys` ((key, id, username)) in `folder` that no replica
+    imported yet; the rows added.
+
+    A file is claimed and its rows written in one transaction: its name goes into
+    `llmp_csv_imports` (its primary key), so a replica that finds it there leaves the file
+    alone, and of two claiming it at once the second waits, then finds it taken. The rows keep
+    the original's starts: written again (the claim removed by hand), they add nothing.
+    """
+    imported = 0
+    days: set[int] = set()
+    for secret, key_id, username in keys:
+        path = original_csv_path(folder, secret)
+        if not path.exists():
+            continue
+        rows = list(original_rows(path, key_id, username))
+        with conn.transaction():
+            claimed = conn.execute(
+                "INSERT INTO llmp_csv_imports (name, rows) VALUES (%s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING name",
+                (path.name, len(rows)),
+            ).fetchone()
+            if claimed is not None and rows:
+                imported += write_rows(conn, rows, days)
+    return imported
+
+
 def _partition(conn: psycopg.Connection[Any], day: int) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
     conn.execute(
@@ -108,8 +142,11 @@ class PgUsageLog:
         retention_days: int,
         clock: Callable[[], float] = time.monotonic,
         rollup_retention_days: int = 730,
+        original_csv: Path | None = None,
     ) -> None:
+        """`original_csv`: the folder of the original's CSV files to import (data/analytics)."""
         self.url = url
+        self.original_csv = original_csv
         self.retention_days = retention_days
         self.rollup_retention_days = rollup_retention_days
         self.leader = PgLeader(url, "usage", "llmp-usage-leader")
@@ -249,6 +286,16 @@ class PgUsageLog:
         return True
 
     def _retention(self, conn: psycopg.Connection[Any]) -> None:
+        if self.original_csv is not None and self.original_csv.is_dir():
+            try:
+                with conn.transaction():
+                    keys = [(k.key, k.id, k.username) for k in keys_in(conn)]
+            except KeyFileError as exc:  # a key row edited by hand gone wrong
+                log.warning("original CSV not imported", extra={"fields": {"error": str(exc)}})
+            else:
+                imported = import_original_csv(conn, self.original_csv, keys)
+                if imported:
+                    log.info("original CSV imported", extra={"fields": {"imported": imported}})
         now = time.time()
         cutoff_day = int(now // 86400) - self.retention_days
         pruned = rollups.prune(conn, int((now - self.rollup_retention_days * 86400) * 1000))

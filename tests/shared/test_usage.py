@@ -5,15 +5,26 @@ rollups kept by one leader."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
 import time
 
 import psycopg
 import pytest
 
+from shared import storage
 from shared.analytics import RequestRow
+from shared.pg.keys import PgKeyAdmin
 from shared.pg.rollups import queued
-from shared.pg.usage import DAY_MS, PgUsageLog, partition_name
+from shared.pg.usage import (
+    DAY_MS,
+    PgUsageLog,
+    import_original_csv,
+    partition_name,
+    write_rows,
+)
 from shared.rollups import HOUR, TOTAL
+from shared.settings import Settings
 from tests.postgres import Cluster
 from tests.shared.test_keystore import until
 
@@ -252,3 +263,86 @@ def test_rows_written_by_any_statement_are_queued_for_the_rollups(database_url, 
         await usage.close()
 
     asyncio.run(scenario())
+
+
+def original_csv(folder, secret: str, starts: list[int]) -> None:
+    """One of the original llm-proxy's analytics files, as it names and writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{start},{start + 250}\n" for start in starts)
+    path = folder / (hashlib.md5(secret.encode()).hexdigest() + ".csv")
+    path.write_text("startTime,endTime\n" + lines)
+
+
+def test_the_original_csv_is_imported_once_by_the_leader_of_every_replica(database_url, tmp_path):
+    """Two replicas with the original's CSV files in their data/analytics: the usage job's leader
+    imports them; the other replica, taking over, and a restarted one import nothing again."""
+    alice = PgKeyAdmin(database_url).create("alice")
+    now = int(time.time() * 1000)
+    starts = [now - 3 * DAY_MS, now - 1000, now - 500]
+    for name in ("a", "b"):  # each replica's own copy of the install's files
+        original_csv(tmp_path / name / "analytics", alice.key, starts)
+        original_csv(tmp_path / name / "analytics", "sk-no-such-key", [now])
+
+    def replica(name: str) -> PgUsageLog:
+        """As a proxy worker makes it, with its replica's data/ folder."""
+        usage = storage.usage_log(Settings(data_dir=tmp_path / name, database_url=database_url))
+        assert isinstance(usage, PgUsageLog)
+        return usage
+
+    first, second = replica("a"), replica("b")
+
+    async def scenario() -> None:
+        assert await first.keep()
+        assert not await second.keep()  # not the leader: imports nothing
+        await first.close()  # lets the job go
+        assert await second.keep()  # the new leader: the files are imported already
+        await second.close()
+        again = replica("a")  # a restart
+        assert await again.keep()
+        await again.close()
+
+    asyncio.run(scenario())
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT key_id, username, request_id, start_ms, end_ms, status FROM llmp_requests"
+            " ORDER BY start_ms"
+        ).fetchall()
+        claims = conn.execute("SELECT rows FROM llmp_csv_imports").fetchall()
+    assert rows == [(alice.id, "alice", "imported", s, s + 250, 200) for s in starts]
+    assert claims == [(3,)]
+
+
+def test_replicas_importing_the_original_csv_at_once_import_it_once(database_url, tmp_path):
+    alice = PgKeyAdmin(database_url).create("alice")
+    start = int(time.time() * 1000) - 60_000
+    original_csv(tmp_path, alice.key, [start + n for n in range(2000)])
+    keys = [(alice.key, alice.id, alice.username)]
+    added: list[int] = []
+
+    def importer() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            added.append(import_original_csv(conn, tmp_path, keys))
+
+    threads = [threading.Thread(target=importer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(added) == [0, 0, 0, 2000]
+    assert counts(database_url) == (2000, 1)
+
+
+def test_csv_rows_moved_in_already_are_not_imported_again(database_url, tmp_path):
+    """An install moved in with `llmp database import` brings the rows its proxy imported from
+    the CSV files into SQLite; the files, still in data/analytics, add nothing again."""
+    alice = PgKeyAdmin(database_url).create("alice")
+    start = int(time.time() * 1000) - 60_000
+    starts = [start, start + 10, start + 20]
+    original_csv(tmp_path, alice.key, starts)
+    moved = [RequestRow("imported", alice.id, "alice", s, s + 250, status=200) for s in starts[:2]]
+    keys = [(alice.key, alice.id, alice.username)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        write_rows(conn, moved, set())
+        assert import_original_csv(conn, tmp_path, keys) == 1  # the row not moved
+        assert import_original_csv(conn, tmp_path, keys) == 0
+    assert counts(database_url) == (3, 1)
