@@ -27,6 +27,7 @@ from shared.apikeys import ApiKey, Budget, period_bounds
 from shared.pg.schema import migrate
 from shared.pg.usage import write_rows
 from shared.prices import Price, Prices, write_prices
+from tests.proxy.test_redis_counters import _true, until
 
 THURSDAY = datetime(2026, 12, 3, 12, tzinfo=UTC).timestamp()
 # today's noon (UTC): Redis lets a budget's count expire a day after its period, by its own clock
@@ -234,3 +235,58 @@ def test_periods_are_calendar_periods_in_utc():
         datetime(2026, 12, 1, tzinfo=UTC),
         datetime(2027, 1, 1, tzinfo=UTC),
     )
+
+
+def test_while_redis_is_frozen_each_replica_spends_its_share_of_what_was_left(
+    run_redis, redis_server
+):
+    key = _key(period="day", tokens=100)
+
+    async def scenario(make: Maker) -> tuple[list[str], dict[str, int]]:
+        replicas = [make(name) for name in "abc"]
+        await charged(replicas[0], key, _row(key, 20, 20), 40)
+        for budgets in replicas:  # each hears from Redis: 40 used, and 3 replicas
+            await budgets.admit(key, NOON)
+        await until(lambda: _true(all(getattr(b.ledger, "replicas", 0) == 3 for b in replicas)))
+        seen = []
+        redis_server.freeze()
+        try:
+            for _ in range(3):  # 60 left: a share of 20 for each replica
+                try:
+                    await replicas[0].admit(key, NOON)
+                except ProxyError as exc:
+                    seen.append(exc.code)
+                    continue
+                seen.append("admitted")
+                await charged(replicas[0], key, _row(key, 5, 5), 10)
+            assert getattr(replicas[0].ledger, "down", False)
+        finally:
+            redis_server.thaw()
+        ledger = replicas[0].ledger
+        assert isinstance(ledger, RedisCounters)
+        await until(lambda: _true(not ledger.down))  # back: what was spent is told to Redis
+        return seen, await replicas[1].used(key, NOON)
+
+    seen, used = run_redis(scenario)
+    # 40 + 3 x 10 = 70 and 40 + 3 x 20 = 100: the third is refused
+    assert seen == ["admitted", "admitted", "insufficient_quota"]
+    assert used == {"tokens": 60}
+
+
+def test_fail_closed_refuses_a_key_with_a_budget_while_redis_is_away(tmp_path):
+    key = _key(period="day", tokens=100)
+
+    async def main() -> ProxyError:
+        board = Board(tmp_path / "a.board")
+        gone = f"unix://{tmp_path / 'no.sock'}"
+        ledger = RedisCounters(gone, BoardCounters(board), "a", "closed")
+        budgets = Budgets(board, tmp_path / "analytics.db", PriceBook(tmp_path / "p"), ledger)
+        try:
+            with pytest.raises(ProxyError) as refused:
+                await budgets.admit(key, NOON)
+            return refused.value
+        finally:
+            await ledger.aclose()
+
+    refused = asyncio.run(main())
+    assert (refused.status, refused.code) == (503, "limits_unavailable")
