@@ -27,8 +27,9 @@ board with each limit and upstream cap divided by the number of replicas that he
 Redis was last reached (rounded down, so the replicas' shares never add up to more than the
 limit); `closed` refuses limited requests (503 `limits_unavailable`); `open` lets them through
 uncounted. Once it is back, each worker tells it its requests in flight
-by name (as numbers, which also mends a count a call cut short left behind) and the tokens used
-meanwhile.
+by name (as numbers, which also mends a count a call cut short left behind: Redis runs a call
+that was waiting in it when it answers again), where it has some and wherever a call was cut
+short, and the tokens used meanwhile.
 
 **Budgets.** A key's use of its budget in a period is a hash `llmp:budget-<unit>:<id>:<number>`
 (`used`, and `seeded` once filled from the usage log), gone a day after the period ends. While
@@ -375,6 +376,7 @@ class RedisCounters:
         self._shared: Counter[str] = Counter()  # let in by Redis, still in flight
         self._owed_tokens: dict[str, tuple[Sequence[Bucket], int]] = {}
         self._firsts: dict[str, int] = {}
+        self._unsure: set[str] = set()  # names of counting calls cut short while Redis failed
         self._owed_budgets: dict[str, tuple[float, int]] = {}  # by name: until, amount
         # by budget: its use when Redis last told it, and the replica's own use then
         self._budgets_seen: dict[str, tuple[int, int]] = {}
@@ -420,6 +422,8 @@ class RedisCounters:
         if not call.done():
             call.cancel()  # redis-py drops the connection of a cancelled command
             call.add_done_callback(_consume)
+            if script in _COUNTING:  # Redis may run it yet: mended on recovery
+                self._unsure.add(keys[0])
             if self._probing is not None and self._probing.done():
                 self._trip(self._probing.result() or TimeoutError("no answer"))
             else:
@@ -428,6 +432,8 @@ class RedisCounters:
         try:
             return call.result()
         except (RedisError, OSError) as exc:
+            if script in _COUNTING:
+                self._unsure.add(keys[0])
             self._trip(exc)
             raise Unavailable from None
 
@@ -495,11 +501,13 @@ class RedisCounters:
             await self._scripts["first"](
                 keys=[PREFIX + name, WORKERS], args=[self.worker, self.lease, place]
             )
-        for name in list(self._shared):
+        # and where a call was cut short: Redis may have run it once it answered again
+        for name in {*self._shared, *self._unsure}:
             await self._scripts["flights"](
                 keys=[PREFIX + name, WORKERS],
                 args=[self.worker, self.lease, self._shared[name], TURNS],
             )
+        self._unsure.clear()
         log.warning("Redis reached again: limits shared again")
         self.down_since, self.last_error = None, None
 
@@ -738,6 +746,10 @@ class RedisCounters:
             while not task.done():
                 task.cancel()
                 await asyncio.wait((task,), timeout=0.1)
+
+
+# the steps that count requests in flight: one cut short may have counted in Redis all the same
+_COUNTING = frozenset(("admit", "release", "enter", "leave"))
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
