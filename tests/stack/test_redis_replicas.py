@@ -1,6 +1,6 @@
-"""Three replicas sharing PostgreSQL (keys) and Redis (REDIS_URL: limits and fair queues): a key's
-limits and an upstream's cap hold for all of them together, as one machine holds them for its
-workers.
+"""Three replicas sharing PostgreSQL (keys) and Redis (REDIS_URL: limits, budgets and fair
+queues): a key's limits and budget and an upstream's cap hold for all of them together, as one
+machine holds them for its workers.
 
 Each replica's proxy runs as deployed (`python -m services.proxy`, two uvicorn workers, its own
 data folder and port); requests are spread over the replicas in turn. The upstreams are fake
@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.apikeys import ApiKey
+from shared.apikeys import ApiKey, Budget
 from shared.heartbeat import read_heartbeats
 from shared.pg.keys import PgKeyAdmin
 from tests.conftest import eventually
@@ -197,6 +197,30 @@ def test_a_light_key_keeps_its_turn_against_two_heavy_keys_on_other_replicas(tri
     # heavy ones that joined at the same place (one per key), and what passed while it was on
     # its way to the proxy (a 0.05 s turn each).
     assert max(waits) <= 8, waits
+
+
+def test_a_budget_is_spent_once_across_replicas(trio):
+    key = trio.key("budget")
+    changed = trio.admin.update(key.id, {"budget": Budget("day", tokens=50)})
+    assert changed is not None
+
+    async def run() -> tuple[list[int], list[int]]:
+        async with client() as http:
+            await served(http, trio, changed)
+            spent = []
+            for n in range(15):  # one after the other, each replica in turn: 10 tokens each
+                r = await chat(http, trio.replicas[n % REPLICAS].url, changed, "fast")
+                spent.append(r.status_code)
+            await asyncio.sleep(0.5)  # the last charges reach Redis
+            after = [(await chat(http, r.url, changed, "fast")).status_code for r in trio.replicas]
+            return spent, after
+
+    spent, after = asyncio.run(run())
+    print(f"\na budget of 50 tokens, 10 a request, over {REPLICAS} replicas: {spent}")
+    # 5 requests spend it; a charge is counted just after its answer, so the next request,
+    # on another replica, may come before it (each replica on its own would let in 15)
+    assert 5 <= spent.count(200) <= 7 and set(spent) == {200, 429}, spent
+    assert spent[:5] == [200] * 5 and after == [429] * REPLICAS
 
 
 FROZEN = 10.0  # seconds Redis is stopped for
