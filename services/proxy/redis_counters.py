@@ -378,8 +378,9 @@ class RedisCounters:
         self._firsts: dict[str, int] = {}
         self._unsure: set[str] = set()  # names of counting calls cut short while Redis failed
         self._owed_budgets: dict[str, tuple[float, int]] = {}  # by name: until, amount
-        # by budget: its use when Redis last told it, and the replica's own use then
-        self._budgets_seen: dict[str, tuple[int, int]] = {}
+        # by key and unit (its last period only): the budget's name, its use when Redis last
+        # told it, and the replica's own use then
+        self._budgets_seen: dict[str, tuple[str, int, int]] = {}
         self._wakeups: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -651,9 +652,11 @@ class RedisCounters:
                 return 0
             # what Redis last said, and this replica's use since for each replica: each may
             # spend its share of what was left
-            seen, base = self._budgets_seen.get(name, (0, 0))
-            return int(seen) + self.replicas * max(0, local - base)
-        self._budgets_seen[name] = (int(used), local)
+            seen_name, seen, base = self._budgets_seen.get(_budget_of(name), (name, 0, 0))
+            if seen_name != name:  # told of another period: nothing known of this one
+                seen, base = 0, 0
+            return seen + self.replicas * max(0, local - base)
+        self._budgets_seen[_budget_of(name)] = (name, int(used), local)
         return int(used)
 
     def budget_charge(self, name: str, until: float, amount: int) -> None:
@@ -755,6 +758,11 @@ _COUNTING = frozenset(("admit", "release", "enter", "leave"))
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _budget_of(name: str) -> str:
+    """`budget-<unit>:<id>` of a budget's name in a period, `budget-<unit>:<id>:<number>`."""
+    return name.rsplit(":", 1)[0]
 
 
 def _expiry(until: float) -> int:
