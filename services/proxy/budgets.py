@@ -9,8 +9,9 @@ in a new period), once per period, under the slot's lock.
 
 With REDIS_URL, a key's use is counted for every replica together in Redis (a `BudgetLedger`,
 services/proxy/redis_counters.py), filled from the usage log in PostgreSQL when Redis has
-none; the board's slot still counts this replica's own use, which Redis' fallback works from
-while Redis does not answer.
+none (waited for SEED_TIMEOUT at most, and not asked for SEED_PAUSE after it failed: the count
+is filled by a later request); the board's slot still counts this replica's own use, which
+Redis' fallback works from while Redis does not answer.
 
 A request is admitted while its key has used less than its budget, and charged what it used when
 it ends (as the tokens-per-day limit): requests already under way may take a key past it. The
@@ -20,6 +21,7 @@ a model without a price costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -45,6 +47,7 @@ USED_MAX = (1 << USED_BITS) - 1
 MICRO = 1_000_000  # cost is counted in millionths
 PRICES_CHECK = 1.0  # seconds between looks at prices.json
 SEED_TIMEOUT = 0.5
+SEED_PAUSE = 10.0  # seconds the usage log is not asked again after it failed to answer
 
 
 class PriceBook:
@@ -89,6 +92,7 @@ class Budgets:
         self.prices = prices
         self.ledger = ledger  # None: the board counts (one machine)
         self.history = history  # where the ledger's counts are filled from
+        self._history_failed = -SEED_PAUSE  # when the usage log last failed (monotonic)
         # Told of each refusal: the key, the unit spent (tokens or cost) and the period's number.
         self.on_spent: Callable[[ApiKey, str, int], None] | None = None
 
@@ -152,11 +156,13 @@ class Budgets:
 
     async def _history(self, key: ApiKey, unit: str, start: float) -> int | None:
         """What the usage log says the key used since `start` (None: it cannot be read)."""
-        if self.history is None:
-            return None
+        if self.history is None or time.monotonic() - self._history_failed < SEED_PAUSE:
+            return None  # no request waits for a usage log that just failed
         try:
-            rows = await self.history.by_model(key.id, start)
-        except (psycopg.Error, OSError) as exc:
+            async with asyncio.timeout(SEED_TIMEOUT):
+                rows = await self.history.by_model(key.id, start)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._history_failed = time.monotonic()
             log.error("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
             return None
         return self._amount(unit, rows)

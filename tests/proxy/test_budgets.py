@@ -290,3 +290,23 @@ def test_fail_closed_refuses_a_key_with_a_budget_while_redis_is_away(tmp_path):
 
     refused = asyncio.run(main())
     assert (refused.status, refused.code) == (503, "limits_unavailable")
+
+
+def test_a_usage_log_that_does_not_answer_is_not_asked_by_every_request(run_redis, tmp_path):
+    key = _key(period="day", tokens=100)
+    asked = []
+
+    class Away(PgUsageHistory):
+        async def by_model(self, key_id: str, since: float) -> list[tuple[str, int, int]]:
+            asked.append(key_id)
+            return await super().by_model(key_id, since)
+
+    async def scenario(make: Maker) -> dict[str, int]:
+        budgets = make("a", history=Away(f"postgresql:///llmp?host={tmp_path / 'gone'}"))
+        for _ in range(3):
+            await budgets.admit(key, NOON)  # counted from what Redis has meanwhile
+            await charged(budgets, key, _row(key, 5, 5), 10)
+        return await budgets.used(key, NOON)
+
+    assert run_redis(scenario) == {"tokens": 30}
+    assert asked == [key.id]  # once, then left alone for a while
