@@ -194,7 +194,7 @@ class ProxyApp:
         deployments = aliases.resolve(rt.catalog, model, flow.content_type, flow.body.raw)
         plan = await self.plan(model) if deployments is None else []
         row.upstream_model = model
-        rt.budgets.admit(policy.key)
+        await rt.budgets.admit(policy.key)
         flow.admission = await rt.limiter.admit(policy)
 
         try:

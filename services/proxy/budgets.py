@@ -7,6 +7,12 @@ the currency) in its low `USED_BITS`. A counter from another period (or a new bo
 set from the rollups of `analytics.db` for the period (what the key used before a restart, or 0
 in a new period), once per period, under the slot's lock.
 
+With REDIS_URL, a key's use is counted for every replica together in Redis (a `BudgetLedger`,
+services/proxy/redis_counters.py), filled from the usage log in PostgreSQL when Redis has
+none (waited for SEED_TIMEOUT at most, and not asked for SEED_PAUSE after it failed: the count
+is filled by a later request); the board's slot still counts this replica's own use, which
+Redis' fallback works from while Redis does not answer.
+
 A request is admitted while its key has used less than its budget, and charged what it used when
 it ends (as the tokens-per-day limit): requests already under way may take a key past it. The
 cost of a request is its tokens at its model's price (data/prices.json, re-read when it changes);
@@ -15,6 +21,7 @@ a model without a price costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -22,7 +29,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
 from services.proxy.board import Board, Slot
+from services.proxy.counters import BudgetLedger, UsageHistory
 from services.proxy.errors import ProxyError
 from services.proxy.limits import duration, level_headers, retry_headers
 from shared import rollups
@@ -37,6 +47,7 @@ USED_MAX = (1 << USED_BITS) - 1
 MICRO = 1_000_000  # cost is counted in millionths
 PRICES_CHECK = 1.0  # seconds between looks at prices.json
 SEED_TIMEOUT = 0.5
+SEED_PAUSE = 10.0  # seconds the usage log is not asked again after it failed to answer
 
 
 class PriceBook:
@@ -68,14 +79,24 @@ class PriceBook:
 
 
 class Budgets:
-    def __init__(self, board: Board, analytics_db: Path, prices: PriceBook) -> None:
+    def __init__(
+        self,
+        board: Board,
+        analytics_db: Path,
+        prices: PriceBook,
+        ledger: BudgetLedger | None = None,
+        history: UsageHistory | None = None,
+    ) -> None:
         self.board = board
         self.analytics_db = analytics_db
         self.prices = prices
+        self.ledger = ledger  # None: the board counts (one machine)
+        self.history = history  # where the ledger's counts are filled from
+        self._history_failed = -SEED_PAUSE  # when the usage log last failed (monotonic)
         # Told of each refusal: the key, the unit spent (tokens or cost) and the period's number.
         self.on_spent: Callable[[ApiKey, str, int], None] | None = None
 
-    def admit(self, key: ApiKey, now: float | None = None) -> None:
+    async def admit(self, key: ApiKey, now: float | None = None) -> None:
         """Raises a 429 ProxyError when the key has used its budget for this period."""
         budget = key.budget
         if budget is None:
@@ -83,8 +104,7 @@ class Budgets:
         now = time.time() if now is None else now
         number, start, end = period_bounds(budget.period, now)
         for unit, limit in self._limits(budget):
-            with self.board.holding(f"budget-{unit}:{key.id}") as slot:
-                used = self._used(slot, key, unit, number, start)
+            used = await self._count(key, unit, number, start, end)
             if used >= limit:
                 if self.on_spent is not None:
                     self.on_spent(key, unit, number)
@@ -96,7 +116,7 @@ class Budgets:
         if budget is None:
             return
         now = time.time() if now is None else now
-        number, start, _ = period_bounds(budget.period, now)
+        number, start, end = period_bounds(budget.period, now)
         amounts = {"tokens": tokens}
         if budget.cost is not None:
             cost = self.prices.current().cost(row.model, row.prompt_tokens, row.completion_tokens)
@@ -107,19 +127,51 @@ class Budgets:
             with self.board.holding(f"budget-{unit}:{key.id}") as slot:
                 used = self._used(slot, key, unit, number, start)
                 slot.counter = _pack(number, used + amounts[unit])
+            if self.ledger is not None:
+                self.ledger.budget_charge(f"budget-{unit}:{key.id}:{number}", end, amounts[unit])
 
-    def used(self, key: ApiKey, now: float | None = None) -> dict[str, int]:
+    async def used(self, key: ApiKey, now: float | None = None) -> dict[str, int]:
         """The key's use in this period by unit (tokens, and cost in millionths)."""
         budget = key.budget
         if budget is None:
             return {}
         now = time.time() if now is None else now
-        number, start, _ = period_bounds(budget.period, now)
-        out = {}
-        for unit, _ in self._limits(budget):
-            with self.board.holding(f"budget-{unit}:{key.id}") as slot:
-                out[unit] = self._used(slot, key, unit, number, start)
-        return out
+        number, start, end = period_bounds(budget.period, now)
+        return {
+            unit: await self._count(key, unit, number, start, end)
+            for unit, _ in self._limits(budget)
+        }
+
+    async def _count(self, key: ApiKey, unit: str, number: int, start: float, end: float) -> int:
+        """The key's use of `unit` in the period: on the board, or in the ledger."""
+        with self.board.holding(f"budget-{unit}:{key.id}") as slot:
+            local = self._used(slot, key, unit, number, start)
+        if self.ledger is None:
+            return local
+
+        async def seed() -> int | None:
+            return await self._history(key, unit, start)
+
+        return await self.ledger.budget_used(f"budget-{unit}:{key.id}:{number}", end, local, seed)
+
+    async def _history(self, key: ApiKey, unit: str, start: float) -> int | None:
+        """What the usage log says the key used since `start` (None: it cannot be read)."""
+        if self.history is None or time.monotonic() - self._history_failed < SEED_PAUSE:
+            return None  # no request waits for a usage log that just failed
+        try:
+            async with asyncio.timeout(SEED_TIMEOUT):
+                rows = await self.history.by_model(key.id, start)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._history_failed = time.monotonic()
+            log.error("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
+            return None
+        return self._amount(unit, rows)
+
+    def _amount(self, unit: str, rows: list[tuple[str, int, int]]) -> int:
+        if unit == "tokens":
+            return sum(p + c for _, p, c in rows)
+        prices = self.prices.current()
+        return round(sum(prices.cost(m, p, c) or 0.0 for m, p, c in rows) * MICRO)
 
     @staticmethod
     def _limits(budget: Budget) -> list[tuple[str, int]]:
@@ -154,10 +206,7 @@ class Budgets:
         except sqlite3.Error as exc:
             log.warning("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
             return 0
-        if unit == "tokens":
-            return sum(p + c for _, p, c in rows)
-        prices = self.prices.current()
-        return round(sum(prices.cost(m, p, c) or 0.0 for m, p, c in rows) * MICRO)
+        return self._amount(unit, rows)
 
 
 def _pack(number: int, used: int) -> int:

@@ -15,7 +15,7 @@ same for every store: a store says only which limit refused and the buckets' lev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -95,6 +95,29 @@ class UsageHistory(Protocol):
 
     async def level(self, key_id: str, period: float) -> float:
         """The tokens a leaky bucket of `period` seconds would hold now for `key_id`."""
+        ...
+
+    async def by_model(self, key_id: str, since: float) -> list[tuple[str, int, int]]:
+        """(model, prompt tokens, completion tokens) of `key_id`'s requests since `since`."""
+        ...
+
+
+class BudgetLedger(Protocol):
+    """Budgets counted for every replica together (services/proxy/budgets.py): one counter per
+    key, unit and period, `name` (`budget-tokens:<id>:<period's number>`), kept until `until`
+    (a UNIX time, the period's end)."""
+
+    async def budget_used(
+        self, name: str, until: float, local: int, seed: Callable[[], Awaitable[int | None]]
+    ) -> int:
+        """What `name` counts: filled once from `seed` (the usage log; None: it could not be
+        read) when the store has never filled it. `local` is what this replica has charged in
+        the period (its board), from which the store makes up its answer when it cannot
+        count."""
+        ...
+
+    def budget_charge(self, name: str, until: float, amount: int) -> None:
+        """Add `amount` to `name`. Never waits."""
         ...
 
 

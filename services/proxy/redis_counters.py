@@ -27,14 +27,23 @@ board with each limit and upstream cap divided by the number of replicas that he
 Redis was last reached (rounded down, so the replicas' shares never add up to more than the
 limit); `closed` refuses limited requests (503 `limits_unavailable`); `open` lets them through
 uncounted. Once it is back, each worker tells it its requests in flight
-by name (as numbers, which also mends a count a call cut short left behind) and the tokens used
-meanwhile.
+by name (as numbers, which also mends a count a call cut short left behind: Redis runs a call
+that was waiting in it when it answers again), where it has some and wherever a call was cut
+short, and the tokens used meanwhile.
 
-**Lost data.** Redis holds nothing that must survive it, with one exception rebuilt from the
+**Budgets.** A key's use of its budget in a period is a hash `llmp:budget-<unit>:<id>:<number>`
+(`used`, and `seeded` once filled from the usage log), gone a day after the period ends. While
+the circuit is open, `share` answers what Redis last said plus the replica's own use since
+(counted on its board) times the number of replicas, so that each spends at most its share of
+what was left; `closed` refuses (503), `open` lets the key spend. Charges made meanwhile are
+told to Redis on recovery.
+
+**Lost data.** Redis holds nothing that must survive it, with two exceptions rebuilt from the
 system of record: when a key's counters are missing (a Redis restarted without persistence, or
 a key idle for a day), its tokens-per-day bucket is filled again from the usage log in
 PostgreSQL (services/proxy/usage_history.py), in the background of the first request that finds
-them missing.
+them missing; a budget found never filled is filled from the usage log by the request that
+finds it so, before it is answered.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import psycopg
@@ -270,6 +279,20 @@ return 1
 """
 )
 
+# KEYS: a budget's hash, the workers. ARGV: worker, lease, the amount to add, the UNIX time it
+# expires at, the use to fill it with if it was never filled ('': none). Returns its use and
+# whether it was filled from the usage log.
+_BUDGET = (
+    _COMMON
+    + """
+local amount, seed = tonumber(ARGV[3]), tonumber(ARGV[5])
+if seed and redis.call('HSETNX', KEYS[1], 'seeded', 1) == 1 then amount = amount + seed end
+local used = redis.call('HINCRBY', KEYS[1], 'used', amount)
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+return {used, redis.call('HEXISTS', KEYS[1], 'seeded')}
+"""
+)
+
 # KEYS: (none), the workers. ARGV: worker, lease. Returns the live workers.
 _BEAT = (
     _COMMON
@@ -343,6 +366,7 @@ class RedisCounters:
                 ("leave", _LEAVE),
                 ("flights", _FLIGHTS),
                 ("beat", _BEAT),
+                ("budget", _BUDGET),
             )
         }
         # What this worker counts elsewhere than in Redis, by name: requests let in by the
@@ -352,6 +376,11 @@ class RedisCounters:
         self._shared: Counter[str] = Counter()  # let in by Redis, still in flight
         self._owed_tokens: dict[str, tuple[Sequence[Bucket], int]] = {}
         self._firsts: dict[str, int] = {}
+        self._unsure: set[str] = set()  # names of counting calls cut short while Redis failed
+        self._owed_budgets: dict[str, tuple[float, int]] = {}  # by name: until, amount
+        # by key and unit (its last period only): the budget's name, its use when Redis last
+        # told it, and the replica's own use then
+        self._budgets_seen: dict[str, tuple[str, int, int]] = {}
         self._wakeups: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -394,6 +423,8 @@ class RedisCounters:
         if not call.done():
             call.cancel()  # redis-py drops the connection of a cancelled command
             call.add_done_callback(_consume)
+            if script in _COUNTING:  # Redis may run it yet: mended on recovery
+                self._unsure.add(keys[0])
             if self._probing is not None and self._probing.done():
                 self._trip(self._probing.result() or TimeoutError("no answer"))
             else:
@@ -402,6 +433,8 @@ class RedisCounters:
         try:
             return call.result()
         except (RedisError, OSError) as exc:
+            if script in _COUNTING:
+                self._unsure.add(keys[0])
             self._trip(exc)
             raise Unavailable from None
 
@@ -459,15 +492,23 @@ class RedisCounters:
                 args=[self.worker, self.lease, 0, tokens, *_flat(buckets)],
             )
             del self._owed_tokens[name]
+        for name, (until, amount) in list(self._owed_budgets.items()):
+            await self._scripts["budget"](
+                keys=[PREFIX + name, WORKERS],
+                args=[self.worker, self.lease, amount, _expiry(until), ""],
+            )
+            del self._owed_budgets[name]
         for name, place in list(self._firsts.items()):
             await self._scripts["first"](
                 keys=[PREFIX + name, WORKERS], args=[self.worker, self.lease, place]
             )
-        for name in list(self._shared):
+        # and where a call was cut short: Redis may have run it once it answered again
+        for name in {*self._shared, *self._unsure}:
             await self._scripts["flights"](
                 keys=[PREFIX + name, WORKERS],
                 args=[self.worker, self.lease, self._shared[name], TURNS],
             )
+        self._unsure.clear()
         log.warning("Redis reached again: limits shared again")
         self.down_since, self.last_error = None, None
 
@@ -593,6 +634,42 @@ class RedisCounters:
                 _, owed = self._owed_tokens.get(name, ((), 0))
                 self._owed_tokens[name] = (tokens, owed + used)
 
+    # Budgets -----------------------------------------------------------------------------
+
+    async def budget_used(
+        self, name: str, until: float, local: int, seed: Callable[[], Awaitable[int | None]]
+    ) -> int:
+        try:
+            used, seeded = await self._call("budget", [name], [0, _expiry(until), ""])
+            if not int(seeded):  # a new period, or a Redis that lost its data
+                filled = await seed()  # None: unread, filled by a later request
+                if filled is not None:
+                    used, _ = await self._call("budget", [name], [0, _expiry(until), filled])
+        except Unavailable:
+            if self.failure == "closed":
+                raise unavailable() from None
+            if self.failure == "open":
+                return 0
+            # what Redis last said, and this replica's use since for each replica: each may
+            # spend its share of what was left
+            seen_name, seen, base = self._budgets_seen.get(_budget_of(name), (name, 0, 0))
+            if seen_name != name:  # told of another period: nothing known of this one
+                seen, base = 0, 0
+            return seen + self.replicas * max(0, local - base)
+        self._budgets_seen[_budget_of(name)] = (name, int(used), local)
+        return int(used)
+
+    def budget_charge(self, name: str, until: float, amount: int) -> None:
+        if amount > 0:
+            self._spawn(self._budget_charge(name, until, amount))
+
+    async def _budget_charge(self, name: str, until: float, amount: int) -> None:
+        try:
+            await self._call("budget", [name], [amount, _expiry(until), ""])
+        except Unavailable:  # told on recovery
+            _, owed = self._owed_budgets.get(name, (until, 0))
+            self._owed_budgets[name] = (until, owed + amount)
+
     # The fair queue ------------------------------------------------------------------------
 
     async def enter(self, name: str, limit: int, place: int, then_first: int) -> bool:
@@ -674,9 +751,23 @@ class RedisCounters:
                 await asyncio.wait((task,), timeout=0.1)
 
 
+# the steps that count requests in flight: one cut short may have counted in Redis all the same
+_COUNTING = frozenset(("admit", "release", "enter", "leave"))
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _budget_of(name: str) -> str:
+    """`budget-<unit>:<id>` of a budget's name in a period, `budget-<unit>:<id>:<number>`."""
+    return name.rsplit(":", 1)[0]
+
+
+def _expiry(until: float) -> int:
+    """When a budget's count may go: a day after its period's end (clocks differ)."""
+    return int(until + DAY)
 
 
 def _flat(buckets: Sequence[Bucket]) -> list[Any]:

@@ -30,6 +30,7 @@ from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter
 from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
 from services.proxy.recorder import Recorder
+from services.proxy.redis_counters import RedisCounters
 from services.proxy.revocation import OpenRequests
 from services.proxy.tracing import Tracing
 from services.proxy.upstream import UpstreamClient
@@ -80,7 +81,14 @@ class Runtime:
         counters.start()
         catalog = Catalog(settings, client, board, counters)
         limiter = Limiter(counters)
-        budgets = Budgets(board, settings.analytics_db, PriceBook(settings.prices_file))
+        ledger = counters if isinstance(counters, RedisCounters) else None
+        budgets = Budgets(
+            board,
+            settings.analytics_db,
+            PriceBook(settings.prices_file),
+            ledger,
+            ledger.history if ledger is not None else None,
+        )
         runtime = cls(
             settings=settings,
             loop=asyncio.get_running_loop(),

@@ -6,6 +6,10 @@ request of T tokens made A seconds ago still holds T * (1 - A / period) of it. T
 key's rows of the last period is the level the bucket would have now (rows not written yet, at
 most the last half second's, are missing). Asked once per key when its counters are found
 missing in Redis: never on a request's way.
+
+A key's budget (services/proxy/budgets.py) is filled again the same way from its requests since
+the period began, by model (`by_model`), on the way of the first request that finds its count
+missing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ WHERE key_id = %(key)s AND start_ms > %(now)s - %(period)s AND start_ms <= %(now
 """
 
 
+_BY_MODEL = """
+SELECT coalesce(model, ''), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
+FROM llmp_requests
+WHERE key_id = %(key)s AND start_ms >= %(since)s
+GROUP BY 1
+"""
+
+
 class PgUsageHistory:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -41,3 +53,13 @@ class PgUsageHistory:
             )
             row = await cursor.fetchone()
         return float(row[0]) if row else 0.0
+
+    async def by_model(self, key_id: str, since: float) -> list[tuple[str, int, int]]:
+        """(model, prompt tokens, completion tokens) of `key_id`'s requests since `since` (a
+        UNIX time): what a budget counts, for a store that lost it."""
+        async with await psycopg.AsyncConnection.connect(
+            self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True
+        ) as conn:
+            cursor = await conn.execute(_BY_MODEL, {"key": key_id, "since": int(since * 1000)})
+            rows = await cursor.fetchall()
+        return [(str(m), int(p), int(c)) for m, p, c in rows]

@@ -257,3 +257,28 @@ def test_a_count_left_behind_by_a_call_cut_short_is_mended_when_redis_is_back(tm
 
     before, after = run(tmp_path, redis_url, scenario)
     assert (before, after) == (False, True)
+
+
+def test_a_first_call_cut_short_by_a_frozen_redis_leaves_no_count_once_it_is_back(
+    tmp_path, redis_server, redis_url
+):
+    async def scenario(make: Maker) -> tuple[bool, bool, Any]:
+        store = make("a")
+        await store.admit("key:warm", None, (), 1)  # the lease is taken, the scripts loaded
+        limiter = Limiter(store)
+        limited = policy(maxConcurrent=1)  # never counted in Redis by this worker before
+        redis_server.freeze()
+        try:
+            # cut short: Redis runs it once thawed, counting a request this worker let in on
+            # its board (a share of 1 for one replica)
+            during = await limiter.admit(limited)
+            assert store.down and during is not None
+            limiter.release(during, None)
+        finally:
+            redis_server.thaw()
+        await until(lambda: _true(not store.down))
+        counted = await store.redis.hget("llmp:key:" + limited.key.id, "f:" + store.worker)
+        return during is not None, await admitted(limiter, limited), counted
+
+    let_in, after, counted = run(tmp_path, redis_url, scenario)
+    assert (let_in, after, counted) == (True, True, None)
