@@ -30,7 +30,6 @@ from services.proxy.keys import KeyStore
 from services.proxy.limits import Limiter
 from services.proxy.metrics import FLUSH_INTERVAL, ProxyMetrics
 from services.proxy.recorder import Recorder
-from services.proxy.redis_counters import RedisCounters
 from services.proxy.revocation import OpenRequests
 from services.proxy.tracing import Tracing
 from services.proxy.upstream import UpstreamClient
@@ -81,7 +80,12 @@ class Runtime:
         counters.start()
         catalog = Catalog(settings, client, board, counters)
         limiter = Limiter(counters)
-        ledger = counters if isinstance(counters, RedisCounters) else None
+        ledger = None
+        if settings.redis_url:  # imported only then: redis-py loads OpenTelemetry if installed
+            from services.proxy.redis_counters import RedisCounters
+
+            assert isinstance(counters, RedisCounters)
+            ledger = counters
         budgets = Budgets(
             board,
             settings.analytics_db,

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from shared.apikeys import ApiKey
-from tests.conftest import eventually
 from tests.faults.servers import FaultServer, Reply, Request
 from tests.stack.conftest import Stack
 from tests.upstream import FakeUpstream
@@ -51,11 +49,5 @@ def load_key(load_stack: Stack) -> ApiKey:
     """A fresh key (the only one), accepted by every proxy worker."""
     new = ApiKey.new("load")
     load_stack.keys(new)
-    headers = {"Authorization": f"Bearer {new.key}"}
-    eventually(
-        lambda: all(
-            httpx.get(load_stack.url + "/v1/models", headers=headers).status_code == 200
-            for _ in range(4)
-        )
-    )
+    load_stack.accept(new)
     return new

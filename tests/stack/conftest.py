@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -116,6 +117,25 @@ class Stack:
     def keys(self, *keys: ApiKey) -> None:
         write_keys(self.data / "apikeys.json", list(keys))
 
+    def accept(self, key: ApiKey, timeout: float = 30.0) -> None:
+        """Wait until every live proxy worker has loaded `key`. A worker names itself in the
+        request ids it gives (their first ten characters); nginx keeps its connections to the
+        proxy alive, so requests one after another may all reach one worker: they go out eight
+        at a time, until each worker has answered one with a 200."""
+        headers = {"Authorization": f"Bearer {key.key}"}
+        deadline = time.monotonic() + timeout
+        accepted: set[str] = set()
+        with httpx.Client(base_url=self.url, headers=headers, timeout=10) as client:
+            while time.monotonic() < deadline:
+                live = {b["pid"] for b in self.workers()}
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    answers = list(pool.map(lambda _: client.get("/v1/models"), range(8)))
+                accepted |= {r.headers["x-request-id"][:10] for r in answers if r.is_success}
+                if live and len(accepted) >= len(live):
+                    return
+                time.sleep(0.05)
+        raise AssertionError(f"{len(accepted)} proxy workers accepted the new key")
+
     def forget_failed_logins(self) -> None:
         """What the login throttle counted (it reads its file on every login)."""
         (self.data / "login-failures.json").unlink(missing_ok=True)
@@ -173,13 +193,8 @@ def key(stack: Stack) -> ApiKey:
     """A fresh key, the only one in apikeys.json, accepted by every proxy worker."""
     new = ApiKey.new("tester")
     stack.keys(new)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        r = httpx.get(stack.url + "/v1/models", headers={"Authorization": f"Bearer {new.key}"})
-        if r.status_code == 200:
-            return new
-        time.sleep(0.05)
-    raise AssertionError("new key not accepted")
+    stack.accept(new)
+    return new
 
 
 @pytest.fixture
