@@ -29,10 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 from services.proxy.board import Board, Slot
-from services.proxy.counters import BudgetLedger, UsageHistory
+from services.proxy.counters import BudgetLedger, HistoryUnread, UsageHistory
 from services.proxy.errors import ProxyError
 from services.proxy.limits import duration, level_headers, retry_headers
 from shared import rollups
@@ -161,7 +159,7 @@ class Budgets:
         try:
             async with asyncio.timeout(SEED_TIMEOUT):
                 rows = await self.history.by_model(key.id, start)
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+        except (HistoryUnread, TimeoutError) as exc:
             self._history_failed = time.monotonic()
             log.error("budget use not read", extra={"fields": {"key": key.id, "error": exc}})
             return None

@@ -89,9 +89,14 @@ class Counters(Protocol):
         ...
 
 
+class HistoryUnread(Exception):
+    """The usage log could not be read (its database refused or could not be reached)."""
+
+
 class UsageHistory(Protocol):
     """What keys used, from the system of record (the usage log), for a store that lost its
-    counters (services/proxy/usage_history.py)."""
+    counters (services/proxy/usage_history.py). A log that cannot be read raises
+    HistoryUnread."""
 
     async def level(self, key_id: str, period: float) -> float:
         """The tokens a leaky bucket of `period` seconds would hold now for `key_id`."""

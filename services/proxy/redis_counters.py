@@ -57,7 +57,6 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-import psycopg
 import redis as sync_redis
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -67,7 +66,7 @@ from redis.retry import Retry
 
 from services.proxy.board import Bucket, Level
 from services.proxy.board_counters import BoardCounters
-from services.proxy.counters import UsageHistory, Verdict, share, shared_bucket
+from services.proxy.counters import HistoryUnread, UsageHistory, Verdict, share, shared_bucket
 from services.proxy.errors import ProxyError
 
 log = logging.getLogger("proxy.redis")
@@ -569,7 +568,7 @@ class RedisCounters:
         assert self.history is not None
         try:
             level = await self.history.level(name.removeprefix("key:"), bucket.period)
-        except (psycopg.Error, OSError) as exc:
+        except HistoryUnread as exc:
             log.error("tokens per day not rebuilt", extra={"fields": {"error": str(exc)}})
             return
         if level >= 1:

@@ -14,9 +14,13 @@ missing.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import psycopg
+
+from services.proxy.counters import HistoryUnread
 
 CONNECT_TIMEOUT = 5
 
@@ -42,12 +46,21 @@ class PgUsageHistory:
     def __init__(self, url: str) -> None:
         self.url = url
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection for one read; the database's failures are HistoryUnread."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True
+            ) as conn:
+                yield conn
+        except (psycopg.Error, OSError) as exc:
+            raise HistoryUnread(str(exc)) from exc
+
     async def level(self, key_id: str, period: float) -> float:
         """The tokens a bucket of `period` seconds holds now for `key_id`'s requests."""
         now = int(time.time() * 1000)
-        async with await psycopg.AsyncConnection.connect(
-            self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True
-        ) as conn:
+        async with self._connection() as conn:
             cursor = await conn.execute(
                 _LEVEL, {"now": now, "period": int(period * 1000), "key": key_id}
             )
@@ -57,9 +70,7 @@ class PgUsageHistory:
     async def by_model(self, key_id: str, since: float) -> list[tuple[str, int, int]]:
         """(model, prompt tokens, completion tokens) of `key_id`'s requests since `since` (a
         UNIX time): what a budget counts, for a store that lost it."""
-        async with await psycopg.AsyncConnection.connect(
-            self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True
-        ) as conn:
+        async with self._connection() as conn:
             cursor = await conn.execute(_BY_MODEL, {"key": key_id, "since": int(since * 1000)})
             rows = await cursor.fetchall()
         return [(str(m), int(p), int(c)) for m, p, c in rows]

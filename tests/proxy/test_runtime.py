@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +153,25 @@ def test_the_disconnect_watch_ends_a_stream_whose_client_leaves(
     assert (row["status"], row["error"], row["end_ms"]) == (200, "client disconnected", None)
     assert row["ttfb_ms"] is not None and row["bytes_out"] > 0
     eventually(lambda: a.stream_closed)  # the upstream's request ended with it
+
+
+def test_a_worker_without_a_database_or_redis_loads_neither_client(tmp_path: Path) -> None:
+    """psycopg alone is 9 MB of every worker's memory (libpq, its own OpenSSL), for nothing
+    where DATABASE_URL is not set."""
+    code = (
+        "import asyncio, pathlib, sys\n"
+        "import services.proxy.app, services.proxy.server\n"
+        "from services.proxy.runtime import Runtime\n"
+        "from tests.conftest import make_settings\n"
+        "async def start() -> None:\n"
+        f"    runtime = await Runtime.start(make_settings(pathlib.Path({str(tmp_path)!r})))\n"
+        "    await runtime.close()\n"
+        "asyncio.run(start())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'redis'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
