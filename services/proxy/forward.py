@@ -145,7 +145,7 @@ async def exchange(
     for state in plan:
         upstream = state.upstream
         try:
-            probe = catalog.sending(state)
+            probe = await catalog.sending(state)
         except AtLimit as exc:  # not sent: the next candidate may take it
             last_error = sooner(last_error, exc)
             continue
