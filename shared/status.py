@@ -65,6 +65,11 @@ def health(settings: Settings) -> dict[str, Any]:
             report["ok"] = len(mine) >= settings.proxy_workers and not keys_errors
             if keys_errors:
                 report["keys_error"] = keys_errors[0]
+            # Redis not answering: the workers still serve, limits approximated (REDIS_FAILURE),
+            # so a load balancer must not take the replica out for it: said, not failed.
+            limits_errors = [b["limits_error"] for b in mine if b.get("limits_error")]
+            if limits_errors:
+                report["limits_error"] = limits_errors[0]
             report["upstreams"] = upstreams(mine)
         programs[program] = report
     ok = all(p["ok"] for p in programs.values())
@@ -73,11 +78,16 @@ def health(settings: Settings) -> dict[str, Any]:
 
 def status_report(settings: Settings) -> dict[str, Any]:
     """Health plus what certd last reported about certificates, for `llmp status`: not ok
-    either when every upstream is down (llmp is up, but serves nothing)."""
+    either when every upstream is down (llmp is up, but serves nothing), or while the limits
+    cannot be counted with the other replicas (Redis does not answer)."""
     report = health(settings)
-    known = report["programs"].get("proxy", {}).get("upstreams", [])
+    proxy = report["programs"].get("proxy", {})
+    known = proxy.get("upstreams", [])
     if known and not any(u.get("healthy") for u in known):
         report.update(ok=False, status="degraded", problem="every upstream is down")
+    elif proxy.get("limits_error"):
+        problem = f"limits are not shared with the other replicas: {proxy['limits_error']}"
+        report.update(ok=False, status="degraded", problem=problem)
     try:
         certd = json.loads((settings.data_dir / "certd" / "status.json").read_bytes())
     except (OSError, ValueError):

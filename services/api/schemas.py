@@ -472,6 +472,7 @@ class ProgramHealth(TypedDict):
     last_error: NotRequired[str]
     nginx: NotRequired[CertdNginx]  # certd
     keys_error: NotRequired[str]  # proxy: its key file cannot be read
+    limits_error: NotRequired[str]  # proxy: Redis does not answer (still serving; REDIS_FAILURE)
     upstreams: NotRequired[list[Upstream]]  # proxy
 
 

@@ -1,7 +1,7 @@
 import json
 import time
 
-from shared.status import status_report, upstreams
+from shared.status import health, status_report, upstreams
 from tests.conftest import make_settings
 
 
@@ -68,3 +68,23 @@ def test_status_is_not_ok_when_every_upstream_is_down(tmp_path):
     report = status_report(settings)
     assert (report["ok"], report["status"]) == (False, "degraded")
     assert report["problem"] == "every upstream is down"
+
+
+def test_redis_not_answering_is_said_by_health_without_failing_it(tmp_path):
+    """The replica serves on (limits shared out by REDIS_FAILURE): a load balancer must not
+    take every replica out at once for it, but `llmp status` says it."""
+    settings = make_settings(tmp_path, proxy_workers=2)
+    settings.run_dir.mkdir(parents=True)
+    _beat(settings.run_dir, "api", "api")
+    _beat(settings.run_dir, "certd", "certd", nginx={"ok": True})
+    up = [{"url": "http://a/v1", "healthy": True}]
+    _beat(settings.run_dir, "proxy-1", "proxy", upstreams=up, limits_error=None)
+    _beat(settings.run_dir, "proxy-2", "proxy", upstreams=up, limits_error="Timeout reading")
+    report = health(settings)
+    assert (report["ok"], report["programs"]["proxy"]["limits_error"]) == (True, "Timeout reading")
+    status = status_report(settings)
+    assert (status["ok"], status["status"]) == (False, "degraded")
+    assert status["problem"] == "limits are not shared with the other replicas: Timeout reading"
+    _beat(settings.run_dir, "proxy-2", "proxy", upstreams=up, limits_error=None)
+    assert "limits_error" not in health(settings)["programs"]["proxy"]
+    assert status_report(settings)["ok"] is True

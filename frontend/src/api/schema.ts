@@ -1163,6 +1163,8 @@ export interface components {
             nginx?: components["schemas"]["CertdNginx"];
             /** Keys Error */
             keys_error?: string;
+            /** Limits Error */
+            limits_error?: string;
             /** Upstreams */
             upstreams?: components["schemas"]["Upstream"][];
         };
