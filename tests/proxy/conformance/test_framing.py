@@ -70,13 +70,15 @@ def test_a_second_answer_in_the_same_read_is_not_merged_into_the_first(kind):
 def test_unread_bytes_on_an_idle_connection_keep_it_from_being_reused(kind, request):
     aiohttp_misses(request, kind, "aiohttp 3.14 reuses it and reads the unread bytes as the answer")
 
-    junk_sent = threading.Event()
+    idle, junk_sent = threading.Event(), threading.Event()
 
     async def chatty(server: Scripted, reader, writer) -> None:
         while request := await server.read(reader):
             writer.write(OK)
             await writer.drain()
             if b"first" in request:
+                # Once the client is done with the answer (not in the read that ends it).
+                await asyncio.to_thread(idle.wait, 10)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk")  # unasked
                 await writer.drain()
                 junk_sent.set()
@@ -85,7 +87,10 @@ def test_unread_bytes_on_an_idle_connection_keep_it_from_being_reused(kind, requ
 
         async def scenario(client):
             await call(client, server.url, body=b"first")
-            await until(junk_sent.is_set)  # the junk is there while the connection is idle
+            idle.set()
+            # The junk is in the socket while the connection is idle, and the loop, blocked
+            # here, has not read it: only a look at the socket before reusing it can tell.
+            assert junk_sent.wait(timeout=10)
             return await call(client, server.url, body=b"second")
 
         status, _, body = drive(kind, scenario)
