@@ -1,6 +1,6 @@
 """An upstream's request and token limits (services/proxy/upstream_limits.py): alone on a board
-with a clock of the test's, and through `python -m services.proxy` with two workers, whose
-counts are one."""
+with a clock of the test's, through the proxy in the test's process, and through
+`python -m services.proxy` with two workers, whose counts are one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from services.proxy.board import Board
 from services.proxy.upstream_limits import AtLimit, Rates, UpstreamLimits, sooner
+from shared import files
 from shared.apikeys import ApiKey
 from shared.targets import Upstream
 from tests.conftest import eventually
@@ -75,6 +76,40 @@ def test_the_soonest_refusal_is_the_answer():
     late, early = AtLimit("requests", "1", 30.0), AtLimit("tokens", "1", 2.0)
     assert sooner(sooner(None, late), early) is early
     assert sooner(early, late) is early
+
+
+# Through the proxy --------------------------------------------------------------------------
+
+
+def test_an_alias_whose_every_deployment_is_at_its_limit_answers_429_having_tried_none(
+    proxy, upstreams, api_key
+):
+    a = upstreams("a", ["model-a"])
+    b = upstreams("b", ["model-a"])
+    running = proxy(a, b)
+    limited = [
+        {"id": "a", "url": a.url + "/v1", "requestsPerMinute": 1},
+        {"id": "b", "url": b.url + "/v1", "requestsPerMinute": 1},
+    ]
+    document = {"version": 1, "upstreams": limited, "aliases": [alias("a", "b")]}
+    files.write_json_atomic(running.settings.fleet_file, document)
+    catalog = running.runtime.catalog
+    eventually(lambda: len(catalog.aliases) == 1 and len(catalog.states) == 2)
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=api_key.key, max_retries=0)
+    for _ in range(2):  # the first to a, which is then at its limit, the second to b
+        answer = client.chat.completions.with_raw_response.create(model="chat", messages=[])
+        assert answer.headers["x-llmp-attempts"] == "1"
+    assert (completions(a), completions(b)) == (1, 1)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="chat", messages=[])
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "rate_limit_exceeded"
+    assert error["type"] == "requests" and "upstreams of this model" in error["message"]
+    headers = refused.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert 0 < int(headers["retry-after-ms"]) <= 60_000
+    assert headers["x-llmp-attempts"] == "0"  # a deployment at its limit is not asked
+    assert (completions(a), completions(b)) == (1, 1)  # nothing sent
 
 
 # Through the workers ------------------------------------------------------------------------
