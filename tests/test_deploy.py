@@ -57,14 +57,17 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def test_compose_runs_postgres_a_migration_replicas_and_haproxy(compose, tmp_path):
+def test_compose_runs_postgres_valkey_a_migration_replicas_and_haproxy(compose, tmp_path):
     services = compose["services"]
-    assert set(services) == {"postgres", "migrate", "llmp", "haproxy"}
+    assert set(services) == {"postgres", "valkey", "migrate", "llmp", "haproxy"}
     llmp, migrate, postgres = services["llmp"], services["migrate"], services["postgres"]
     # The migration runs once the database is up, the replicas once it finished.
     assert migrate["command"] == MIGRATE and migrate["restart"] == "no"
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert llmp["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert llmp["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"},
+        "valkey": {"condition": "service_healthy"},
+    }
     assert interpolate(llmp["deploy"]["replicas"]) == "3"
     # One database, as postgres makes it.
     pg = postgres["environment"]
@@ -78,6 +81,8 @@ def test_compose_runs_postgres_a_migration_replicas_and_haproxy(compose, tmp_pat
     env = {**shared, **{k: interpolate(v) for k, v in llmp["environment"].items()}}
     settings = settings_of(env | {"JWT_SECRET": "x" * 40}, tmp_path)
     assert settings.database_url.startswith("postgresql://llmp:")
+    # Every replica counts its limits in the one Valkey.
+    assert urlsplit(settings.redis_url).hostname == "valkey"
     ports = {settings.port, settings.https_port, settings.api_port, settings.proxy_port}
     ports |= {settings.proxy_protocol_port, settings.proxy_protocol_https_port}
     assert len(ports) == 6, "two of llmp's ports collide"
@@ -171,6 +176,9 @@ def test_kubernetes_manifests_agree_with_llmps_settings(tmp_path):
     settings = settings_of({**shared, **env, "JWT_SECRET": "x" * 40}, tmp_path)
     assert urlsplit(settings.database_url).hostname == "postgres"
     assert ("Service", "postgres") in by_kind and ("StatefulSet", "postgres") in by_kind
+    assert urlsplit(settings.redis_url).hostname == "valkey"
+    valkey = by_kind[("Service", "valkey")]["spec"]
+    assert ("Deployment", "valkey") in by_kind and valkey["ports"][0]["port"] == 6379
     # The Service's ports reach the container's, which are llmp's PORT and HTTPS_PORT.
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert named == {"http": settings.port, "https": settings.https_port}

@@ -45,6 +45,7 @@ class FakeUpstream:
     delay: float = 0.0  # seconds before answering a completion
     think: float = 0.0  # seconds between a stream's start (its headers) and its first chunk
     linger: float = 0.0  # seconds between a stream's `data: [DONE]` and its end
+    line_end: str = "\n"  # how a stream's lines end: LF, or CRLF (as SSE allows too)
     held: bool = False  # answer a completion (or a stream's rest) only when the test lets it
     refuse_status: int | None = None  # answer completions with this status (429, 503...)
     retry_after: str | None = None  # ... and this Retry-After header
@@ -249,7 +250,7 @@ class FakeUpstream:
                 }
                 if include_usage:
                     chunk["usage"] = None
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await response.write(f"data: {json.dumps(chunk)}{self.line_end * 2}".encode())
                 if self.held and i == 0:  # the stream has started; the rest waits for the test
                     await self._turns.acquire()
                 if self.pace:
@@ -266,8 +267,8 @@ class FakeUpstream:
                         "total_tokens": 11 + self.chunks,
                     },
                 }
-                await response.write(f"data: {json.dumps(usage)}\n\n".encode())
-            await response.write(b"data: [DONE]\n\n")
+                await response.write(f"data: {json.dumps(usage)}{self.line_end * 2}".encode())
+            await response.write(f"data: [DONE]{self.line_end * 2}".encode())
             if self.linger:
                 await asyncio.sleep(self.linger)
             await response.write_eof()

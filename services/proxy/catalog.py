@@ -131,10 +131,11 @@ class Catalog:
         self.settings = settings
         self.client = client
         self.clock: Callable[[], float] = time.monotonic  # the circuits' (tests set their own)
-        self.board = board  # where the upstreams' limits and circuits count (none: neither)
-        # where capped upstreams' fair queues count: `counters`, else the board (none: no cap)
+        self.board = board  # where the upstreams' circuits count (none: in this worker)
+        # where capped upstreams' fair queues and upstreams' limits count: `counters`, else the
+        # board (none: neither)
         self.counters = counters if counters is not None or board is None else BoardCounters(board)
-        self.limits = None if board is None else UpstreamLimits(board)
+        self.limits = None if self.counters is None else UpstreamLimits(self.counters)
         # The upstreams' circuits: shared by the workers on the board, else this worker's.
         self.circuits: CircuitStore = MemoryCircuits() if board is None else BoardCircuits(board)
         self.latencies = Latencies()  # of the deployments of aliases chosen by latency
@@ -261,13 +262,13 @@ class Catalog:
             if self.on_health is not None:
                 self.on_health(state, None)
 
-    def sending(self, state: UpstreamState) -> float | None:
+    async def sending(self, state: UpstreamState) -> float | None:
         """A request is about to go to the upstream: count it against its limits, or raise
         AtLimit (the next candidate's turn), and let it probe the upstream if that is due.
         Returns its probe's claim, if it is the probe; `ended` follows, whatever happens."""
         rates = state.rates
         if rates is not None and self.limits is not None:
-            self.limits.take(rates)
+            await self.limits.take(rates)
         return state.circuit.claim()
 
     def ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:

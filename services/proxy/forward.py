@@ -100,7 +100,11 @@ def upstream_headers(
 
 # Answers that have no body, whatever their Content-Length says (it describes another answer's).
 NO_BODY = frozenset({204, 304})
-DONE = b"data: [DONE]"  # the last event of an OpenAI stream
+# The last event of an OpenAI stream, as it ends the piece that carries it (an SSE line ends
+# with LF or CRLF; the space after the colon is optional).
+DONE = tuple(
+    b"data:" + space + b"[DONE]" + end * 2 for space in (b" ", b"") for end in (b"\n", b"\r\n")
+)
 
 
 def client_headers(
@@ -141,7 +145,7 @@ async def exchange(
     for state in plan:
         upstream = state.upstream
         try:
-            probe = catalog.sending(state)
+            probe = await catalog.sending(state)
         except AtLimit as exc:  # not sent: the next candidate may take it
             last_error = sooner(last_error, exc)
             continue
@@ -241,7 +245,8 @@ async def relay(flow: Flow, answer: Answer, send: Send, asked: bool) -> None:
         )
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         row.ttfb_ms = (time.perf_counter() - flow.started) * 1000
-        last = b""  # the last two bytes relayed: does the stream stop between two events?
+        # The last two pieces relayed, kept (not copied) for a cut: does it fall between events?
+        before = latest = b""
         try:
             async for chunk in answer.chunks():
                 if meter is not None:
@@ -251,9 +256,9 @@ async def relay(flow: Flow, answer: Answer, send: Send, asked: bool) -> None:
                     if not chunk:
                         continue
                 row.bytes_out += len(chunk)
-                last = chunk[-2:] if len(chunk) > 1 else (last + chunk)[-2:]
+                before, latest = latest, chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if last == b"\n\n" and chunk.rstrip().endswith(DONE):
+                if chunk.endswith(DONE):
                     flow.delivered = True
             if stripper is not None and (tail := stripper.flush()):
                 row.bytes_out += len(tail)
@@ -264,7 +269,7 @@ async def relay(flow: Flow, answer: Answer, send: Send, asked: bool) -> None:
                 raise UpstreamCut(row.error) from exc
             cut = errors.upstream_cut()
             held = stripper.flush() if stripper is not None else b""  # the upstream's own
-            last = (last + held)[-2:]
+            last = (before + latest + held)[-2:]
             # A line cut short is ended first, so that the error is an event of its own.
             event = held + (sse_error(cut) if last in (b"", b"\n\n") else b"\n\n" + sse_error(cut))
             await send({"type": "http.response.body", "body": event, "more_body": False})

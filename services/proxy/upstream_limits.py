@@ -1,6 +1,7 @@
 """Request and token limits of an upstream (`requestsPerMinute`, `tokensPerMinute` in
-data/upstreams.json), counted on the board (services/proxy/board.py), so exact across every
-proxy worker of the box, as a key's limits are (services/proxy/limits.py).
+data/upstreams.json), counted where a key's limits are (services/proxy/counters.py): on the
+board, exact across every proxy worker of the box, or in Redis (REDIS_URL), exact across every
+replica, so that N replicas do not send an upstream N times its quota.
 
 They belong to the upstream, not to an alias's deployment (see shared/fleet.py): every request
 sent to the upstream counts, through whichever alias or none.
@@ -19,17 +20,13 @@ sent to the upstream counts, through whichever alias or none.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.proxy.board import Board, BoardFull, Bucket
+from services.proxy.board import Bucket
+from services.proxy.counters import Counters
 from services.proxy.errors import ProxyError
 from services.proxy.limits import duration, retry_headers
 from shared.targets import Upstream
-
-log = logging.getLogger("proxy.upstream_limits")
 
 MINUTE = 60.0
 
@@ -79,33 +76,23 @@ def sooner(before: ProxyError | None, refusal: AtLimit) -> ProxyError:
 
 
 class UpstreamLimits:
-    def __init__(self, board: Board, clock: Callable[[], float] = time.time) -> None:
-        self.board = board
-        self.clock = clock  # wall-clock seconds, shared by every worker (tests inject theirs)
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
 
-    def take(self, rates: Rates) -> None:
+    async def take(self, rates: Rates) -> None:
         """Count one request sent, or raise AtLimit (nothing counted)."""
-        now = self.clock()
-        with self.board.holding(rates.name) as slot:
-            requests = slot.level(rates.requests, now) if rates.requests else None
-            if rates.tokens is not None:
-                tokens = slot.level(rates.tokens, now)
-                if tokens.remaining <= 0:
-                    limit = f"{rates.tokens.capacity} tokens per minute"
-                    raise AtLimit("tokens", limit, tokens.wait(1))
-            if rates.requests is not None and requests is not None:
-                if (wait := requests.wait(1)) > 0:
-                    raise AtLimit(
-                        "requests", f"{rates.requests.capacity} requests per minute", wait
-                    )
-                slot.add(rates.requests, 1, requests)
+        tokens = (rates.tokens,) if rates.tokens is not None else ()
+        verdict = await self.counters.admit(rates.name, rates.requests, tokens, None)
+        if verdict.refused == "tokens":
+            assert rates.tokens is not None
+            limit = f"{rates.tokens.capacity} tokens per minute"
+            raise AtLimit("tokens", limit, verdict.tokens[verdict.bucket].wait(1))
+        if verdict.refused == "requests":
+            assert rates.requests is not None and verdict.requests is not None
+            limit = f"{rates.requests.capacity} requests per minute"
+            raise AtLimit("requests", limit, verdict.requests.wait(1))
 
     def charge(self, rates: Rates, tokens: int) -> None:
-        """The answer ended, having used `tokens`."""
-        if rates.tokens is None or tokens <= 0:
-            return
-        try:
-            with self.board.holding(rates.name) as slot:
-                slot.add(rates.tokens, tokens, slot.level(rates.tokens, self.clock()))
-        except BoardFull as exc:  # the answer is sent already: the charge is lost, said once
-            log.error("upstream tokens not charged", extra={"fields": {"error": exc.detail}})
+        """The answer ended, having used `tokens`. Never waits."""
+        if rates.tokens is not None and tokens > 0:
+            self.counters.release(rates.name, False, (rates.tokens,), tokens)

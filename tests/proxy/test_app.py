@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from shared.apikeys import ApiKey
 from tests.conftest import eventually, free_port
@@ -313,11 +314,13 @@ def test_client_disconnect_mid_stream_cancels_upstream_and_is_recorded(upstreams
     assert rows[0]["error"] == "client disconnected" and rows[0]["end_ms"] is None
 
 
-def test_a_client_that_leaves_after_done_got_the_whole_stream(upstreams, proxy, api_key):
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_a_client_that_leaves_after_done_got_the_whole_stream(upstreams, proxy, api_key, line_end):
     """openai-python closes the connection once it has read `data: [DONE]`, maybe before the
     upstream (and so the proxy) has ended the body: that answer was delivered whole, and its
-    row said "client disconnected" now and then."""
-    a = upstreams("a", ["model-a"], chunks=3, linger=60)  # ends 60 s after [DONE], unless closed
+    row said "client disconnected" now and then. Whichever line end the stream uses."""
+    # The upstream ends its body 60 s after [DONE], unless closed first.
+    a = upstreams("a", ["model-a"], chunks=3, linger=60, line_end=line_end)
     running = proxy(a)
     body = json.dumps({"model": "model-a", "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:

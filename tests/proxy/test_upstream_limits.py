@@ -4,6 +4,7 @@ with a clock of the test's, through the proxy in the test's process, and through
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from services.proxy.board import Board
+from services.proxy.board_counters import BoardCounters
 from services.proxy.upstream_limits import AtLimit, Rates, UpstreamLimits, sooner
 from shared import files
 from shared.apikeys import ApiKey
@@ -43,35 +45,43 @@ def test_an_upstream_without_limits_never_touches_the_board():
     assert rates is not None and rates.tokens is None and rates.name == "upstream-rate:gpu"
 
 
+def on_board(tmp_path, clock: Clock) -> UpstreamLimits:
+    return UpstreamLimits(BoardCounters(Board(tmp_path / "board"), clock))
+
+
+def take(limits: UpstreamLimits, rates: Rates) -> None:
+    asyncio.run(limits.take(rates))
+
+
 def test_requests_per_minute_drain_and_say_when_to_come_back(tmp_path):
     clock = Clock()
-    limits = UpstreamLimits(Board(tmp_path / "board"), clock)
+    limits = on_board(tmp_path, clock)
     rates = Rates.of(upstream(rpm=2))
     assert rates is not None
-    limits.take(rates)
-    limits.take(rates)
+    take(limits, rates)
+    take(limits, rates)
     with pytest.raises(AtLimit) as refused:
-        limits.take(rates)
+        take(limits, rates)
     assert refused.value.status == 429 and refused.value.code == "rate_limit_exceeded"
     assert refused.value.wait == pytest.approx(30.0)  # one of 2 drains in 30 s
     assert dict(refused.value.headers)[b"retry-after"] == b"30"
     clock.now += 30.0
-    limits.take(rates)  # one drained: one more
+    take(limits, rates)  # one drained: one more
 
 
 def test_tokens_are_charged_when_an_answer_ends(tmp_path):
     clock = Clock()
-    limits = UpstreamLimits(Board(tmp_path / "board"), clock)
+    limits = on_board(tmp_path, clock)
     rates = Rates.of(upstream(tpm=100))
     assert rates is not None
-    limits.take(rates)
+    take(limits, rates)
     limits.charge(rates, 150)  # one long answer overdraws it
     with pytest.raises(AtLimit) as refused:
-        limits.take(rates)
+        take(limits, rates)
     assert refused.value.type == "tokens"
     assert refused.value.wait == pytest.approx(30.6)  # 51 of 100 a minute must drain
     clock.now += 31.0
-    limits.take(rates)
+    take(limits, rates)
 
 
 def test_the_soonest_refusal_is_the_answer():

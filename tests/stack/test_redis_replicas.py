@@ -10,6 +10,7 @@ OpenAI servers in the test's process that count what they are sent at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -31,6 +32,7 @@ from tests.upstream import FakeUpstream
 pytestmark = pytest.mark.slow
 
 REPLICAS = 3
+METERED = 10  # the requests a minute the upstream "metered" takes
 
 
 class Trio:
@@ -40,17 +42,23 @@ class Trio:
         self.capped = FakeUpstream("capped", ["capped"], delay=0.02).start()
         self.single = FakeUpstream("single", ["single"], delay=0.05).start()
         self.held = FakeUpstream("held", ["held"], held=True).start()
-        targets = ",".join(
-            (
-                self.fast.url,
-                f"{self.capped.url}|concurrency=4",
-                f"{self.single.url}|concurrency=1",
-                f"{self.held.url}|concurrency=2",
-            )
-        )
+        self.metered = FakeUpstream("metered", ["metered"]).start()
+        # The upstreams as data/upstreams.json says them (where a request limit can be set).
+        fleet = {
+            "version": 1,
+            "upstreams": [
+                {"id": "fast", "url": self.fast.url},
+                {"id": "capped", "url": self.capped.url, "concurrency": 4},
+                {"id": "single", "url": self.single.url, "concurrency": 1},
+                {"id": "held", "url": self.held.url, "concurrency": 2},
+                {"id": "metered", "url": self.metered.url, "requestsPerMinute": METERED},
+            ],
+        }
+        targets = self.fast.url  # what the file replaces
         self.replicas: list[Workers] = []
         for n in range(REPLICAS):
-            (base / str(n)).mkdir()
+            (base / str(n) / "data").mkdir(parents=True)
+            (base / str(n) / "data" / "upstreams.json").write_text(json.dumps(fleet))
             self.replicas.append(
                 Workers(
                     base / str(n),
@@ -74,7 +82,7 @@ class Trio:
         for replica in self.replicas:
             if replica.process.poll() is None:  # not the one a test killed
                 replica.stop()
-        for upstream in (self.fast, self.capped, self.single, self.held):
+        for upstream in (self.fast, self.capped, self.single, self.held, self.metered):
             upstream.stop()
 
 
@@ -132,6 +140,39 @@ def test_requests_per_minute_hold_across_replicas(trio):
     print(f"\n600 requests over {REPLICAS} replicas in {seconds:.1f} s: {dict(statuses)}")
     assert set(statuses) == {200, 429}
     assert 60 <= statuses[200] <= 60 + seconds + 1, (statuses, seconds)
+
+
+def test_an_upstreams_requests_per_minute_hold_across_replicas(trio):
+    """Its quota (a provider's on the gateway's key) is the upstream's, whichever replica
+    sends: counted by each replica on its own, three replicas would send it three times as
+    many."""
+    key = trio.key("metered")
+
+    async def flood() -> tuple[Counter[int], float]:
+        async with client(30) as http:
+            await served(http, trio, key)
+            for replica in trio.replicas:  # each has asked the upstream for its models
+                deadline = time.monotonic() + 30
+                listed = replica.url + "/v1/models"
+                while (
+                    "metered"
+                    not in (
+                        await http.get(listed, headers={"Authorization": f"Bearer {key.key}"})
+                    ).text
+                ):
+                    assert time.monotonic() < deadline, "the model never reached a replica"
+                    await asyncio.sleep(0.05)
+            started = time.monotonic()
+            urls = [trio.replicas[n % REPLICAS].url for n in range(60)]
+            answers = await asyncio.gather(*(chat(http, url, key, "metered") for url in urls))
+            return Counter(r.status_code for r in answers), time.monotonic() - started
+
+    statuses, seconds = asyncio.run(flood())
+    sent = len([s for s in trio.metered.seen if s.path.endswith("/chat/completions")])
+    print(f"\n60 requests over {REPLICAS} replicas in {seconds:.1f} s: {dict(statuses)}")
+    # METERED in the bucket, and one more for each 60 / METERED seconds that drained.
+    assert METERED <= statuses[200] == sent <= METERED + seconds * METERED / 60 + 1
+    assert set(statuses) == {200, 429}
 
 
 def test_an_upstreams_cap_and_a_keys_max_concurrent_hold_across_replicas(trio):
