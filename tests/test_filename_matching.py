@@ -20,6 +20,7 @@ PACKAGES = {
     "proxy": "services/proxy",
     "shared": "shared",
     "llmp": "llmp",
+    "bench": "bench",
 }
 
 # llmp as deployed (supervisord, nginx, several processes) or driven from outside.

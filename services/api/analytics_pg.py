@@ -21,9 +21,8 @@ from typing import Any
 
 import psycopg
 
-from services.api.analytics_store import StoreUnavailable, key_rows_statement
-from services.api.reports import Window
-from services.api.request_fields import LOG, Fields
+from services.api.analytics_store import KeyRows, StoreUnavailable
+from services.api.request_fields import LOG
 from services.api.request_log import LogQuery
 from shared import rollups
 from shared.pg.rollups import TABLES, dialect, numbers_as_sqlite, run
@@ -86,21 +85,10 @@ class PgAnalytics:
         with self._connection() as conn:
             return run(conn, query)
 
-    def key_rows(
-        self,
-        fields: Fields,
-        as_json: bool,
-        key_id: str,
-        window: Window,
-        after: tuple[int, int] | None,
-        descending: bool,
-        limit: int,
-    ) -> list[tuple[Any, ...]]:
-        rows = self._all(
-            *key_rows_statement(fields.select, REQUESTS, key_id, window, after, descending, limit)
-        )
-        if as_json:
-            return [(_json(fields.entry(row[:-2])), *row[-2:]) for row in rows]
+    def key_rows(self, query: KeyRows) -> list[tuple[Any, ...]]:
+        rows = self._all(*query.statement(query.fields.select, REQUESTS))
+        if query.as_json:
+            return [(_json(query.fields.entry(row[:-2])), *row[-2:]) for row in rows]
         return [tuple(int(v) if isinstance(v, bool) else v for v in row) for row in rows]
 
     def log_rows(self, query: LogQuery) -> list[tuple[Any, ...]]:

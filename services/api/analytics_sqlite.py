@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from services.api.analytics_store import key_rows_statement
+from services.api.analytics_store import KeyRows
 from services.api.reports import Window
-from services.api.request_fields import LOG, Fields
+from services.api.request_fields import LOG
 from services.api.request_log import Filters, LogQuery
 from shared import rollups
 from shared.rollups import Query
@@ -53,23 +53,12 @@ class SqliteAnalytics:
         with self.reading() as db:
             return [] if db is None else query.run(db)
 
-    def key_rows(
-        self,
-        fields: Fields,
-        as_json: bool,
-        key_id: str,
-        window: Window,
-        after: tuple[int, int] | None,
-        descending: bool,
-        limit: int,
-    ) -> list[tuple[Any, ...]]:
-        select = fields.select_json if as_json else fields.select
+    def key_rows(self, query: KeyRows) -> list[tuple[Any, ...]]:
+        select = query.fields.select_json if query.as_json else query.fields.select
         with self.reading() as db:
             if db is None:
                 return []
-            return db.execute(
-                *key_rows_statement(select, "requests", key_id, window, after, descending, limit)
-            ).fetchall()
+            return db.execute(*query.statement(select, "requests")).fetchall()
 
     def log_rows(self, query: LogQuery) -> list[tuple[Any, ...]]:
         with self.reading() as db:

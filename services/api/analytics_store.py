@@ -12,6 +12,7 @@ rows (tests/api/test_analytics_store.py). `for_settings` picks one, as `shared.s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.settings import Settings
@@ -23,27 +24,34 @@ if TYPE_CHECKING:
     from shared.rollups import Query
 
 
-def key_rows_statement(
-    select: str,
-    table: str,
-    key_id: str,
-    window: Window,
-    after: tuple[int, int] | None,
-    descending: bool,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """The SQL (with `?` placeholders) and arguments of `AnalyticsStore.key_rows` over `table`,
-    in the order of the index of key and start: nothing to sort."""
-    op, direction = ("<", "DESC") if descending else (">", "ASC")
-    where, args = "key_id = ? AND start_ms BETWEEN ? AND ?", [key_id, window.start, window.end]
-    if after is not None:
-        where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
-        args += [after[0], after[0], after[1]]
-    sql = (
-        f"SELECT {select}, start_ms, id FROM {table} WHERE {where} "
-        f"ORDER BY start_ms {direction}, id {direction} LIMIT ?"
-    )
-    return sql, [*args, limit]
+@dataclass(frozen=True)
+class KeyRows:
+    """A key's rows in `window` after `after` (start, id), by start then id (newest first if
+    `descending`), `limit` of them: each the values of `fields` (booleans as 0 or 1), or with
+    `as_json` its JSON object alone, then its start and id."""
+
+    fields: Fields
+    key_id: str
+    window: Window
+    after: tuple[int, int] | None
+    limit: int
+    as_json: bool = False
+    descending: bool = False
+
+    def statement(self, select: str, table: str) -> tuple[str, list[Any]]:
+        """The SQL (with `?` placeholders) selecting `select` from `table`, and its arguments,
+        in the order of the index of key and start: nothing to sort."""
+        op, direction = ("<", "DESC") if self.descending else (">", "ASC")
+        where = "key_id = ? AND start_ms BETWEEN ? AND ?"
+        args: list[Any] = [self.key_id, self.window.start, self.window.end]
+        if self.after is not None:
+            where += f" AND start_ms {op}= ? AND (start_ms {op} ? OR id {op} ?)"
+            args += [self.after[0], self.after[0], self.after[1]]
+        sql = (
+            f"SELECT {select}, start_ms, id FROM {table} WHERE {where} "
+            f"ORDER BY start_ms {direction}, id {direction} LIMIT ?"
+        )
+        return sql, [*args, self.limit]
 
 
 class StoreUnavailable(Exception):
@@ -54,19 +62,8 @@ class AnalyticsStore(Protocol):
     def sums(self, query: Query) -> list[dict[str, Any]]:
         """The groups of a rollups query (`shared.rollups.Query.run`'s answer)."""
 
-    def key_rows(
-        self,
-        fields: Fields,
-        as_json: bool,
-        key_id: str,
-        window: Window,
-        after: tuple[int, int] | None,
-        descending: bool,
-        limit: int,
-    ) -> list[tuple[Any, ...]]:
-        """A key's rows in the window after `after` (start, id), by start then id: each the
-        values of `fields` (booleans as 0 or 1), or with `as_json` its JSON object alone, then
-        its start and id."""
+    def key_rows(self, query: KeyRows) -> list[tuple[Any, ...]]:
+        """A key's rows, as `query` (a `KeyRows`) describes them."""
 
     def log_rows(self, query: LogQuery) -> list[tuple[Any, ...]]:
         """A page of the request log, one more row than asked for if there are more: each the

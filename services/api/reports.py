@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from services.api.analytics_store import KeyRows
 from services.api.request_fields import RECORD
 from shared import rollups
 from shared.apikeys import BUDGET_PERIODS, ApiKey, period_bounds
@@ -67,7 +68,8 @@ def records(
         if match is None:
             raise CursorError("cursor must be one returned as nextCursor")
         after = (int(match.group(1)), int(match.group(2)))
-    rows = store.key_rows(RECORD, True, key_id, window, after, True, limit + 1)
+    query = KeyRows(RECORD, key_id, window, after, limit + 1, as_json=True, descending=True)
+    rows = store.key_rows(query)
     shown = rows[:limit]
     more = len(rows) > limit
     return Records(
@@ -89,7 +91,7 @@ def export_csv(
     rows at a time, each page a query of its own after the last row sent."""
     yield ",".join(RECORD.names) + "\n"
     after = None
-    while rows := store.key_rows(RECORD, False, key_id, window, after, False, page):
+    while rows := store.key_rows(KeyRows(RECORD, key_id, window, after, page)):
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for row in rows:

@@ -14,13 +14,9 @@ reads the database without JWT_SECRET reads no private key; nothing here logs on
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
-from typing import Any
 
-import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,9 +24,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from services.certd.certs import LineageFiles
 from services.certd.share import ShareError
-from shared.pg.schema import migrate
+from shared.pg.transactions import Transactions
 
-CONNECT_TIMEOUT = 5  # seconds
 _ACCOUNT = b"certbot account"
 
 
@@ -58,21 +53,9 @@ class PgShare:
     def __init__(self, url: str, secret: str) -> None:
         self.url = url
         self._key = sealing_key(secret)
-        self._migrated = False
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        try:
-            with psycopg.connect(
-                self.url, connect_timeout=CONNECT_TIMEOUT, application_name="llmp-certd-share"
-            ) as conn:
-                if not self._migrated:
-                    migrate(conn)
-                    self._migrated = True
-                with conn.transaction():
-                    yield conn
-        except psycopg.Error as exc:
-            raise ShareError(f"certificate database: {exc}") from exc
+        self._transaction = Transactions(
+            url, "llmp-certd-share", ShareError, "certificate database"
+        )
 
     def publish(self, lineages: list[LineageFiles], account: dict[str, bytes]) -> list[str]:
         written = []

@@ -24,10 +24,11 @@ from services.proxy.upstream import (
     Cut,
     Dropped,
     Endpoint,
+    FetchThroughRequest,
     Headers,
+    ListedHeaders,
     ReadTimeout,
     UpstreamError,
-    fetch_whole,
 )
 
 # Headers aiohttp would add on its own: the client's pass through instead, or none.
@@ -58,19 +59,13 @@ def translate(exc: BaseException) -> UpstreamError:
     return BadAnswer(f"{type(exc).__name__}: {exc}")
 
 
-class AiohttpAnswer:
+class AiohttpAnswer(ListedHeaders):
     __slots__ = ("_response", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
         self.headers: Headers = [(name.lower(), value) for name, value in response.raw_headers]
-
-    def header(self, name: bytes) -> bytes:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
@@ -93,7 +88,7 @@ class AiohttpAnswer:
         self._response.close()
 
 
-class AiohttpClient:
+class AiohttpClient(FetchThroughRequest):
     def __init__(
         self,
         connect_timeout: float,
@@ -150,15 +145,6 @@ class AiohttpClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate(exc) from exc
         return AiohttpAnswer(response)
-
-    async def fetch(
-        self,
-        endpoint: Endpoint,
-        target: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        seconds: float,
-    ) -> tuple[int, bytes]:
-        return await fetch_whole(self, endpoint, target, headers, seconds)
 
     async def close(self) -> None:
         await self.session.close()

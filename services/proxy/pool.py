@@ -42,10 +42,11 @@ from services.proxy.upstream import (
     Cut,
     Dropped,
     Endpoint,
+    FetchThroughRequest,
     Headers,
+    ListedHeaders,
     ReadTimeout,
     UpstreamError,
-    fetch_whole,
 )
 
 READ_BUFFER = 256 * 1024
@@ -71,7 +72,7 @@ class _Unsolicited(Exception):
     """Internal: a message began after the answer had ended."""
 
 
-class OwnAnswer:
+class OwnAnswer(ListedHeaders):
     """An upstream's answer: status and headers at once, the body as it arrives."""
 
     __slots__ = ("_connection", "headers", "status")
@@ -80,12 +81,6 @@ class OwnAnswer:
         self.status = status
         self.headers = headers
         self._connection = connection
-
-    def header(self, name: bytes) -> bytes:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return b""
 
     async def chunks(self) -> AsyncIterator[bytes]:
         connection = self._connection
@@ -377,7 +372,7 @@ class Origin:
                 return
 
 
-class Pool:
+class Pool(FetchThroughRequest):
     """Kept-alive connections per endpoint, at most `max_connections` each."""
 
     def __init__(
@@ -436,15 +431,6 @@ class Pool:
             except BaseException:
                 connection.close()
                 raise
-
-    async def fetch(
-        self,
-        endpoint: Endpoint,
-        target: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        seconds: float,
-    ) -> tuple[int, bytes]:
-        return await fetch_whole(self, endpoint, target, headers, seconds)
 
     async def _connection(self, origin: Origin, fresh: bool) -> Connection:
         idle = origin.idle

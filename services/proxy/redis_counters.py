@@ -114,6 +114,15 @@ local function flights(h, me, now)
   end
   return total, waits
 end
+-- This worker's field of hash `h` (f:<worker>, w:<worker>) says `value`, or is gone at 0: an
+-- absent field is none.
+local function put(h, field, value)
+  if tonumber(value) > 0 then
+    redis.call('HSET', h, field, value)
+  else
+    redis.call('HDEL', h, field)
+  end
+end
 local me = ARGV[1]
 local now = now_s()
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), me)
@@ -215,11 +224,7 @@ redis.call('HINCRBY', KEYS[1], 'f:' .. me, 1)
 if place > 0 then
   local clock = tonumber(redis.call('HGET', KEYS[1], 'clock')) or 0
   redis.call('HSET', KEYS[1], 'clock', math.max(clock, place))
-  if then_first > 0 then
-    redis.call('HSET', KEYS[1], 'w:' .. me, then_first)
-  else
-    redis.call('HDEL', KEYS[1], 'w:' .. me)
-  end
+  put(KEYS[1], 'w:' .. me, then_first)
 end
 return 1
 """
@@ -242,11 +247,7 @@ return place
 _FIRST = (
     _COMMON
     + """
-if tonumber(ARGV[3]) > 0 then
-  redis.call('HSET', KEYS[1], 'w:' .. me, ARGV[3])
-else
-  redis.call('HDEL', KEYS[1], 'w:' .. me)
-end
+put(KEYS[1], 'w:' .. me, ARGV[3])
 return 1
 """
 )
@@ -268,11 +269,7 @@ return 1
 _FLIGHTS = (
     _COMMON
     + """
-if tonumber(ARGV[3]) > 0 then
-  redis.call('HSET', KEYS[1], 'f:' .. me, ARGV[3])
-else
-  redis.call('HDEL', KEYS[1], 'f:' .. me)
-end
+put(KEYS[1], 'f:' .. me, ARGV[3])
 redis.call('PUBLISH', ARGV[4], KEYS[1])
 return 1
 """

@@ -112,7 +112,7 @@ class Answer(Protocol):
     headers: Headers
 
     def header(self, name: bytes) -> bytes:
-        """The first value of header `name` (lower case), or b""."""
+        """The first value of header `name` (lower case), or b"" (`ListedHeaders` gives one)."""
         ...
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -150,7 +150,8 @@ class UpstreamClient(Protocol):
         headers: Sequence[tuple[bytes, bytes]],
         seconds: float,
     ) -> tuple[int, bytes]:
-        """GET `target` whole (status and body) within `seconds`. Raises UpstreamError."""
+        """GET `target` whole (status and body) within `seconds`. Raises UpstreamError.
+        (`FetchThroughRequest` gives one.)"""
         ...
 
     async def close(self) -> None:
@@ -158,23 +159,38 @@ class UpstreamClient(Protocol):
         ...
 
 
-async def fetch_whole(
-    client: UpstreamClient,
-    endpoint: Endpoint,
-    target: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    seconds: float,
-) -> tuple[int, bytes]:
-    """`UpstreamClient.fetch` through the client's own `request`, for every implementation."""
-    try:
-        async with asyncio.timeout(seconds):
-            answer = await client.request(endpoint, "GET", target, headers, b"")
-            done = False
-            try:
-                body = b"".join([chunk async for chunk in answer.chunks()])
-                done = True
-            finally:
-                answer.release() if done else answer.close()
-    except TimeoutError as exc:
-        raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
-    return answer.status, body
+class ListedHeaders:
+    """For an `Answer` whose `headers` are the list it keeps: `header` looks through it."""
+
+    __slots__ = ()
+    headers: Headers
+
+    def header(self, name: bytes) -> bytes:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return b""
+
+
+class FetchThroughRequest:
+    """For an `UpstreamClient` with no better way: `fetch` through its own `request`."""
+
+    async def fetch(
+        self: UpstreamClient,
+        endpoint: Endpoint,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        seconds: float,
+    ) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(seconds):
+                answer = await self.request(endpoint, "GET", target, headers, b"")
+                done = False
+                try:
+                    body = b"".join([chunk async for chunk in answer.chunks()])
+                    done = True
+                finally:
+                    answer.release() if done else answer.close()
+        except TimeoutError as exc:
+            raise ReadTimeout(f"no whole answer within {seconds:g} s") from exc
+        return answer.status, body

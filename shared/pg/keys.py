@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from psycopg.types.json import Jsonb
 from shared.apikeys import ApiKey, KeyFileError, PolicyChange
 from shared.keystore import KeysArrived, check_unique
 from shared.pg import snapshot
-from shared.pg.schema import KEYS_CHANNEL, LOCK_KEYS, migrate
+from shared.pg.schema import KEYS_CHANNEL, LOCK_KEYS
+from shared.pg.transactions import Transactions
 
 log = logging.getLogger("keys.pg")
 
@@ -56,22 +57,9 @@ def digest(secret: str) -> bytes:
 class PgKeyAdmin:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._migrated = False
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection in a transaction, the schema up to date; errors made ours."""
-        try:
-            with psycopg.connect(
-                self.url, connect_timeout=CONNECT_TIMEOUT, application_name="llmp-keys-admin"
-            ) as conn:
-                if not self._migrated:
-                    migrate(conn)
-                    self._migrated = True
-                with conn.transaction():
-                    yield conn
-        except psycopg.Error as exc:
-            raise KeyStoreUnavailable(f"key database: {exc}") from exc
+        self._transaction = Transactions(
+            url, "llmp-keys-admin", KeyStoreUnavailable, "key database"
+        )
 
     def prepare(self) -> None:
         with self._transaction():

@@ -188,34 +188,31 @@ def test_least_busy_puts_the_fewest_in_flight_first_within_a_priority(tmp_path):
     assert models_of(order(catalog, weighted_alias, first, now=0.0)) == ["a", "b", "c"]
 
 
+def weighted_against(tmp_path, proxy, strategy: str, heavy, light) -> openai.OpenAI:
+    """The proxy on `heavy` (its model `big`) and `light` (`small`), serving the alias `chat` by
+    `strategy` over both, weighted 1000 to 1: by weight alone nearly every request would go to
+    `heavy`. Returns a client of the proxy with a key of its own."""
+    key = ApiKey.new("alias")
+    write_keys(tmp_path / "data" / "apikeys.json", [key])
+    running = proxy(heavy, light)
+    deployments = [
+        {"upstream": "h", "model": "big", "weight": 1000},
+        {"upstream": "l", "model": "small", "weight": 1},
+    ]
+    fleet = {
+        "version": 1,
+        "upstreams": [{"id": "h", "url": heavy.url + "/v1"}, {"id": "l", "url": light.url + "/v1"}],
+        "aliases": [{"name": "chat", "strategy": strategy, "deployments": deployments}],
+    }
+    files.write_json_atomic(running.settings.fleet_file, fleet)
+    eventually(lambda: "chat" in running.runtime.catalog.aliases)
+    return openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
+
+
 def test_least_busy_sends_the_second_request_to_the_idle_deployment(tmp_path, proxy, upstreams):
     heavy = upstreams("heavy", ["big"], held=True)
     light = upstreams("light", ["small"], held=True)
-    key = ApiKey.new("busy")
-    write_keys(tmp_path / "data" / "apikeys.json", [key])
-    running = proxy(heavy, light)
-    files.write_json_atomic(
-        running.settings.fleet_file,
-        {
-            "version": 1,
-            "upstreams": [
-                {"id": "h", "url": heavy.url + "/v1"},
-                {"id": "l", "url": light.url + "/v1"},
-            ],
-            "aliases": [
-                {
-                    "name": "chat",
-                    "strategy": "least-busy",
-                    "deployments": [  # by weight alone, nearly every request would go to `heavy`
-                        {"upstream": "h", "model": "big", "weight": 1000},
-                        {"upstream": "l", "model": "small", "weight": 1},
-                    ],
-                }
-            ],
-        },
-    )
-    eventually(lambda: "chat" in running.runtime.catalog.aliases)
-    client = openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
+    client = weighted_against(tmp_path, proxy, "least-busy", heavy, light)
     with ThreadPoolExecutor(2) as pool:
         first_reply = pool.submit(client.chat.completions.create, model="chat", messages=[])
         eventually(lambda: heavy.active + light.active == 1)

@@ -18,6 +18,7 @@ from shared.heartbeat import read_heartbeats
 from tests.conftest import eventually
 from tests.proxy.fleet_workers import alias, ask, completions, fleet_workers, ready
 from tests.proxy.test_sharing import Workers, worker_ids
+from tests.upstream import FakeUpstream
 
 __all__ = ["fleet_workers"]  # the fixture
 
@@ -135,18 +136,27 @@ def served_by(answer) -> str:
     return answer.json()["choices"][0]["message"]["content"].removeprefix("hello from ")
 
 
-@pytest.mark.slow
-def test_one_workers_cooldown_applies_to_every_worker(upstreams, fleet_workers):
+def failing_then_spare(
+    upstreams, fleet_workers, failures: str, cooldown: str
+) -> tuple[FakeUpstream, Workers, ApiKey]:
+    """Two workers serving `chat` on `failing` (every answer a 500), then on `spare`, with
+    these UPSTREAM_FAILURES and UPSTREAM_COOLDOWN, and a key they know."""
     failing = upstreams("failing", ["model-a"], refuse_status=500)
     spare = upstreams("spare", ["model-a"])
     running = fleet_workers(
         [{"id": "f", "url": failing.url}, {"id": "s", "url": spare.url}],
         aliases=[alias("f", "s")],
-        UPSTREAM_FAILURES="2",
-        UPSTREAM_COOLDOWN="600",
+        UPSTREAM_FAILURES=failures,
+        UPSTREAM_COOLDOWN=cooldown,
     )
     key = ApiKey.new("fleet")
     ready(running, key)
+    return failing, running, key
+
+
+@pytest.mark.slow
+def test_one_workers_cooldown_applies_to_every_worker(upstreams, fleet_workers):
+    failing, running, key = failing_then_spare(upstreams, fleet_workers, "2", "600")
     # A 500 may have run the request: it reaches the client, and is counted, by either worker.
     assert [served_by(ask(running, key)) for _ in range(2)] == ["500", "500"]
     # Both workers cool it down within a second; from then on, neither sends it anything.
@@ -159,16 +169,7 @@ def test_one_workers_cooldown_applies_to_every_worker(upstreams, fleet_workers):
 
 @pytest.mark.slow
 def test_one_probe_brings_an_upstream_back_for_every_worker(upstreams, fleet_workers):
-    failing = upstreams("failing", ["model-a"], refuse_status=500)
-    spare = upstreams("spare", ["model-a"])
-    running = fleet_workers(
-        [{"id": "f", "url": failing.url}, {"id": "s", "url": spare.url}],
-        aliases=[alias("f", "s")],
-        UPSTREAM_FAILURES="1",
-        UPSTREAM_COOLDOWN="1",
-    )
-    key = ApiKey.new("fleet")
-    ready(running, key)
+    failing, running, key = failing_then_spare(upstreams, fleet_workers, "1", "1")
     assert served_by(ask(running, key)) == "500"
     failing.refuse_status, failing.held = None, True  # it recovers, and holds the probe's answer
     eventually(lambda: circuits(running, failing.url + "/v1") == ["probing", "probing"])

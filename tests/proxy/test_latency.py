@@ -7,16 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import openai
 import pytest
 
 from services.proxy.aliases import order
 from services.proxy.latency import ALPHA, Latencies
-from shared import files
-from shared.apikeys import ApiKey, write_keys
 from shared.fleet import Alias, Deployment
-from tests.conftest import eventually
-from tests.proxy.test_aliases import catalog_of, first, models_of
+from tests.proxy.test_aliases import catalog_of, first, models_of, weighted_against
 
 
 class Clock:
@@ -106,31 +102,7 @@ def test_requests_go_to_the_deployment_whose_first_token_comes_soonest(tmp_path,
     # Both start their streams at once; `thinker` sends the first token 1.5 s later.
     thinker = upstreams("thinker", ["big"], think=1.5)
     quick = upstreams("quick", ["small"])
-    key = ApiKey.new("latency")
-    write_keys(tmp_path / "data" / "apikeys.json", [key])
-    running = proxy(thinker, quick)
-    files.write_json_atomic(
-        running.settings.fleet_file,
-        {
-            "version": 1,
-            "upstreams": [
-                {"id": "t", "url": thinker.url + "/v1"},
-                {"id": "q", "url": quick.url + "/v1"},
-            ],
-            "aliases": [
-                {
-                    "name": "chat",
-                    "strategy": "latency",
-                    "deployments": [  # by weight alone, nearly every request would go to `thinker`
-                        {"upstream": "t", "model": "big", "weight": 1000},
-                        {"upstream": "q", "model": "small", "weight": 1},
-                    ],
-                }
-            ],
-        },
-    )
-    eventually(lambda: "chat" in running.runtime.catalog.aliases)
-    client = openai.OpenAI(base_url=running.url + "/v1", api_key=key.key, max_retries=0)
+    client = weighted_against(tmp_path, proxy, "latency", thinker, quick)
 
     def ask() -> str:
         stream = client.chat.completions.create(model="chat", messages=[], stream=True)

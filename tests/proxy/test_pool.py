@@ -66,20 +66,31 @@ async def whole(pool: Pool, url: str, method: str = "GET", body: bytes = b"") ->
     return answer.status, data
 
 
-def test_connections_are_kept_alive_and_requests_go_out_as_given():
-    seen, connections = [], []
+class KeptAlive:
+    """A handler that answers every request with `answer` on a connection it keeps open,
+    noting each connection and each request."""
 
-    async def handler(reader, writer):
-        connections.append(writer)
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.connections: list[asyncio.StreamWriter] = []
+        self.seen: list[bytes] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
         while True:
-            seen.append(await read_request(reader))
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.seen.append(await read_request(reader))
+            writer.write(self.answer)
+
+
+def test_connections_are_kept_alive_and_requests_go_out_as_given():
+    upstream = KeptAlive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async def scenario(pool, url):
         return [await whole(pool, url, "POST", b'{"a": 1}') for _ in range(3)]
 
-    assert run(handler, scenario) == [(200, b"ok")] * 3
-    assert len(connections) == 1
+    assert run(upstream, scenario) == [(200, b"ok")] * 3
+    assert len(upstream.connections) == 1
+    seen = upstream.seen
     assert seen[0] == (
         b"POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1:"
         + seen[0].split(b"127.0.0.1:")[1].split(b"\r")[0]
@@ -224,13 +235,7 @@ def test_a_slow_reader_holds_a_bounded_buffer_and_the_upstream_waits():
 
 
 def test_idle_connections_are_closed_after_the_keepalive_and_names_come_in_lower_case():
-    connections = []
-
-    async def handler(reader, writer):
-        connections.append(writer)
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nX-Upstream-Name: a\r\nContent-Length: 2\r\n\r\nok")
+    upstream = KeptAlive(b"HTTP/1.1 200 OK\r\nX-Upstream-Name: a\r\nContent-Length: 2\r\n\r\nok")
 
     async def scenario(pool, url):
         answer = await pool.request(at(pool, url), "GET", b"/", [], b"")
@@ -246,18 +251,12 @@ def test_idle_connections_are_closed_after_the_keepalive_and_names_come_in_lower
             await asyncio.sleep(0.05)
         return len(origin.idle)
 
-    assert run(handler, scenario, keepalive=0.2) == 0
-    assert len(connections) == 1
+    assert run(upstream, scenario, keepalive=0.2) == 0
+    assert len(upstream.connections) == 1
 
 
 def test_an_idle_connection_past_its_keep_alive_is_not_reused_and_the_upstream_can_shorten_it():
-    connections = []
-
-    async def handler(reader, writer):
-        connections.append(writer)
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=3\r\nContent-Length: 2\r\n\r\nok")
+    upstream = KeptAlive(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=3\r\nContent-Length: 2\r\n\r\nok")
 
     async def scenario(pool, url):
         await whole(pool, url)
@@ -268,5 +267,5 @@ def test_an_idle_connection_past_its_keep_alive_is_not_reused_and_the_upstream_c
         await whole(pool, url)  # a new connection
         return keepalive
 
-    assert run(handler, scenario) == 2.0  # a second below the upstream's 3
-    assert len(connections) == 2
+    assert run(upstream, scenario) == 2.0  # a second below the upstream's 3
+    assert len(upstream.connections) == 2
