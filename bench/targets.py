@@ -179,8 +179,10 @@ class LlmpStack(Target):
         if database_url is not None:
             put_keys_in_database(home / "data" / "apikeys.json", database_url)
             extra["DATABASE_URL"] = database_url
+        # Not the caller's DATABASE_URL or REDIS_URL: they would turn `llmp` into a replica.
+        inherited = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
         environment = {
-            **os.environ,
+            **inherited,
             "ENV_FILE": str(env_file),
             "PORT": str(self.port),
             "API_PORT": str(free_port()),
