@@ -106,14 +106,18 @@ async def chat(
     )
 
 
-async def served(client: httpx.AsyncClient, trio: Trio, key: ApiKey) -> None:
-    """Until every replica knows the key (each loads it from the database on its own); the
-    model list counts against no limit."""
+async def served(client: httpx.AsyncClient, trio: Trio, key: ApiKey, model: str = "") -> None:
+    """Until every replica knows the key (each loads it from the database on its own), and
+    lists `model` (each asks the upstreams for their models); the model list counts against
+    no limit."""
     for replica in trio.replicas:
         deadline = time.monotonic() + 30
         headers = {"Authorization": f"Bearer {key.key}"}
-        while (await client.get(replica.url + "/v1/models", headers=headers)).status_code != 200:
-            assert time.monotonic() < deadline, "the key never reached a replica"
+        while True:
+            listed = await client.get(replica.url + "/v1/models", headers=headers)
+            if listed.status_code == 200 and model in listed.text:
+                break
+            assert time.monotonic() < deadline, f"{key.name} or {model} never reached a replica"
             await asyncio.sleep(0.05)
 
 
@@ -150,18 +154,7 @@ def test_an_upstreams_requests_per_minute_hold_across_replicas(trio):
 
     async def flood() -> tuple[Counter[int], float]:
         async with client(30) as http:
-            await served(http, trio, key)
-            for replica in trio.replicas:  # each has asked the upstream for its models
-                deadline = time.monotonic() + 30
-                listed = replica.url + "/v1/models"
-                while (
-                    "metered"
-                    not in (
-                        await http.get(listed, headers={"Authorization": f"Bearer {key.key}"})
-                    ).text
-                ):
-                    assert time.monotonic() < deadline, "the model never reached a replica"
-                    await asyncio.sleep(0.05)
+            await served(http, trio, key, "metered")
             started = time.monotonic()
             urls = [trio.replicas[n % REPLICAS].url for n in range(60)]
             answers = await asyncio.gather(*(chat(http, url, key, "metered") for url in urls))
@@ -202,6 +195,35 @@ def test_an_upstreams_cap_and_a_keys_max_concurrent_hold_across_replicas(trio):
     assert trio.capped.peak == 4  # never more than the cap at once, as the upstream saw it
     assert tried[200] >= 3 and set(tried) == {200, 429}
     assert trio.fast.peak == 3  # its three, and never more
+
+
+def test_a_keys_max_concurrent_holds_across_replicas_while_its_streams_are_open(trio):
+    """A stream holds its place in flight until its last event, whichever replica serves it:
+    twelve streams at once over three replicas, for a key with maxConcurrent 3."""
+    key = trio.key("streamer", maxConcurrent=3)
+    body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def run() -> list[tuple[int, bytes]]:
+        async with client() as http:
+            await served(http, trio, key, "fast")
+
+            async def stream(n: int) -> tuple[int, bytes]:
+                url = trio.replicas[n % REPLICAS].url + "/v1/chat/completions"
+                headers = {"Authorization": f"Bearer {key.key}"}
+                async with http.stream("POST", url, json=body, headers=headers) as answer:
+                    return answer.status_code, await answer.aread()
+
+            trio.fast.pace, trio.fast.peak = 0.2, 0  # five events: a second a stream
+            try:
+                return await asyncio.gather(*(stream(n) for n in range(12)))
+            finally:
+                trio.fast.pace = 0.0
+
+    results = asyncio.run(run())
+    statuses = Counter(status for status, _ in results)
+    assert statuses[200] >= 3 and set(statuses) == {200, 429}, statuses
+    assert trio.fast.peak == 3  # three streams at once, never more, as the upstream saw them
+    assert all(text.endswith(b"data: [DONE]\n\n") for status, text in results if status == 200)
 
 
 def test_a_light_key_keeps_its_turn_against_two_heavy_keys_on_other_replicas(trio):
