@@ -120,6 +120,39 @@ class UpstreamState:
         }
 
 
+class Turn:
+    """A request's turn at an upstream (`Catalog.turn`): in its fair queue, then in flight,
+    then its end told to the catalog, whatever happens (a wait cancelled included)."""
+
+    __slots__ = ("_catalog", "_probe", "_row", "_state")
+
+    def __init__(
+        self, catalog: Catalog, state: UpstreamState, row: RequestRow, probe: float | None
+    ) -> None:
+        self._catalog, self._state, self._row, self._probe = catalog, state, row, probe
+
+    async def __aenter__(self) -> None:
+        state, row = self._state, self._row
+        if state.gate is not None:
+            state.in_flight += 1  # counted while queued, so that routing spreads the queues
+            try:
+                waited = await state.gate.enter(row.key_id)
+            except BaseException:
+                self._catalog._ended(state, row, self._probe)  # never sent
+                raise
+            finally:
+                state.in_flight -= 1
+            row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
+        state.in_flight += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        state = self._state
+        state.in_flight -= 1
+        if state.gate is not None:
+            state.gate.leave()
+        self._catalog._ended(state, self._row, self._probe)
+
+
 class Catalog:
     def __init__(
         self,
@@ -262,18 +295,19 @@ class Catalog:
             if self.on_health is not None:
                 self.on_health(state, None)
 
-    async def sending(self, state: UpstreamState) -> float | None:
-        """A request is about to go to the upstream: count it against its limits, or raise
-        AtLimit (the next candidate's turn), and let it probe the upstream if that is due.
-        Returns its probe's claim, if it is the probe; `ended` follows, whatever happens."""
+    async def turn(self, state: UpstreamState, row: RequestRow) -> Turn:
+        """The turn of `row`'s request at the upstream: counted against its limits now, or
+        AtLimit (nothing counted: the next candidate's turn), and the upstream's probe if that
+        is due. Entered (`async with`), it waits in the upstream's fair queue, if it has one,
+        and counts in flight until it ends."""
         rates = state.rates
         if rates is not None and self.limits is not None:
             await self.limits.take(rates)
-        return state.circuit.claim()
+        return Turn(self, state, row, state.circuit.claim())
 
-    def ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:
-        """The request `sending` let through has ended: charge the tokens of its answer (none
-        for an error's), and give up the probe it was (`probe`), if no verdict came."""
+    def _ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:
+        """A turn has ended: charge the tokens of its answer (none for an error's), and give up
+        the probe it was (`probe`), if no verdict came."""
         rates = state.rates
         if rates is not None and rates.tokens and self.limits is not None and row.status < 400:
             self.limits.charge(rates, tokens_used(row, None))

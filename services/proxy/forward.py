@@ -17,7 +17,7 @@
   truncation instead of a short, clean-looking body).
 - An upstream with a concurrency cap is entered through its fair queue (`Gate`); the time spent
   waiting is recorded. One at its own request or token limit is passed over for the next
-  candidate, before anything is sent (`Catalog.sending`, services/proxy/upstream_limits.py).
+  candidate, before anything is sent (`Catalog.turn`, services/proxy/upstream_limits.py).
 - A streamed completion may go out with usage asked for (`asked`, from `ask_for_usage`); the
   answer is then stripped back to what the client asked for.
 """
@@ -145,24 +145,12 @@ async def exchange(
     for state in plan:
         upstream = state.upstream
         try:
-            probe = await catalog.sending(state)
+            turn = await catalog.turn(state, row)
         except AtLimit as exc:  # not sent: the next candidate may take it
             last_error = sooner(last_error, exc)
             continue
         row.upstream = upstream.url
-        gate = state.gate
-        if gate is not None:
-            state.in_flight += 1  # counted while queued, so that routing spreads the queues
-            try:
-                waited = await gate.enter(row.key_id)
-            except BaseException:
-                catalog.ended(state, row, probe)  # never sent: a probe it was is given up
-                raise
-            finally:
-                state.in_flight -= 1
-            row.queue_ms = (row.queue_ms or 0.0) + waited * 1000
-        state.in_flight += 1
-        try:
+        async with turn:
             sent = time.perf_counter()
             try:
                 answer = await runtime.client.request(
@@ -189,11 +177,6 @@ async def exchange(
             answer = catalog.latencies.timed(upstream.id, row.upstream_model, answer, sent)
             await relay(flow, answer, send, asked is not None)
             return
-        finally:
-            state.in_flight -= 1
-            if gate is not None:
-                gate.leave()
-            catalog.ended(state, row, probe)
     assert last_error is not None
     raise last_error
 
