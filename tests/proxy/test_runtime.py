@@ -155,21 +155,25 @@ def test_the_disconnect_watch_ends_a_stream_whose_client_leaves(
     eventually(lambda: a.stream_closed)  # the upstream's request ended with it
 
 
-def test_a_worker_without_a_database_or_redis_loads_neither_client(tmp_path: Path) -> None:
-    """psycopg alone is 9 MB of every worker's memory (libpq, its own OpenSSL), for nothing
-    where DATABASE_URL is not set."""
+def test_a_worker_loads_no_client_of_a_service_it_is_not_given(tmp_path: Path) -> None:
+    """Without OTEL_EXPORTER_OTLP_ENDPOINT, DATABASE_URL and REDIS_URL, none of OpenTelemetry,
+    psycopg and redis-py is imported: psycopg alone is 9 MB of every worker's memory (libpq,
+    its own OpenSSL), and redis-py 8 imports OpenTelemetry when it is installed."""
     code = (
         "import asyncio, pathlib, sys\n"
         "import services.proxy.app, services.proxy.server\n"
         "from services.proxy.runtime import Runtime\n"
         "from tests.conftest import make_settings\n"
-        "async def start() -> None:\n"
+        "async def start() -> object:\n"
         f"    runtime = await Runtime.start(make_settings(pathlib.Path({str(tmp_path)!r})))\n"
         "    await runtime.close()\n"
-        "asyncio.run(start())\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'redis'}))\n"
+        "    return runtime.tracing\n"
+        "assert asyncio.run(start()) is None\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'opentelemetry', 'psycopg', 'redis'}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    given = ("DATABASE_URL", "REDIS_URL")
+    env = {k: v for k, v in os.environ.items() if k not in given and not k.startswith("OTEL_")}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
