@@ -138,7 +138,7 @@ class Turn:
             try:
                 waited = await state.gate.enter(row.key_id)
             except BaseException:
-                self._catalog._ended(state, row, self._probe)  # never sent
+                self._end()  # never sent
                 raise
             finally:
                 state.in_flight -= 1
@@ -150,7 +150,17 @@ class Turn:
         state.in_flight -= 1
         if state.gate is not None:
             state.gate.leave()
-        self._catalog._ended(state, self._row, self._probe)
+        self._end()
+
+    def _end(self) -> None:
+        """Charge the tokens of its answer (none for an error's), and give up the probe it
+        was, if no verdict came."""
+        state, row, limits = self._state, self._row, self._catalog.limits
+        rates = state.rates
+        if rates is not None and rates.tokens and limits is not None and row.status < 400:
+            limits.charge(rates, tokens_used(row, None))
+        if self._probe is not None:
+            state.circuit.unclaim(self._probe)
 
 
 class Catalog:
@@ -304,15 +314,6 @@ class Catalog:
         if rates is not None and self.limits is not None:
             await self.limits.take(rates)
         return Turn(self, state, row, state.circuit.claim())
-
-    def _ended(self, state: UpstreamState, row: RequestRow, probe: float | None) -> None:
-        """A turn has ended: charge the tokens of its answer (none for an error's), and give up
-        the probe it was (`probe`), if no verdict came."""
-        rates = state.rates
-        if rates is not None and rates.tokens and self.limits is not None and row.status < 400:
-            self.limits.charge(rates, tokens_used(row, None))
-        if probe is not None:
-            state.circuit.unclaim(probe)
 
     def _now(self) -> float:
         return self.clock()
