@@ -202,7 +202,7 @@ class _Events:
         self.last: float | None = None  # when the latest event arrived
         self.tail = b""  # the last bytes read, to see a terminator split across reads
 
-    def feed(self, data: bytes, now: float) -> int:
+    def feed(self, data: bytes) -> int:
         """The events `data` ends (0: none)."""
         # One byte of the previous read is enough to see a terminator split across reads.
         found = (self.tail[-1:] + data).count(b"\n\n")
@@ -242,7 +242,7 @@ class _CrowdStream(asyncio.Protocol):
         now = time.perf_counter()
         events = self.events
         last = events.last
-        if not events.feed(body, now):
+        if not events.feed(body):
             return
         if last is None:
             self.opened()
