@@ -100,22 +100,39 @@ def _session(concurrency: int, headers: Mapping[str, str]) -> aiohttp.ClientSess
     )
 
 
+class _Events:
+    """Counts a stream's events across reads, and times each one's arrival."""
+
+    __slots__ = ("count", "last", "tail")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: float | None = None  # when the latest event arrived
+        self.tail = b""  # the last bytes read, to see a terminator split across reads
+
+    def feed(self, data: bytes) -> int:
+        """The events `data` ends (0: none)."""
+        # One byte of the previous read is enough to see a terminator split across reads.
+        found = (self.tail[-1:] + data).count(b"\n\n")
+        self.tail = (self.tail + data)[-len(DONE) :]
+        self.count += found
+        return found
+
+
 async def _stream(session: aiohttp.ClientSession, url: str, body: bytes) -> _Stream:
     started = time.perf_counter()
     first: float | None = None
-    events, tail = 0, b""
+    events = _Events()
     async with session.post(url, data=body) as response:
         if response.status != 200:
             raise BadStream(f"HTTP {response.status}")
         async for data in response.content.iter_any():
             if first is None:
                 first = time.perf_counter()
-            # One byte of the previous read is enough to see a terminator split across reads.
-            events += (tail[-1:] + data).count(b"\n\n")
-            tail = (tail + data)[-len(DONE) :]
-    if first is None or tail != DONE:
+            events.feed(data)
+    if first is None or events.tail != DONE:
         raise BadStream("the stream did not end with [DONE]")
-    return _Stream(first - started, time.perf_counter() - started, events - 1)
+    return _Stream(first - started, time.perf_counter() - started, events.count - 1)
 
 
 async def _throughput(
@@ -190,25 +207,6 @@ async def _paced(
         percentile(ttfb, 99),
         percentile([s.duration * 1000 for s in done], 50),
     )
-
-
-class _Events:
-    """Counts a stream's events across reads, and times each one's arrival."""
-
-    __slots__ = ("count", "last", "tail")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last: float | None = None  # when the latest event arrived
-        self.tail = b""  # the last bytes read, to see a terminator split across reads
-
-    def feed(self, data: bytes) -> int:
-        """The events `data` ends (0: none)."""
-        # One byte of the previous read is enough to see a terminator split across reads.
-        found = (self.tail[-1:] + data).count(b"\n\n")
-        self.tail = (self.tail + data)[-len(DONE) :]
-        self.count += found
-        return found
 
 
 class _CrowdStream(asyncio.Protocol):
