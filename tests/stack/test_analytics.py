@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from shared.apikeys import ApiKey, Budget
 from tests.conftest import eventually
 from tests.stack.conftest import Stack
+from tests.upstream import FakeUpstream
 
 
 def _log(admin: httpx.Client, **params: Any) -> list[dict]:
@@ -41,8 +43,15 @@ def _walk(admin: httpx.Client, **params: Any) -> list[dict]:
 
 
 def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
-    stack: Stack, key: ApiKey, admin: httpx.Client
+    stack: Stack,
+    key: ApiKey,
+    admin: httpx.Client,
+    fleet: dict[str, FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    # The stream's chunks come 20 ms apart, so its generation lasts whole milliseconds however
+    # fast the machine: the breakdown's tokens a second has a duration to divide by.
+    monkeypatch.setattr(fleet["a"], "pace", 0.02)
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key.key, max_retries=0)
     seen = []
     for model in ("model-a", "model-b", "model-a", "model-b", "model-a"):
@@ -131,7 +140,10 @@ def test_the_request_log_filters_pages_and_finds_a_request_by_its_id(
         sum(e["promptTokens"] for e in logged),
         sum(e["completionTokens"] for e in logged),
     )
-    assert a["streams"] == 1 and a["tokensPerSecond"] is not None
+    assert a["streams"] == 1
+    # The stream's completion tokens over at least its 4 gaps of 20 ms between 5 chunks.
+    streamed = next(e for e in logged if e["stream"])
+    assert 0 < a["tokensPerSecond"] <= streamed["completionTokens"] / 0.08
 
 
 def test_a_budget_holds_across_two_workers_under_load(stack: Stack, admin: httpx.Client):
