@@ -231,7 +231,8 @@ class UsageStripper:
       sends it: `[{"index":0,"delta":{}}]`) is removed with the blank line that ends it;
     - what else that chunk carries (llama.cpp's `timings`) goes back where the upstream puts it
       when not asked for usage: at the end of the chunk that finished the answer. That chunk (a
-      choice with a `finish_reason`) is held until the next line shows whether usage follows it.
+      choice with a `finish_reason`, without usage of its own) is held until the next line
+      shows whether usage follows it.
 
     A chunk whose usage comes with content is the upstream's own doing and passes untouched.
     Whole lines pass through untouched unless they carry `"usage"` or a finish reason; a
@@ -395,9 +396,12 @@ def _usage_only(found: dict[str, Member]) -> bool:
 
 
 def _finishes(data: bytes) -> bool:
-    """Whether the chunk `data` finishes a choice (which the usage chunk then follows)."""
+    """Whether the chunk `data` finishes a choice and the usage chunk may follow it: not when it
+    carries the usage itself (as Mistral's API and TGI send it)."""
     _, found = _parse(data)
-    choices = found["choices"].value if found is not None and "choices" in found else None
+    if found is None or ("usage" in found and isinstance(found["usage"].value, dict)):
+        return False
+    choices = found["choices"].value if "choices" in found else None
     return isinstance(choices, list) and any(
         isinstance(c, dict) and isinstance(c.get("finish_reason"), str) for c in choices
     )

@@ -290,6 +290,18 @@ def test_a_finishing_chunk_is_held_only_until_the_next_line():
     assert stripper.flush() == finish  # the stream ended there
 
 
+def test_a_finishing_chunk_with_its_own_usage_is_not_held():
+    """Mistral's API and TGI send the usage in the chunk that finishes the answer: no usage
+    chunk will follow it, so it goes to the client as it comes, however long the upstream then
+    takes to send `[DONE]`."""
+    stripper = UsageStripper()
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    finish = sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage})
+    assert stripper.feed(finish) == finish
+    assert stripper.feed(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
+    assert stripper.flush() == b""
+
+
 def limited(running, key: ApiKey, **limits) -> None:
     write_keys(running.settings.apikeys_file, [dataclasses.replace(key, limits=Limits(**limits))])
 
