@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="INFO",
         help="llmp's LOG_LEVEL (default INFO, as deployed: one line per request)",
     )
+    parser.add_argument(
+        "--crowd", type=int, default=1000, help="slow streams open at once (default 1000)"
+    )
     parser.add_argument("--quick", action="store_true", help="short loads, for a smoke check")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -63,8 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--only takes some of {', '.join(TARGETS + OPTIONAL_TARGETS)}")
     if args.duration is None:
         args.duration = 1 if args.quick else 5
-    if min(args.duration, args.workers, args.upstream_procs) < 1:
-        parser.error("--duration, --workers and --upstream-procs must be at least 1")
+    if min(args.duration, args.workers, args.upstream_procs, args.crowd) < 1:
+        parser.error("--duration, --workers, --upstream-procs and --crowd must be at least 1")
     return args
 
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log(f"{' and '.join(missing)} not found; run `scripts/system-deps bench`")
         return 2
-    options = Options(seconds=args.duration, paced_rounds=1 if args.quick else 2)
+    options = Options(seconds=args.duration, paced_rounds=1 if args.quick else 2, crowd=args.crowd)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         rounds, failed = run(args, options)
