@@ -35,6 +35,7 @@ ALLOWED = {
     "tests/test_filename_matching.py": "this rule itself",
     "tests/test_make.py": "the Makefile, not a Python module",
     "tests/test_deploy.py": "the deployment examples in deploy/, not a Python module",
+    "tests/bench/test_args.py": "bench/__main__.py's command line (a __main__ is no module here)",
     "tests/proxy/test_sharing.py": "the board, the fair queue and the limits together, with"
     " several proxy workers and clients in several processes",
 }
