@@ -1,7 +1,8 @@
 """`data/apikeys.json` as a proxy worker's key feed (`shared.keystore.KeyFeed`), current within a
 second.
 
-Changes arrive as shared/watch.py notices them (inotify, and a `stat()` poll). A file that goes
+Changes arrive as shared/watch.py notices them (inotify, and a `stat()` poll), or sooner when a
+lookup misses (`look_again`: a key the api has just created works at once). A file that goes
 missing or stops parsing leaves the last good keys in force: those of `apikeys.json.last-good`
 (the newest valid key file, so a worker started meanwhile serves the same keys as the others),
 else those in memory. The error is logged and kept in `last_error` (the proxy's heartbeat reports
@@ -38,6 +39,12 @@ class FileKeyFeed:
 
     def staleness(self) -> float:
         return time.monotonic() - self._confirmed if self.last_error else 0.0
+
+    def look_again(self) -> bool:
+        """One `stat()`; the file is read only if it changed since the last look."""
+        version = self.version
+        self.reload()
+        return self.version != version
 
     def reload(self) -> None:
         """Re-read the file if it changed since the last look."""

@@ -88,6 +88,11 @@ class KeyFeed(Protocol):
     def staleness(self) -> float:
         """Seconds since the view was last known to match the store."""
 
+    def look_again(self) -> bool:
+        """Read the store again now, where that is cheap and done on the event loop, so a key
+        created a moment ago is found before the change is noticed; whether new keys came. A
+        store whose changes are pushed (PostgreSQL's NOTIFY) returns False."""
+
     async def start(self, arrived: KeysArrived) -> None:
         """Hand the keys in force to `arrived` (before returning, if the store can be read),
         then every new set of them as it comes."""

@@ -65,7 +65,13 @@ class KeyStore:
         ]
 
     def lookup(self, key: str) -> Policy | None:
-        return self._by_digest.get(_digest(key))
+        """The key's policy. A key not in force sends the feed to look again once, so a key
+        created a moment ago (the api answered, the file watch has not fired yet) is found."""
+        digest = _digest(key)
+        policy = self._by_digest.get(digest)
+        if policy is None and self.feed.look_again():
+            policy = self._by_digest.get(digest)
+        return policy
 
     def use(self, keys: list[ApiKey]) -> None:
         """Put `keys` in force (the feed calls this with each new set)."""

@@ -188,6 +188,9 @@ class PgKeyFeed:
     def staleness(self) -> float:
         return 0.0 if self.last_error is None else time.monotonic() - self._confirmed
 
+    def look_again(self) -> bool:
+        return False  # changes come by NOTIFY, within a round trip of their commit
+
     async def start(self, arrived: KeysArrived) -> None:
         self._arrived = arrived
         try:

@@ -66,12 +66,33 @@ def test_keystore_stat_poll_catches_changes_inotify_misses(tmp_path):
         await store.start()
         feed._watch._observer.stop()  # as on a bind mount where inotify sees nothing
         try:
+            version = store.version
             write_keys(path, [alice])
             for _ in range(100):
-                if store.lookup(alice.key):
-                    return True
+                if store.version > version:  # not lookup(), which would look again itself
+                    return store.lookup(alice.key) is not None
                 await asyncio.sleep(0.01)
             return False
+        finally:
+            await store.stop()
+
+    assert asyncio.run(scenario())
+
+
+def test_a_key_written_a_moment_ago_is_found_before_the_watch_fires(tmp_path):
+    path = tmp_path / "apikeys.json"
+    alice, bob = ApiKey.new("alice"), ApiKey.new("bob")
+    write_keys(path, [alice])
+
+    async def scenario():
+        store = KeyStore(path)
+        await store.start()
+        try:
+            write_keys(path, [alice, bob])  # as the api does, then answers with bob's secret
+            version = store.version
+            found = store.lookup(bob.key)  # without yielding to the loop: no watch has run
+            assert store.lookup("sk-" + "0" * 48) is None and store.version == version + 1
+            return found is not None and found.key == bob
         finally:
             await store.stop()
 
