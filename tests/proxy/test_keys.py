@@ -2,6 +2,7 @@ import asyncio
 import dataclasses
 import json
 import os
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,20 +15,28 @@ from shared.keyfile_feed import FileKeyFeed
 from tests.conftest import eventually
 
 
+@asynccontextmanager
+async def started(path):
+    store = KeyStore(path)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
+
+
 def test_keystore_follows_the_file_and_keeps_last_good_keys(tmp_path, caplog):
     path = tmp_path / "apikeys.json"
     alice, bob = ApiKey.new("alice"), ApiKey.new("bob")
     write_keys(path, [alice])
 
     async def scenario():
-        store = KeyStore(path)
-        await store.start()
+        async with started(path) as store:
 
-        def found(secret):
-            policy = store.lookup(secret)
-            return policy and policy.key
+            def found(secret):
+                policy = store.lookup(secret)
+                return policy and policy.key
 
-        try:
             assert found(alice.key) == alice and store.lookup(bob.key) is None
             write_keys(path, [alice, bob])
             await until(lambda: store.lookup(bob.key) is not None)
@@ -42,8 +51,6 @@ def test_keystore_follows_the_file_and_keeps_last_good_keys(tmp_path, caplog):
             write_keys(path, [alice])
             await until(lambda: found(alice.key) == alice)
             assert store.last_error is None and store.lookup(bob.key) is None
-        finally:
-            await store.stop()
 
     async def until(check):
         deadline = asyncio.get_running_loop().time() + 1.0
@@ -85,28 +92,20 @@ def test_a_key_written_a_moment_ago_is_found_before_the_watch_fires(tmp_path):
     write_keys(path, [alice])
 
     async def scenario():
-        store = KeyStore(path)
-        await store.start()
-        try:
+        async with started(path) as store:
             write_keys(path, [alice, bob])  # as the api does, then answers with bob's secret
             version = store.version
             found = store.lookup(bob.key)  # without yielding to the loop: no watch has run
             assert store.lookup("sk-" + "0" * 48) is None and store.version == version + 1
             return found is not None and found.key == bob
-        finally:
-            await store.stop()
 
     assert asyncio.run(scenario())
 
 
 def served_at_start(path, secret) -> tuple[bool, str | None]:
     async def scenario():
-        store = KeyStore(path)
-        await store.start()
-        try:
+        async with started(path) as store:
             return store.lookup(secret) is not None, store.last_error
-        finally:
-            await store.stop()
 
     return asyncio.run(scenario())
 
