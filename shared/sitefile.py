@@ -6,25 +6,11 @@ poll of `signature()` as a safety net where inotify does not reach.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from shared.site import CertdStatus, Site, read_site, read_status, update_site, write_status
-from shared.watch import signature
-
-
-class _Wake(FileSystemEventHandler):
-    def __init__(self, name: str, wake: Callable[[], None]) -> None:
-        self.name, self.wake = name, wake
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = (event.src_path, getattr(event, "dest_path", ""))
-        if any(os.fsdecode(p).endswith(self.name) for p in paths if p):
-            self.wake()
+from shared.watch import observe, signature
 
 
 class SiteFile:
@@ -57,11 +43,7 @@ class SiteFile:
         return signature(self.site_file)
 
     def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
-        self.site_file.parent.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(_Wake(self.site_file.name, wake), str(self.site_file.parent))
-        observer.start()
+        observer = observe(self.site_file, wake)
 
         def stop() -> None:
             observer.stop()
