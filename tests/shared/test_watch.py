@@ -106,14 +106,14 @@ def test_writes_to_another_file_of_the_folder_do_not_wake_the_watch(tmp_path, mo
         watch = FileWatch(path, changed.set, "test-poll")
         await watch.start()
         try:
-            with busy.open("ab", buffering=0) as wal:
-                for _ in range(200):
-                    wal.write(b"page" * 1024)
-                    await asyncio.sleep(0)  # the watch's thread may read in between
-                path.write_bytes(b"{}")  # then the watched file: its event follows the writes
-                await asyncio.wait_for(changed.wait(), 10)
+            for _ in range(200):
+                wal.write(b"page" * 1024)
+                await asyncio.sleep(0)  # the watch's thread may read in between
+            path.write_bytes(b"{}")  # then the watched file: its event follows the writes
+            await asyncio.wait_for(changed.wait(), 10)
         finally:
             await watch.stop()
 
-    asyncio.run(scenario())
+    with busy.open("ab", buffering=0) as wal:  # closed once the watch has stopped
+        asyncio.run(scenario())
     assert str(busy) not in noticed and str(path) in noticed
